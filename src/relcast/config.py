@@ -1,0 +1,233 @@
+"""Run configuration: validated pydantic models, YAML presets and ``--set key=value`` overrides.
+
+A run is ``defaults <- preset file <- user YAML <- --set overrides``. Unknown keys are errors,
+and each error names the bad key and, for choices, the allowed values.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PRESETS = ("small", "medium", "large")
+PRESET_DIR = Path(__file__).parent / "configs"
+
+
+class RelcastConfigError(ValueError):
+    """A configuration that cannot run; the message names the key and what is allowed."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    source: str = Field("demo", description="'demo', 'synthetic', or a path to CSV/Parquet/folder/qlib dir")
+    universe: str | None = Field(None, description="universe file (CSV/YAML/JSON) with sectors etc.")
+    start: str | None = Field(None, description="first date to use (inclusive)")
+    end: str | None = Field(None, description="last date to use (inclusive)")
+    horizons: int = Field(5, ge=1, le=60, description="forecast horizons 1..H (bars)")
+    label_delay: int = Field(0, ge=0, le=5, description="0: trade at t's close; 1: qlib's t+1")
+    synthetic_stocks: int = Field(20, ge=2, description="stocks when source is 'synthetic'")
+    synthetic_days: int = Field(800, ge=50, description="days when source is 'synthetic'")
+
+
+class SplitConfig(_Section):
+    valid_frac: float = Field(0.15, gt=0, lt=0.5, description="fraction of dates for validation")
+    test_frac: float = Field(0.15, gt=0, lt=0.5, description="fraction of dates for test")
+    embargo: int | None = Field(None, ge=0, description="dates dropped between spans (>= horizons)")
+
+
+class Stage1Settings(_Section):
+    d_model: int = Field(64, ge=8, description="Transformer width")
+    n_heads: int = Field(4, ge=1, description="attention heads")
+    n_layers: int = Field(2, ge=1, description="encoder layers")
+    dropout: float = Field(0.1, ge=0, lt=1)
+    relationship_dim: int = Field(16, ge=2, le=256, description="learned bottleneck size (V2)")
+    use_sector_embedding: bool = True
+    multitask: bool = Field(False, description="add stock-correlation and sector heads")
+    loss: Literal["mse", "ic"] = "mse"
+    max_epochs: int = Field(30, ge=1)
+    batch_dates: int = Field(32, ge=1, description="dates per batch (each with all stocks)")
+    lr: float = Field(1e-3, gt=0)
+    patience: int = Field(5, ge=1, description="early-stopping patience on val rank IC")
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> Stage1Settings:
+        if self.d_model % self.n_heads:
+            raise ValueError(f"stage1.d_model ({self.d_model}) must be divisible by stage1.n_heads ({self.n_heads})")
+        return self
+
+
+class Stage2Settings(_Section):
+    enabled: bool = Field(True, description="fit LightGBM on Stage1 residuals")
+    num_leaves: int = Field(31, ge=2)
+    n_estimators: int = Field(300, ge=1)
+    learning_rate: float = Field(0.05, gt=0)
+
+
+class RelationshipSettings(_Section):
+    extractor: Literal["v1", "v2", "v3", "v1+v2"] = Field("v2", description="relationship extractor")
+    oof_folds: int = Field(3, ge=0, description="out-of-fold folds over the training span (0: leaky)")
+    regime: bool = Field(False, description="regime detection + gating features")
+
+
+class Stage3Settings(_Section):
+    models: list[Literal["tft", "lstm", "gru", "tcn"]] = Field(["gru"], description="temporal models")
+    feature_sets: list[Literal["hybrid", "own", "rawconcat"]] = Field(
+        ["hybrid", "own"], description="hybrid = the design; own/rawconcat = comparisons"
+    )
+    hidden_size: int = Field(64, ge=4)
+    num_layers: int = Field(2, ge=1, description="RNN layers / TCN levels per kernel")
+    heads: int = Field(4, ge=1, description="TFT attention heads")
+    lookback: int = Field(60, ge=2, description="bars of history per window")
+    quantiles: list[float] | None = Field([0.1, 0.5, 0.9], description="null for point forecasts")
+    dropout: float = Field(0.1, ge=0, lt=1)
+    max_epochs: int = Field(20, ge=1)
+    batch_size: int = Field(1024, ge=1, description="windows per step")
+    lr: float = Field(1e-3, gt=0)
+    patience: int = Field(4, ge=1)
+
+    @model_validator(mode="after")
+    def _quantiles_valid(self) -> Stage3Settings:
+        if self.quantiles is not None:
+            q = self.quantiles
+            if not q or any(not 0 < x < 1 for x in q) or sorted(q) != q or len(set(q)) != len(q):
+                raise ValueError(f"stage3.quantiles must be increasing values in (0, 1), got {q}")
+        return self
+
+
+class EvaluationSettings(_Section):
+    topk: int = Field(5, ge=1, description="names held by the top-k dropout portfolio")
+    n_drop: int = Field(1, ge=0, description="names replaced per day")
+    buy_cost: float = Field(0.0005, ge=0, description="5 bp")
+    sell_cost: float = Field(0.0015, ge=0, description="15 bp")
+    periods_per_year: int = Field(252, ge=1, description="252 US daily, 238 A-shares (qlib)")
+    seeds: int = Field(1, ge=1, description="repeat Stage3 with this many seeds (mean, std)")
+
+
+class TrainerSettings(_Section):
+    accelerator: str = Field("auto", description="cpu, gpu, auto")
+    devices: int | str = Field(1, description="devices per node")
+    num_nodes: int = Field(1, ge=1)
+    strategy: str = Field("auto", description="auto, ddp, ddp_spawn")
+    seed: int = 0
+    progress: bool = True
+
+
+class RelcastConfig(_Section):
+    """The whole run. Every field has a default; presets override a few."""
+
+    preset: Literal["small", "medium", "large"] = "small"
+    data: DataConfig = DataConfig()
+    split: SplitConfig = SplitConfig()
+    stage1: Stage1Settings = Stage1Settings()
+    stage2: Stage2Settings = Stage2Settings()
+    relationships: RelationshipSettings = RelationshipSettings()
+    stage3: Stage3Settings = Stage3Settings()
+    evaluation: EvaluationSettings = EvaluationSettings()
+    trainer: TrainerSettings = TrainerSettings()
+
+    @property
+    def embargo(self) -> int:
+        return self.split.embargo if self.split.embargo is not None else self.data.horizons
+
+    @model_validator(mode="after")
+    def _embargo_covers_horizons(self) -> RelcastConfig:
+        if self.split.embargo is not None and self.split.embargo < self.data.horizons:
+            raise ValueError(
+                f"split.embargo ({self.split.embargo}) must be >= data.horizons "
+                f"({self.data.horizons}) so no label window crosses spans"
+            )
+        return self
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _deep_merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_override(item: str) -> dict:
+    """``"stage1.d_model=128"`` -> ``{"stage1": {"d_model": 128}}`` (value parsed as YAML)."""
+    if "=" not in item:
+        raise RelcastConfigError(f"--set expects key=value (e.g. stage1.d_model=128), got {item!r}")
+    key, raw = item.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise RelcastConfigError(f"--set has an empty key in {item!r}")
+    value: Any = yaml.safe_load(raw) if raw.strip() else None
+    for part in reversed(parts):
+        value = {part: value}
+    return value
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.exists():
+        raise RelcastConfigError(f"config file not found: {path}")
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise RelcastConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(loaded, dict):
+        raise RelcastConfigError(f"{path}: top level must be a mapping of sections")
+    return loaded
+
+
+def load_config(
+    preset: str | None = None,
+    file: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+) -> RelcastConfig:
+    """Resolve defaults <- preset <- file <- overrides into a validated :class:`RelcastConfig`."""
+    merged: dict = {}
+    user = _read_yaml(Path(file)) if file is not None else {}
+    for item in overrides:
+        user = _deep_merge(user, parse_override(item))
+    preset = preset or user.get("preset") or "small"
+    if preset not in PRESETS:
+        raise RelcastConfigError(f"preset must be one of {list(PRESETS)}, got {preset!r}")
+    merged = _deep_merge(_read_yaml(PRESET_DIR / f"{preset}.yaml"), user)
+    merged["preset"] = preset
+    try:
+        return RelcastConfig.model_validate(merged)
+    except ValidationError as exc:
+        raise RelcastConfigError(_explain(exc, file)) from None
+
+
+def _explain(exc: ValidationError, file: str | Path | None) -> str:
+    where = f" in {file}" if file else ""
+    lines = [f"invalid configuration{where}:"]
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            section = _section_of(err["loc"][:-1])
+            allowed = ", ".join(section.model_fields) if section else "?"
+            lines.append(f"  {key}: unknown key (allowed here: {allowed})")
+        elif isinstance(err.get("input"), dict):  # a cross-field check: the message says it all
+            lines.append(f"  {key}: {err['msg'].removeprefix('Value error, ')}")
+        else:
+            lines.append(f"  {key}: {err['msg']} (got {err.get('input')!r})")
+    return "\n".join(lines)
+
+
+def _section_of(loc: tuple) -> type[BaseModel] | None:
+    model: type[BaseModel] = RelcastConfig
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        if field is None or not isinstance(field.annotation, type):
+            return None
+        if not issubclass(field.annotation, BaseModel):
+            return None
+        model = field.annotation
+    return model

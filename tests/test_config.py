@@ -1,0 +1,63 @@
+from pathlib import Path
+
+import pytest
+
+from relcast.config import PRESET_DIR, PRESETS, RelcastConfigError, load_config
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_shipped_preset_loads(preset):
+    cfg = load_config(preset)
+    assert cfg.preset == preset
+    assert cfg.stage1.d_model % cfg.stage1.n_heads == 0
+    assert sorted(p.stem for p in PRESET_DIR.glob("*.yaml")) == sorted(PRESETS)
+
+
+def test_presets_follow_the_spec_table():
+    small, medium, large = (load_config(p) for p in PRESETS)
+    assert (small.stage1.d_model, small.stage1.n_heads, small.stage1.n_layers) == (64, 4, 2)
+    assert (medium.stage1.d_model, medium.stage1.n_heads, medium.stage1.n_layers) == (128, 8, 3)
+    assert (large.stage1.d_model, large.stage1.n_heads, large.stage1.n_layers) == (256, 8, 4)
+    assert small.stage1.relationship_dim == 16 and medium.stage1.relationship_dim == 32
+    assert large.relationships.extractor == "v1+v2" and large.stage3.models == ["tcn"]
+    assert medium.stage3.models == ["tft"] and medium.stage3.lookback == 90
+
+
+def test_file_then_overrides_win(tmp_path: Path):
+    f = tmp_path / "run.yaml"
+    f.write_text("preset: medium\nstage3:\n  lookback: 30\n  models: [lstm]\n")
+    cfg = load_config(file=f, overrides=["stage3.lookback=20", "trainer.seed=7"])
+    assert cfg.preset == "medium" and cfg.stage1.d_model == 128
+    assert cfg.stage3.lookback == 20 and cfg.stage3.models == ["lstm"] and cfg.trainer.seed == 7
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("stage1.dmodel=3", "stage1.dmodel: unknown key (allowed here: d_model"),
+        ("stage3.models=[xgb]", "'tft', 'lstm', 'gru' or 'tcn'"),
+        ("relationships.extractor=v9", "relationships.extractor"),
+        ("split.embargo=1", "must be >= data.horizons"),
+        ("stage1.n_heads=5", "divisible"),
+        ("stage3.quantiles=[0.9,0.1]", "increasing"),
+        ("nonsense", "key=value"),
+    ],
+)
+def test_bad_values_name_the_key(override, expected):
+    with pytest.raises(RelcastConfigError, match=None) as info:
+        load_config("small", overrides=[override])
+    assert expected in str(info.value)
+
+
+def test_bad_preset_and_missing_file(tmp_path):
+    with pytest.raises(RelcastConfigError, match="preset must be one of"):
+        load_config("huge")
+    with pytest.raises(RelcastConfigError, match="not found"):
+        load_config(file=tmp_path / "nope.yaml")
+
+
+def test_yaml_round_trip(tmp_path):
+    cfg = load_config("large", overrides=["stage3.quantiles=null"])
+    f = tmp_path / "config.yaml"
+    f.write_text(cfg.to_yaml())
+    assert load_config(file=f) == cfg

@@ -1,0 +1,181 @@
+"""Features, labels and splits: from a :class:`~relcast.data.panel.Panel` to model inputs.
+
+:func:`build_features` assembles the :class:`FeatureSet` read by every stage:
+
+1. ``"own"``: ~30 technical indicators of each symbol (:mod:`.indicators`), normalised
+   cross-sectionally within each date (:mod:`.normalize`).
+2. ``"index"``: a few indicators of each market index, the same for every stock at a date,
+   z-scored with statistics of the training span only.
+3. ``"calendar"``: day of week, month end, ... with fixed scaling (:mod:`.calendar`).
+
+Labels (:func:`forward_returns`) and chronological splits (:func:`chronological_split`)
+are defined here too, once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from relcast.data.panel import Panel, RelcastDataError
+from relcast.features.calendar import calendar_features
+from relcast.features.featureset import FeatureSet
+from relcast.features.indicators import compute_indicators, ffill, index_indicators
+from relcast.features.labels import forward_returns, normalize_labels_cross_section
+from relcast.features.normalize import (
+    TrainSpanScaler,
+    cross_sectional_robust_zscore,
+    resolve_train_end,
+)
+from relcast.features.splits import Split, chronological_split
+
+__all__ = [
+    "FeatureSet",
+    "Split",
+    "build_features",
+    "chronological_split",
+    "forward_returns",
+    "normalize_labels_cross_section",
+]
+
+DEFAULT_WINDOWS = (5, 10, 20, 60)
+EQUAL_WEIGHT_INDEX = "EW"
+
+
+def build_features(
+    panel: Panel,
+    train_end: int | str | np.datetime64 | None = None,
+    *,
+    windows: Sequence[int] = DEFAULT_WINDOWS,
+    include_index: bool = True,
+    include_calendar: bool = True,
+) -> FeatureSet:
+    """Compute the normalised feature tensor of a panel.
+
+    Args:
+        panel: OHLCV bars; ``close`` is required, missing ``open/high/low`` fall back to
+            ``close`` and a missing ``volume`` to 0. An ``amount`` field, if present, feeds
+            ``amount_ratio20`` instead of the ``dollar_volume20`` turnover proxy.
+        train_end: last date of the training span (an index into ``panel.dates`` or a date).
+            Only the index features fit statistics, on dates ``<= train_end``. ``None``
+            uses the first 60% of the dates; pass your split's real training end.
+        windows: bar counts for returns, moving-average ratios, volatility and volume ratios.
+        include_index: add the ``"index"`` group. Each symbol with ``is_index=True`` gives
+            columns ``idx_<SYMBOL>_<name>``; a panel without indices gets an equal-weight
+            index of all its stocks (mean of their valid 1-bar simple returns per date,
+            compounded) as ``idx_EW_<name>``.
+        include_calendar: add the ``"calendar"`` group.
+
+    Returns:
+        A :class:`FeatureSet` whose mask is True where the symbol traded at t and every
+        feature is defined (each indicator's warm-up since listing is over). Index symbols
+        are rows like any stock; their ``"own"`` features are their own indicators.
+
+    Every feature at date t uses data up to t only (see ``tests/test_lookahead.py``).
+    """
+    if "close" not in panel.fields:
+        raise RelcastDataError(f"panel has no 'close' field (fields: {list(panel.fields)})")
+    windows = tuple(sorted({int(w) for w in windows}))
+    if not windows or windows[0] < 2:
+        raise ValueError(f"windows must be integers >= 2, got {windows}")
+    mask = panel.mask  # (T, N)
+    T, N = mask.shape
+    train_last = resolve_train_end(panel.dates, train_end)
+
+    # Prices carry over suspensions (forward fill, never back-fill): indicators stay
+    # continuous, and the mask below decides where a value may be used.
+    close = ffill(np.where(mask, panel.field("close"), np.nan))  # (T, N)
+    ohl = [_price(panel, name, close) for name in ("open", "high", "low")]
+    listed = np.logical_or.accumulate(mask, axis=0)  # (T, N) True from the first trade on
+    volume = _traded_quantity(panel, "volume", mask, listed)
+    amount = _traded_quantity(panel, "amount", mask, listed) if "amount" in panel.fields else None
+
+    raw, warmup = compute_indicators(*ohl, close, volume, windows=windows, amount=amount)
+    bars_seen = np.cumsum(mask, axis=0)  # (T, N) traded bars up to and including t
+    reference = ~panel.is_index if (~panel.is_index).any() else None
+    groups = {"own": list(raw)}
+    tables = {}  # per-date groups, (T, F_g), broadcast to every stock below
+    if include_index:
+        groups["index"], tables["index"] = _index_features(
+            panel, close, mask, bars_seen, train_last
+        )
+    if include_calendar:
+        groups["calendar"], tables["calendar"] = calendar_features(panel.dates)
+
+    names = [n for g in groups.values() for n in g]
+    own = np.empty((len(groups["own"]), T, N), dtype=np.float32)  # (F_own, T, N)
+    for k, name in enumerate(groups["own"]):  # a loop over features, each on all of [T, N]
+        warmed = mask & (bars_seen > warmup[name])
+        own[k] = cross_sectional_robust_zscore(raw.pop(name), warmed, reference)
+    values = np.empty((T, N, len(names)), dtype=np.float32)  # (T, N, F)
+    k = len(groups["own"])
+    values[:, :, :k] = own.transpose(1, 2, 0)  # one transposing copy beats F strided ones
+    del own
+    for table in tables.values():
+        values[:, :, k : k + table.shape[1]] = table[:, None, :]
+        k += table.shape[1]
+    valid = mask & np.isfinite(values.sum(axis=2))  # a NaN anywhere makes the sum NaN
+    values[~valid] = np.nan
+    return FeatureSet(
+        dates=panel.dates,
+        symbols=panel.symbols,
+        names=names,
+        values=values,
+        mask=valid,
+        groups=groups,
+    )
+
+
+def _price(panel: Panel, name: str, close: np.ndarray) -> np.ndarray:
+    """A forward-filled price field, or ``close`` where the field (or a value) is missing."""
+    if name not in panel.fields:
+        return close
+    value = ffill(np.where(panel.mask, panel.field(name), np.nan))
+    return np.where(np.isnan(value), close, value)
+
+
+def _traded_quantity(panel: Panel, name: str, mask: np.ndarray, listed: np.ndarray) -> np.ndarray:
+    """Volume-like field: 0 on suspended days and where missing, NaN before listing."""
+    if name in panel.fields:
+        value = np.where(mask, np.nan_to_num(panel.field(name), nan=0.0), 0.0)
+    else:
+        value = np.zeros(mask.shape)
+    return np.where(listed, value, np.nan)
+
+
+def _index_features(
+    panel: Panel,
+    close: np.ndarray,
+    mask: np.ndarray,
+    bars_seen: np.ndarray,
+    train_last: int,
+) -> tuple[list[str], np.ndarray]:
+    """Index indicators as ``[T, F_idx]``, z-scored on dates ``<= train_last``."""
+    which = np.flatnonzero(panel.is_index)
+    if len(which):
+        labels = list(panel.symbols[which])
+        level = close[:, which]  # (T, K)
+        traded, seen = mask[:, which], bars_seen[:, which]
+    else:
+        # equal-weight index: mean valid 1-bar simple return of all stocks, compounded
+        prev = np.vstack([np.full((1, close.shape[1]), np.nan), close[:-1]])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ret = np.where(mask, close / prev - 1.0, np.nan)  # (T, N)
+        ok = np.isfinite(ret)
+        mean = np.where(ok, ret, 0.0).sum(axis=1) / np.maximum(ok.sum(axis=1), 1)  # (T,)
+        level = np.cumprod(1.0 + mean)[:, None]  # (T, 1)
+        labels = [EQUAL_WEIGHT_INDEX]
+        traded = np.ones_like(level, dtype=bool)
+        seen = np.arange(1, len(level) + 1)[:, None]
+    raw, warmup = index_indicators(level)
+    names, cols = [], []
+    for k, label in enumerate(labels):
+        for name, value in raw.items():
+            ok = traded[:, k] & (seen[:, k] > warmup[name])
+            # an index that did not trade at t contributes its last known value
+            cols.append(ffill(np.where(ok, value[:, k], np.nan)))
+            names.append(f"idx_{label}_{name}")
+    table = np.stack(cols, axis=1)  # (T, F_idx)
+    scaler = TrainSpanScaler().fit(table, slice(0, train_last + 1))
+    return names, scaler.transform(table).astype(np.float32)

@@ -1,0 +1,99 @@
+"""Chronological train / valid / test splits with an embargo gap between spans."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+
+@dataclass(frozen=True)
+class Split:
+    """Index arrays into ``dates`` for each span, in time order.
+
+    Attributes:
+        train, valid, test: ``int`` arrays of date indices (``valid`` may be empty only when
+            asked for with ``valid_frac=0``).
+        embargo: number of dates dropped between consecutive spans.
+        dates: the dates the indices point into (for :meth:`describe`).
+    """
+
+    train: np.ndarray
+    valid: np.ndarray
+    test: np.ndarray
+    embargo: int
+    dates: np.ndarray
+
+    def describe(self) -> str:
+        """One line per span: first and last date and the number of dates."""
+        lines = []
+        for name in ("train", "valid", "test"):
+            idx = getattr(self, name)
+            if len(idx) == 0:
+                lines.append(f"{name:<5}  (empty)")
+                continue
+            first, last = (pd.Timestamp(self.dates[i]) for i in (idx[0], idx[-1]))
+            lines.append(f"{name:<5}  {first} .. {last}  ({len(idx)} dates)")
+        lines.append(f"embargo {self.embargo} dates between spans")
+        return "\n".join(lines)
+
+
+def chronological_split(
+    dates: np.ndarray,
+    valid_frac: float = 0.15,
+    test_frac: float = 0.15,
+    embargo: int = 1,
+    *,
+    valid_start: str | np.datetime64 | None = None,
+    test_start: str | np.datetime64 | None = None,
+) -> Split:
+    """Split dates into train, valid and test, in that order, with embargo gaps.
+
+    ``embargo`` dates are dropped before the valid span and before the test span, so that
+    no label window of one span reaches into the next: pass at least the longest horizon
+    plus the label delay (``forward_returns(..., horizons=H, delay=d)`` needs ``H + d``).
+
+    Sizes come from ``valid_frac`` / ``test_frac`` of all dates (test at the end), unless
+    ``valid_start`` / ``test_start`` give the first date of a span (the first panel date
+    ``>=`` the given one). ``valid_frac=0`` (without ``valid_start``) means no validation
+    span. Raises ``ValueError`` when a span would be empty.
+    """
+    dates = np.asarray(dates, dtype="datetime64[ns]")
+    T = len(dates)
+    if embargo < 0:
+        raise ValueError(f"embargo must be >= 0, got {embargo}")
+    for name, frac in (("valid_frac", valid_frac), ("test_frac", test_frac)):
+        if not 0 <= frac < 1:
+            raise ValueError(f"{name} must be in [0, 1), got {frac}")
+
+    def start_of(when: str | np.datetime64) -> int:
+        return int(np.searchsorted(dates, np.datetime64(pd.Timestamp(when), "ns"), "left"))
+
+    test_begin = start_of(test_start) if test_start is not None else T - round(T * test_frac)
+    with_valid = valid_start is not None or valid_frac > 0
+    if valid_start is not None:
+        valid_begin = start_of(valid_start)
+    elif with_valid:
+        valid_begin = test_begin - embargo - round(T * valid_frac)
+    else:
+        valid_begin = test_begin
+    train_end = valid_begin - embargo  # exclusive
+    valid_end = test_begin - embargo if with_valid else valid_begin
+
+    train = np.arange(0, max(train_end, 0))
+    valid = np.arange(valid_begin, max(valid_end, valid_begin)) if with_valid else train[:0]
+    test = np.arange(test_begin, T)
+    problems = [
+        name
+        for name, idx in (("train", train), ("valid", valid), ("test", test))
+        if len(idx) == 0 and (name != "valid" or with_valid)
+    ]
+    if problems or test_begin < valid_begin:
+        raise ValueError(
+            f"chronological_split of {T} dates (valid_frac={valid_frac}, "
+            f"test_frac={test_frac}, embargo={embargo}, valid_start={valid_start}, "
+            f"test_start={test_start}) leaves empty or out-of-order spans: {problems or 'valid'}; "
+            "use more dates, smaller fractions or a shorter embargo"
+        )
+    return Split(train=train, valid=valid, test=test, embargo=embargo, dates=dates)

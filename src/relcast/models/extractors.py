@@ -1,0 +1,551 @@
+"""Relationship feature extractors: the bridge from Stage1 to Stage3.
+
+Every extractor has the same two verbs (sklearn style):
+
+- ``fit(model, features, labels, split, ...)`` learns whatever the extractor needs from the
+  *training span* only (PCA components for V2-PCA, the contrastive encoder for V3; V1 and
+  V2-bottleneck have nothing to learn and return ``self``).
+- ``extract(model, features, dates_index=None) -> RelationshipFeatures`` gives ``[T', N, K]``
+  relationship features for the requested dates (all dates by default).
+
+``model`` is a trained Stage1 :class:`~relcast.models.cross_sectional.CrossSectionalTransformer`.
+
+=========  ====================================================  ============================
+version    what                                                  columns
+=========  ====================================================  ============================
+V1         head-averaged attention row of each stock             ``attn_<SYMBOL>`` x N,
+                                                                 ``attention_to_index``,
+                                                                 ``attention_to_sector``
+V2         Stage1's learned bottleneck or PCA (training span)    ``rel_emb_<k>``
+V3         own encoder trained with InfoNCE (sector / corr)      ``ctr_<k>``, ``ctr_sim_<SYMBOL>``
+V1+V2      :class:`CombinedExtractor`                            both
+=========  ====================================================  ============================
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from relcast.features.featureset import FeatureSet
+
+
+@dataclass(eq=False)
+class RelationshipFeatures:
+    """Relationship features of N stocks over T' dates.
+
+    Attributes:
+        dates: ``datetime64[ns] [T']``.
+        symbols: ``str [N]``.
+        names: the K column names.
+        values: ``float32 [T', N, K]``, finite where ``mask`` (NaN elsewhere).
+        mask: ``bool [T', N]``.
+    """
+
+    dates: np.ndarray
+    symbols: np.ndarray
+    names: list[str]
+    values: np.ndarray
+    mask: np.ndarray
+
+    def __post_init__(self) -> None:
+        T, N, K = self.values.shape
+        if (len(self.dates), len(self.symbols), len(self.names)) != (T, N, K):
+            raise ValueError(
+                f"values {self.values.shape} does not match dates/symbols/names "
+                f"({len(self.dates)}, {len(self.symbols)}, {len(self.names)})"
+            )
+        if self.mask.shape != (T, N):
+            raise ValueError(f"mask has shape {self.mask.shape}, expected {(T, N)}")
+
+    def to_frame(self) -> pd.DataFrame:
+        """Long table: one row per valid (date, symbol), columns ``date, symbol, *names``."""
+        t, n = np.nonzero(self.mask)
+        frame = pd.DataFrame({"date": self.dates[t], "symbol": self.symbols[n]})
+        cols = pd.DataFrame(self.values[t, n], columns=self.names, index=frame.index)
+        return pd.concat([frame, cols], axis=1)
+
+    @staticmethod
+    def concat(parts: Sequence[RelationshipFeatures]) -> RelationshipFeatures:
+        """Column-wise concatenation of features over the same dates and symbols."""
+        first = parts[0]
+        for p in parts[1:]:
+            if not (
+                np.array_equal(p.dates, first.dates) and np.array_equal(p.symbols, first.symbols)
+            ):
+                raise ValueError(
+                    "can only combine relationship features over the same dates/symbols"
+                )
+        names = [n for p in parts for n in p.names]
+        if len(set(names)) != len(names):
+            raise ValueError("combined extractors produce duplicate column names")
+        mask = np.logical_and.reduce([p.mask for p in parts])
+        values = np.concatenate([p.values for p in parts], axis=-1)
+        values[~mask] = np.nan
+        return RelationshipFeatures(first.dates, first.symbols, names, values, mask)
+
+
+def _dates_index(features: FeatureSet, dates_index: np.ndarray | None) -> np.ndarray:
+    T = len(features.dates)
+    idx = np.arange(T) if dates_index is None else np.asarray(dates_index, dtype=int)
+    if idx.size and (idx.min() < 0 or idx.max() >= T):
+        raise IndexError(f"dates_index out of range for {T} dates")
+    return idx
+
+
+def _stage1_outputs(
+    model: nn.Module, features: FeatureSet, dates_index: np.ndarray, need_weights: bool = False
+) -> dict[str, Any]:
+    """Stage1's outputs (numpy) for the given dates, via the one prediction path.
+
+    With ``need_weights``, ``attention`` is head-averaged: ``[T', layers, N, N]``.
+    """
+    from relcast.training.stage1 import predict_stage1
+
+    if model is None:
+        raise ValueError("this extractor reads Stage1's outputs: pass the trained Stage1 model")
+    return predict_stage1(
+        model, features, dates_index=dates_index, need_weights=need_weights, average_heads=True
+    )
+
+
+def _finish(
+    features: FeatureSet, idx: np.ndarray, names: list[str], values: np.ndarray
+) -> RelationshipFeatures:
+    mask = features.mask[idx]
+    values = values.astype(np.float32, copy=False)
+    values[~mask] = np.nan
+    return RelationshipFeatures(features.dates[idx], features.symbols, names, values, mask)
+
+
+class RelationshipExtractor:
+    """Base class: ``fit`` (default: nothing to learn) and ``extract``."""
+
+    def fit(self, model: nn.Module, features: FeatureSet, labels: np.ndarray, split: Any, **kwargs):
+        """Learn from the training span (``split.train``); default: nothing to learn."""
+        return self
+
+    def extract(
+        self, model: nn.Module, features: FeatureSet, dates_index: np.ndarray | None = None
+    ) -> RelationshipFeatures:
+        raise NotImplementedError
+
+    def clone(self) -> RelationshipExtractor:
+        """An unfitted copy with the same parameters (one per Stage1 model in the OOF store)."""
+        return copy.deepcopy(self)
+
+
+# ----------------------------------------------------------------------------- V1
+class AttentionExtractor(RelationshipExtractor):
+    """V1: each stock's head-averaged attention row over all stocks, plus two summaries.
+
+    Args:
+        is_index: ``bool [N]``, which columns are market indices (for ``attention_to_index``);
+            all False gives 0 for that column.
+        sector_ids: ``int [N]``; default the Stage1 model's own ``sector_ids`` buffer.
+        layer: which encoder layer's attention (default the last).
+    """
+
+    def __init__(
+        self,
+        is_index: np.ndarray | None = None,
+        sector_ids: np.ndarray | None = None,
+        layer: int = -1,
+    ) -> None:
+        self.is_index = is_index
+        self.sector_ids = sector_ids
+        self.layer = layer
+
+    def extract(self, model, features, dates_index=None):
+        """``[T', N, N + 2]`` attention features (rows of masked stocks are NaN)."""
+        idx = _dates_index(features, dates_index)
+        N = len(features.symbols)
+        # Chunks of dates: attention of every layer is [T', layers, N, N] in memory.
+        att = np.concatenate(
+            [
+                _stage1_outputs(model, features, chunk, need_weights=True)["attention"][
+                    :, self.layer
+                ]
+                for chunk in np.array_split(idx, max(1, int(np.ceil(len(idx) / 256))))
+            ]
+        ).astype(np.float32)  # (T', N, N), row i = where stock i looks, averaged over heads
+        is_index = np.zeros(N, bool) if self.is_index is None else np.asarray(self.is_index, bool)
+        sectors = self.sector_ids
+        if sectors is None:
+            sectors = model.sector_ids.detach().cpu().numpy()
+        sectors = np.asarray(sectors)
+        if is_index.shape != (N,) or sectors.shape != (N,):
+            raise ValueError(f"is_index and sector_ids must have shape ({N},)")
+
+        valid = features.mask[idx]  # (T', N)
+        idx_cols = is_index[None, :] & valid  # (T', N) valid index keys
+        to_index = (att * idx_cols[:, None, :]).sum(-1) / np.maximum(idx_cols.sum(-1), 1)[:, None]
+        same = (sectors[:, None] == sectors[None, :]) & ~np.eye(N, dtype=bool)  # (N, N)
+        peers = same[None] & valid[:, None, :]  # (T', N, N)
+        to_sector = (att * peers).sum(-1) / np.maximum(peers.sum(-1), 1)  # (T', N)
+        values = np.concatenate([att, to_index[..., None], to_sector[..., None]], axis=-1)
+        names = [f"attn_{s}" for s in features.symbols] + [
+            "attention_to_index",
+            "attention_to_sector",
+        ]
+        return _finish(features, idx, names, values)
+
+
+# ----------------------------------------------------------------------------- V2
+class EmbeddingExtractor(RelationshipExtractor):
+    """V2: a learned low-dimensional view of each stock's Stage1 embedding.
+
+    Args:
+        method: ``"bottleneck"`` reads Stage1's ``relationship`` output (trained inside
+            Stage1, ``relationship_dim`` columns); ``"pca"`` projects the ``embeddings`` onto
+            principal components fitted on the training span's dates only.
+        n_components: PCA dimensions (16-64 in the presets).
+    """
+
+    def __init__(self, method: str = "bottleneck", n_components: int = 16) -> None:
+        if method not in ("bottleneck", "pca"):
+            raise ValueError(f"method must be 'bottleneck' or 'pca', got {method!r}")
+        self.method = method
+        self.n_components = n_components
+
+    def fit(self, model, features, labels, split, **kwargs):
+        """PCA: fit mean and components on Stage1 embeddings of ``split.train`` dates."""
+        if self.method == "bottleneck":
+            return self
+        train = np.asarray(split.train)
+        emb = _stage1_outputs(model, features, train)["embeddings"]  # (T_tr, N, d)
+        rows = emb[features.mask[train]].astype(np.float64)  # (cells, d)
+        k = min(self.n_components, rows.shape[1], rows.shape[0])
+        self.mean_ = rows.mean(axis=0)
+        _, s, vt = np.linalg.svd(rows - self.mean_, full_matrices=False)
+        # Deterministic sign: the largest-|loading| entry of each component is positive.
+        signs = np.sign(vt[np.arange(len(vt)), np.abs(vt).argmax(1)])
+        self.components_ = (vt * signs[:, None])[:k]  # (k, d)
+        self.explained_variance_ratio_ = (s[:k] ** 2) / max((s**2).sum(), 1e-12)
+        return self
+
+    def extract(self, model, features, dates_index=None):
+        """``[T', N, K]`` with K = relationship_dim (bottleneck) or n_components (PCA)."""
+        idx = _dates_index(features, dates_index)
+        out = _stage1_outputs(model, features, idx)
+        if self.method == "bottleneck":
+            values = np.asarray(out["relationship"])  # (T', N, relationship_dim)
+        else:
+            if not hasattr(self, "components_"):
+                raise RuntimeError("EmbeddingExtractor(method='pca') is not fitted: call fit first")
+            emb = np.asarray(out["embeddings"], dtype=np.float64)  # (T', N, d)
+            values = (emb - self.mean_) @ self.components_.T  # (T', N, k)
+        names = [f"rel_emb_{k}" for k in range(values.shape[-1])]
+        return _finish(features, idx, names, values)
+
+
+# ----------------------------------------------------------------------------- V3
+class ContrastiveEncoder(nn.Module):
+    """MLP from a stock's input vector (+ a learned identity embedding) to a unit vector."""
+
+    def __init__(
+        self, num_inputs: int, num_stocks: int, hidden: int, proj_dim: int, identity_dim: int
+    ) -> None:
+        super().__init__()
+        self.identity = nn.Embedding(num_stocks, identity_dim) if identity_dim > 0 else None
+        self.mlp = nn.Sequential(
+            nn.Linear(num_inputs + max(identity_dim, 0), hidden),
+            nn.GELU(),
+            nn.Linear(hidden, hidden),
+            nn.GELU(),
+            nn.Linear(hidden, proj_dim),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x (B, N, F_in)`` -> ``(B, N, proj_dim)``, L2-normalised."""
+        B, N, _ = x.shape
+        if self.identity is not None:
+            ident = self.identity.weight[:N].expand(B, N, -1)  # (B, N, identity_dim)
+            x = torch.cat([x, ident], dim=-1)
+        return F.normalize(self.mlp(x), dim=-1)  # (B, N, proj_dim)
+
+
+def info_nce_loss(
+    z: torch.Tensor, positives: torch.Tensor, valid: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """Multi-positive InfoNCE (SupCon) over the stocks of each date.
+
+    Args:
+        z: ``(B, N, P)`` unit vectors.
+        positives: ``bool (B, N, N)``, ``[b, i, j]`` = j is a positive for anchor i.
+        valid: ``bool (B, N)`` stocks present at the date (negatives = valid non-positives).
+    For anchor i: ``-mean_{j in pos(i)} log softmax_j(z_i . z_j / tau)`` over valid ``j != i``.
+    """
+    B, N, _ = z.shape
+    eye = torch.eye(N, dtype=torch.bool, device=z.device)
+    keys = valid[:, None, :] & ~eye  # (B, N, N)
+    logits = (z @ z.transpose(1, 2)) / temperature  # (B, N, N)
+    logits = logits.masked_fill(~keys, float("-inf"))
+    log_prob = logits - torch.logsumexp(logits, dim=-1, keepdim=True)  # (B, N, N)
+    pos = positives & keys & valid[:, :, None]  # (B, N, N)
+    n_pos = pos.sum(-1)  # (B, N)
+    per_anchor = -(log_prob.masked_fill(~pos, 0.0)).sum(-1) / n_pos.clamp(min=1)
+    has = n_pos > 0
+    if not has.any():
+        return z.sum() * 0.0
+    return per_anchor[has].mean()
+
+
+def trailing_returns_from_labels(labels: np.ndarray, label_delay: int = 0) -> np.ndarray:
+    """Daily returns *realised* by each date, ``[T, N]``, from 1-day forward-return labels.
+
+    ``label_1[s] = close[s+d+1]/close[s+d] - 1`` is realised at ``s + d + 1``, so the return
+    known at t is ``label_1[t - 1 - d]`` (NaN for the first ``1 + d`` dates).
+    """
+    one_day = labels[..., 0] if labels.ndim == 3 else labels
+    out = np.full(one_day.shape, np.nan, dtype=np.float32)
+    shift = 1 + label_delay
+    out[shift:] = one_day[:-shift]
+    return out
+
+
+def correlation_positives(
+    returns: np.ndarray, dates_index: np.ndarray, window: int, top_k: int
+) -> np.ndarray:
+    """``bool [T', N, N]``: for each date t, each stock's ``top_k`` most correlated stocks
+    over the trailing returns ``returns[t - window + 1 .. t]`` (past only).
+
+    Pairs with fewer than ``window // 2`` common observations are never positives.
+    """
+    T, N = returns.shape
+    idx = np.asarray(dates_index)
+    offs = np.arange(-window + 1, 1)
+    rows = idx[:, None] + offs[None, :]  # (T', W)
+    win = np.where(rows[..., None] >= 0, returns[np.clip(rows, 0, T - 1)], np.nan)  # (T', W, N)
+    ok = np.isfinite(win)
+    x = np.where(ok, win, 0.0)
+    cnt = ok.sum(1).astype(np.float64)  # (T', N)
+    mean = x.sum(1) / np.maximum(cnt, 1)
+    xc = np.where(ok, x - mean[:, None, :], 0.0)  # (T', W, N)
+    cov = np.einsum("twi,twj->tij", xc, xc)  # (T', N, N)
+    var = np.einsum("twi,twi->ti", xc, xc)  # (T', N)
+    pair_n = np.einsum("twi,twj->tij", ok.astype(np.float64), ok.astype(np.float64))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        corr = cov / np.sqrt(var[:, :, None] * var[:, None, :])
+    corr = np.where((pair_n >= window // 2) & np.isfinite(corr), corr, -np.inf)
+    corr[:, np.arange(N), np.arange(N)] = -np.inf  # never your own positive
+    k = min(top_k, N - 1)
+    top = np.argsort(-corr, axis=-1)[..., :k]  # (T', N, k)
+    pos = np.zeros((len(idx), N, N), dtype=bool)
+    np.put_along_axis(pos, top, True, axis=-1)
+    return pos & np.isfinite(corr)
+
+
+class ContrastiveExtractor(RelationshipExtractor):
+    """V3: a small encoder trained with InfoNCE so related stocks land close together.
+
+    Positives for stock i at date t are its same-sector stocks (``positives="sector"``), its
+    ``top_k`` most correlated stocks over the trailing ``corr_window`` returns realised by t
+    (``"corr"``, past returns only), or the union (``"both"``); negatives are the other
+    stocks present at t. Output: the unit projection ``ctr_<k>`` and the cosine similarity to
+    every stock ``ctr_sim_<SYMBOL>`` (0 for stocks absent at that date).
+
+    Args:
+        inputs: ``"features"`` (the stock's own features at t, ``feature_groups``) or
+            ``"embeddings"`` (Stage1's embeddings at t).
+        identity_dim: size of a learned stock-identity embedding concatenated to the input
+            (as Stage1 does; 0 disables).
+        steps, batch_dates, lr, temperature, hidden, proj_dim, seed: training settings.
+        label_delay: label convention, to recover realised returns from 1-day labels.
+    """
+
+    def __init__(
+        self,
+        proj_dim: int = 16,
+        hidden: int = 64,
+        inputs: str = "features",
+        feature_groups: Sequence[str] = ("own",),
+        positives: str = "both",
+        corr_window: int = 60,
+        top_k: int = 3,
+        temperature: float = 0.1,
+        identity_dim: int = 8,
+        steps: int = 300,
+        batch_dates: int = 32,
+        lr: float = 3e-3,
+        label_delay: int = 0,
+        sector_ids: np.ndarray | None = None,
+        seed: int = 0,
+    ) -> None:
+        if inputs not in ("features", "embeddings"):
+            raise ValueError(f"inputs must be 'features' or 'embeddings', got {inputs!r}")
+        if positives not in ("sector", "corr", "both"):
+            raise ValueError(f"positives must be 'sector', 'corr' or 'both', got {positives!r}")
+        self.proj_dim = proj_dim
+        self.hidden = hidden
+        self.inputs = inputs
+        self.feature_groups = tuple(feature_groups)
+        self.positives = positives
+        self.corr_window = corr_window
+        self.top_k = top_k
+        self.temperature = temperature
+        self.identity_dim = identity_dim
+        self.steps = steps
+        self.batch_dates = batch_dates
+        self.lr = lr
+        self.label_delay = label_delay
+        self.sector_ids = sector_ids
+        self.seed = seed
+
+    def _inputs(self, model, features: FeatureSet, idx: np.ndarray) -> np.ndarray:
+        """``float32 [T', N, F_in]``, zeros where masked."""
+        if self.inputs == "embeddings":
+            x = np.asarray(_stage1_outputs(model, features, idx)["embeddings"])
+        elif all(g in features.groups for g in self.feature_groups):
+            x = features.group(*self.feature_groups)[idx]
+        else:
+            x = features.values[idx]
+        return np.where(features.mask[idx][..., None], x, 0.0).astype(np.float32)
+
+    def _sectors(self, model, N: int) -> np.ndarray | None:
+        if self.sector_ids is not None:
+            return np.asarray(self.sector_ids)
+        if model is not None and hasattr(model, "sector_ids"):
+            s = model.sector_ids.detach().cpu().numpy()
+            return s if len(np.unique(s)) > 1 else None
+        return None
+
+    def fit(
+        self,
+        model,
+        features: FeatureSet,
+        labels: np.ndarray,
+        split: Any,
+        *,
+        returns: np.ndarray | None = None,
+        **kwargs,
+    ):
+        """Train the encoder on the training span (``split.train``) with InfoNCE.
+
+        Args:
+            labels: ``[T, N, H]`` (or ``[T, N]``) forward returns; only used, shifted so that
+                nothing after t is read, to get the returns realised by t for correlations.
+            returns: optional ``[T, N]`` returns realised by each date, instead of ``labels``.
+        """
+        train = np.asarray(split.train)
+        N = len(features.symbols)
+        x = torch.from_numpy(self._inputs(model, features, train))  # (T_tr, N, F_in)
+        valid = torch.from_numpy(features.mask[train])  # (T_tr, N)
+        pos = torch.zeros(len(train), N, N, dtype=torch.bool)
+        sectors = self._sectors(model, N)
+        if self.positives in ("sector", "both"):
+            if sectors is None:
+                if self.positives == "sector":
+                    raise ValueError(
+                        "positives='sector' needs sector_ids (or a model with sectors)"
+                    )
+            else:
+                same = torch.from_numpy(sectors[:, None] == sectors[None, :])
+                pos |= same[None]
+        if self.positives in ("corr", "both"):
+            realised = (
+                returns
+                if returns is not None
+                else trailing_returns_from_labels(np.asarray(labels), self.label_delay)
+            )
+            pos |= torch.from_numpy(
+                correlation_positives(realised, train, self.corr_window, self.top_k)
+            )
+
+        gen = torch.Generator().manual_seed(self.seed)
+        torch.manual_seed(self.seed)
+        self.encoder_ = ContrastiveEncoder(
+            x.shape[-1], N, self.hidden, self.proj_dim, self.identity_dim
+        )
+        opt = torch.optim.AdamW(self.encoder_.parameters(), lr=self.lr, weight_decay=1e-4)
+        self.loss_history_: list[float] = []
+        self.encoder_.train()
+        for _ in range(self.steps):
+            b = torch.randint(0, len(train), (min(self.batch_dates, len(train)),), generator=gen)
+            z = self.encoder_(x[b])  # (B, N, P)
+            loss = info_nce_loss(z, pos[b], valid[b], self.temperature)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            self.loss_history_.append(float(loss.detach()))
+        self.encoder_.eval()
+        return self
+
+    def extract(self, model, features, dates_index=None):
+        """``[T', N, proj_dim + N]``: projection and cosine similarity to every stock."""
+        if not hasattr(self, "encoder_"):
+            raise RuntimeError("ContrastiveExtractor is not fitted: call fit first")
+        idx = _dates_index(features, dates_index)
+        x = torch.from_numpy(self._inputs(model, features, idx))
+        with torch.no_grad():
+            z = self.encoder_(x)  # (T', N, P)
+            sims = z @ z.transpose(1, 2)  # (T', N, N) cosine
+        valid = features.mask[idx]
+        sims = sims.numpy() * valid[:, None, :]  # absent stocks: 0
+        values = np.concatenate([z.numpy(), sims], axis=-1)
+        names = [f"ctr_{k}" for k in range(self.proj_dim)] + [
+            f"ctr_sim_{s}" for s in features.symbols
+        ]
+        return _finish(features, idx, names, values)
+
+
+# ----------------------------------------------------------------------------- combos
+class CombinedExtractor(RelationshipExtractor):
+    """Several extractors side by side (e.g. V1+V2 for large universes)."""
+
+    def __init__(self, extractors: Sequence[RelationshipExtractor]) -> None:
+        if not extractors:
+            raise ValueError("CombinedExtractor needs at least one extractor")
+        self.extractors = list(extractors)
+
+    def fit(self, model, features, labels, split, **kwargs):
+        for e in self.extractors:
+            e.fit(model, features, labels, split, **kwargs)
+        return self
+
+    def extract(self, model, features, dates_index=None):
+        return RelationshipFeatures.concat(
+            [e.extract(model, features, dates_index) for e in self.extractors]
+        )
+
+
+EXTRACTORS = ("v1", "v2", "v3", "v1+v2")
+
+
+def make_extractor(
+    name: str,
+    *,
+    is_index: np.ndarray | None = None,
+    sector_ids: np.ndarray | None = None,
+    method: str = "bottleneck",
+    n_components: int = 16,
+    **kwargs: Any,
+) -> RelationshipExtractor:
+    """Extractor by name: ``"v1"``, ``"v2"``, ``"v3"`` or ``"v1+v2"``.
+
+    ``is_index``/``sector_ids`` go to V1 (and ``sector_ids`` to V3), ``method``/
+    ``n_components`` to V2, other keyword arguments to V3.
+    """
+    name = name.lower()
+    if name == "v1":
+        return AttentionExtractor(is_index=is_index, sector_ids=sector_ids)
+    if name == "v2":
+        return EmbeddingExtractor(method=method, n_components=n_components)
+    if name == "v3":
+        return ContrastiveExtractor(sector_ids=sector_ids, **kwargs)
+    if name == "v1+v2":
+        return CombinedExtractor(
+            [
+                AttentionExtractor(is_index=is_index, sector_ids=sector_ids),
+                EmbeddingExtractor(method=method, n_components=n_components),
+            ]
+        )
+    raise ValueError(f"unknown extractor {name!r}; choose from {list(EXTRACTORS)}")

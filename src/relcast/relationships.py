@@ -1,0 +1,367 @@
+"""The relationship store: Stage1 relationship features for every (date, stock), extracted once.
+
+Stage3 reads ``lookback`` dates of relationship features per sample; running Stage1 60 times
+per sample would be absurd, so :func:`build_relationship_store` runs the extractor once per
+date and keeps ``values [T, N, K]``. On disk it is ``data_with_relationships`` (Parquet): own
+features + relationship features + calendar features per (date, symbol).
+
+Why out-of-fold
+---------------
+Stage1 is trained on the training span's labels. Its outputs on those same dates have seen
+those labels (it fitted them), so relationship features there are better than anything it can
+produce on new dates; Stage3 trained on them learns to trust a signal that will be weaker on
+valid/test data. This is the stacking leak. The store therefore uses *purged, embargoed,
+time-ordered K-fold*: the training span is cut into ``n_folds`` contiguous folds; for fold k a
+Stage1 is trained on the other folds minus ``embargo`` dates on each side of fold k (so no
+training label window ``s .. s+H`` reaches a date of fold k, and features right after the fold,
+which see fold k's realised prices, are dropped too), and fold k's dates are extracted with
+that model. Dates outside the training span (valid, test, later) are extracted with the model
+trained on the full training span, which is also the model used for inference. ``oof=False``
+uses the full model everywhere: fast, and leaky, for comparisons only.
+
+Coordinates: attention columns (V1) and cosine similarities (V3) mean the same thing in every
+model, but learned embeddings (V2 ``rel_emb_*``, V3 ``ctr_*``) live in an arbitrary basis per
+model. With ``align=True`` each fold model's embedding blocks are rotated onto the full model's
+basis by orthogonal Procrustes, fitted on that fold model's own training dates (never on fold
+k's dates). The rotation is a K x K orthogonal matrix; it carries next to no information about
+fold k's labels and makes the features mean one thing across folds for Stage3.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from relcast.features.featureset import FeatureSet
+from relcast.models.extractors import RelationshipExtractor, RelationshipFeatures
+
+FULL_MODEL = -1
+# Column prefixes of learned embedding blocks whose basis differs between models.
+ALIGNABLE_PREFIXES = ("rel_emb_", "ctr_")
+NOT_ALIGNABLE_PREFIXES = ("ctr_sim_",)
+
+
+@dataclass(eq=False)
+class RelationshipStore:
+    """Relationship features of every (date, stock) and which model produced them.
+
+    Attributes:
+        dates, symbols: as the feature set's.
+        names: the K relationship column names.
+        values: ``float32 [T, N, K]`` (NaN where ``mask`` is False).
+        mask: ``bool [T, N]``.
+        fold_of: ``int [T]``: the fold model that produced each date, or ``-1`` for the model
+            trained on the full training span.
+        features: the feature set the store was built from (own and calendar columns of
+            ``data_with_relationships``); may be None for a store read back from disk.
+        models: one record per Stage1 model: ``fold``, ``train_index`` (dates whose labels it
+            trained on), ``extracted_index`` (dates it produced), ``train_seconds``,
+            ``best_val_rank_ic``.
+        full_model, full_extractor: the full-span Stage1 model and its fitted extractor, to
+            extract new dates at inference (not saved to Parquet).
+    """
+
+    dates: np.ndarray
+    symbols: np.ndarray
+    names: list[str]
+    values: np.ndarray
+    mask: np.ndarray
+    fold_of: np.ndarray
+    features: FeatureSet | None = None
+    models: list[dict[str, Any]] = field(default_factory=list)
+    full_model: Any = None
+    full_extractor: RelationshipExtractor | None = None
+    build_seconds: float = 0.0
+
+    def relationship_features(self) -> RelationshipFeatures:
+        """The store's arrays as :class:`RelationshipFeatures`."""
+        return RelationshipFeatures(self.dates, self.symbols, self.names, self.values, self.mask)
+
+    def to_frame(self, feature_groups: Sequence[str] = ("own", "calendar")) -> pd.DataFrame:
+        """``data_with_relationships``: one row per valid (date, symbol) with ``date, symbol,
+        fold``, the feature set's ``feature_groups`` columns, then the relationship columns."""
+        t, n = np.nonzero(self.mask)
+        parts = [
+            pd.DataFrame(
+                {"date": self.dates[t], "symbol": self.symbols[n], "fold": self.fold_of[t]}
+            )
+        ]
+        if self.features is not None:
+            groups = [g for g in feature_groups if self.features.groups.get(g)]
+            names = [c for g in groups for c in self.features.groups[g]]
+            if names:
+                cols = self.features.values[:, :, self.features.columns(names)][t, n]
+                parts.append(pd.DataFrame(cols, columns=names))
+        parts.append(pd.DataFrame(self.values[t, n], columns=self.names))
+        return pd.concat(parts, axis=1)
+
+    def write_parquet(
+        self, path: str | Path, feature_groups: Sequence[str] = ("own", "calendar")
+    ) -> Path:
+        """Write ``data_with_relationships`` atomically (temporary file, then rename)."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        table = pa.Table.from_pandas(self.to_frame(feature_groups), preserve_index=False)
+        meta = {"relationship_names": self.names, "symbols": [str(s) for s in self.symbols]}
+        table = table.replace_schema_metadata(
+            {**(table.schema.metadata or {}), b"relcast": json.dumps(meta).encode()}
+        )
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        try:
+            pq.write_table(table, tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return path
+
+    @classmethod
+    def read_parquet(cls, path: str | Path) -> RelationshipStore:
+        """Read the relationship part of a store written by :meth:`write_parquet`.
+
+        Dates are those with at least one row; ``features`` is None.
+        """
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path)
+        meta = json.loads((table.schema.metadata or {}).get(b"relcast", b"{}"))
+        if "relationship_names" not in meta:
+            raise ValueError(f"{path}: not a relcast relationship store (no 'relcast' metadata)")
+        frame = table.to_pandas()
+        names = meta["relationship_names"]
+        symbols = np.asarray(meta["symbols"])
+        dates = np.unique(frame["date"].to_numpy(dtype="datetime64[ns]"))
+        t = np.searchsorted(dates, frame["date"].to_numpy(dtype="datetime64[ns]"))
+        n = pd.Index(symbols).get_indexer(frame["symbol"].astype(str))
+        values = np.full((len(dates), len(symbols), len(names)), np.nan, dtype=np.float32)
+        mask = np.zeros((len(dates), len(symbols)), dtype=bool)
+        values[t, n] = frame[names].to_numpy(dtype=np.float32)
+        mask[t, n] = True
+        fold_of = np.full(len(dates), FULL_MODEL, dtype=np.int64)
+        fold_of[t] = frame["fold"].to_numpy()
+        return cls(dates, symbols, list(names), values, mask, fold_of)
+
+
+# ----------------------------------------------------------------------------- folds
+def purged_folds(
+    train_index: np.ndarray, n_folds: int, embargo: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``[(fit_index, fold_index), ...]``: contiguous time-ordered folds of ``train_index``.
+
+    ``fold_index`` is the k-th contiguous chunk; ``fit_index`` is the rest of the training
+    span minus the dates within ``embargo`` of the fold on either side (purge + embargo).
+    """
+    train_index = np.sort(np.asarray(train_index, dtype=np.int64))
+    if n_folds < 2:
+        raise ValueError(f"out-of-fold extraction needs n_folds >= 2, got {n_folds}")
+    if len(train_index) < n_folds:
+        raise ValueError(f"{len(train_index)} training dates cannot make {n_folds} folds")
+    out = []
+    for fold in np.array_split(train_index, n_folds):
+        lo, hi = fold[0] - embargo, fold[-1] + embargo
+        fit = train_index[(train_index < lo) | (train_index > hi)]
+        out.append((fit, fold))
+    return out
+
+
+def _alignable_blocks(names: Sequence[str]) -> list[np.ndarray]:
+    blocks = []
+    for prefix in ALIGNABLE_PREFIXES:
+        cols = [
+            i
+            for i, n in enumerate(names)
+            if n.startswith(prefix) and not n.startswith(NOT_ALIGNABLE_PREFIXES)
+        ]
+        if len(cols) > 1:
+            blocks.append(np.array(cols))
+    return blocks
+
+
+def procrustes_rotation(source: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Orthogonal ``R [K, K]`` minimising ``||source @ R - target||`` (rows = samples)."""
+    u, _, vt = np.linalg.svd(source.T.astype(np.float64) @ target.astype(np.float64))
+    return u @ vt
+
+
+# ----------------------------------------------------------------------------- build
+def _with_train(split: Any, train_index: np.ndarray) -> Any:
+    """``split`` with its training dates replaced (for a fold model's extractor)."""
+    if dataclasses.is_dataclass(split):
+        return dataclasses.replace(split, train=train_index)
+    return SimpleNamespace(**{**vars(split), "train": train_index})
+
+
+def build_relationship_store(
+    features: FeatureSet,
+    labels: np.ndarray,
+    split: Any,
+    stage1_config: Any,
+    extractor: RelationshipExtractor,
+    *,
+    n_folds: int = 3,
+    embargo: int | None = None,
+    oof: bool = True,
+    align: bool = True,
+    sector_ids: Any = None,
+    out_dir: str | Path | None = None,
+    out_path: str | Path | None = None,
+    seed: int = 0,
+    full_model: Any = None,
+    **fit_kwargs: Any,
+) -> RelationshipStore:
+    """Train Stage1 model(s) and extract relationship features for every date.
+
+    Out-of-fold by default (see the module docstring for why): fold k of the training span is
+    extracted by a Stage1 trained on the other folds with ``embargo`` dates purged around fold
+    k; every other date by the Stage1 trained on the full training span (``fold_of = -1``).
+
+    Args:
+        features: the feature set (Stage1 reads all its columns).
+        labels: ``[T, N, H]`` forward returns.
+        split: chronological split with ``train`` and ``valid`` (for Stage1's early stopping).
+        stage1_config: a :class:`~relcast.models.cross_sectional.Stage1Config` (or None for
+            :func:`~relcast.training.stage1.fit_stage1`'s preset default).
+        extractor: an unfitted extractor; a fresh copy is fitted per Stage1 model.
+        n_folds: folds over the training span.
+        embargo: dates purged on each side of a fold; default H (pass H + label delay when
+            labels are delayed).
+        oof: False uses the full model for every date (leaky; for comparisons).
+        align: rotate fold models' learned-embedding blocks onto the full model's basis.
+        sector_ids: per-stock sectors for Stage1 (and extractors that read the model's).
+        out_dir: folder for Stage1 checkpoints and logs (``fold_<k>/``, ``full/``); a
+            temporary folder, deleted afterwards, when None.
+        out_path: also write ``data_with_relationships`` Parquet there.
+        seed: Stage1 seed (the same for every model).
+        full_model: an already trained Stage1 on the full training span (``split.train``) to
+            reuse instead of training it again; fold models are still trained here.
+        fit_kwargs: passed to ``fit_stage1`` (``max_epochs``, ``loss``, ``target``, ...).
+    """
+    from relcast.training import stage1 as stage1_training
+
+    labels = np.asarray(labels, dtype=np.float32)
+    if labels.ndim == 2:
+        labels = labels[..., None]
+    H = labels.shape[2]
+    embargo = H if embargo is None else int(embargo)
+    T, N = features.mask.shape
+    train = np.sort(np.asarray(split.train, dtype=np.int64))
+    start = time.perf_counter()
+
+    tmp_dir = tempfile.TemporaryDirectory(prefix="relcast-store-") if out_dir is None else None
+    root = Path(tmp_dir.name if tmp_dir is not None else out_dir)
+    try:
+
+        def fit_and_extract(
+            name: str, fit_index: np.ndarray, model: Any = None
+        ) -> tuple[Any, Any, dict]:
+            if model is None:
+                result = stage1_training.fit_stage1(
+                    features,
+                    labels,
+                    split,
+                    stage1_config,
+                    out_dir=root / name,
+                    sector_ids=sector_ids,
+                    seed=seed,
+                    train_index=fit_index,
+                    **fit_kwargs,
+                )
+            else:  # reuse the caller's full-span model
+                result = SimpleNamespace(
+                    model=model.eval(), train_seconds=0.0, best_val_rank_ic=float("nan")
+                )
+            # The extractor sees only the labels this model trained on (V3's correlation
+            # positives are built from realised returns, i.e. from labels).
+            seen = np.full_like(labels, np.nan)
+            seen[fit_index] = labels[fit_index]
+            ext = extractor.clone()
+            ext.fit(result.model, features, seen, _with_train(split, fit_index))
+            record = {
+                "train_index": fit_index,
+                "train_seconds": float(result.train_seconds),
+                "best_val_rank_ic": float(result.best_val_rank_ic),
+            }
+            return result.model, ext, record
+
+        full_model, full_ext, full_record = fit_and_extract("full", train, full_model)
+        everything = np.arange(T)
+        full_rel = full_ext.extract(full_model, features, everything)  # (T, N, K)
+        names = list(full_rel.names)
+        values = full_rel.values.copy()
+        mask = full_rel.mask.copy()
+        fold_of = np.full(T, FULL_MODEL, dtype=np.int64)
+        models = []
+
+        if oof and n_folds > 0:
+            blocks = _alignable_blocks(names) if align else []
+            for k, (fit_index, fold_index) in enumerate(purged_folds(train, n_folds, embargo)):
+                model_k, ext_k, record = fit_and_extract(f"fold_{k}", fit_index)
+                rel = ext_k.extract(model_k, features, fold_index)  # (T_k, N, K)
+                if rel.names != names:
+                    raise RuntimeError("fold and full extractors produced different columns")
+                fold_values = rel.values.copy()
+                if blocks:
+                    # Rotation fitted on the fold model's own training dates (not fold k's).
+                    own = ext_k.extract(model_k, features, fit_index)
+                    ref = full_rel.values[fit_index]
+                    both = own.mask & full_rel.mask[fit_index]
+                    for cols in blocks:
+                        rot = procrustes_rotation(own.values[both][:, cols], ref[both][:, cols])
+                        fold_values[..., cols] = fold_values[..., cols] @ rot.astype(np.float32)
+                values[fold_index] = fold_values
+                mask[fold_index] = rel.mask
+                fold_of[fold_index] = k
+                models.append({"fold": k, "extracted_index": fold_index, **record})
+
+        models.append(
+            {
+                "fold": FULL_MODEL,
+                "extracted_index": np.flatnonzero(fold_of == FULL_MODEL),
+                **full_record,
+            }
+        )
+    finally:
+        if tmp_dir is not None:
+            tmp_dir.cleanup()
+
+    values[~mask] = np.nan
+    store = RelationshipStore(
+        dates=features.dates,
+        symbols=features.symbols,
+        names=names,
+        values=values,
+        mask=mask,
+        fold_of=fold_of,
+        features=features,
+        models=models,
+        full_model=full_model,
+        full_extractor=full_ext,
+        build_seconds=time.perf_counter() - start,
+    )
+    if out_path is not None:
+        store.write_parquet(out_path)
+    return store
+
+
+def label_dates_used(train_index: np.ndarray, horizons: int, num_dates: int) -> np.ndarray:
+    """``bool [T]``: dates inside the label window ``s .. s + horizons`` of a training date s."""
+    used = np.zeros(num_dates + horizons + 1, dtype=bool)
+    s = np.asarray(train_index, dtype=np.int64)
+    for h in range(horizons + 1):  # H + 1 shifted copies, not a loop over dates
+        used[s + h] = True
+    return used[:num_dates]

@@ -1,0 +1,375 @@
+"""Temporal Fusion Transformer for Stage3 (Lim et al., 2021), written for relcast.
+
+Reading order follows the data: static covariate encoders (stock id, sector) -> four
+context vectors -> variable selection over the F time-varying inputs -> LSTM encoder with
+a gated skip -> static enrichment -> interpretable multi-head attention (causal) ->
+position-wise GRN -> quantile heads for H horizons.
+
+Differences from the paper, on purpose:
+- No decoder over known-future inputs: the batch holds the past only, and all H horizons
+  are forecast directly from the origin step. Running the heads at every position gives
+  ``pred_all`` (each position sees only steps <= itself, through the LSTM and the causal
+  attention mask).
+- Each input variable is embedded into a small width ``variable_hidden_size`` and runs its
+  own GRN there (pytorch-forecasting's ``hidden_continuous_size``), which keeps the
+  ``[B, L, F, width]`` tensors small. The selection-weighted sum of the variables' GRN
+  outputs is then lifted to ``hidden_size`` by one linear map shared by all variables, so a
+  variable reaches the model only through its weight times a layer-normed vector and the
+  weights stay an honest importance measure. With ``variable_hidden_size == hidden_size``
+  this is the paper's network plus one extra linear layer.
+- The selection logits start near zero (uniform weights): no input is favoured before
+  training has seen data.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from relcast.models.temporal.losses import QuantileHead
+from relcast.models.temporal.registry import TemporalConfig, register_model
+
+__all__ = [
+    "GatedResidualNetwork",
+    "InterpretableMultiHeadAttention",
+    "TFTConfig",
+    "TemporalFusionTransformer",
+    "VariableSelectionNetwork",
+]
+
+STATIC_NAMES = ("stock", "sector")
+
+
+@dataclass
+class TFTConfig(TemporalConfig):
+    """TFT hyperparameters; defaults follow the SPEC's medium preset (hidden 64, 4 heads)."""
+
+    lookback: int = 90
+    """L, days of history per sample (medium preset)."""
+    horizons: int = 10
+    """H, forecast horizons 1..H days (medium preset)."""
+    num_heads: int = 4
+    """Attention heads; hidden_size must be divisible by it."""
+    variable_hidden_size: int = 16
+    """Width of each input variable's embedding and GRN inside variable selection."""
+    lstm_layers: int = 1
+    """Layers of the LSTM encoder."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"hidden_size ({self.hidden_size}) must be divisible by num_heads "
+                f"({self.num_heads})"
+            )
+        if self.variable_hidden_size < 1 or self.lstm_layers < 1:
+            raise ValueError("variable_hidden_size and lstm_layers must be >= 1")
+
+
+# ---------------------------------------------------------------- building blocks
+
+
+class GroupedLinear(nn.Module):
+    """G independent linear maps applied to ``[..., G, in] -> [..., G, out]``."""
+
+    def __init__(self, groups: int, in_dim: int, out_dim: int):
+        super().__init__()
+        bound = 1.0 / math.sqrt(in_dim)  # nn.Linear's default init range
+        self.weight = nn.Parameter(torch.empty(groups, in_dim, out_dim).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(groups, out_dim).uniform_(-bound, bound))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.einsum("...gi,gio->...go", x, self.weight) + self.bias
+
+
+class GateAddNorm(nn.Module):
+    """``LayerNorm(skip + GLU(dropout(x)))``: the gate can switch a whole block off."""
+
+    def __init__(self, in_dim: int, out_dim: int, dropout: float = 0.0):
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.glu = nn.Linear(in_dim, 2 * out_dim)
+        self.norm = nn.LayerNorm(out_dim)
+
+    def forward(self, x: Tensor, skip: Tensor) -> Tensor:
+        return self.norm(skip + F.glu(self.glu(self.dropout(x)), dim=-1))
+
+
+class GatedResidualNetwork(nn.Module):
+    """GRN: ``GateAddNorm(W2 ELU(W1 x + Wc c), skip(x))`` with an optional context c."""
+
+    def __init__(
+        self,
+        in_dim: int,
+        hidden_dim: int,
+        out_dim: int,
+        context_dim: int | None = None,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        self.skip = nn.Linear(in_dim, out_dim) if in_dim != out_dim else nn.Identity()
+        self.fc1 = nn.Linear(in_dim, hidden_dim)
+        self.context = nn.Linear(context_dim, hidden_dim, bias=False) if context_dim else None
+        self.fc2 = nn.Linear(hidden_dim, hidden_dim)
+        self.gate = GateAddNorm(hidden_dim, out_dim, dropout)
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        h = self.fc1(x)
+        if self.context is not None and context is not None:
+            h = h + self.context(context)  # context broadcasts over time when given [B, 1, C]
+        h = self.fc2(F.elu(h))
+        return self.gate(h, self.skip(x))
+
+
+class GroupedGRN(nn.Module):
+    """G independent GRNs (one per input variable) on ``[..., G, d] -> [..., G, d]``."""
+
+    def __init__(self, groups: int, dim: int, dropout: float = 0.0):
+        super().__init__()
+        self.fc1 = GroupedLinear(groups, dim, dim)
+        self.fc2 = GroupedLinear(groups, dim, dim)
+        self.glu = GroupedLinear(groups, dim, 2 * dim)
+        self.dropout = nn.Dropout(dropout)
+        self.norm_weight = nn.Parameter(torch.ones(groups, dim))
+        self.norm_bias = nn.Parameter(torch.zeros(groups, dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.fc2(F.elu(self.fc1(x)))
+        h = x + F.glu(self.glu(self.dropout(h)), dim=-1)
+        return F.layer_norm(h, h.shape[-1:]) * self.norm_weight + self.norm_bias
+
+
+class VariableSelectionNetwork(nn.Module):
+    """Soft selection over V input variables, conditioned on a static context.
+
+    Input ``[..., V, d]`` (one embedding per variable); output the selected mix
+    ``[..., hidden]`` and the selection weights ``[..., V]`` (softmax over variables).
+    """
+
+    def __init__(
+        self,
+        num_vars: int,
+        var_dim: int,
+        hidden_dim: int,
+        context_dim: int | None = None,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        self.weights_grn = GatedResidualNetwork(
+            num_vars * var_dim, hidden_dim, num_vars, context_dim, dropout
+        )
+        # Near-uniform weights at the start (logits are layer-normed, so scale their gain):
+        # no variable is favoured before training has seen any data.
+        nn.init.constant_(self.weights_grn.gate.norm.weight, 0.1)
+        self.var_grns = GroupedGRN(num_vars, var_dim, dropout)
+        self.out = nn.Linear(var_dim, hidden_dim)
+
+    def forward(self, emb: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        flat = emb.flatten(-2)  # (..., V * d)
+        weights = torch.softmax(self.weights_grn(flat, context), dim=-1)  # (..., V)
+        processed = self.var_grns(emb)  # (..., V, d)
+        selected = self.out((processed * weights.unsqueeze(-1)).sum(-2))  # (..., hidden)
+        return selected, weights
+
+
+class InterpretableMultiHeadAttention(nn.Module):
+    """Multi-head attention with one value projection shared by all heads, heads averaged.
+
+    Because V is shared, averaging the heads' outputs equals applying the head-averaged
+    attention matrix to V, so that matrix is an honest picture of what the model looks at.
+    """
+
+    def __init__(self, hidden_dim: int, num_heads: int, dropout: float = 0.0):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = hidden_dim // num_heads
+        self.q = nn.Linear(hidden_dim, num_heads * self.head_dim)
+        self.k = nn.Linear(hidden_dim, num_heads * self.head_dim)
+        self.v = nn.Linear(hidden_dim, self.head_dim)  # shared across heads
+        self.out = nn.Linear(self.head_dim, hidden_dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, causal: bool = True) -> tuple[Tensor, Tensor]:
+        B, L, _ = x.shape
+        q = self.q(x).view(B, L, self.num_heads, self.head_dim).transpose(1, 2)  # (B, h, L, dh)
+        k = self.k(x).view(B, L, self.num_heads, self.head_dim).transpose(1, 2)  # (B, h, L, dh)
+        v = self.v(x)  # (B, L, dh)
+        scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)  # (B, h, L, L)
+        if causal:
+            future = torch.ones(L, L, dtype=torch.bool, device=x.device).triu(1)
+            scores = scores.masked_fill(future, float("-inf"))
+        attn = torch.softmax(scores, dim=-1)  # (B, h, L, L), rows sum to 1 over the past
+        mixed = (self.dropout(attn) @ v.unsqueeze(1)).mean(1)  # (B, L, dh)
+        return self.out(mixed), attn
+
+
+# ---------------------------------------------------------------- the model
+
+
+@register_model("tft")
+class TemporalFusionTransformer(nn.Module):
+    """Temporal Fusion Transformer: multi-horizon quantile forecasts with interpretation.
+
+    ``forward(batch)`` takes ``x [B, L, F]``, ``stock_id [B]``, ``sector_id [B]`` and
+    returns ``pred [B, H, Q]``, ``pred_all [B, L, H, Q]``, ``variable_importance [B, F]``
+    (selection weights averaged over time), ``static_importance [B, 2]`` (stock, sector),
+    ``attention [B, heads, L]`` (the origin step's attention over the past, per head) and
+    ``attention_all [B, heads, L, L]`` (every step's causal attention).
+    """
+
+    Config = TFTConfig
+
+    def __init__(self, config: TFTConfig):
+        super().__init__()
+        self.config = c = config
+        d, dv = c.hidden_size, c.variable_hidden_size
+
+        # static covariate encoders -> 4 contexts
+        self.stock_embedding = nn.Embedding(c.num_stocks, d)
+        self.sector_embedding = nn.Embedding(c.num_sectors, d)
+        self.static_selection = VariableSelectionNetwork(len(STATIC_NAMES), d, d, None, c.dropout)
+        self.context_selection = GatedResidualNetwork(d, d, d, dropout=c.dropout)
+        self.context_enrichment = GatedResidualNetwork(d, d, d, dropout=c.dropout)
+        self.context_h = GatedResidualNetwork(d, d, d, dropout=c.dropout)
+        self.context_c = GatedResidualNetwork(d, d, d, dropout=c.dropout)
+
+        # time-varying inputs: one scalar -> dv embedding per variable, then selection
+        self.input_embedding = GroupedLinear(c.num_features, 1, dv)
+        self.temporal_selection = VariableSelectionNetwork(c.num_features, dv, d, d, c.dropout)
+
+        # sequence processing
+        self.lstm = nn.LSTM(
+            d,
+            d,
+            num_layers=c.lstm_layers,
+            batch_first=True,
+            dropout=c.dropout if c.lstm_layers > 1 else 0.0,
+        )
+        self.lstm_gate = GateAddNorm(d, d, c.dropout)
+        self.enrichment = GatedResidualNetwork(d, d, d, context_dim=d, dropout=c.dropout)
+        self.attention = InterpretableMultiHeadAttention(d, c.num_heads, c.dropout)
+        self.attention_gate = GateAddNorm(d, d, c.dropout)
+        self.positionwise = GatedResidualNetwork(d, d, d, dropout=c.dropout)
+        self.output_gate = GateAddNorm(d, d, 0.0)
+        self.head = QuantileHead(d, c.horizons, c.quantiles)
+
+    def forward(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        x = batch["x"]
+        c = self.config
+        if x.dim() != 3 or x.shape[-1] != c.num_features:
+            raise ValueError(f"x must be [B, L, {c.num_features}], got {tuple(x.shape)}")
+        B, L, _ = x.shape
+        stock_id = batch.get("stock_id")
+        sector_id = batch.get("sector_id")
+        if stock_id is None:
+            stock_id = torch.zeros(B, dtype=torch.long, device=x.device)
+        if sector_id is None:
+            sector_id = torch.zeros(B, dtype=torch.long, device=x.device)
+
+        # static covariates -> contexts
+        static = torch.stack(
+            [self.stock_embedding(stock_id), self.sector_embedding(sector_id)], dim=1
+        )  # (B, S, d)
+        static, static_weights = self.static_selection(static)  # (B, d), (B, S)
+        c_selection = self.context_selection(static).unsqueeze(1)  # (B, 1, d)
+        c_enrichment = self.context_enrichment(static).unsqueeze(1)  # (B, 1, d)
+        h0 = self.context_h(static).unsqueeze(0).expand(c.lstm_layers, B, -1).contiguous()
+        c0 = self.context_c(static).unsqueeze(0).expand(c.lstm_layers, B, -1).contiguous()
+
+        # variable selection over the F inputs at every step
+        emb = self.input_embedding(x.unsqueeze(-1))  # (B, L, F, dv)
+        selected, var_weights = self.temporal_selection(emb, c_selection)  # (B, L, d), (B, L, F)
+
+        # local processing: LSTM encoder with a gated skip
+        lstm_out, _ = self.lstm(selected, (h0, c0))  # (B, L, d)
+        temporal = self.lstm_gate(lstm_out, selected)  # (B, L, d)
+
+        # static enrichment, then causal interpretable attention
+        enriched = self.enrichment(temporal, c_enrichment)  # (B, L, d)
+        attn_out, attn = self.attention(enriched, causal=True)  # (B, L, d), (B, h, L, L)
+        h = self.attention_gate(attn_out, enriched)  # (B, L, d)
+        h = self.positionwise(h)  # (B, L, d)
+        h = self.output_gate(h, temporal)  # (B, L, d)
+
+        pred_all = self.head(h)  # (B, L, H, Q)
+        return {
+            "pred": pred_all[:, -1],  # (B, H, Q)
+            "pred_all": pred_all,
+            "variable_importance": var_weights.mean(1),  # (B, F)
+            "static_importance": static_weights,  # (B, S)
+            "attention": attn[:, :, -1],  # (B, h, L)
+            "attention_all": attn,  # (B, h, L, L)
+        }
+
+    @torch.no_grad()
+    def interpret(
+        self,
+        batch_or_outputs: Mapping[str, Tensor] | Iterable[Mapping[str, Tensor]],
+        feature_names: Sequence[str] | None = None,
+    ) -> dict:
+        """Aggregate importance and attention over many samples.
+
+        Args:
+            batch_or_outputs: a batch (``x``, ``stock_id``, ``sector_id``; the model is run in
+                eval mode), forward outputs, or an iterable of either (e.g. a DataLoader or a
+                list of ``{**batch, **outputs}``). Per-stock importance needs ``stock_id`` in
+                the dicts.
+            feature_names: names of the F inputs; default ``config.feature_names`` or x0...
+
+        Returns:
+            ``variable_importance``: dict name -> mean selection weight, sorted descending;
+            ``static_importance``: dict stock/sector -> weight;
+            ``attention``: ``np.ndarray [L]``, the origin step's attention over past steps
+            averaged over samples and heads (index -1 = the origin itself);
+            ``per_stock``: DataFrame, index stock_id, one column per feature.
+        """
+        import pandas as pd
+
+        items = [batch_or_outputs] if isinstance(batch_or_outputs, Mapping) else batch_or_outputs
+        var_imp, static_imp, attention, stock_ids = [], [], [], []
+        was_training = self.training
+        self.eval()
+        try:
+            for item in items:
+                out = item if "variable_importance" in item else {**item, **self(item)}
+                var_imp.append(out["variable_importance"].float().cpu())
+                static_imp.append(out["static_importance"].float().cpu())
+                attention.append(out["attention"].float().mean(1).cpu())  # (B, L)
+                if "stock_id" in out:
+                    stock_ids.append(out["stock_id"].cpu())
+        finally:
+            self.train(was_training)
+        if not var_imp:
+            raise ValueError("interpret() got no batches")
+
+        names = list(feature_names or self.config.feature_names or [])
+        if not names:
+            names = [f"x{i}" for i in range(self.config.num_features)]
+        if len(names) != self.config.num_features:
+            raise ValueError(f"{len(names)} feature names for {self.config.num_features} inputs")
+
+        var = torch.cat(var_imp).numpy()  # (n, F)
+        mean_var = var.mean(0)
+        order = np.argsort(-mean_var, kind="stable")
+        per_stock = pd.DataFrame(columns=names, dtype=float)
+        if len(stock_ids) == len(var_imp):
+            per_stock = (
+                pd.DataFrame(var, columns=names)
+                .assign(stock_id=torch.cat(stock_ids).numpy())
+                .groupby("stock_id")
+                .mean()
+            )
+        return {
+            "variable_importance": {names[i]: float(mean_var[i]) for i in order},
+            "static_importance": dict(
+                zip(STATIC_NAMES, torch.cat(static_imp).mean(0).tolist(), strict=True)
+            ),
+            "attention": torch.cat(attention).mean(0).numpy(),
+            "per_stock": per_stock,
+        }

@@ -1,0 +1,213 @@
+"""Inference from a finished run: forecasts for a date, and the incremental daily update.
+
+``update_run`` appends new dates without retraining anything: features for the extended
+market (causal, so the stored dates' values are unchanged), Stage1 relationship features for
+the new dates only (the model trained on the full training span, the same one the store used
+for every date after the training span), then Stage3 forecasts for the new dates.
+
+All files of an update are written under temporary names first; a journal then lists the
+renames, which are applied, and the journal is removed. A crash before the journal leaves the
+previous run untouched; a crash during the renames is finished by the next
+:func:`recover_update` (called whenever a run folder is opened for inference).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from relcast.data.panel import Panel, RelcastDataError
+from relcast.persist import atomic_write_bytes
+
+JOURNAL = "update.journal"
+LIVE_PREDICTIONS = "live_predictions.parquet"
+
+
+def recover_update(run_dir: Path) -> None:
+    """Finish an update that crashed during its renames; drop stray temporary files."""
+    run_dir = Path(run_dir)
+    journal = run_dir / JOURNAL
+    if journal.exists():
+        for tmp, final in json.loads(journal.read_text()):
+            if (run_dir / tmp).exists():
+                os.replace(run_dir / tmp, run_dir / final)
+        journal.unlink()
+    for stray in run_dir.glob(".*.update"):
+        stray.unlink()
+
+
+def _commit(run_dir: Path, files: dict[str, bytes]) -> None:
+    """Write every file under a temporary name, then rename them all via a journal."""
+    pairs = []
+    for final, data in files.items():
+        tmp = f".{final}.update"
+        atomic_write_bytes(run_dir / tmp, data)
+        pairs.append((tmp, final))
+    atomic_write_bytes(run_dir / JOURNAL, json.dumps(pairs).encode())
+    recover_update(run_dir)
+
+
+def _read_market(data: str) -> Panel:
+    import relcast
+
+    if data == "demo":
+        return relcast.load_dataset("demo")
+    return relcast.read_panel(data)
+
+
+def _open(run_dir):
+    from relcast.pipeline import Pipeline
+
+    recover_update(Path(run_dir))
+    return Pipeline.open(run_dir)
+
+
+def _relationships_for(pipe, features, index: np.ndarray, stored: np.ndarray, stored_dates):
+    """Relationship values ``[T, N, K]`` on the features' dates: stored where the store has
+    the date, extracted by the full Stage1 model for the dates in ``index`` it lacks."""
+    T, N = features.mask.shape
+    names = pipe.relationships[1]
+    values = np.full((T, N, len(names)), np.nan, dtype=np.float32)
+    pos = {int(d): i for i, d in enumerate(stored_dates.astype("int64"))}
+    have = np.array([pos.get(int(d), -1) for d in features.dates.astype("int64")])
+    values[have >= 0] = stored[have[have >= 0]]
+    missing = np.intersect1d(index, np.flatnonzero(have < 0))
+    if missing.size:
+        rel = pipe.extractor.extract(pipe.stage1_model, features, missing)
+        if rel.names != names:
+            raise RuntimeError("the extractor's columns differ from the stored ones")
+        values[missing] = rel.values
+    return values, names, missing
+
+
+def _forecast_frame(pipe, features, rel, index: np.ndarray) -> pd.DataFrame:
+    from relcast.training.stage3 import predict_stage3
+
+    frames = []
+    for name, _, feature_set in pipe.stage3_names():
+        if not (pipe.dir / "stage3" / name / "model.safetensors").exists():
+            continue
+        model = pipe.stage3_model(name)
+        inputs = pipe.stage3_inputs(feature_set, features=features, relationships=rel)
+        out = predict_stage3(model, inputs, index=index, stocks=list(pipe.panel.symbols[pipe.target]))
+        q = model.config.quantiles
+        for h in range(out["point"].shape[2]):
+            t, n = np.nonzero(np.isfinite(out["point"][index, :, h]))
+            frame = pd.DataFrame({
+                "date": features.dates[index[t]], "symbol": features.symbols[n], "model": name,
+                "horizon": h + 1, "pred": out["point"][index[t], n, h],
+            })
+            if q is not None:
+                for k, level in enumerate(q):
+                    frame[f"q{level:g}"] = out["pred"][index[t], n, h, k]
+            frames.append(frame)
+    if not frames:
+        raise RelcastDataError("no forecast: no complete lookback window ends on the requested dates")
+    return pd.concat(frames, ignore_index=True)
+
+
+def _stored_relationships(pipe) -> tuple[np.ndarray, np.ndarray]:
+    with np.load(pipe.dir / "relationships.npz", allow_pickle=False) as z:
+        return z["values"], z["dates"].astype("datetime64[ns]")
+
+
+def predict_date(run_dir, data: str, date: str | None = None) -> pd.DataFrame:
+    """Stage3 forecasts at ``date`` (default: the last date of ``data``) from saved models."""
+    pipe = _open(run_dir)
+    panel = _read_market(data)
+    panel = _as_trained(panel, pipe.panel)
+    if date is None:
+        t = panel.num_dates - 1
+    else:
+        when = np.datetime64(pd.Timestamp(date), "ns")
+        t = int(np.searchsorted(panel.dates, when))
+        if t >= panel.num_dates or panel.dates[t] != when:
+            raise RelcastDataError(f"{data}: date {date} is not a trading date of the data")
+    features = pipe.features_for(panel)
+    lookback = pipe.config.stage3.lookback
+    window = np.arange(max(0, t - lookback + 1), t + 1)
+    stored, stored_dates = _stored_relationships(pipe)
+    rel, names, _ = _relationships_for(pipe, features, window, stored, stored_dates)
+    return _forecast_frame(pipe, features, (rel, names), np.array([t]))
+
+
+def _as_trained(panel: Panel, trained: Panel) -> Panel:
+    """The new data on the trained universe: its symbols, order, fields and metadata."""
+    _check_symbols(trained, panel)
+    panel = panel.reindex(panel.dates, trained.symbols)
+    values = panel.values if panel.fields == trained.fields else _align_fields(panel, trained.fields)
+    return Panel(panel.dates, trained.symbols, trained.fields, values, panel.mask, trained.meta)
+
+
+def _check_symbols(old: Panel, new: Panel) -> None:
+    unknown = sorted(set(new.symbols) - set(old.symbols))
+    if unknown:
+        raise RelcastDataError(
+            f"symbols not in the trained universe: {unknown[:10]}; Stage1 has one identity "
+            "embedding per trained symbol, so new symbols need a new `relcast run`"
+        )
+
+
+def update_run(run_dir, data: str) -> pd.DataFrame:
+    """Append the new dates of ``data`` to the run and forecast them (no retraining)."""
+    pipe = _open(run_dir)
+    old = pipe.panel
+    new = _read_market(data)
+    if new.num_dates == 0:
+        raise RelcastDataError(f"{data}: no dates to add")
+    if new.dates[0] <= old.dates[-1]:
+        overlap = new.dates[new.dates <= old.dates[-1]]
+        raise RelcastDataError(
+            f"{data}: {len(overlap)} date(s) not after the run's last date "
+            f"{pd.Timestamp(old.dates[-1]).date()} (first: {pd.Timestamp(overlap[0])}); "
+            "pass only new bars, in order"
+        )
+    new = _as_trained(new, old)
+    combined = Panel(
+        dates=np.concatenate([old.dates, new.dates]),
+        symbols=old.symbols,
+        fields=old.fields,
+        values=np.concatenate([old.values, new.values]),
+        mask=np.concatenate([old.mask, new.mask]),
+        meta=old.meta,
+    )
+    features = pipe.features_for(combined)
+    added = np.arange(old.num_dates, combined.num_dates)
+    stored, stored_dates = _stored_relationships(pipe)
+    rel, names, _ = _relationships_for(pipe, features, added, stored, stored_dates)
+    forecasts = _forecast_frame(pipe, features, (rel, names), added)
+
+    with np.load(pipe.dir / "relationships.npz", allow_pickle=False) as z:
+        fold_of = np.concatenate([z["fold_of"], np.full(len(added), -1, dtype=z["fold_of"].dtype)])
+    buf = io.BytesIO()
+    mask = np.isfinite(rel).all(axis=-1) & features.mask
+    np.savez(buf, names=np.asarray(names), values=rel, mask=mask, fold_of=fold_of,
+             dates=combined.dates.astype("int64"))
+    panel_buf = io.BytesIO()
+    tmp_panel = pipe.dir / ".panel.build"
+    combined.to_parquet(tmp_panel)
+    panel_buf.write(tmp_panel.read_bytes())
+    tmp_panel.unlink()
+    live = pipe.dir / LIVE_PREDICTIONS
+    history = pd.read_parquet(live) if live.exists() else None
+    table = forecasts if history is None else pd.concat([history, forecasts], ignore_index=True)
+    out = io.BytesIO()
+    table.to_parquet(out, index=False)
+    _commit(pipe.dir, {
+        "panel.parquet": panel_buf.getvalue(),
+        "relationships.npz": buf.getvalue(),
+        LIVE_PREDICTIONS: out.getvalue(),
+    })
+    return forecasts
+
+
+def _align_fields(new: Panel, fields: tuple[str, ...]) -> np.ndarray:
+    missing = [f for f in fields if f not in new.fields]
+    if missing:
+        raise RelcastDataError(f"new data lacks fields {missing} that the run was trained with")
+    return np.stack([new.field(f) for f in fields], axis=-1)

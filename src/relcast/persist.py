@@ -1,0 +1,98 @@
+"""Safe persistence of a run folder: tensors in safetensors, everything else in JSON/Parquet.
+
+Nothing is ever unpickled: model weights are safetensors files, configs are JSON, LightGBM
+boosters are LightGBM's own text format. Every write goes to a temporary file first and is
+renamed into place, so a crash never leaves a half-written artefact under its real name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+RUN_FORMAT = 1  # bump when the run folder layout changes incompatibly
+
+
+class RunFolderError(RuntimeError):
+    """A run folder that is missing pieces or was written by an incompatible version."""
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def write_json(path: Path, obj: Any) -> Path:
+    return atomic_write_bytes(path, json.dumps(_jsonable(obj), indent=2).encode())
+
+
+def read_json(path: Path) -> Any:
+    if not Path(path).exists():
+        raise RunFolderError(f"missing {path}: run the step that writes it first")
+    return json.loads(Path(path).read_text())
+
+
+def _jsonable(obj: Any) -> Any:
+    if is_dataclass(obj) and not isinstance(obj, type):
+        return _jsonable(asdict(obj))
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj
+
+
+def save_module(path: Path, module, config: Any, kind: str) -> Path:
+    """Weights (safetensors) + ``<path>.json`` with the dataclass config and the kind."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(state, str(tmp))
+    os.replace(tmp, path)
+    write_json(path.with_suffix(".json"), {"kind": kind, "format": RUN_FORMAT, "config": config})
+    return path
+
+
+def load_state(path: Path) -> tuple[dict, dict]:
+    """``(state_dict, info)``; info is the JSON written by :func:`save_module`."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    info = read_json(path.with_suffix(".json"))
+    if info.get("format") != RUN_FORMAT:
+        raise RunFolderError(
+            f"{path} was written by an incompatible relcast (format {info.get('format')}, "
+            f"this version reads {RUN_FORMAT}); re-run `relcast run` to rebuild it"
+        )
+    return load_file(str(path)), info
+
+
+def dataclass_from_dict(cls: type, data: dict) -> Any:
+    """Rebuild a config dataclass, turning JSON lists back into tuples where declared."""
+    names = {f.name for f in fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        if key in names:
+            kwargs[key] = tuple(value) if isinstance(value, list) else value
+    return cls(**kwargs)

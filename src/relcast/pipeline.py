@@ -1,0 +1,523 @@
+"""The whole pipeline, top to bottom like the design: prepare -> Stage1 (+Stage2) -> extract
+-> Stage3 -> evaluate -> report. Every step saves its artefacts in the run folder and is
+skipped on the next call when they exist, so an interrupted run resumes where it stopped.
+
+Run folder (``DIR``)::
+
+    config.yaml                 resolved configuration
+    run.json                    format version, steps done, timings
+    panel.parquet               the market the run was trained on (and updates append to)
+    split.json                  train / valid / test dates (embargo between spans)
+    stage1/model.safetensors    Stage1 weights (+ model.json: its config)
+    stage2/booster.json         LightGBM residual booster (its text format inside JSON)
+    relationships.npz           relationship features [T, N, K], names, fold of each date
+    data_with_relationships.parquet   own + relationship + calendar features per (date, symbol)
+    stage3/<name>/model.safetensors   one folder per Stage3 model
+    predictions.parquet         date, symbol, model, horizon, pred, label, q* columns
+    backtest.parquet, metrics.json, attention.npz, importance.json, logs/, plots/, report.html
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from relcast.config import RelcastConfig
+from relcast.data.panel import Panel, RelcastDataError
+from relcast.persist import (
+    RUN_FORMAT,
+    RunFolderError,
+    atomic_write_bytes,
+    dataclass_from_dict,
+    load_state,
+    read_json,
+    save_module,
+    write_json,
+)
+
+STEPS = ("prepare", "stage1", "stage2", "extract", "stage3", "evaluate", "report")
+
+
+def _log(msg: str) -> None:
+    print(f"[relcast] {msg}", flush=True)
+
+
+def load_source(config: RelcastConfig) -> Panel:
+    """The market named by ``config.data``: ``demo``, ``synthetic`` or a path."""
+    import relcast
+
+    source = config.data.source
+    if source == "demo":
+        panel = relcast.load_dataset("demo")
+    elif source == "synthetic":
+        panel, _ = relcast.synthetic_market(
+            num_stocks=config.data.synthetic_stocks,
+            num_days=config.data.synthetic_days,
+            seed=config.trainer.seed,
+        )
+    else:
+        panel = relcast.read_panel(source, universe=config.data.universe)
+    if config.data.start or config.data.end:
+        panel = panel.select(start=config.data.start, end=config.data.end)
+    return panel
+
+
+class Pipeline:
+    """One run of relcast in one folder. ``run()`` does every step; each step is callable."""
+
+    def __init__(self, config: RelcastConfig, run_dir: str | Path) -> None:
+        self.config = config
+        self.dir = Path(run_dir)
+        self._cache: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ bookkeeping
+    @classmethod
+    def open(cls, run_dir: str | Path) -> Pipeline:
+        """An existing run folder, with the configuration it was run with."""
+        from relcast.config import load_config
+
+        run_dir = Path(run_dir)
+        info = read_json(run_dir / "run.json")
+        if info.get("format") != RUN_FORMAT:
+            raise RunFolderError(
+                f"{run_dir} was written by an incompatible relcast (run format "
+                f"{info.get('format')}, this version reads {RUN_FORMAT})"
+            )
+        return cls(load_config(file=run_dir / "config.yaml"), run_dir)
+
+    def _info(self) -> dict:
+        path = self.dir / "run.json"
+        return read_json(path) if path.exists() else {"format": RUN_FORMAT, "steps": {}}
+
+    def _mark(self, step: str, seconds: float, **extra: Any) -> None:
+        info = self._info()
+        info["steps"][step] = {"seconds": round(seconds, 2), **extra}
+        write_json(self.dir / "run.json", info)
+
+    def done(self, step: str) -> bool:
+        return step in self._info()["steps"]
+
+    def _progress(self) -> bool:
+        return bool(self.config.trainer.progress)
+
+    def _trainer_kwargs(self) -> dict:
+        t = self.config.trainer
+        kw = dict(accelerator=t.accelerator, devices=t.devices, strategy=t.strategy)
+        if t.num_nodes > 1:
+            kw["num_nodes"] = t.num_nodes
+        return kw
+
+    # ------------------------------------------------------------------ data
+    def prepare(self) -> None:
+        """Load the market, split it chronologically and write the panel + split."""
+        from relcast.features import chronological_split
+
+        start = time.perf_counter()
+        panel = load_source(self.config)  # bad data fails here, before anything is written
+        need = self.config.stage3.lookback + 60 + 3 * self.config.embargo
+        if panel.num_dates < need:
+            raise RelcastDataError(
+                f"{self.config.data.source}: {panel.num_dates} dates, but lookback "
+                f"{self.config.stage3.lookback} + 60 warm-up bars + embargoes need at least "
+                f"{need}; use more data or a shorter stage3.lookback"
+            )
+        try:
+            split = chronological_split(
+                panel.dates,
+                valid_frac=self.config.split.valid_frac,
+                test_frac=self.config.split.test_frac,
+                # a label at t reads close[t + delay + H]: that many dates separate the spans
+                embargo=self.config.embargo + self.config.data.label_delay,
+            )
+        except ValueError as exc:
+            raise RelcastDataError(f"{self.config.data.source}: cannot split: {exc}") from None
+        self.dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(self.dir / "config.yaml", self.config.to_yaml().encode())
+        panel.to_parquet(self.dir / "panel.parquet")
+        write_json(
+            self.dir / "split.json",
+            {
+                "train": split.train,
+                "valid": split.valid,
+                "test": split.test,
+                "embargo": split.embargo,
+                "dates": {
+                    name: [str(panel.dates[idx[0]])[:10], str(panel.dates[idx[-1]])[:10]]
+                    for name, idx in (("train", split.train), ("valid", split.valid), ("test", split.test))
+                },
+            },
+        )
+        self._cache.clear()
+        self._mark("prepare", time.perf_counter() - start, dates=panel.num_dates, symbols=panel.num_symbols)
+        _log(f"prepared {panel!r}")
+
+    @property
+    def panel(self) -> Panel:
+        if "panel" not in self._cache:
+            self._cache["panel"] = Panel.read_parquet(self.dir / "panel.parquet")
+        return self._cache["panel"]
+
+    @property
+    def split(self):
+        if "split" not in self._cache:
+            from relcast.features import Split
+
+            s = read_json(self.dir / "split.json")
+            self._cache["split"] = Split(
+                train=np.asarray(s["train"], dtype=np.int64),
+                valid=np.asarray(s["valid"], dtype=np.int64),
+                test=np.asarray(s["test"], dtype=np.int64),
+                embargo=int(s["embargo"]),
+                dates=self.panel.dates,
+            )
+        return self._cache["split"]
+
+    @property
+    def train_end(self) -> np.datetime64:
+        return self.panel.dates[self.split.train[-1]]
+
+    def features_for(self, panel: Panel):
+        """Features of any panel that extends the training one (same training span)."""
+        from relcast.features import build_features
+
+        return build_features(panel, train_end=self.train_end)
+
+    @property
+    def features(self):
+        if "features" not in self._cache:
+            self._cache["features"] = self.features_for(self.panel)
+        return self._cache["features"]
+
+    @property
+    def labels(self) -> np.ndarray:
+        if "labels" not in self._cache:
+            from relcast.features import forward_returns
+
+            self._cache["labels"] = forward_returns(
+                self.panel, self.config.data.horizons, delay=self.config.data.label_delay
+            )
+        return self._cache["labels"]
+
+    @property
+    def target(self) -> np.ndarray:
+        """``bool [N]``: stocks that count in losses and metrics (indices do not)."""
+        return ~self.panel.is_index
+
+    # ------------------------------------------------------------------ Stage1
+    def stage1(self) -> None:
+        from relcast.models.cross_sectional import Stage1Config
+        from relcast.training.stage1 import encode_sectors, fit_stage1
+
+        s = self.config.stage1
+        f = self.features
+        _, num_sectors = encode_sectors(self.panel.sectors, self.panel.num_symbols)
+        cfg = Stage1Config(
+            num_features=len(f.names),
+            num_stocks=self.panel.num_symbols,
+            num_sectors=num_sectors,
+            horizons=self.config.data.horizons,
+            d_model=s.d_model,
+            n_heads=s.n_heads,
+            n_layers=s.n_layers,
+            dropout=s.dropout,
+            relationship_dim=s.relationship_dim,
+            use_sector_embedding=s.use_sector_embedding,
+            multitask=s.multitask,
+        )
+        _log(f"Stage1: {cfg.d_model}d x {cfg.n_layers} layers on {cfg.num_stocks} symbols")
+        result = fit_stage1(
+            f,
+            self.labels,
+            self.split,
+            cfg,
+            out_dir=self.dir / "logs" / "stage1",
+            sector_ids=self.panel.sectors,
+            loss=s.loss,
+            max_epochs=s.max_epochs,
+            batch_dates=s.batch_dates,
+            lr=s.lr,
+            patience=s.patience,
+            seed=self.config.trainer.seed,
+            target=self.target,
+            progress=self._progress(),
+            **self._trainer_kwargs(),
+        )
+        save_module(self.dir / "stage1" / "model.safetensors", result.model, asdict(cfg), "stage1")
+        self._cache["stage1"] = result.model
+        self._mark(
+            "stage1",
+            result.train_seconds,
+            best_val_rank_ic=result.best_val_rank_ic,
+            epochs=len(result.history),
+        )
+        _log(f"Stage1 done in {result.train_seconds:.0f}s, best val rank IC {result.best_val_rank_ic:.4f}")
+
+    @property
+    def stage1_model(self):
+        if "stage1" not in self._cache:
+            from relcast.models.cross_sectional import CrossSectionalTransformer, Stage1Config
+
+            state, info = load_state(self.dir / "stage1" / "model.safetensors")
+            model = CrossSectionalTransformer(dataclass_from_dict(Stage1Config, info["config"]))
+            model.load_state_dict(state)
+            self._cache["stage1"] = model.eval()
+        return self._cache["stage1"]
+
+    def stage1_outputs(self, features=None) -> dict[str, np.ndarray]:
+        """Stage1 predictions and embeddings for every date (cached for the run's features)."""
+        from relcast.training.stage1 import predict_stage1
+
+        if features is not None:
+            return predict_stage1(self.stage1_model, features)
+        if "stage1_out" not in self._cache:
+            self._cache["stage1_out"] = predict_stage1(self.stage1_model, self.features)
+        return self._cache["stage1_out"]
+
+    # ------------------------------------------------------------------ Stage2
+    def stage2(self) -> None:
+        from relcast.features import normalize_labels_cross_section
+        from relcast.models.residual import ResidualBooster
+
+        s = self.config.stage2
+        if not s.enabled:
+            self._mark("stage2", 0.0, enabled=False)
+            return
+        start = time.perf_counter()
+        out = self.stage1_outputs()
+        f = self.features
+        # Stage1 is trained on cross-sectionally normalised labels: residuals in the same units
+        y = normalize_labels_cross_section(self.labels, f.mask)[..., 0]
+        mask = f.mask & self.target[None, :]
+        booster = ResidualBooster(
+            num_leaves=s.num_leaves,
+            n_estimators=s.n_estimators,
+            learning_rate=s.learning_rate,
+            seed=self.config.trainer.seed,
+        ).fit(
+            np.nan_to_num(f.values),
+            out["embeddings"],
+            out["pred"][..., 0],
+            y,
+            mask,
+            self.split.train,
+            self.split.valid,
+        )
+        booster.save(self.dir / "stage2" / "booster.json")
+        self._cache["stage2"] = booster
+        self._mark("stage2", time.perf_counter() - start, helped=booster.helped_, **booster.report_)
+        _log(f"Stage2: {'helped' if booster.helped_ else 'did not help'} on validation {booster.report_}")
+
+    @property
+    def stage2_booster(self):
+        if "stage2" not in self._cache:
+            from relcast.models.residual import ResidualBooster
+
+            path = self.dir / "stage2" / "booster.json"
+            if not path.exists():
+                return None
+            self._cache["stage2"] = ResidualBooster.load(path)
+        return self._cache["stage2"]
+
+    # ------------------------------------------------------------------ extraction
+    def make_extractor(self):
+        from relcast.models.extractors import make_extractor
+        from relcast.training.stage1 import encode_sectors
+
+        sector_ids, _ = encode_sectors(self.panel.sectors, self.panel.num_symbols)
+        return make_extractor(
+            self.config.relationships.extractor,
+            is_index=self.panel.is_index,
+            sector_ids=sector_ids,
+            n_components=self.config.stage1.relationship_dim,
+        )
+
+    def extract(self) -> None:
+        """Relationship features for every date, out-of-fold on the training span."""
+        from relcast.relationships import build_relationship_store
+
+        s = self.config.stage1
+        folds = self.config.relationships.oof_folds
+        _log(f"extracting {self.config.relationships.extractor} relationship features "
+             f"({'out-of-fold, ' + str(folds) + ' folds' if folds else 'leaky: no folds'})")
+        store = build_relationship_store(
+            self.features,
+            self.labels,
+            self.split,
+            self.stage1_model.config,
+            self.make_extractor(),
+            n_folds=folds,
+            oof=folds > 0,
+            embargo=self.config.embargo + self.config.data.label_delay,
+            sector_ids=self.panel.sectors,
+            out_dir=self.dir / "logs" / "stage1_folds",
+            out_path=self.dir / "data_with_relationships.parquet",
+            seed=self.config.trainer.seed,
+            full_model=self.stage1_model,
+            loss=s.loss,
+            max_epochs=s.max_epochs,
+            batch_dates=s.batch_dates,
+            lr=s.lr,
+            patience=s.patience,
+            target=self.target,
+            progress=self._progress(),
+            **self._trainer_kwargs(),
+        )
+        self._save_relationships(store.names, store.values, store.mask, store.fold_of)
+        self._cache["extractor"] = store.full_extractor
+        self._mark("extract", store.build_seconds, columns=len(store.names), folds=folds)
+        _log(f"{len(store.names)} relationship columns in {store.build_seconds:.0f}s")
+
+    def _save_relationships(self, names, values, mask, fold_of) -> None:
+        import io
+
+        buf = io.BytesIO()
+        np.savez(buf, names=np.asarray(names), values=values, mask=mask, fold_of=fold_of,
+                 dates=self.panel.dates.astype("int64")[: len(values)])
+        atomic_write_bytes(self.dir / "relationships.npz", buf.getvalue())
+        self._cache.pop("relationships", None)
+
+    @property
+    def relationships(self) -> tuple[np.ndarray, list[str]]:
+        """``(values [T, N, K], names)`` from the store."""
+        if "relationships" not in self._cache:
+            path = self.dir / "relationships.npz"
+            if not path.exists():
+                raise RunFolderError(f"missing {path}: run `relcast extract` first")
+            with np.load(path, allow_pickle=False) as z:
+                self._cache["relationships"] = (z["values"], [str(n) for n in z["names"]])
+        return self._cache["relationships"]
+
+    @property
+    def extractor(self):
+        """The extractor fitted on the full Stage1 model (refitted deterministically)."""
+        if "extractor" not in self._cache:
+            from relcast.training.common import seed_everything
+
+            seed_everything(self.config.trainer.seed)
+            ext = self.make_extractor()
+            ext.fit(self.stage1_model, self.features, self.labels, self.split)
+            self._cache["extractor"] = ext
+        return self._cache["extractor"]
+
+    # ------------------------------------------------------------------ Stage3
+    def stage3_names(self) -> list[tuple[str, str, str]]:
+        """``(run name, model, feature set)`` for every Stage3 model of the config."""
+        prefix = {"hybrid": "hybrid_", "own": "stage3_own_", "rawconcat": "stage3_rawconcat_"}
+        return [
+            (prefix[fs] + model, model, fs)
+            for model in self.config.stage3.models
+            for fs in self.config.stage3.feature_sets
+        ]
+
+    def stage3_inputs(self, feature_set: str, features=None, relationships=None):
+        from relcast.training.stage3 import assemble_inputs
+
+        features = self.features if features is None else features
+        rel = None
+        if feature_set == "hybrid":
+            rel = self.relationships if relationships is None else relationships
+        return assemble_inputs(features, rel, feature_set, sectors=self.panel.sectors)
+
+    def _stage3_hparams(self, model: str) -> dict:
+        s = self.config.stage3
+        hp: dict[str, Any] = {"hidden_size": s.hidden_size, "dropout": s.dropout}
+        if model in ("lstm", "gru"):
+            hp["num_layers"] = s.num_layers
+        if model == "tft":
+            hp["num_heads"] = s.heads
+        return hp
+
+    def stage3(self, seed_offset: int = 0) -> None:
+        from relcast.training.stage3 import fit_stage3
+
+        s = self.config.stage3
+        timings = {}
+        for name, model, feature_set in self.stage3_names():
+            folder = self.dir / "stage3" / name
+            if (folder / "model.safetensors").exists():
+                continue  # resumable per model
+            inputs = self.stage3_inputs(feature_set)
+            _log(f"Stage3 {name}: {inputs.num_features} inputs, lookback {s.lookback}")
+            result = fit_stage3(
+                model,
+                inputs,
+                self.labels,
+                self.split,
+                lookback=s.lookback,
+                hparams=self._stage3_hparams(model),
+                quantiles=s.quantiles,
+                max_epochs=s.max_epochs,
+                batch_size=s.batch_size,
+                lr=s.lr,
+                patience=s.patience,
+                seed=self.config.trainer.seed + seed_offset,
+                out_dir=self.dir / "logs" / f"stage3_{name}",
+                stocks=list(self.panel.symbols[self.target]),  # indices are inputs, not targets
+                progress=self._progress(),
+                **self._trainer_kwargs(),
+            )
+            save_module(folder / "model.safetensors", result.model, asdict(result.model.config), model)
+            timings[name] = {
+                "seconds_per_epoch": result.seconds_per_epoch,
+                "windows_per_second": result.windows_per_second,
+                "epochs": len(result.history),
+                "best_val_rank_ic": result.best_val_rank_ic,
+                "num_inputs": inputs.num_features,
+            }
+            _log(f"Stage3 {name}: best val rank IC {result.best_val_rank_ic:.4f}, "
+                 f"{result.seconds_per_epoch:.1f}s/epoch")
+        info = self._info()
+        previous = info["steps"].get("stage3", {}).get("models", {})
+        self._mark("stage3", sum(t["seconds_per_epoch"] * t["epochs"] for t in timings.values()),
+                   models={**previous, **timings})
+
+    def stage3_model(self, name: str):
+        key = f"stage3:{name}"
+        if key not in self._cache:
+            from relcast.models.temporal import create_model
+
+            state, info = load_state(self.dir / "stage3" / name / "model.safetensors")
+            cfg = dict(info["config"])
+            for k, v in cfg.items():
+                if isinstance(v, list):
+                    cfg[k] = tuple(v)
+            model = create_model(info["kind"], **cfg)
+            model.load_state_dict(state)
+            self._cache[key] = model.eval()
+        return self._cache[key]
+
+    # ------------------------------------------------------------------ evaluate / report
+    def evaluate(self) -> dict:
+        from relcast.evaluation.runner import evaluate_run
+
+        start = time.perf_counter()
+        metrics = evaluate_run(self)
+        self._mark("evaluate", time.perf_counter() - start)
+        return metrics
+
+    def report(self) -> Path:
+        from relcast.evaluation.report import build_report
+
+        start = time.perf_counter()
+        path = build_report(self.dir)
+        self._mark("report", time.perf_counter() - start)
+        return path
+
+    # ------------------------------------------------------------------ the whole thing
+    def run(self, *, force: bool = False) -> dict:
+        """Every step in order; steps already done are skipped unless ``force``."""
+        total = time.perf_counter()
+        for step in STEPS:
+            if step == "prepare" and not force and self.done("prepare"):
+                continue
+            if not force and self.done(step):
+                _log(f"{step}: done already, skipped")
+                continue
+            getattr(self, step)()
+        _log(f"run finished in {time.perf_counter() - total:.0f}s -> {self.dir}")
+        return read_json(self.dir / "metrics.json")

@@ -1,0 +1,277 @@
+"""End to end through the CLI on a tiny synthetic market: run, predict, update, failures."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+import relcast
+from relcast.cli import app
+
+TINY = [
+    "data.horizons=2",
+    "stage1.d_model=16",
+    "stage1.n_heads=2",
+    "stage1.n_layers=1",
+    "stage1.relationship_dim=4",
+    "stage1.max_epochs=2",
+    "stage1.batch_dates=16",
+    "stage2.n_estimators=20",
+    "relationships.oof_folds=2",
+    "stage3.models=[gru]",
+    "stage3.feature_sets=[hybrid,own]",
+    "stage3.hidden_size=8",
+    "stage3.num_layers=1",
+    "stage3.lookback=8",
+    "stage3.max_epochs=1",
+    "stage3.batch_size=256",
+    "evaluation.topk=2",
+    "trainer.progress=false",
+    "trainer.accelerator=cpu",
+]
+DAYS, NEW_DAYS = 260, 6
+
+
+def _sets(extra=()):
+    return [arg for item in [*TINY, *extra] for arg in ("--set", item)]
+
+
+def _write_csv(panel, path: Path) -> Path:
+    panel.to_frame().to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def market(tmp_path_factory):
+    root = tmp_path_factory.mktemp("market")
+    panel, _ = relcast.synthetic_market(num_stocks=6, num_days=DAYS + NEW_DAYS, seed=3)
+    history = panel.select(end=panel.dates[DAYS - 1])
+    new = panel.select(start=panel.dates[DAYS])
+    universe = panel.meta.copy()
+    universe.to_csv(root / "universe.csv", index=False)
+    return {
+        "full": panel,
+        "history": _write_csv(history, root / "history.csv"),
+        "new": _write_csv(new, root / "new.csv"),
+        "all": _write_csv(panel, root / "all.csv"),
+        "universe": root / "universe.csv",
+    }
+
+
+@pytest.fixture(scope="module")
+def run_dir(market, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "run"
+    result = CliRunner().invoke(
+        app,
+        ["run", "--data", str(market["history"]), "--universe", str(market["universe"]),
+         "--out", str(out), *_sets()],
+    )
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return out
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*")) if p.is_file()
+    }
+
+
+def test_run_writes_every_artefact(run_dir):
+    for name in ("config.yaml", "run.json", "panel.parquet", "split.json", "metrics.json",
+                 "predictions.parquet", "backtest.parquet", "relationships.npz",
+                 "data_with_relationships.parquet", "attention.npz", "report.html",
+                 "stage1/model.safetensors", "stage2/booster.json",
+                 "stage3/hybrid_gru/model.safetensors", "stage3/stage3_own_gru/model.safetensors"):
+        assert (run_dir / name).exists(), name
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    models = metrics["models"]
+    for name in ("stage1", "stage1+stage2", "hybrid_gru", "stage3_own_gru", "lightgbm",
+                 "naive_momentum", "naive_zero", "control_shuffled_lightgbm"):
+        assert name in models, name
+    for key in ("ic", "rank_ic", "icir", "rank_icir", "mse", "direction_acc"):
+        assert key in models["hybrid_gru"]
+    preds = pd.read_parquet(run_dir / "predictions.parquet")
+    assert {"date", "symbol", "model", "horizon", "pred", "label", "q0.1", "q0.9"} <= set(preds.columns)
+    # every scored date is a test date: no train/valid date leaks into the evaluation
+    test_start = pd.Timestamp(metrics["split"]["test"][0])
+    assert (preds["date"] >= test_start).all()
+    # quantiles ordered by construction
+    q = preds.dropna(subset=["q0.1"])
+    assert (q["q0.1"] <= q["q0.5"] + 1e-6).all() and (q["q0.5"] <= q["q0.9"] + 1e-6).all()
+
+
+def test_rerun_resumes_without_retraining(run_dir, market):
+    before = (run_dir / "stage1" / "model.safetensors").stat().st_mtime_ns
+    result = CliRunner().invoke(
+        app,
+        ["run", "--data", str(market["history"]), "--universe", str(market["universe"]),
+         "--out", str(run_dir), *_sets()],
+    )
+    assert result.exit_code == 0, result.output
+    assert "done already, skipped" in result.output
+    assert (run_dir / "stage1" / "model.safetensors").stat().st_mtime_ns == before
+
+
+def test_predict_latest_and_given_date(run_dir, market):
+    from relcast.inference import predict_date
+
+    frame = predict_date(run_dir, str(market["history"]))
+    assert set(frame["date"]) == {pd.Timestamp(market["full"].dates[DAYS - 1])}
+    assert set(frame["model"]) == {"hybrid_gru", "stage3_own_gru"}
+    # the run's own evaluation forecast its last labelled test date with the same weights
+    stored = pd.read_parquet(run_dir / "predictions.parquet")
+    stored = stored[stored["model"] == "hybrid_gru"]
+    last = stored["date"].max()
+    mine = predict_date(run_dir, str(market["history"]), date=str(last.date()))
+    mine = mine[mine["model"] == "hybrid_gru"]
+    merged = stored[stored["date"] == last].merge(
+        mine, on=["symbol", "horizon"], suffixes=("_eval", "_predict")
+    )
+    assert len(merged) == len(mine) > 0
+    np.testing.assert_allclose(merged["pred_eval"], merged["pred_predict"], atol=1e-5)
+
+
+def test_update_matches_a_full_extraction(run_dir, market, tmp_path):
+    import shutil
+
+    from relcast.inference import update_run
+    from relcast.pipeline import Pipeline
+    from relcast.training.stage3 import predict_stage3
+
+    work = tmp_path / "run"
+    shutil.copytree(run_dir, work)
+    forecasts = update_run(work, str(market["new"]))
+    new_dates = set(pd.to_datetime(market["full"].dates[DAYS:]))
+    assert set(forecasts["date"]) == new_dates
+
+    # Reference: the same weights applied to the whole market at once (features over all
+    # dates, Stage1 extraction of every post-training date in one batch).
+    pipe = Pipeline.open(run_dir)
+    full = market["full"].select(symbols=list(pipe.panel.symbols))
+    features = pipe.features_for(full)
+    stored, names = pipe.relationships
+    rel = pipe.extractor.extract(pipe.stage1_model, features, np.arange(full.num_dates))
+    values = rel.values.copy()
+    values[: len(stored)] = stored  # training span keeps its out-of-fold values
+    added = np.arange(DAYS, DAYS + NEW_DAYS)
+    inputs = pipe.stage3_inputs("hybrid", features=features, relationships=(values, names))
+    ref = predict_stage3(pipe.stage3_model("hybrid_gru"), inputs, index=added)["point"]
+    got = forecasts[forecasts["model"] == "hybrid_gru"]
+    t = np.searchsorted(full.dates, got["date"].to_numpy(dtype="datetime64[ns]"))
+    n = pd.Index(full.symbols).get_indexer(got["symbol"])
+    np.testing.assert_allclose(got["pred"].to_numpy(), ref[t, n, got["horizon"].to_numpy() - 1],
+                               atol=1e-5)
+    # the run now holds the new dates, and refuses them a second time
+    assert Pipeline.open(work).panel.num_dates == DAYS + NEW_DAYS
+    with pytest.raises(relcast.RelcastDataError, match="not after the run's last date"):
+        update_run(work, str(market["new"]))
+
+
+def test_interrupted_update_leaves_the_run_usable(run_dir, market, tmp_path, monkeypatch):
+    import shutil
+
+    from relcast import inference
+
+    work = tmp_path / "run"
+    shutil.copytree(run_dir, work)
+    before = _digest(work)
+    calls = {"n": 0}
+    real = inference.atomic_write_bytes
+
+    def crash_on_second_file(path, data):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError("simulated crash mid-write")
+        return real(path, data)
+
+    monkeypatch.setattr(inference, "atomic_write_bytes", crash_on_second_file)
+    with pytest.raises(OSError, match="simulated crash"):
+        inference.update_run(work, str(market["new"]))
+    monkeypatch.undo()
+    inference.recover_update(work)  # what opening the run does: drops the stray temp file
+    assert _digest(work) == before
+    frame = inference.predict_date(work, str(market["history"]))
+    assert len(frame) > 0
+
+
+def test_crash_during_renames_is_finished_on_next_open(run_dir, market, tmp_path, monkeypatch):
+    import os
+    import shutil
+
+    from relcast import inference
+
+    work = tmp_path / "run"
+    shutil.copytree(run_dir, work)
+    real_replace = os.replace
+    state = {"renames": 0}
+
+    def crash_after_first_rename(src, dst):
+        if str(src).endswith(".update"):
+            state["renames"] += 1
+            if state["renames"] == 2:
+                raise OSError("simulated crash during renames")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(inference.os, "replace", crash_after_first_rename)
+    with pytest.raises(OSError):
+        inference.update_run(work, str(market["new"]))
+    monkeypatch.undo()
+    assert (work / inference.JOURNAL).exists()
+    frame = inference.predict_date(work, str(market["all"]))  # opening finishes the update
+    assert not (work / inference.JOURNAL).exists()
+    assert pd.Timestamp(market["full"].dates[-1]) in set(frame["date"])
+    from relcast.pipeline import Pipeline
+
+    pipe = Pipeline.open(work)
+    assert pipe.panel.num_dates == DAYS + NEW_DAYS == len(pipe.relationships[0])
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--set", "stage1.dmodel=3"], "unknown key"),
+        (["--set", "stage3.models=[xgboost]"], "stage3.models"),
+        (["--preset", "huge"], "preset must be one of"),
+        (["--data", "/nonexistent/market.csv"], "nonexistent"),
+    ],
+)
+def test_bad_input_fails_cleanly_and_writes_nothing(args, message, tmp_path):
+    out = tmp_path / "out"
+    base = ["run", "--out", str(out)]
+    if "--data" not in args:
+        base += ["--data", "synthetic"]
+    result = CliRunner().invoke(app, [*base, *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+    assert not out.exists()
+
+
+def test_bad_data_file_fails_cleanly(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("date,symbol,open,high,low,close\n2020-01-01,A,1,2,0.5,1\n")
+    before = bad.read_bytes()
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["run", "--data", str(bad), "--out", str(out)])
+    assert result.exit_code == 2
+    assert "volume" in result.output and "bad.csv" in result.output
+    assert not out.exists() and bad.read_bytes() == before
+
+
+def test_step_commands_need_a_run_folder(tmp_path):
+    result = CliRunner().invoke(app, ["stage3", "--run", str(tmp_path / "missing")])
+    assert result.exit_code == 2 and "run.json" in result.output
+
+
+def test_help_reads_well():
+    result = CliRunner().invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for cmd in ("run", "stage1", "extract", "stage3", "predict", "update", "report", "app"):
+        assert cmd in result.output

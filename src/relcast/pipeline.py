@@ -456,7 +456,7 @@ class Pipeline:
                 lr=s.lr,
                 patience=s.patience,
                 seed=self.config.trainer.seed + seed_offset,
-                out_dir=self.dir / "logs" / f"stage3_{name}",
+                out_dir=self.dir / "logs" / name,
                 stocks=list(self.panel.symbols[self.target]),  # indices are inputs, not targets
                 progress=self._progress(),
                 **self._trainer_kwargs(),

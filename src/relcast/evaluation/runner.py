@@ -148,6 +148,8 @@ def evaluate_run(pipe: Pipeline) -> dict[str, Any]:
             f"h{h + 1}": signal_metrics(score[days, :, h], z[days, :, h], cell[days])["rank_ic"]
             for h in range(H)
         } if name not in ("naive_zero",) else {}
+        if name == "naive_zero":
+            sm["direction_acc"] = float("nan")  # a zero forecast has no direction
         row: dict[str, Any] = {**sm, "rank_ic_by_horizon": by_h, **extra.get(name, {})}
         if name in quantiles:
             q = np.asarray(cfg.stage3.quantiles)

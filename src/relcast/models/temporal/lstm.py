@@ -1,0 +1,84 @@
+"""LSTM and GRU Stage3 forecasters: light recurrent models for long lookbacks.
+
+One class does both (the cell is the only difference, so the two cannot drift apart):
+
+    x [B, L, F] -> Linear -> + stock / sector embeddings -> stacked LSTM|GRU -> QuantileHead
+
+The head reads the hidden state at every step, so ``pred_all[:, l]`` is the forecast made at
+position l from steps ``<= l`` (a recurrent net is causal by construction) and
+``pred = pred_all[:, -1]``. The static covariates (stock id, sector) enter as embeddings
+added to the projected input at every step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor, nn
+
+from relcast.models.temporal.losses import QuantileHead
+from relcast.models.temporal.registry import TemporalConfig, register_model
+
+
+@dataclass
+class RecurrentConfig(TemporalConfig):
+    """Hyperparameters of the LSTM/GRU forecaster (common fields in ``TemporalConfig``)."""
+
+    num_layers: int = 2
+    """Stacked recurrent layers (the design's small preset uses 2)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.num_layers < 1:
+            raise ValueError(f"num_layers must be >= 1, got {self.num_layers}")
+
+
+class RecurrentForecaster(nn.Module):
+    """Stacked RNN over the window with a per-step multi-horizon quantile head."""
+
+    Config = RecurrentConfig
+    cell: type[nn.Module] = nn.LSTM
+
+    def __init__(self, config: RecurrentConfig):
+        super().__init__()
+        self.config = config
+        d = config.hidden_size
+        self.input_proj = nn.Linear(config.num_features, d)
+        self.stock_emb = nn.Embedding(config.num_stocks, d)
+        self.sector_emb = nn.Embedding(config.num_sectors, d)
+        nn.init.normal_(self.stock_emb.weight, std=0.02)
+        nn.init.normal_(self.sector_emb.weight, std=0.02)
+        self.rnn = self.cell(
+            input_size=d,
+            hidden_size=d,
+            num_layers=config.num_layers,
+            dropout=config.dropout if config.num_layers > 1 else 0.0,
+            batch_first=True,
+        )
+        self.drop = nn.Dropout(config.dropout)
+        self.head = QuantileHead(d, config.horizons, config.quantiles)
+
+    def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        x = batch["x"]  # (B, L, F)
+        static = self.stock_emb(batch["stock_id"]) + self.sector_emb(batch["sector_id"])  # (B, d)
+        h = self.input_proj(x) + static[:, None, :]  # (B, L, d)
+        h, _ = self.rnn(h)  # (B, L, d), step l has seen steps <= l only
+        pred_all = self.head(self.drop(h))  # (B, L, H, Q)
+        return {"pred": pred_all[:, -1], "pred_all": pred_all}
+
+
+@register_model("lstm")
+class LSTMForecaster(RecurrentForecaster):
+    """Stacked LSTM forecaster (``create_model("lstm", ...)``)."""
+
+    cell = nn.LSTM
+
+
+@register_model("gru")
+class GRUForecaster(RecurrentForecaster):
+    """Stacked GRU forecaster (``create_model("gru", ...)``)."""
+
+    cell = nn.GRU
+
+
+__all__ = ["GRUForecaster", "LSTMForecaster", "RecurrentConfig", "RecurrentForecaster"]

@@ -1,0 +1,250 @@
+"""Stage1: a Transformer over the cross-section of stocks at one date.
+
+At each date the N stocks are a *set*: every stock is a token built from its features plus a
+learned stock-identity embedding (and optionally a sector embedding), and stocks attend to
+each other, so the attention weights are a learned stock-to-stock influence map. Stocks that
+do not trade at a date are masked: they get exactly zero attention as keys and, as queries,
+attend to nothing (all-zero attention row, zero outputs).
+
+Outputs per date: embeddings ``[B, N, d_model]``, attention per layer ``[B, heads, N, N]``,
+a learned relationship bottleneck ``[B, N, relationship_dim]`` that the prediction head reads
+(so it is always trained, never a random projection), a market vector (masked mean of the
+relationship vectors) and the baseline return prediction ``[B, N, horizons]``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+STAGE1_PRESETS: dict[str, dict] = {
+    "small": dict(d_model=64, n_heads=4, n_layers=2, relationship_dim=16),
+    "medium": dict(d_model=128, n_heads=8, n_layers=3, relationship_dim=32),
+    "large": dict(d_model=256, n_heads=8, n_layers=4, relationship_dim=64),
+}
+
+
+@dataclass
+class Stage1Config:
+    """Hyperparameters of :class:`CrossSectionalTransformer` (input sizes come from the data)."""
+
+    num_features: int
+    """F, features per stock and date."""
+    num_stocks: int
+    """N, size of the stock-identity embedding table."""
+    num_sectors: int = 0
+    """number of sector ids (0: no sector embedding and no sector task)."""
+    horizons: int = 1
+    """H, forward-return horizons predicted (1..H days)."""
+    d_model: int = 64
+    """width of the token embeddings."""
+    n_heads: int = 4
+    """attention heads per layer."""
+    n_layers: int = 2
+    """encoder layers."""
+    dim_feedforward: int | None = None
+    """hidden width of the MLP in each layer (None: 4 * d_model)."""
+    dropout: float = 0.1
+    """dropout on attention weights, residual branches and the input embedding."""
+    relationship_dim: int = 16
+    """width of the learned relationship bottleneck the prediction head reads."""
+    use_sector_embedding: bool = True
+    """add a learned sector embedding to each token (needs num_sectors > 0)."""
+    multitask: bool = False
+    """also train the correlation and sector-classification tasks."""
+    corr_weight: float = 0.1
+    """weight of the correlation loss (multitask)."""
+    sector_weight: float = 0.1
+    """weight of the sector cross-entropy (multitask)."""
+    corr_window: int = 20
+    """W, dates of future daily returns whose correlation the relationship vectors predict."""
+
+    def __post_init__(self) -> None:
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
+        if min(self.num_features, self.num_stocks, self.horizons) < 1:
+            raise ValueError("num_features, num_stocks and horizons must be >= 1")
+        if self.dim_feedforward is None:
+            self.dim_feedforward = 4 * self.d_model
+
+    @classmethod
+    def from_preset(cls, preset: str = "small", **kwargs) -> Stage1Config:
+        """Config from a named preset (``small``/``medium``/``large``) plus overrides."""
+        if preset not in STAGE1_PRESETS:
+            raise ValueError(
+                f"unknown Stage1 preset {preset!r}; choose from {list(STAGE1_PRESETS)}"
+            )
+        return cls(**{**STAGE1_PRESETS[preset], **kwargs})
+
+    def to_dict(self) -> dict:
+        """Plain dict (for checkpoints and YAML)."""
+        return asdict(self)
+
+
+class MaskedSelfAttention(nn.Module):
+    """Multi-head self-attention over stocks with a validity mask, returning its weights."""
+
+    def __init__(self, config: Stage1Config) -> None:
+        super().__init__()
+        self.n_heads = config.n_heads
+        self.qkv = nn.Linear(config.d_model, 3 * config.d_model)
+        self.proj = nn.Linear(config.d_model, config.d_model)
+        self.dropout = config.dropout
+        self.attn_dropout = nn.Dropout(config.dropout)
+
+    def forward(
+        self, x: torch.Tensor, key_valid: torch.Tensor, need_weights: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``x (B, N, d)``, ``key_valid (B, N)`` -> ``(B, N, d)`` and ``(B, heads, N, N)``."""
+        B, N, d = x.shape
+        q, k, v = self.qkv(x).split(d, dim=2)
+        q, k, v = (t.view(B, N, self.n_heads, d // self.n_heads).transpose(1, 2) for t in (q, k, v))
+        # (B, heads, N, hd) each
+        allowed = key_valid[:, None, None, :]  # (B, 1, 1, N)
+        if not need_weights:
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=allowed, dropout_p=self.dropout if self.training else 0.0
+            )
+            return self.proj(y.transpose(1, 2).reshape(B, N, d)), None
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))  # (B, heads, N, N)
+        att = scores.masked_fill(~allowed, float("-inf")).softmax(dim=-1)
+        y = self.attn_dropout(att) @ v  # (B, heads, N, hd)
+        return self.proj(y.transpose(1, 2).reshape(B, N, d)), att
+
+
+class EncoderLayer(nn.Module):
+    """Pre-LN Transformer layer: ``x + attn(ln(x))`` then ``x + mlp(ln(x))``."""
+
+    def __init__(self, config: Stage1Config) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.d_model)
+        self.attn = MaskedSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.d_model)
+        self.mlp = nn.Sequential(
+            nn.Linear(config.d_model, config.dim_feedforward),
+            nn.GELU(),
+            nn.Linear(config.dim_feedforward, config.d_model),
+        )
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(
+        self, x: torch.Tensor, valid: torch.Tensor, key_valid: torch.Tensor, need_weights: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        keep = valid[..., None].to(x.dtype)  # (B, N, 1): masked tokens stay exactly zero
+        a, att = self.attn(self.ln_1(x), key_valid, need_weights)
+        x = (x + self.dropout(a)) * keep
+        x = (x + self.dropout(self.mlp(self.ln_2(x)))) * keep  # (B, N, d_model)
+        return x, att
+
+
+class CrossSectionalTransformer(nn.Module):
+    """Stage1 model: stocks at one date attend to each other; see the module docstring.
+
+    Args:
+        config: the hyperparameters.
+        sector_ids: optional ``int [num_stocks]`` sector id per stock identity (kept as a
+            buffer, so it moves with the model and is saved in its state).
+    """
+
+    def __init__(self, config: Stage1Config, sector_ids: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.config = config
+        d = config.d_model
+        self.feature_embedding = nn.Linear(config.num_features, d)
+        self.stock_embedding = nn.Embedding(config.num_stocks, d)
+        self.use_sectors = config.use_sector_embedding and config.num_sectors > 0
+        self.sector_embedding = nn.Embedding(config.num_sectors, d) if self.use_sectors else None
+        if sector_ids is None:
+            sector_ids = torch.zeros(config.num_stocks, dtype=torch.long)
+        sector_ids = torch.as_tensor(sector_ids, dtype=torch.long)
+        if sector_ids.shape != (config.num_stocks,):
+            raise ValueError(f"sector_ids must have shape ({config.num_stocks},)")
+        self.register_buffer("sector_ids", sector_ids)
+        self.embedding_dropout = nn.Dropout(config.dropout)
+        self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.n_layers))
+        self.ln_f = nn.LayerNorm(d)
+        self.relationship = nn.Linear(d, config.relationship_dim)
+        self.head = nn.Linear(config.relationship_dim, config.horizons)
+        self.sector_head = (
+            nn.Linear(config.relationship_dim, config.num_sectors)
+            if config.multitask and config.num_sectors > 0
+            else None
+        )
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=0.02)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=0.02)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor,
+        *,
+        stock_ids: torch.Tensor | None = None,
+        sector_ids: torch.Tensor | None = None,
+        need_weights: bool = True,
+    ) -> dict[str, torch.Tensor | list[torch.Tensor]]:
+        """Run the cross-section.
+
+        Args:
+            x: ``(B, N, F)`` features; values of masked stocks are ignored (may be NaN).
+            mask: ``(B, N)`` bool, True where the stock is valid at that date.
+            stock_ids: ``(N,)`` or ``(B, N)`` identity of each column (default ``arange(N)``).
+            sector_ids: ``(N,)`` or ``(B, N)`` sector per column (default: the buffer
+                looked up by ``stock_ids``).
+            need_weights: return attention weights (explicit softmax); False uses the fused
+                ``scaled_dot_product_attention`` and returns an empty ``attention`` list.
+
+        Returns:
+            dict with ``embeddings (B, N, d_model)``, ``attention`` (list of
+            ``(B, heads, N, N)``, one per layer), ``relationship (B, N, relationship_dim)``,
+            ``market (B, relationship_dim)``, ``pred (B, N, horizons)`` and, when multitask
+            with sectors, ``sector_logits (B, N, num_sectors)``. Masked stocks' rows are zero.
+        """
+        B, N, _ = x.shape
+        valid = mask.bool()  # (B, N)
+        keep = valid[..., None].to(x.dtype)  # (B, N, 1)
+        if stock_ids is None:
+            stock_ids = torch.arange(N, device=x.device)
+        # A date with no valid stock would make every softmax row -inf (NaN, and NaN
+        # gradients for everyone); let its keys through, its outputs are zeroed anyway.
+        key_valid = valid | ~valid.any(dim=1, keepdim=True)  # (B, N)
+
+        h = self.feature_embedding(torch.where(valid[..., None], x, 0.0))  # (B, N, d_model)
+        h = h + self.stock_embedding(stock_ids)
+        if self.use_sectors:
+            if sector_ids is None:
+                sector_ids = self.sector_ids[stock_ids]  # sectors follow the identities
+            h = h + self.sector_embedding(sector_ids)
+        h = self.embedding_dropout(h) * keep
+
+        attention = []
+        for layer in self.layers:
+            h, att = layer(h, valid, key_valid, need_weights)
+            if att is not None:
+                # Masked queries attend to nothing: their rows are zero, not uniform.
+                attention.append(att * valid[:, None, :, None].to(att.dtype))  # (B, heads, N, N)
+
+        embeddings = self.ln_f(h) * keep  # (B, N, d_model)
+        relationship = self.relationship(embeddings) * keep  # (B, N, relationship_dim)
+        count = keep.sum(dim=1).clamp(min=1.0)  # (B, 1)
+        market = relationship.sum(dim=1) / count  # (B, relationship_dim)
+        out = {
+            "embeddings": embeddings,
+            "attention": attention,
+            "relationship": relationship,
+            "market": market,
+            "pred": self.head(relationship) * keep,  # (B, N, horizons)
+        }
+        if self.sector_head is not None:
+            out["sector_logits"] = self.sector_head(relationship) * keep  # (B, N, num_sectors)
+        return out

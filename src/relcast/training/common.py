@@ -1,0 +1,127 @@
+"""Lightning plumbing shared by Stage1 and Stage3: one trainer factory, seeding, history.
+
+The models stay plain ``nn.Module``; a thin ``LightningModule`` per stage holds the loss and
+the optimiser; :func:`make_trainer` builds the ``Trainer`` that owns the loop, devices,
+early stopping, the best checkpoint and the CSV log. Lightning is imported inside the
+functions because importing it costs seconds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices, and DDP workers) for a reproducible run."""
+    import lightning
+
+    lightning.seed_everything(seed, workers=True, verbose=False)
+
+
+def _history_callback_class():
+    import lightning
+
+    class EpochHistory(lightning.Callback):
+        """Collects the epoch-level logged metrics (train and validation) as plain floats."""
+
+        def __init__(self) -> None:
+            self.history: list[dict[str, float]] = []
+
+        def on_train_epoch_end(self, trainer, pl_module) -> None:
+            # Validation has already run inside this epoch, so both kinds of metric are here.
+            row = {"epoch": float(trainer.current_epoch)}
+            for key, value in trainer.callback_metrics.items():
+                if key.endswith("_step"):
+                    continue
+                row[key.removesuffix("_epoch")] = float(value)
+            self.history.append(row)
+
+    return EpochHistory
+
+
+def make_trainer(
+    out_dir: str | Path,
+    *,
+    monitor: str = "val_rank_ic",
+    mode: str = "max",
+    patience: int = 5,
+    max_epochs: int = 30,
+    accelerator: str = "auto",
+    devices: int | str = 1,
+    strategy: str = "auto",
+    progress: bool = True,
+    gradient_clip_val: float | None = 1.0,
+    log_every_n_steps: int = 10,
+    num_sanity_val_steps: int = 0,
+    callbacks: list | None = None,
+    **trainer_kwargs: Any,
+):
+    """A ``lightning.Trainer`` with early stopping, a best checkpoint and a CSV log.
+
+    Everything is written under ``out_dir``: ``checkpoints/best-*.ckpt`` and
+    ``logs/version_*/metrics.csv``. The returned trainer has an ``epoch_history`` attribute
+    (list of per-epoch metric dicts) and its ``checkpoint_callback.best_model_path`` names the
+    best checkpoint after ``fit``.
+
+    Args:
+        out_dir: run folder for checkpoints and logs (never the repository).
+        monitor: the logged validation metric that early stopping and checkpointing watch.
+        mode: ``"max"`` for IC-like metrics, ``"min"`` for losses.
+        patience: epochs without improvement before stopping.
+        max_epochs: hard limit on epochs.
+        accelerator, devices, strategy: passed to Lightning (``"ddp"`` works unchanged).
+        progress: show the progress bar.
+        gradient_clip_val: clip the gradient norm (None to disable).
+        callbacks: extra Lightning callbacks, run after the built-in ones.
+        trainer_kwargs: any other ``lightning.Trainer`` argument.
+    """
+    import lightning
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger
+
+    if mode not in ("max", "min"):
+        raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    history = _history_callback_class()()
+    checkpoint = ModelCheckpoint(
+        dirpath=out_dir / "checkpoints",
+        filename="best-{epoch}",
+        monitor=monitor,
+        mode=mode,
+        save_top_k=1,
+    )
+    # check_finite=False: an undefined IC early in training must not abort the run.
+    stopping = EarlyStopping(monitor=monitor, mode=mode, patience=patience, check_finite=False)
+    trainer = lightning.Trainer(
+        default_root_dir=str(out_dir),
+        max_epochs=max_epochs,
+        accelerator=accelerator,
+        devices=devices,
+        strategy=strategy,
+        callbacks=[stopping, checkpoint, history, *(callbacks or [])],
+        logger=CSVLogger(save_dir=str(out_dir), name="logs"),
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        gradient_clip_val=gradient_clip_val,
+        log_every_n_steps=log_every_n_steps,
+        num_sanity_val_steps=num_sanity_val_steps,
+        **trainer_kwargs,
+    )
+    trainer.epoch_history = history.history
+    return trainer
+
+
+def load_best_state_dict(trainer, prefix: str = "model.") -> dict | None:
+    """The best checkpoint's weights of the submodule named by ``prefix`` (None if none saved).
+
+    The checkpoint is one this run just wrote, so unpickling it is safe.
+    """
+    import torch
+
+    path = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if not path:
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+    return {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}

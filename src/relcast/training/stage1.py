@@ -1,0 +1,562 @@
+"""Training and inference for Stage1 (the cross-sectional Transformer).
+
+One sample is one date: all N stocks' features ``x (N, F)``, their mask ``(N,)`` and their
+forward-return labels ``y (N, H)``; a batch is a few dates. :class:`Stage1Module` holds the
+losses and the optimiser, the Lightning ``Trainer`` from :func:`relcast.training.common.
+make_trainer` owns the loop, devices (CPU/GPU/DDP), early stopping on the validation Rank IC,
+the best checkpoint and the CSV log.
+
+Losses:
+- ``"mse"`` (default): squared error against labels z-scored across stocks at each date and
+  horizon (so ``pred`` is in cross-sectional z-score units, not in returns);
+- ``"ic"``: ``1 - mean`` daily Pearson IC (differentiable), over dates and horizons.
+Multi-task (``config.multitask``) adds
+- a correlation loss: cosine similarity of two stocks' ``relationship`` vectors should match
+  the realised correlation of their daily returns over the next ``corr_window`` dates (taken
+  from the horizon-1 labels of dates inside the same span, so no label crosses the span);
+- a sector cross-entropy from a head on the ``relationship`` vectors (with the sector
+  embedding on, this mostly makes the bottleneck carry sector information).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, IterableDataset, default_collate
+
+from relcast.evaluation.metrics import ic_torch, rank_ic_torch
+from relcast.features.featureset import FeatureSet
+from relcast.models.cross_sectional import CrossSectionalTransformer, Stage1Config
+from relcast.training.loader import _distributed_rank, shard_batches
+
+LOSSES = ("mse", "ic")
+# z-scored labels are clipped: one bad print (split, data error) must not dominate a date.
+LABEL_CLIP = 5.0
+
+
+class CrossSectionDataset(Dataset):
+    """One item per date: ``x (N, F)`` (0 where masked), ``mask (N,)``, ``y (N, H)``.
+
+    Dates without at least two valid, labelled target stocks are skipped. With
+    ``corr_window > 0`` an item also has ``corr (N, N)``: the realised correlation of the
+    stocks' horizon-1 returns over the next ``corr_window`` dates of the same span (NaN
+    where a pair has too few common returns, on the diagonal and for masked stocks).
+
+    Args:
+        values: ``float [T, N, F]``.
+        mask: ``bool [T, N]``.
+        labels: ``float [T, N, H]``, NaN where undefined.
+        index: the date indices of the span (e.g. ``split.train``).
+        target: ``bool [N]``, symbols that count in losses and metrics (default all).
+        corr_window: W for the correlation target (0: no target).
+    """
+
+    def __init__(
+        self,
+        values: np.ndarray,
+        mask: np.ndarray,
+        labels: np.ndarray,
+        index: np.ndarray,
+        *,
+        target: np.ndarray | None = None,
+        corr_window: int = 0,
+    ) -> None:
+        T, N, _ = values.shape
+        target = np.ones(N, dtype=bool) if target is None else np.asarray(target, dtype=bool)
+        index = np.unique(np.asarray(index, dtype=np.int64))  # sorted, no duplicates
+        # The arrays are only referenced, never copied: an item reads its own date, so
+        # ``values``/``labels`` may be memory-mapped (relcast.data.store) and larger than RAM.
+        self.values, self.labels, self.target = values, labels, target
+        self.mask = torch.from_numpy(np.asarray(mask, dtype=bool))  # (T, N)
+        mask_np = self.mask.numpy()
+        keep = np.zeros(len(index), dtype=bool)
+        for start in range(0, len(index), 1024):  # chunks of dates bound the temporaries
+            idx = index[start : start + 1024]
+            labelled = self._labelled(mask_np[idx], np.asarray(labels[idx]))  # (t, N, H)
+            keep[start : start + 1024] = (labelled.sum(axis=1) >= 2).any(axis=1)
+        self.index = index[keep]
+        self.corr_window = int(corr_window)
+        if self.corr_window:
+            # Returns of dates outside the span are hidden: the target never crosses a split.
+            in_span = np.zeros(T, dtype=bool)
+            in_span[index] = True
+            h1 = np.asarray(labels[..., 0], dtype=np.float32)  # (T, N)
+            y1 = np.where(self._labelled(mask_np, h1[..., None])[..., 0], h1, np.nan)
+            self.returns = torch.from_numpy(np.where(in_span[:, None], y1, np.nan))
+
+    def _labelled(self, mask: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """``(..., N, H)`` True where a stock is valid, a target and has a finite label."""
+        return mask[..., None] & self.target[:, None] & np.isfinite(labels)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        t = int(self.index[i])
+        mask = self.mask[t]  # (N,)
+        m = mask.numpy()
+        x = np.where(m[:, None], self.values[t], 0.0).astype(np.float32)  # (N, F)
+        label = np.asarray(self.labels[t], dtype=np.float32)  # (N, H)
+        y = np.where(self._labelled(m, label), label, np.nan).astype(np.float32)
+        item = {
+            "x": torch.from_numpy(x),
+            "mask": mask,
+            "y": torch.from_numpy(y),
+            "t": torch.tensor(t),
+        }
+        if self.corr_window:
+            window = self.returns[t : t + self.corr_window]  # (W, N)
+            corr = pairwise_correlation(window, min_count=max(5, self.corr_window // 2))
+            both = self.mask[t][:, None] & self.mask[t][None, :]
+            item["corr"] = torch.where(both, corr, torch.nan)
+        return item
+
+
+class DateBatches(IterableDataset):
+    """Batches of dates of a :class:`CrossSectionDataset`, sharded across DDP ranks.
+
+    Use with ``DataLoader(batch_size=None)``. Like the Stage3 ``WindowLoader``: every rank
+    draws the same permutation of the dates, rank r takes every ``world_size``-th one, so each
+    date is seen exactly once per epoch across ranks and ranks run the same number of steps
+    (:func:`relcast.training.loader.shard_batches`). Lightning does not swap in its own
+    ``DistributedSampler`` (which pads the last batch with repeated dates) for an iterable
+    dataset.
+
+    Args:
+        dataset: the dates.
+        batch_dates: dates per batch on each rank.
+        shuffle: reshuffle every epoch (training).
+        seed: the shuffle of epoch e is seeded by ``seed + e``.
+        generator: if given, each epoch's shuffle seed is drawn from it instead, the way
+            ``DataLoader(shuffle=True)`` draws from the global RNG. :func:`fit_stage1` passes a
+            copy of the global RNG taken right after the model is built: one process sees
+            the order a plain shuffled DataLoader would give, and DDP ranks (which Lightning
+            re-seeds while it sets up the process group) see that same order too.
+        rank, world_size: this process's shard; read from ``torch.distributed`` if None.
+    """
+
+    def __init__(
+        self,
+        dataset: CrossSectionDataset,
+        batch_dates: int,
+        *,
+        shuffle: bool = False,
+        seed: int = 0,
+        generator: torch.Generator | None = None,
+        rank: int | None = None,
+        world_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.dataset, self.batch_dates = dataset, int(batch_dates)
+        self.shuffle, self.seed, self.generator, self.epoch = shuffle, int(seed), generator, 0
+        self.rank, self.world_size = rank, world_size
+
+    def _shard(self) -> tuple[int, int]:
+        return _distributed_rank() if self.rank is None else (self.rank, self.world_size or 1)
+
+    def _permutation(self) -> torch.Tensor:
+        n = len(self.dataset)
+        if not self.shuffle:
+            return torch.arange(n)
+        if self.generator is not None:  # RandomSampler's recipe, on our own generator
+            seed = int(torch.empty((), dtype=torch.int64).random_(generator=self.generator))
+        else:
+            seed = self.seed + self.epoch
+        return torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+
+    def __len__(self) -> int:
+        # counts do not depend on the order: no RNG draw here
+        return len(shard_batches(torch.arange(len(self.dataset)), self.batch_dates, *self._shard()))
+
+    def __iter__(self):
+        batches = shard_batches(self._permutation(), self.batch_dates, *self._shard())
+        self.epoch += 1
+        for pos in batches:
+            yield default_collate([self.dataset[int(i)] for i in pos])
+
+
+def pairwise_correlation(r: torch.Tensor, min_count: int = 5) -> torch.Tensor:
+    """Pearson correlation of columns of ``r (W, N)`` over their common finite rows.
+
+    Returns ``(N, N)``, NaN on the diagonal and where a pair shares fewer than ``min_count``
+    rows or one side is constant there.
+    """
+    m = torch.isfinite(r).to(torch.float64)  # (W, N)
+    x = torch.nan_to_num(r.to(torch.float64)) * m
+    n = m.T @ m  # (N, N) common rows
+    sx = x.T @ m  # sum of x_i over rows where j is also present
+    sxx = (x * x).T @ m
+    sxy = x.T @ x
+    safe_n = n.clamp(min=1.0)
+    cov = sxy - sx * sx.T / safe_n
+    var_i = sxx - sx * sx / safe_n
+    var_j = var_i.T
+    ok = (n >= min_count) & (var_i > 1e-20) & (var_j > 1e-20)
+    ok &= ~torch.eye(r.shape[1], dtype=torch.bool)
+    corr = cov / torch.sqrt((var_i * var_j).clamp(min=1e-30))
+    return torch.where(ok, corr, torch.nan).to(torch.float32)
+
+
+def cross_sectional_zscore(y: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Z-score ``y (B, N, H)`` across stocks per date and horizon over ``valid``; 0 elsewhere."""
+    w = valid.to(y.dtype)
+    y = torch.where(valid, y, 0.0)
+    n = w.sum(dim=1, keepdim=True).clamp(min=1.0)  # (B, 1, H)
+    mean = y.sum(dim=1, keepdim=True) / n
+    var = (((y - mean) * w) ** 2).sum(dim=1, keepdim=True) / n
+    z = (y - mean) / torch.sqrt(var + 1e-12)
+    return torch.where(valid, z.clamp(-LABEL_CLIP, LABEL_CLIP), 0.0)
+
+
+def _define_stage1_module() -> type:
+    # Lightning costs seconds to import, so the class is built on first use (see __getattr__
+    # at the end of this file); its name and module are set so that pickling (ddp_spawn,
+    # checkpoints) finds it as relcast.training.stage1.Stage1Module.
+    import lightning
+
+    class Stage1Module(lightning.LightningModule):
+        """Loss, optimiser and logging around a :class:`CrossSectionalTransformer`.
+
+        Logs ``train_loss``, ``val_loss``, ``val_ic`` and ``val_rank_ic`` (mean daily Rank IC of
+        horizon 1 over the validation dates); multitask runs also log the component losses.
+
+        Args:
+            config: model config (or its dict, as stored in checkpoints).
+            sector_ids: ``int [num_stocks]`` sector per stock, or None.
+            loss: ``"mse"`` or ``"ic"`` (see the module docstring).
+            lr: AdamW learning rate.
+            weight_decay: AdamW weight decay.
+        """
+
+        def __init__(
+            self,
+            config: Stage1Config | dict,
+            sector_ids: list[int] | np.ndarray | None = None,
+            loss: str = "mse",
+            lr: float = 1e-3,
+            weight_decay: float = 1e-4,
+        ) -> None:
+            super().__init__()
+            if loss not in LOSSES:
+                raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+            config = Stage1Config(**config) if isinstance(config, dict) else config
+            sector_list = None if sector_ids is None else [int(s) for s in sector_ids]
+            # Lightning compares the hparams with __init__'s locals: keep them plain values.
+            sector_ids = sector_list
+            self.save_hyperparameters(
+                {
+                    "config": config.to_dict(),
+                    "sector_ids": sector_list,
+                    "loss": loss,
+                    "lr": lr,
+                    "weight_decay": weight_decay,
+                }
+            )
+            sectors = None if sector_list is None else torch.tensor(sector_list)
+            self.model = CrossSectionalTransformer(config, sector_ids=sectors)
+            self.config = config
+            self.loss_name = loss
+            self.has_sectors = sector_list is not None and config.num_sectors > 0
+
+        def forward(self, batch: dict[str, torch.Tensor], need_weights: bool = False) -> dict:
+            """Model outputs for a batch of dates."""
+            return self.model(batch["x"], batch["mask"], need_weights=need_weights)
+
+        def _losses(self, batch: dict[str, torch.Tensor], out: dict) -> dict[str, torch.Tensor]:
+            pred, y = out["pred"], batch["y"]  # (B, N, H) each
+            valid = torch.isfinite(y) & batch["mask"][..., None]  # (B, N, H)
+            zero = pred.sum() * 0.0  # keeps the graph when a term has nothing to score
+            if self.loss_name == "mse":
+                z = cross_sectional_zscore(y, valid)
+                n = valid.sum()
+                ret = ((pred - z) ** 2 * valid).sum() / n if n > 0 else zero
+            else:
+                B, N, H = pred.shape
+                ic = ic_torch(
+                    pred.transpose(1, 2).reshape(B * H, N),
+                    y.transpose(1, 2).reshape(B * H, N),
+                    valid.transpose(1, 2).reshape(B * H, N),
+                )  # (B * H,)
+                ok = torch.isfinite(ic)
+                ret = 1.0 - ic[ok].mean() if ok.any() else zero
+            losses = {"return": ret}
+            total = ret
+            if self.config.multitask:
+                if "corr" in batch:
+                    rel = F.normalize(out["relationship"], dim=-1)  # (B, N, r)
+                    cos = rel @ rel.transpose(1, 2)  # (B, N, N)
+                    ok = torch.isfinite(batch["corr"])
+                    corr = ((cos - torch.nan_to_num(batch["corr"])) ** 2)[ok]
+                    losses["corr"] = corr.mean() if corr.numel() else zero
+                    total = total + self.config.corr_weight * losses["corr"]
+                if "sector_logits" in out and self.has_sectors:
+                    m = batch["mask"]  # (B, N)
+                    sectors = self.model.sector_ids.expand_as(m)
+                    losses["sector"] = F.cross_entropy(out["sector_logits"][m], sectors[m])
+                    total = total + self.config.sector_weight * losses["sector"]
+            losses["total"] = total
+            return losses
+
+        def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+            losses = self._losses(batch, self(batch))
+            B = batch["x"].shape[0]
+            # sync_dist: epoch means over every rank's dates (a collective at epoch end only)
+            self.log(
+                "train_loss", losses["total"], on_step=False, on_epoch=True, batch_size=B,
+                sync_dist=True,
+            )  # fmt: skip
+            for name in ("corr", "sector"):
+                if name in losses:
+                    self.log(
+                        f"train_{name}_loss", losses[name], on_epoch=True, batch_size=B,
+                        sync_dist=True,
+                    )  # fmt: skip
+            return losses["total"]
+
+        def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+            out = self(batch)
+            losses = self._losses(batch, out)
+            B = batch["x"].shape[0]
+            self.log("val_loss", losses["total"], on_epoch=True, batch_size=B, sync_dist=True)
+            pred1, y1, m = out["pred"][..., 0], batch["y"][..., 0], batch["mask"]
+            # Mean over dates: a batch's mean weighted by its date count, across steps and ranks.
+            # An undefined IC (constant prediction) counts as 0, so it cannot look good.
+            rank_ic = torch.nan_to_num(rank_ic_torch(pred1, y1, m), nan=0.0)
+            ic = torch.nan_to_num(ic_torch(pred1.detach(), y1, m), nan=0.0)
+            self.log("val_rank_ic", rank_ic.mean(), on_epoch=True, batch_size=B, sync_dist=True)
+            self.log("val_ic", ic.mean(), on_epoch=True, batch_size=B, sync_dist=True)
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.AdamW(
+                self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
+            )
+
+    Stage1Module.__module__ = __name__
+    Stage1Module.__qualname__ = "Stage1Module"
+    return Stage1Module
+
+
+def _stage1_module_class() -> type:
+    """``Stage1Module``, defined once per process."""
+    if "Stage1Module" not in globals():
+        globals()["Stage1Module"] = _define_stage1_module()
+    return globals()["Stage1Module"]
+
+
+@dataclass
+class Stage1Result:
+    """What :func:`fit_stage1` returns.
+
+    Attributes:
+        model: the trained model with the best checkpoint's weights, in eval mode, on CPU.
+        history: one dict of logged metrics per epoch (``train_loss``, ``val_rank_ic``, ...).
+        best_val_rank_ic: the best validation Rank IC (horizon 1) seen.
+        train_seconds: wall time of ``Trainer.fit``.
+        checkpoint_path: the best checkpoint file.
+        config: the model config used.
+    """
+
+    model: CrossSectionalTransformer
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_val_rank_ic: float = float("nan")
+    train_seconds: float = 0.0
+    checkpoint_path: str = ""
+    config: Stage1Config | None = None
+
+
+def encode_sectors(sector_ids: Any, num_stocks: int) -> tuple[np.ndarray, int]:
+    """``int [N]`` sector ids and their count from ints or labels (e.g. ``panel.sectors``)."""
+    arr = np.asarray(sector_ids)
+    if arr.shape != (num_stocks,):
+        raise ValueError(
+            f"sector_ids must have one entry per stock ({num_stocks}), got {arr.shape}"
+        )
+    if arr.dtype.kind in "iu":
+        if (arr < 0).any():
+            raise ValueError("integer sector_ids must be >= 0; pass labels to have them encoded")
+        return arr.astype(np.int64), int(arr.max()) + 1
+    _, codes = np.unique(arr.astype(str), return_inverse=True)
+    return codes.astype(np.int64), int(codes.max()) + 1
+
+
+def _check_inputs(features: FeatureSet, labels: np.ndarray) -> np.ndarray:
+    labels = np.asarray(labels, dtype=np.float32)
+    T, N, _ = features.values.shape
+    if labels.ndim == 2:
+        labels = labels[..., None]
+    if labels.ndim != 3 or labels.shape[:2] != (T, N):
+        raise ValueError(
+            f"labels must be [T, N, H] = [{T}, {N}, H] like the features, got {labels.shape}; "
+            "build them with relcast.features.forward_returns(panel, horizons)"
+        )
+    return labels
+
+
+def fit_stage1(
+    features: FeatureSet,
+    labels: np.ndarray,
+    split: Any,
+    config: Stage1Config | None = None,
+    *,
+    out_dir: str | Path,
+    sector_ids: Any = None,
+    loss: str = "mse",
+    max_epochs: int = 30,
+    batch_dates: int = 32,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-4,
+    patience: int = 5,
+    seed: int = 0,
+    train_index: np.ndarray | None = None,
+    target: np.ndarray | None = None,
+    preset: str = "small",
+    accelerator: str = "auto",
+    devices: int | str = 1,
+    strategy: str = "auto",
+    progress: bool = True,
+    **trainer_kwargs: Any,
+) -> Stage1Result:
+    """Train Stage1 on the training dates, early-stopping on the validation Rank IC.
+
+    Args:
+        features: the feature set; all its columns are Stage1 inputs.
+        labels: ``[T, N, H]`` forward returns (NaN where undefined).
+        split: an object with ``train`` and ``valid`` date-index arrays.
+        config: model config; default: ``preset`` sized from the data.
+        out_dir: run folder for checkpoints and the CSV log.
+        sector_ids: per-stock sector (ints or labels such as ``panel.sectors``), or None.
+        loss: ``"mse"`` or ``"ic"``.
+        train_index: train on these dates instead of ``split.train`` (out-of-fold runs).
+        target: ``bool [N]``, symbols that count in losses and metrics, e.g.
+            ``~panel.is_index`` (default all).
+        preset: preset used when ``config`` is None.
+        accelerator, devices, strategy: Lightning's (``strategy="ddp"`` works unchanged).
+        progress: show a progress bar.
+        trainer_kwargs: other ``lightning.Trainer`` arguments.
+    """
+    from relcast.training.common import load_best_state_dict, make_trainer, seed_everything
+
+    labels = _check_inputs(features, labels)
+    T, N, F_ = features.values.shape
+    H = labels.shape[2]
+    sectors, num_sectors = (None, 0) if sector_ids is None else encode_sectors(sector_ids, N)
+    if config is None:
+        config = Stage1Config.from_preset(
+            preset, num_features=F_, num_stocks=N, num_sectors=num_sectors, horizons=H
+        )
+    if (config.num_features, config.num_stocks, config.horizons) != (F_, N, H):
+        raise ValueError(
+            f"config expects (num_features, num_stocks, horizons) = "
+            f"{(config.num_features, config.num_stocks, config.horizons)} but the data has "
+            f"{(F_, N, H)}; build the config with Stage1Config.from_preset(...) from the data"
+        )
+    if sectors is not None and config.num_sectors < num_sectors:
+        raise ValueError(f"config.num_sectors={config.num_sectors} < {num_sectors} sectors given")
+
+    train_index = np.asarray(split.train if train_index is None else train_index)
+    corr_window = config.corr_window if config.multitask else 0
+    common = dict(target=target, corr_window=corr_window)
+    train_set = CrossSectionDataset(features.values, features.mask, labels, train_index, **common)
+    valid_set = CrossSectionDataset(
+        features.values, features.mask, labels, np.asarray(split.valid), **common
+    )
+    if len(train_set) == 0 or len(valid_set) == 0:
+        raise ValueError(
+            f"Stage1 needs labelled dates in both spans, got {len(train_set)} train and "
+            f"{len(valid_set)} valid dates with >= 2 labelled stocks; check the split and labels"
+        )
+
+    seed_everything(seed)
+    module = _stage1_module_class()(
+        config, sector_ids=sectors, loss=loss, lr=lr, weight_decay=weight_decay
+    )
+    shuffle_rng = torch.Generator()
+    shuffle_rng.set_state(torch.get_rng_state())  # seeded above; immune to later RNG use
+    trainer = make_trainer(
+        out_dir,
+        monitor="val_rank_ic",
+        mode="max",
+        patience=patience,
+        max_epochs=max_epochs,
+        accelerator=accelerator,
+        devices=devices,
+        strategy=strategy,
+        progress=progress,
+        log_every_n_steps=max(1, min(10, len(train_set) // batch_dates)),
+        **trainer_kwargs,
+    )
+    # batches of dates sharded by rank under DDP: each date once per epoch, equal step counts
+    train_loader = DataLoader(
+        DateBatches(train_set, batch_dates, shuffle=True, generator=shuffle_rng), batch_size=None
+    )
+    valid_loader = DataLoader(DateBatches(valid_set, batch_dates), batch_size=None)
+    start = time.perf_counter()
+    trainer.fit(module, train_loader, valid_loader)
+    seconds = time.perf_counter() - start
+
+    best = load_best_state_dict(trainer, prefix="model.")
+    if best is not None:
+        module.model.load_state_dict(best)
+    score = trainer.checkpoint_callback.best_model_score
+    return Stage1Result(
+        model=module.model.cpu().eval(),
+        history=list(trainer.epoch_history),
+        best_val_rank_ic=float(score) if score is not None else float("nan"),
+        train_seconds=seconds,
+        checkpoint_path=trainer.checkpoint_callback.best_model_path,
+        config=config,
+    )
+
+
+@torch.no_grad()
+def predict_stage1(
+    model: CrossSectionalTransformer,
+    features: FeatureSet,
+    dates_index: np.ndarray | None = None,
+    batch_dates: int = 64,
+    need_weights: bool = False,
+    average_heads: bool = False,
+) -> dict[str, np.ndarray]:
+    """Run a trained Stage1 over dates and return numpy arrays stacked along dates.
+
+    Returns a dict with ``dates_index [T']``, ``embeddings [T', N, d_model]``,
+    ``relationship [T', N, r]``, ``market [T', r]``, ``pred [T', N, H]`` (zero where
+    masked; in z-score units for the ``"mse"`` loss), ``mask [T', N]``, ``sector_logits``
+    when the model has them, and with ``need_weights`` ``attention [T', layers, heads, N, N]``
+    (``[T', layers, N, N]`` with ``average_heads``; memory grows as ``N**2``).
+    """
+    T = features.values.shape[0]
+    index = np.arange(T) if dates_index is None else np.asarray(dates_index, dtype=np.int64)
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    values = torch.from_numpy(np.asarray(features.values, dtype=np.float32))
+    mask = torch.from_numpy(np.asarray(features.mask, dtype=bool))
+    chunks: dict[str, list[np.ndarray]] = {}
+    for start in range(0, len(index), batch_dates):  # batches of dates, not single dates
+        idx = torch.from_numpy(index[start : start + batch_dates])
+        out = model(values[idx].to(device), mask[idx].to(device), need_weights=need_weights)
+        for key in ("embeddings", "relationship", "market", "pred", "sector_logits"):
+            if key in out:
+                chunks.setdefault(key, []).append(out[key].float().cpu().numpy())
+        if need_weights:
+            att = torch.stack(out["attention"], dim=1)  # (B, layers, heads, N, N)
+            att = att.mean(dim=2) if average_heads else att
+            chunks.setdefault("attention", []).append(att.float().cpu().numpy())
+    model.train(was_training)
+    result = {key: np.concatenate(parts) for key, parts in chunks.items()}
+    result["dates_index"] = index
+    result["mask"] = np.asarray(features.mask)[index]
+    return result
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Stage1Module":
+        return _stage1_module_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,148 @@
+"""Stage1 Transformer, untrained and tiny: set semantics, masking and the two attention paths."""
+
+import numpy as np
+import pytest
+import torch
+
+from relcast.models.cross_sectional import (
+    STAGE1_PRESETS,
+    CrossSectionalTransformer,
+    Stage1Config,
+)
+
+B, N, F_, H = 3, 7, 5, 2
+
+
+def make_model(multitask: bool = False, seed: int = 0) -> CrossSectionalTransformer:
+    torch.manual_seed(seed)
+    config = Stage1Config(
+        num_features=F_,
+        num_stocks=N,
+        num_sectors=3,
+        horizons=H,
+        d_model=16,
+        n_heads=4,
+        n_layers=2,
+        relationship_dim=6,
+        dropout=0.0,
+        multitask=multitask,
+    )
+    model = CrossSectionalTransformer(config, sector_ids=torch.tensor([0, 1, 2, 0, 1, 2, 0]))
+    # Identity/sector embeddings start tiny (std 0.02); make them matter so the tests bite.
+    with torch.no_grad():
+        model.stock_embedding.weight.normal_()
+        model.sector_embedding.weight.normal_()
+    return model.eval()
+
+
+def make_batch(seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, N, F_, generator=g)
+    mask = torch.ones(B, N, dtype=torch.bool)
+    mask[0, [1, 4]] = False
+    mask[1, 6] = False
+    mask[2, :] = False  # a date with no valid stock at all
+    mask[2, 3] = True  # ... except one
+    x[~mask] = float("nan")  # masked features may be NaN: they must never leak
+    return x, mask
+
+
+def test_presets_match_spec_table():
+    assert STAGE1_PRESETS["small"] == dict(d_model=64, n_heads=4, n_layers=2, relationship_dim=16)
+    config = Stage1Config.from_preset("medium", num_features=3, num_stocks=4)
+    assert (config.d_model, config.n_heads, config.n_layers, config.relationship_dim) == (
+        128,
+        8,
+        3,
+        32,
+    )
+    assert config.dim_feedforward == 4 * 128
+    with pytest.raises(ValueError, match="divisible"):
+        Stage1Config(num_features=3, num_stocks=4, d_model=10, n_heads=4)
+
+
+def test_output_shapes_and_no_nan():
+    model = make_model(multitask=True)
+    x, mask = make_batch()
+    out = model(x, mask)
+    assert out["embeddings"].shape == (B, N, 16)
+    assert len(out["attention"]) == 2 and out["attention"][0].shape == (B, 4, N, N)
+    assert out["relationship"].shape == (B, N, 6)
+    assert out["market"].shape == (B, 6)
+    assert out["pred"].shape == (B, N, H)
+    assert out["sector_logits"].shape == (B, N, 3)
+    for key in ("embeddings", "relationship", "market", "pred", "sector_logits"):
+        assert torch.isfinite(out[key]).all(), key
+        if key != "market":
+            assert (out[key][~mask] == 0).all(), f"masked rows of {key} must be zero"
+    # market = masked mean of relationship vectors over valid stocks only
+    expected = (out["relationship"] * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+    torch.testing.assert_close(out["market"], expected)
+
+
+def test_permutation_equivariance():
+    model = make_model(multitask=True)
+    x, mask = make_batch()
+    perm = torch.tensor([3, 0, 6, 1, 5, 2, 4])
+    out = model(x, mask)
+    out_p = model(x[:, perm], mask[:, perm], stock_ids=perm)
+    for key in ("embeddings", "relationship", "pred", "sector_logits"):
+        torch.testing.assert_close(out_p[key], out[key][:, perm], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out_p["market"], out["market"], atol=1e-5, rtol=1e-5)
+    for att, att_p in zip(out["attention"], out_p["attention"], strict=True):
+        torch.testing.assert_close(att_p, att[:, :, perm][:, :, :, perm], atol=1e-6, rtol=1e-5)
+    # The identity embedding is what breaks symmetry: without permuting ids, outputs differ.
+    out_wrong = model(x[:, perm], mask[:, perm])
+    assert not torch.allclose(out_wrong["pred"], out["pred"][:, perm], atol=1e-4)
+
+
+def test_attention_masking():
+    model = make_model()
+    x, mask = make_batch()
+    for att in model(x, mask)["attention"]:  # (B, heads, N, N)
+        q_valid = mask[:, None, :, None].expand_as(att)
+        k_valid = mask[:, None, None, :].expand_as(att)
+        # valid queries: rows sum to 1 over valid keys; masked keys get exactly 0
+        row_sums = att.sum(-1)[mask[:, None].expand(-1, 4, -1)]
+        torch.testing.assert_close(row_sums, torch.ones_like(row_sums))
+        assert (att[q_valid & ~k_valid] == 0).all()
+        # masked queries attend to nothing
+        assert (att[~q_valid] == 0).all()
+        # the lone valid stock of date 2 attends only to itself
+        torch.testing.assert_close(att[2, :, 3, 3], torch.ones(4))
+
+
+def test_masked_stocks_do_not_influence_valid_ones():
+    model = make_model(multitask=True)
+    x, mask = make_batch()
+    out = model(x, mask)
+    x2 = x.clone()
+    x2[~mask] = torch.randn(int((~mask).sum()), F_) * 100.0  # garbage instead of NaN
+    out2 = model(x2, mask)
+    for key in ("embeddings", "relationship", "market", "pred"):
+        torch.testing.assert_close(out2[key], out[key], atol=0.0, rtol=0.0)
+    # ... while changing a valid stock does change the others (attention is live)
+    x3 = x.clone()
+    x3[0, 0] += 3.0
+    assert not torch.allclose(model(x3, mask)["pred"][0, 2], out["pred"][0, 2])
+
+
+def test_sdpa_path_equals_explicit_path():
+    model = make_model(multitask=True)
+    x, mask = make_batch()
+    explicit = model(x, mask, need_weights=True)
+    fused = model(x, mask, need_weights=False)
+    assert fused["attention"] == []
+    for key in ("embeddings", "relationship", "market", "pred", "sector_logits"):
+        torch.testing.assert_close(fused[key], explicit[key], atol=1e-5, rtol=1e-4)
+
+
+def test_gradients_finite_with_empty_date():
+    model = make_model(multitask=True).train()
+    x, mask = make_batch()
+    mask[1] = False  # a date with nothing valid must not poison the gradients
+    out = model(x, mask, need_weights=True)
+    (out["pred"].sum() + out["sector_logits"].sum()).backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    assert np.isfinite(out["market"].detach().numpy()).all()

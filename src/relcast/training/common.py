@@ -40,6 +40,17 @@ def _history_callback_class():
     return EpochHistory
 
 
+def _quiet_lightning() -> None:
+    """Keep Lightning's start-up chatter (device summary, tips) out of users' terminals."""
+    import logging
+    import warnings
+
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated")
+    warnings.filterwarnings("ignore", message=".*IterableDataset.*__len__.*")
+
+
 def make_trainer(
     out_dir: str | Path,
     *,
@@ -82,6 +93,7 @@ def make_trainer(
 
     if mode not in ("max", "min"):
         raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+    _quiet_lightning()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     history = _history_callback_class()()

@@ -163,7 +163,7 @@ def evaluate_run(pipe: Pipeline) -> dict[str, Any]:
                                              benchmark, panel.dates, cfg)
             bt_frames.append(bt)
         rows[name] = row
-        frames.append(_prediction_frame(name, score, quantiles.get(name), labels, cell, days,
+        frames.append(_prediction_frame(name, score, quantiles.get(name), labels, z, cell, days,
                                         panel, cfg.stage3.quantiles))
 
     metrics = {
@@ -224,7 +224,9 @@ def _backtests(name, score, ret1, cell, days, benchmark, dates, cfg) -> tuple[di
     return {"topk": {"k": topk, **tk.metrics}, "long_short": ls.metrics}, frame
 
 
-def _prediction_frame(name, score, q, labels, cell, days, panel, quantile_levels) -> pd.DataFrame:
+def _prediction_frame(name, score, q, labels, z, cell, days, panel, quantile_levels) -> pd.DataFrame:
+    """``label`` is the raw forward return; ``label_z`` its cross-sectional z-score, the unit
+    Stage1/Stage3 forecasts and quantiles are in (compare bands with ``label_z``)."""
     T, N, H = score.shape
     t, n = np.nonzero(cell[days])
     t = days[t]
@@ -234,6 +236,7 @@ def _prediction_frame(name, score, q, labels, cell, days, panel, quantile_levels
             "date": panel.dates[t], "symbol": panel.symbols[n], "model": name,
             "horizon": h + 1, "pred": score[t, n, h].astype(np.float32),
             "label": labels[t, n, h].astype(np.float32),
+            "label_z": z[t, n, h].astype(np.float32),
         })
         if q is not None:
             for k, level in enumerate(quantile_levels):

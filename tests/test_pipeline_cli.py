@@ -70,7 +70,7 @@ def run_dir(market, tmp_path_factory):
     result = CliRunner().invoke(
         app,
         ["run", "--data", str(market["history"]), "--universe", str(market["universe"]),
-         "--out", str(out), *_sets()],
+         "--out", str(out), "--seeds", "2", *_sets()],
     )
     assert result.exit_code == 0, result.output + repr(result.exception)
     return out
@@ -97,6 +97,10 @@ def test_run_writes_every_artefact(run_dir):
         assert name in models, name
     for key in ("ic", "rank_ic", "icir", "rank_icir", "mse", "direction_acc"):
         assert key in models["hybrid_gru"]
+    # --seeds 2: two trainings per Stage3 model, reported as mean and std
+    assert (run_dir / "stage3" / "hybrid_gru@seed1" / "model.safetensors").exists()
+    seeds = models["hybrid_gru"]["seeds"]
+    assert seeds["n"] == 2 and seeds["rank_ic_std"] > 0
     preds = pd.read_parquet(run_dir / "predictions.parquet")
     assert {"date", "symbol", "model", "horizon", "pred", "label", "q0.1", "q0.9"} <= set(preds.columns)
     # every scored date is a test date: no train/valid date leaks into the evaluation
@@ -112,7 +116,7 @@ def test_rerun_resumes_without_retraining(run_dir, market):
     result = CliRunner().invoke(
         app,
         ["run", "--data", str(market["history"]), "--universe", str(market["universe"]),
-         "--out", str(run_dir), *_sets()],
+         "--out", str(run_dir), "--seeds", "2", *_sets()],
     )
     assert result.exit_code == 0, result.output
     assert "done already, skipped" in result.output

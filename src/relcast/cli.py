@@ -56,6 +56,7 @@ def run(
     config: Annotated[Path | None, typer.Option(help="YAML config file")] = None,
     set_: Sets = None,
     out: Annotated[Path, typer.Option(help="run folder to write")] = Path("runs/latest"),
+    seeds: Annotated[int | None, typer.Option(help="train each Stage3 model K times; report mean/std")] = None,
     force: Annotated[bool, typer.Option(help="redo steps already done in --out")] = False,
 ) -> None:
     """Run the whole pipeline: prepare, Stage1, Stage2, extract, Stage3, evaluate, report."""
@@ -65,6 +66,8 @@ def run(
     overrides = [f"data.source={data}", *(set_ or [])]
     if universe is not None:
         overrides.append(f"data.universe={universe}")
+    if seeds is not None:
+        overrides.append(f"evaluation.seeds={seeds}")
     cfg = load_config(preset, config, overrides)
     if out.exists() and (out / "run.json").exists() and not force:
         existing = Pipeline.open(out)

@@ -432,12 +432,21 @@ class Pipeline:
             hp["num_heads"] = s.heads
         return hp
 
-    def stage3(self, seed_offset: int = 0) -> None:
+    def seed_folders(self, name: str) -> list[str]:
+        """Stage3 folders of one model: ``name`` (seed 0) then ``name@seed<k>``."""
+        return [name] + [f"{name}@seed{k}" for k in range(1, self.config.evaluation.seeds)]
+
+    def stage3(self) -> None:
         from relcast.training.stage3 import fit_stage3
 
         s = self.config.stage3
         timings = {}
-        for name, model, feature_set in self.stage3_names():
+        runs = [
+            (folder_name, model, feature_set, k)
+            for name, model, feature_set in self.stage3_names()
+            for k, folder_name in enumerate(self.seed_folders(name))
+        ]
+        for name, model, feature_set, k in runs:
             folder = self.dir / "stage3" / name
             if (folder / "model.safetensors").exists():
                 continue  # resumable per model
@@ -455,7 +464,7 @@ class Pipeline:
                 batch_size=s.batch_size,
                 lr=s.lr,
                 patience=s.patience,
-                seed=self.config.trainer.seed + seed_offset,
+                seed=self.config.trainer.seed + k,
                 out_dir=self.dir / "logs" / name,
                 stocks=list(self.panel.symbols[self.target]),  # indices are inputs, not targets
                 progress=self._progress(),

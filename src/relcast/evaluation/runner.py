@@ -139,6 +139,22 @@ def evaluate_run(pipe: Pipeline) -> dict[str, Any]:
         extra[name] = {k: info[k] for k in ("seconds_per_epoch", "windows_per_second", "num_inputs")
                        if k in info}
 
+    # --seeds K: every Stage3 model is trained K times; the row reports mean and std
+    seed_rows: dict[str, list[dict]] = {}
+    for name, _, feature_set in pipe.stage3_names():
+        if name not in scores:
+            continue
+        from relcast.training.stage3 import predict_stage3
+
+        runs = [scores[name]]
+        for folder in pipe.seed_folders(name)[1:]:
+            if (pipe.dir / "stage3" / folder / "model.safetensors").exists():
+                out = predict_stage3(pipe.stage3_model(folder), pipe.stage3_inputs(feature_set),
+                                     index=split.test)
+                runs.append(out["point"])
+        if len(runs) > 1:
+            seed_rows[name] = [signal_metrics(r[days, :, 0], z[days, :, 0], cell[days]) for r in runs]
+
     benchmark = _benchmark(panel, labels[..., 0])
     rows: dict[str, dict] = {}
     frames, bt_frames = [], []
@@ -150,6 +166,13 @@ def evaluate_run(pipe: Pipeline) -> dict[str, Any]:
         } if name not in ("naive_zero",) else {}
         if name == "naive_zero":
             sm["direction_acc"] = float("nan")  # a zero forecast has no direction
+        if name in seed_rows:
+            per_seed = seed_rows[name]
+            keys = ("ic", "rank_ic", "icir", "rank_icir", "mse", "direction_acc")
+            sm = {**sm, **{k: float(np.mean([r[k] for r in per_seed])) for k in keys}}
+            sm["seeds"] = {"n": len(per_seed),
+                           **{f"{k}_std": float(np.std([r[k] for r in per_seed], ddof=1))
+                              for k in keys}}
         row: dict[str, Any] = {**sm, "rank_ic_by_horizon": by_h, **extra.get(name, {})}
         if name in quantiles:
             q = np.asarray(cfg.stage3.quantiles)

@@ -150,7 +150,7 @@ def update(
     run: RunDir,
     data: Annotated[str, typer.Option(help="new bars only: dates after the run's last date")],
 ) -> None:
-    """Append new dates: features + Stage1 relationship features for the new dates only,
+    """Append new dates: features and Stage1 relationship features for the new dates only,
     then Stage3 forecasts. No retraining; atomic writes."""
     from relcast.inference import update_run
 
@@ -172,7 +172,7 @@ def _emit(frame, out: Path | None) -> None:
 def app_command(
     port: Annotated[int, typer.Option(help="port on 127.0.0.1")] = 7860,
 ) -> None:
-    """Start the Gradio workflow app (needs the extra: pip install 'relcast[app]')."""
+    """Start the Gradio workflow app (needs the app extra: pip install "relcast\\[app]")."""
     try:
         from relcast.app import launch
     except ImportError as exc:

@@ -69,8 +69,18 @@ def run_dir(market, tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "run"
     result = CliRunner().invoke(
         app,
-        ["run", "--data", str(market["history"]), "--universe", str(market["universe"]),
-         "--out", str(out), "--seeds", "2", *_sets()],
+        [
+            "run",
+            "--data",
+            str(market["history"]),
+            "--universe",
+            str(market["universe"]),
+            "--out",
+            str(out),
+            "--seeds",
+            "2",
+            *_sets(),
+        ],
     )
     assert result.exit_code == 0, result.output + repr(result.exception)
     return out
@@ -79,21 +89,42 @@ def run_dir(market, tmp_path_factory):
 def _digest(folder: Path) -> dict[str, str]:
     return {
         str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*")) if p.is_file()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
     }
 
 
 def test_run_writes_every_artefact(run_dir):
-    for name in ("config.yaml", "run.json", "panel.parquet", "split.json", "metrics.json",
-                 "predictions.parquet", "backtest.parquet", "relationships.npz",
-                 "data_with_relationships.parquet", "attention.npz", "report.html",
-                 "stage1/model.safetensors", "stage2/booster.json",
-                 "stage3/hybrid_gru/model.safetensors", "stage3/stage3_own_gru/model.safetensors"):
+    for name in (
+        "config.yaml",
+        "run.json",
+        "panel.parquet",
+        "split.json",
+        "metrics.json",
+        "predictions.parquet",
+        "backtest.parquet",
+        "relationships.npz",
+        "data_with_relationships.parquet",
+        "attention.npz",
+        "report.html",
+        "stage1/model.safetensors",
+        "stage2/booster.json",
+        "stage3/hybrid_gru/model.safetensors",
+        "stage3/stage3_own_gru/model.safetensors",
+    ):
         assert (run_dir / name).exists(), name
     metrics = json.loads((run_dir / "metrics.json").read_text())
     models = metrics["models"]
-    for name in ("stage1", "stage1+stage2", "hybrid_gru", "stage3_own_gru", "lightgbm",
-                 "naive_momentum", "naive_zero", "control_shuffled_lightgbm"):
+    for name in (
+        "stage1",
+        "stage1+stage2",
+        "hybrid_gru",
+        "stage3_own_gru",
+        "lightgbm",
+        "naive_momentum",
+        "naive_zero",
+        "control_shuffled_lightgbm",
+    ):
         assert name in models, name
     for key in ("ic", "rank_ic", "icir", "rank_icir", "mse", "direction_acc"):
         assert key in models["hybrid_gru"]
@@ -102,7 +133,9 @@ def test_run_writes_every_artefact(run_dir):
     seeds = models["hybrid_gru"]["seeds"]
     assert seeds["n"] == 2 and seeds["rank_ic_std"] > 0
     preds = pd.read_parquet(run_dir / "predictions.parquet")
-    assert {"date", "symbol", "model", "horizon", "pred", "label", "q0.1", "q0.9"} <= set(preds.columns)
+    assert {"date", "symbol", "model", "horizon", "pred", "label", "q0.1", "q0.9"} <= set(
+        preds.columns
+    )
     # every scored date is a test date: no train/valid date leaks into the evaluation
     test_start = pd.Timestamp(metrics["split"]["test"][0])
     assert (preds["date"] >= test_start).all()
@@ -115,8 +148,18 @@ def test_rerun_resumes_without_retraining(run_dir, market):
     before = (run_dir / "stage1" / "model.safetensors").stat().st_mtime_ns
     result = CliRunner().invoke(
         app,
-        ["run", "--data", str(market["history"]), "--universe", str(market["universe"]),
-         "--out", str(run_dir), "--seeds", "2", *_sets()],
+        [
+            "run",
+            "--data",
+            str(market["history"]),
+            "--universe",
+            str(market["universe"]),
+            "--out",
+            str(run_dir),
+            "--seeds",
+            "2",
+            *_sets(),
+        ],
     )
     assert result.exit_code == 0, result.output
     assert "done already, skipped" in result.output
@@ -170,8 +213,9 @@ def test_update_matches_a_full_extraction(run_dir, market, tmp_path):
     got = forecasts[forecasts["model"] == "hybrid_gru"]
     t = np.searchsorted(full.dates, got["date"].to_numpy(dtype="datetime64[ns]"))
     n = pd.Index(full.symbols).get_indexer(got["symbol"])
-    np.testing.assert_allclose(got["pred"].to_numpy(), ref[t, n, got["horizon"].to_numpy() - 1],
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        got["pred"].to_numpy(), ref[t, n, got["horizon"].to_numpy() - 1], atol=1e-5
+    )
     # the run now holds the new dates, and refuses them a second time
     assert Pipeline.open(work).panel.num_dates == DAYS + NEW_DAYS
     with pytest.raises(relcast.RelcastDataError, match="not after the run's last date"):

@@ -50,13 +50,19 @@ def _guard(func):
 @app.command()
 @_guard
 def run(
-    data: Annotated[str, typer.Option(help="'demo', 'synthetic', or a CSV/Parquet/folder/qlib path")] = "demo",
-    universe: Annotated[Path | None, typer.Option(help="universe file: symbol,name,sector,market,is_index")] = None,
+    data: Annotated[
+        str, typer.Option(help="'demo', 'synthetic', or a CSV/Parquet/folder/qlib path")
+    ] = "demo",
+    universe: Annotated[
+        Path | None, typer.Option(help="universe file: symbol,name,sector,market,is_index")
+    ] = None,
     preset: Annotated[str | None, typer.Option(help="small | medium | large")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML config file")] = None,
     set_: Sets = None,
     out: Annotated[Path, typer.Option(help="run folder to write")] = Path("runs/latest"),
-    seeds: Annotated[int | None, typer.Option(help="train each Stage3 model K times; report mean/std")] = None,
+    seeds: Annotated[
+        int | None, typer.Option(help="train each Stage3 model K times; report mean/std")
+    ] = None,
     force: Annotated[bool, typer.Option(help="redo steps already done in --out")] = False,
 ) -> None:
     """Run the whole pipeline: prepare, Stage1, Stage2, extract, Stage3, evaluate, report."""

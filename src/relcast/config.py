@@ -25,8 +25,12 @@ class _Section(BaseModel):
 
 
 class DataConfig(_Section):
-    source: str = Field("demo", description="'demo', 'synthetic', or a path to CSV/Parquet/folder/qlib dir")
-    universe: str | None = Field(None, description="universe file (CSV/YAML/JSON) with sectors etc.")
+    source: str = Field(
+        "demo", description="'demo', 'synthetic', or a path to CSV/Parquet/folder/qlib dir"
+    )
+    universe: str | None = Field(
+        None, description="universe file (CSV/YAML/JSON) with sectors etc."
+    )
     start: str | None = Field(None, description="first date to use (inclusive)")
     end: str | None = Field(None, description="last date to use (inclusive)")
     horizons: int = Field(5, ge=1, le=60, description="forecast horizons 1..H (bars)")
@@ -58,7 +62,10 @@ class Stage1Settings(_Section):
     @model_validator(mode="after")
     def _heads_divide_width(self) -> Stage1Settings:
         if self.d_model % self.n_heads:
-            raise ValueError(f"stage1.d_model ({self.d_model}) must be divisible by stage1.n_heads ({self.n_heads})")
+            raise ValueError(
+                f"stage1.d_model ({self.d_model}) must be divisible by "
+                f"stage1.n_heads ({self.n_heads})"
+            )
         return self
 
 
@@ -70,13 +77,19 @@ class Stage2Settings(_Section):
 
 
 class RelationshipSettings(_Section):
-    extractor: Literal["v1", "v2", "v3", "v1+v2"] = Field("v2", description="relationship extractor")
-    oof_folds: int = Field(3, ge=0, description="out-of-fold folds over the training span (0: leaky)")
+    extractor: Literal["v1", "v2", "v3", "v1+v2"] = Field(
+        "v2", description="relationship extractor"
+    )
+    oof_folds: int = Field(
+        3, ge=0, description="out-of-fold folds over the training span (0: leaky)"
+    )
     regime: bool = Field(False, description="regime detection + gating features")
 
 
 class Stage3Settings(_Section):
-    models: list[Literal["tft", "lstm", "gru", "tcn"]] = Field(["gru"], description="temporal models")
+    models: list[Literal["tft", "lstm", "gru", "tcn"]] = Field(
+        ["gru"], description="temporal models"
+    )
     feature_sets: list[Literal["hybrid", "own", "rawconcat"]] = Field(
         ["hybrid", "own"], description="hybrid = the design; own/rawconcat = comparisons"
     )

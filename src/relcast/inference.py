@@ -94,20 +94,29 @@ def _forecast_frame(pipe, features, rel, index: np.ndarray) -> pd.DataFrame:
             continue
         model = pipe.stage3_model(name)
         inputs = pipe.stage3_inputs(feature_set, features=features, relationships=rel)
-        out = predict_stage3(model, inputs, index=index, stocks=list(pipe.panel.symbols[pipe.target]))
+        out = predict_stage3(
+            model, inputs, index=index, stocks=list(pipe.panel.symbols[pipe.target])
+        )
         q = model.config.quantiles
         for h in range(out["point"].shape[2]):
             t, n = np.nonzero(np.isfinite(out["point"][index, :, h]))
-            frame = pd.DataFrame({
-                "date": features.dates[index[t]], "symbol": features.symbols[n], "model": name,
-                "horizon": h + 1, "pred": out["point"][index[t], n, h],
-            })
+            frame = pd.DataFrame(
+                {
+                    "date": features.dates[index[t]],
+                    "symbol": features.symbols[n],
+                    "model": name,
+                    "horizon": h + 1,
+                    "pred": out["point"][index[t], n, h],
+                }
+            )
             if q is not None:
                 for k, level in enumerate(q):
                     frame[f"q{level:g}"] = out["pred"][index[t], n, h, k]
             frames.append(frame)
     if not frames:
-        raise RelcastDataError("no forecast: no complete lookback window ends on the requested dates")
+        raise RelcastDataError(
+            "no forecast: no complete lookback window ends on the requested dates"
+        )
     return pd.concat(frames, ignore_index=True)
 
 
@@ -140,7 +149,9 @@ def _as_trained(panel: Panel, trained: Panel) -> Panel:
     """The new data on the trained universe: its symbols, order, fields and metadata."""
     _check_symbols(trained, panel)
     panel = panel.reindex(panel.dates, trained.symbols)
-    values = panel.values if panel.fields == trained.fields else _align_fields(panel, trained.fields)
+    values = (
+        panel.values if panel.fields == trained.fields else _align_fields(panel, trained.fields)
+    )
     return Panel(panel.dates, trained.symbols, trained.fields, values, panel.mask, trained.meta)
 
 
@@ -186,8 +197,14 @@ def update_run(run_dir, data: str) -> pd.DataFrame:
         fold_of = np.concatenate([z["fold_of"], np.full(len(added), -1, dtype=z["fold_of"].dtype)])
     buf = io.BytesIO()
     mask = np.isfinite(rel).all(axis=-1) & features.mask
-    np.savez(buf, names=np.asarray(names), values=rel, mask=mask, fold_of=fold_of,
-             dates=combined.dates.astype("int64"))
+    np.savez(
+        buf,
+        names=np.asarray(names),
+        values=rel,
+        mask=mask,
+        fold_of=fold_of,
+        dates=combined.dates.astype("int64"),
+    )
     panel_buf = io.BytesIO()
     tmp_panel = pipe.dir / ".panel.build"
     combined.to_parquet(tmp_panel)
@@ -198,11 +215,14 @@ def update_run(run_dir, data: str) -> pd.DataFrame:
     table = forecasts if history is None else pd.concat([history, forecasts], ignore_index=True)
     out = io.BytesIO()
     table.to_parquet(out, index=False)
-    _commit(pipe.dir, {
-        "panel.parquet": panel_buf.getvalue(),
-        "relationships.npz": buf.getvalue(),
-        LIVE_PREDICTIONS: out.getvalue(),
-    })
+    _commit(
+        pipe.dir,
+        {
+            "panel.parquet": panel_buf.getvalue(),
+            "relationships.npz": buf.getvalue(),
+            LIVE_PREDICTIONS: out.getvalue(),
+        },
+    )
     return forecasts
 
 

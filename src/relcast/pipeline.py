@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from relcast.config import RelcastConfig
 from relcast.data.panel import Panel, RelcastDataError
@@ -148,12 +147,18 @@ class Pipeline:
                 "embargo": split.embargo,
                 "dates": {
                     name: [str(panel.dates[idx[0]])[:10], str(panel.dates[idx[-1]])[:10]]
-                    for name, idx in (("train", split.train), ("valid", split.valid), ("test", split.test))
+                    for name, idx in (
+                        ("train", split.train),
+                        ("valid", split.valid),
+                        ("test", split.test),
+                    )
                 },
             },
         )
         self._cache.clear()
-        self._mark("prepare", time.perf_counter() - start, dates=panel.num_dates, symbols=panel.num_symbols)
+        self._mark(
+            "prepare", time.perf_counter() - start, dates=panel.num_dates, symbols=panel.num_symbols
+        )
         _log(f"prepared {panel!r}")
 
     @property
@@ -209,6 +214,22 @@ class Pipeline:
         return ~self.panel.is_index
 
     # ------------------------------------------------------------------ Stage1
+    def _stage1_fit_kwargs(self) -> dict:
+        """How every Stage1 of the run is trained (the full model and the fold models)."""
+        s = self.config.stage1
+        return dict(
+            sector_ids=self.panel.sectors,
+            loss=s.loss,
+            max_epochs=s.max_epochs,
+            batch_dates=s.batch_dates,
+            lr=s.lr,
+            patience=s.patience,
+            seed=self.config.trainer.seed,
+            target=self.target,
+            progress=self._progress(),
+            **self._trainer_kwargs(),
+        )
+
     def stage1(self) -> None:
         from relcast.models.cross_sectional import Stage1Config
         from relcast.training.stage1 import encode_sectors, fit_stage1
@@ -231,22 +252,9 @@ class Pipeline:
         )
         _log(f"Stage1: {cfg.d_model}d x {cfg.n_layers} layers on {cfg.num_stocks} symbols")
         result = fit_stage1(
-            f,
-            self.labels,
-            self.split,
-            cfg,
-            out_dir=self.dir / "logs" / "stage1",
-            sector_ids=self.panel.sectors,
-            loss=s.loss,
-            max_epochs=s.max_epochs,
-            batch_dates=s.batch_dates,
-            lr=s.lr,
-            patience=s.patience,
-            seed=self.config.trainer.seed,
-            target=self.target,
-            progress=self._progress(),
-            **self._trainer_kwargs(),
-        )
+            f, self.labels, self.split, cfg, out_dir=self.dir / "logs" / "stage1",
+            **self._stage1_fit_kwargs(),
+        )  # fmt: skip
         save_module(self.dir / "stage1" / "model.safetensors", result.model, asdict(cfg), "stage1")
         self._cache["stage1"] = result.model
         self._mark(
@@ -255,7 +263,10 @@ class Pipeline:
             best_val_rank_ic=result.best_val_rank_ic,
             epochs=len(result.history),
         )
-        _log(f"Stage1 done in {result.train_seconds:.0f}s, best val rank IC {result.best_val_rank_ic:.4f}")
+        _log(
+            f"Stage1 done in {result.train_seconds:.0f}s, "
+            f"best val rank IC {result.best_val_rank_ic:.4f}"
+        )
 
     @property
     def stage1_model(self):
@@ -309,8 +320,13 @@ class Pipeline:
         )
         booster.save(self.dir / "stage2" / "booster.json")
         self._cache["stage2"] = booster
-        self._mark("stage2", time.perf_counter() - start, helped=booster.helped_, **booster.report_)
-        _log(f"Stage2: {'helped' if booster.helped_ else 'did not help'} on validation {booster.report_}")
+        r = booster.report_
+        self._mark("stage2", time.perf_counter() - start, helped=booster.helped_, **r)
+        _log(
+            f"Stage2 {'helped' if booster.helped_ else 'did not help'} on validation: rank IC "
+            f"{r['stage1']['rank_ic']:.4f} -> {r['stage1+stage2']['rank_ic']:.4f}, MSE "
+            f"{r['stage1']['mse']:.4f} -> {r['stage1+stage2']['mse']:.4f}"
+        )
 
     @property
     def stage2_booster(self):
@@ -340,10 +356,11 @@ class Pipeline:
         """Relationship features for every date, out-of-fold on the training span."""
         from relcast.relationships import build_relationship_store
 
-        s = self.config.stage1
         folds = self.config.relationships.oof_folds
-        _log(f"extracting {self.config.relationships.extractor} relationship features "
-             f"({'out-of-fold, ' + str(folds) + ' folds' if folds else 'leaky: no folds'})")
+        _log(
+            f"extracting {self.config.relationships.extractor} relationship features "
+            f"({'out-of-fold, ' + str(folds) + ' folds' if folds else 'leaky: no folds'})"
+        )
         store = build_relationship_store(
             self.features,
             self.labels,
@@ -353,19 +370,10 @@ class Pipeline:
             n_folds=folds,
             oof=folds > 0,
             embargo=self.config.embargo + self.config.data.label_delay,
-            sector_ids=self.panel.sectors,
             out_dir=self.dir / "logs" / "stage1_folds",
             out_path=self.dir / "data_with_relationships.parquet",
-            seed=self.config.trainer.seed,
             full_model=self.stage1_model,
-            loss=s.loss,
-            max_epochs=s.max_epochs,
-            batch_dates=s.batch_dates,
-            lr=s.lr,
-            patience=s.patience,
-            target=self.target,
-            progress=self._progress(),
-            **self._trainer_kwargs(),
+            **self._stage1_fit_kwargs(),
         )
         self._save_relationships(store.names, store.values, store.mask, store.fold_of)
         self._cache["extractor"] = store.full_extractor
@@ -376,8 +384,14 @@ class Pipeline:
         import io
 
         buf = io.BytesIO()
-        np.savez(buf, names=np.asarray(names), values=values, mask=mask, fold_of=fold_of,
-                 dates=self.panel.dates.astype("int64")[: len(values)])
+        np.savez(
+            buf,
+            names=np.asarray(names),
+            values=values,
+            mask=mask,
+            fold_of=fold_of,
+            dates=self.panel.dates.astype("int64")[: len(values)],
+        )
         atomic_write_bytes(self.dir / "relationships.npz", buf.getvalue())
         self._cache.pop("relationships", None)
 
@@ -470,7 +484,9 @@ class Pipeline:
                 progress=self._progress(),
                 **self._trainer_kwargs(),
             )
-            save_module(folder / "model.safetensors", result.model, asdict(result.model.config), model)
+            save_module(
+                folder / "model.safetensors", result.model, asdict(result.model.config), model
+            )
             timings[name] = {
                 "seconds_per_epoch": result.seconds_per_epoch,
                 "windows_per_second": result.windows_per_second,
@@ -478,12 +494,17 @@ class Pipeline:
                 "best_val_rank_ic": result.best_val_rank_ic,
                 "num_inputs": inputs.num_features,
             }
-            _log(f"Stage3 {name}: best val rank IC {result.best_val_rank_ic:.4f}, "
-                 f"{result.seconds_per_epoch:.1f}s/epoch")
+            _log(
+                f"Stage3 {name}: best val rank IC {result.best_val_rank_ic:.4f}, "
+                f"{result.seconds_per_epoch:.1f}s/epoch"
+            )
         info = self._info()
         previous = info["steps"].get("stage3", {}).get("models", {})
-        self._mark("stage3", sum(t["seconds_per_epoch"] * t["epochs"] for t in timings.values()),
-                   models={**previous, **timings})
+        self._mark(
+            "stage3",
+            sum(t["seconds_per_epoch"] * t["epochs"] for t in timings.values()),
+            models={**previous, **timings},
+        )
 
     def stage3_model(self, name: str):
         key = f"stage3:{name}"

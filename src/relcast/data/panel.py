@@ -218,7 +218,9 @@ class Panel:
         dates = np.asarray(dates, dtype="datetime64[ns]")
         symbols = np.asarray(symbols).astype(str)
         t_pos = np.searchsorted(dates, self.dates)
-        if (t_pos >= len(dates)).any() or (dates[np.minimum(t_pos, len(dates) - 1)] != self.dates).any():
+        if (t_pos >= len(dates)).any() or (
+            dates[np.minimum(t_pos, len(dates) - 1)] != self.dates
+        ).any():
             raise ValueError("reindex dates must contain every existing date")
         lookup = {s: i for i, s in enumerate(symbols)}
         n_pos = np.array([lookup[s] for s in self.symbols], dtype=int)

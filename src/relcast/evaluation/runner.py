@@ -31,7 +31,9 @@ if TYPE_CHECKING:
     from relcast.pipeline import Pipeline
 
 
-def _lightgbm_scores(x: np.ndarray, y: np.ndarray, mask: np.ndarray, split, seed: int) -> np.ndarray:
+def _lightgbm_scores(
+    x: np.ndarray, y: np.ndarray, mask: np.ndarray, split, seed: int
+) -> np.ndarray:
     """LightGBM regression on raw features; scores for every date ``[T, N]``."""
     import lightgbm as lgb
 
@@ -42,9 +44,18 @@ def _lightgbm_scores(x: np.ndarray, y: np.ndarray, mask: np.ndarray, split, seed
         return np.nonzero(sub)
 
     tr, va = rows(split.train), rows(split.valid)
-    params = dict(objective="regression", learning_rate=0.05, num_leaves=31, min_data_in_leaf=50,
-                  feature_fraction=0.8, bagging_fraction=0.8, bagging_freq=1, seed=seed,
-                  verbose=-1, num_threads=2)
+    params = dict(
+        objective="regression",
+        learning_rate=0.05,
+        num_leaves=31,
+        min_data_in_leaf=50,
+        feature_fraction=0.8,
+        bagging_fraction=0.8,
+        bagging_freq=1,
+        seed=seed,
+        verbose=-1,
+        num_threads=2,
+    )
     booster = lgb.train(
         params,
         lgb.Dataset(x[tr], y[tr]),
@@ -136,8 +147,11 @@ def evaluate_run(pipe: Pipeline) -> dict[str, Any]:
         if model_name == "tft":
             importance[name] = _tft_importance(model, inputs, split.test)
         info = pipe._info()["steps"].get("stage3", {}).get("models", {}).get(name, {})
-        extra[name] = {k: info[k] for k in ("seconds_per_epoch", "windows_per_second", "num_inputs")
-                       if k in info}
+        extra[name] = {
+            k: info[k]
+            for k in ("seconds_per_epoch", "windows_per_second", "num_inputs")
+            if k in info
+        }
 
     # --seeds K: every Stage3 model is trained K times; the row reports mean and std
     seed_rows: dict[str, list[dict]] = {}
@@ -149,30 +163,38 @@ def evaluate_run(pipe: Pipeline) -> dict[str, Any]:
         runs = [scores[name]]
         for folder in pipe.seed_folders(name)[1:]:
             if (pipe.dir / "stage3" / folder / "model.safetensors").exists():
-                out = predict_stage3(pipe.stage3_model(folder), pipe.stage3_inputs(feature_set),
-                                     index=split.test)
+                out = predict_stage3(
+                    pipe.stage3_model(folder), pipe.stage3_inputs(feature_set), index=split.test
+                )
                 runs.append(out["point"])
         if len(runs) > 1:
-            seed_rows[name] = [signal_metrics(r[days, :, 0], z[days, :, 0], cell[days]) for r in runs]
+            seed_rows[name] = [
+                signal_metrics(r[days, :, 0], z[days, :, 0], cell[days]) for r in runs
+            ]
 
     benchmark = _benchmark(panel, labels[..., 0])
     rows: dict[str, dict] = {}
     frames, bt_frames = [], []
     for name, score in scores.items():
         sm = signal_metrics(score[days, :, 0], z[days, :, 0], cell[days])
-        by_h = {
-            f"h{h + 1}": signal_metrics(score[days, :, h], z[days, :, h], cell[days])["rank_ic"]
-            for h in range(H)
-        } if name not in ("naive_zero",) else {}
+        by_h = (
+            {
+                f"h{h + 1}": signal_metrics(score[days, :, h], z[days, :, h], cell[days])["rank_ic"]
+                for h in range(H)
+            }
+            if name not in ("naive_zero",)
+            else {}
+        )
         if name == "naive_zero":
             sm["direction_acc"] = float("nan")  # a zero forecast has no direction
         if name in seed_rows:
             per_seed = seed_rows[name]
             keys = ("ic", "rank_ic", "icir", "rank_icir", "mse", "direction_acc")
             sm = {**sm, **{k: float(np.mean([r[k] for r in per_seed])) for k in keys}}
-            sm["seeds"] = {"n": len(per_seed),
-                           **{f"{k}_std": float(np.std([r[k] for r in per_seed], ddof=1))
-                              for k in keys}}
+            sm["seeds"] = {
+                "n": len(per_seed),
+                **{f"{k}_std": float(np.std([r[k] for r in per_seed], ddof=1)) for k in keys},
+            }
         row: dict[str, Any] = {**sm, "rank_ic_by_horizon": by_h, **extra.get(name, {})}
         if name in quantiles:
             q = np.asarray(cfg.stage3.quantiles)
@@ -182,17 +204,24 @@ def evaluate_run(pipe: Pipeline) -> dict[str, Any]:
             row["coverage"] = float(interval_coverage(pq[ok][:, 0], pq[ok][:, -1], z[days][ok]))
             row["coverage_nominal"] = float(q[-1] - q[0])
         if name != "naive_zero":
-            row["backtest"], bt = _backtests(name, score[..., 0], labels[..., 0], cell, days,
-                                             benchmark, panel.dates, cfg)
+            row["backtest"], bt = _backtests(
+                name, score[..., 0], labels[..., 0], cell, days, benchmark, panel.dates, cfg
+            )
             bt_frames.append(bt)
         rows[name] = row
-        frames.append(_prediction_frame(name, score, quantiles.get(name), labels, z, cell, days,
-                                        panel, cfg.stage3.quantiles))
+        frames.append(
+            _prediction_frame(
+                name, score, quantiles.get(name), labels, z, cell, days, panel, cfg.stage3.quantiles
+            )
+        )
 
     metrics = {
         "split": read_split_dates(pipe),
-        "labels": {"horizons": H, "delay": cfg.data.label_delay,
-                   "definition": "close[t+delay+h] / close[t+delay] - 1"},
+        "labels": {
+            "horizons": H,
+            "delay": cfg.data.label_delay,
+            "definition": "close[t+delay+h] / close[t+delay] - 1",
+        },
         "test_dates_scored": int(len(days)),
         "models": rows,
     }
@@ -228,26 +257,59 @@ def _backtests(name, score, ret1, cell, days, benchmark, dates, cfg) -> tuple[di
     r = np.where(cell, ret1, np.nan)[days]
     m = cell[days] & np.isfinite(s)
     topk = min(ev.topk, max(1, int(m.sum(axis=1).min()) // 2))
-    tk = topk_dropout_backtest(s, r, m, topk=topk, n_drop=min(ev.n_drop, topk),
-                               buy_cost=ev.buy_cost, sell_cost=ev.sell_cost,
-                               benchmark=benchmark[days], periods_per_year=ev.periods_per_year)
-    ls = long_short_backtest(s, r, m, quantile=0.2, buy_cost=ev.buy_cost,
-                             sell_cost=ev.sell_cost, periods_per_year=ev.periods_per_year)
+    tk = topk_dropout_backtest(
+        s,
+        r,
+        m,
+        topk=topk,
+        n_drop=min(ev.n_drop, topk),
+        buy_cost=ev.buy_cost,
+        sell_cost=ev.sell_cost,
+        benchmark=benchmark[days],
+        periods_per_year=ev.periods_per_year,
+    )
+    ls = long_short_backtest(
+        s,
+        r,
+        m,
+        quantile=0.2,
+        buy_cost=ev.buy_cost,
+        sell_cost=ev.sell_cost,
+        periods_per_year=ev.periods_per_year,
+    )
     frame = pd.concat(
         [
-            pd.DataFrame({"date": dates[days], "model": name, "strategy": "topk",
-                          "daily_return": tk.daily_return, "benchmark_return": benchmark[days],
-                          "excess_return": tk.excess_return, "turnover": tk.turnover}),
-            pd.DataFrame({"date": dates[days], "model": name, "strategy": "long_short",
-                          "daily_return": ls.daily_return, "benchmark_return": benchmark[days],
-                          "excess_return": ls.daily_return, "turnover": ls.turnover}),
+            pd.DataFrame(
+                {
+                    "date": dates[days],
+                    "model": name,
+                    "strategy": "topk",
+                    "daily_return": tk.daily_return,
+                    "benchmark_return": benchmark[days],
+                    "excess_return": tk.excess_return,
+                    "turnover": tk.turnover,
+                }
+            ),
+            pd.DataFrame(
+                {
+                    "date": dates[days],
+                    "model": name,
+                    "strategy": "long_short",
+                    "daily_return": ls.daily_return,
+                    "benchmark_return": benchmark[days],
+                    "excess_return": ls.daily_return,
+                    "turnover": ls.turnover,
+                }
+            ),
         ],
         ignore_index=True,
     )
     return {"topk": {"k": topk, **tk.metrics}, "long_short": ls.metrics}, frame
 
 
-def _prediction_frame(name, score, q, labels, z, cell, days, panel, quantile_levels) -> pd.DataFrame:
+def _prediction_frame(
+    name, score, q, labels, z, cell, days, panel, quantile_levels
+) -> pd.DataFrame:
     """``label`` is the raw forward return; ``label_z`` its cross-sectional z-score, the unit
     Stage1/Stage3 forecasts and quantiles are in (compare bands with ``label_z``)."""
     T, N, H = score.shape
@@ -255,12 +317,17 @@ def _prediction_frame(name, score, q, labels, z, cell, days, panel, quantile_lev
     t = days[t]
     parts = []
     for h in range(H):
-        frame = pd.DataFrame({
-            "date": panel.dates[t], "symbol": panel.symbols[n], "model": name,
-            "horizon": h + 1, "pred": score[t, n, h].astype(np.float32),
-            "label": labels[t, n, h].astype(np.float32),
-            "label_z": z[t, n, h].astype(np.float32),
-        })
+        frame = pd.DataFrame(
+            {
+                "date": panel.dates[t],
+                "symbol": panel.symbols[n],
+                "model": name,
+                "horizon": h + 1,
+                "pred": score[t, n, h].astype(np.float32),
+                "label": labels[t, n, h].astype(np.float32),
+                "label_z": z[t, n, h].astype(np.float32),
+            }
+        )
         if q is not None:
             for k, level in enumerate(quantile_levels):
                 frame[f"q{level:g}"] = q[t, n, h, k]
@@ -277,12 +344,17 @@ def _tft_importance(model, inputs, index) -> dict[str, float]:
 def _write_attention(pipe: Pipeline, days: np.ndarray) -> None:
     from relcast.training.stage1 import predict_stage1
 
-    out = predict_stage1(pipe.stage1_model, pipe.features, dates_index=days, need_weights=True,
-                         average_heads=True)
+    out = predict_stage1(
+        pipe.stage1_model, pipe.features, dates_index=days, need_weights=True, average_heads=True
+    )
     attention = out["attention"][:, -1]  # (D, N, N): last layer, head-averaged
     buf = io.BytesIO()
-    np.savez_compressed(buf, dates=pipe.panel.dates[days].astype("int64"),
-                        symbols=pipe.panel.symbols.astype(str), attention=attention.astype(np.float32))
+    np.savez_compressed(
+        buf,
+        dates=pipe.panel.dates[days].astype("int64"),
+        symbols=pipe.panel.symbols.astype(str),
+        attention=attention.astype(np.float32),
+    )
     atomic_write_bytes(pipe.dir / "attention.npz", buf.getvalue())
 
 

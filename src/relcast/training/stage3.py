@@ -446,6 +446,13 @@ def fit_stage3(
         feature_names=tuple(inputs.names),
         **(hparams or {}),
     )
+    if label_norm == "none":  # quantile heads start at unit scale; raw returns are smaller
+        from relcast.models.temporal.losses import QuantileHead
+
+        scale = float(np.nanstd(target[np.asarray(split.train)]))
+        for head in model.modules():
+            if isinstance(head, QuantileHead):
+                head.init_interval(scale)
     module = _lightning_module_class()(model, quantiles, lr=lr, weight_decay=weight_decay)
     timer = _epoch_timer_class()()
     # a Rank IC needs >= 2 stocks per date; one target stock is judged by its loss instead

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -34,11 +35,29 @@ class QuantileHead(nn.Module):
         self.mid = median_index(self.quantiles)
         self.proj = nn.Linear(in_dim, horizons * self.num_quantiles)
         if self.num_quantiles > 1:
-            # Start with narrow intervals (softplus(-3) ~ 0.05): returns are small numbers.
-            with torch.no_grad():
-                bias = self.proj.bias.view(horizons, self.num_quantiles)
-                bias[:, : self.mid] = -3.0
-                bias[:, self.mid + 1 :] = -3.0
+            self.init_interval(1.0)
+
+    @torch.no_grad()
+    def init_interval(self, scale: float) -> None:
+        """Start the quantiles at those of a normal with std ``scale`` around the median.
+
+        Stage3 trains on cross-sectionally z-scored labels by default (``scale=1``: the
+        10-90% band starts at +-1.28); for raw returns pass their std. Too narrow a start
+        leaves the bands undercovering for many epochs, because the pinball loss widens
+        them only slowly.
+        """
+        if self.num_quantiles == 1:
+            return
+        from statistics import NormalDist
+
+        z = [NormalDist().inv_cdf(q) for q in self.quantiles]
+        m = self.mid
+        bias = self.proj.bias.view(self.horizons, self.num_quantiles)
+        for k in range(self.num_quantiles):
+            if k == m:
+                continue
+            gap = abs(z[k] - z[k - 1 if k > m else k + 1]) * scale  # to the neighbour inwards
+            bias[:, k] = float(np.log(np.expm1(max(gap, 1e-6))))  # softplus^-1(gap)
 
     def forward(self, h: Tensor) -> Tensor:
         raw = self.proj(h).unflatten(-1, (self.horizons, self.num_quantiles))  # (..., H, Q)

@@ -115,15 +115,19 @@ def test_shuffle_is_deterministic_per_seed_and_epoch(tiny):
 @pytest.mark.parametrize("world_size", [2, 3])
 def test_ddp_shards_cover_every_window_once(tiny, world_size):
     inputs, valid, labels = tiny
-    seen = []
+    seen, batch_counts = [], set()
     for rank in range(world_size):
         loader = WindowLoader(
             inputs, valid, L, labels, shuffle=True, seed=5, batch_size=3,
             rank=rank, world_size=world_size,
         )  # fmt: skip
-        keys = [k for b in loader for k in zip(b["t"].tolist(), b["n"].tolist(), strict=True)]
-        assert len(loader) == -(-len(keys) // 3)
+        batches = list(loader)
+        keys = [k for b in batches for k in zip(b["t"].tolist(), b["n"].tolist(), strict=True)]
+        assert len(loader) == len(batches)
+        batch_counts.add(len(batches))
         seen += keys
+    # every rank takes the same number of steps, or DDP's gradient all-reduce would hang
+    assert len(batch_counts) == 1
     full = WindowLoader(inputs, valid, L, labels, batch_size=1000)
     assert len(seen) == len(set(seen)) == full.num_windows
     assert set(seen) == set(zip(full.t_idx.tolist(), full.n_idx.tolist(), strict=True))

@@ -34,6 +34,7 @@ def valid_window_ends(
     labels: np.ndarray | None = None,
     index: np.ndarray | None = None,
     stocks: Sequence[int] | np.ndarray | None = None,
+    labelled: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Date and stock indices ``(t [M], n [M])`` of every usable window end, sorted by (t, n).
 
@@ -43,13 +44,16 @@ def valid_window_ends(
         labels: ``[T, N, H]``; if given, only ends whose label is finite for all horizons.
         index: date indices (e.g. a split's ``train``) the window end must belong to.
         stocks: stock indices to keep (e.g. one target stock); all stocks if None.
+        labelled: ``bool [T, N]``, only ends where it is True: the finite-label test done
+            beforehand (saves reading a memory-mapped ``labels`` whole).
     """
     valid = np.asarray(valid, dtype=bool)
     T, N = valid.shape
     if lookback < 1:
         raise ValueError(f"lookback must be >= 1, got {lookback}")
     # masked[t + 1] - masked[t - L + 1] counts the masked dates inside the window ending at t
-    masked = np.zeros((T + 1, N), dtype=np.int64)
+    # int32 when it fits: on a large panel this [T, N] count is the biggest temporary
+    masked = np.zeros((T + 1, N), dtype=np.int32 if T < 2**31 - 1 else np.int64)
     np.cumsum(~valid, axis=0, out=masked[1:])
     ok = np.zeros((T, N), dtype=bool)
     if T >= lookback:
@@ -59,6 +63,10 @@ def valid_window_ends(
         if labels.shape[:2] != (T, N):
             raise ValueError(f"labels have shape {labels.shape}, expected ({T}, {N}, H)")
         ok &= np.isfinite(labels.reshape(T, N, -1)).all(axis=-1)
+    if labelled is not None:
+        if labelled.shape != (T, N):
+            raise ValueError(f"labelled has shape {labelled.shape}, expected {(T, N)}")
+        ok &= np.asarray(labelled, dtype=bool)
     if index is not None:
         on_dates = np.zeros(T, dtype=bool)
         on_dates[np.asarray(index, dtype=np.int64)] = True
@@ -97,18 +105,24 @@ def shard_batches(
     batching of ``order``.
     """
     mine = order[rank::world_size]
-    smallest = len(order) // world_size  # the share of the last rank
-    if drop_last:
-        count = smallest // batch_size
-        end = count * batch_size
-    else:
-        # a run with fewer items than ranks cannot be even; its ranks just get what there is
-        count = -(-(smallest or len(mine)) // batch_size)
-        end = len(mine)
+    count = num_shard_batches(len(order), batch_size, rank, world_size, drop_last)
     if count == 0:
         return []
+    end = count * batch_size if drop_last else len(mine)
     starts = [k * batch_size for k in range(count)]
     return [mine[a:b] for a, b in zip(starts, starts[1:] + [end], strict=True)]
+
+
+def num_shard_batches(
+    num_items: int, batch_size: int, rank: int = 0, world_size: int = 1, drop_last: bool = False
+) -> int:
+    """How many batches :func:`shard_batches` gives each rank (without building them)."""
+    smallest = num_items // world_size  # the share of the last rank
+    if drop_last:
+        return smallest // batch_size
+    # a run with fewer items than ranks cannot be even; its ranks just get what there is
+    mine = len(range(rank, num_items, world_size))
+    return -(-(smallest or mine) // batch_size)
 
 
 class WindowLoader(IterableDataset):
@@ -135,6 +149,12 @@ class WindowLoader(IterableDataset):
             are gathered at each step and put in front of ``inputs`` (masked cells are 0).
         concat_valid_flag: with ``concat_inputs``, also append each stock's valid flag
             ``[B, L, N]`` so the model can tell a masked stock from a zero feature.
+        labelled: ``bool [T, N]``, True where ``labels`` is finite for every horizon, if
+            known already (a memory-mapped store keeps it): then ``labels`` is not scanned.
+        stock_major: ``inputs`` is laid out ``[N, T, F]`` (each stock's history contiguous,
+            as in :class:`relcast.data.store.MemmapFeatureStore`): a window is then one
+            contiguous block of ``L * F`` floats instead of L rows far apart, which matters
+            when ``inputs`` is memory-mapped from disk. ``valid``/``labels`` stay ``[T, N, ...]``.
         rank, world_size: shard of this process under DDP; read from ``torch.distributed``
             at iteration time if None. Each rank takes every ``world_size``-th window of the
             same permutation, so every window is seen exactly once per epoch across ranks, and
@@ -160,10 +180,14 @@ class WindowLoader(IterableDataset):
         concat_valid_flag: bool = False,
         rank: int | None = None,
         world_size: int | None = None,
+        labelled: np.ndarray | None = None,
+        stock_major: bool = False,
     ) -> None:
         super().__init__()
+        # zero-copy for a C-contiguous float32 array, including a np.memmap
         self.inputs = torch.as_tensor(np.ascontiguousarray(inputs, dtype=np.float32))  # (T, N, F)
-        T, N, _ = self.inputs.shape
+        self.stock_major = stock_major  # then inputs is (N, T, F)
+        N, T = self.inputs.shape[:2] if stock_major else self.inputs.shape[1::-1]
         valid_np = np.asarray(valid, dtype=bool)
         if valid_np.shape != (T, N):
             raise ValueError(f"valid has shape {valid_np.shape}, expected {(T, N)}")
@@ -174,10 +198,12 @@ class WindowLoader(IterableDataset):
             self.labels = torch.as_tensor(labels_np.reshape(T, N, -1))  # (T, N, H)
         else:
             labels_np, self.labels = None, None
+        check_labels = require_labels and labels_np is not None
         t_idx, n_idx = valid_window_ends(
             valid_np,
             self.lookback,
-            labels=labels_np if require_labels else None,
+            labels=labels_np if check_labels and labelled is None else None,
+            labelled=labelled if check_labels else None,
             index=index,
             stocks=stocks,
         )
@@ -244,15 +270,22 @@ class WindowLoader(IterableDataset):
         )
 
     def __len__(self) -> int:
-        return len(self.batches())
+        rank, world_size = self._shard()
+        return num_shard_batches(
+            self.num_windows, self.batch_size, rank, world_size, drop_last=self.drop_last
+        )
 
     def gather(self, t: torch.Tensor, n: torch.Tensor) -> dict[str, torch.Tensor]:
         """The batch of windows ending at dates ``t [B]`` for stocks ``n [B]``."""
-        T, N, F = self.inputs.shape
+        T, N = self.valid.shape
+        F = self.inputs.shape[-1]
         steps = t[:, None] + self._offsets[None, :]  # (B, L)
         B, L = steps.shape
         # index_select on flat rows is ~2x faster than inputs[steps, n[:, None]] (same values)
-        rows = (steps * N + n[:, None]).reshape(-1)  # (B * L,)
+        if self.stock_major:
+            rows = (n[:, None] * T + steps).reshape(-1)  # (B * L,) row of (n, t) in (N * T, F)
+        else:
+            rows = (steps * N + n[:, None]).reshape(-1)  # (B * L,) row of (t, n) in (T * N, F)
         x = self.inputs.view(T * N, F).index_select(0, rows).view(B, L, F)  # (B, L, F)
         if self.concat is not None:
             flat = self.concat.view(T, -1)  # (T, N * F_own)

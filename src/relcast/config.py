@@ -53,7 +53,9 @@ class Stage1Settings(_Section):
     relationship_dim: int = Field(16, ge=2, le=256, description="learned bottleneck size (V2)")
     use_sector_embedding: bool = True
     multitask: bool = Field(False, description="add stock-correlation and sector heads")
-    loss: Literal["mse", "ic"] = "mse"
+    loss: Literal["mse", "ic"] = Field(
+        "ic", description="ic: 1 - daily IC (scale-free, learns fastest); mse: on z-scored labels"
+    )
     max_epochs: int = Field(30, ge=1)
     batch_dates: int = Field(32, ge=1, description="dates per batch (each with all stocks)")
     lr: float = Field(1e-3, gt=0)

@@ -132,3 +132,27 @@ def test_config_checks_heads_divide_hidden():
         make_tft(hidden_size=10, num_heads=4)
     with pytest.raises(ValueError, match=r"\[B, L, 8\]"):
         make_tft()({"x": torch.randn(2, L, 5)})
+
+
+@pytest.mark.parametrize("variable_hidden_size", [4, 1])
+def test_fast_variable_selection_matches_the_plain_one(variable_hidden_size):
+    """forward_scalar (folded embedding, variables-first GRNs) == the readable forward."""
+    model = make_tft(variable_hidden_size=variable_hidden_size)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(5, L, F_IN, generator=g)
+    context = torch.randn(5, 1, 16, generator=g)
+    vsn, emb = model.temporal_selection, model.input_embedding
+    slow = vsn(emb(x.unsqueeze(-1)), context)
+    fast = vsn.forward_scalar(x, emb, context)
+    for a, b in zip(slow, fast, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    params = [p for p in model.parameters() if p.requires_grad]
+    probe = torch.randn(F_IN, generator=g)
+    grads = [
+        torch.autograd.grad(s.square().sum() + (w * probe).sum(), params, allow_unused=True)
+        for s, w in (slow, fast)
+    ]
+    for a, b in zip(*grads, strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)

@@ -98,7 +98,13 @@ class GateAddNorm(nn.Module):
         self.norm = nn.LayerNorm(out_dim)
 
     def forward(self, x: Tensor, skip: Tensor) -> Tensor:
-        return self.norm(skip + F.glu(self.glu(self.dropout(x)), dim=-1))
+        # GLU as two contiguous matmuls: F.glu on the halves of one output runs its backward
+        # on strided views, about twice as slow on CPU; same parameters, same numbers
+        x = self.dropout(x)
+        d = self.glu.out_features // 2
+        value = F.linear(x, self.glu.weight[:d], self.glu.bias[:d])
+        gate = F.linear(x, self.glu.weight[d:], self.glu.bias[d:])
+        return self.norm(skip + value * torch.sigmoid(gate))
 
 
 class GatedResidualNetwork(nn.Module):
@@ -120,11 +126,14 @@ class GatedResidualNetwork(nn.Module):
         self.gate = GateAddNorm(hidden_dim, out_dim, dropout)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
-        h = self.fc1(x)
+        return self.finish(self.fc1(x), self.skip(x), context)
+
+    def finish(self, h: Tensor, skip: Tensor, context: Tensor | None = None) -> Tensor:
+        """The GRN after its first layer: ``h = fc1(x)`` and ``skip = skip(x)`` given."""
         if self.context is not None and context is not None:
             h = h + self.context(context)  # context broadcasts over time when given [B, 1, C]
         h = self.fc2(F.elu(h))
-        return self.gate(h, self.skip(x))
+        return self.gate(h, skip)
 
 
 class GroupedGRN(nn.Module):
@@ -176,6 +185,71 @@ class VariableSelectionNetwork(nn.Module):
         processed = self.var_grns(emb)  # (..., V, d)
         selected = self.out((processed * weights.unsqueeze(-1)).sum(-2))  # (..., hidden)
         return selected, weights
+
+    def forward_scalar(
+        self, x: Tensor, embedding: GroupedLinear, context: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """``forward(embedding(x[..., None]), context)`` for V scalar inputs ``x [..., V]``.
+
+        Same numbers, about half the time: the embedding of a scalar is affine in it, so
+        the layers that read the embedding directly (the weights GRN's first layer and
+        skip, each variable GRN's first layer) fold into the embedding and read ``x``
+        itself, and the per-variable GRNs run in a variables-first layout ``[V, M, d]``
+        where every grouped layer is one batched matmul with its bias fused
+        (``baddbmm``), without the ``[..., V, d]`` copies that einsum makes. In training,
+        the variable GRNs' dropout mask is shared over the time axis (``x`` is ``[B, L, V]``).
+        """
+        lead, V = x.shape[:-1], x.shape[-1]
+        slope, offset = embedding.weight[:, 0, :], embedding.bias  # (V, d), (V, d)
+        d = slope.shape[-1]
+
+        # selection weights: Linear(flat embedding) == Linear'(x), weights folded
+        grn = self.weights_grn
+        w1 = grn.fc1.weight.view(-1, V, d)  # (hidden, V, d)
+        h = F.linear(
+            x,
+            torch.einsum("vd,kvd->kv", slope, w1),
+            grn.fc1.bias + torch.einsum("vd,kvd->k", offset, w1),
+        )  # (..., hidden)
+        if isinstance(grn.skip, nn.Linear):
+            ws = grn.skip.weight.view(V, V, d)  # (out, V, d)
+            skip = F.linear(
+                x,
+                torch.einsum("vd,ovd->ov", slope, ws),
+                grn.skip.bias + torch.einsum("vd,ovd->o", offset, ws),
+            )  # (..., V)
+        else:  # d == 1: the flat embedding is already V wide
+            skip = x * slope[:, 0] + offset[:, 0]
+        weights = torch.softmax(grn.finish(h, skip, context), dim=-1)  # (..., V)
+
+        # one GRN per variable, variables first: (V, M, d) with M = prod(lead)
+        g = self.var_grns
+        xt = x.reshape(-1, V).t().unsqueeze(-1)  # (V, M, 1)
+        emb = torch.addcmul(offset.unsqueeze(1), xt, slope.unsqueeze(1))  # (V, M, d)
+        slope1 = torch.einsum("vi,vio->vo", slope, g.fc1.weight)  # fc1 folded: (V, d)
+        offset1 = torch.einsum("vi,vio->vo", offset, g.fc1.weight) + g.fc1.bias
+        h = torch.addcmul(offset1.unsqueeze(1), xt, slope1.unsqueeze(1))  # (V, M, d)
+        h = torch.baddbmm(g.fc2.bias.unsqueeze(1), F.elu(h), g.fc2.weight)  # (V, M, d)
+        if self.training and g.dropout.p > 0 and x.dim() >= 3:
+            # one dropout mask per (variable, sample, channel), shared over the time steps
+            # (variational dropout): L times fewer random draws than element-wise dropout,
+            # which otherwise costs as much as a layer here
+            T = x.shape[-2]
+            keep = torch.full((V, h.shape[1] // T, 1, d), 1.0 - g.dropout.p, device=x.device)
+            keep = torch.bernoulli(keep) / (1.0 - g.dropout.p)  # (V, M / L, 1, d)
+            h = (h.view(V, -1, T, d) * keep).view(V, -1, d)
+        else:
+            h = g.dropout(h)
+        # GLU as two contiguous batched matmuls (see GateAddNorm)
+        w_glu, b_glu = g.glu.weight, g.glu.bias.unsqueeze(1)  # (V, d, 2d), (V, 1, 2d)
+        value = torch.baddbmm(b_glu[..., :d], h, w_glu[..., :d])  # (V, M, d)
+        gate = torch.baddbmm(b_glu[..., d:], h, w_glu[..., d:])  # (V, M, d)
+        h = F.layer_norm(torch.addcmul(emb, value, torch.sigmoid(gate)), (d,))  # (V, M, d)
+        h = torch.addcmul(g.norm_bias.unsqueeze(1), h, g.norm_weight.unsqueeze(1))  # (V, M, d)
+
+        wt = weights.reshape(-1, V).t().unsqueeze(-1)  # (V, M, 1)
+        selected = self.out((h * wt).sum(0))  # (M, hidden)
+        return selected.view(*lead, -1), weights
 
 
 class InterpretableMultiHeadAttention(nn.Module):
@@ -283,8 +357,10 @@ class TemporalFusionTransformer(nn.Module):
         c0 = self.context_c(static).unsqueeze(0).expand(c.lstm_layers, B, -1).contiguous()
 
         # variable selection over the F inputs at every step
-        emb = self.input_embedding(x.unsqueeze(-1))  # (B, L, F, dv)
-        selected, var_weights = self.temporal_selection(emb, c_selection)  # (B, L, d), (B, L, F)
+        # == temporal_selection(input_embedding(x[..., None]), c_selection), ~2x faster
+        selected, var_weights = self.temporal_selection.forward_scalar(
+            x, self.input_embedding, c_selection
+        )  # (B, L, d), (B, L, F)
 
         # local processing: LSTM encoder with a gated skip
         lstm_out, _ = self.lstm(selected, (h0, c0))  # (B, L, d)

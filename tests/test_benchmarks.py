@@ -1,0 +1,75 @@
+"""Quick mode of every benchmark: runs, writes JSON with machine info, rows and ratios."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("psutil")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `benchmarks` is not installed
+
+from benchmarks import run_all  # noqa: E402
+from benchmarks.common import saved_activation_bytes  # noqa: E402
+
+MACHINE_KEYS = {"cpu_count", "torch_threads", "python", "torch", "date"}
+
+
+def _positive(row: dict, keys: list[str]) -> None:
+    for key in keys:
+        assert np.isfinite(row[key]) and row[key] > 0, (key, row)
+
+
+def test_saved_activation_bytes_counts_what_backward_keeps():
+    x = torch.randn(64, 32, requires_grad=True)
+    with saved_activation_bytes() as small:
+        torch.tanh(x).sum()
+    with saved_activation_bytes() as big:
+        torch.tanh(torch.tanh(x @ torch.randn(32, 256))).sum()
+    assert small["bytes"] == 64 * 32 * 4  # tanh keeps its output
+    assert big["bytes"] > 2 * 64 * 256 * 4  # two tanh outputs of [64, 256] at least
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("pytorch_forecasting") is None,
+    reason="needs the bench extra: pip install -e '.[bench]' torch==2.13.0",
+)
+def test_quick_mode_writes_every_result(tmp_path):
+    results = run_all.main(["--quick", "--results-dir", str(tmp_path)])
+    assert set(results) == set(run_all.BENCHMARKS)
+    for name in run_all.BENCHMARKS:
+        saved = json.loads((tmp_path / f"{name}.json").read_text())
+        assert saved["benchmark"] == name
+        assert MACHINE_KEYS <= set(saved["machine"])
+        assert saved["rows"] and saved["ratios"]
+
+    seed = json.loads((tmp_path / "seed_claim.json").read_text())
+    dims = {(r["model"], r["feature_set"]): r["input_dims"] for r in seed["rows"]}
+    assert dims[("tft", "rawconcat")] == 600 and dims[("tft", "hybrid")] == 46
+    for row in seed["rows"]:
+        _positive(row, ["params", "ms_per_window", "epoch_seconds", "activation_mb"])
+    # 600 input dims keep more activations alive than 46, whatever the model
+    for model in ("tft", "lstm", "tcn"):
+        assert seed["ratios"][model]["hybrid_over_rawconcat_activation_mb"] < 1
+
+    race = json.loads((tmp_path / "race_tft.json").read_text())
+    assert race["same_test_windows"], "both sides must be scored on the same windows"
+    for row in race["rows"]:
+        _positive(row, ["build_s", "train_windows_per_s", "infer_windows_per_s",
+                        "test_pinball", "activation_mb"])  # fmt: skip
+
+    feats = json.loads((tmp_path / "features_throughput.json").read_text())
+    assert {r["side"] for r in feats["rows"]} == {"relcast", "pandas"}
+    for row in feats["rows"]:
+        _positive(row, ["seconds", "bars_per_s", "features"])
+
+    latency = json.loads((tmp_path / "update_latency.json").read_text())
+    steps = {r["step"]: r for r in latency["rows"]}
+    assert steps["stage3 tft one date"]["windows"] > 0
+    for row in latency["rows"]:
+        _positive(row, ["ms"])

@@ -16,7 +16,8 @@ from pathlib import Path
 DEMO_OVERRIDES = [
     "data.source=demo",
     "stage3.feature_sets=[hybrid,own,rawconcat]",
-    "stage3.max_epochs=6",
+    "stage3.lookback=40",
+    "stage3.max_epochs=5",
     "stage3.patience=2",
     "stage1.max_epochs=15",
     "trainer.progress=false",

@@ -61,3 +61,22 @@ def test_yaml_round_trip(tmp_path):
     f = tmp_path / "config.yaml"
     f.write_text(cfg.to_yaml())
     assert load_config(file=f) == cfg
+
+
+def test_baseline_models_limit_the_comparisons(tmp_path):
+    from relcast.pipeline import Pipeline
+
+    cfg = load_config(
+        "small",
+        overrides=["stage3.models=[gru,tft]", "stage3.feature_sets=[hybrid,own,rawconcat]",
+                   "stage3.baseline_models=[gru]"],
+    )  # fmt: skip
+    names = [n for n, _, _ in Pipeline(cfg, tmp_path).stage3_names()]
+    assert names == ["hybrid_gru", "stage3_own_gru", "stage3_rawconcat_gru", "hybrid_tft"]
+
+
+def test_dates_from_yaml_or_set_stay_text(tmp_path):
+    f = tmp_path / "run.yaml"
+    f.write_text("data:\n  start: 2004-01-01\n")
+    assert load_config(file=f).data.start == "2004-01-01"
+    assert load_config(overrides=["data.end=2010-06-30"]).data.end == "2010-06-30"

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 PRESETS = ("small", "medium", "large")
 PRESET_DIR = Path(__file__).parent / "configs"
@@ -34,6 +34,12 @@ class DataConfig(_Section):
     start: str | None = Field(None, description="first date to use (inclusive)")
     end: str | None = Field(None, description="last date to use (inclusive)")
     horizons: int = Field(5, ge=1, le=60, description="forecast horizons 1..H (bars)")
+
+    @field_validator("start", "end", mode="before")
+    @classmethod
+    def _dates_as_text(cls, value: Any) -> Any:
+        # YAML reads 2004-01-01 as a date; keep dates as ISO text like the CLI passes them
+        return value.isoformat() if hasattr(value, "isoformat") else value
     label_delay: int = Field(0, ge=0, le=5, description="0: trade at t's close; 1: qlib's t+1")
     synthetic_stocks: int = Field(20, ge=2, description="stocks when source is 'synthetic'")
     synthetic_days: int = Field(800, ge=50, description="days when source is 'synthetic'")
@@ -94,6 +100,11 @@ class Stage3Settings(_Section):
     )
     feature_sets: list[Literal["hybrid", "own", "rawconcat"]] = Field(
         ["hybrid", "own"], description="hybrid = the design; own/rawconcat = comparisons"
+    )
+    baseline_models: list[Literal["tft", "lstm", "gru", "tcn"]] | None = Field(
+        None,
+        description="models that also run the own/rawconcat comparisons (null: every model); "
+        "the others run hybrid only",
     )
     hidden_size: int = Field(64, ge=4)
     num_layers: int = Field(2, ge=1, description="RNN layers / TCN levels per kernel")

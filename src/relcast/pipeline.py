@@ -421,11 +421,14 @@ class Pipeline:
     # ------------------------------------------------------------------ Stage3
     def stage3_names(self) -> list[tuple[str, str, str]]:
         """``(run name, model, feature set)`` for every Stage3 model of the config."""
+        s = self.config.stage3
         prefix = {"hybrid": "hybrid_", "own": "stage3_own_", "rawconcat": "stage3_rawconcat_"}
+        compared = s.models if s.baseline_models is None else s.baseline_models
         return [
             (prefix[fs] + model, model, fs)
-            for model in self.config.stage3.models
-            for fs in self.config.stage3.feature_sets
+            for model in s.models
+            for fs in s.feature_sets
+            if fs == "hybrid" or model in compared
         ]
 
     def stage3_inputs(self, feature_set: str, features=None, relationships=None):

@@ -15,13 +15,13 @@ from pathlib import Path
 # with epochs capped so two CPU cores finish in minutes.
 DEMO_OVERRIDES = [
     "data.source=demo",
-    "data.start=2004-01-01",  # 2,420 dates: 2004-2009 train, then valid and test spans
+    "data.start=2006-01-01",  # ~1,920 dates: 2006-2011 train, then valid and test spans
     "stage3.models=[gru,tft]",  # TFT for quantile bands and variable importance
     "stage3.feature_sets=[hybrid,own,rawconcat]",
     "stage3.baseline_models=[gru]",  # own/rawconcat comparisons with the GRU only
     "stage3.lookback=40",
-    "stage3.max_epochs=4",
-    "stage3.patience=2",
+    "stage3.max_epochs=3",
+    "stage3.patience=1",
     "stage1.max_epochs=15",
     "trainer.progress=false",
 ]

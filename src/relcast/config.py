@@ -40,6 +40,7 @@ class DataConfig(_Section):
     def _dates_as_text(cls, value: Any) -> Any:
         # YAML reads 2004-01-01 as a date; keep dates as ISO text like the CLI passes them
         return value.isoformat() if hasattr(value, "isoformat") else value
+
     label_delay: int = Field(0, ge=0, le=5, description="0: trade at t's close; 1: qlib's t+1")
     synthetic_stocks: int = Field(20, ge=2, description="stocks when source is 'synthetic'")
     synthetic_days: int = Field(800, ge=50, description="days when source is 'synthetic'")

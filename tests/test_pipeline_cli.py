@@ -64,24 +64,16 @@ def market(tmp_path_factory):
     }
 
 
+def _run_tiny(market, out: Path):
+    """`relcast run` on the tiny market's history, two Stage3 seeds."""
+    args = ["run", "--data", str(market["history"]), "--universe", str(market["universe"])]
+    return CliRunner().invoke(app, [*args, "--out", str(out), "--seeds", "2", *_sets()])
+
+
 @pytest.fixture(scope="module")
 def run_dir(market, tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "run"
-    result = CliRunner().invoke(
-        app,
-        [
-            "run",
-            "--data",
-            str(market["history"]),
-            "--universe",
-            str(market["universe"]),
-            "--out",
-            str(out),
-            "--seeds",
-            "2",
-            *_sets(),
-        ],
-    )
+    result = _run_tiny(market, out)
     assert result.exit_code == 0, result.output + repr(result.exception)
     return out
 
@@ -146,21 +138,7 @@ def test_run_writes_every_artefact(run_dir):
 
 def test_rerun_resumes_without_retraining(run_dir, market):
     before = (run_dir / "stage1" / "model.safetensors").stat().st_mtime_ns
-    result = CliRunner().invoke(
-        app,
-        [
-            "run",
-            "--data",
-            str(market["history"]),
-            "--universe",
-            str(market["universe"]),
-            "--out",
-            str(run_dir),
-            "--seeds",
-            "2",
-            *_sets(),
-        ],
-    )
+    result = _run_tiny(market, run_dir)
     assert result.exit_code == 0, result.output
     assert "done already, skipped" in result.output
     assert (run_dir / "stage1" / "model.safetensors").stat().st_mtime_ns == before

@@ -41,6 +41,7 @@ def test_file_then_overrides_win(tmp_path: Path):
         ("stage1.n_heads=5", "divisible"),
         ("stage3.quantiles=[0.9,0.1]", "increasing"),
         ("nonsense", "key=value"),
+        ("relationships.regime=true", "use relationships.extractor=v1, v3 or v1+v2"),
     ],
 )
 def test_bad_values_name_the_key(override, expected):

@@ -55,8 +55,9 @@ def rewrite_future(panel: Panel, t: int, seed: int) -> Panel:
 def test_features_up_to_t_ignore_everything_after_t(t, index):
     panel = make_panel(index=index)
     future = rewrite_future(panel, t, seed=t)
-    before = build_features(panel, train_end=TRAIN_END)
-    after = build_features(future, train_end=TRAIN_END)
+    before = build_features(panel, train_end=TRAIN_END, regime_window=20)
+    after = build_features(future, train_end=TRAIN_END, regime_window=20)
+    assert "regime" in before.groups  # the regime one-hots are checked like every feature
     np.testing.assert_array_equal(before.mask[: t + 1], after.mask[: t + 1])
     np.testing.assert_allclose(
         before.values[: t + 1], after.values[: t + 1], rtol=0, atol=1e-6, equal_nan=True
@@ -73,9 +74,11 @@ def test_features_on_a_truncated_panel_equal_the_full_ones():
     """Incremental inference: computing on data up to t gives what the full run gives at t."""
     panel = make_panel()
     train_end = panel.dates[TRAIN_END]  # a date, so it means the same in both panels
-    full = build_features(panel, train_end=train_end)
+    full = build_features(panel, train_end=train_end, regime_window=20)
     for t in (TRAIN_END + 10, T - 30):
-        cut = build_features(panel.select(end=panel.dates[t]), train_end=train_end)
+        cut = build_features(
+            panel.select(end=panel.dates[t]), train_end=train_end, regime_window=20
+        )
         np.testing.assert_array_equal(cut.mask, full.mask[: t + 1])
         np.testing.assert_allclose(cut.values, full.values[: t + 1], atol=1e-6, equal_nan=True)
 

@@ -64,10 +64,19 @@ def market(tmp_path_factory):
     }
 
 
-def _run_tiny(market, out: Path):
-    """`relcast run` on the tiny market's history, two Stage3 seeds."""
+REGIME = [
+    "relationships.regime=true",
+    "relationships.regime_window=20",
+    "relationships.extractor=v1",
+    "stage3.feature_sets=[hybrid]",
+]
+
+
+def _run_tiny(market, out: Path, extra=(), seeds: int = 2):
+    """`relcast run` on the tiny market's history, two Stage3 seeds by default."""
     args = ["run", "--data", str(market["history"]), "--universe", str(market["universe"])]
-    return CliRunner().invoke(app, [*args, "--out", str(out), "--seeds", "2", *_sets()])
+    args += ["--out", str(out), "--seeds", str(seeds)]
+    return CliRunner().invoke(app, [*args, *_sets(extra)])
 
 
 @pytest.fixture(scope="module")
@@ -144,13 +153,27 @@ def test_rerun_resumes_without_retraining(run_dir, market):
     assert (run_dir / "stage1" / "model.safetensors").stat().st_mtime_ns == before
 
 
+@pytest.fixture(scope="module")
+def regime_run_dir(market, tmp_path_factory):
+    out = tmp_path_factory.mktemp("regime") / "run"
+    result = _run_tiny(market, out, REGIME, seeds=1)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return out
+
+
 def test_predict_latest_and_given_date(run_dir, market):
     from relcast.inference import predict_date
 
     frame = predict_date(run_dir, str(market["history"]))
     assert set(frame["date"]) == {pd.Timestamp(market["full"].dates[DAYS - 1])}
     assert set(frame["model"]) == {"hybrid_gru", "stage3_own_gru"}
-    # the run's own evaluation forecast its last labelled test date with the same weights
+    _check_predict_matches_evaluation(run_dir, market)
+
+
+def _check_predict_matches_evaluation(run_dir, market):
+    """The run's own evaluation forecast its last labelled test date with the same weights."""
+    from relcast.inference import predict_date
+
     stored = pd.read_parquet(run_dir / "predictions.parquet")
     stored = stored[stored["model"] == "hybrid_gru"]
     last = stored["date"].max()
@@ -164,6 +187,18 @@ def test_predict_latest_and_given_date(run_dir, market):
 
 
 def test_update_matches_a_full_extraction(run_dir, market, tmp_path):
+    from relcast.inference import update_run
+    from relcast.pipeline import Pipeline
+
+    work = _check_update_matches_full_extraction(run_dir, market, tmp_path)
+    # the run now holds the new dates, and refuses them a second time
+    assert Pipeline.open(work).panel.num_dates == DAYS + NEW_DAYS
+    with pytest.raises(relcast.RelcastDataError, match="not after the run's last date"):
+        update_run(work, str(market["new"]))
+
+
+def _check_update_matches_full_extraction(run_dir, market, tmp_path) -> Path:
+    """``update`` on the new dates equals the same weights applied to the whole market."""
     import shutil
 
     from relcast.inference import update_run
@@ -194,10 +229,36 @@ def test_update_matches_a_full_extraction(run_dir, market, tmp_path):
     np.testing.assert_allclose(
         got["pred"].to_numpy(), ref[t, n, got["horizon"].to_numpy() - 1], atol=1e-5
     )
-    # the run now holds the new dates, and refuses them a second time
-    assert Pipeline.open(work).panel.num_dates == DAYS + NEW_DAYS
-    with pytest.raises(relcast.RelcastDataError, match="not after the run's last date"):
-        update_run(work, str(market["new"]))
+    return work
+
+
+def test_regime_run_trains_saves_and_reuses_the_gate(regime_run_dir, market, tmp_path):
+    from relcast.models.regime import REGIME_COLUMNS, REGIME_NAMES, RegimeGatedModel
+    from relcast.pipeline import Pipeline
+
+    pipe = Pipeline.open(regime_run_dir)
+    assert pipe.features.groups["regime"] == list(REGIME_COLUMNS)
+    model = pipe.stage3_model("hybrid_gru")
+    assert isinstance(model, RegimeGatedModel)
+    names = pipe.stage3_inputs("hybrid").names
+    assert [names[i] for i in model.spec()["sector_columns"]] == ["attention_to_sector"]
+    assert "attention_to_index" in [names[i] for i in model.spec()["index_columns"]]
+    # the gate was trained (moved off its identity start) and reloads with its weights
+    logged = json.loads((regime_run_dir / "run.json").read_text())
+    scales = logged["steps"]["stage3"]["models"]["hybrid_gru"]["regime_gate_scales"]
+    assert set(scales) == set(REGIME_NAMES)
+    for regime, s in model.scales().items():
+        assert s == pytest.approx(scales[regime], abs=1e-6)
+    f = pipe.features
+    assert len(np.unique(f.group("regime")[f.mask].argmax(-1))) == 3  # every regime occurs
+    assert (np.abs(model.gate.logit.detach().numpy()) > 1e-6).all()  # every scale trained
+    # the report shows the learned scales
+    report = (regime_run_dir / "report.html").read_text()
+    assert 'id="regime-hybrid_gru"' in report
+    assert f"x{scales['bull']['index']:.3f}" in report
+    # the evaluation, predict and update paths all see the same gated model
+    _check_predict_matches_evaluation(regime_run_dir, market)
+    _check_update_matches_full_extraction(regime_run_dir, market, tmp_path)
 
 
 def test_interrupted_update_leaves_the_run_usable(run_dir, market, tmp_path, monkeypatch):

@@ -106,3 +106,99 @@ def test_regime_agrees_with_synthetic_market_truth_better_than_chance():
         chance = sum(np.mean(regime == k) * np.mean(truth.regime == k) for k in range(3))
         gains.append(np.mean(regime[40:] == truth.regime[40:]) - chance)
     assert np.mean(gains) > 0.04
+
+
+# ----------------------------------------------------------------------------- wiring
+
+
+def test_build_features_adds_the_index_regime_as_one_hot_columns():
+    from relcast.data.synthetic import synthetic_market
+    from relcast.features import build_features
+    from relcast.models.regime import REGIME_COLUMNS
+
+    panel, _ = synthetic_market(num_stocks=6, num_days=500, seed=2)
+    plain = build_features(panel, train_end=300)
+    with_regime = build_features(panel, train_end=300, regime_window=40)
+    assert with_regime.groups["regime"] == list(REGIME_COLUMNS)
+    # the other columns and the mask are untouched
+    np.testing.assert_array_equal(with_regime.mask, plain.mask)
+    np.testing.assert_array_equal(with_regime.values[:, :, : len(plain.names)], plain.values)
+    onehot = with_regime.group("regime")  # (T, N, 3)
+    ok = with_regime.mask
+    np.testing.assert_array_equal(onehot[ok].sum(-1), 1.0)
+    # every stock sees the index's regime of that date, from detect_regime on its close
+    index_close = panel.field("close")[:, panel.is_index][:, 0]
+    expected = detect_regime(index_close, window=40)
+    t, n = np.nonzero(ok)
+    np.testing.assert_array_equal(onehot[t, n].argmax(-1), expected[t])
+    assert len(np.unique(expected[t])) == 3  # all three regimes occur: a real test
+
+
+def _gated_gru(names, index_symbols=("IDX",)):
+    from relcast.models.regime import RegimeGatedModel
+    from relcast.models.temporal import create_model
+
+    torch.manual_seed(0)
+    inner = create_model(
+        "gru", num_features=len(names), horizons=1, quantiles=None, hidden_size=8,
+        lookback=6, feature_names=tuple(names),
+    )  # fmt: skip
+    return RegimeGatedModel.wrap(inner, names, index_symbols)
+
+
+NAMES = [
+    "ret1", "attn_IDX", "attn_AAA", "attention_to_index", "attention_to_sector",
+    "regime_bull", "regime_bear", "regime_sideways",
+]  # fmt: skip
+
+
+def _batch(regime_per_step, B=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    L = len(regime_per_step)
+    x = torch.randn(B, L, len(NAMES), generator=g)
+    x[..., 5:] = torch.nn.functional.one_hot(torch.as_tensor(regime_per_step), 3).float()
+    zeros = torch.zeros(B, dtype=torch.long)
+    return {"x": x, "stock_id": zeros, "sector_id": zeros}
+
+
+def test_gated_model_scales_every_step_by_that_steps_regime():
+    model = _gated_gru(NAMES)
+    assert model.spec() == {
+        "regime_columns": [5, 6, 7], "index_columns": [1, 3], "sector_columns": [4],
+    }  # fmt: skip
+    with torch.no_grad():
+        model.gate.logit.copy_(torch.tensor([[1.0, -1.0], [-30.0, 2.0], [0.5, 0.0]]))
+    steps = [BULL, BEAR, BEAR, SIDEWAYS, BULL, BEAR]
+    batch = _batch(steps)
+    gated = model.gated(batch)["x"]
+    # reference: a loop over steps with the hand-computed scales
+    scales = 2 * torch.sigmoid(model.gate.logit.detach())
+    want = batch["x"].clone()
+    for step, r in enumerate(steps):
+        want[:, step, [1, 3]] *= scales[r, 0]
+        want[:, step, 4] *= scales[r, 1]
+    torch.testing.assert_close(gated, want)
+    # in bear steps the index columns are shut (scale ~0): changing them changes nothing,
+    # changing them in a bull step does change the forecast
+    model.eval()
+    base = model(batch)["pred"]
+    bear = {**batch, "x": batch["x"].clone()}
+    bear["x"][:, [1, 2], 3] += 5.0
+    torch.testing.assert_close(model(bear)["pred"], base)
+    bull = {**batch, "x": batch["x"].clone()}
+    bull["x"][:, 0, 3] += 5.0
+    assert not torch.allclose(model(bull)["pred"], base)
+    # ungated columns pass whatever the regime
+    torch.testing.assert_close(gated[..., [0, 2, 5, 6, 7]], batch["x"][..., [0, 2, 5, 6, 7]])
+
+
+def test_gated_model_refuses_inputs_without_regime_or_gated_columns():
+    from relcast.models.regime import RegimeGatedModel
+
+    with pytest.raises(ValueError, match="regime feature columns"):
+        _gated_gru([n for n in NAMES if n != "regime_bear"])
+    with pytest.raises(ValueError, match="no index or sector relationship column"):
+        _gated_gru(["ret1", "rel_emb_0", "regime_bull", "regime_bear", "regime_sideways"])
+    inner = _gated_gru(NAMES).model
+    with pytest.raises(ValueError, match="outside the model"):
+        RegimeGatedModel(inner, [5, 6, 99], [1], [4])

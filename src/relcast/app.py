@@ -320,6 +320,7 @@ def _settings_overrides(
     stage3_epochs,
     extractor,
     stage2,
+    regime,
     extra: str,
 ) -> list[str]:
     """Widget values -> ``key=value`` overrides; the free-text lines come last and win."""
@@ -340,6 +341,7 @@ def _settings_overrides(
         f"stage3.max_epochs={int(stage3_epochs)}",
         f"relationships.extractor={extractor}",
         f"stage2.enabled={'true' if stage2 else 'false'}",
+        f"relationships.regime={'true' if regime else 'false'}",
     ]
     for line in (extra or "").splitlines():
         line = line.strip()
@@ -615,6 +617,11 @@ def build_app(runs_dir: str | Path | None = None):
                 stage2 = gr.Checkbox(
                     value=small.stage2.enabled, label="Stage2 residual boost", elem_id="stage2"
                 )
+                regime = gr.Checkbox(
+                    value=small.relationships.regime,
+                    label="Regime gating (needs extractor v1, v3 or v1+v2)",
+                    elem_id="regime",
+                )
             with gr.Row():
                 d_model = gr.Number(
                     small.stage1.d_model,
@@ -849,6 +856,7 @@ def build_app(runs_dir: str | Path | None = None):
                 cfg.stage3.max_epochs,
                 cfg.relationships.extractor,
                 cfg.stage2.enabled,
+                cfg.relationships.regime,
             )
 
         preset.change(
@@ -865,12 +873,13 @@ def build_app(runs_dir: str | Path | None = None):
                 stage3_epochs,
                 extractor,
                 stage2,
+                regime,
             ],
         )
 
         @_friendly
-        def on_apply(session, preset_name, dm, nh, e1, hz, ms, fs, lb, e3, ex, s2, more):
-            overrides = _settings_overrides(dm, nh, e1, lb, hz, ms, fs, e3, ex, s2, more)
+        def on_apply(session, preset_name, dm, nh, e1, hz, ms, fs, lb, e3, ex, s2, rg, more):
+            overrides = _settings_overrides(dm, nh, e1, lb, hz, ms, fs, e3, ex, s2, rg, more)
             if session is None:
                 raise _user_error("load a market in step 1 first")
             text = _prepare(session, preset_name, overrides)
@@ -891,6 +900,7 @@ def build_app(runs_dir: str | Path | None = None):
                 stage3_epochs,
                 extractor,
                 stage2,
+                regime,
                 extra,
             ],
             [state, run_info, progress],

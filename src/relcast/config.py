@@ -92,7 +92,23 @@ class RelationshipSettings(_Section):
     oof_folds: int = Field(
         3, ge=0, description="out-of-fold folds over the training span (0: leaky)"
     )
-    regime: bool = Field(False, description="regime detection + gating features")
+    regime: bool = Field(
+        False,
+        description="regime one-hot features from the index (bull/bear/sideways, past data "
+        "only) and a learned gate in every hybrid Stage3 model that scales the index vs "
+        "sector relationship columns by regime; needs extractor v1, v3 or v1+v2",
+    )
+    regime_window: int = Field(60, ge=2, description="trailing bars of the regime detector")
+
+    @model_validator(mode="after")
+    def _regime_has_something_to_gate(self) -> RelationshipSettings:
+        if self.regime and self.extractor == "v2":
+            raise ValueError(
+                "relationships.regime=true gates the index and sector relationship columns, "
+                "which extractor v2 (embeddings only) does not produce; use "
+                "relationships.extractor=v1, v3 or v1+v2"
+            )
+        return self
 
 
 class Stage3Settings(_Section):

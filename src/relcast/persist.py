@@ -60,8 +60,9 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
-def save_module(path: Path, module, config: Any, kind: str) -> Path:
-    """Weights (safetensors) + ``<path>.json`` with the dataclass config and the kind."""
+def save_module(path: Path, module, config: Any, kind: str, **extra: Any) -> Path:
+    """Weights (safetensors) + ``<path>.json`` with the dataclass config, the kind and
+    any ``extra`` JSON entries (e.g. how to rebuild a wrapper around the model)."""
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -70,7 +71,8 @@ def save_module(path: Path, module, config: Any, kind: str) -> Path:
     tmp = path.with_name(f".{path.name}.tmp")
     save_file(state, str(tmp))
     os.replace(tmp, path)
-    write_json(path.with_suffix(".json"), {"kind": kind, "format": RUN_FORMAT, "config": config})
+    info = {"kind": kind, "format": RUN_FORMAT, "config": config, **extra}
+    write_json(path.with_suffix(".json"), info)
     return path
 
 

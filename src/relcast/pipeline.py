@@ -46,6 +46,14 @@ def _log(msg: str) -> None:
     print(f"[relcast] {msg}", flush=True)
 
 
+def _format_scales(scales: dict[str, dict[str, float]]) -> str:
+    """``bull index x1.02 sector x0.97, ...`` for the log."""
+    return ", ".join(
+        f"{regime} index x{s['index']:.2f} sector x{s['sector']:.2f}"
+        for regime, s in scales.items()
+    )
+
+
 def load_source(config: RelcastConfig) -> Panel:
     """The market named by ``config.data``: ``demo``, ``synthetic`` or a path."""
     import relcast
@@ -190,7 +198,10 @@ class Pipeline:
         """Features of any panel that extends the training one (same training span)."""
         from relcast.features import build_features
 
-        return build_features(panel, train_end=self.train_end)
+        r = self.config.relationships
+        return build_features(
+            panel, train_end=self.train_end, regime_window=r.regime_window if r.regime else None
+        )
 
     @property
     def features(self):
@@ -468,7 +479,11 @@ class Pipeline:
             if (folder / "model.safetensors").exists():
                 continue  # resumable per model
             inputs = self.stage3_inputs(feature_set)
-            _log(f"Stage3 {name}: {inputs.num_features} inputs, lookback {s.lookback}")
+            gated = self.config.relationships.regime and feature_set == "hybrid"
+            _log(
+                f"Stage3 {name}: {inputs.num_features} inputs, lookback {s.lookback}"
+                + (", regime gate" if gated else "")
+            )
             result = fit_stage3(
                 model,
                 inputs,
@@ -485,10 +500,17 @@ class Pipeline:
                 out_dir=self.dir / "logs" / name,
                 stocks=list(self.panel.symbols[self.target]),  # indices are inputs, not targets
                 progress=self._progress(),
+                regime_gate=gated,
+                index_symbols=list(self.panel.symbols[self.panel.is_index]),
                 **self._trainer_kwargs(),
             )
+            extra = {"regime_gate": result.model.spec()} if gated else {}
             save_module(
-                folder / "model.safetensors", result.model, asdict(result.model.config), model
+                folder / "model.safetensors",
+                result.model,
+                asdict(result.model.config),
+                model,
+                **extra,
             )
             timings[name] = {
                 "seconds_per_epoch": result.seconds_per_epoch,
@@ -497,6 +519,9 @@ class Pipeline:
                 "best_val_rank_ic": result.best_val_rank_ic,
                 "num_inputs": inputs.num_features,
             }
+            if gated:
+                timings[name]["regime_gate_scales"] = result.model.scales()
+                _log(f"Stage3 {name}: regime gate scales {_format_scales(result.model.scales())}")
             _log(
                 f"Stage3 {name}: best val rank IC {result.best_val_rank_ic:.4f}, "
                 f"{result.seconds_per_epoch:.1f}s/epoch"
@@ -520,6 +545,10 @@ class Pipeline:
                 if isinstance(v, list):
                     cfg[k] = tuple(v)
             model = create_model(info["kind"], **cfg)
+            if "regime_gate" in info:
+                from relcast.models.regime import RegimeGatedModel
+
+                model = RegimeGatedModel(model, **info["regime_gate"])
             model.load_state_dict(state)
             self._cache[key] = model.eval()
         return self._cache[key]

@@ -304,6 +304,7 @@ _CONFIG_SUMMARY = (
     ("Stage2 enabled", ("stage2", "enabled")),
     ("relationship extractor", ("relationships", "extractor")),
     ("out-of-fold folds", ("relationships", "oof_folds")),
+    ("regime gating / window", ("relationships", "regime"), ("relationships", "regime_window")),
     ("Stage3 models", ("stage3", "models")),
     ("Stage3 feature sets", ("stage3", "feature_sets")),
     ("lookback", ("stage3", "lookback")),
@@ -401,6 +402,19 @@ def _read_parquet(path: Path) -> pd.DataFrame:
     if "date" in frame:
         frame["date"] = pd.to_datetime(frame["date"])
     return frame
+
+
+def _regime_gates(run_dir: Path) -> dict[str, dict]:
+    """``{model: {regime: {"index": s, "sector": s}}}`` logged by a regime-gated Stage3."""
+    path = run_dir / "run.json"
+    if not path.exists():
+        return {}
+    stage3 = json.loads(path.read_text()).get("steps", {}).get("stage3", {})
+    return {
+        name: info["regime_gate_scales"]
+        for name, info in stage3.get("models", {}).items()
+        if info.get("regime_gate_scales")
+    }
 
 
 def build_report(run_dir: str | Path, target: str | None = None) -> Path:
@@ -569,6 +583,22 @@ def build_report(run_dir: str | Path, target: str | None = None) -> Path:
         )
     else:
         sections.append(_note("Skipped: no logs/<stage>/metrics.csv found."))
+
+    # --- regime gate (relationships.regime)
+    gates = _regime_gates(run_dir)
+    if gates:
+        sections.append("<h2>Regime gate</h2>")
+        for name, scales in gates.items():
+            frame = pd.DataFrame(scales).T[["index", "sector"]].astype(float)
+            sections.append(f"<h3>{html.escape(name)}</h3>")
+            table_id = "regime-" + re.sub(r"[^A-Za-z0-9_-]", "-", name)
+            sections.append(_simple_table_html(frame, lambda v: f"x{v:.3f}", table_id))
+        sections.append(
+            '<p class="legend">Learned scale of the index relationship columns '
+            "(attention_to_index, attention to the index) and of the sector column "
+            "(attention_to_sector) in each regime of the index, applied at every window "
+            "step by that step's regime; 1.0 = unchanged, range 0 to 2.</p>"
+        )
 
     html_text = _page(run_dir, metrics, models, config_text, sections)
     out = run_dir / "report.html"

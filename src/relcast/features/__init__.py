@@ -7,6 +7,8 @@
 2. ``"index"``: a few indicators of each market index, the same for every stock at a date,
    z-scored with statistics of the training span only.
 3. ``"calendar"``: day of week, month end, ... with fixed scaling (:mod:`.calendar`).
+4. ``"regime"`` (optional): one-hot bull / bear / sideways of the market index at each date
+   (:func:`relcast.models.regime.detect_regime`, past data only).
 
 Labels (:func:`forward_returns`) and chronological splits (:func:`chronological_split`)
 are defined here too, once.
@@ -50,6 +52,7 @@ def build_features(
     windows: Sequence[int] = DEFAULT_WINDOWS,
     include_index: bool = True,
     include_calendar: bool = True,
+    regime_window: int | None = None,
 ) -> FeatureSet:
     """Compute the normalised feature tensor of a panel.
 
@@ -66,6 +69,11 @@ def build_features(
             index of all its stocks (mean of their valid 1-bar simple returns per date,
             compounded) as ``idx_EW_<name>``.
         include_calendar: add the ``"calendar"`` group.
+        regime_window: add the ``"regime"`` group, columns ``regime_bull``,
+            ``regime_bear``, ``regime_sideways`` (one-hot, the same for every stock at a
+            date): the regime of the first index symbol (or of the equal-weight index),
+            from :func:`~relcast.models.regime.detect_regime` over this many trailing bars.
+            ``None`` (default) adds no regime group.
 
     Returns:
         A :class:`FeatureSet` whose mask is True where the symbol traded at t and every
@@ -102,6 +110,10 @@ def build_features(
         )
     if include_calendar:
         groups["calendar"], tables["calendar"] = calendar_features(panel.dates)
+    if regime_window is not None:
+        groups["regime"], tables["regime"] = _regime_features(
+            panel, close, mask, bars_seen, regime_window
+        )
 
     names = [n for g in groups.values() for n in g]
     own = np.empty((len(groups["own"]), T, N), dtype=np.float32)  # (F_own, T, N)
@@ -144,6 +156,40 @@ def _traded_quantity(panel: Panel, name: str, mask: np.ndarray, listed: np.ndarr
     return np.where(listed, value, np.nan)
 
 
+def _index_levels(
+    panel: Panel, close: np.ndarray, mask: np.ndarray, bars_seen: np.ndarray
+) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """``(labels, level [T, K], traded [T, K], bars seen [T, K])`` of the market indices.
+
+    The panel's ``is_index`` symbols, or else an equal-weight index of all its stocks.
+    """
+    which = np.flatnonzero(panel.is_index)
+    if len(which):
+        return list(panel.symbols[which]), close[:, which], mask[:, which], bars_seen[:, which]
+    # equal-weight index: mean valid 1-bar simple return of all stocks, compounded
+    prev = np.vstack([np.full((1, close.shape[1]), np.nan), close[:-1]])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ret = np.where(mask, close / prev - 1.0, np.nan)  # (T, N)
+    ok = np.isfinite(ret)
+    mean = np.where(ok, ret, 0.0).sum(axis=1) / np.maximum(ok.sum(axis=1), 1)  # (T,)
+    level = np.cumprod(1.0 + mean)[:, None]  # (T, 1)
+    traded = np.ones_like(level, dtype=bool)
+    seen = np.arange(1, len(level) + 1)[:, None]
+    return [EQUAL_WEIGHT_INDEX], level, traded, seen
+
+
+def _regime_features(
+    panel: Panel, close: np.ndarray, mask: np.ndarray, bars_seen: np.ndarray, window: int
+) -> tuple[list[str], np.ndarray]:
+    """One-hot regime ``[T, 3]`` of the first market index (past data only)."""
+    from relcast.models.regime import REGIME_NAMES, detect_regime, regime_features
+
+    _, level, traded, _ = _index_levels(panel, close, mask, bars_seen)
+    # a date the index did not trade keeps its last close (detect_regime carries it forward)
+    regime = detect_regime(np.where(traded[:, 0], level[:, 0], np.nan), window=window)
+    return [f"regime_{name}" for name in REGIME_NAMES], regime_features(regime)
+
+
 def _index_features(
     panel: Panel,
     close: np.ndarray,
@@ -152,22 +198,7 @@ def _index_features(
     train_last: int,
 ) -> tuple[list[str], np.ndarray]:
     """Index indicators as ``[T, F_idx]``, z-scored on dates ``<= train_last``."""
-    which = np.flatnonzero(panel.is_index)
-    if len(which):
-        labels = list(panel.symbols[which])
-        level = close[:, which]  # (T, K)
-        traded, seen = mask[:, which], bars_seen[:, which]
-    else:
-        # equal-weight index: mean valid 1-bar simple return of all stocks, compounded
-        prev = np.vstack([np.full((1, close.shape[1]), np.nan), close[:-1]])
-        with np.errstate(invalid="ignore", divide="ignore"):
-            ret = np.where(mask, close / prev - 1.0, np.nan)  # (T, N)
-        ok = np.isfinite(ret)
-        mean = np.where(ok, ret, 0.0).sum(axis=1) / np.maximum(ok.sum(axis=1), 1)  # (T,)
-        level = np.cumprod(1.0 + mean)[:, None]  # (T, 1)
-        labels = [EQUAL_WEIGHT_INDEX]
-        traded = np.ones_like(level, dtype=bool)
-        seen = np.arange(1, len(level) + 1)[:, None]
+    labels, level, traded, seen = _index_levels(panel, close, mask, bars_seen)
     raw, warmup = index_indicators(level)
     names, cols = [], []
     for k, label in enumerate(labels):

@@ -161,3 +161,98 @@ class RegimeGate(nn.Module):
                 *regime.shape, self.sector_columns.numel()
             )
         return relationship * col_scale  # (B, L, K)
+
+
+REGIME_COLUMNS = tuple(f"regime_{name}" for name in REGIME_NAMES)
+"""Feature names of the one-hot regime group (``build_features(regime_window=...)``)."""
+
+
+class RegimeGatedModel(nn.Module):
+    """A Stage3 model whose index and sector relationship inputs pass a :class:`RegimeGate`.
+
+    The regime of every window step is read from the step's own one-hot regime columns
+    (:data:`REGIME_COLUMNS`, part of ``x``), so each step is gated by the regime of its own
+    date, computed from the index up to that date; training, evaluation, ``predict`` and
+    ``update`` need nothing beyond the usual batch. Everything else about the wrapped model
+    (``config``, outputs, :meth:`interpret`) is unchanged.
+
+    Args:
+        model: a registry model (``relcast.models.temporal.create_model``).
+        regime_columns: positions in ``x`` of the bull, bear and sideways columns.
+        index_columns, sector_columns: positions in ``x`` the gate scales.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        regime_columns: Sequence[int],
+        index_columns: Sequence[int],
+        sector_columns: Sequence[int],
+    ) -> None:
+        super().__init__()
+        if len(regime_columns) != NUM_REGIMES:
+            raise ValueError(f"need {NUM_REGIMES} regime columns, got {list(regime_columns)}")
+        if not len(index_columns) and not len(sector_columns):
+            raise ValueError("the regime gate has no index or sector column to scale")
+        F = model.config.num_features
+        used = [*regime_columns, *index_columns, *sector_columns]
+        if min(used) < 0 or max(used) >= F:
+            raise ValueError(f"gate columns {used} fall outside the model's {F} inputs")
+        self.model = model
+        self.gate = RegimeGate(index_columns, sector_columns)
+        self.register_buffer(
+            "regime_columns", torch.as_tensor(list(regime_columns), dtype=torch.long)
+        )
+
+    @classmethod
+    def wrap(
+        cls, model: nn.Module, names: Sequence[str], index_symbols: Sequence[str] = ()
+    ) -> RegimeGatedModel:
+        """Gate ``model`` whose inputs are named ``names`` (the Stage3 input names)."""
+        names = list(names)
+        missing = [c for c in REGIME_COLUMNS if c not in names]
+        if missing:
+            raise ValueError(
+                f"regime gating needs the regime feature columns {missing}: build the "
+                "features with build_features(..., regime_window=...)"
+            )
+        index_cols, sector_cols = gate_columns(names, index_symbols)
+        if not index_cols and not sector_cols:
+            raise ValueError(
+                "regime gating found no index or sector relationship column (attention_to_"
+                "index, attention_to_sector, attn_/ctr_sim_<index symbol>); use extractor "
+                "v1, v3 or v1+v2"
+            )
+        regime_cols = [names.index(c) for c in REGIME_COLUMNS]
+        return cls(model, regime_cols, index_cols, sector_cols)
+
+    @property
+    def config(self):
+        """The wrapped model's config."""
+        return self.model.config
+
+    def spec(self) -> dict[str, list[int]]:
+        """The column positions, to rebuild the wrapper around a loaded model."""
+        return {
+            "regime_columns": self.regime_columns.tolist(),
+            "index_columns": self.gate.index_columns.tolist(),
+            "sector_columns": self.gate.sector_columns.tolist(),
+        }
+
+    def scales(self) -> dict[str, dict[str, float]]:
+        """Current ``{regime: {"index": scale, "sector": scale}}`` of the gate."""
+        s = self.gate.scales().detach().cpu().tolist()
+        return {r: {"index": s[k][0], "sector": s[k][1]} for k, r in enumerate(REGIME_NAMES)}
+
+    def gated(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The batch with its ``x`` scaled by the regime of every step."""
+        x = batch["x"]  # (B, L, F)
+        regime = x.index_select(-1, self.regime_columns).argmax(-1)  # (B, L)
+        return {**batch, "x": self.gate(x, regime)}
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return self.model(self.gated(batch))
+
+    def interpret(self, batches, **kwargs):
+        """The wrapped model's ``interpret`` (TFT) on gated batches."""
+        return self.model.interpret((self.gated(b) for b in batches), **kwargs)

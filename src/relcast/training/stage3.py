@@ -5,7 +5,8 @@ Read top to bottom:
 1. :func:`assemble_inputs` picks the input columns of the three feature sets the design
    compares:
 
-   - ``own``: the stock's own indicators + index features + calendar,
+   - ``own``: the stock's own indicators + index features + calendar (+ regime one-hots if
+     the features have them),
    - ``hybrid``: ``own`` + the stock's Stage1 relationship features (the design's proposal),
    - ``rawconcat``: every stock's own indicators side by side at each date + index +
      calendar (the design's "original approach", e.g. 20 x 30 = 600 dims). It is gathered
@@ -165,7 +166,7 @@ def assemble_inputs(
     if "own" not in features.groups:
         raise ValueError(f"the feature set has no 'own' group; groups: {list(features.groups)}")
     T, N = features.mask.shape
-    context = [g for g in ("index", "calendar") if features.groups.get(g)]
+    context = [g for g in ("index", "calendar", "regime") if features.groups.get(g)]
     groups = {g: list(features.groups[g]) for g in ("own", *context)}
     valid = features.mask.copy()
     if sectors is None:
@@ -328,7 +329,8 @@ class Stage3Result:
     """A trained Stage3 model and how its training went.
 
     Attributes:
-        model: the registry model with the best-validation weights, in eval mode.
+        model: the registry model with the best-validation weights, in eval mode (inside a
+            :class:`~relcast.models.regime.RegimeGatedModel` when trained with ``regime_gate``).
         history: one dict per epoch (``train_loss``, ``val_loss``, ``val_rank_ic``, ...).
         best_val_rank_ic: the best mean daily Rank IC (horizon 1) on the valid split.
         seconds_per_epoch: mean wall time of a training epoch (validation excluded).
@@ -375,6 +377,8 @@ def fit_stage3(
     stocks: Sequence[str | int] | None = None,
     label_norm: str = "cross_section",
     progress: bool = True,
+    regime_gate: bool = False,
+    index_symbols: Sequence[str] = (),
     accelerator: str = "cpu",
     devices: int | str = 1,
     strategy: str = "auto",
@@ -398,6 +402,12 @@ def fit_stage3(
             stock, early stopping and the checkpoint watch ``val_loss`` (no Rank IC exists).
         label_norm: ``"cross_section"`` (default) or ``"none"``, see the module docstring.
         progress: show the progress bar.
+        regime_gate: wrap the model in a :class:`relcast.models.regime.RegimeGatedModel`
+            that scales the index vs sector relationship columns by the regime of each
+            step, with the scales learned along with the model. Needs ``inputs`` with the
+            ``regime`` group and V1/V3 relationship columns.
+        index_symbols: the market index symbols (their ``attn_``/``ctr_sim_`` columns are
+            index columns for the gate).
         accelerator, devices, strategy: passed to Lightning (``strategy="ddp"`` shards the
             windows across processes).
     """
@@ -453,6 +463,10 @@ def fit_stage3(
         for head in model.modules():
             if isinstance(head, QuantileHead):
                 head.init_interval(scale)
+    if regime_gate:
+        from relcast.models.regime import RegimeGatedModel
+
+        model = RegimeGatedModel.wrap(model, inputs.names, index_symbols)
     module = _lightning_module_class()(model, quantiles, lr=lr, weight_decay=weight_decay)
     timer = _epoch_timer_class()()
     # a Rank IC needs >= 2 stocks per date; one target stock is judged by its loss instead

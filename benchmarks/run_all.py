@@ -14,7 +14,14 @@ import json
 import time
 from pathlib import Path
 
-from benchmarks import features_throughput, race_tft, seed_claim, update_latency
+from benchmarks import (
+    features_throughput,
+    race_tft,
+    regime_gate,
+    seed_claim,
+    stage1_quality,
+    update_latency,
+)
 from benchmarks.common import RESULTS_DIR, format_table, quiet
 
 BENCHMARKS = {
@@ -22,6 +29,8 @@ BENCHMARKS = {
     "race_tft": race_tft,
     "features_throughput": features_throughput,
     "update_latency": update_latency,
+    "stage1_quality": stage1_quality,
+    "regime_gate": regime_gate,
 }
 
 

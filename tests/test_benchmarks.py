@@ -73,3 +73,19 @@ def test_quick_mode_writes_every_result(tmp_path):
     assert steps["stage3 tft one date"]["windows"] > 0
     for row in latency["rows"]:
         _positive(row, ["ms"])
+
+    quality = json.loads((tmp_path / "stage1_quality.json").read_text())
+    assert {r["model"] for r in quality["rows"]} == {"stage1", "stage1+stage2", "lightgbm"}
+    assert {r["span"] for r in quality["rows"]} == {"valid", "test"}
+    for row in quality["rows"]:
+        assert -1 <= row["rank_ic"] <= 1 and -1 <= row["ic"] <= 1
+    for row in quality["cost"]:
+        _positive(row, ["stage1_seconds", "stage1_epochs", "stage1_peak_rss_mb"])
+
+    regime = json.loads((tmp_path / "regime_gate.json").read_text())
+    assert {r["variant"] for r in regime["rows"]} == {"hybrid+gate", "hybrid", "own"}
+    inputs = {r["variant"]: r["inputs"] for r in regime["rows"]}
+    assert inputs["hybrid+gate"] == inputs["hybrid"] > inputs["own"]  # same inputs, gate or not
+    for scales in regime["gates"].values():
+        assert set(scales) == {"bull", "bear", "sideways"}
+    assert sum(regime["regime_share"].values()) == pytest.approx(1.0)

@@ -202,3 +202,16 @@ def test_gated_model_refuses_inputs_without_regime_or_gated_columns():
     inner = _gated_gru(NAMES).model
     with pytest.raises(ValueError, match="outside the model"):
         RegimeGatedModel(inner, [5, 6, 99], [1], [4])
+
+
+def test_gate_learns_at_its_own_rate_without_decay():
+    from relcast.training.stage3 import Stage3Module
+
+    model = _gated_gru(NAMES)
+    opt = Stage3Module(model, quantiles=None, lr=1e-3, weight_decay=0.1).configure_optimizers()
+    by_id = {id(p): g for g in opt.param_groups for p in g["params"]}
+    assert len(by_id) == sum(1 for _ in model.parameters())  # every parameter, once
+    gate = by_id[id(model.gate.logit)]
+    assert gate["lr"] == pytest.approx(1e-3 * model.GATE_LR_FACTOR) and gate["weight_decay"] == 0
+    inner = {by_id[id(p)]["lr"] for p in model.model.parameters()}
+    assert inner == {1e-3}

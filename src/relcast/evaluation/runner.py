@@ -31,9 +31,7 @@ if TYPE_CHECKING:
     from relcast.pipeline import Pipeline
 
 
-def _lightgbm_scores(
-    x: np.ndarray, y: np.ndarray, mask: np.ndarray, split, seed: int
-) -> np.ndarray:
+def lightgbm_scores(x: np.ndarray, y: np.ndarray, mask: np.ndarray, split, seed: int) -> np.ndarray:
     """LightGBM regression on raw features; scores for every date ``[T, N]``."""
     import lightgbm as lgb
 
@@ -117,10 +115,10 @@ def evaluate_run(pipe: Pipeline) -> dict[str, Any]:
     scores["naive_zero"] = np.zeros((T, N, H), dtype=np.float32)
     scores["naive_momentum"] = np.repeat(_momentum(panel)[..., None], H, axis=2)
     raw = np.nan_to_num(f.values)
-    lgb_pred = _lightgbm_scores(raw, z[..., 0], cell, split, cfg.trainer.seed)
+    lgb_pred = lightgbm_scores(raw, z[..., 0], cell, split, cfg.trainer.seed)
     scores["lightgbm"] = np.repeat(lgb_pred[..., None], H, axis=2)
     shuffled = _shuffle_within_dates(z[..., 0], cell, cfg.trainer.seed + 1)
-    ctrl = _lightgbm_scores(raw, shuffled, cell, split, cfg.trainer.seed)
+    ctrl = lightgbm_scores(raw, shuffled, cell, split, cfg.trainer.seed)
     scores["control_shuffled_lightgbm"] = np.repeat(ctrl[..., None], H, axis=2)
 
     s1 = pipe.stage1_outputs()

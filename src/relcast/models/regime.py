@@ -226,10 +226,27 @@ class RegimeGatedModel(nn.Module):
         regime_cols = [names.index(c) for c in REGIME_COLUMNS]
         return cls(model, regime_cols, index_cols, sector_cols)
 
+    GATE_LR_FACTOR = 10.0
+    """The gate's six logits learn this many times faster than the model's weights: at
+    the model's rate they move by at most ``lr`` per step, so a few epochs would leave
+    every scale within a few percent of 1."""
+
     @property
     def config(self):
         """The wrapped model's config."""
         return self.model.config
+
+    def param_groups(self, lr: float, weight_decay: float = 0.0) -> list[dict]:
+        """Optimiser parameter groups: the model at ``lr``, the gate at
+        ``lr * GATE_LR_FACTOR`` without weight decay (decay would pull scales to 1)."""
+        return [
+            {"params": list(self.model.parameters()), "lr": lr, "weight_decay": weight_decay},
+            {
+                "params": list(self.gate.parameters()),
+                "lr": lr * self.GATE_LR_FACTOR,
+                "weight_decay": 0.0,
+            },
+        ]
 
     def spec(self) -> dict[str, list[int]]:
         """The column positions, to rebuild the wrapper around a loaded model."""

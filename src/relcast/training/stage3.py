@@ -291,9 +291,10 @@ def _lightning_module_class():
             self.log("val_rank_ic", ic, sync_dist=False)
 
         def configure_optimizers(self):
-            return torch.optim.AdamW(
-                self.model.parameters(), lr=self.lr, weight_decay=self.weight_decay
-            )
+            # a wrapper (the regime gate) may ask for its own learning rate per group
+            groups = getattr(self.model, "param_groups", None)
+            params = groups(self.lr, self.weight_decay) if groups else self.model.parameters()
+            return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
 
     return Stage3Module
 

@@ -33,7 +33,6 @@ BASE = [
     "relationships.extractor=v1+v2",
     "relationships.regime=true",
     "stage2.enabled=false",
-    "stage1.max_epochs=15",
     "stage3.models=[gru]",
     "stage3.lookback=40",
     "stage3.max_epochs=3",

@@ -38,7 +38,7 @@ MARKETS = {
         "data.synthetic_days=1500",
     ],
 }
-FULL = dict(seeds=[0, 1, 2], markets=list(MARKETS), overrides=["stage1.max_epochs=15"])
+FULL = dict(seeds=[0, 1, 2], markets=list(MARKETS), overrides=[])
 QUICK = dict(
     seeds=[0],
     markets=["synthetic"],

@@ -129,6 +129,13 @@ def test_run_writes_every_artefact(run_dir):
         assert name in models, name
     for key in ("ic", "rank_ic", "icir", "rank_icir", "mse", "direction_acc"):
         assert key in models["hybrid_gru"]
+    # Stage1 learns the next-bar label only (stage1.horizons=1); its later horizons repeat it
+    from relcast.pipeline import Pipeline
+
+    assert Pipeline.open(run_dir).stage1_model.config.horizons == 1
+    s1 = pd.read_parquet(run_dir / "predictions.parquet").query("model == 'stage1'")
+    wide = s1.pivot_table(index=["date", "symbol"], columns="horizon", values="pred")
+    np.testing.assert_array_equal(wide[1].to_numpy(), wide[2].to_numpy())
     # --seeds 2: two trainings per Stage3 model, reported as mean and std
     assert (run_dir / "stage3" / "hybrid_gru@seed1" / "model.safetensors").exists()
     seeds = models["hybrid_gru"]["seeds"]

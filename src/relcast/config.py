@@ -63,6 +63,13 @@ class Stage1Settings(_Section):
     loss: Literal["mse", "ic"] = Field(
         "ic", description="ic: 1 - daily IC (scale-free, learns fastest); mse: on z-scored labels"
     )
+    horizons: int = Field(
+        1,
+        ge=1,
+        description="horizons Stage1 is trained on and predicts (1: the next bar). Longer "
+        "horizons overlap from one date to the next, and Stage1 memorised them instead of "
+        "learning relationships; Stage3 forecasts all data.horizons",
+    )
     max_epochs: int = Field(30, ge=1)
     batch_dates: int = Field(32, ge=1, description="dates per batch (each with all stocks)")
     lr: float = Field(1e-3, gt=0)

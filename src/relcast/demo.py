@@ -22,7 +22,6 @@ DEMO_OVERRIDES = [
     "stage3.lookback=40",
     "stage3.max_epochs=3",
     "stage3.patience=1",
-    "stage1.max_epochs=15",
     "trainer.progress=false",
 ]
 

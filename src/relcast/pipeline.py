@@ -220,6 +220,11 @@ class Pipeline:
         return self._cache["labels"]
 
     @property
+    def stage1_labels(self) -> np.ndarray:
+        """The first ``stage1.horizons`` horizons of :attr:`labels`: what Stage1 learns."""
+        return self.labels[..., : min(self.config.stage1.horizons, self.labels.shape[2])]
+
+    @property
     def target(self) -> np.ndarray:
         """``bool [N]``: stocks that count in losses and metrics (indices do not)."""
         return ~self.panel.is_index
@@ -252,7 +257,7 @@ class Pipeline:
             num_features=len(f.names),
             num_stocks=self.panel.num_symbols,
             num_sectors=num_sectors,
-            horizons=self.config.data.horizons,
+            horizons=self.stage1_labels.shape[2],
             d_model=s.d_model,
             n_heads=s.n_heads,
             n_layers=s.n_layers,
@@ -263,7 +268,7 @@ class Pipeline:
         )
         _log(f"Stage1: {cfg.d_model}d x {cfg.n_layers} layers on {cfg.num_stocks} symbols")
         result = fit_stage1(
-            f, self.labels, self.split, cfg, out_dir=self.dir / "logs" / "stage1",
+            f, self.stage1_labels, self.split, cfg, out_dir=self.dir / "logs" / "stage1",
             **self._stage1_fit_kwargs(),
         )  # fmt: skip
         save_module(self.dir / "stage1" / "model.safetensors", result.model, asdict(cfg), "stage1")
@@ -374,7 +379,7 @@ class Pipeline:
         )
         store = build_relationship_store(
             self.features,
-            self.labels,
+            self.stage1_labels,
             self.split,
             self.stage1_model.config,
             self.make_extractor(),

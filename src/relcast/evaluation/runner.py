@@ -122,11 +122,14 @@ def evaluate_run(pipe: Pipeline) -> dict[str, Any]:
     scores["control_shuffled_lightgbm"] = np.repeat(ctrl[..., None], H, axis=2)
 
     s1 = pipe.stage1_outputs()
-    scores["stage1"] = s1["pred"]
+    # Stage1 predicts stage1.horizons (default 1); later horizons repeat its last one, as
+    # LightGBM's single forecast is repeated
+    pad = ((0, 0), (0, 0), (0, H - s1["pred"].shape[2]))
+    scores["stage1"] = np.pad(s1["pred"], pad, mode="edge")
     booster = pipe.stage2_booster
     if booster is not None and cfg.stage2.enabled:
         corrected = booster.predict(raw, s1["embeddings"], s1["pred"][..., 0], f.mask)
-        s12 = s1["pred"].copy()
+        s12 = scores["stage1"].copy()
         s12[..., 0] = corrected  # Stage2 corrects horizon 1, the horizon it was fitted on
         scores["stage1+stage2"] = s12
 

@@ -85,6 +85,10 @@ class Stage1Config:
         return asdict(self)
 
 
+IDENTITY_INIT_STD = 1.0
+"""Initial std of the stock-identity embedding (see :class:`CrossSectionalTransformer`)."""
+
+
 class MaskedSelfAttention(nn.Module):
     """Multi-head self-attention over stocks with a validity mask, returning its weights."""
 
@@ -183,6 +187,12 @@ class CrossSectionalTransformer(nn.Module):
         # seeds, with this init 3 of 3 (see tests/test_stage1.py).
         for layer in self.layers:
             layer.attn.qkv.reset_parameters()
+        # Stock identities start at unit scale, not 0.02: who leads whom is a property of the
+        # identities, and at 0.02 the date-to-date variation of the features drowned them in
+        # the queries and keys. Measured on synthetic_market (30 stocks, 1,500 days, planted
+        # lead-lag 0.35, horizon 1, 30 epochs): test rank IC 0.006 at 0.02 (the model fitted
+        # noise: train rank IC 0.23) and 0.058 at 1.0 (oracle 0.15).
+        nn.init.normal_(self.stock_embedding.weight, std=IDENTITY_INIT_STD)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:

@@ -72,10 +72,10 @@ REGIME = [
 ]
 
 
-def _run_tiny(market, out: Path, extra=(), seeds: int = 2):
+def _run_tiny(market, out: Path, extra=(), seeds: int = 2, force: bool = False):
     """`relcast run` on the tiny market's history, two Stage3 seeds by default."""
     args = ["run", "--data", str(market["history"]), "--universe", str(market["universe"])]
-    args += ["--out", str(out), "--seeds", str(seeds)]
+    args += ["--out", str(out), "--seeds", str(seeds), *(["--force"] if force else [])]
     return CliRunner().invoke(app, [*args, *_sets(extra)])
 
 
@@ -175,6 +175,19 @@ def test_predict_latest_and_given_date(run_dir, market):
     assert set(frame["date"]) == {pd.Timestamp(market["full"].dates[DAYS - 1])}
     assert set(frame["model"]) == {"hybrid_gru", "stage3_own_gru"}
     _check_predict_matches_evaluation(run_dir, market)
+
+
+def test_force_retrains_every_step(run_dir, market, tmp_path):
+    import shutil
+
+    work = tmp_path / "run"
+    shutil.copytree(run_dir, work)
+    weights = [work / "stage1" / "model.safetensors", work / "stage3/hybrid_gru/model.safetensors"]
+    before = [p.stat().st_mtime_ns for p in weights]
+    result = _run_tiny(market, work, force=True)
+    assert result.exit_code == 0, result.output
+    assert "done already" not in result.output
+    assert all(p.stat().st_mtime_ns > t for p, t in zip(weights, before, strict=True))
 
 
 def _check_predict_matches_evaluation(run_dir, market):

@@ -34,11 +34,19 @@ def main(argv: list[str] | None = None) -> int:
     from relcast.pipeline import Pipeline
 
     argv = sys.argv[1:] if argv is None else argv
-    out = Path(argv[0]) if argv else Path("runs/demo")
+    paths = [a for a in argv if not a.startswith("--")]
+    out = Path(paths[0]) if paths else Path("runs/demo")
     start = time.perf_counter()
     print(describe_panel(relcast.load_dataset("demo")), flush=True)
     cfg = load_config("small", overrides=DEMO_OVERRIDES)
-    metrics = Pipeline(cfg, out).run()
+    force = "--force" in argv
+    if (out / "run.json").exists() and not force:
+        if Pipeline.open(out).config != cfg:
+            print(f"{out} holds a run with other settings: starting it again", flush=True)
+            force = True
+        else:
+            print(f"resuming {out}: finished steps are kept (--force retrains all)", flush=True)
+    metrics = Pipeline(cfg, out).run(force=force)
     print()
     print(metrics_table_text(metrics))
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -469,7 +469,8 @@ class Pipeline:
         """Stage3 folders of one model: ``name`` (seed 0) then ``name@seed<k>``."""
         return [name] + [f"{name}@seed{k}" for k in range(1, self.config.evaluation.seeds)]
 
-    def stage3(self) -> None:
+    def stage3(self, *, resume: bool = True) -> None:
+        """Train every Stage3 model of the config; ``resume`` keeps models already saved."""
         from relcast.training.stage3 import fit_stage3
 
         s = self.config.stage3
@@ -481,7 +482,7 @@ class Pipeline:
         ]
         for name, model, feature_set, k in runs:
             folder = self.dir / "stage3" / name
-            if (folder / "model.safetensors").exists():
+            if resume and (folder / "model.safetensors").exists():
                 continue  # resumable per model
             inputs = self.stage3_inputs(feature_set)
             gated = self.config.relationships.regime and feature_set == "hybrid"
@@ -585,6 +586,9 @@ class Pipeline:
             if not force and self.done(step):
                 _log(f"{step}: done already, skipped")
                 continue
-            getattr(self, step)()
+            if step == "stage3":
+                self.stage3(resume=not force)
+            else:
+                getattr(self, step)()
         _log(f"run finished in {time.perf_counter() - total:.0f}s -> {self.dir}")
         return read_json(self.dir / "metrics.json")

@@ -859,23 +859,21 @@ def build_app(runs_dir: str | Path | None = None):
                 cfg.relationships.regime,
             )
 
-        preset.change(
-            on_preset,
-            preset,
-            [
-                d_model,
-                n_heads,
-                stage1_epochs,
-                horizons,
-                models,
-                feature_sets,
-                lookback,
-                stage3_epochs,
-                extractor,
-                stage2,
-                regime,
-            ],
-        )
+        # the settings widgets, in the order on_preset returns them and on_apply reads them
+        settings = [
+            d_model,
+            n_heads,
+            stage1_epochs,
+            horizons,
+            models,
+            feature_sets,
+            lookback,
+            stage3_epochs,
+            extractor,
+            stage2,
+            regime,
+        ]
+        preset.change(on_preset, preset, settings)
 
         @_friendly
         def on_apply(session, preset_name, dm, nh, e1, hz, ms, fs, lb, e3, ex, s2, rg, more):
@@ -887,22 +885,7 @@ def build_app(runs_dir: str | Path | None = None):
 
         apply_btn.click(
             on_apply,
-            [
-                state,
-                preset,
-                d_model,
-                n_heads,
-                stage1_epochs,
-                horizons,
-                models,
-                feature_sets,
-                lookback,
-                stage3_epochs,
-                extractor,
-                stage2,
-                regime,
-                extra,
-            ],
+            [state, preset, *settings, extra],
             [state, run_info, progress],
         )
 

@@ -526,8 +526,8 @@ class Pipeline:
                 "num_inputs": inputs.num_features,
             }
             if gated:
-                timings[name]["regime_gate_scales"] = result.model.scales()
-                _log(f"Stage3 {name}: regime gate scales {_format_scales(result.model.scales())}")
+                scales = timings[name]["regime_gate_scales"] = result.model.scales()
+                _log(f"Stage3 {name}: regime gate scales {_format_scales(scales)}")
             _log(
                 f"Stage3 {name}: best val rank IC {result.best_val_rank_ic:.4f}, "
                 f"{result.seconds_per_epoch:.1f}s/epoch"

@@ -104,16 +104,14 @@ def build_features(
     reference = ~panel.is_index if (~panel.is_index).any() else None
     groups = {"own": list(raw)}
     tables = {}  # per-date groups, (T, F_g), broadcast to every stock below
+    if include_index or regime_window is not None:  # one index level for both groups
+        indices = _index_levels(panel, close, mask, bars_seen)
     if include_index:
-        groups["index"], tables["index"] = _index_features(
-            panel, close, mask, bars_seen, train_last
-        )
+        groups["index"], tables["index"] = _index_features(*indices, train_last)
     if include_calendar:
         groups["calendar"], tables["calendar"] = calendar_features(panel.dates)
     if regime_window is not None:
-        groups["regime"], tables["regime"] = _regime_features(
-            panel, close, mask, bars_seen, regime_window
-        )
+        groups["regime"], tables["regime"] = _regime_features(*indices, regime_window)
 
     names = [n for g in groups.values() for n in g]
     own = np.empty((len(groups["own"]), T, N), dtype=np.float32)  # (F_own, T, N)
@@ -179,26 +177,25 @@ def _index_levels(
 
 
 def _regime_features(
-    panel: Panel, close: np.ndarray, mask: np.ndarray, bars_seen: np.ndarray, window: int
+    labels: list[str], level: np.ndarray, traded: np.ndarray, seen: np.ndarray, window: int
 ) -> tuple[list[str], np.ndarray]:
     """One-hot regime ``[T, 3]`` of the first market index (past data only)."""
     from relcast.models.regime import REGIME_NAMES, detect_regime, regime_features
 
-    _, level, traded, _ = _index_levels(panel, close, mask, bars_seen)
     # a date the index did not trade keeps its last close (detect_regime carries it forward)
     regime = detect_regime(np.where(traded[:, 0], level[:, 0], np.nan), window=window)
     return [f"regime_{name}" for name in REGIME_NAMES], regime_features(regime)
 
 
 def _index_features(
-    panel: Panel,
-    close: np.ndarray,
-    mask: np.ndarray,
-    bars_seen: np.ndarray,
+    labels: list[str],
+    level: np.ndarray,
+    traded: np.ndarray,
+    seen: np.ndarray,
     train_last: int,
 ) -> tuple[list[str], np.ndarray]:
-    """Index indicators as ``[T, F_idx]``, z-scored on dates ``<= train_last``."""
-    labels, level, traded, seen = _index_levels(panel, close, mask, bars_seen)
+    """Index indicators as ``[T, F_idx]`` (from :func:`_index_levels`), z-scored on dates
+    ``<= train_last``."""
     raw, warmup = index_indicators(level)
     names, cols = [], []
     for k, label in enumerate(labels):

@@ -64,10 +64,9 @@ def measure(seeds: list[int], overrides: list[str]) -> dict[str, Any]:
     from relcast.evaluation.metrics import signal_metrics
     from relcast.features import normalize_labels_cross_section
     from relcast.pipeline import Pipeline
-    from relcast.training.stage3 import fit_stage3, predict_stage3
+    from relcast.training.stage3 import predict_stage3
 
     cfg = load_config("small", overrides=[*BASE, *overrides])
-    s = cfg.stage3
     rows, gates = [], {}
     with tempfile.TemporaryDirectory() as tmp:
         pipe = Pipeline(cfg, tmp)
@@ -84,14 +83,9 @@ def measure(seeds: list[int], overrides: list[str]) -> dict[str, Any]:
         for seed in seeds:
             for variant, (feature_set, gated) in VARIANTS.items():
                 inputs = pipe.stage3_inputs(feature_set)
-                result = fit_stage3(
-                    "gru", inputs, pipe.labels, split, lookback=s.lookback,
-                    hparams=pipe._stage3_hparams("gru"), quantiles=s.quantiles,
-                    max_epochs=s.max_epochs, batch_size=s.batch_size, lr=s.lr,
-                    patience=s.patience, seed=seed, out_dir=f"{tmp}/logs/{variant}-{seed}",
-                    stocks=list(pipe.panel.symbols[pipe.target]), progress=False,
-                    regime_gate=gated, index_symbols=list(pipe.panel.symbols[pipe.panel.is_index]),
-                )  # fmt: skip
+                result = pipe.fit_stage3_model(
+                    "gru", inputs, seed_offset=seed, regime_gate=gated, name=f"{variant}-{seed}"
+                )
                 point = predict_stage3(result.model, inputs)["point"][..., 0]  # (T, N)
                 row = {"variant": variant, "seed": seed, "inputs": inputs.num_features,
                        "seconds_per_epoch": result.seconds_per_epoch,

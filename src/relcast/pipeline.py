@@ -469,10 +469,37 @@ class Pipeline:
         """Stage3 folders of one model: ``name`` (seed 0) then ``name@seed<k>``."""
         return [name] + [f"{name}@seed{k}" for k in range(1, self.config.evaluation.seeds)]
 
-    def stage3(self, *, resume: bool = True) -> None:
-        """Train every Stage3 model of the config; ``resume`` keeps models already saved."""
+    def fit_stage3_model(
+        self, model: str, inputs, *, seed_offset: int = 0, regime_gate: bool, name: str
+    ):
+        """Train one Stage3 model on ``inputs`` with the run's settings (logs under ``name``);
+        returns the :class:`~relcast.training.stage3.Stage3Result`, saves nothing."""
         from relcast.training.stage3 import fit_stage3
 
+        s = self.config.stage3
+        return fit_stage3(
+            model,
+            inputs,
+            self.labels,
+            self.split,
+            lookback=s.lookback,
+            hparams=self._stage3_hparams(model),
+            quantiles=s.quantiles,
+            max_epochs=s.max_epochs,
+            batch_size=s.batch_size,
+            lr=s.lr,
+            patience=s.patience,
+            seed=self.config.trainer.seed + seed_offset,
+            out_dir=self.dir / "logs" / name,
+            stocks=list(self.panel.symbols[self.target]),  # indices are inputs, not targets
+            progress=self._progress(),
+            regime_gate=regime_gate,
+            index_symbols=list(self.panel.symbols[self.panel.is_index]),
+            **self._trainer_kwargs(),
+        )
+
+    def stage3(self, *, resume: bool = True) -> None:
+        """Train every Stage3 model of the config; ``resume`` keeps models already saved."""
         s = self.config.stage3
         timings = {}
         runs = [
@@ -490,25 +517,8 @@ class Pipeline:
                 f"Stage3 {name}: {inputs.num_features} inputs, lookback {s.lookback}"
                 + (", regime gate" if gated else "")
             )
-            result = fit_stage3(
-                model,
-                inputs,
-                self.labels,
-                self.split,
-                lookback=s.lookback,
-                hparams=self._stage3_hparams(model),
-                quantiles=s.quantiles,
-                max_epochs=s.max_epochs,
-                batch_size=s.batch_size,
-                lr=s.lr,
-                patience=s.patience,
-                seed=self.config.trainer.seed + k,
-                out_dir=self.dir / "logs" / name,
-                stocks=list(self.panel.symbols[self.target]),  # indices are inputs, not targets
-                progress=self._progress(),
-                regime_gate=gated,
-                index_symbols=list(self.panel.symbols[self.panel.is_index]),
-                **self._trainer_kwargs(),
+            result = self.fit_stage3_model(
+                model, inputs, seed_offset=k, regime_gate=gated, name=name
             )
             extra = {"regime_gate": result.model.spec()} if gated else {}
             save_module(

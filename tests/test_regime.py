@@ -4,15 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from relcast.models.regime import (
-    BEAR,
-    BULL,
-    SIDEWAYS,
-    RegimeGate,
-    detect_regime,
-    gate_columns,
-    regime_features,
-)
+from relcast.features.regime import BEAR, BULL, SIDEWAYS, detect_regime, regime_features
+from relcast.models.regime import RegimeGate, gate_columns
 
 
 def _planted_index(seed=0, T=900, seg=150):
@@ -114,7 +107,7 @@ def test_regime_agrees_with_synthetic_market_truth_better_than_chance():
 def test_build_features_adds_the_index_regime_as_one_hot_columns():
     from relcast.data.synthetic import synthetic_market
     from relcast.features import build_features
-    from relcast.models.regime import REGIME_COLUMNS
+    from relcast.features.regime import REGIME_COLUMNS
 
     panel, _ = synthetic_market(num_stocks=6, num_days=500, seed=2)
     plain = build_features(panel, train_end=300)

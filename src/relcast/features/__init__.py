@@ -8,7 +8,7 @@
    z-scored with statistics of the training span only.
 3. ``"calendar"``: day of week, month end, ... with fixed scaling (:mod:`.calendar`).
 4. ``"regime"`` (optional): one-hot bull / bear / sideways of the market index at each date
-   (:func:`relcast.models.regime.detect_regime`, past data only).
+   (:func:`relcast.features.regime.detect_regime`, past data only).
 
 Labels (:func:`forward_returns`) and chronological splits (:func:`chronological_split`)
 are defined here too, once.
@@ -72,7 +72,7 @@ def build_features(
         regime_window: add the ``"regime"`` group, columns ``regime_bull``,
             ``regime_bear``, ``regime_sideways`` (one-hot, the same for every stock at a
             date): the regime of the first index symbol (or of the equal-weight index),
-            from :func:`~relcast.models.regime.detect_regime` over this many trailing bars.
+            from :func:`~relcast.features.regime.detect_regime` over this many trailing bars.
             ``None`` (default) adds no regime group.
 
     Returns:
@@ -180,7 +180,7 @@ def _regime_features(
     labels: list[str], level: np.ndarray, traded: np.ndarray, seen: np.ndarray, window: int
 ) -> tuple[list[str], np.ndarray]:
     """One-hot regime ``[T, 3]`` of the first market index (past data only)."""
-    from relcast.models.regime import REGIME_NAMES, detect_regime, regime_features
+    from relcast.features.regime import REGIME_NAMES, detect_regime, regime_features
 
     # a date the index did not trade keeps its last close (detect_regime carries it forward)
     regime = detect_regime(np.where(traded[:, 0], level[:, 0], np.nan), window=window)

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow test-ui bench bench-large lint format lock clean-venv
+.PHONY: demo test test-slow test-ui bench bench-large bench-real lint format lock clean-venv
 
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ test-ui: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[bench]' torch==2.13.0
 	$(BIN)/python -m benchmarks.run_all
+
+# The whole pipeline on the 1,026 NASDAQ stocks of the relational-ranking benchmark (../shared/data)
+bench-real: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[bench]' torch==2.13.0
+	$(BIN)/python -m benchmarks.real_nasdaq
 
 # Stage1 cost vs N (100/1,000/3,000 stocks) and Stage3 from a 15 GB memory-mapped store (~15 min)
 bench-large: $(STAMP)

@@ -160,7 +160,9 @@ def run(quick: bool = False, results_dir=None, ablations: bool = False) -> dict[
                 ablation_rows.append({"variant": tag, **r})
     result = {
         "protocol": PROTOCOL,
-        "runs": {tag: {k: v for k, v in got.items() if k != "metrics"} for tag, got in results.items()},
+        "runs": {
+            tag: {k: v for k, v in got.items() if k != "metrics"} for tag, got in results.items()
+        },
         "metrics": {tag: got["metrics"] for tag, got in results.items()},
         "rows": rows,
         "ablations": ablation_rows,

@@ -1,26 +1,25 @@
-"""Signal metrics in the field's vocabulary: daily IC / Rank IC, ICIR, MSE, direction accuracy.
+"""Signal metrics in the field's vocabulary: daily IC / Rank IC, ICIR, MSE, direction accuracy,
+and for quantile forecasts pinball loss and interval coverage.
 
-Conventions (as in qlib): IC is the cross-sectional Pearson correlation between predictions
-and realised labels at one date, Rank IC the Spearman correlation (average ranks for ties);
-the reported IC is the mean over dates and ICIR = mean / std over dates (not annualised).
-
-A cell counts as valid where ``mask`` is True and both ``pred`` and ``label`` are finite.
-A date with fewer than two valid cells, or zero variance on either side, has a NaN IC and is
-left out of the summaries.
-
-The numpy functions are for evaluation; :func:`ic_torch` (differentiable) and
-:func:`rank_ic_torch` are for validation metrics and losses inside Lightning modules.
+The daily IC family is defined once in :mod:`relcast.models.metrics` (numpy) and
+:mod:`relcast.training.metrics` (torch), low enough for estimators and training to use;
+this module re-exports them so evaluation code has one place to import metrics from.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:
-    import torch
+from relcast.models.metrics import (
+    average_ranks,
+    daily_ic,
+    daily_rank_ic,
+    signal_metrics,
+    summarize_ic,
+)
+from relcast.training.metrics import ic_torch, rank_ic_torch
 
 __all__ = [
     "average_ranks",
@@ -33,130 +32,6 @@ __all__ = [
     "signal_metrics",
     "summarize_ic",
 ]
-
-
-# ---------------------------------------------------------------------------- numpy
-def _valid_cells(
-    pred: np.ndarray, label: np.ndarray, mask: np.ndarray | None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Validate shapes and return ``pred, label`` as float64 and the valid-cell mask."""
-    pred = np.asarray(pred, dtype=np.float64)
-    label = np.asarray(label, dtype=np.float64)
-    if pred.shape != label.shape:
-        raise ValueError(f"pred has shape {pred.shape} but label has shape {label.shape}")
-    if pred.ndim != 2:
-        raise ValueError(
-            f"expected [T, N] arrays (dates x stocks), got shape {pred.shape}; "
-            "select one horizon first, e.g. pred[..., h]"
-        )
-    valid = np.isfinite(pred) & np.isfinite(label)
-    if mask is not None:
-        mask = np.asarray(mask, dtype=bool)
-        if mask.shape != pred.shape:
-            raise ValueError(f"mask has shape {mask.shape}, expected {pred.shape}")
-        valid &= mask
-    return pred, label, valid
-
-
-def _masked_pearson(x: np.ndarray, y: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """Row-wise Pearson correlation over the valid cells of ``[T, N]`` arrays -> ``[T]``."""
-    n = valid.sum(axis=1)
-    x = np.where(valid, x, 0.0)
-    y = np.where(valid, y, 0.0)
-    safe_n = np.maximum(n, 1)[:, None]
-    xc = np.where(valid, x - x.sum(axis=1, keepdims=True) / safe_n, 0.0)
-    yc = np.where(valid, y - y.sum(axis=1, keepdims=True) / safe_n, 0.0)
-    sxy = (xc * yc).sum(axis=1)
-    sxx = (xc * xc).sum(axis=1)
-    syy = (yc * yc).sum(axis=1)
-    denom = np.sqrt(sxx * syy)
-    # relative tolerance: constant rows leave rounding noise of order eps * |mean|
-    scale_x = (x * x).sum(axis=1) + 1e-300
-    scale_y = (y * y).sum(axis=1) + 1e-300
-    degenerate = (n < 2) | (sxx <= 1e-24 * scale_x) | (syy <= 1e-24 * scale_y)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        r = sxy / np.where(degenerate, 1.0, denom)
-    return np.where(degenerate, np.nan, np.clip(r, -1.0, 1.0))
-
-
-def average_ranks(x: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """Row-wise ranks ``1..n_valid`` of ``x [T, N]`` with ties averaged; NaN where not valid.
-
-    Vectorised (one sort for all rows), equal to ``scipy.stats.rankdata(method="average")``
-    applied to each row's valid cells.
-    """
-    x = np.where(valid, np.asarray(x, dtype=np.float64), np.inf)  # invalid cells sort last
-    T, N = x.shape
-    order = np.argsort(x, axis=1, kind="stable")
-    s = np.take_along_axis(x, order, axis=1)
-    pos = np.broadcast_to(np.arange(N), (T, N))
-    is_start = np.ones((T, N), dtype=bool)
-    is_start[:, 1:] = s[:, 1:] != s[:, :-1]
-    is_end = np.ones((T, N), dtype=bool)
-    is_end[:, :-1] = is_start[:, 1:]
-    start = np.maximum.accumulate(np.where(is_start, pos, 0), axis=1)
-    end = np.minimum.accumulate(np.where(is_end, pos, N)[:, ::-1], axis=1)[:, ::-1]
-    ranks = np.empty((T, N), dtype=np.float64)
-    np.put_along_axis(ranks, order, (start + end) / 2.0 + 1.0, axis=1)
-    return np.where(valid, ranks, np.nan)
-
-
-def daily_ic(pred: np.ndarray, label: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
-    """Cross-sectional Pearson IC per date: ``[T, N], [T, N] -> [T]`` (NaN where undefined)."""
-    pred, label, valid = _valid_cells(pred, label, mask)
-    return _masked_pearson(pred, label, valid)
-
-
-def daily_rank_ic(
-    pred: np.ndarray, label: np.ndarray, mask: np.ndarray | None = None
-) -> np.ndarray:
-    """Cross-sectional Spearman Rank IC per date (average ranks for ties): ``-> [T]``."""
-    pred, label, valid = _valid_cells(pred, label, mask)
-    return _masked_pearson(average_ranks(pred, valid), average_ranks(label, valid), valid)
-
-
-def summarize_ic(daily: np.ndarray) -> dict[str, float]:
-    """Mean IC, ICIR = mean / std over dates (ddof=1, not annualised) and the number of dates.
-
-    NaN dates (too few stocks) are dropped. ICIR is NaN with fewer than two dates or a zero std.
-    """
-    daily = np.asarray(daily, dtype=np.float64)
-    daily = daily[np.isfinite(daily)]
-    n = int(daily.size)
-    mean = float(daily.mean()) if n else float("nan")
-    std = float(daily.std(ddof=1)) if n > 1 else float("nan")
-    icir = mean / std if n > 1 and std > 0 else float("nan")
-    return {"ic": mean, "icir": icir, "n_dates": n}
-
-
-def signal_metrics(
-    pred: np.ndarray, label: np.ndarray, mask: np.ndarray | None = None
-) -> dict[str, float]:
-    """All point-forecast metrics for one horizon of ``[T, N]`` predictions.
-
-    Returns ``ic, rank_ic, icir, rank_icir`` (means over dates, ICIR = mean/std), ``mse`` over
-    valid cells, ``direction_acc`` = share of valid cells with a nonzero label whose sign the
-    prediction gets right, and ``n_dates`` = dates with a defined IC.
-    """
-    pred, label, valid = _valid_cells(pred, label, mask)
-    ic = summarize_ic(_masked_pearson(pred, label, valid))
-    ranks = (average_ranks(pred, valid), average_ranks(label, valid))
-    rank_ic = summarize_ic(_masked_pearson(*ranks, valid))
-    p, y = pred[valid], label[valid]
-    mse = float(np.mean((p - y) ** 2)) if p.size else float("nan")
-    signed = y != 0
-    direction = (
-        float(np.mean(np.sign(p[signed]) == np.sign(y[signed]))) if signed.any() else float("nan")
-    )
-    return {
-        "ic": ic["ic"],
-        "rank_ic": rank_ic["ic"],
-        "icir": ic["icir"],
-        "rank_icir": rank_ic["icir"],
-        "mse": mse,
-        "direction_acc": direction,
-        "n_dates": ic["n_dates"],
-    }
 
 
 def pinball_loss(pred_q: np.ndarray, y: np.ndarray, quantiles: Sequence[float]) -> float:
@@ -186,89 +61,3 @@ def interval_coverage(lo: np.ndarray, hi: np.ndarray, y: np.ndarray) -> float:
         return float("nan")
     inside = (y >= lo) & (y <= hi)
     return float(inside[ok].mean())
-
-
-# ---------------------------------------------------------------------------- torch
-def _torch_valid(
-    pred: torch.Tensor, label: torch.Tensor, mask: torch.Tensor | None
-) -> torch.Tensor:
-    import torch
-
-    if pred.shape != label.shape or pred.dim() != 2:
-        raise ValueError(
-            f"expected pred and label of the same shape [B, N], got {tuple(pred.shape)} "
-            f"and {tuple(label.shape)}"
-        )
-    valid = torch.isfinite(pred) & torch.isfinite(label)
-    if mask is not None:
-        valid = valid & mask.to(torch.bool)
-    return valid
-
-
-def _torch_masked_pearson(x: torch.Tensor, y: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    import torch
-
-    zero = torch.zeros((), dtype=x.dtype, device=x.device)
-    w = valid.to(x.dtype)
-    n = w.sum(dim=1)  # (B,)
-    x = torch.where(valid, x, zero)
-    y = torch.where(valid, y, zero)
-    safe_n = n.clamp_min(1.0).unsqueeze(1)
-    xc = (x - x.sum(dim=1, keepdim=True) / safe_n) * w  # (B, N)
-    yc = (y - y.sum(dim=1, keepdim=True) / safe_n) * w
-    sxy = (xc * yc).sum(dim=1)
-    sxx = (xc * xc).sum(dim=1)
-    syy = (yc * yc).sum(dim=1)
-    # relative tolerance: a constant row leaves rounding noise of order eps * |mean|
-    degenerate = (
-        (n < 2)
-        | (sxx <= 1e-12 * (x * x).sum(dim=1) + 1e-30)
-        | (syy <= 1e-12 * (y * y).sum(dim=1) + 1e-30)
-    )
-    # clamp before sqrt so that degenerate rows never send NaN/inf gradients to valid ones
-    r = sxy / torch.sqrt((sxx * syy).clamp_min(1e-30))
-    return torch.where(degenerate, torch.full_like(r, float("nan")), r)
-
-
-def ic_torch(
-    pred: torch.Tensor, label: torch.Tensor, mask: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Differentiable Pearson IC per row: ``[B, N] -> [B]``, NaN where fewer than 2 valid.
-
-    Use ``-ic_torch(...).nanmean()`` as a correlation loss; invalid cells get no gradient.
-    """
-    valid = _torch_valid(pred, label, mask)
-    return _torch_masked_pearson(pred, label, valid)
-
-
-def _torch_average_ranks(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    import torch
-
-    x = torch.where(valid, x, torch.full_like(x, float("inf")))
-    B, N = x.shape
-    s, order = torch.sort(x, dim=1, stable=True)
-    pos = torch.arange(N, device=x.device).expand(B, N)
-    is_start = torch.ones_like(valid)
-    is_start[:, 1:] = s[:, 1:] != s[:, :-1]
-    is_end = torch.ones_like(valid)
-    is_end[:, :-1] = is_start[:, 1:]
-    start = torch.cummax(torch.where(is_start, pos, 0), dim=1).values
-    end_rev = torch.where(is_end, pos, N).flip(1)
-    end = torch.cummin(end_rev, dim=1).values.flip(1)
-    avg = (start + end).to(x.dtype) / 2.0 + 1.0
-    ranks = torch.empty_like(x).scatter_(1, order, avg)
-    return ranks
-
-
-def rank_ic_torch(
-    pred: torch.Tensor, label: torch.Tensor, mask: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Spearman Rank IC per row with average ranks for ties: ``[B, N] -> [B]`` (no gradient)."""
-    import torch
-
-    with torch.no_grad():
-        pred, label = pred.detach().double(), label.detach().double()
-        valid = _torch_valid(pred, label, mask)
-        rp = _torch_average_ranks(pred, valid)
-        rl = _torch_average_ranks(label, valid)
-        return _torch_masked_pearson(rp, rl, valid).to(torch.get_default_dtype())

@@ -165,7 +165,7 @@ class ResidualBooster:
         self.n_features_in_ = X.shape[-1]
 
         # Report: Stage1 alone vs Stage1+Stage2 on the validation span.
-        from relcast.evaluation.metrics import signal_metrics
+        from relcast.models.metrics import signal_metrics
 
         valid = np.asarray(valid_index)
         vmask = usable[valid]

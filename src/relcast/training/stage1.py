@@ -42,10 +42,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, IterableDataset, default_collate
 
-from relcast.evaluation.metrics import ic_torch, rank_ic_torch
 from relcast.features.featureset import FeatureSet
 from relcast.models.cross_sectional import CrossSectionalTransformer, Stage1Config
 from relcast.training.loader import _distributed_rank, shard_batches
+from relcast.training.metrics import ic_torch, rank_ic_torch
 
 LOSSES = ("mse", "ic")
 # z-scored labels are clipped: one bad print (split, data error) must not dominate a date.

@@ -218,7 +218,7 @@ def assemble_inputs(
 def _lightning_module_class():
     import lightning
 
-    from relcast.evaluation.metrics import daily_rank_ic
+    from relcast.models.metrics import daily_rank_ic
     from relcast.models.temporal.losses import pinball_loss, point_forecast
 
     class Stage3Module(lightning.LightningModule):

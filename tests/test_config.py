@@ -81,3 +81,48 @@ def test_dates_from_yaml_or_set_stay_text(tmp_path):
     f.write_text("data:\n  start: 2004-01-01\n")
     assert load_config(file=f).data.start == "2004-01-01"
     assert load_config(overrides=["data.end=2010-06-30"]).data.end == "2010-06-30"
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("trainer.accelerator=gpux", "trainer.accelerator"),
+        ("trainer.strategy=dpp", "unknown strategy 'dpp'"),
+        ("trainer.devices=0", "trainer.devices"),
+        ("trainer.devices=two", "device ids like '0,1'"),
+        ("stage3.models=[]", "stage3.models"),
+        ("stage3.feature_sets=[]", "stage3.feature_sets"),
+        ("stage1.max_epochs=true", "stage1.max_epochs"),  # strict: a bool is not 1
+        ("stage3.lookback=8.5", "stage3.lookback"),
+        ("stage3.models=[gru", "--set stage3.models: the value '[gru' is not valid YAML"),
+    ],
+)
+def test_mistakes_are_config_errors_naming_the_key(override, expected):
+    with pytest.raises(RelcastConfigError) as info:
+        load_config("small", overrides=[override])
+    assert expected in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "override", ["trainer.devices=auto", "trainer.devices=-1", "trainer.devices='0,1'",
+                 "trainer.strategy=ddp_spawn", "stage1.lr=1", "data.source=2020"]
+)  # fmt: skip
+def test_valid_trainer_and_numbers_still_load(override):
+    load_config("small", overrides=[override])
+
+
+def test_order_defaults_preset_file_set_values(tmp_path: Path):
+    """The file's data.source holds unless a --set or an explicit CLI flag names another."""
+    f = tmp_path / "run.yaml"
+    f.write_text("preset: medium\ndata:\n  source: mine.csv\n  horizons: 3\n")
+    assert load_config(file=f).data.source == "mine.csv"
+    cfg = load_config(file=f, overrides=["data.source=other.csv"])
+    assert cfg.data.source == "other.csv" and cfg.data.horizons == 3
+    cfg = load_config(file=f, overrides=["data.source=other.csv"], values={"data.source": "x"})
+    assert cfg.data.source == "x" and cfg.stage1.d_model == 128
+
+
+def test_literal_values_are_not_yaml():
+    """A CLI path is a path: '#' would start a YAML comment, ': ' a mapping."""
+    for path in ("prices #2.csv", "a: b.csv", "[x].csv", "true"):
+        assert load_config(values={"data.source": path}).data.source == path

@@ -1,7 +1,9 @@
 """Run configuration: validated pydantic models, YAML presets and ``--set key=value`` overrides.
 
-A run is ``defaults <- preset file <- user YAML <- --set overrides``. Unknown keys are errors,
-and each error names the bad key and, for choices, the allowed values.
+A run is ``defaults <- preset file <- user YAML <- --set overrides`` (CLI flags such as
+``--data`` count as overrides, and only when given). Unknown keys are errors, values have
+strict types (``max_epochs=true`` is not 1), and each error names the bad key and, for
+choices, the allowed values.
 """
 
 from __future__ import annotations
@@ -21,7 +23,18 @@ class RelcastConfigError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # strict: YAML already gives typed values, so a bool for an int or a number for a list
+    # is a mistake to report, not to coerce
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
+
+
+def _as_text(value: Any) -> Any:
+    """Dates and numbers written in YAML (``2004-01-01``, ``2020``) as the text they were."""
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    return value
 
 
 class DataConfig(_Section):
@@ -35,11 +48,11 @@ class DataConfig(_Section):
     end: str | None = Field(None, description="last date to use (inclusive)")
     horizons: int = Field(5, ge=1, le=60, description="forecast horizons 1..H (bars)")
 
-    @field_validator("start", "end", mode="before")
+    @field_validator("source", "universe", "start", "end", mode="before")
     @classmethod
     def _dates_as_text(cls, value: Any) -> Any:
         # YAML reads 2004-01-01 as a date; keep dates as ISO text like the CLI passes them
-        return value.isoformat() if hasattr(value, "isoformat") else value
+        return _as_text(value)
 
     label_delay: int = Field(0, ge=0, le=5, description="0: trade at t's close; 1: qlib's t+1")
     synthetic_stocks: int = Field(20, ge=2, description="stocks when source is 'synthetic'")
@@ -120,10 +133,12 @@ class RelationshipSettings(_Section):
 
 class Stage3Settings(_Section):
     models: list[Literal["tft", "lstm", "gru", "tcn"]] = Field(
-        ["gru"], description="temporal models"
+        ["gru"], min_length=1, description="temporal models (at least one)"
     )
     feature_sets: list[Literal["hybrid", "own", "rawconcat"]] = Field(
-        ["hybrid", "own"], description="hybrid = the design; own/rawconcat = comparisons"
+        ["hybrid", "own"],
+        min_length=1,
+        description="hybrid = the design; own/rawconcat = comparisons",
     )
     baseline_models: list[Literal["tft", "lstm", "gru", "tcn"]] | None = Field(
         None,
@@ -159,13 +174,52 @@ class EvaluationSettings(_Section):
     seeds: int = Field(1, ge=1, description="repeat Stage3 with this many seeds (mean, std)")
 
 
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
+STRATEGIES = (
+    "auto",
+    "ddp",
+    "ddp_spawn",
+    "ddp_fork",
+    "ddp_notebook",
+    "ddp_find_unused_parameters_true",
+    "ddp_find_unused_parameters_false",
+    "fsdp",
+    "deepspeed",
+    "single_device",
+)
+
+
 class TrainerSettings(_Section):
-    accelerator: str = Field("auto", description="cpu, gpu, auto")
-    devices: int | str = Field(1, description="devices per node")
+    accelerator: Literal[ACCELERATORS] = Field("auto", description="cpu, gpu, auto, ...")
+    devices: int | str = Field(
+        1, description="devices per node: a count (-1: all), 'auto', or ids like '0,1'"
+    )
     num_nodes: int = Field(1, ge=1)
-    strategy: str = Field("auto", description="auto, ddp, ddp_spawn")
+    strategy: str = Field("auto", description="Lightning strategy: auto, ddp, ddp_spawn, ...")
     seed: int = 0
     progress: bool = True
+
+    @field_validator("strategy")
+    @classmethod
+    def _known_strategy(cls, value: str) -> str:
+        if value not in STRATEGIES:
+            raise ValueError(f"unknown strategy {value!r}; use one of {', '.join(STRATEGIES)}")
+        return value
+
+    @field_validator("devices")
+    @classmethod
+    def _device_count_or_ids(cls, value: int | str) -> int | str:
+        if isinstance(value, int):
+            if value == 0 or value < -1:
+                raise ValueError(f"devices must be >= 1 or -1 (all), got {value}")
+            return value
+        ids = [p.strip() for p in value.split(",") if p.strip()]
+        if value != "auto" and not (ids and all(p.lstrip("-").isdigit() for p in ids)):
+            raise ValueError(
+                f"devices must be a count (1, 2, -1 for all), 'auto' or device ids like "
+                f"'0,1', got {value!r}"
+            )
+        return value
 
 
 class RelcastConfig(_Section):
@@ -216,7 +270,19 @@ def parse_override(item: str) -> dict:
     parts = [p for p in key.strip().split(".") if p]
     if not parts:
         raise RelcastConfigError(f"--set has an empty key in {item!r}")
-    value: Any = yaml.safe_load(raw) if raw.strip() else None
+    try:
+        value: Any = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        problem = str(getattr(exc, "problem", None) or exc).strip()
+        raise RelcastConfigError(
+            f"--set {key.strip()}: the value {raw!r} is not valid YAML ({problem}); quote "
+            f"text that holds YAML syntax, e.g. --set '{key.strip()}=\"...\"'"
+        ) from None
+    return _nest(parts, value)
+
+
+def _nest(parts: list[str], value: Any) -> dict:
+    """``["stage1", "d_model"], 128`` -> ``{"stage1": {"d_model": 128}}``."""
     for part in reversed(parts):
         value = {part: value}
     return value
@@ -238,12 +304,20 @@ def load_config(
     preset: str | None = None,
     file: str | Path | None = None,
     overrides: list[str] | tuple[str, ...] = (),
+    values: dict[str, Any] | None = None,
 ) -> RelcastConfig:
-    """Resolve defaults <- preset <- file <- overrides into a validated :class:`RelcastConfig`."""
+    """Resolve defaults <- preset <- file <- overrides into a validated :class:`RelcastConfig`.
+
+    ``overrides`` are ``key=value`` texts (the value parsed as YAML, like ``--set``);
+    ``values`` maps dotted keys to values taken literally (a CLI flag such as ``--data``:
+    a path like ``prices #2.csv`` stays a path). Both win over the file; ``values`` last.
+    """
     merged: dict = {}
     user = _read_yaml(Path(file)) if file is not None else {}
     for item in overrides:
         user = _deep_merge(user, parse_override(item))
+    for key, value in (values or {}).items():
+        user = _deep_merge(user, _nest([p for p in key.split(".") if p], value))
     preset = preset or user.get("preset") or "small"
     if preset not in PRESETS:
         raise RelcastConfigError(f"preset must be one of {list(PRESETS)}, got {preset!r}")
@@ -264,7 +338,8 @@ def _explain(exc: ValidationError, file: str | Path | None) -> str:
             section = _section_of(err["loc"][:-1])
             allowed = ", ".join(section.model_fields) if section else "?"
             lines.append(f"  {key}: unknown key (allowed here: {allowed})")
-        elif isinstance(err.get("input"), dict):  # a cross-field check: the message says it all
+        elif isinstance(err.get("input"), dict) or err["type"] == "value_error":
+            # a check of ours: its message names the values and says what to do
             lines.append(f"  {key}: {err['msg'].removeprefix('Value error, ')}")
         else:
             lines.append(f"  {key}: {err['msg']} (got {err.get('input')!r})")

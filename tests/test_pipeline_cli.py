@@ -152,6 +152,33 @@ def test_run_writes_every_artefact(run_dir):
     assert (q["q0.1"] <= q["q0.5"] + 1e-6).all() and (q["q0.5"] <= q["q0.9"] + 1e-6).all()
 
 
+def test_metrics_carry_newey_west_statistics(run_dir):
+    """Every row has its IC / Rank IC t and p; the paired tests compare the reported forecasts
+    (recomputed here from predictions.parquet); seeded Stage3 rows compare their seed means."""
+    from relcast.evaluation.report import daily_ic_series
+    from relcast.evaluation.stats import newey_west_test, paired_test
+
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    models, lag = metrics["models"], metrics["statistics"]["newey_west_lag"]
+    assert lag == 5  # horizon-1 label + 4
+    preds = pd.read_parquet(run_dir / "predictions.parquet")
+    stage1, lgbm = (daily_ic_series(preds, m) for m in ("stage1", "lightgbm"))
+    assert models["stage1"]["rank_ic_t"] == pytest.approx(newey_west_test(stage1.values, lag)["t"])
+    paired = paired_test(stage1.values, lgbm.reindex(stage1.index).values, lag)
+    got = models["stage1"]["vs_lightgbm"]
+    assert got["baseline"] == "lightgbm" and got["n"] == paired["n"] > lag + 1
+    assert got["t"] == pytest.approx(paired["t"]) and got["p"] == pytest.approx(paired["p"])
+    assert "vs_lightgbm" not in models["lightgbm"] and "vs_own" not in models["stage1"]
+    for name, row in models.items():
+        if name != "naive_zero":  # a zero forecast has no IC, so no t
+            assert all(np.isfinite(row[k]) for k in ("ic_t", "ic_p", "rank_ic_t", "rank_ic_p"))
+    hybrid = models["hybrid_gru"]
+    assert hybrid["vs_own"]["baseline"] == "stage3_own_gru"
+    assert hybrid["vs_own"]["forecasts"] == "seed_average" and np.isfinite(hybrid["vs_own"]["t"])
+    assert np.isfinite(hybrid["seeds"]["rank_ic_t_std"])
+    assert np.isfinite(hybrid["seeds"]["average"]["rank_ic_t"])
+
+
 def test_rerun_resumes_without_retraining(run_dir, market):
     before = (run_dir / "stage1" / "model.safetensors").stat().st_mtime_ns
     result = _run_tiny(market, run_dir)

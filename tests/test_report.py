@@ -46,6 +46,10 @@ def _model_metrics(rng: np.random.Generator) -> dict:
         if m == "naive_zero":
             row.update(ic=None, rank_ic=None, icir=None, rank_icir=None, rank_ic_by_horizon={})
         else:
+            # Newey-West statistics (evaluation.stats); p = 0.0004 shows as "<0.001"
+            row.update(rank_ic_t=0.5 * i, rank_ic_p=0.0004 if i == 3 else 0.2, ic_t=1.0, ic_p=0.3)
+            if m != "lightgbm":
+                row["vs_lightgbm"] = {"baseline": "lightgbm", "t": 0.4 * i, "p": 0.5}
             row["backtest"] = {
                 "topk": {
                     "k": 2,
@@ -61,6 +65,7 @@ def _model_metrics(rng: np.random.Generator) -> dict:
             row.update(
                 pinball=0.3, coverage=0.78, coverage_nominal=0.8, seeds={"rank_ic_std": 0.0123}
             )
+            row["vs_own"] = {"baseline": "stage3_own_gru", "t": 2.345, "p": 0.019}
         models[m] = row
     return models
 
@@ -282,7 +287,15 @@ def test_metrics_table_lists_every_model_with_its_numbers(report):
     best_mse = [m for m in MODELS if parser.rows[m]["mse"][2]]
     assert best_mse == ["hybrid_gru"]  # control has lower MSE but is excluded
     for c in COLUMNS:
-        assert sum(parser.rows[m][c.key][2] for m in MODELS) >= 1
+        marked = sum(parser.rows[m][c.key][2] for m in MODELS)
+        assert marked >= 1 if c.higher_is_better is not None else marked == 0, c.key
+    # significance columns: t with 2 dp, p with 3 dp or "<0.001", "-" where not tested
+    assert parser.rows["hybrid_gru"]["rank_ic_p"][1] == "<0.001"
+    assert parser.rows["stage1"]["rank_ic_p"][1] == "0.200"
+    assert parser.rows["hybrid_gru"]["vs_own_t"][1] == "+2.35"
+    assert parser.rows["stage1"]["vs_own_t"][1] == "-"
+    assert parser.rows["lightgbm"]["vs_lightgbm_t"][1] == "-"
+    assert "Newey-West" in text  # the legend says what the t columns are
 
 
 def test_training_logs_keep_each_fit_apart(report):
@@ -340,11 +353,13 @@ def test_metrics_table_text_has_one_row_per_model(report):
     text = metrics_table_text(metrics)
     lines = text.splitlines()
     assert all(c.label in lines[0] for c in COLUMNS)
-    body = [line for line in lines[2:] if not line.startswith("*")]
+    body = lines[2 : 2 + len(MODELS)]
     assert [line.split()[0] for line in body] == MODELS
     assert len({len(line) for line in lines[:2] + body}) == 1  # fixed width
     hybrid = next(line for line in body if line.startswith("hybrid_gru"))
     assert "+0.0300 ± 0.0123*" in hybrid
+    assert "+2.35*" in hybrid and "<0.001" in hybrid  # vs own t (the only one), Rank IC p
+    assert any(line.startswith("t: Newey-West") for line in lines[2 + len(MODELS) :])
     assert metrics_table_text(metrics["models"]) == text  # the models part alone works too
 
 

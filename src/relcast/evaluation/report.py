@@ -8,6 +8,9 @@ The run folder (written by :mod:`relcast.pipeline` and :mod:`relcast.evaluation.
                           "labels": {...}, "test_dates_scored": int,
                           "models": {NAME: {"ic", "rank_ic", "icir", "rank_icir", "mse",
                                             "direction_acc", "rank_ic_by_horizon"?,
+                                            "ic_t", "ic_p", "rank_ic_t", "rank_ic_p",
+                                            "vs_lightgbm"?: {"t", "p", "mean_diff", ..},
+                                            "vs_own"?: {...},
                                             "pinball"?, "coverage"?, "coverage_nominal"?,
                                             "backtest": {"topk": {...}, "long_short": {...}},
                                             "seeds"?: {"<column>_std": float}, ...}}}
@@ -61,13 +64,20 @@ class Column:
     key: str  # short name; also the seeds key "<key>_std"
     label: str  # header
     path: tuple[str, ...]  # keys into metrics["models"][NAME]
-    kind: str  # "signed" (4 dp), "ratio" (2 dp), "plain" (4 dp), "percent", "signed_percent"
-    higher_is_better: bool
+    kind: str  # "signed" (4 dp), "ratio" (2 dp), "plain" (4 dp), "percent", "signed_percent",
+    # "pvalue" (3 dp)
+    higher_is_better: bool | None  # None: no best is marked (p-values)
 
 
 COLUMNS: tuple[Column, ...] = (
     Column("rank_ic", "Rank IC", ("rank_ic",), "signed", True),
+    # Newey-West t / p of the daily Rank IC, paired t vs lightgbm / stage3_own (stats.py)
+    Column("rank_ic_t", "Rank IC t", ("rank_ic_t",), "ratio", True),
+    Column("rank_ic_p", "p", ("rank_ic_p",), "pvalue", None),
+    Column("vs_lightgbm_t", "vs LGBM t", ("vs_lightgbm", "t"), "ratio", True),
+    Column("vs_own_t", "vs own t", ("vs_own", "t"), "ratio", True),
     Column("ic", "IC", ("ic",), "signed", True),
+    Column("ic_t", "IC t", ("ic_t",), "ratio", True),
     Column("rank_icir", "Rank ICIR", ("rank_icir",), "ratio", True),
     Column("icir", "ICIR", ("icir",), "ratio", True),
     Column("mse", "MSE", ("mse",), "plain", False),
@@ -112,6 +122,8 @@ def _fmt(value: float, kind: str) -> str:
         return f"{100 * value:.1f}%"
     if kind == "signed_percent":
         return f"{100 * value:+.1f}%"
+    if kind == "pvalue":
+        return f"{value:.3f}" if value >= 0.001 else "<0.001"
     return f"{value:.4f}"
 
 
@@ -136,6 +148,9 @@ def _table_values(models: Mapping[str, Mapping]) -> tuple[dict, dict, dict]:
     }
     best = {}
     for c in COLUMNS:
+        if c.higher_is_better is None:
+            best.update({(m, c.key): False for m in models})
+            continue
         cands = [value[m, c.key] for m in models if not m.startswith("control_")]
         cands = [v for v in cands if math.isfinite(v)]
         target = (max if c.higher_is_better else min)(cands) if cands else math.nan
@@ -182,6 +197,10 @@ def metrics_table_text(metrics: Mapping) -> str:
 
     out = [line(header), "  ".join("-" * w for w in widths), *(line(r) for r in rows)]
     out.append("* best per column (controls excluded); Top-k columns: top-k dropout portfolio")
+    out.append(
+        "t: Newey-West t of the mean daily Rank IC / IC, p its two-sided p-value; vs LGBM t / "
+        "vs own t: paired t of the daily Rank IC minus lightgbm's / stage3_own's (|t| > 2: signal)"
+    )
     return "\n".join(out)
 
 
@@ -679,7 +698,14 @@ def _page(run_dir, metrics, models, config_text, sections) -> str:
             "no information). Top-k: top-k dropout portfolio, excess return over the benchmark "
             "(arithmetic, annualised), information ratio, max drawdown, mean daily two-sided "
             "turnover. <i>control_*</i> rows are trained on shuffled labels: their IC must be "
-            "near zero. Values with ± are mean ± std over seeds.</p>"
+            "near zero. Values with ± are mean ± std over seeds. <b>Rank IC t</b> and <b>IC t</b>: "
+            "mean daily (rank) IC divided by its Newey-West standard error (Bartlett kernel, "
+            "lag = label horizon + 4, which allows for autocorrelated days), <b>p</b> its "
+            "two-sided p-value (normal); |t| above 2 (p below 0.05) means the IC is unlikely to "
+            "be luck. <b>vs LGBM t</b> / <b>vs own t</b>: the same t for the daily difference "
+            "between this model's rank IC and lightgbm's / stage3_own_&lt;same model&gt;'s, on "
+            "the dates both are defined (seed-averaged forecasts with several seeds); positive = "
+            "this model is better. metrics.json has the mean differences and p-values.</p>"
         )
     else:
         parts.append(_note("metrics.json lists no models."))

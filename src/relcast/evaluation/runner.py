@@ -13,6 +13,13 @@ Units: every model is scored against the horizon-1 label. IC / rank IC are scale
 and direction accuracy use cross-sectionally z-scored labels (what Stage1/Stage3 are trained
 on): MSE 1.0 is "no information", direction = above / below the date's cross-section mean.
 Portfolios trade on the score of each model with the raw forward returns (docs/formulas.md).
+
+Statistics (:mod:`relcast.evaluation.stats`): every row has the Newey-West t and p of its
+daily IC and Rank IC (``ic_t, ic_p, rank_ic_t, rank_ic_p``), ``vs_lightgbm`` and, for
+hybrid_* / stage3_rawconcat_* rows, ``vs_own``: paired tests of its daily Rank IC against
+``lightgbm`` / ``stage3_own_<model>`` (``mean_diff, se, t, p, n, lag``). With seeds, the row's
+metrics are means over seeds (``seeds["<key>_std"]``), ``seeds["average"]`` scores the
+seed-averaged forecast, and the paired tests compare seed-averaged forecasts.
 """
 
 from __future__ import annotations
@@ -24,7 +31,14 @@ import numpy as np
 import pandas as pd
 
 from relcast.evaluation.backtest import long_short_backtest, topk_dropout_backtest
-from relcast.evaluation.metrics import interval_coverage, pinball_loss, signal_metrics
+from relcast.evaluation.metrics import (
+    daily_ic,
+    daily_rank_ic,
+    interval_coverage,
+    pinball_loss,
+    signal_metrics,
+)
+from relcast.evaluation.stats import newey_west_lag, newey_west_test, paired_test, seed_mean_std
 from relcast.persist import atomic_write_bytes, write_json
 
 if TYPE_CHECKING:
@@ -156,6 +170,8 @@ def evaluate_run(pipe: Pipeline) -> dict[str, Any]:
 
     # --seeds K: every Stage3 model is trained K times; the row reports mean and std
     seed_rows: dict[str, list[dict]] = {}
+    seed_average: dict[str, np.ndarray] = {}  # name -> (D, N) horizon-1 forecast, seed mean
+    lag = newey_west_lag(1)  # every model is scored against the horizon-1 label
     for name, _, feature_set in pipe.stage3_names():
         if name not in scores:
             continue
@@ -170,8 +186,27 @@ def evaluate_run(pipe: Pipeline) -> dict[str, Any]:
                 runs.append(out["point"])
         if len(runs) > 1:
             seed_rows[name] = [
-                signal_metrics(r[days, :, 0], z[days, :, 0], cell[days]) for r in runs
+                {
+                    **signal_metrics(r[days, :, 0], z[days, :, 0], cell[days]),
+                    **_ic_statistics(r[days, :, 0], z[days, :, 0], cell[days], lag)[0],
+                }
+                for r in runs
             ]
+            seed_average[name] = np.mean([r[days, :, 0] for r in runs], axis=0)
+
+    # Newey-West t of each model's daily IC / Rank IC; paired tests of daily Rank IC against
+    # lightgbm and stage3_own_<model>, on the seed-averaged forecasts where there are seeds
+    ic_stats: dict[str, dict] = {}
+    paired_series: dict[str, np.ndarray] = {}  # name -> (D,) daily Rank IC
+    for name, score in scores.items():
+        ic_stats[name], paired_series[name] = _ic_statistics(
+            score[days, :, 0], z[days, :, 0], cell[days], lag
+        )
+    seed_average_rows: dict[str, dict] = {}
+    for name, avg in seed_average.items():
+        avg_stats, paired_series[name] = _ic_statistics(avg, z[days, :, 0], cell[days], lag)
+        sm_avg = signal_metrics(avg, z[days, :, 0], cell[days])
+        seed_average_rows[name] = {"ic": sm_avg["ic"], "rank_ic": sm_avg["rank_ic"], **avg_stats}
 
     benchmark = _benchmark(panel, labels[..., 0])
     rows: dict[str, dict] = {}
@@ -188,14 +223,18 @@ def evaluate_run(pipe: Pipeline) -> dict[str, Any]:
         )
         if name == "naive_zero":
             sm["direction_acc"] = float("nan")  # a zero forecast has no direction
+        sm.update(ic_stats[name])
         if name in seed_rows:
             per_seed = seed_rows[name]
-            keys = ("ic", "rank_ic", "icir", "rank_icir", "mse", "direction_acc")
-            sm = {**sm, **{k: float(np.mean([r[k] for r in per_seed])) for k in keys}}
+            keys = ("ic", "rank_ic", "icir", "rank_icir", "mse", "direction_acc", *STAT_KEYS)
+            means, stds = seed_mean_std(per_seed, keys)
+            sm = {**sm, **means}
             sm["seeds"] = {
                 "n": len(per_seed),
-                **{f"{k}_std": float(np.std([r[k] for r in per_seed], ddof=1)) for k in keys},
+                **{f"{k}_std": v for k, v in stds.items()},
+                "average": seed_average_rows[name],
             }
+        sm.update(_paired_rows(name, paired_series, lag, seeded=name in seed_average))
         row: dict[str, Any] = {**sm, "rank_ic_by_horizon": by_h, **extra.get(name, {})}
         if name in quantiles:
             q = np.asarray(cfg.stage3.quantiles)
@@ -224,6 +263,13 @@ def evaluate_run(pipe: Pipeline) -> dict[str, Any]:
             "definition": "close[t+delay+h] / close[t+delay] - 1",
         },
         "test_dates_scored": int(len(days)),
+        "statistics": {
+            "newey_west_lag": lag,
+            "lag_rule": "label horizon + 4",
+            "kernel": "bartlett",
+            "p_value": "two-sided, standard normal",
+            "paired": "daily Rank IC minus the baseline's, on dates where both are defined",
+        },
         "models": rows,
     }
     write_json(pipe.dir / "metrics.json", metrics)
@@ -233,6 +279,40 @@ def evaluate_run(pipe: Pipeline) -> dict[str, Any]:
         write_json(pipe.dir / "importance.json", importance)
     _write_attention(pipe, days)
     return metrics
+
+
+STAT_KEYS = ("ic_t", "ic_p", "rank_ic_t", "rank_ic_p")
+
+
+def _ic_statistics(
+    score: np.ndarray, z: np.ndarray, cell: np.ndarray, lag: int
+) -> tuple[dict[str, float], np.ndarray]:
+    """Newey-West t and p of the daily IC and Rank IC of ``score [D, N]`` (STAT_KEYS), and the
+    daily Rank IC series ``[D]`` that the paired tests compare."""
+    rank_ic = daily_rank_ic(score, z, cell)
+    ic_test = newey_west_test(daily_ic(score, z, cell), lag)
+    rank_test = newey_west_test(rank_ic, lag)
+    values = (ic_test["t"], ic_test["p"], rank_test["t"], rank_test["p"])
+    return dict(zip(STAT_KEYS, values, strict=True)), rank_ic
+
+
+def _paired_rows(
+    name: str, series: dict[str, np.ndarray], lag: int, seeded: bool
+) -> dict[str, dict]:
+    """``vs_lightgbm`` for every model but lightgbm; ``vs_own`` for hybrid_* and
+    stage3_rawconcat_* rows (against stage3_own_<same model>)."""
+    baselines = {"vs_lightgbm": "lightgbm"}
+    for prefix in ("hybrid_", "stage3_rawconcat_"):
+        if name.startswith(prefix):
+            baselines["vs_own"] = "stage3_own_" + name.removeprefix(prefix)
+    out = {}
+    for key, base in baselines.items():
+        if base == name or base not in series:
+            continue
+        out[key] = {"baseline": base, **paired_test(series[name], series[base], lag)}
+        if seeded:  # Stage3 models (this one and stage3_own) compared by their seed means
+            out[key]["forecasts"] = "seed_average"
+    return out
 
 
 def read_split_dates(pipe: Pipeline) -> dict:

@@ -152,8 +152,8 @@ def build_synthetic_store(
 
     Labels carry a weak planted signal (horizon h loads on feature 0), so the loss can fall.
     """
-    from relcast.data.store import MemmapFeatureStore
     from relcast.data.synthetic import _dates
+    from relcast.training.store import MemmapFeatureStore
 
     rng = np.random.default_rng(0)
     names = [f"f{k:02d}" for k in range(features)]
@@ -186,9 +186,9 @@ def train_from_store(folder: str, steps: int, batch_size: int) -> dict[str, Any]
     import lightning
     import torch
 
-    from relcast.data.store import MemmapFeatureStore, release_pages_callback
     from relcast.features import chronological_split
     from relcast.training.stage3 import fit_stage3
+    from relcast.training.store import MemmapFeatureStore, release_pages_callback
 
     class BatchTimer(lightning.Callback):
         """Wall time of each training batch (loading + forward + backward + step)."""

@@ -1,6 +1,8 @@
 """Relationship extractors V1/V2/V3: numbers vs the Stage1 model, training-span-only fitting,
 and the contrastive encoder recovering planted sectors."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -11,14 +13,14 @@ from relcast.models.cross_sectional import CrossSectionalTransformer, Stage1Conf
 from relcast.models.extractors import (
     AttentionExtractor,
     CombinedExtractor,
-    ContrastiveExtractor,
     EmbeddingExtractor,
     RelationshipFeatures,
     correlation_positives,
     info_nce_loss,
-    make_extractor,
     trailing_returns_from_labels,
 )
+from relcast.relationships import make_extractor
+from relcast.training.contrastive import ContrastiveExtractor
 from relcast.training.stage1 import encode_sectors
 
 H = 2
@@ -227,3 +229,37 @@ def test_combined_and_registry(market):
         a = RelationshipFeatures(f.dates[:2], f.symbols, ["a"], np.zeros((2, N, 1)), f.mask[:2])
         b = RelationshipFeatures(f.dates[2:4], f.symbols, ["b"], np.zeros((2, N, 1)), f.mask[2:4])
         RelationshipFeatures.concat([a, b])
+
+
+def test_pipeline_v3_correlation_positives_respect_label_delay(tmp_path):
+    """With ``data.label_delay=1`` a label at s is ``close[s+2]/close[s+1] - 1``: the returns V3
+    correlates at date t must not change when prices after t change (the run's extractor
+    once ignored the delay and read one day ahead)."""
+    from relcast.config import load_config
+    from relcast.pipeline import Pipeline
+
+    config = load_config(
+        overrides=[
+            "data.source=synthetic",
+            "data.synthetic_stocks=8",
+            "data.synthetic_days=400",
+            "data.label_delay=1",
+            "relationships.extractor=v3",
+        ]
+    )
+    pipe = Pipeline(config, tmp_path / "run")
+    pipe.prepare()
+    ext = pipe.make_extractor()
+    ext.positives = "corr"  # only the return-based positives can see the future
+    panel, H = pipe.panel, config.data.horizons
+    features = build_features(panel, train_end=int(pipe.split.train[-1]))
+    dates = np.arange(100, 300, 20)
+    base = ext.positive_pairs(None, features, forward_returns(panel, H, delay=1), dates)
+    assert base.any()
+    for t in dates:  # prices from t + 1 on are replaced: nothing known at t moves
+        values = panel.values.copy()  # (T, N, F)
+        rng = np.random.default_rng(int(t))
+        values[t + 1 :] *= np.exp(0.05 * rng.standard_normal(values[t + 1 :, :, :1].shape))
+        later = forward_returns(dataclasses.replace(panel, values=values), H, delay=1)
+        pos = ext.positive_pairs(None, features, later, np.array([t]))
+        np.testing.assert_array_equal(pos[0], base[dates == t][0], err_msg=f"date {t}")

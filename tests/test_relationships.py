@@ -8,11 +8,12 @@ import torch
 from relcast.data.synthetic import synthetic_market
 from relcast.features import build_features, chronological_split, forward_returns
 from relcast.models.cross_sectional import CrossSectionalTransformer, Stage1Config
-from relcast.models.extractors import EmbeddingExtractor, make_extractor
+from relcast.models.extractors import EmbeddingExtractor
 from relcast.relationships import (
     RelationshipStore,
     build_relationship_store,
     label_dates_used,
+    make_extractor,
     procrustes_rotation,
     purged_folds,
 )

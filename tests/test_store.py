@@ -17,12 +17,6 @@ import pytest
 import torch
 
 import relcast
-from relcast.data.store import (
-    MemmapFeatureStore,
-    build_feature_store,
-    panel_slices,
-    release_pages_callback,
-)
 from relcast.features import (
     build_features,
     chronological_split,
@@ -33,6 +27,12 @@ from relcast.models.cross_sectional import Stage1Config
 from relcast.training.loader import WindowLoader
 from relcast.training.stage1 import CrossSectionDataset, fit_stage1
 from relcast.training.stage3 import assemble_inputs, fit_stage3
+from relcast.training.store import (
+    MemmapFeatureStore,
+    build_feature_store,
+    panel_slices,
+    release_pages_callback,
+)
 
 H = 3
 TRAIN_END = 400

@@ -357,7 +357,7 @@ class Pipeline:
 
     # ------------------------------------------------------------------ extraction
     def make_extractor(self):
-        from relcast.models.extractors import make_extractor
+        from relcast.relationships import make_extractor
         from relcast.training.stage1 import encode_sectors
 
         sector_ids, _ = encode_sectors(self.panel.sectors, self.panel.num_symbols)
@@ -366,6 +366,8 @@ class Pipeline:
             is_index=self.panel.is_index,
             sector_ids=sector_ids,
             n_components=self.config.stage1.relationship_dim,
+            # V3 recovers realised returns from the labels: it must know how late they start
+            label_delay=self.config.data.label_delay,
         )
 
     def extract(self) -> None:

@@ -44,7 +44,14 @@ import numpy as np
 import pandas as pd
 
 from relcast.features.featureset import FeatureSet
-from relcast.models.extractors import RelationshipExtractor, RelationshipFeatures
+from relcast.models.extractors import (
+    AttentionExtractor,
+    CombinedExtractor,
+    EmbeddingExtractor,
+    RelationshipExtractor,
+    RelationshipFeatures,
+)
+from relcast.training.contrastive import ContrastiveExtractor
 
 FULL_MODEL = -1
 # Column prefixes of learned embedding blocks whose basis differs between models.
@@ -365,3 +372,38 @@ def label_dates_used(train_index: np.ndarray, horizons: int, num_dates: int) -> 
     for h in range(horizons + 1):  # H + 1 shifted copies, not a loop over dates
         used[s + h] = True
     return used[:num_dates]
+
+
+# ----------------------------------------------------------------------------- by name
+EXTRACTORS = ("v1", "v2", "v3", "v1+v2")
+
+
+def make_extractor(
+    name: str,
+    *,
+    is_index: np.ndarray | None = None,
+    sector_ids: np.ndarray | None = None,
+    method: str = "bottleneck",
+    n_components: int = 16,
+    **kwargs: Any,
+) -> RelationshipExtractor:
+    """Extractor by name: ``"v1"``, ``"v2"``, ``"v3"`` or ``"v1+v2"``.
+
+    ``is_index``/``sector_ids`` go to V1 (and ``sector_ids`` to V3), ``method``/
+    ``n_components`` to V2, other keyword arguments (``label_delay``, ...) to V3.
+    """
+    name = name.lower()
+    if name == "v1":
+        return AttentionExtractor(is_index=is_index, sector_ids=sector_ids)
+    if name == "v2":
+        return EmbeddingExtractor(method=method, n_components=n_components)
+    if name == "v3":
+        return ContrastiveExtractor(sector_ids=sector_ids, **kwargs)
+    if name == "v1+v2":
+        return CombinedExtractor(
+            [
+                AttentionExtractor(is_index=is_index, sector_ids=sector_ids),
+                EmbeddingExtractor(method=method, n_components=n_components),
+            ]
+        )
+    raise ValueError(f"unknown extractor {name!r}; choose from {list(EXTRACTORS)}")

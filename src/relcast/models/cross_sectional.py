@@ -16,10 +16,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:
+    from relcast.features.featureset import FeatureSet
 
 STAGE1_PRESETS: dict[str, dict] = {
     "small": dict(d_model=64, n_heads=4, n_layers=2, relationship_dim=16),
@@ -266,3 +271,45 @@ class CrossSectionalTransformer(nn.Module):
         if self.sector_head is not None:
             out["sector_logits"] = self.sector_head(relationship) * keep  # (B, N, num_sectors)
         return out
+
+
+@torch.no_grad()
+def predict_stage1(
+    model: CrossSectionalTransformer,
+    features: FeatureSet,
+    dates_index: np.ndarray | None = None,
+    batch_dates: int = 64,
+    need_weights: bool = False,
+    average_heads: bool = False,
+) -> dict[str, np.ndarray]:
+    """Run a trained Stage1 over dates and return numpy arrays stacked along dates.
+
+    Returns a dict with ``dates_index [T']``, ``embeddings [T', N, d_model]``,
+    ``relationship [T', N, r]``, ``market [T', r]``, ``pred [T', N, H]`` (zero where
+    masked; in z-score units for the ``"mse"`` loss), ``mask [T', N]``, ``sector_logits``
+    when the model has them, and with ``need_weights`` ``attention [T', layers, heads, N, N]``
+    (``[T', layers, N, N]`` with ``average_heads``; memory grows as ``N**2``).
+    """
+    T = features.values.shape[0]
+    index = np.arange(T) if dates_index is None else np.asarray(dates_index, dtype=np.int64)
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    values = torch.from_numpy(np.asarray(features.values, dtype=np.float32))
+    mask = torch.from_numpy(np.asarray(features.mask, dtype=bool))
+    chunks: dict[str, list[np.ndarray]] = {}
+    for start in range(0, len(index), batch_dates):  # batches of dates, not single dates
+        idx = torch.from_numpy(index[start : start + batch_dates])
+        out = model(values[idx].to(device), mask[idx].to(device), need_weights=need_weights)
+        for key in ("embeddings", "relationship", "market", "pred", "sector_logits"):
+            if key in out:
+                chunks.setdefault(key, []).append(out[key].float().cpu().numpy())
+        if need_weights:
+            att = torch.stack(out["attention"], dim=1)  # (B, layers, heads, N, N)
+            att = att.mean(dim=2) if average_heads else att
+            chunks.setdefault("attention", []).append(att.float().cpu().numpy())
+    model.train(was_training)
+    result = {key: np.concatenate(parts) for key, parts in chunks.items()}
+    result["dates_index"] = index
+    result["mask"] = np.asarray(features.mask)[index]
+    return result

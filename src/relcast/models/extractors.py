@@ -10,6 +10,11 @@ Every extractor has the same two verbs (sklearn style):
 
 ``model`` is a trained Stage1 :class:`~relcast.models.cross_sectional.CrossSectionalTransformer`.
 
+This module holds the parts that learn nothing by gradient (V1, V2) and V3's pieces: its
+encoder, loss and positive pairs. The V3 estimator, whose ``fit`` is a training loop, is
+:class:`relcast.training.contrastive.ContrastiveExtractor`; the factory by name is
+:func:`relcast.relationships.make_extractor`.
+
 =========  ====================================================  ============================
 version    what                                                  columns
 =========  ====================================================  ============================
@@ -18,6 +23,7 @@ V1         head-averaged attention row of each stock             ``attn_<SYMBOL>
                                                                  ``attention_to_sector``
 V2         Stage1's learned bottleneck or PCA (training span)    ``rel_emb_<k>``
 V3         own encoder trained with InfoNCE (sector / corr)      ``ctr_<k>``, ``ctr_sim_<SYMBOL>``
+           (:mod:`relcast.training.contrastive`)
 V1+V2      :class:`CombinedExtractor`                            both
 =========  ====================================================  ============================
 """
@@ -36,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from relcast.features.featureset import FeatureSet
+from relcast.models.cross_sectional import predict_stage1
 
 
 @dataclass(eq=False)
@@ -93,7 +100,8 @@ class RelationshipFeatures:
         return RelationshipFeatures(first.dates, first.symbols, names, values, mask)
 
 
-def _dates_index(features: FeatureSet, dates_index: np.ndarray | None) -> np.ndarray:
+def check_dates_index(features: FeatureSet, dates_index: np.ndarray | None) -> np.ndarray:
+    """The requested date positions (all dates for ``None``), checked against the features."""
     T = len(features.dates)
     idx = np.arange(T) if dates_index is None else np.asarray(dates_index, dtype=int)
     if idx.size and (idx.min() < 0 or idx.max() >= T):
@@ -101,15 +109,13 @@ def _dates_index(features: FeatureSet, dates_index: np.ndarray | None) -> np.nda
     return idx
 
 
-def _stage1_outputs(
+def stage1_outputs(
     model: nn.Module, features: FeatureSet, dates_index: np.ndarray, need_weights: bool = False
 ) -> dict[str, Any]:
     """Stage1's outputs (numpy) for the given dates, via the one prediction path.
 
     With ``need_weights``, ``attention`` is head-averaged: ``[T', layers, N, N]``.
     """
-    from relcast.training.stage1 import predict_stage1
-
     if model is None:
         raise ValueError("this extractor reads Stage1's outputs: pass the trained Stage1 model")
     return predict_stage1(
@@ -117,9 +123,10 @@ def _stage1_outputs(
     )
 
 
-def _finish(
+def masked_features(
     features: FeatureSet, idx: np.ndarray, names: list[str], values: np.ndarray
 ) -> RelationshipFeatures:
+    """``values [T', N, K]`` of dates ``idx`` as features, NaN where the stock is masked."""
     mask = features.mask[idx]
     values = values.astype(np.float32, copy=False)
     values[~mask] = np.nan
@@ -166,12 +173,12 @@ class AttentionExtractor(RelationshipExtractor):
 
     def extract(self, model, features, dates_index=None):
         """``[T', N, N + 2]`` attention features (rows of masked stocks are NaN)."""
-        idx = _dates_index(features, dates_index)
+        idx = check_dates_index(features, dates_index)
         N = len(features.symbols)
         # Chunks of dates: attention of every layer is [T', layers, N, N] in memory.
         att = np.concatenate(
             [
-                _stage1_outputs(model, features, chunk, need_weights=True)["attention"][
+                stage1_outputs(model, features, chunk, need_weights=True)["attention"][
                     :, self.layer
                 ]
                 for chunk in np.array_split(idx, max(1, int(np.ceil(len(idx) / 256))))
@@ -196,7 +203,7 @@ class AttentionExtractor(RelationshipExtractor):
             "attention_to_index",
             "attention_to_sector",
         ]
-        return _finish(features, idx, names, values)
+        return masked_features(features, idx, names, values)
 
 
 # ----------------------------------------------------------------------------- V2
@@ -221,7 +228,7 @@ class EmbeddingExtractor(RelationshipExtractor):
         if self.method == "bottleneck":
             return self
         train = np.asarray(split.train)
-        emb = _stage1_outputs(model, features, train)["embeddings"]  # (T_tr, N, d)
+        emb = stage1_outputs(model, features, train)["embeddings"]  # (T_tr, N, d)
         rows = emb[features.mask[train]].astype(np.float64)  # (cells, d)
         k = min(self.n_components, rows.shape[1], rows.shape[0])
         self.mean_ = rows.mean(axis=0)
@@ -234,8 +241,8 @@ class EmbeddingExtractor(RelationshipExtractor):
 
     def extract(self, model, features, dates_index=None):
         """``[T', N, K]`` with K = relationship_dim (bottleneck) or n_components (PCA)."""
-        idx = _dates_index(features, dates_index)
-        out = _stage1_outputs(model, features, idx)
+        idx = check_dates_index(features, dates_index)
+        out = stage1_outputs(model, features, idx)
         if self.method == "bottleneck":
             values = np.asarray(out["relationship"])  # (T', N, relationship_dim)
         else:
@@ -244,7 +251,7 @@ class EmbeddingExtractor(RelationshipExtractor):
             emb = np.asarray(out["embeddings"], dtype=np.float64)  # (T', N, d)
             values = (emb - self.mean_) @ self.components_.T  # (T', N, k)
         names = [f"rel_emb_{k}" for k in range(values.shape[-1])]
-        return _finish(features, idx, names, values)
+        return masked_features(features, idx, names, values)
 
 
 # ----------------------------------------------------------------------------- V3
@@ -344,159 +351,6 @@ def correlation_positives(
     return pos & np.isfinite(corr)
 
 
-class ContrastiveExtractor(RelationshipExtractor):
-    """V3: a small encoder trained with InfoNCE so related stocks land close together.
-
-    Positives for stock i at date t are its same-sector stocks (``positives="sector"``), its
-    ``top_k`` most correlated stocks over the trailing ``corr_window`` returns realised by t
-    (``"corr"``, past returns only), or the union (``"both"``); negatives are the other
-    stocks present at t. Output: the unit projection ``ctr_<k>`` and the cosine similarity to
-    every stock ``ctr_sim_<SYMBOL>`` (0 for stocks absent at that date).
-
-    Args:
-        inputs: ``"features"`` (the stock's own features at t, ``feature_groups``) or
-            ``"embeddings"`` (Stage1's embeddings at t).
-        identity_dim: size of a learned stock-identity embedding concatenated to the input
-            (as Stage1 does; 0 disables).
-        steps, batch_dates, lr, temperature, hidden, proj_dim, seed: training settings.
-        label_delay: label convention, to recover realised returns from 1-day labels.
-    """
-
-    def __init__(
-        self,
-        proj_dim: int = 16,
-        hidden: int = 64,
-        inputs: str = "features",
-        feature_groups: Sequence[str] = ("own",),
-        positives: str = "both",
-        corr_window: int = 60,
-        top_k: int = 3,
-        temperature: float = 0.1,
-        identity_dim: int = 8,
-        steps: int = 300,
-        batch_dates: int = 32,
-        lr: float = 3e-3,
-        label_delay: int = 0,
-        sector_ids: np.ndarray | None = None,
-        seed: int = 0,
-    ) -> None:
-        if inputs not in ("features", "embeddings"):
-            raise ValueError(f"inputs must be 'features' or 'embeddings', got {inputs!r}")
-        if positives not in ("sector", "corr", "both"):
-            raise ValueError(f"positives must be 'sector', 'corr' or 'both', got {positives!r}")
-        self.proj_dim = proj_dim
-        self.hidden = hidden
-        self.inputs = inputs
-        self.feature_groups = tuple(feature_groups)
-        self.positives = positives
-        self.corr_window = corr_window
-        self.top_k = top_k
-        self.temperature = temperature
-        self.identity_dim = identity_dim
-        self.steps = steps
-        self.batch_dates = batch_dates
-        self.lr = lr
-        self.label_delay = label_delay
-        self.sector_ids = sector_ids
-        self.seed = seed
-
-    def _inputs(self, model, features: FeatureSet, idx: np.ndarray) -> np.ndarray:
-        """``float32 [T', N, F_in]``, zeros where masked."""
-        if self.inputs == "embeddings":
-            x = np.asarray(_stage1_outputs(model, features, idx)["embeddings"])
-        elif all(g in features.groups for g in self.feature_groups):
-            x = features.group(*self.feature_groups)[idx]
-        else:
-            x = features.values[idx]
-        return np.where(features.mask[idx][..., None], x, 0.0).astype(np.float32)
-
-    def _sectors(self, model, N: int) -> np.ndarray | None:
-        if self.sector_ids is not None:
-            return np.asarray(self.sector_ids)
-        if model is not None and hasattr(model, "sector_ids"):
-            s = model.sector_ids.detach().cpu().numpy()
-            return s if len(np.unique(s)) > 1 else None
-        return None
-
-    def fit(
-        self,
-        model,
-        features: FeatureSet,
-        labels: np.ndarray,
-        split: Any,
-        *,
-        returns: np.ndarray | None = None,
-        **kwargs,
-    ):
-        """Train the encoder on the training span (``split.train``) with InfoNCE.
-
-        Args:
-            labels: ``[T, N, H]`` (or ``[T, N]``) forward returns; only used, shifted so that
-                nothing after t is read, to get the returns realised by t for correlations.
-            returns: optional ``[T, N]`` returns realised by each date, instead of ``labels``.
-        """
-        train = np.asarray(split.train)
-        N = len(features.symbols)
-        x = torch.from_numpy(self._inputs(model, features, train))  # (T_tr, N, F_in)
-        valid = torch.from_numpy(features.mask[train])  # (T_tr, N)
-        pos = torch.zeros(len(train), N, N, dtype=torch.bool)
-        sectors = self._sectors(model, N)
-        if self.positives in ("sector", "both"):
-            if sectors is None:
-                if self.positives == "sector":
-                    raise ValueError(
-                        "positives='sector' needs sector_ids (or a model with sectors)"
-                    )
-            else:
-                same = torch.from_numpy(sectors[:, None] == sectors[None, :])
-                pos |= same[None]
-        if self.positives in ("corr", "both"):
-            realised = (
-                returns
-                if returns is not None
-                else trailing_returns_from_labels(np.asarray(labels), self.label_delay)
-            )
-            pos |= torch.from_numpy(
-                correlation_positives(realised, train, self.corr_window, self.top_k)
-            )
-
-        gen = torch.Generator().manual_seed(self.seed)
-        torch.manual_seed(self.seed)
-        self.encoder_ = ContrastiveEncoder(
-            x.shape[-1], N, self.hidden, self.proj_dim, self.identity_dim
-        )
-        opt = torch.optim.AdamW(self.encoder_.parameters(), lr=self.lr, weight_decay=1e-4)
-        self.loss_history_: list[float] = []
-        self.encoder_.train()
-        for _ in range(self.steps):
-            b = torch.randint(0, len(train), (min(self.batch_dates, len(train)),), generator=gen)
-            z = self.encoder_(x[b])  # (B, N, P)
-            loss = info_nce_loss(z, pos[b], valid[b], self.temperature)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            self.loss_history_.append(float(loss.detach()))
-        self.encoder_.eval()
-        return self
-
-    def extract(self, model, features, dates_index=None):
-        """``[T', N, proj_dim + N]``: projection and cosine similarity to every stock."""
-        if not hasattr(self, "encoder_"):
-            raise RuntimeError("ContrastiveExtractor is not fitted: call fit first")
-        idx = _dates_index(features, dates_index)
-        x = torch.from_numpy(self._inputs(model, features, idx))
-        with torch.no_grad():
-            z = self.encoder_(x)  # (T', N, P)
-            sims = z @ z.transpose(1, 2)  # (T', N, N) cosine
-        valid = features.mask[idx]
-        sims = sims.numpy() * valid[:, None, :]  # absent stocks: 0
-        values = np.concatenate([z.numpy(), sims], axis=-1)
-        names = [f"ctr_{k}" for k in range(self.proj_dim)] + [
-            f"ctr_sim_{s}" for s in features.symbols
-        ]
-        return _finish(features, idx, names, values)
-
-
 # ----------------------------------------------------------------------------- combos
 class CombinedExtractor(RelationshipExtractor):
     """Several extractors side by side (e.g. V1+V2 for large universes)."""
@@ -515,37 +369,3 @@ class CombinedExtractor(RelationshipExtractor):
         return RelationshipFeatures.concat(
             [e.extract(model, features, dates_index) for e in self.extractors]
         )
-
-
-EXTRACTORS = ("v1", "v2", "v3", "v1+v2")
-
-
-def make_extractor(
-    name: str,
-    *,
-    is_index: np.ndarray | None = None,
-    sector_ids: np.ndarray | None = None,
-    method: str = "bottleneck",
-    n_components: int = 16,
-    **kwargs: Any,
-) -> RelationshipExtractor:
-    """Extractor by name: ``"v1"``, ``"v2"``, ``"v3"`` or ``"v1+v2"``.
-
-    ``is_index``/``sector_ids`` go to V1 (and ``sector_ids`` to V3), ``method``/
-    ``n_components`` to V2, other keyword arguments to V3.
-    """
-    name = name.lower()
-    if name == "v1":
-        return AttentionExtractor(is_index=is_index, sector_ids=sector_ids)
-    if name == "v2":
-        return EmbeddingExtractor(method=method, n_components=n_components)
-    if name == "v3":
-        return ContrastiveExtractor(sector_ids=sector_ids, **kwargs)
-    if name == "v1+v2":
-        return CombinedExtractor(
-            [
-                AttentionExtractor(is_index=is_index, sector_ids=sector_ids),
-                EmbeddingExtractor(method=method, n_components=n_components),
-            ]
-        )
-    raise ValueError(f"unknown extractor {name!r}; choose from {list(EXTRACTORS)}")

@@ -43,7 +43,11 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, IterableDataset, default_collate
 
 from relcast.features.featureset import FeatureSet
-from relcast.models.cross_sectional import CrossSectionalTransformer, Stage1Config
+from relcast.models.cross_sectional import (  # predict_stage1: re-exported, its old path
+    CrossSectionalTransformer,
+    Stage1Config,
+    predict_stage1,  # noqa: F401
+)
 from relcast.training.loader import _distributed_rank, shard_batches
 from relcast.training.metrics import ic_torch, rank_ic_torch
 
@@ -83,7 +87,7 @@ class CrossSectionDataset(Dataset):
         target = np.ones(N, dtype=bool) if target is None else np.asarray(target, dtype=bool)
         index = np.unique(np.asarray(index, dtype=np.int64))  # sorted, no duplicates
         # The arrays are only referenced, never copied: an item reads its own date, so
-        # ``values``/``labels`` may be memory-mapped (relcast.data.store) and larger than RAM.
+        # ``values``/``labels`` may be memory-mapped (relcast.training.store) and larger than RAM.
         self.values, self.labels, self.target = values, labels, target
         self.mask = torch.from_numpy(np.asarray(mask, dtype=bool))  # (T, N)
         mask_np = self.mask.numpy()
@@ -524,48 +528,6 @@ def fit_stage1(
         checkpoint_path=trainer.checkpoint_callback.best_model_path,
         config=config,
     )
-
-
-@torch.no_grad()
-def predict_stage1(
-    model: CrossSectionalTransformer,
-    features: FeatureSet,
-    dates_index: np.ndarray | None = None,
-    batch_dates: int = 64,
-    need_weights: bool = False,
-    average_heads: bool = False,
-) -> dict[str, np.ndarray]:
-    """Run a trained Stage1 over dates and return numpy arrays stacked along dates.
-
-    Returns a dict with ``dates_index [T']``, ``embeddings [T', N, d_model]``,
-    ``relationship [T', N, r]``, ``market [T', r]``, ``pred [T', N, H]`` (zero where
-    masked; in z-score units for the ``"mse"`` loss), ``mask [T', N]``, ``sector_logits``
-    when the model has them, and with ``need_weights`` ``attention [T', layers, heads, N, N]``
-    (``[T', layers, N, N]`` with ``average_heads``; memory grows as ``N**2``).
-    """
-    T = features.values.shape[0]
-    index = np.arange(T) if dates_index is None else np.asarray(dates_index, dtype=np.int64)
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    values = torch.from_numpy(np.asarray(features.values, dtype=np.float32))
-    mask = torch.from_numpy(np.asarray(features.mask, dtype=bool))
-    chunks: dict[str, list[np.ndarray]] = {}
-    for start in range(0, len(index), batch_dates):  # batches of dates, not single dates
-        idx = torch.from_numpy(index[start : start + batch_dates])
-        out = model(values[idx].to(device), mask[idx].to(device), need_weights=need_weights)
-        for key in ("embeddings", "relationship", "market", "pred", "sector_logits"):
-            if key in out:
-                chunks.setdefault(key, []).append(out[key].float().cpu().numpy())
-        if need_weights:
-            att = torch.stack(out["attention"], dim=1)  # (B, layers, heads, N, N)
-            att = att.mean(dim=2) if average_heads else att
-            chunks.setdefault("attention", []).append(att.float().cpu().numpy())
-    model.train(was_training)
-    result = {key: np.concatenate(parts) for key, parts in chunks.items()}
-    result["dates_index"] = index
-    result["mask"] = np.asarray(features.mask)[index]
-    return result
 
 
 def __getattr__(name: str) -> Any:

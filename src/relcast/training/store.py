@@ -1,5 +1,9 @@
 """Memory-mapped feature storage: train on panels larger than RAM.
 
+It sits on the training floor: it builds its arrays with :mod:`relcast.features` and hands
+them to Stage1 (a :class:`FeatureSet` view) and Stage3 (:meth:`MemmapFeatureStore.stage3_inputs`,
+whose loader is :class:`relcast.training.loader.WindowLoader`).
+
 A :class:`MemmapFeatureStore` is a folder of ``.npy`` files (``numpy.lib.format.open_memmap``)
 that the training code reads through memory maps, so only the pages a batch touches are
 brought in from disk:

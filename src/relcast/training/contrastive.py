@@ -1,0 +1,230 @@
+"""V3 relationship features: an encoder trained with a contrastive loss, and its training loop.
+
+:class:`ContrastiveExtractor` is the V3 estimator (``fit`` / ``extract`` like every
+relationship extractor): positives are same-sector stocks and/or the most correlated stocks
+over returns realised by each date, negatives the rest. Its parts without a loop (the
+encoder, the InfoNCE loss, the positive pairs) are in :mod:`relcast.models.extractors`;
+what trains them, :func:`train_contrastive_encoder`, is here on the training floor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from relcast.features.featureset import FeatureSet
+from relcast.models.extractors import (
+    ContrastiveEncoder,
+    RelationshipExtractor,
+    check_dates_index,
+    correlation_positives,
+    info_nce_loss,
+    masked_features,
+    stage1_outputs,
+    trailing_returns_from_labels,
+)
+
+
+def train_contrastive_encoder(
+    x: np.ndarray,
+    positives: np.ndarray,
+    valid: np.ndarray,
+    *,
+    hidden: int,
+    proj_dim: int,
+    identity_dim: int,
+    steps: int,
+    batch_dates: int,
+    lr: float,
+    temperature: float,
+    seed: int = 0,
+) -> tuple[ContrastiveEncoder, list[float]]:
+    """Fit a :class:`ContrastiveEncoder` with InfoNCE on random batches of dates.
+
+    Args:
+        x: ``float32 [T, N, F_in]`` inputs (zeros where masked).
+        positives: ``bool [T, N, N]`` positive pairs of each date.
+        valid: ``bool [T, N]`` stocks present at each date.
+    Returns the encoder (in eval mode) and the loss of every step.
+    """
+    x_t = torch.from_numpy(np.asarray(x, dtype=np.float32))  # (T, N, F_in)
+    pos = torch.from_numpy(np.asarray(positives, dtype=bool))  # (T, N, N)
+    ok = torch.from_numpy(np.asarray(valid, dtype=bool))  # (T, N)
+    T, N, F_in = x_t.shape
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    encoder = ContrastiveEncoder(F_in, N, hidden, proj_dim, identity_dim)
+    opt = torch.optim.AdamW(encoder.parameters(), lr=lr, weight_decay=1e-4)
+    history: list[float] = []
+    encoder.train()
+    for _ in range(steps):
+        b = torch.randint(0, T, (min(batch_dates, T),), generator=gen)
+        z = encoder(x_t[b])  # (B, N, P)
+        loss = info_nce_loss(z, pos[b], ok[b], temperature)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        history.append(float(loss.detach()))
+    encoder.eval()
+    return encoder, history
+
+
+class ContrastiveExtractor(RelationshipExtractor):
+    """V3: a small encoder trained with InfoNCE so related stocks land close together.
+
+    Positives for stock i at date t are its same-sector stocks (``positives="sector"``), its
+    ``top_k`` most correlated stocks over the trailing ``corr_window`` returns realised by t
+    (``"corr"``, past returns only), or the union (``"both"``); negatives are the other
+    stocks present at t. Output: the unit projection ``ctr_<k>`` and the cosine similarity to
+    every stock ``ctr_sim_<SYMBOL>`` (0 for stocks absent at that date).
+
+    Args:
+        inputs: ``"features"`` (the stock's own features at t, ``feature_groups``) or
+            ``"embeddings"`` (Stage1's embeddings at t).
+        identity_dim: size of a learned stock-identity embedding concatenated to the input
+            (as Stage1 does; 0 disables).
+        steps, batch_dates, lr, temperature, hidden, proj_dim, seed: training settings.
+        label_delay: label convention, to recover realised returns from 1-day labels.
+    """
+
+    def __init__(
+        self,
+        proj_dim: int = 16,
+        hidden: int = 64,
+        inputs: str = "features",
+        feature_groups: Sequence[str] = ("own",),
+        positives: str = "both",
+        corr_window: int = 60,
+        top_k: int = 3,
+        temperature: float = 0.1,
+        identity_dim: int = 8,
+        steps: int = 300,
+        batch_dates: int = 32,
+        lr: float = 3e-3,
+        label_delay: int = 0,
+        sector_ids: np.ndarray | None = None,
+        seed: int = 0,
+    ) -> None:
+        if inputs not in ("features", "embeddings"):
+            raise ValueError(f"inputs must be 'features' or 'embeddings', got {inputs!r}")
+        if positives not in ("sector", "corr", "both"):
+            raise ValueError(f"positives must be 'sector', 'corr' or 'both', got {positives!r}")
+        self.proj_dim = proj_dim
+        self.hidden = hidden
+        self.inputs = inputs
+        self.feature_groups = tuple(feature_groups)
+        self.positives = positives
+        self.corr_window = corr_window
+        self.top_k = top_k
+        self.temperature = temperature
+        self.identity_dim = identity_dim
+        self.steps = steps
+        self.batch_dates = batch_dates
+        self.lr = lr
+        self.label_delay = label_delay
+        self.sector_ids = sector_ids
+        self.seed = seed
+
+    def _inputs(self, model, features: FeatureSet, idx: np.ndarray) -> np.ndarray:
+        """``float32 [T', N, F_in]``, zeros where masked."""
+        if self.inputs == "embeddings":
+            x = np.asarray(stage1_outputs(model, features, idx)["embeddings"])
+        elif all(g in features.groups for g in self.feature_groups):
+            x = features.group(*self.feature_groups)[idx]
+        else:
+            x = features.values[idx]
+        return np.where(features.mask[idx][..., None], x, 0.0).astype(np.float32)
+
+    def _sectors(self, model, N: int) -> np.ndarray | None:
+        if self.sector_ids is not None:
+            return np.asarray(self.sector_ids)
+        if model is not None and hasattr(model, "sector_ids"):
+            s = model.sector_ids.detach().cpu().numpy()
+            return s if len(np.unique(s)) > 1 else None
+        return None
+
+    def positive_pairs(
+        self,
+        model,
+        features: FeatureSet,
+        labels: np.ndarray | None,
+        dates_index: np.ndarray,
+        returns: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """``bool [T', N, N]``: ``[t, i, j]`` = stock j is a positive for anchor i at date t.
+
+        Correlation positives read only the returns realised by each date: ``returns`` if
+        given, else the 1-day ``labels`` shifted by ``1 + label_delay`` dates.
+        """
+        N = len(features.symbols)
+        pos = np.zeros((len(dates_index), N, N), dtype=bool)
+        sectors = self._sectors(model, N)
+        if self.positives in ("sector", "both"):
+            if sectors is None:
+                if self.positives == "sector":
+                    raise ValueError(
+                        "positives='sector' needs sector_ids (or a model with sectors)"
+                    )
+            else:
+                pos |= (sectors[:, None] == sectors[None, :])[None]
+        if self.positives in ("corr", "both"):
+            realised = (
+                returns
+                if returns is not None
+                else trailing_returns_from_labels(np.asarray(labels), self.label_delay)
+            )
+            pos |= correlation_positives(realised, dates_index, self.corr_window, self.top_k)
+        return pos
+
+    def fit(
+        self,
+        model,
+        features: FeatureSet,
+        labels: np.ndarray,
+        split: Any,
+        *,
+        returns: np.ndarray | None = None,
+        **kwargs,
+    ):
+        """Train the encoder on the training span (``split.train``) with InfoNCE.
+
+        Args:
+            labels: ``[T, N, H]`` (or ``[T, N]``) forward returns; only used, shifted so that
+                nothing after t is read, to get the returns realised by t for correlations.
+            returns: optional ``[T, N]`` returns realised by each date, instead of ``labels``.
+        """
+        train = np.asarray(split.train)
+        self.encoder_, self.loss_history_ = train_contrastive_encoder(
+            self._inputs(model, features, train),
+            self.positive_pairs(model, features, labels, train, returns),
+            features.mask[train],
+            hidden=self.hidden,
+            proj_dim=self.proj_dim,
+            identity_dim=self.identity_dim,
+            steps=self.steps,
+            batch_dates=self.batch_dates,
+            lr=self.lr,
+            temperature=self.temperature,
+            seed=self.seed,
+        )
+        return self
+
+    def extract(self, model, features, dates_index=None):
+        """``[T', N, proj_dim + N]``: projection and cosine similarity to every stock."""
+        if not hasattr(self, "encoder_"):
+            raise RuntimeError("ContrastiveExtractor is not fitted: call fit first")
+        idx = check_dates_index(features, dates_index)
+        x = torch.from_numpy(self._inputs(model, features, idx))
+        with torch.no_grad():
+            z = self.encoder_(x)  # (T', N, P)
+            sims = z @ z.transpose(1, 2)  # (T', N, N) cosine
+        valid = features.mask[idx]
+        sims = sims.numpy() * valid[:, None, :]  # absent stocks: 0
+        values = np.concatenate([z.numpy(), sims], axis=-1)
+        names = [f"ctr_{k}" for k in range(self.proj_dim)] + [
+            f"ctr_sim_{s}" for s in features.symbols
+        ]
+        return masked_features(features, idx, names, values)

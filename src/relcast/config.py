@@ -57,6 +57,10 @@ class DataConfig(_Section):
     label_delay: int = Field(0, ge=0, le=5, description="0: trade at t's close; 1: qlib's t+1")
     synthetic_stocks: int = Field(20, ge=2, description="stocks when source is 'synthetic'")
     synthetic_days: int = Field(800, ge=50, description="days when source is 'synthetic'")
+    alpha158: bool = Field(
+        False,
+        description="add qlib's Alpha158 features (group 'alpha158') to every stage's inputs",
+    )
 
 
 class SplitConfig(_Section):

@@ -200,7 +200,10 @@ class Pipeline:
 
         r = self.config.relationships
         return build_features(
-            panel, train_end=self.train_end, regime_window=r.regime_window if r.regime else None
+            panel,
+            train_end=self.train_end,
+            regime_window=r.regime_window if r.regime else None,
+            alpha158=self.config.data.alpha158,
         )
 
     @property

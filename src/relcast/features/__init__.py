@@ -9,6 +9,7 @@
 3. ``"calendar"``: day of week, month end, ... with fixed scaling (:mod:`.calendar`).
 4. ``"regime"`` (optional): one-hot bull / bear / sideways of the market index at each date
    (:func:`relcast.features.regime.detect_regime`, past data only).
+5. ``"alpha158"`` (optional): qlib's Alpha158 set (:mod:`.alpha158`), normalised like ``"own"``.
 
 Labels (:func:`forward_returns`) and chronological splits (:func:`chronological_split`)
 are defined here too, once.
@@ -21,6 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from relcast.data.panel import Panel, RelcastDataError
+from relcast.features.alpha158 import alpha158_features, panel_vwap
 from relcast.features.calendar import calendar_features
 from relcast.features.featureset import FeatureSet
 from relcast.features.indicators import compute_indicators, ffill, index_indicators
@@ -53,6 +55,7 @@ def build_features(
     include_index: bool = True,
     include_calendar: bool = True,
     regime_window: int | None = None,
+    alpha158: bool = False,
 ) -> FeatureSet:
     """Compute the normalised feature tensor of a panel.
 
@@ -74,6 +77,11 @@ def build_features(
             date): the regime of the first index symbol (or of the equal-weight index),
             from :func:`~relcast.features.regime.detect_regime` over this many trailing bars.
             ``None`` (default) adds no regime group.
+        alpha158: add the ``"alpha158"`` group (:func:`~relcast.features.alpha158.
+            alpha158_features`: KBAR, PRICE and 29 rolling operators over 5/10/20/30/60 bars;
+            ``VWAP0`` only with a ``vwap`` or ``amount`` field), normalised cross-sectionally
+            like ``"own"``; a value that is undefined after its warm-up (a flat window, a
+            zero-volume bar) is set to the date's median (0), as qlib's ``Fillna`` does.
 
     Returns:
         A :class:`FeatureSet` whose mask is True where the symbol traded at t and every
@@ -103,6 +111,11 @@ def build_features(
     bars_seen = np.cumsum(mask, axis=0)  # (T, N) traded bars up to and including t
     reference = ~panel.is_index if (~panel.is_index).any() else None
     groups = {"own": list(raw)}
+    if alpha158:  # per-stock like "own", normalised in the same loop below
+        raw_a, warmup_a = alpha158_features(*ohl, close, volume, vwap=panel_vwap(panel))
+        groups["alpha158"] = list(raw_a)
+        raw.update(raw_a)
+        warmup.update(warmup_a)
     tables = {}  # per-date groups, (T, F_g), broadcast to every stock below
     if include_index or regime_window is not None:  # one index level for both groups
         indices = _index_levels(panel, close, mask, bars_seen)
@@ -114,12 +127,16 @@ def build_features(
         groups["regime"], tables["regime"] = _regime_features(*indices, regime_window)
 
     names = [n for g in groups.values() for n in g]
-    own = np.empty((len(groups["own"]), T, N), dtype=np.float32)  # (F_own, T, N)
-    for k, name in enumerate(groups["own"]):  # a loop over features, each on all of [T, N]
+    per_stock = [n for g in ("own", "alpha158") for n in groups.get(g, [])]
+    filled = set(groups.get("alpha158", []))
+    own = np.empty((len(per_stock), T, N), dtype=np.float32)  # (F_own + F_alpha158, T, N)
+    for k, name in enumerate(per_stock):  # a loop over features, each on all of [T, N]
         warmed = mask & (bars_seen > warmup[name])
         own[k] = cross_sectional_robust_zscore(raw.pop(name), warmed, reference)
+        if name in filled:
+            own[k][warmed & np.isnan(own[k])] = 0.0
     values = np.empty((T, N, len(names)), dtype=np.float32)  # (T, N, F)
-    k = len(groups["own"])
+    k = len(per_stock)
     values[:, :, :k] = own.transpose(1, 2, 0)  # one transposing copy beats F strided ones
     del own
     for table in tables.values():

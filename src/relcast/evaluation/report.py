@@ -52,8 +52,16 @@ import pandas as pd
 
 from relcast.evaluation import plots
 from relcast.evaluation.metrics import daily_rank_ic
+from relcast.evaluation.views import backtest_series, prediction_band, quantile_columns
 
-__all__ = ["COLUMNS", "Column", "build_report", "daily_ic_series", "metrics_table_text"]
+__all__ = [
+    "COLUMNS",
+    "Column",
+    "build_report",
+    "daily_ic_series",
+    "metrics_table_rows",
+    "metrics_table_text",
+]
 
 
 # ---------------------------------------------------------------------------- metrics table
@@ -169,15 +177,13 @@ def _cell_text(value: float, std: float, kind: str) -> str:
     return text
 
 
-def metrics_table_text(metrics: Mapping) -> str:
-    """Fixed-width text table of the test metrics (rows = models), best per column marked *.
-
-    Takes metrics.json's dict (or its ``"models"`` part); for the terminal (``make demo``).
-    """
+def metrics_table_rows(metrics: Mapping) -> list[list[str]]:
+    """The metrics table as text cells, one row per model: its name, then one cell per
+    :data:`COLUMNS` entry (``value ± seed std``, ``*`` on the best per column, controls
+    excluded). Takes metrics.json's dict (or its ``"models"`` part)."""
     models = _models(metrics)
     value, std, best = _table_values(models)
-    header = ["model", *(c.label for c in COLUMNS)]
-    rows = [
+    return [
         [
             m,
             *(
@@ -187,6 +193,15 @@ def metrics_table_text(metrics: Mapping) -> str:
         ]
         for m in models
     ]
+
+
+def metrics_table_text(metrics: Mapping) -> str:
+    """Fixed-width text table of the test metrics (rows = models), best per column marked *.
+
+    Takes metrics.json's dict (or its ``"models"`` part); for the terminal (``make demo``).
+    """
+    header = ["model", *(c.label for c in COLUMNS)]
+    rows = metrics_table_rows(metrics)
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
 
     def line(cells: list[str]) -> str:
@@ -252,11 +267,6 @@ def daily_ic_series(predictions: pd.DataFrame, model: str, horizon: int = 1) -> 
     label = sub.pivot(index="date", columns="symbol", values="label").reindex_like(pred)
     ic = daily_rank_ic(pred.to_numpy(np.float64), label.to_numpy(np.float64))
     return pd.Series(ic, index=pd.DatetimeIndex(pred.index), name=model)
-
-
-def _quantile_columns(frame: pd.DataFrame) -> list[str]:
-    cols = [c for c in frame.columns if re.fullmatch(r"q\d*\.?\d+", str(c))]
-    return sorted(cols, key=lambda c: float(c[1:]))
 
 
 def _choose_target(attention: np.ndarray, symbols: np.ndarray, candidates: set[str]) -> str:
@@ -540,20 +550,10 @@ def build_report(run_dir: str | Path, target: str | None = None) -> Path:
                 "so no benchmark), compounded, net of trading costs.",
             ),
         ):
-            part = bt[bt["strategy"] == strategy].sort_values("date")
-            if part.empty:
+            if not (bt["strategy"] == strategy).any():
                 sections.append(_note(f"Skipped: no {strategy} rows in backtest.parquet."))
                 continue
-            series = {
-                m: (g["date"].to_numpy(), g["daily_return"].to_numpy())
-                for m in order
-                for g in [part[part["model"] == m]]
-                if not g.empty
-            }
-            bench = None
-            if strategy == "topk" and "benchmark_return" in part:
-                b = part.groupby("date")["benchmark_return"].first()
-                bench = (b.index.to_numpy(), b.to_numpy())
+            series, bench = backtest_series(bt, strategy, order)
             draw(
                 f"the {strategy} returns",
                 caption,
@@ -630,7 +630,7 @@ def build_report(run_dir: str | Path, target: str | None = None) -> Path:
 def _prediction_section(predictions, models, target, plot_dir, draw) -> str:
     """Pick a model (with quantiles if any, hybrid first) and a stock; draw its bands."""
     sections: list[str] = []
-    qcols = _quantile_columns(predictions)
+    qcols = quantile_columns(predictions)
     h1 = predictions[predictions["horizon"] == predictions["horizon"].min()]
     with_q = [
         m
@@ -647,22 +647,13 @@ def _prediction_section(predictions, models, target, plot_dir, draw) -> str:
         if not ranked:
             return _note("Skipped: no model predictions to show.")
         model = ranked[0]
-    sub = h1[h1["model"] == model].copy()
+    sub = h1[h1["model"] == model]
     horizon = int(sub["horizon"].iloc[0])
-    # z-score the realised label across stocks at each date: the scale models are trained on
-    by_date = sub.groupby("date")["label"]
-    sub["label_z"] = (sub["label"] - by_date.transform("mean")) / by_date.transform("std", ddof=0)
-    pred_col = "pred"
-    if not with_q:  # point scores may be on any scale (e.g. momentum): z-score them too
-        by_date = sub.groupby("date")["pred"]
-        sub["pred_z"] = (sub["pred"] - by_date.transform("mean")) / by_date.transform("std", ddof=0)
-        pred_col = "pred_z"
     symbols = sub["symbol"].astype(str)
     symbol = target if target in set(symbols) else symbols.value_counts().index[0]
-    one = sub[symbols == symbol].sort_values("date")
-    lo = one[qcols[0]].to_numpy(float) if with_q else None
-    hi = one[qcols[-1]].to_numpy(float) if with_q else None
-    band = f"{qcols[0]}-{qcols[-1]} interval" if with_q else ""
+    # labels (and point scores) z-scored across stocks per date: the scale models train on
+    one = prediction_band(h1, model, symbol, horizon)
+    band = one.band_label if one.has_interval else ""
     caption = (
         f"{model}: horizon-{horizon} forecast for {symbol} on the test span vs the "
         "realised return, both as z-scores across stocks at each date"
@@ -674,14 +665,14 @@ def _prediction_section(predictions, models, target, plot_dir, draw) -> str:
         "the prediction bands",
         caption,
         lambda: plots.prediction_bands(
-            one["date"].to_numpy(),
-            one["label_z"].to_numpy(float),
-            one[pred_col].to_numpy(float),
-            lo,
-            hi,
+            one.dates,
+            one.label,
+            one.pred,
+            one.lo,
+            one.hi,
             f"{model}: {symbol}, horizon {horizon} (z-scores across stocks)",
             plot_dir / "prediction_bands.png",
-            band_label=band or "interval",
+            band_label=one.band_label,
         ),
     )
     return "\n".join(sections)

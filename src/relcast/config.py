@@ -156,7 +156,14 @@ class Stage3Settings(_Section):
     quantiles: list[float] | None = Field([0.1, 0.5, 0.9], description="null for point forecasts")
     dropout: float = Field(0.1, ge=0, lt=1)
     max_epochs: int = Field(20, ge=1)
-    batch_size: int = Field(1024, ge=1, description="windows per step")
+    batch_size: int = Field(1024, ge=1, description="scored samples (window ends) per step")
+    chunk_length: int = Field(
+        256,
+        ge=2,
+        description="steps per training chunk of a stock's span, burn-in included (raised to "
+        "2 x lookback if shorter): sequence training scores every window end of a chunk in "
+        "one pass",
+    )
     lr: float = Field(1e-3, gt=0)
     patience: int = Field(4, ge=1)
 

@@ -492,6 +492,7 @@ class Pipeline:
             quantiles=s.quantiles,
             max_epochs=s.max_epochs,
             batch_size=s.batch_size,
+            chunk_length=s.chunk_length,
             lr=s.lr,
             patience=s.patience,
             seed=self.config.trainer.seed + seed_offset,

@@ -16,6 +16,19 @@ every horizon at t. There is no Python code per sample or per window.
 ``rawconcat`` mode (the design's "original approach") additionally gathers all N stocks'
 own features at each step, ``[B, L, N * F_own]``, from a ``[T, N, F_own]`` tensor, so the
 600-dim input of 20 stocks x 30 indicators is never stored for every target stock.
+
+**Sequence (chunk) batches**, the default for training and prediction (``chunk_length``):
+neighbouring windows share ``L - 1`` steps, so instead of one window per sample the loader
+cuts each stock's span into chunks ``[B, C, F]`` and the model forecasts at every step of a
+chunk in one pass. The usable window ends ("origins", found exactly as above) of one stock
+form segments: runs of origins whose windows overlap or touch, so every step of a segment is
+a valid step of some origin's window (chunks never cross a masked date: the model never sees
+one, as in windowed training). A segment ``[a, b]`` is tiled by chunks of at most C steps
+with stride ``C - L + 1``; the first ``L - 1`` steps of a chunk are its burn-in (no loss),
+so every scored step has its whole window of L steps inside the chunk, and every origin is
+scored in exactly one chunk per epoch. A batch holds whole chunks, right-padded to its
+longest one (padding is zero input, never scored; causal models never read it for an
+earlier step).
 """
 
 from __future__ import annotations
@@ -126,10 +139,17 @@ def num_shard_batches(
 
 
 class WindowLoader(IterableDataset):
-    """Iterable of whole batches of Stage3 windows (use with ``DataLoader(batch_size=None)``).
+    """Iterable of whole batches of Stage3 windows or chunks (``DataLoader(batch_size=None)``).
 
-    Each batch is a dict: ``x [B, L, F_in]``, ``y [B, H]`` (zeros if no labels were given),
-    ``stock_id [B]``, ``sector_id [B]``, ``t [B]`` and ``n [B]`` (the window end), all tensors.
+    Window batches (``chunk_length=None``): ``x [B, L, F_in]``, ``y [B, H]`` (zeros if no
+    labels were given), ``stock_id [B]``, ``sector_id [B]``, ``t [B]`` and ``n [B]`` (the
+    window end), all tensors.
+
+    Sequence batches (``chunk_length=C``, see the module docstring): ``x [B, C', F_in]``
+    (C' <= C, the batch's longest chunk; zeros at the right padding), ``origin bool [B, C']``
+    (the steps whose forecast is scored: a usable window end of this loader outside the
+    burn-in), ``y [B, C', H]`` (the labels, NaN where ``origin`` is False), ``t [B, C']`` (date
+    index of each step, -1 at padding), ``stock_id``, ``sector_id`` and ``n`` ``[B]``.
 
     Args:
         inputs: ``float [T, N, F]`` per-stock inputs (NaN allowed where ``valid`` is False).
@@ -152,13 +172,18 @@ class WindowLoader(IterableDataset):
         labelled: ``bool [T, N]``, True where ``labels`` is finite for every horizon, if
             known already (a memory-mapped store keeps it): then ``labels`` is not scanned.
         stock_major: ``inputs`` is laid out ``[N, T, F]`` (each stock's history contiguous,
-            as in :class:`relcast.data.store.MemmapFeatureStore`): a window is then one
+            as in :class:`relcast.training.store.MemmapFeatureStore`): a window is then one
             contiguous block of ``L * F`` floats instead of L rows far apart, which matters
             when ``inputs`` is memory-mapped from disk. ``valid``/``labels`` stay ``[T, N, ...]``.
         rank, world_size: shard of this process under DDP; read from ``torch.distributed``
             at iteration time if None. Each rank takes every ``world_size``-th window of the
             same permutation, so every window is seen exactly once per epoch across ranks, and
-            all ranks yield the same number of batches (:func:`shard_batches`).
+            all ranks yield the same number of batches (:func:`shard_batches`). With chunks,
+            whole chunks are sharded.
+        chunk_length: None for window batches, else the chunk length C of sequence batches
+            (raised to ``2 * lookback`` if shorter, so at least half a full chunk is scored).
+            ``batch_size`` then counts scored steps: a batch holds
+            ``max(1, round(batch_size / (C - L + 1)))`` chunks.
     """
 
     def __init__(
@@ -182,6 +207,7 @@ class WindowLoader(IterableDataset):
         world_size: int | None = None,
         labelled: np.ndarray | None = None,
         stock_major: bool = False,
+        chunk_length: int | None = None,
     ) -> None:
         super().__init__()
         # zero-copy for a C-contiguous float32 array, including a np.memmap
@@ -218,17 +244,77 @@ class WindowLoader(IterableDataset):
         self.sector_ids = torch.as_tensor(np.asarray(sector_ids, dtype=np.int64))
         self.concat = None
         if concat_inputs is not None:
-            concat = np.nan_to_num(np.asarray(concat_inputs, dtype=np.float32), nan=0.0)
-            concat[~valid_np] = 0.0  # a masked stock contributes zeros, never stale values
-            self.concat = torch.as_tensor(np.ascontiguousarray(concat))  # (T, N, F_own)
+            concat = np.ascontiguousarray(concat_inputs, dtype=np.float32)
+            # a masked stock contributes zeros, never stale values; an input cleaned already
+            # (Stage3Inputs.concat) is used without a copy, so loaders share one [T, N, F_own]
+            if not np.isfinite(concat).all() or np.any(concat[~valid_np]):
+                concat = np.nan_to_num(concat, nan=0.0, posinf=0.0, neginf=0.0)
+                concat[~valid_np] = 0.0
+            self.concat = torch.as_tensor(concat)  # (T, N, F_own)
         self.concat_valid_flag = concat_valid_flag
         self.rank, self.world_size = rank, world_size
         self._offsets = torch.arange(-self.lookback + 1, 1)  # (L,)
+        self.chunk_length = None
+        if chunk_length is not None:
+            if chunk_length < 1:
+                raise ValueError(f"chunk_length must be >= 1, got {chunk_length}")
+            self.chunk_length = max(int(chunk_length), 2 * self.lookback)
+            self._build_chunks(T, N)
 
     @property
     def num_windows(self) -> int:
-        """Number of usable windows (all ranks together)."""
+        """Number of usable windows = scored samples per epoch (all ranks together)."""
         return len(self.t_idx)
+
+    @property
+    def sequence(self) -> bool:
+        """True if the batches are chunks (sequence batches), False for windows."""
+        return self.chunk_length is not None
+
+    @property
+    def num_items(self) -> int:
+        """What an epoch permutes and batches: chunks, or windows."""
+        return len(self.chunk_n) if self.sequence else self.num_windows
+
+    @property
+    def items_per_batch(self) -> int:
+        """Chunks (or windows) per batch."""
+        if not self.sequence:
+            return self.batch_size
+        stride = self.chunk_length - self.lookback + 1
+        return max(1, round(self.batch_size / stride))
+
+    def _build_chunks(self, T: int, N: int) -> None:
+        """Tile every stock's segments of overlapping windows with chunks (vectorised)."""
+        L, C = self.lookback, self.chunk_length
+        stride = C - L + 1  # scored steps of a full chunk
+        t = self.t_idx.numpy()
+        n = self.n_idx.numpy()
+        order = np.lexsort((t, n))  # by stock, then date
+        t, n = t[order], n[order]
+        # a new segment where the stock changes or the windows stop touching (t' - L + 1 > t + 1)
+        new = np.ones(len(t), dtype=bool)
+        new[1:] = (n[1:] != n[:-1]) | (t[1:] - t[:-1] > L)
+        last = np.ones(len(t), dtype=bool)
+        last[:-1] = new[1:]
+        first_t, last_t, seg_n = t[new], t[last], n[new]  # scored zone of each segment
+        per_seg = (last_t - first_t) // stride + 1  # chunks per segment
+        seg = np.repeat(np.arange(len(first_t)), per_seg)
+        j = np.arange(len(seg)) - np.repeat(np.cumsum(per_seg) - per_seg, per_seg)
+        zone_lo = first_t[seg] + j * stride
+        zone_hi = np.minimum(zone_lo + stride - 1, last_t[seg])
+        cn = seg_n[seg]
+        # drop a chunk whose scored zone holds no origin (a long run of missing labels)
+        key = n.astype(np.int64) * T + t  # ascending
+        count = np.searchsorted(key, cn.astype(np.int64) * T + zone_hi, side="right")
+        count -= np.searchsorted(key, cn.astype(np.int64) * T + zone_lo, side="left")
+        keep = count > 0
+        start = zone_lo - (L - 1)  # the burn-in: the first scored step's window starts here
+        self.chunk_n = torch.as_tensor(cn[keep], dtype=torch.long)  # (K,)
+        self.chunk_start = torch.as_tensor(start[keep], dtype=torch.long)  # (K,)
+        self.chunk_len = torch.as_tensor((zone_hi - start + 1)[keep], dtype=torch.long)  # (K,)
+        self.origin_mask = torch.zeros(T, N, dtype=torch.bool)  # (T, N) the scored ends
+        self.origin_mask[self.t_idx, self.n_idx] = True
 
     @property
     def num_features(self) -> int:
@@ -256,23 +342,23 @@ class WindowLoader(IterableDataset):
     def _permutation(self) -> torch.Tensor:
         if self.shuffle:
             g = torch.Generator().manual_seed(self.seed + self.epoch)
-            return torch.randperm(self.num_windows, generator=g)
-        return torch.arange(self.num_windows)
+            return torch.randperm(self.num_items, generator=g)
+        return torch.arange(self.num_items)
 
     def batches(self) -> list[torch.Tensor]:
-        """Positions into ``t_idx/n_idx`` of this rank's batches in the current epoch.
+        """Positions into ``t_idx/n_idx`` (or the chunks) of this rank's batches this epoch.
 
         Every rank gets the same number of batches (see :func:`shard_batches`).
         """
         rank, world_size = self._shard()
         return shard_batches(
-            self._permutation(), self.batch_size, rank, world_size, drop_last=self.drop_last
+            self._permutation(), self.items_per_batch, rank, world_size, drop_last=self.drop_last
         )
 
     def __len__(self) -> int:
         rank, world_size = self._shard()
         return num_shard_batches(
-            self.num_windows, self.batch_size, rank, world_size, drop_last=self.drop_last
+            self.num_items, self.items_per_batch, rank, world_size, drop_last=self.drop_last
         )
 
     def gather(self, t: torch.Tensor, n: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -282,10 +368,7 @@ class WindowLoader(IterableDataset):
         steps = t[:, None] + self._offsets[None, :]  # (B, L)
         B, L = steps.shape
         # index_select on flat rows is ~2x faster than inputs[steps, n[:, None]] (same values)
-        if self.stock_major:
-            rows = (n[:, None] * T + steps).reshape(-1)  # (B * L,) row of (n, t) in (N * T, F)
-        else:
-            rows = (steps * N + n[:, None]).reshape(-1)  # (B * L,) row of (t, n) in (T * N, F)
+        rows = self._rows(steps, n)  # (B * L,)
         x = self.inputs.view(T * N, F).index_select(0, rows).view(B, L, F)  # (B, L, F)
         if self.concat is not None:
             flat = self.concat.view(T, -1)  # (T, N * F_own)
@@ -307,12 +390,56 @@ class WindowLoader(IterableDataset):
             "n": n,
         }
 
+    def _rows(self, steps: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+        """Flat row of every ``(steps [B, S], n [B])`` cell in ``inputs`` viewed as rows."""
+        T, N = self.valid.shape
+        if self.stock_major:
+            return (n[:, None] * T + steps).reshape(-1)  # row of (n, t) in (N * T, F)
+        return (steps * N + n[:, None]).reshape(-1)  # row of (t, n) in (T * N, F)
+
+    def gather_chunks(self, pos: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The sequence batch of chunks ``pos`` (positions into ``chunk_n/chunk_start``)."""
+        T, N = self.valid.shape
+        F = self.inputs.shape[-1]
+        n, start, length = self.chunk_n[pos], self.chunk_start[pos], self.chunk_len[pos]
+        B, C = len(pos), int(length.max())
+        at = torch.arange(C)  # (C,)
+        real = at[None, :] < length[:, None]  # (B, C), False at the right padding
+        steps = torch.where(real, start[:, None] + at[None, :], start[:, None])  # (B, C)
+        x = self.inputs.view(T * N, F).index_select(0, self._rows(steps, n)).view(B, C, F)
+        if self.concat is not None:
+            flat = self.concat.view(T, -1)  # (T, N * F_own)
+            parts = [flat.index_select(0, steps.reshape(-1)).view(B, C, -1)]  # (B, C, N*F_own)
+            if self.concat_valid_flag:
+                parts.append(self.valid[steps].to(x.dtype))  # (B, C, N)
+            x = torch.cat([*parts, x], dim=-1)  # (B, C, N * F_own [+ N] + F)
+        x = x.masked_fill(~real[..., None], 0.0)
+        burn_in = at[None, :] >= self.lookback - 1  # (1, C)
+        origin = self.origin_mask[steps, n[:, None]] & real & burn_in  # (B, C)
+        if self.labels is not None:
+            y = self.labels[steps, n[:, None]]  # (B, C, H)
+            y = y.masked_fill(~origin[..., None], float("nan"))
+        else:
+            y = torch.zeros(B, C, 1)
+        return {
+            "x": x,
+            "y": y,
+            "origin": origin,
+            "stock_id": n,
+            "sector_id": self.sector_ids[n],
+            "t": torch.where(real, steps, -1),
+            "n": n,
+        }
+
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         batches = self.batches()
         if self.shuffle:
             self.epoch += 1  # the next pass reshuffles unless set_epoch() says otherwise
         for pos in batches:
-            yield self.gather(self.t_idx[pos], self.n_idx[pos])
+            if self.sequence:
+                yield self.gather_chunks(pos)
+            else:
+                yield self.gather(self.t_idx[pos], self.n_idx[pos])
 
     def dataloader(self, **kwargs) -> DataLoader:
         """A ``DataLoader`` that passes the ready-made batches through unchanged."""

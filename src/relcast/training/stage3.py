@@ -22,6 +22,10 @@ Read top to bottom:
    ``label_norm="none"`` to train on raw forward returns (quantiles are then in return units).
    ``val_rank_ic``: the point forecasts of every valid-split window are put into a
    ``[T, N]`` matrix and the mean daily Rank IC of horizon 1 is taken.
+   Training and validation run on sequence batches by default: chunks of ``chunk_length``
+   steps of each stock's span, scored at every window end past a ``lookback - 1`` step
+   burn-in (``origin``), so one pass yields ~C forecasts instead of one; the loss is the same
+   mean over the same scored (date, stock) samples (:mod:`relcast.training.loader`).
 
 3. :func:`fit_stage3` trains with :func:`relcast.training.common.make_trainer` (early stopping
    on ``val_rank_ic``, best checkpoint restored), :func:`predict_stage3` forecasts every
@@ -44,6 +48,8 @@ from relcast.features.labels import normalize_labels_cross_section
 from relcast.training.loader import WindowLoader
 
 FEATURE_SETS = ("own", "hybrid", "rawconcat")
+CHUNK_LENGTH = 256
+"""Default chunk length of sequence training and prediction (burn-in included)."""
 LABEL_NORMS = ("cross_section", "none")
 
 
@@ -64,7 +70,8 @@ class Stage3Inputs:
         groups: name lists per group (``own``, ``index``, ``calendar``, ``relationship``,
             ``all_own``).
         sector_ids: ``int [N]`` sector index of every stock.
-        concat: ``float32 [T, N, F_own]`` every stock's own indicators (``rawconcat`` only).
+        concat: ``float32 [T, N, F_own]`` every stock's own indicators (``rawconcat`` only),
+            0 where the stock is not valid.
     """
 
     feature_set: str
@@ -103,7 +110,8 @@ class Stage3Inputs:
         return np.asarray(out, dtype=np.int64)
 
     def loader(self, lookback: int, labels: np.ndarray | None = None, **kwargs) -> WindowLoader:
-        """A :class:`WindowLoader` over these inputs (``kwargs`` go to the loader)."""
+        """A :class:`WindowLoader` over these inputs (``kwargs`` go to the loader): window
+        batches, or sequence batches with ``chunk_length=C``."""
         loader = WindowLoader(
             self.values,
             self.valid,
@@ -199,6 +207,10 @@ def assemble_inputs(
             groups["relationship"] = rel_names
     values = np.ascontiguousarray(values, dtype=np.float32)
     valid &= np.isfinite(values).all(axis=-1)
+    if concat is not None:
+        # zeros where a stock is masked, once here: every loader then shares this array
+        concat = np.nan_to_num(np.array(concat, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+        concat[~valid] = 0.0
     return Stage3Inputs(
         feature_set=feature_set,
         dates=features.dates,
@@ -241,9 +253,11 @@ def _lightning_module_class():
             return self.model(batch)
 
         def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-            loss = pinball_loss(self.model(batch)["pred"], batch["y"], self.quantiles)
+            # a sequence batch is scored at its origin steps only (pred [B, C, H, Q])
+            origin = batch.get("origin")
+            loss = pinball_loss(self.model(batch)["pred"], batch["y"], self.quantiles, origin)
             self.log(
-                "train_loss", loss, on_step=False, on_epoch=True, batch_size=len(batch["y"]),
+                "train_loss", loss, on_step=False, on_epoch=True, batch_size=_samples(batch),
                 sync_dist=True,
             )  # fmt: skip
             return loss
@@ -252,17 +266,22 @@ def _lightning_module_class():
             self._val_rows = []
 
         def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-            pred = self.model(batch)["pred"]  # (B, H, Q)
-            loss = pinball_loss(pred, batch["y"], self.quantiles)
+            pred = self.model(batch)["pred"]  # (B, H, Q) or (B, C, H, Q)
+            origin = batch.get("origin")
+            loss = pinball_loss(pred, batch["y"], self.quantiles, origin)
             # sync_dist: under DDP every rank must see the same val_loss, since early stopping
             # and the best checkpoint may watch it (one target stock)
             self.log(
-                "val_loss", loss, on_step=False, on_epoch=True, batch_size=len(batch["y"]),
+                "val_loss", loss, on_step=False, on_epoch=True, batch_size=_samples(batch),
                 sync_dist=True,
             )  # fmt: skip
-            point = point_forecast(pred, self.quantiles)[:, 0]  # (B,) horizon 1
-            y1 = batch["y"][:, 0]
-            cols = [batch["t"], batch["n"], point, y1]
+            t, n, y = batch["t"], batch["n"], batch["y"]
+            if origin is not None:  # the origin steps of the chunks, one row each
+                pred, t, y = pred[origin], t[origin], y[origin]  # (M, H, Q), (M,), (M, H)
+                n = n[:, None].expand_as(origin)[origin]  # (M,)
+            point = point_forecast(pred, self.quantiles)[:, 0]  # (M,) horizon 1
+            y1 = y[:, 0]
+            cols = [t, n, point, y1]
             row = torch.stack([c.double() for c in cols], dim=1)  # (B, 4)
             self._val_rows.append(row.detach())
 
@@ -297,6 +316,12 @@ def _lightning_module_class():
             return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
 
     return Stage3Module
+
+
+def _samples(batch: dict[str, torch.Tensor]) -> int:
+    """Scored samples in a batch: its origin steps (sequence) or its windows."""
+    origin = batch.get("origin")
+    return int(origin.sum()) if origin is not None else len(batch["y"])
 
 
 def __getattr__(name: str):
@@ -335,10 +360,12 @@ class Stage3Result:
         history: one dict per epoch (``train_loss``, ``val_loss``, ``val_rank_ic``, ...).
         best_val_rank_ic: the best mean daily Rank IC (horizon 1) on the valid split.
         seconds_per_epoch: mean wall time of a training epoch (validation excluded).
-        windows_per_second: training windows processed per second (forward + backward).
-        num_train_windows: windows per training epoch.
+        windows_per_second: scored training samples (window ends) per second, forward +
+            backward, whether trained on windows or on chunks.
+        num_train_windows: scored samples (window ends) per training epoch.
         lookback, quantiles, label_norm, feature_set: how it was trained.
         checkpoint: path of the best Lightning checkpoint ("" if none).
+        chunk_length: the chunk length of sequence training, None if trained on windows.
     """
 
     model: torch.nn.Module
@@ -352,6 +379,7 @@ class Stage3Result:
     label_norm: str
     feature_set: str
     checkpoint: str = ""
+    chunk_length: int | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
     def predict(self, inputs: Stage3Inputs, index: np.ndarray | None = None, **kwargs) -> dict:
@@ -383,9 +411,15 @@ def fit_stage3(
     accelerator: str = "cpu",
     devices: int | str = 1,
     strategy: str = "auto",
+    chunk_length: int | None = CHUNK_LENGTH,
     **trainer_kwargs: Any,
 ) -> Stage3Result:
-    """Train the Stage3 model ``model_name`` on windows ending in ``split.train``.
+    """Train the Stage3 model ``model_name`` on the windows ending in ``split.train``.
+
+    By default on sequence batches: chunks of ``chunk_length`` steps of each stock's span,
+    scored at every window end after a burn-in of ``lookback - 1`` steps (see
+    :mod:`relcast.training.loader`); each window end is scored once per epoch, as in
+    windowed training, for a fraction of the cost.
 
     Args:
         model_name: a registered model (``"tft"``, ``"lstm"``, ``"gru"``, ``"tcn"``).
@@ -411,6 +445,8 @@ def fit_stage3(
             index columns for the gate).
         accelerator, devices, strategy: passed to Lightning (``strategy="ddp"`` shards the
             windows across processes).
+        chunk_length: the chunk length C of sequence training (``batch_size`` then counts
+            scored steps); None trains on one window per sample (kept for comparisons).
     """
     from relcast.models.temporal import create_model
     from relcast.training.common import load_best_state_dict, make_trainer, seed_everything
@@ -429,14 +465,16 @@ def fit_stage3(
         target = normalize_labels_cross_section(labels, inputs.valid)
     else:
         target = labels
+    target = np.asarray(target, dtype=np.float32)  # one copy, shared by both loaders
     stock_idx = inputs.stock_index(stocks)
     train = inputs.loader(
         lookback, target, index=split.train, stocks=stock_idx, batch_size=batch_size,
-        shuffle=True, seed=seed,
+        shuffle=True, seed=seed, chunk_length=chunk_length,
     )  # fmt: skip
     valid = inputs.loader(
-        lookback, target, index=split.valid, stocks=stock_idx, batch_size=max(batch_size, 4096)
-    )
+        lookback, target, index=split.valid, stocks=stock_idx,
+        batch_size=max(batch_size, 4096), chunk_length=chunk_length,
+    )  # fmt: skip
     if train.num_windows == 0:
         raise ValueError(
             f"no training windows: lookback {lookback} with {len(split.train)} training dates "
@@ -506,6 +544,7 @@ def fit_stage3(
         label_norm=label_norm,
         feature_set=inputs.feature_set,
         checkpoint=str(trainer.checkpoint_callback.best_model_path or ""),
+        chunk_length=train.chunk_length,
     )
 
 
@@ -518,8 +557,13 @@ def predict_stage3(
     *,
     stocks: Sequence[str | int] | None = None,
     batch_size: int = 4096,
+    chunk_length: int | None = CHUNK_LENGTH,
 ) -> dict[str, np.ndarray]:
     """Forecast every complete window ending on ``index`` (all dates if None).
+
+    On chunks (the default, one pass per chunk of each stock's span, as trained), or one
+    window per forecast with ``chunk_length=None``. For one date both are a single window
+    pass per stock (the chunk is the window), so a daily update stays as short as before.
 
     Returns:
         ``pred``: ``float32 [T, N, H, Q]``, NaN where no complete window ends;
@@ -535,15 +579,19 @@ def predict_stage3(
     # rank 0 of 1: a prediction covers every window, even in a process that trained with DDP
     loader = inputs.loader(
         lookback, index=index, stocks=inputs.stock_index(stocks), batch_size=batch_size,
-        rank=0, world_size=1,
+        rank=0, world_size=1, chunk_length=chunk_length,
     )  # fmt: skip
     was_training = model.training
     model.eval()
     T, N = inputs.valid.shape
     pred = np.full((T, N, config.horizons, config.num_quantiles), np.nan, dtype=np.float32)
     for batch in loader:
-        out = model(batch)["pred"]  # (B, H, Q)
-        pred[batch["t"].numpy(), batch["n"].numpy()] = out.float().numpy()
+        out = model(batch)["pred"]  # (B, H, Q) or (B, C, H, Q)
+        t, n = batch["t"], batch["n"]
+        if "origin" in batch:  # the forecasts at the chunks' origin steps
+            origin = batch["origin"]
+            out, t, n = out[origin], t[origin], n[:, None].expand_as(origin)[origin]
+        pred[t.numpy(), n.numpy()] = out.float().numpy()
     model.train(was_training)
     point = point_forecast(torch.from_numpy(pred), config.quantiles).numpy()
     return {"pred": pred, "point": point}

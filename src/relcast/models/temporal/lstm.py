@@ -6,7 +6,11 @@ One class does both (the cell is the only difference, so the two cannot drift ap
 
 The head reads the hidden state at every step, so ``pred_all[:, l]`` is the forecast made at
 position l from steps ``<= l`` (a recurrent net is causal by construction) and
-``pred = pred_all[:, -1]``. The static covariates (stock id, sector) enter as embeddings
+``pred = pred_all[:, -1]`` for a window. On a sequence batch (a chunk of C steps) the state
+starts at zero at the chunk start and runs through it: a scored step has seen between
+``lookback`` steps (the first scored step, exactly its window) and C steps of history, so
+the chunk's burn-in of ``lookback - 1`` steps gives every scored step at least the window
+that windowed training gave it. The static covariates (stock id, sector) enter as embeddings
 added to the projected input at every step.
 """
 
@@ -17,7 +21,7 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from relcast.models.temporal.losses import QuantileHead
-from relcast.models.temporal.registry import TemporalConfig, register_model
+from relcast.models.temporal.registry import TemporalConfig, origin_output, register_model
 
 
 @dataclass
@@ -64,7 +68,7 @@ class RecurrentForecaster(nn.Module):
         h = self.input_proj(x) + static[:, None, :]  # (B, L, d)
         h, _ = self.rnn(h)  # (B, L, d), step l has seen steps <= l only
         pred_all = self.head(self.drop(h))  # (B, L, H, Q)
-        return {"pred": pred_all[:, -1], "pred_all": pred_all}
+        return {"pred": origin_output(batch, pred_all), "pred_all": pred_all}
 
 
 @register_model("lstm")

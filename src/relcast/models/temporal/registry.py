@@ -16,19 +16,26 @@ Config (fields every model has, see :class:`TemporalConfig`)
     ``num_stocks``, ``num_sectors``, ``hidden_size``, ``dropout``, ``lookback``,
     ``feature_names``.
 
-Batch (``forward(batch: dict[str, Tensor]) -> dict[str, Tensor]``)
-    - ``x``: float ``[B, L, F]``, time-varying inputs, oldest first; the last step is the
-      forecast origin t.
-    - ``stock_id``: long ``[B]`` in ``[0, num_stocks)``.
-    - ``sector_id``: long ``[B]`` in ``[0, num_sectors)``.
+Batch (``forward(batch: dict[str, Tensor]) -> dict[str, Tensor]``), two forms
+    - Window batch: ``x`` float ``[B, L, F]``, time-varying inputs, oldest first; the last
+      step is the forecast origin t.
+    - Sequence batch (:func:`is_sequence_batch`, the default in training and prediction):
+      ``x`` float ``[B, C, F]``, a chunk of a stock's span, and ``origin`` bool ``[B, C]``,
+      the steps whose forecast is used (each has its whole window of ``lookback`` steps
+      inside the chunk). The model forecasts at every step from steps <= it: the TCN sees
+      its receptive field, the LSTM/GRU state runs from the chunk start, the TFT's
+      LSTM runs from the chunk start and its attention reads the last ``lookback`` steps.
+    - ``stock_id``: long ``[B]`` in ``[0, num_stocks)``; ``sector_id``: long ``[B]``.
 
 Outputs
-    - ``pred``: ``[B, H, Q]`` forecast at the origin (Q = len(quantiles), or 1 in point mode).
+    - ``pred``: ``[B, H, Q]`` forecast at the origin of a window batch (Q = len(quantiles),
+      or 1 in point mode); ``[B, C, H, Q]``, the forecast at every step, for a sequence batch.
     - ``pred_all``: ``[B, L, H, Q]``, the forecast made at every position l from steps <= l
-      only (``pred == pred_all[:, -1]``); the causality test perturbs the future and checks
-      that earlier positions do not move.
+      only; the causality test perturbs the future and checks that earlier positions do
+      not move.
     - TFT adds ``variable_importance`` ``[B, F]``, ``static_importance`` ``[B, S]``,
-      ``attention`` ``[B, heads, L]`` and ``attention_all`` ``[B, heads, L, L]``.
+      ``attention`` ``[B, heads, L]`` and ``attention_all`` ``[B, heads, L, L]`` (window
+      batch); per step ``[B, C, F]`` and ``[B, C, heads, lookback]`` for a sequence batch.
 
 Shared pieces in :mod:`relcast.models.temporal.losses`
     - ``QuantileHead(in_dim, horizons, quantiles)``: every model ends with it; it maps
@@ -52,6 +59,7 @@ __all__ = [
     "available_models",
     "create_model",
     "get_model_class",
+    "is_sequence_batch",
     "register_model",
 ]
 
@@ -124,6 +132,16 @@ class TemporalConfig:
     def num_quantiles(self) -> int:
         """Q, the size of the last output axis (1 in point mode)."""
         return 1 if self.quantiles is None else len(self.quantiles)
+
+
+def is_sequence_batch(batch) -> bool:
+    """True for a sequence (chunk) batch: it carries the ``origin [B, C]`` mask."""
+    return "origin" in batch
+
+
+def origin_output(batch, pred_all):
+    """``pred``: ``pred_all [B, L, H, Q]`` for a sequence batch, its last step for a window."""
+    return pred_all if is_sequence_batch(batch) else pred_all[:, -1]
 
 
 def register_model(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:

@@ -10,6 +10,10 @@ output at step l depends on steps ``<= l``. The receptive field is
 and must cover the lookback, otherwise the oldest steps of the window are never read: the
 constructor checks it and says how to fix it. The head reads every step, giving
 ``pred_all [B, L, H, Q]``; ``pred = pred_all[:, -1]``. Fast at inference: no recurrence.
+On a sequence batch (a chunk) every step reads the last ``receptive_field`` steps; when the
+receptive field equals the lookback, a scored step's output equals the windowed output
+exactly (``tests/test_sequence.py``); with a larger one it also reads up to
+``receptive_field - lookback`` older steps that a window would zero-pad.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from torch import Tensor, nn
 from torch.nn.utils.parametrizations import weight_norm
 
 from relcast.models.temporal.losses import QuantileHead
-from relcast.models.temporal.registry import TemporalConfig, register_model
+from relcast.models.temporal.registry import TemporalConfig, origin_output, register_model
 
 CONVS_PER_BLOCK = 2
 
@@ -132,4 +136,4 @@ class TCNForecaster(nn.Module):
         h = self.input_proj(x) + static[:, None, :]  # (B, L, C)
         h = self.blocks(h.transpose(1, 2)).transpose(1, 2)  # (B, L, C), causal
         pred_all = self.head(h)  # (B, L, H, Q)
-        return {"pred": pred_all[:, -1], "pred_all": pred_all}
+        return {"pred": origin_output(batch, pred_all), "pred_all": pred_all}

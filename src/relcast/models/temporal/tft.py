@@ -19,6 +19,13 @@ Differences from the paper, on purpose:
   this is the paper's network plus one extra linear layer.
 - The selection logits start near zero (uniform weights): no input is favoured before
   training has seen data.
+- Sequence batches (a chunk of C steps of one stock, see the registry): the LSTM runs over
+  the whole chunk from the static context state, and the attention mask is banded causal,
+  so each step attends to its last ``lookback`` steps only, as the origin of a window of
+  ``lookback`` steps does. One chunk then yields all its forecasts. The first scored step
+  of a chunk (its window = the chunk's first ``lookback`` steps) gets exactly the windowed
+  forecast; later steps differ only through the LSTM state, which has seen more history
+  (the attention over the band is the windowed attention, tested exactly).
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from relcast.models.temporal.losses import QuantileHead
-from relcast.models.temporal.registry import TemporalConfig, register_model
+from relcast.models.temporal.registry import TemporalConfig, is_sequence_batch, register_model
 
 __all__ = [
     "GatedResidualNetwork",
@@ -269,7 +276,15 @@ class InterpretableMultiHeadAttention(nn.Module):
         self.out = nn.Linear(self.head_dim, hidden_dim)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor, causal: bool = True) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, x: Tensor, causal: bool = True, band: int | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """``x [B, L, d]`` -> ``(out [B, L, d], attn [B, h, L, L])``.
+
+        ``causal``: step l attends to steps <= l; ``band``: also only to steps > l - band
+        (the last ``band`` steps, itself included), which on a window of ``band`` steps
+        changes nothing.
+        """
         B, L, _ = x.shape
         q = self.q(x).view(B, L, self.num_heads, self.head_dim).transpose(1, 2)  # (B, h, L, dh)
         k = self.k(x).view(B, L, self.num_heads, self.head_dim).transpose(1, 2)  # (B, h, L, dh)
@@ -277,10 +292,32 @@ class InterpretableMultiHeadAttention(nn.Module):
         scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)  # (B, h, L, L)
         if causal:
             future = torch.ones(L, L, dtype=torch.bool, device=x.device).triu(1)
+            if band is not None and band < L:
+                future |= torch.ones(L, L, dtype=torch.bool, device=x.device).tril(-band)
             scores = scores.masked_fill(future, float("-inf"))
         attn = torch.softmax(scores, dim=-1)  # (B, h, L, L), rows sum to 1 over the past
         mixed = (self.dropout(attn) @ v.unsqueeze(1)).mean(1)  # (B, L, dh)
         return self.out(mixed), attn
+
+
+def _window_mean(weights: Tensor, window: int) -> Tensor:
+    """``[B, C, F] -> [B, C, F]``: at step l, the mean of steps ``l-window+1 .. l`` (fewer at
+    the start), i.e. what a window ending at l reports as its variable importance."""
+    total = weights.cumsum(1)  # (B, C, F)
+    older = F.pad(total, (0, 0, window, 0))[:, : total.shape[1]]  # total shifted by window
+    count = torch.arange(1, weights.shape[1] + 1, device=weights.device).clamp(max=window)
+    return (total - older) / count[None, :, None].to(weights.dtype)
+
+
+def _band(attn: Tensor, window: int) -> Tensor:
+    """``[B, h, C, C]`` banded attention -> ``[B, C, h, window]``: step l's weights on steps
+    ``l-window+1 .. l`` (index -1 = l itself), zero before the chunk start."""
+    B, heads, C, _ = attn.shape
+    at = torch.arange(C, device=attn.device)
+    cols = at[:, None] + torch.arange(-window + 1, 1, device=attn.device)[None, :]  # (C, W)
+    picked = attn.gather(-1, cols.clamp(min=0).expand(B, heads, C, window))  # (B, h, C, W)
+    picked = picked.masked_fill(cols < 0, 0.0)
+    return picked.permute(0, 2, 1, 3)  # (B, C, h, W)
 
 
 # ---------------------------------------------------------------- the model
@@ -339,6 +376,7 @@ class TemporalFusionTransformer(nn.Module):
         if x.dim() != 3 or x.shape[-1] != c.num_features:
             raise ValueError(f"x must be [B, L, {c.num_features}], got {tuple(x.shape)}")
         B, L, _ = x.shape
+        sequence = is_sequence_batch(batch)
         stock_id = batch.get("stock_id")
         sector_id = batch.get("sector_id")
         if stock_id is None:
@@ -368,12 +406,21 @@ class TemporalFusionTransformer(nn.Module):
 
         # static enrichment, then causal interpretable attention
         enriched = self.enrichment(temporal, c_enrichment)  # (B, L, d)
-        attn_out, attn = self.attention(enriched, causal=True)  # (B, L, d), (B, h, L, L)
+        attn_out, attn = self.attention(enriched, causal=True, band=c.lookback)  # (B, h, L, L)
         h = self.attention_gate(attn_out, enriched)  # (B, L, d)
         h = self.positionwise(h)  # (B, L, d)
         h = self.output_gate(h, temporal)  # (B, L, d)
 
         pred_all = self.head(h)  # (B, L, H, Q)
+        if sequence:
+            return {
+                "pred": pred_all,  # (B, C, H, Q)
+                "pred_all": pred_all,
+                "variable_importance": _window_mean(var_weights.detach(), c.lookback),
+                "static_importance": static_weights,  # (B, S)
+                "attention": _band(attn.detach(), c.lookback),  # (B, C, h, lookback)
+                "attention_all": attn,  # (B, h, C, C), banded
+            }
         return {
             "pred": pred_all[:, -1],  # (B, H, Q)
             "pred_all": pred_all,
@@ -395,7 +442,8 @@ class TemporalFusionTransformer(nn.Module):
             batch_or_outputs: a batch (``x``, ``stock_id``, ``sector_id``; the model is run in
                 eval mode), forward outputs, or an iterable of either (e.g. a DataLoader or a
                 list of ``{**batch, **outputs}``). Per-stock importance needs ``stock_id`` in
-                the dicts.
+                the dicts. Window and sequence batches both work: of a sequence batch, every
+                ``origin`` step counts as one sample (its window's weights and attention).
             feature_names: names of the F inputs; default ``config.feature_names`` or x0...
 
         Returns:
@@ -414,6 +462,15 @@ class TemporalFusionTransformer(nn.Module):
         try:
             for item in items:
                 out = item if "variable_importance" in item else {**item, **self(item)}
+                if is_sequence_batch(out):  # one sample per origin step
+                    o = out["origin"]  # (B, C)
+                    var_imp.append(out["variable_importance"][o].float().cpu())  # (M, F)
+                    static = out["static_importance"][:, None].expand(-1, o.shape[1], -1)
+                    static_imp.append(static[o].float().cpu())  # (M, S)
+                    attention.append(out["attention"].float().mean(2)[o].cpu())  # (M, L)
+                    if "stock_id" in out:
+                        stock_ids.append(out["stock_id"][:, None].expand_as(o)[o].cpu())
+                    continue
                 var_imp.append(out["variable_importance"].float().cpu())
                 static_imp.append(out["static_importance"].float().cpu())
                 attention.append(out["attention"].float().mean(1).cpu())  # (B, L)

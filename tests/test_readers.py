@@ -249,8 +249,8 @@ def _corrupt(bars: pd.DataFrame, case: str) -> pd.DataFrame:
     bars = bars.copy()
     if case == "missing":
         return bars.drop(columns=["volume", "low"])
-    if case == "duplicate":
-        return pd.concat([bars, bars.iloc[[5]]], ignore_index=True)
+    if case == "duplicate":  # same (date, symbol), different close
+        return pd.concat([bars, bars.iloc[[5]].assign(close=99.0)], ignore_index=True)
     if case == "non_positive":
         bars.loc[5, ["low", "close"]] = [0.0, 0.0]
         return bars
@@ -269,10 +269,13 @@ def _corrupt(bars: pd.DataFrame, case: str) -> pd.DataFrame:
     "case, pattern",
     [
         ("missing", r"missing column\(s\) \['low', 'volume'\]; found columns \['date'"),
-        ("duplicate", r"column 'date' has duplicate \(date, symbol\).*line 7 .*line \d+ "),
+        (
+            "duplicate",
+            r"'date' has duplicate \(date, symbol\) rows with different.*line 7 .*line \d+ ",
+        ),
         ("non_positive", r"column 'low' has non-positive.*line 7 \(date=2021-03-08, symbol=AAA"),
         ("high_low", r"column 'high' is below column 'low'.*line 7 \(date=2021-03-08"),
-        ("high_close", r"column 'high' is below max\(open, close\).*line 7 "),
+        ("high_close", r"column 'high' is below max\(open, close\).*line 7 .*max_bad_fraction"),
     ],
 )
 def test_bad_long_csv(tmp_path, case, pattern):
@@ -314,8 +317,8 @@ def test_empty_symbol(tmp_path):
 
 
 def test_many_bad_rows_show_five_examples(tmp_path):
-    bars = make_bars()
-    bars.loc[:9, "open"] = -1.0
+    bars = make_bars(num_days=12)
+    bars.loc[:9, "open"] = -1.0  # 10 of symbol AAA's 12 rows
     path = write_csv(bars, tmp_path / "bars.csv")
     with pytest.raises(RelcastDataError) as err:
         read_panel(path)
@@ -358,3 +361,207 @@ def test_too_few_dates_for_lookback(tmp_path):
 def test_missing_path(tmp_path):
     with pytest.raises(RelcastDataError, match="no such file"):
         read_panel(tmp_path / "nope.csv")
+
+
+# ---------------------------------------------------------------------------- real files
+FIXTURE = __import__("pathlib").Path(__file__).parent / "fixtures" / "rsr_nasdaq"
+
+
+def test_rsr_nasdaq_fixture_read_as_is():
+    """Real rows of 4 NASDAQ files: NASDAQ_<T>_30Y.csv names, ',Open,...' header, offsets
+    that change with daylight saving (-05:00 -> -04:00 on 2017-03-12), one Open = 0.0 row."""
+    panel = read_panel(FIXTURE)
+    assert list(panel.symbols) == ["AAON", "AAPL", "BPOPN", "ZUMZ"]
+    assert panel.fields == tuple(FIELDS)
+    assert panel.num_dates == 40
+    assert str(panel.dates[0])[:10] == "2017-02-13" and str(panel.dates[-1])[:10] == "2017-04-10"
+    assert (panel.dates == panel.dates.astype("datetime64[D]")).all()  # trading dates, no clock
+    t = {str(d)[:10]: i for i, d in enumerate(panel.dates)}
+    aapl = list(panel.symbols).index("AAPL")
+    assert panel.field("close")[t["2017-03-10"], aapl] == np.float32(139.14)  # -05:00 row
+    assert panel.field("close")[t["2017-03-13"], aapl] == np.float32(139.2)  # -04:00 row
+    bpopn = list(panel.symbols).index("BPOPN")  # 2017-03-07: Open = 0.0 (missing)
+    assert not panel.mask[t["2017-03-07"], bpopn] and panel.mask.sum() == 4 * 40 - 1
+    assert panel.health.totals() == {"missing_open": 1}
+    assert panel.health.counts["missing_open"] == {"BPOPN": 1}
+
+
+def test_rsr_nasdaq_full_folder():
+    folder = __import__("pathlib").Path(__file__).parents[1] / "../shared/data/rsr_nasdaq"
+    if not folder.is_dir():
+        pytest.skip("real NASDAQ folder not present")
+    panel = read_panel(folder)
+    assert panel.num_symbols == 1026 and "AAPL" in panel.symbols
+    assert str(panel.dates[0])[:10] == "2012-11-19" and str(panel.dates[-1])[:10] == "2017-12-08"
+    assert panel.health.totals()["missing_open"] == 957  # the README's count
+
+
+# ---------------------------------------------------------------------------- issue 17
+def _folder(tmp_path, files: dict[str, pd.DataFrame]):
+    folder = tmp_path / "bars"
+    folder.mkdir()
+    for name, frame in files.items():
+        frame.to_csv(folder / name, index=False)
+    return folder
+
+
+def _with_dates(frame: pd.DataFrame, fmt: str) -> pd.DataFrame:
+    return frame.assign(date=pd.to_datetime(frame["date"]).dt.strftime(fmt)).drop(columns="symbol")
+
+
+def test_dayfirst_dates_are_detected_not_scrambled(tmp_path):
+    bars = make_bars(symbols=("AAA", "BBB"), num_days=12)  # 2021-03-01 .. 2021-03-16
+    a, b = (bars[bars["symbol"] == s] for s in ("AAA", "BBB"))
+    # only BBB is day-first: 02/03/2021 must be 2 March, not February 3
+    folder = _folder(
+        tmp_path, {"AAA.csv": _with_dates(a, "%Y-%m-%d"), "BBB.csv": _with_dates(b, "%d/%m/%Y")}
+    )
+    panel = read_panel(folder)
+    assert panel.num_dates == 12 and panel.mask.all()
+    assert str(panel.dates[-1])[:10] == "2021-03-16"
+    month_first = write_csv(bars, tmp_path / "us.csv")
+    frame = pd.read_csv(month_first)
+    frame["date"] = pd.to_datetime(frame["date"]).dt.strftime("%m/%d/%Y")
+    frame.to_csv(tmp_path / "us.csv", index=False)
+    assert str(read_panel(tmp_path / "us.csv").dates[-1])[:10] == "2021-03-16"
+
+
+def test_ambiguous_day_month_column_is_refused_with_the_choice(tmp_path):
+    bars = make_bars(symbols=("AAA",), num_days=8)  # 2021-03-01 .. 2021-03-10: days <= 12
+    path = tmp_path / "eu.csv"
+    bars.assign(date=bars["date"].dt.strftime("%d/%m/%Y")).to_csv(path, index=False)
+    with pytest.raises(RelcastDataError, match=r"eu\.csv: column 'date'.*data\.date_format="):
+        read_panel(path)
+    assert str(read_panel(path, date_format="dayfirst").dates[1])[:10] == "2021-03-02"
+    assert str(read_panel(path, date_format="%d/%m/%Y").dates[1])[:10] == "2021-03-02"
+    assert str(read_panel(path, date_format="monthfirst").dates[1])[:10] == "2021-02-03"
+    mixed = bars.assign(date=bars["date"].dt.strftime("%d/%m/%Y"))
+    mixed.loc[0, "date"], mixed.loc[1, "date"] = "13/01/2021", "01/14/2021"
+    mixed.to_csv(path, index=False)
+    with pytest.raises(RelcastDataError, match=r"mixes day-first.*line 3"):
+        read_panel(path)
+
+
+def test_offsets_changing_with_daylight_saving_give_local_dates(tmp_path):
+    rows = [
+        ("2017-03-09 16:00:00-05:00", "AAA"),
+        ("2017-03-10 16:00:00-05:00", "AAA"),
+        ("2017-03-13 16:00:00-04:00", "AAA"),
+        ("2017-03-10 07:00:00+08:00", "BBB"),  # 23:00 UTC the day before: local date counts
+        ("2017-03-13 07:00:00+08:00", "BBB"),
+    ]
+    frame = pd.DataFrame(rows, columns=["datetime", "symbol"])
+    frame[["open", "high", "low", "close"]] = [10.0, 11.0, 9.0, 10.5]
+    frame["volume"] = [100.0, 200.0, 300.0, 400.0, 500.0]
+    frame.to_csv(tmp_path / "bars.csv", index=False)
+    panel = read_panel(tmp_path / "bars.csv")
+    assert [str(d)[:10] for d in panel.dates] == ["2017-03-09", "2017-03-10", "2017-03-13"]
+    assert panel.mask.tolist() == [[True, False], [True, True], [True, True]]
+
+
+@pytest.mark.parametrize(
+    "names, symbols",
+    [
+        (["BRK.B.csv", "AAPL.csv"], ["AAPL", "BRK.B"]),
+        (["600000.SH.csv", "600000.SZ.csv"], ["600000.SH", "600000.SZ"]),
+        (["NASDAQ_AAPL_30Y.csv", "NASDAQ_BRK.B_30Y.csv"], ["AAPL", "BRK.B"]),
+        (["A_X.csv.gz", "B_X.csv.gz"], ["A", "B"]),
+    ],
+)
+def test_symbols_from_file_names_keep_dots(tmp_path, names, symbols):
+    bars = make_bars(symbols=("AAA",), num_days=4).drop(columns="symbol")
+    folder = _folder(tmp_path, {})
+    for name in names:
+        bars.to_csv(folder / name, index=False)
+    assert sorted(read_panel(folder).symbols) == symbols
+
+
+def test_symbol_pattern_option(tmp_path):
+    bars = make_bars(symbols=("AAA",), num_days=4).drop(columns="symbol")
+    folder = _folder(tmp_path, {"NASDAQ_AAPL_30Y.csv": bars})  # one file: nothing to compare
+    assert list(read_panel(folder).symbols) == ["NASDAQ_AAPL_30Y"]
+    assert list(read_panel(folder, symbol_pattern="NASDAQ_{symbol}_30Y").symbols) == ["AAPL"]
+    assert list(read_panel(folder, symbol_pattern="*_{symbol}_*").symbols) == ["AAPL"]
+    with pytest.raises(RelcastDataError, match=r"do not match data\.symbol_pattern.*NASDAQ_AAPL"):
+        read_panel(folder, symbol_pattern="NYSE_{symbol}")
+    bars.to_csv(folder / "NASDAQ_AAPL_30Y.csv.gz", index=False)
+    with pytest.raises(RelcastDataError, match=r"both give symbol 'AAPL'"):
+        read_panel(folder, symbol_pattern="NASDAQ_{symbol}_30Y")
+
+
+def test_inf_prices_are_masked_and_counted_or_refused(tmp_path):
+    bars = make_bars(symbols=("AAA", "BBB"), num_days=30)
+    bars.loc[3, "close"] = np.inf
+    bars.loc[40, "volume"] = -np.inf
+    path = write_csv(bars, tmp_path / "bars.csv")
+    panel = read_panel(path)
+    assert not panel.mask[3, 0] and not panel.mask[10, 1] and panel.mask.sum() == 58
+    assert np.isfinite(panel.values[panel.mask]).all()
+    assert panel.health.counts["inf"] == {"AAA": 1, "BBB": 1}
+    with pytest.raises(RelcastDataError, match=r"column 'close' has infinite values.*line 5"):
+        read_panel(path, max_bad_fraction=0)
+
+
+def test_date_only_row_among_datetimes(tmp_path):
+    bars = make_bars(symbols=("AAA", "BBB"), num_days=5)
+    daily = bars.assign(date=bars["date"].dt.strftime("%Y-%m-%d 16:00:00"))
+    daily.loc[6, "date"] = daily.loc[6, "date"][:10]  # BBB, written without its time
+    daily.to_csv(tmp_path / "daily.csv", index=False)
+    assert read_panel(tmp_path / "daily.csv").num_dates == 5  # no extra date
+    minutes = pd.concat(
+        [daily.assign(date=daily["date"].str[:10] + t) for t in (" 09:30", " 09:31")]
+    )
+    minutes.iloc[6, 0] = minutes.iloc[6, 0][:10]
+    minutes.to_csv(tmp_path / "minutes.csv", index=False)
+    with pytest.raises(RelcastDataError, match=r"date-only values among the date-times.*line 8"):
+        read_panel(tmp_path / "minutes.csv")
+
+
+def test_doubled_empty_and_bool_columns_are_clear_errors(tmp_path):
+    bars = make_bars(num_days=4)
+    path = tmp_path / "bars.csv"
+    bars.assign(Close=bars["close"]).to_csv(path, index=False)
+    with pytest.raises(RelcastDataError, match=r"columns 'close' and 'Close' both name"):
+        read_panel(path)
+    bars.assign(volume=np.nan).to_csv(path, index=False)
+    with pytest.raises(RelcastDataError, match=r"bars\.csv: column 'volume' is empty in every"):
+        read_panel(path)
+    folder = _folder(tmp_path, {"AAA.csv": bars.drop(columns="symbol").assign(volume=None)})
+    with pytest.raises(RelcastDataError, match=r"AAA\.csv: column 'volume' is empty"):
+        read_panel(folder)
+    parquet = tmp_path / "bars.parquet"
+    bars.assign(volume=bars["volume"] > 500).to_parquet(parquet)
+    with pytest.raises(RelcastDataError, match=r"column 'volume' holds true/false"):
+        read_panel(parquet)
+    bars.assign(halted=bars["volume"] > 500).to_parquet(parquet)
+    flag = read_panel(parquet).field("halted")
+    assert set(np.unique(flag)) == {0.0, 1.0}  # a bool extra is a 0/1 field, not dropped
+
+
+def test_garbage_parquet_is_a_clear_error(tmp_path):
+    path = tmp_path / "bars.parquet"
+    path.write_bytes(b"PAR1 this is not parquet" * 10)
+    with pytest.raises(RelcastDataError, match=r"bars\.parquet: not a readable Parquet"):
+        read_panel(path)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "odd_bytes", "nan_start"])
+def test_damaged_qlib_bin_is_refused(tmp_path, damage):
+    bars = make_bars(symbols=("SH600000",))
+    write_qlib(tmp_path / "qlib", bars, starts={})
+    file = tmp_path / "qlib" / "features" / "sh600000" / "close.day.bin"
+    data = np.fromfile(file, dtype="<f4")
+    if damage == "truncated":
+        data[:5].tofile(file)
+    elif damage == "odd_bytes":
+        file.write_bytes(data.tobytes()[:-2])
+    else:
+        data[0] = np.nan
+        data.tofile(file)
+    pattern = {
+        "truncated": r"close\.day\.bin: column 'close' covers.*truncated",
+        "odd_bytes": r"close\.day\.bin: column 'close' has \d+ bytes.*truncated",
+        "nan_start": r"close\.day\.bin: column 'close' starts with nan",
+    }[damage]
+    with pytest.raises(RelcastDataError, match=pattern):
+        read_panel(tmp_path / "qlib")

@@ -9,9 +9,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+
+if TYPE_CHECKING:
+    from relcast.data.health import DataHealth
 
 META_COLUMNS = ("symbol", "name", "sector", "market", "is_index")
 PRICE_FIELDS = ("open", "high", "low", "close")
@@ -20,6 +24,13 @@ OHLCV_FIELDS = ("open", "high", "low", "close", "volume")
 
 class RelcastDataError(ValueError):
     """Bad input data: the message names the file, the column and example rows."""
+
+
+def format_names(values, limit: int = 10) -> str:
+    """``['A', 'B'] (+3 more)``: names for a message as plain text, never ``np.str_('A')``."""
+    items = [v.item() if isinstance(v, np.generic) else v for v in list(values)]
+    text = repr(items[:limit])
+    return text if len(items) <= limit else f"{text} (+{len(items) - limit} more)"
 
 
 def default_meta(symbols: np.ndarray) -> pd.DataFrame:
@@ -48,6 +59,9 @@ class Panel:
             late listings are ``False``, never zero prices.
         meta: one row per symbol, in ``symbols`` order, columns ``symbol, name, sector,
             market, is_index``.
+        health: what the reader masked or repaired, by reason and symbol
+            (:class:`~relcast.data.health.DataHealth`); None for panels not read from files.
+            Sub-panels (``select``, ``reindex``) keep the account of their source.
     """
 
     dates: np.ndarray
@@ -56,6 +70,7 @@ class Panel:
     values: np.ndarray
     mask: np.ndarray
     meta: pd.DataFrame = field(default=None)  # type: ignore[assignment]
+    health: DataHealth | None = None
 
     def __post_init__(self) -> None:
         dates = np.asarray(self.dates, dtype="datetime64[ns]")
@@ -124,7 +139,7 @@ class Panel:
             lookup = {s: i for i, s in enumerate(self.symbols)}
             missing = [s for s in symbols if s not in lookup]
             if missing:
-                raise KeyError(f"symbols not in panel: {missing[:10]}")
+                raise KeyError(f"symbols not in panel: {format_names(missing)}")
             n = np.array([lookup[s] for s in symbols], dtype=int)
         return Panel(
             dates=self.dates[t],
@@ -133,6 +148,7 @@ class Panel:
             values=self.values[t][:, n],
             mask=self.mask[t][:, n],
             meta=self.meta.iloc[n].reset_index(drop=True),
+            health=self.health,
         )
 
     def __repr__(self) -> str:
@@ -228,7 +244,7 @@ class Panel:
         mask = np.zeros((len(dates), len(symbols)), dtype=bool)
         values[np.ix_(t_pos, n_pos)] = self.values
         mask[np.ix_(t_pos, n_pos)] = self.mask
-        return Panel(dates, symbols, self.fields, values, mask, self.meta)
+        return Panel(dates, symbols, self.fields, values, mask, self.meta, self.health)
 
 
 def _align_meta(meta: pd.DataFrame, symbols: np.ndarray) -> pd.DataFrame:

@@ -66,6 +66,7 @@ from playwright.sync_api import expect, sync_playwright  # noqa: E402
 
 import relcast  # noqa: E402
 import relcast.app  # noqa: E402
+import relcast.app.session  # noqa: E402
 
 
 def _free_port() -> int:
@@ -233,13 +234,13 @@ def test_every_step_by_clicking(page):
     expect(page.locator("#stage1-log textarea")).to_have_value(
         re.compile(r"relcast stage1"), timeout=60_000
     )
-    running = list(relcast.app._RUNNING.values())
+    running = list(relcast.app.session.RUNNING.values())
     assert len(running) == 1 and running[0].poll() is None
     page.locator("#stage1-cancel").click()
     expect(_toast(page, "cancelled")).to_be_visible(timeout=30_000)
     expect(page.locator("#stage1-status")).to_contain_text("Cancelled")
     running[0].wait(timeout=30)
-    assert not relcast.app._RUNNING
+    assert not relcast.app.session.RUNNING
     assert not (run_dir / "stage1" / "model.safetensors").exists()
     assert "✓ 3 Stage1" not in page.locator("#progress").inner_text()
     _close_toasts(page)

@@ -316,8 +316,10 @@ def test_interrupted_update_leaves_the_run_usable(run_dir, market, tmp_path, mon
     work = tmp_path / "run"
     shutil.copytree(run_dir, work)
     before = _digest(work)
+    from relcast import runfolder
+
     calls = {"n": 0}
-    real = inference.atomic_write_bytes
+    real = runfolder.atomic_write
 
     def crash_on_second_file(path, data):
         calls["n"] += 1
@@ -325,7 +327,7 @@ def test_interrupted_update_leaves_the_run_usable(run_dir, market, tmp_path, mon
             raise OSError("simulated crash mid-write")
         return real(path, data)
 
-    monkeypatch.setattr(inference, "atomic_write_bytes", crash_on_second_file)
+    monkeypatch.setattr(runfolder, "atomic_write", crash_on_second_file)
     with pytest.raises(OSError, match="simulated crash"):
         inference.update_run(work, str(market["new"]))
     monkeypatch.undo()
@@ -353,7 +355,7 @@ def test_crash_during_renames_is_finished_on_next_open(run_dir, market, tmp_path
                 raise OSError("simulated crash during renames")
         return real_replace(src, dst)
 
-    monkeypatch.setattr(inference.os, "replace", crash_after_first_rename)
+    monkeypatch.setattr(os, "replace", crash_after_first_rename)
     with pytest.raises(OSError):
         inference.update_run(work, str(market["new"]))
     monkeypatch.undo()

@@ -137,6 +137,33 @@ def report(run: RunDir) -> None:
 
 @app.command()
 @_guard
+def check(
+    data: Annotated[str, typer.Option(help="a CSV/Parquet file, per-symbol folder or qlib dir")],
+    universe: Annotated[
+        Path | None, typer.Option(help="universe file: symbol,name,sector,market,is_index")
+    ] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML config file (its data.* keys)")] = None,
+    set_: Sets = None,
+) -> None:
+    """Read market data and print its data-health account: what was masked or repaired,
+    by reason and symbol. Nothing is trained or written."""
+    import relcast
+    from relcast.config import load_config
+
+    cfg = load_config(None, config, set_ or []).data
+    panel = relcast.read_panel(
+        data,
+        universe=universe,
+        date_format=cfg.date_format,
+        symbol_pattern=cfg.symbol_pattern,
+        max_bad_fraction=cfg.max_bad_fraction,
+    )
+    typer.echo(repr(panel))
+    typer.echo(panel.health.table())
+
+
+@app.command()
+@_guard
 def predict(
     run: RunDir,
     data: Annotated[str, typer.Option(help="market data including the history (or 'demo')")],

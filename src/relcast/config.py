@@ -61,12 +61,66 @@ class DataConfig(_Section):
         False,
         description="add qlib's Alpha158 features (group 'alpha158') to every stage's inputs",
     )
+    date_format: str | None = Field(
+        None,
+        description="null: detect (a column whose day/month order cannot be told is refused); "
+        "'dayfirst', 'monthfirst', or a strftime format such as '%d/%m/%Y'",
+    )
+    symbol_pattern: str | None = Field(
+        None,
+        description="per-symbol folders: file-name template like 'NASDAQ_{symbol}_30Y' "
+        "(null: the name without .csv, minus a <prefix>_ / _<suffix> all files share)",
+    )
+    max_bad_fraction: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="bad rows (non-positive/inf prices, high < low, ...) are masked and "
+        "counted in data_health.json; a symbol with more than this share of them is an error",
+    )
 
 
 class SplitConfig(_Section):
     valid_frac: float = Field(0.15, gt=0, lt=0.5, description="fraction of dates for validation")
     test_frac: float = Field(0.15, gt=0, lt=0.5, description="fraction of dates for test")
     embargo: int | None = Field(None, ge=0, description="dates dropped between spans (>= horizons)")
+    train_end: str | None = Field(
+        None, description="last training date (inclusive); with valid_end, replaces the fractions"
+    )
+    valid_end: str | None = Field(None, description="last validation date (inclusive)")
+    test_end: str | None = Field(None, description="last test date (null: the data's last date)")
+
+    @field_validator("train_end", "valid_end", "test_end", mode="before")
+    @classmethod
+    def _ends_as_text(cls, value: Any) -> Any:
+        return _as_text(value)
+
+    @model_validator(mode="after")
+    def _ends_in_order(self) -> SplitConfig:
+        import pandas as pd
+
+        given = {k: getattr(self, k) for k in ("train_end", "valid_end", "test_end")}
+        stamps = {}
+        for key, value in given.items():
+            if value is not None:
+                try:
+                    stamps[key] = pd.Timestamp(value)
+                except (ValueError, TypeError):
+                    raise ValueError(
+                        f"split.{key}={value!r} is not a date; write it as YYYY-MM-DD"
+                    ) from None
+        if stamps and ("train_end" not in stamps or "valid_end" not in stamps):
+            raise ValueError(
+                "date splits need both split.train_end and split.valid_end "
+                f"(got {sorted(stamps)}); split.test_end is optional"
+            )
+        order = [stamps[k] for k in ("train_end", "valid_end", "test_end") if k in stamps]
+        if order != sorted(order) or len(set(order)) != len(order):
+            raise ValueError(
+                "split.train_end < split.valid_end < split.test_end must hold, got "
+                + ", ".join(f"{k}={v}" for k, v in given.items() if v is not None)
+            )
+        return self
 
 
 class Stage1Settings(_Section):

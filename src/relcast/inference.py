@@ -5,51 +5,32 @@ market (causal, so the stored dates' values are unchanged), Stage1 relationship 
 the new dates only (the model trained on the full training span, the same one the store used
 for every date after the training span), then Stage3 forecasts for the new dates.
 
-All files of an update are written under temporary names first; a journal then lists the
-renames, which are applied, and the journal is removed. A crash before the journal leaves the
-previous run untouched; a crash during the renames is finished by the next
-:func:`recover_update` (called whenever a run folder is opened for inference).
+An update holds the run folder's lock and replaces its files together through
+:meth:`RunFolder.commit <relcast.runfolder.RunFolder.commit>`: staged under temporary names,
+a journal lists the renames, which are applied, and the journal is removed. A crash before the
+journal leaves the previous run untouched; a crash during the renames is finished whenever the
+run folder is next opened (by any command).
 """
 
 from __future__ import annotations
 
 import io
-import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from relcast.data.panel import Panel, RelcastDataError
-from relcast.persist import atomic_write_bytes
+from relcast.runfolder import JOURNAL, RunFolder
 
-JOURNAL = "update.journal"
+__all__ = ["JOURNAL", "predict_date", "recover_update", "update_run"]
+
 LIVE_PREDICTIONS = "live_predictions.parquet"
 
 
-def recover_update(run_dir: Path) -> None:
-    """Finish an update that crashed during its renames; drop stray temporary files."""
-    run_dir = Path(run_dir)
-    journal = run_dir / JOURNAL
-    if journal.exists():
-        for tmp, final in json.loads(journal.read_text()):
-            if (run_dir / tmp).exists():
-                os.replace(run_dir / tmp, run_dir / final)
-        journal.unlink()
-    for stray in run_dir.glob(".*.update"):
-        stray.unlink()
-
-
-def _commit(run_dir: Path, files: dict[str, bytes]) -> None:
-    """Write every file under a temporary name, then rename them all via a journal."""
-    pairs = []
-    for final, data in files.items():
-        tmp = f".{final}.update"
-        atomic_write_bytes(run_dir / tmp, data)
-        pairs.append((tmp, final))
-    atomic_write_bytes(run_dir / JOURNAL, json.dumps(pairs).encode())
-    recover_update(run_dir)
+def recover_update(run_dir: Path) -> bool:
+    """Finish an interrupted update and drop crash leftovers, unless a writer holds the run."""
+    return RunFolder(run_dir).recover_if_free()
 
 
 def _read_market(data: str) -> Panel:
@@ -63,8 +44,7 @@ def _read_market(data: str) -> Panel:
 def _open(run_dir):
     from relcast.pipeline import Pipeline
 
-    recover_update(Path(run_dir))
-    return Pipeline.open(run_dir)
+    return Pipeline.open(run_dir)  # opening recovers an interrupted update
 
 
 def _relationships_for(pipe, features, index: np.ndarray, stored: np.ndarray, stored_dates):
@@ -166,6 +146,11 @@ def _check_symbols(old: Panel, new: Panel) -> None:
 
 def update_run(run_dir, data: str) -> pd.DataFrame:
     """Append the new dates of ``data`` to the run and forecast them (no retraining)."""
+    with RunFolder(run_dir).lock("update"):
+        return _update(run_dir, data)
+
+
+def _update(run_dir, data: str) -> pd.DataFrame:
     pipe = _open(run_dir)
     old = pipe.panel
     new = _read_market(data)
@@ -205,23 +190,23 @@ def update_run(run_dir, data: str) -> pd.DataFrame:
         fold_of=fold_of,
         dates=combined.dates.astype("int64"),
     )
-    panel_buf = io.BytesIO()
-    tmp_panel = pipe.dir / ".panel.build"
-    combined.to_parquet(tmp_panel)
-    panel_buf.write(tmp_panel.read_bytes())
-    tmp_panel.unlink()
     live = pipe.dir / LIVE_PREDICTIONS
     history = pd.read_parquet(live) if live.exists() else None
     table = forecasts if history is None else pd.concat([history, forecasts], ignore_index=True)
     out = io.BytesIO()
     table.to_parquet(out, index=False)
-    _commit(
-        pipe.dir,
+    from relcast.relationships import RelationshipStore
+
+    store = RelationshipStore(
+        combined.dates, combined.symbols, list(names), rel, mask, fold_of, features=features
+    )
+    pipe.folder.commit(
         {
-            "panel.parquet": panel_buf.getvalue(),
+            "panel.parquet": combined.to_parquet,
             "relationships.npz": buf.getvalue(),
+            "data_with_relationships.parquet": store.write_parquet,
             LIVE_PREDICTIONS: out.getvalue(),
-        },
+        }
     )
     return forecasts
 

@@ -8,34 +8,26 @@ renamed into place, so a crash never leaves a half-written artefact under its re
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from relcast.runfolder import RunFolderError, atomic_write
+
+__all__ = ["RUN_FORMAT", "RunFolderError", "atomic_write_bytes", "write_json", "read_json"]
+
 RUN_FORMAT = 1  # bump when the run folder layout changes incompatibly
 
 
-class RunFolderError(RuntimeError):
-    """A run folder that is missing pieces or was written by an incompatible version."""
-
-
 def atomic_write_bytes(path: Path, data: bytes) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    return path
+    """Write ``data`` under a per-process temporary name, then rename it into place."""
+    return atomic_write(path, data)
 
 
 def write_json(path: Path, obj: Any) -> Path:
-    return atomic_write_bytes(path, json.dumps(_jsonable(obj), indent=2).encode())
+    return atomic_write_bytes(path, json.dumps(jsonable(obj), indent=2).encode())
 
 
 def read_json(path: Path) -> Any:
@@ -44,13 +36,14 @@ def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
-def _jsonable(obj: Any) -> Any:
+def jsonable(obj: Any) -> Any:
+    """``obj`` with dataclasses, NumPy values and non-finite floats made JSON-friendly."""
     if is_dataclass(obj) and not isinstance(obj, type):
-        return _jsonable(asdict(obj))
+        return jsonable(asdict(obj))
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, np.ndarray):
@@ -68,9 +61,7 @@ def save_module(path: Path, module, config: Any, kind: str, **extra: Any) -> Pat
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(state, str(tmp))
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: save_file(state, str(tmp)))
     info = {"kind": kind, "format": RUN_FORMAT, "config": config, **extra}
     write_json(path.with_suffix(".json"), info)
     return path

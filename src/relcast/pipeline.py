@@ -8,6 +8,7 @@ Run folder (``DIR``)::
     run.json                    format version, steps done, timings
     panel.parquet               the market the run was trained on (and updates append to)
     split.json                  train / valid / test dates (embargo between spans)
+    data_health.json            rows the reader masked / repaired, by reason and symbol
     stage1/model.safetensors    Stage1 weights (+ model.json: its config)
     stage2/booster.json         LightGBM residual booster (its text format inside JSON)
     relationships.npz           relationship features [T, N, K], names, fold of each date
@@ -68,7 +69,13 @@ def load_source(config: RelcastConfig) -> Panel:
             seed=config.trainer.seed,
         )
     else:
-        panel = relcast.read_panel(source, universe=config.data.universe)
+        panel = relcast.read_panel(
+            source,
+            universe=config.data.universe,
+            date_format=config.data.date_format,
+            symbol_pattern=config.data.symbol_pattern,
+            max_bad_fraction=config.data.max_bad_fraction,
+        )
     if config.data.start or config.data.end:
         panel = panel.select(start=config.data.start, end=config.data.end)
     return panel
@@ -133,6 +140,7 @@ class Pipeline:
                 f"{self.config.stage3.lookback} + 60 warm-up bars + embargoes need at least "
                 f"{need}; use more data or a shorter stage3.lookback"
             )
+        ends = {k: getattr(self.config.split, k) for k in ("train_end", "valid_end", "test_end")}
         try:
             split = chronological_split(
                 panel.dates,
@@ -140,12 +148,24 @@ class Pipeline:
                 test_frac=self.config.split.test_frac,
                 # a label at t reads close[t + delay + H]: that many dates separate the spans
                 embargo=self.config.embargo + self.config.data.label_delay,
+                **ends,  # dates win over the fractions when given
             )
         except ValueError as exc:
+            if any(ends.values()):
+                from relcast.config import RelcastConfigError  # noqa: F811 (a config mistake)
+
+                raise RelcastConfigError(
+                    f"split.train_end/valid_end/test_end on {self.config.data.source}: {exc}"
+                ) from None
             raise RelcastDataError(f"{self.config.data.source}: cannot split: {exc}") from None
         self.dir.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(self.dir / "config.yaml", self.config.to_yaml().encode())
         panel.to_parquet(self.dir / "panel.parquet")
+        if panel.health is not None:  # what the reader masked or repaired, by reason and symbol
+            panel.health.save(self.dir / "data_health.json")
+            if panel.health.totals():
+                counts = panel.health.totals().items()
+                _log("data health: " + ", ".join(f"{r} {n}" for r, n in counts))
         write_json(
             self.dir / "split.json",
             {

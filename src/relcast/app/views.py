@@ -1,0 +1,115 @@
+"""The Evaluate tab's table and plots, drawn from a run folder (no Gradio needed).
+
+The same table and plots as the HTML report: the cells come from
+:func:`relcast.evaluation.report.metrics_table_rows`, the prediction band from
+:func:`relcast.evaluation.views.prediction_band` and the portfolio curves from
+:func:`relcast.evaluation.views.backtest_series`, so the app cannot drift from the report.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from relcast.evaluation import plots
+from relcast.evaluation.report import COLUMNS, metrics_table_rows
+from relcast.evaluation.views import backtest_series, prediction_band, quantile_columns
+
+STRATEGY_NAMES = {"topk": "top-k dropout", "long_short": "long-short"}
+
+
+def safe_name(name: str) -> str:
+    """``name`` with every character unsafe in a file name replaced by ``_``."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+
+
+def metrics_frame(metrics: Mapping) -> pd.DataFrame:
+    """metrics.json -> the report's metrics table as strings, one row per model.
+
+    Same columns, formats, ``± std`` over seeds and ``*`` on the best value per column
+    (controls excluded) as :func:`relcast.evaluation.report.metrics_table_text`.
+    """
+    return pd.DataFrame(metrics_table_rows(metrics), columns=["model", *(c.label for c in COLUMNS)])
+
+
+def read_attention(run_dir: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """attention.npz -> ``dates [T]``, ``symbols [N]``, ``attention [T, N, N]``."""
+    with np.load(Path(run_dir) / "attention.npz", allow_pickle=False) as z:
+        dates = z["dates"].astype("int64").astype("M8[ns]")
+        return dates, z["symbols"].astype(str), z["attention"]
+
+
+def attention_plot(run_dir: str | Path, target: str, out_dir: str | Path) -> Path:
+    """Heatmap of how ``target`` attends to every stock on each test date (Stage1)."""
+    dates, symbols, attention = read_attention(run_dir)
+    return plots.attention_heatmap(
+        attention, dates, symbols, target, Path(out_dir) / f"attention_{safe_name(target)}.png"
+    )
+
+
+def importance_models(run_dir: str | Path) -> list[str]:
+    """Models with a variable importance in importance.json (TFT), in file order."""
+    path = Path(run_dir) / "importance.json"
+    return list(json.loads(path.read_text())) if path.exists() else []
+
+
+def importance_plot(run_dir: str | Path, model: str, out_dir: str | Path) -> Path | None:
+    """Variable importance bars of a TFT model (None if the run has no importance)."""
+    path = Path(run_dir) / "importance.json"
+    importance = json.loads(path.read_text()) if path.exists() else {}
+    if model not in importance:
+        return None
+    return plots.variable_importance(
+        importance[model],
+        Path(out_dir) / f"importance_{safe_name(model)}.png",
+        title=f"{model}: variable importance",
+    )
+
+
+def prediction_models(predictions: pd.DataFrame) -> list[str]:
+    """Models to offer for the prediction plot: those with intervals first, hybrid first."""
+    qcols = quantile_columns(predictions)
+    models = [m for m in dict.fromkeys(predictions["model"]) if not m.startswith("naive_zero")]
+    with_q = set()
+    if qcols:
+        has = predictions[qcols].notna().all(axis=1)
+        with_q = set(predictions.loc[has, "model"])
+    return sorted(models, key=lambda m: (m not in with_q, not m.startswith("hybrid")))
+
+
+def prediction_plot(
+    run_dir: str | Path, model: str, symbol: str, out_dir: str | Path, horizon: int = 1
+) -> Path:
+    """One stock's forecasts on the test span vs the realised return, with the interval.
+
+    Models are trained on labels z-scored across stocks at each date, so the realised label
+    is z-scored the same way (and point scores without quantiles too, whatever their scale).
+    """
+    frame = pd.read_parquet(Path(run_dir) / "predictions.parquet")
+    band = prediction_band(frame, model, symbol, horizon)
+    return plots.prediction_bands(
+        band.dates,
+        band.label,
+        band.pred,
+        band.lo,
+        band.hi,
+        f"{model}: {symbol}, horizon {horizon} (z-scores across stocks)",
+        Path(out_dir) / f"pred_{safe_name(model)}_{safe_name(symbol)}.png",
+        band_label=band.band_label,
+    )
+
+
+def backtest_plot(run_dir: str | Path, strategy: str, out_dir: str | Path) -> Path:
+    """Cumulative returns after costs of every model's ``topk`` or ``long_short`` portfolio."""
+    series, bench = backtest_series(pd.read_parquet(Path(run_dir) / "backtest.parquet"), strategy)
+    return plots.cumulative_returns(
+        series,
+        Path(out_dir) / f"cumulative_{strategy}.png",
+        benchmark=bench,
+        title=f"Cumulative return: {STRATEGY_NAMES.get(strategy, strategy)} portfolio",
+    )

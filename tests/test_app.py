@@ -1,0 +1,297 @@
+"""The app's pure parts, without a browser (and without Gradio where they do not need it):
+widget values to config overrides, the metrics table, the plots drawn from a run folder,
+session order, step logs. The browser test is tests/test_app_ui.py (``make test-ui``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from relcast.app import views
+from relcast.app.data_tab import SOURCES, load_data
+from relcast.app.evaluate_tab import evaluate_choices
+from relcast.app.session import (
+    check_order,
+    end_session,
+    failure_message,
+    new_session,
+    progress_md,
+    render_log,
+    step_summary,
+)
+from relcast.app.settings_tab import SETTINGS, prepare, settings_overrides, settings_values
+from relcast.config import RelcastConfigError, load_config
+from relcast.data.panel import RelcastDataError
+from relcast.evaluation.report import COLUMNS, metrics_table_text
+from relcast.evaluation.views import backtest_series, prediction_band
+
+PNG = b"\x89PNG\r\n\x1a\n"
+SYMBOLS = ["AAA", "BBB", "CCC", "DDD", "IDX"]
+T = 12
+
+
+# ----------------------------------------------------------------------------- settings
+@pytest.mark.parametrize("preset", ["small", "medium", "large"])
+def test_settings_round_trip_through_the_config(preset):
+    """Every widget lands on its own config key: change each one, read them all back."""
+    values = dict(zip(SETTINGS, settings_values(load_config(preset)), strict=True))
+    changed = {
+        "d_model": 48,
+        "n_heads": 3,
+        "stage1_epochs": values["stage1_epochs"] + 3,
+        "horizons": values["horizons"] + 2,
+        "models": ["lstm", "tcn"],
+        "feature_sets": ["own"],
+        "lookback": values["lookback"] + 7,
+        "stage3_epochs": values["stage3_epochs"] + 5,
+        "extractor": "v3",
+        "stage2": not values["stage2"],
+        "regime": False,
+    }
+    assert set(changed) == set(SETTINGS)
+    overrides = settings_overrides(*(changed[k] for k in SETTINGS))
+    assert overrides[-1] == "trainer.progress=true"  # the app streams the progress bar
+    again = load_config(preset, overrides=overrides)
+    assert dict(zip(SETTINGS, settings_values(again), strict=True)) == changed
+
+
+def test_free_text_settings_win_and_comments_are_skipped():
+    values = settings_values(load_config("small"))
+    extra = "# a note\n\n  stage3.lookback=13  \nstage3.hidden_size=24\n"
+    overrides = settings_overrides(*values, extra)
+    assert "# a note" not in overrides and "" not in overrides
+    cfg = load_config("small", overrides=overrides)
+    assert cfg.stage3.lookback == 13 and cfg.stage3.hidden_size == 24
+
+
+@pytest.mark.parametrize("empty", ["models", "feature_sets"])
+def test_settings_need_a_model_and_a_feature_set(empty):
+    values = dict(zip(SETTINGS, settings_values(load_config("small")), strict=True))
+    values[empty] = []
+    with pytest.raises(RelcastConfigError, match="at least one"):
+        settings_overrides(*(values[k] for k in SETTINGS))
+
+
+# ----------------------------------------------------------------------------- the table
+def _metrics() -> dict:
+    def row(rank_ic, **kw):
+        return {"rank_ic": rank_ic, "ic": rank_ic / 2, "mse": 1.0, "n_dates": T, **kw}
+
+    return {
+        "models": {
+            "lightgbm": row(0.02),
+            "hybrid_tft": row(0.05, seeds={"rank_ic_std": 0.01}),
+            "control_shuffled_lightgbm": row(0.30),  # a control is never "best"
+        }
+    }
+
+
+def test_metrics_frame_is_the_reports_table():
+    frame = views.metrics_frame(_metrics())
+    assert list(frame.columns) == ["model", *(c.label for c in COLUMNS)]
+    assert list(frame["model"]) == ["lightgbm", "hybrid_tft", "control_shuffled_lightgbm"]
+    rank = frame.set_index("model")["Rank IC"]
+    assert rank["hybrid_tft"] == "+0.0500 ± 0.0100*"
+    assert rank["control_shuffled_lightgbm"] == "+0.3000"  # higher, but not marked best
+    assert rank["lightgbm"] == "+0.0200"
+    # the terminal table shows the same cells
+    text = metrics_table_text(_metrics())
+    for model, cell in rank.items():
+        line = next(ln for ln in text.splitlines() if ln.startswith(model + " "))
+        assert cell in line
+
+
+# ----------------------------------------------------------------------------- a run folder
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    """A fake evaluated run: predictions (one model with quantiles), attention, backtest."""
+    run = tmp_path_factory.mktemp("run")
+    rng = np.random.default_rng(0)
+    dates = pd.bdate_range("2024-01-01", periods=T)
+    stocks = SYMBOLS[:4]  # the index is not predicted
+    rows = []
+    for model in ("lightgbm", "hybrid_tft", "naive_zero", "stage3_own_gru"):
+        for d in dates:
+            for s in stocks:
+                pred = float(rng.normal(0, 3.0))
+                r = {"date": d, "symbol": s, "model": model, "horizon": 1, "pred": pred}
+                r["label"] = float(rng.normal(0.001, 0.02))
+                q = model == "hybrid_tft"
+                r.update({c: pred + o if q else np.nan for c, o in (("q0.1", -1), ("q0.9", 1))})
+                r["q0.5"] = pred if q else np.nan
+                rows.append(r)
+    pd.DataFrame(rows).to_parquet(run / "predictions.parquet")
+    att = rng.random((T, len(SYMBOLS), len(SYMBOLS))).astype(np.float32)
+    att /= att.sum(-1, keepdims=True)
+    np.savez(
+        run / "attention.npz",
+        dates=dates.to_numpy().astype("int64"),
+        symbols=np.array(["IDX", "DDD", "AAA", "BBB", "CCC"]),
+        attention=att,
+    )
+    bt = [
+        {"date": d, "model": m, "strategy": st, "daily_return": float(rng.normal(0, 0.01)),
+         "benchmark_return": 0.001, "excess_return": 0.0, "turnover": 0.2}
+        for st in ("topk", "long_short") for m in ("lightgbm", "hybrid_tft") for d in dates
+    ]  # fmt: skip
+    pd.DataFrame(bt).to_parquet(run / "backtest.parquet")
+    (run / "importance.json").write_text(json.dumps({"hybrid_tft": {"ret_1": 0.7, "rsi": 0.3}}))
+    (run / "metrics.json").write_text(json.dumps(_metrics()))
+    return run
+
+
+def test_plots_are_drawn_from_the_run_folder(run_dir, tmp_path):
+    paths = [
+        views.attention_plot(run_dir, "AAA", tmp_path),
+        views.importance_plot(run_dir, "hybrid_tft", tmp_path),
+        views.prediction_plot(run_dir, "hybrid_tft", "BBB", tmp_path),
+        views.prediction_plot(run_dir, "lightgbm", "BBB", tmp_path),
+        views.backtest_plot(run_dir, "topk", tmp_path),
+        views.backtest_plot(run_dir, "long_short", tmp_path),
+    ]
+    for path in paths:
+        assert path.read_bytes()[:8] == PNG, path
+    assert len({p.name for p in paths}) == len(paths)  # no plot overwrites another
+    assert views.importance_plot(run_dir, "lightgbm", tmp_path) is None  # not a TFT
+    with pytest.raises(ValueError, match="no predictions for 'ZZZ'"):
+        views.prediction_plot(run_dir, "hybrid_tft", "ZZZ", tmp_path)
+
+
+def test_evaluate_choices(run_dir):
+    c = evaluate_choices(run_dir)
+    assert c["stocks"] == ["AAA", "BBB", "CCC", "DDD"]
+    assert c["targets"] == ["DDD", "AAA", "BBB", "CCC"]  # attention order, predicted only
+    assert c["importance"] == ["hybrid_tft"]
+    # intervals first, then hybrid first; a constant forecast is not worth a plot
+    assert c["models"][0] == "hybrid_tft" and "naive_zero" not in c["models"]
+
+
+def test_prediction_band_zscores_across_stocks(run_dir):
+    frame = pd.read_parquet(run_dir / "predictions.parquet")
+    for model, with_q in (("hybrid_tft", True), ("lightgbm", False)):
+        band = prediction_band(frame, model, "CCC")
+        sub = frame[frame["model"] == model]
+        label = sub.pivot(index="date", columns="symbol", values="label")  # (T, 4)
+        pred = sub.pivot(index="date", columns="symbol", values="pred")
+        z = (label["CCC"] - label.mean(axis=1)) / label.std(axis=1, ddof=0)
+        np.testing.assert_allclose(band.label, z.to_numpy(), rtol=1e-10)
+        assert band.has_interval is with_q
+        if with_q:  # quantile forecasts are already on the z-scored scale: left as they are
+            np.testing.assert_allclose(band.pred, pred["CCC"].to_numpy())
+            np.testing.assert_allclose(band.hi - band.lo, 2.0)
+            assert band.band_label == "q0.1-q0.9 interval"
+        else:  # a point score's scale is arbitrary: z-scored like the label
+            zp = (pred["CCC"] - pred.mean(axis=1)) / pred.std(axis=1, ddof=0)
+            np.testing.assert_allclose(band.pred, zp.to_numpy(), rtol=1e-10)
+            assert band.lo is None and band.hi is None
+
+
+def test_backtest_series(run_dir):
+    bt = pd.read_parquet(run_dir / "backtest.parquet")
+    series, bench = backtest_series(bt, "topk", ["hybrid_tft", "missing", "lightgbm"])
+    assert list(series) == ["hybrid_tft", "lightgbm"]  # the order asked, absent ones dropped
+    dates, ret = series["lightgbm"]
+    want = bt.query("strategy == 'topk' and model == 'lightgbm'").sort_values("date")
+    np.testing.assert_array_equal(ret, want["daily_return"].to_numpy())
+    assert bench is not None and len(bench[0]) == T
+    _, no_bench = backtest_series(bt, "long_short")  # market-neutral: no benchmark
+    assert no_bench is None
+    with pytest.raises(ValueError, match="no 'other' rows"):
+        backtest_series(bt, "other")
+
+
+# ----------------------------------------------------------------------------- the session
+def test_session_order_progress_and_cleanup(tmp_path):
+    session = new_session(tmp_path)
+    folder = Path(session["dir"])
+    assert folder.is_dir() and folder.parent == tmp_path
+    with pytest.raises(RelcastDataError, match="run step 2 Settings before 3 Stage1"):
+        check_order(session, "stage1")
+    session["done"] = ["data", "settings"]
+    check_order(session, "stage1")
+    bar = progress_md(session, running="stage1")
+    assert "**✓ 2 Settings**" in bar and "*▶ 3 Stage1 (running)*" in bar and "○ 4" in bar
+    end_session(session)
+    assert not folder.exists()
+
+
+def test_step_logs_read_like_a_terminal(tmp_path):
+    log = tmp_path / "step.log"
+    log.write_bytes(
+        b"\x1b[32mstarting\x1b[0m\nEpoch 0:  10%\rEpoch 0:  50%\rEpoch 0: 100%\n"
+        b"LitLogger: try it\nerror: stage1.n_heads must divide d_model\n  (stage1.d_model=30)\n"
+    )
+    shown = render_log(log, "$ relcast stage1").splitlines()
+    assert shown == [
+        "$ relcast stage1",
+        "starting",
+        "Epoch 0: 100%",
+        "error: stage1.n_heads must divide d_model",
+        "  (stage1.d_model=30)",
+    ]
+    assert failure_message(log, "stage1") == (
+        "stage1.n_heads must divide d_model\n  (stage1.d_model=30)"
+    )
+    log.write_text("Traceback ...\nValueError: boom\n")
+    assert failure_message(log, "extract").startswith("relcast extract failed: ValueError: boom")
+
+
+def test_step_summary_reads_run_json(tmp_path):
+    steps = {
+        "stage1": {"epochs": 4, "best_val_rank_ic": 0.0312, "seconds": 12.4},
+        "stage2": {"enabled": True, "helped": False},
+        "stage3": {"models": {"hybrid_gru": {"best_val_rank_ic": -0.01, "num_inputs": 46,
+                                             "seconds_per_epoch": 1.25}}},
+    }  # fmt: skip
+    (tmp_path / "run.json").write_text(json.dumps({"steps": steps}))
+    s1 = step_summary(tmp_path, "stage1")
+    assert "4 epochs" in s1 and "+0.0312" in s1 and "did not help" in s1
+    s3 = step_summary(tmp_path, "stage3")
+    assert "hybrid_gru" in s3 and "46 inputs" in s3 and "1.2 s/epoch" in s3
+
+
+def test_load_a_market_and_prepare_a_run(tmp_path):
+    session = new_session(tmp_path)
+    overrides, text = load_data(session, SOURCES[2], None, None, 5, 260)
+    assert overrides == [
+        "data.source=synthetic",
+        "data.synthetic_stocks=5",
+        "data.synthetic_days=260",
+    ]
+    assert "Synthetic market: 5 stocks, 260 days" in text
+    session.update(data=overrides, done=["data"])
+    values = dict(zip(SETTINGS, settings_values(load_config("small")), strict=True))
+    values.update(lookback=8, horizons=2)
+    info = prepare(session, "small", settings_overrides(*(values[k] for k in SETTINGS)))
+    run = Path(session["run"])
+    assert session["done"] == ["data", "settings"] and run.parent == Path(session["dir"])
+    assert (run / "split.json").exists() and f"Run folder: {run}" in info
+    assert "lookback 8, horizons 1..2" in info
+
+
+def test_an_upload_error_names_the_users_file(tmp_path):
+    import relcast
+
+    panel, _ = relcast.synthetic_market(num_stocks=3, num_days=60, seed=0)
+    frame = panel.to_frame().drop(columns="close")  # a structural problem: stops the read
+    upload = tmp_path / "my prices.csv"
+    frame.to_csv(upload, index=False)
+    session = new_session(tmp_path / "runs")
+    with pytest.raises(RelcastDataError) as err:
+        load_data(session, SOURCES[1], str(upload), None, 0, 0)
+    assert "my prices.csv" in str(err.value) and session["dir"] not in str(err.value)
+    assert upload.read_text().count("\n") == len(frame) + 1  # the user's file is untouched
+
+
+def test_build_app_when_gradio_is_installed(tmp_path):
+    pytest.importorskip("gradio")
+    from relcast.app import build_app
+
+    demo = build_app(tmp_path)
+    ids = {getattr(b, "elem_id", None) for b in demo.blocks.values()}
+    for key in ("load-data", "apply", "stage1-run", "stage3-cancel", "metrics-table"):
+        assert key in ids

@@ -1,0 +1,473 @@
+"""The run folder's owner: atomic writes with per-process temporary names, one writer per
+folder (fail fast or wait; a killed holder never blocks), recovery of an interrupted update by
+every command, crash leftovers removed, foreign folders refused, the data fingerprint, no
+Lightning pickles left behind, and ``update`` extending ``data_with_relationships``."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+import relcast
+from relcast.cli import app
+from relcast.runfolder import (
+    JOURNAL,
+    LOCK,
+    RunFolder,
+    RunFolderBusy,
+    RunFolderError,
+    atomic_write,
+    data_changes,
+    data_fingerprint,
+    temp_path,
+)
+
+TINY = [
+    "data.horizons=2",
+    "stage1.d_model=16",
+    "stage1.n_heads=2",
+    "stage1.n_layers=1",
+    "stage1.relationship_dim=4",
+    "stage1.max_epochs=2",
+    "stage1.batch_dates=16",
+    "stage2.n_estimators=20",
+    "relationships.oof_folds=2",
+    "stage3.models=[gru]",
+    "stage3.feature_sets=[hybrid]",
+    "stage3.hidden_size=8",
+    "stage3.num_layers=1",
+    "stage3.lookback=8",
+    "stage3.max_epochs=1",
+    "stage3.batch_size=256",
+    "evaluation.topk=2",
+    "trainer.progress=false",
+    "trainer.accelerator=cpu",
+]
+DAYS, NEW_DAYS = 240, 6
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def _sets(extra=()):
+    return [arg for item in [*TINY, *extra] for arg in ("--set", item)]
+
+
+def _run_args(data: Path, out: Path, extra=(), force: bool = False) -> list[str]:
+    return ["run", "--data", str(data), "--out", str(out), *_sets(extra)] + (
+        ["--force"] if force else []
+    )
+
+
+def _cli(*args: str, env: dict | None = None) -> subprocess.Popen:
+    """``relcast <args>`` in its own process."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "relcast.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**ENV, **(env or {})},
+    )
+
+
+def _wait_for_holder(folder: Path, command: str, proc: subprocess.Popen, limit: float = 60.0):
+    """Block until ``proc`` holds the folder's lock for ``command``."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stdout.read()
+        try:
+            info = json.loads((folder / LOCK).read_text() or "{}")
+        except (OSError, ValueError):
+            info = {}
+        if info.get("pid") == proc.pid and info.get("command") == command:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"{command} never took the lock")
+
+
+def _hold_lock(folder: Path, command: str) -> subprocess.Popen:
+    """A process that takes the folder's lock and sleeps (a long-running writer)."""
+    code = (
+        "import sys, time\n"
+        "from relcast.runfolder import RunFolder\n"
+        f"held = RunFolder(sys.argv[1]).lock({command!r})\n"
+        "held.__enter__()\n"
+        "print('held', flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(folder)], stdout=subprocess.PIPE, text=True, env=ENV
+    )
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+# ----------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def market(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rf_market")
+    panel, _ = relcast.synthetic_market(num_stocks=5, num_days=DAYS + NEW_DAYS, seed=5)
+    history = panel.select(end=panel.dates[DAYS - 1])
+    history.to_frame().to_csv(root / "history.csv", index=False)
+    half = DAYS + NEW_DAYS // 2
+    panel.select(start=panel.dates[DAYS], end=panel.dates[half - 1]).to_frame().to_csv(
+        root / "new_a.csv", index=False
+    )
+    panel.select(start=panel.dates[half]).to_frame().to_csv(root / "new_b.csv", index=False)
+    panel.select(start=panel.dates[DAYS]).to_frame().to_csv(root / "new.csv", index=False)
+    return {"full": panel, "root": root, "history": root / "history.csv"}
+
+
+@pytest.fixture(scope="module")
+def run_dir(market, tmp_path_factory):
+    out = tmp_path_factory.mktemp("rf_run") / "run"
+    result = CliRunner().invoke(app, _run_args(market["history"], out))
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return out
+
+
+def _copy(run_dir: Path, tmp_path: Path, name: str = "run") -> Path:
+    work = tmp_path / name
+    shutil.copytree(run_dir, work)
+    return work
+
+
+def _consistent(folder: Path) -> int:
+    """The panel and the relationship store of ``folder`` cover the same dates; how many."""
+    from relcast.pipeline import Pipeline
+
+    pipe = Pipeline.open(folder)
+    with np.load(folder / "relationships.npz", allow_pickle=False) as z:
+        rel_dates = z["dates"].astype("datetime64[ns]")
+        assert len(z["fold_of"]) == len(rel_dates)
+    np.testing.assert_array_equal(rel_dates, pipe.panel.dates)
+    return pipe.panel.num_dates
+
+
+# ----------------------------------------------------------------------------- atomic writes
+def test_temporary_names_differ_per_process_and_per_call(tmp_path):
+    a, b = temp_path(tmp_path / "x.json"), temp_path(tmp_path / "x.json")
+    assert a != b and a.parent == tmp_path
+    assert a.name.startswith(f".x.json.{os.getpid()}.") and a.name.endswith(".tmp")
+
+
+def _hammer(path: str, byte: int, rounds: int) -> None:
+    for _ in range(rounds):
+        atomic_write(Path(path), bytes([byte]) * 200_000)
+
+
+def test_two_processes_writing_one_file_never_collide(tmp_path):
+    # with one shared temporary name, one process renames the other's half-written file
+    # (or finds it gone): here every write lands whole and nothing is left behind
+    target = tmp_path / "shared.bin"
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_hammer, args=(str(target), b, 40)) for b in (1, 2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0]
+    data = target.read_bytes()
+    assert len(data) == 200_000 and len(set(data)) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shared.bin"]
+
+
+def test_a_failed_write_leaves_nothing(tmp_path):
+    def broken(path):
+        path.write_bytes(b"half")
+        raise OSError("disk full")
+
+    (tmp_path / "keep.json").write_text("old")
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(tmp_path / "keep.json", broken)
+    assert (tmp_path / "keep.json").read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.json"]
+
+
+# ----------------------------------------------------------------------------- lock
+def test_second_writer_fails_fast_naming_the_holder(tmp_path):
+    folder = tmp_path / "run"
+    holder = _hold_lock(folder, "update")
+    try:
+        with pytest.raises(RunFolderBusy, match=rf"in use by pid {holder.pid} \(command update"):
+            with RunFolder(folder).lock("run", timeout=0):
+                pass
+        # the CLI says the same, exit 2 and no traceback
+        result = CliRunner().invoke(app, ["report", "--run", str(folder)])
+        assert result.exit_code == 2 and f"pid {holder.pid}" in result.output
+        assert "Traceback" not in result.output
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_waiting_writer_gets_the_folder_when_the_holder_ends(tmp_path):
+    folder = tmp_path / "run"
+    holder = _hold_lock(folder, "run")
+    start = time.monotonic()
+    ended = {}
+
+    def end_holder_soon():
+        time.sleep(0.5)
+        holder.terminate()
+        ended["at"] = time.monotonic()
+
+    import threading
+
+    threading.Thread(target=end_holder_soon).start()
+    with RunFolder(folder).lock("update", timeout=30):
+        assert time.monotonic() >= ended["at"] >= start
+        assert json.loads((folder / LOCK).read_text())["command"] == "update"
+    holder.wait()
+
+
+def test_killed_holder_does_not_block_the_next_command(tmp_path):
+    folder = tmp_path / "run"
+    holder = _hold_lock(folder, "stage3")
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.wait()
+    with RunFolder(folder).lock("run", timeout=0):  # the OS released the dead holder's lock
+        pass
+
+
+def test_lock_is_reentrant_in_a_thread_and_exclusive_across_threads(tmp_path):
+    import threading
+
+    folder = RunFolder(tmp_path / "run")
+    seen = []
+    with folder.lock("run"), folder.lock("stage1"):  # a step inside `run`
+        thread = threading.Thread(
+            target=lambda: seen.append(pytest.raises(RunFolderBusy, folder.lock("x").__enter__))
+        )
+        thread.start()
+        thread.join()
+    assert len(seen) == 1
+
+
+def test_a_command_that_writes_nothing_leaves_no_folder(tmp_path):
+    folder = tmp_path / "new"
+    with RunFolder(folder).lock("run"):
+        assert (folder / LOCK).exists()
+    assert not folder.exists()
+
+
+# ----------------------------------------------------------------------------- --out safety
+def test_out_on_a_folder_of_user_files_is_refused_and_untouched(tmp_path):
+    mine = tmp_path / "my_project"
+    mine.mkdir()
+    files = {"config.yaml": "my: settings\n", "report.html": "<p>my report</p>", "a.csv": "1,2\n"}
+    for name, text in files.items():
+        (mine / name).write_text(text)
+    result = CliRunner().invoke(app, ["run", "--data", "synthetic", "--out", str(mine)])
+    assert result.exit_code == 2, result.output
+    assert "not a relcast run folder" in result.output and "Traceback" not in result.output
+    assert {p.name: p.read_text() for p in mine.iterdir()} == files
+
+
+def test_out_naming_a_file_is_refused_with_exit_2(tmp_path):
+    target = tmp_path / "notes.txt"
+    target.write_text("keep me")
+    for command in (["run", "--data", "synthetic", "--out"], ["report", "--run"]):
+        result = CliRunner().invoke(app, [*command, str(target)])
+        assert result.exit_code == 2, result.output
+        assert "is a file" in result.output and "Traceback" not in result.output
+    assert target.read_text() == "keep me"
+
+
+# ----------------------------------------------------------------------------- a real run
+def test_run_leaves_no_lightning_pickles(run_dir):
+    assert not list(run_dir.rglob("*.ckpt"))
+    assert (run_dir / "stage1" / "model.safetensors").exists()
+    assert list((run_dir / "logs").rglob("metrics.csv"))  # training curves stay
+
+
+def test_update_extends_data_with_relationships(run_dir, market, tmp_path):
+    from relcast.inference import update_run
+    from relcast.relationships import RelationshipStore
+
+    work = _copy(run_dir, tmp_path)
+    before = RelationshipStore.read_parquet(work / "data_with_relationships.parquet")
+    old = pd.read_parquet(work / "data_with_relationships.parquet")
+    update_run(work, str(market["root"] / "new.csv"))
+    after = RelationshipStore.read_parquet(work / "data_with_relationships.parquet")
+    new = pd.read_parquet(work / "data_with_relationships.parquet")
+    full = market["full"]
+    assert after.dates[-1] == full.dates[-1] and len(after.dates) == len(before.dates) + NEW_DAYS
+    assert set(new["date"]) - set(old["date"]) == set(pd.to_datetime(full.dates[DAYS:]))
+    # the stored rows are unchanged; the new rows agree with relationships.npz
+    pd.testing.assert_frame_equal(new.iloc[: len(old)], old, check_exact=False, rtol=1e-6)
+    with np.load(work / "relationships.npz", allow_pickle=False) as z:
+        values, names = z["values"], [str(n) for n in z["names"]]
+    rows = new.iloc[len(old) :]
+    t = np.searchsorted(full.dates, rows["date"].to_numpy(dtype="datetime64[ns]"))
+    n = pd.Index(after.symbols).get_indexer(rows["symbol"])  # the run's symbol order
+    np.testing.assert_allclose(rows[names].to_numpy(), values[t, n], rtol=1e-6)
+    assert (rows["fold"] == -1).all()
+
+
+def _interrupt_update(work: Path, data: Path, monkeypatch) -> None:
+    """An update that dies after its journal, during the renames."""
+    from relcast.inference import update_run
+
+    real = os.replace
+    calls = {"n": 0}
+
+    def crash_on_second_rename(src, dst):
+        if str(src).endswith(".update"):
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise OSError("killed during the renames")
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", crash_on_second_rename)
+    with pytest.raises(OSError, match="killed"):
+        update_run(work, str(data))
+    monkeypatch.undo()
+    assert (work / JOURNAL).exists()
+
+
+LEFTOVERS = [
+    ".panel.build",
+    ".panel.build.tmp",
+    "..panel.parquet.update.tmp",
+    ".update.journal.tmp",
+    "panel.parquet.tmp",
+    ".metrics.json.4242.0badcafe.tmp",
+    ".report.html.tmp",
+    "stage3/hybrid_gru/.model.safetensors.4242.0badcafe.tmp",
+    "stage1/.model.json.tmp",
+]
+
+
+@pytest.mark.parametrize("command", ["report", "evaluate", "stage3", "extract"])
+def test_every_command_recovers_an_interrupted_update_first(
+    command, run_dir, market, tmp_path, monkeypatch
+):
+    work = _copy(run_dir, tmp_path)
+    _interrupt_update(work, market["root"] / "new.csv", monkeypatch)
+    for name in LEFTOVERS:
+        (work / name).write_bytes(b"crash leftover")
+    (work / "my_notes.txt").write_text("not a leftover")
+    result = CliRunner().invoke(app, [command, "--run", str(work)])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert not (work / JOURNAL).exists()
+    assert not [name for name in LEFTOVERS if (work / name).exists()]
+    assert not list(work.rglob("*.update"))
+    assert (work / "my_notes.txt").read_text() == "not a leftover"
+    assert _consistent(work) == DAYS + NEW_DAYS  # the update was finished, not half-applied
+
+
+# ----------------------------------------------------------------------------- concurrency
+def test_concurrent_updates_lose_nothing(run_dir, market, tmp_path):
+    # two `update`s at once (the second waits for the folder): every accepted batch is in
+    # the panel, the relationship store matches the panel, a refused one says why
+    work = _copy(run_dir, tmp_path)
+    procs = [
+        _cli("update", "--run", str(work), "--data", str(market["root"] / f"new_{b}.csv"),
+             env={"RELCAST_LOCK_WAIT": "300"})
+        for b in ("a", "b")
+    ]  # fmt: skip
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    codes = [p.returncode for p in procs]
+    assert "Traceback" not in "".join(outs), outs
+    assert set(codes) <= {0, 2}, outs
+    full = market["full"]
+    half = DAYS + NEW_DAYS // 2
+    accepted = [full.dates[DAYS:half], full.dates[half:]]
+    expected = DAYS + sum(len(d) for d, code in zip(accepted, codes, strict=True) if code == 0)
+    assert _consistent(work) == expected
+    live = pd.read_parquet(work / "live_predictions.parquet")
+    for dates, code, out in zip(accepted, codes, outs, strict=True):
+        if code == 0:
+            assert set(pd.to_datetime(dates)) <= set(live["date"])
+        else:  # b went first: a's dates are no longer new
+            assert "not after the run's last date" in out
+    assert codes[0] == 0 or codes[1] == 0
+
+
+def test_two_runs_with_different_configs_never_mix(market, tmp_path):
+    out = tmp_path / "run"
+    first = _cli(*_run_args(market["history"], out))
+    _wait_for_holder(out, "run", first)
+    second = _cli(*_run_args(market["history"], out, ["stage3.hidden_size=12"]))
+    text = second.communicate(timeout=120)[0]
+    assert second.returncode == 2, text
+    assert f"in use by pid {first.pid} (command run" in text and "Traceback" not in text
+    assert first.wait(timeout=300) == 0, first.stdout.read()
+    # the second config, once the folder is free: refused, not mixed into the first run
+    result = CliRunner().invoke(app, _run_args(market["history"], out, ["stage3.hidden_size=12"]))
+    assert result.exit_code == 2 and "different config" in result.output
+    info = json.loads((out / "stage3" / "hybrid_gru" / "model.json").read_text())
+    assert info["config"]["hidden_size"] == 8
+    assert "hidden_size: 8" in (out / "config.yaml").read_text()
+
+
+def test_killed_update_leaves_a_usable_run(run_dir, market, tmp_path):
+    work = _copy(run_dir, tmp_path)
+    proc = _cli("update", "--run", str(work), "--data", str(market["root"] / "new.csv"))
+    _wait_for_holder(work, "update", proc)
+    time.sleep(0.3)  # somewhere inside the update
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    result = CliRunner().invoke(app, ["report", "--run", str(work)])
+    assert result.exit_code == 0, result.output
+    assert _consistent(work) in (DAYS, DAYS + NEW_DAYS)  # all of the update, or none of it
+    assert not RunFolder(work).leftovers()
+
+
+# ----------------------------------------------------------------------------- fingerprint
+def test_fingerprint_ignores_a_touch_and_sees_edits(market, tmp_path):
+    csv = tmp_path / "prices.csv"
+    shutil.copy(market["history"], csv)
+    panel = relcast.read_panel(str(csv))
+    recorded = data_fingerprint([csv], panel)
+
+    def load():
+        return relcast.read_panel(str(csv))
+
+    assert data_changes(recorded, [csv], load) is None
+    os.utime(csv, ns=(time.time_ns(), time.time_ns() + 10**9))  # touched, same bytes
+    assert data_changes(recorded, [csv], load) is None
+    frame = pd.read_csv(csv)
+    frame.loc[frame.index[-1], "volume"] *= 2
+    frame.to_csv(csv, index=False)
+    assert "prices or volumes differ" in data_changes(recorded, [csv], load)
+    frame[frame["date"] != frame["date"].max()].to_csv(csv, index=False)  # one date fewer
+    assert "dates or symbols differ" in data_changes(recorded, [csv], load)
+    assert data_changes(None, [csv], load) is None  # a run from before fingerprints
+
+
+def test_rerun_on_changed_data_asks_for_force(market, tmp_path):
+    csv, out = tmp_path / "prices.csv", tmp_path / "run"
+    shutil.copy(market["history"], csv)
+    assert CliRunner().invoke(app, _run_args(csv, out)).exit_code == 0
+    fp = json.loads((out / "run.json").read_text())["steps"]["prepare"]["fingerprint"]
+    assert [f["path"] for f in fp["files"]] == [str(csv.resolve())]
+    frame = pd.read_csv(csv)
+    frame.loc[frame.index[-1], "volume"] += 1  # one bar corrected by the data vendor
+    frame.to_csv(csv, index=False)
+    result = CliRunner().invoke(app, _run_args(csv, out))
+    assert result.exit_code == 2, result.output
+    assert "changed since it was prepared" in result.output and "--force" in result.output
+    assert "prices.csv" in result.output and "Traceback" not in result.output
+    result = CliRunner().invoke(app, _run_args(csv, out, force=True))
+    assert result.exit_code == 0, result.output
+    again = CliRunner().invoke(app, _run_args(csv, out))
+    assert again.exit_code == 0 and "done already, skipped" in again.output
+
+
+def test_a_folder_raises_run_folder_errors_for_missing_files(tmp_path):
+    from relcast.pipeline import Pipeline
+
+    with pytest.raises(RunFolderError, match="run.json"):
+        Pipeline.open(tmp_path / "nothing")

@@ -47,22 +47,33 @@ def chronological_split(
     *,
     valid_start: str | np.datetime64 | None = None,
     test_start: str | np.datetime64 | None = None,
+    train_end: str | np.datetime64 | None = None,
+    valid_end: str | np.datetime64 | None = None,
+    test_end: str | np.datetime64 | None = None,
 ) -> Split:
     """Split dates into train, valid and test, in that order, with embargo gaps.
 
-    ``embargo`` dates are dropped before the valid span and before the test span, so that
-    no label window of one span reaches into the next: pass at least the longest horizon
-    plus the label delay (``forward_returns(..., horizons=H, delay=d)`` needs ``H + d``).
+    ``embargo`` dates are dropped at the end of the train span and at the end of the valid
+    span, so that no label window of one span reaches into the next: pass at least the
+    longest horizon plus the label delay (``forward_returns(..., horizons=H, delay=d)``
+    needs ``H + d``).
 
     Sizes come from ``valid_frac`` / ``test_frac`` of all dates (test at the end), unless
     ``valid_start`` / ``test_start`` give the first date of a span (the first panel date
-    ``>=`` the given one). ``valid_frac=0`` (without ``valid_start``) means no validation
-    span. Raises ``ValueError`` when a span would be empty.
+    ``>=`` the given one). ``train_end`` and ``valid_end`` (both, inclusive, optional
+    ``test_end``) give the spans by date instead and win over everything else: train =
+    dates ``<= train_end``, valid = ``(train_end, valid_end]``, test = ``(valid_end,
+    test_end]`` (the benchmark protocol: train ..2015-12-31, valid 2016, test 2017), each
+    of the first two minus its last ``embargo`` dates. ``valid_frac=0`` (without
+    ``valid_start``) means no validation span. Raises ``ValueError`` naming the problem
+    when a span would be empty or a date falls outside ``dates``.
     """
     dates = np.asarray(dates, dtype="datetime64[ns]")
     T = len(dates)
     if embargo < 0:
         raise ValueError(f"embargo must be >= 0, got {embargo}")
+    if train_end is not None or valid_end is not None:
+        return _split_by_end_dates(dates, embargo, train_end, valid_end, test_end)
     for name, frac in (("valid_frac", valid_frac), ("test_frac", test_frac)):
         if not 0 <= frac < 1:
             raise ValueError(f"{name} must be in [0, 1), got {frac}")
@@ -95,5 +106,41 @@ def chronological_split(
             f"test_frac={test_frac}, embargo={embargo}, valid_start={valid_start}, "
             f"test_start={test_start}) leaves empty or out-of-order spans: {problems or 'valid'}; "
             "use more dates, smaller fractions or a shorter embargo"
+        )
+    return Split(train=train, valid=valid, test=test, embargo=embargo, dates=dates)
+
+
+def _split_by_end_dates(dates: np.ndarray, embargo: int, train_end, valid_end, test_end) -> Split:
+    """Spans that end at given dates (inclusive); the embargo is cut from the earlier span."""
+    if train_end is None or valid_end is None:
+        raise ValueError("train_end and valid_end must be given together (test_end optional)")
+    T = len(dates)
+    ends = {"train_end": train_end, "valid_end": valid_end}
+    if test_end is not None:
+        ends["test_end"] = test_end
+    stamp = {k: np.datetime64(pd.Timestamp(v), "ns") for k, v in ends.items()}
+    span = f"{pd.Timestamp(dates[0]).date()}..{pd.Timestamp(dates[-1]).date()}" if T else "empty"
+    for key, when in stamp.items():
+        if T == 0 or not dates[0] <= when <= dates[-1]:
+            raise ValueError(f"{key}={ends[key]} is outside the data's dates ({span})")
+    order = list(stamp.values())
+    if order != sorted(order) or len(set(order)) != len(order):
+        raise ValueError(
+            "train_end < valid_end < test_end must hold, got "
+            + ", ".join(f"{k}={v}" for k, v in ends.items())
+        )
+    train_stop, valid_stop, test_stop = (
+        int(np.searchsorted(dates, stamp[k], "right")) if k in stamp else T
+        for k in ("train_end", "valid_end", "test_end")
+    )
+    train = np.arange(0, max(train_stop - embargo, 0))
+    valid = np.arange(train_stop, max(valid_stop - embargo, train_stop))
+    test = np.arange(valid_stop, test_stop)
+    empty = [n for n, idx in (("train", train), ("valid", valid), ("test", test)) if not len(idx)]
+    if empty:
+        raise ValueError(
+            f"the {'/'.join(empty)} span(s) are empty with "
+            + ", ".join(f"{k}={v}" for k, v in ends.items())
+            + f" and an embargo of {embargo} dates on {T} dates ({span}); move the end dates"
         )
     return Split(train=train, valid=valid, test=test, embargo=embargo, dates=dates)

@@ -54,6 +54,18 @@ class DataConfig(_Section):
         # YAML reads 2004-01-01 as a date; keep dates as ISO text like the CLI passes them
         return _as_text(value)
 
+    @field_validator("start", "end")
+    @classmethod
+    def _is_a_date(cls, value: str | None) -> str | None:
+        import pandas as pd
+
+        try:
+            if value is not None:
+                pd.Timestamp(value)
+        except (ValueError, TypeError):
+            raise ValueError(f"{value!r} is not a date; write it as YYYY-MM-DD") from None
+        return value
+
     label_delay: int = Field(0, ge=0, le=5, description="0: trade at t's close; 1: qlib's t+1")
     synthetic_stocks: int = Field(20, ge=2, description="stocks when source is 'synthetic'")
     synthetic_days: int = Field(800, ge=50, description="days when source is 'synthetic'")
@@ -131,8 +143,19 @@ class Stage1Settings(_Section):
     relationship_dim: int = Field(16, ge=2, le=256, description="learned bottleneck size (V2)")
     use_sector_embedding: bool = True
     multitask: bool = Field(False, description="add stock-correlation and sector heads")
-    loss: Literal["mse", "ic"] = Field(
-        "ic", description="ic: 1 - daily IC (scale-free, learns fastest); mse: on z-scored labels"
+    loss: Literal["mse", "ic", "listnet", "pairwise"] = Field(
+        "ic",
+        description="ic: 1 - daily IC (scale-free, learns fastest); mse: on normalised labels; "
+        "listnet: softmax cross-entropy over each date's stocks; pairwise: RankNet logistic "
+        "loss over each date's stock pairs (memory grows as stocks^2)",
+    )
+    label_norm: Literal["cross_section", "cs_rank"] = Field(
+        "cross_section",
+        description="labels Stage1's losses read: cross_section z-score, or cs_rank (qlib's "
+        "CSRankNorm); the ic loss uses raw labels under cross_section",
+    )
+    rank_mse_weight: float = Field(
+        0.0, ge=0, description="MSE weight added to listnet/pairwise (RSR adds MSE to its ranking)"
     )
     horizons: int = Field(
         1,
@@ -220,6 +243,11 @@ class Stage3Settings(_Section):
     )
     lr: float = Field(1e-3, gt=0)
     patience: int = Field(4, ge=1)
+    label_norm: Literal["cross_section", "cs_rank", "none"] = Field(
+        "cross_section",
+        description="training target: cross_section z-score per date, cs_rank (qlib's "
+        "CSRankNorm: ranks per date mapped to z units), none (raw returns)",
+    )
 
     @model_validator(mode="after")
     def _quantiles_valid(self) -> Stage3Settings:
@@ -237,6 +265,14 @@ class EvaluationSettings(_Section):
     sell_cost: float = Field(0.0015, ge=0, description="15 bp")
     periods_per_year: int = Field(252, ge=1, description="252 US daily, 238 A-shares (qlib)")
     seeds: int = Field(1, ge=1, description="repeat Stage3 with this many seeds (mean, std)")
+
+    @model_validator(mode="after")
+    def _drop_at_most_held(self) -> EvaluationSettings:
+        if self.n_drop > self.topk:
+            raise ValueError(
+                f"evaluation.n_drop ({self.n_drop}) must be <= evaluation.topk ({self.topk})"
+            )
+        return self
 
 
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
@@ -421,3 +457,30 @@ def _section_of(loc: tuple) -> type[BaseModel] | None:
             return None
         model = field.annotation
     return model
+
+
+def check_trainer(settings: TrainerSettings) -> None:
+    """Ask Lightning whether this machine can run ``trainer.*`` (e.g. ``accelerator=gpu``
+    without a GPU, ``strategy=deepspeed`` without deepspeed), before anything is trained."""
+    import lightning
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    from relcast.training.common import _quiet_lightning
+
+    _quiet_lightning()
+    try:
+        lightning.Trainer(
+            accelerator=settings.accelerator,
+            devices=settings.devices,
+            strategy=settings.strategy,
+            num_nodes=settings.num_nodes,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+        )
+    except (MisconfigurationException, ValueError, TypeError, RuntimeError, ImportError) as exc:
+        raise RelcastConfigError(
+            f"trainer settings accelerator={settings.accelerator!r}, devices="
+            f"{settings.devices!r}, strategy={settings.strategy!r} cannot run here: {exc}"
+        ) from None

@@ -17,11 +17,11 @@ are defined here too, once.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from relcast.data.panel import Panel, RelcastDataError
+from relcast.data.panel import Panel, RelcastDataError, format_names
 from relcast.features.alpha158 import alpha158_features, panel_vwap
 from relcast.features.calendar import calendar_features
 from relcast.features.featureset import FeatureSet
@@ -56,6 +56,7 @@ def build_features(
     include_calendar: bool = True,
     regime_window: int | None = None,
     alpha158: bool = False,
+    scalers: dict[str, tuple[list[str], TrainSpanScaler]] | None = None,
 ) -> FeatureSet:
     """Compute the normalised feature tensor of a panel.
 
@@ -82,6 +83,11 @@ def build_features(
             ``VWAP0`` only with a ``vwap`` or ``amount`` field), normalised cross-sectionally
             like ``"own"``; a value that is undefined after its warm-up (a flat window, a
             zero-volume bar) is set to the date's median (0), as qlib's ``Fillna`` does.
+        scalers: fitted training-span statistics by group, ``{"index": (names, scaler)}``
+            (:func:`~relcast.features.normalize.scalers_from_dict`). A group found here is
+            scaled with them (``train_end`` is then not needed, so the panel may start
+            after the training span); a group missing is fitted on dates ``<= train_end``
+            and added to the dict, so a caller can save what was fitted.
 
     Returns:
         A :class:`FeatureSet` whose mask is True where the symbol traded at t and every
@@ -97,7 +103,7 @@ def build_features(
         raise ValueError(f"windows must be integers >= 2, got {windows}")
     mask = panel.mask  # (T, N)
     T, N = mask.shape
-    train_last = resolve_train_end(panel.dates, train_end)
+    scalers = {} if scalers is None else scalers
 
     # Prices carry over suspensions (forward fill, never back-fill): indicators stay
     # continuous, and the mask below decides where a value may be used.
@@ -120,7 +126,9 @@ def build_features(
     if include_index or regime_window is not None:  # one index level for both groups
         indices = _index_levels(panel, close, mask, bars_seen)
     if include_index:
-        groups["index"], tables["index"] = _index_features(*indices, train_last)
+        groups["index"], tables["index"] = _index_features(
+            *indices, lambda: resolve_train_end(panel.dates, train_end), scalers
+        )
     if include_calendar:
         groups["calendar"], tables["calendar"] = calendar_features(panel.dates)
     if regime_window is not None:
@@ -209,10 +217,12 @@ def _index_features(
     level: np.ndarray,
     traded: np.ndarray,
     seen: np.ndarray,
-    train_last: int,
+    train_last: Callable[[], int],
+    scalers: dict[str, tuple[list[str], TrainSpanScaler]],
 ) -> tuple[list[str], np.ndarray]:
-    """Index indicators as ``[T, F_idx]`` (from :func:`_index_levels`), z-scored on dates
-    ``<= train_last``."""
+    """Index indicators as ``[T, F_idx]`` (from :func:`_index_levels`), z-scored with
+    ``scalers["index"]``, or else with statistics of dates ``<= train_last()`` (added to
+    ``scalers``)."""
     raw, warmup = index_indicators(level)
     names, cols = [], []
     for k, label in enumerate(labels):
@@ -222,5 +232,12 @@ def _index_features(
             cols.append(ffill(np.where(ok, value[:, k], np.nan)))
             names.append(f"idx_{label}_{name}")
     table = np.stack(cols, axis=1)  # (T, F_idx)
-    scaler = TrainSpanScaler().fit(table, slice(0, train_last + 1))
+    if "index" not in scalers:
+        scalers["index"] = (names, TrainSpanScaler().fit(table, slice(0, train_last() + 1)))
+    fitted, scaler = scalers["index"]
+    if list(fitted) != names:
+        raise RelcastDataError(
+            f"the market indices differ from the training ones: features {format_names(names)} "
+            f"vs {format_names(fitted)} at training; pass data with the same index symbols"
+        )
     return names, scaler.transform(table).astype(np.float32)

@@ -7,7 +7,10 @@ Leakage control lives here, visibly (the qlib habit):
   date t's cross-section, so nothing from other dates leaks in.
 - **Market-index features** are the same for every stock at a date, so a cross-section
   cannot scale them; they are z-scored with a mean and standard deviation fitted on the
-  **training span only** (:class:`TrainSpanScaler`, with :func:`resolve_train_end`).
+  **training span only** (:class:`TrainSpanScaler`, with :func:`resolve_train_end`), once:
+  a run saves the fitted statistics (:func:`scalers_to_dict`, ``normalization.json``) and
+  ``predict``/``update`` reuse them, so a forecast depends on the bars its lookback window
+  reads, not on how much older history the data file holds.
 - **Calendar features** use fixed scaling (see :mod:`relcast.features.calendar`); nothing
   is fitted.
 
@@ -80,7 +83,39 @@ class TrainSpanScaler:
 
     def transform(self, values: np.ndarray) -> np.ndarray:
         """``(values - mean_) / std_``."""
-        return (np.asarray(values, dtype=np.float64) - self.mean_) / self.std_
+        values = np.asarray(values, dtype=np.float64)
+        if values.shape[-1] != len(self.mean_):
+            raise ValueError(
+                f"the scaler was fitted on {len(self.mean_)} features, got {values.shape[-1]}"
+            )
+        return (values - self.mean_) / self.std_
+
+    def to_dict(self) -> dict[str, list[float]]:
+        """The fitted statistics as JSON-ready lists (exact float64 round trip)."""
+        return {"mean": [float(x) for x in self.mean_], "std": [float(x) for x in self.std_]}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainSpanScaler:
+        """A fitted scaler from :meth:`to_dict`'s output."""
+        scaler = cls()
+        scaler.mean_ = np.asarray(data["mean"], dtype=np.float64)
+        scaler.std_ = np.asarray(data["std"], dtype=np.float64)
+        if scaler.mean_.shape != scaler.std_.shape or scaler.mean_.ndim != 1:
+            raise ValueError("mean and std must be lists of the same length")
+        return scaler
+
+
+def scalers_to_dict(scalers: dict[str, tuple[list[str], TrainSpanScaler]]) -> dict:
+    """``{group: (column names, scaler)}`` -> JSON-ready ``{group: {names, mean, std}}``."""
+    return {group: {"names": list(names), **s.to_dict()} for group, (names, s) in scalers.items()}
+
+
+def scalers_from_dict(data: dict) -> dict[str, tuple[list[str], TrainSpanScaler]]:
+    """The inverse of :func:`scalers_to_dict`."""
+    return {
+        group: (list(entry["names"]), TrainSpanScaler.from_dict(entry))
+        for group, entry in data.items()
+    }
 
 
 def cross_sectional_robust_zscore(

@@ -357,6 +357,28 @@ def _kv_table(pairs: list[tuple[str, str]]) -> str:
     return f'<table class="kv">{rows}</table>'
 
 
+def _data_health_html(path: Path) -> list[str]:
+    """The reader's data-health account (data_health.json): rows masked/repaired by reason."""
+    if not path.is_file():
+        return []
+    health = json.loads(path.read_text())
+    totals = health.get("totals", {})
+    if not totals:
+        return [
+            "<h2>Data health</h2>",
+            f'<p class="note">{health.get("rows", 0)} rows read, nothing masked or repaired.</p>',
+        ]
+    pairs = []
+    for reason, n in totals.items():
+        per = health.get("by_symbol", {}).get(reason, {})
+        worst = sorted(per.items(), key=lambda kv: (-kv[1], kv[0]))[:3]
+        shown = ", ".join(f"{s} {k}" for s, k in worst)
+        action = health.get("actions", {}).get(reason, "")
+        pairs.append((reason, f"{action} {n} rows in {len(per)} symbols (most: {shown})"))
+    note = f"{health.get('rows', 0)} rows read; rules in the README (Data health)."
+    return ["<h2>Data health</h2>", _kv_table(pairs), f'<p class="note">{note}</p>']
+
+
 def _header_html(run_dir: Path, metrics: Mapping, config_text: str | None) -> str:
     parts = [
         "<h1>relcast run report</h1>",
@@ -380,6 +402,7 @@ def _header_html(run_dir: Path, metrics: Mapping, config_text: str | None) -> st
         "<h2>Split</h2>",
         _kv_table(pairs) if pairs else '<p class="note">metrics.json has no split dates.</p>',
     ]
+    parts += _data_health_html(run_dir / "data_health.json")
     parts.append("<h2>Configuration</h2>")
     if config_text is None:
         parts.append('<p class="note">Skipped: config.yaml not found.</p>')

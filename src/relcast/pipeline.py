@@ -20,6 +20,7 @@ Run folder (``DIR``)::
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -32,13 +33,13 @@ from relcast.data.panel import Panel, RelcastDataError
 from relcast.persist import (
     RUN_FORMAT,
     RunFolderError,
-    atomic_write_bytes,
     dataclass_from_dict,
     load_state,
     read_json,
     save_module,
     write_json,
 )
+from relcast.runfolder import RunFolder, data_changes, data_fingerprint, data_paths
 
 STEPS = ("prepare", "stage1", "stage2", "extract", "stage3", "evaluate", "report")
 
@@ -53,6 +54,20 @@ def _format_scales(scales: dict[str, dict[str, float]]) -> str:
         f"{regime} index x{s['index']:.2f} sector x{s['sector']:.2f}"
         for regime, s in scales.items()
     )
+
+
+def _writes(step: str):
+    """Run the method holding the run folder's lock (one writer per folder; re-entrant)."""
+
+    def decorate(method):
+        @functools.wraps(method)
+        def locked(self, *args, **kwargs):
+            with self.folder.lock(step):
+                return method(self, *args, **kwargs)
+
+        return locked
+
+    return decorate
 
 
 def load_source(config: RelcastConfig) -> Panel:
@@ -87,6 +102,7 @@ class Pipeline:
     def __init__(self, config: RelcastConfig, run_dir: str | Path) -> None:
         self.config = config
         self.dir = Path(run_dir)
+        self.folder = RunFolder(self.dir)
         self._cache: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ bookkeeping
@@ -97,6 +113,7 @@ class Pipeline:
 
         run_dir = Path(run_dir)
         info = read_json(run_dir / "run.json")
+        RunFolder(run_dir).recover_if_free()  # finish an interrupted update, drop leftovers
         if info.get("format") != RUN_FORMAT:
             raise RunFolderError(
                 f"{run_dir} was written by an incompatible relcast (run format "
@@ -127,6 +144,7 @@ class Pipeline:
         return kw
 
     # ------------------------------------------------------------------ data
+    @_writes("prepare")
     def prepare(self) -> None:
         """Load the market, split it chronologically and write the panel + split."""
         from relcast.features import chronological_split
@@ -158,9 +176,8 @@ class Pipeline:
                     f"split.train_end/valid_end/test_end on {self.config.data.source}: {exc}"
                 ) from None
             raise RelcastDataError(f"{self.config.data.source}: cannot split: {exc}") from None
-        self.dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(self.dir / "config.yaml", self.config.to_yaml().encode())
-        panel.to_parquet(self.dir / "panel.parquet")
+        self.folder.write("config.yaml", self.config.to_yaml().encode())
+        self.folder.write("panel.parquet", panel.to_parquet)
         if panel.health is not None:  # what the reader masked or repaired, by reason and symbol
             panel.health.save(self.dir / "data_health.json")
             if panel.health.totals():
@@ -185,9 +202,33 @@ class Pipeline:
         )
         self._cache.clear()
         self._mark(
-            "prepare", time.perf_counter() - start, dates=panel.num_dates, symbols=panel.num_symbols
+            "prepare",
+            time.perf_counter() - start,
+            dates=panel.num_dates,
+            symbols=panel.num_symbols,
+            fingerprint=data_fingerprint(self._data_paths(), panel),
         )
         _log(f"prepared {panel!r}")
+
+    def _data_paths(self) -> list[Path]:
+        return data_paths(self.config.data.source, self.config.data.universe)
+
+    def check_resumable(self) -> None:
+        """Refuse to resume a run whose config or input data changed since ``prepare``."""
+        from relcast.config import load_config
+
+        if load_config(file=self.dir / "config.yaml") != self.config:
+            raise RunFolderError(
+                f"{self.dir} holds a run with a different config; use another --out or --force"
+            )
+        recorded = self._info()["steps"]["prepare"].get("fingerprint")
+        change = data_changes(recorded, self._data_paths(), lambda: load_source(self.config))
+        if change:
+            raise RunFolderError(
+                f"the data of {self.dir} changed since it was prepared ({change}); its "
+                "results belong to the old data: rerun with --force to redo every step, "
+                "or use another --out"
+            )
 
     @property
     def panel(self) -> Panel:
@@ -269,6 +310,7 @@ class Pipeline:
             **self._trainer_kwargs(),
         )
 
+    @_writes("stage1")
     def stage1(self) -> None:
         from relcast.models.cross_sectional import Stage1Config
         from relcast.training.stage1 import encode_sectors, fit_stage1
@@ -295,6 +337,7 @@ class Pipeline:
             **self._stage1_fit_kwargs(),
         )  # fmt: skip
         save_module(self.dir / "stage1" / "model.safetensors", result.model, asdict(cfg), "stage1")
+        self.folder.drop_checkpoints()  # the weights are safetensors now; no pickles kept
         self._cache["stage1"] = result.model
         self._mark(
             "stage1",
@@ -329,6 +372,7 @@ class Pipeline:
         return self._cache["stage1_out"]
 
     # ------------------------------------------------------------------ Stage2
+    @_writes("stage2")
     def stage2(self) -> None:
         from relcast.features import normalize_labels_cross_section
         from relcast.models.residual import ResidualBooster
@@ -393,6 +437,7 @@ class Pipeline:
             label_delay=self.config.data.label_delay,
         )
 
+    @_writes("extract")
     def extract(self) -> None:
         """Relationship features for every date, out-of-fold on the training span."""
         from relcast.relationships import build_relationship_store
@@ -417,6 +462,7 @@ class Pipeline:
             **self._stage1_fit_kwargs(),
         )
         self._save_relationships(store.names, store.values, store.mask, store.fold_of)
+        self.folder.drop_checkpoints()  # fold models were only needed to extract
         self._cache["extractor"] = store.full_extractor
         self._mark("extract", store.build_seconds, columns=len(store.names), folds=folds)
         _log(f"{len(store.names)} relationship columns in {store.build_seconds:.0f}s")
@@ -433,7 +479,7 @@ class Pipeline:
             fold_of=fold_of,
             dates=self.panel.dates.astype("int64")[: len(values)],
         )
-        atomic_write_bytes(self.dir / "relationships.npz", buf.getvalue())
+        self.folder.write("relationships.npz", buf.getvalue())
         self._cache.pop("relationships", None)
 
     @property
@@ -524,6 +570,7 @@ class Pipeline:
             **self._trainer_kwargs(),
         )
 
+    @_writes("stage3")
     def stage3(self, *, resume: bool = True) -> None:
         """Train every Stage3 model of the config; ``resume`` keeps models already saved."""
         s = self.config.stage3
@@ -554,6 +601,7 @@ class Pipeline:
                 model,
                 **extra,
             )
+            self.folder.drop_checkpoints()
             timings[name] = {
                 "seconds_per_epoch": result.seconds_per_epoch,
                 "windows_per_second": result.windows_per_second,
@@ -596,6 +644,7 @@ class Pipeline:
         return self._cache[key]
 
     # ------------------------------------------------------------------ evaluate / report
+    @_writes("evaluate")
     def evaluate(self) -> dict:
         from relcast.evaluation.runner import evaluate_run
 
@@ -604,6 +653,7 @@ class Pipeline:
         self._mark("evaluate", time.perf_counter() - start)
         return metrics
 
+    @_writes("report")
     def report(self) -> Path:
         from relcast.evaluation.report import build_report
 
@@ -613,9 +663,12 @@ class Pipeline:
         return path
 
     # ------------------------------------------------------------------ the whole thing
+    @_writes("run")
     def run(self, *, force: bool = False) -> dict:
         """Every step in order; steps already done are skipped unless ``force``."""
         total = time.perf_counter()
+        if not force and self.done("prepare"):
+            self.check_resumable()
         for step in STEPS:
             if step == "prepare" and not force and self.done("prepare"):
                 continue

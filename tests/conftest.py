@@ -1,6 +1,18 @@
-"""Shared test settings: tests run two workers on two cores, so one thread each."""
+"""Shared test settings and fixtures.
 
+Tests run two workers on two cores, so one thread each. :func:`make_market` is the one
+recipe for "a tiny synthetic market ready for the stages" that several test files used to
+write out by hand.
+"""
+
+from __future__ import annotations
+
+import functools
 import os
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -11,3 +23,38 @@ try:
     torch.set_num_threads(1)
 except ImportError:  # pragma: no cover - torch is a hard dependency
     pass
+
+
+@dataclass(frozen=True)
+class TinyMarket:
+    """A synthetic market and what every stage reads from it (treat as read-only: shared)."""
+
+    panel: object  # relcast.data.panel.Panel
+    truth: object  # the planted structure (relcast.data.synthetic)
+    split: object  # chronological, embargo = horizons
+    features: object  # FeatureSet, index statistics fitted on the training span
+    labels: np.ndarray  # forward returns [T, N, horizons]
+    horizons: int
+
+
+@functools.lru_cache(maxsize=8)
+def _tiny_market(
+    num_stocks: int, num_days: int, seed: int, horizons: int, **synthetic: float
+) -> TinyMarket:
+    from relcast.data.synthetic import synthetic_market
+    from relcast.features import build_features, chronological_split, forward_returns
+
+    panel, truth = synthetic_market(
+        num_stocks=num_stocks, num_days=num_days, seed=seed, **synthetic
+    )
+    split = chronological_split(panel.dates, embargo=horizons)
+    features = build_features(panel, train_end=int(split.train[-1]))
+    labels = forward_returns(panel, horizons)
+    return TinyMarket(panel, truth, split, features, labels, horizons)
+
+
+@pytest.fixture(scope="session")
+def make_market():
+    """``make_market(num_stocks, num_days, seed, horizons, **synthetic_market_kwargs)``:
+    a :class:`TinyMarket`, built once per arguments in a test process."""
+    return _tiny_market

@@ -77,8 +77,16 @@ def test_quick_mode_writes_every_result(tmp_path):
     quality = json.loads((tmp_path / "stage1_quality.json").read_text())
     assert {r["model"] for r in quality["rows"]} == {"stage1", "stage1+stage2", "lightgbm"}
     assert {r["span"] for r in quality["rows"]} == {"valid", "test"}
-    for row in quality["rows"]:
-        assert -1 <= row["rank_ic"] <= 1 and -1 <= row["ic"] <= 1
+    # every model is scored on the same dates of a span, and each gives its own forecast
+    for span in ("valid", "test"):
+        rows = [r for r in quality["per_seed"] if r["span"] == span]
+        assert len({r["n_dates"] for r in rows}) == 1 and rows[0]["n_dates"] >= 10, rows
+        assert all(np.isfinite(r["rank_ic"]) and np.isfinite(r["ic"]) for r in rows), rows
+        assert len({round(r["rank_ic"], 10) for r in rows}) == len(rows), rows
+    test_ic = {r["model"]: r["rank_ic"] for r in quality["rows"] if r["span"] == "test"}
+    for model in ("stage1", "stage1+stage2"):  # the summary's differences are of these rows
+        diff = quality["ratios"][f"synthetic: test rank IC {model} minus lightgbm"]
+        assert diff == pytest.approx(test_ic[model] - test_ic["lightgbm"], abs=1e-4)
     for row in quality["cost"]:
         _positive(row, ["stage1_seconds", "stage1_epochs", "stage1_peak_rss_mb"])
 

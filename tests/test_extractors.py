@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from relcast.data.synthetic import synthetic_market
-from relcast.features import build_features, chronological_split, forward_returns
+from relcast.features import build_features, forward_returns
 from relcast.models.cross_sectional import CrossSectionalTransformer, Stage1Config
 from relcast.models.extractors import (
     AttentionExtractor,
@@ -27,11 +26,9 @@ H = 2
 
 
 @pytest.fixture(scope="module")
-def market():
-    panel, truth = synthetic_market(num_stocks=10, num_days=360, seed=3, missing_prob=0.05)
-    split = chronological_split(panel.dates, embargo=H)
-    features = build_features(panel, train_end=int(split.train[-1]))
-    labels = forward_returns(panel, H)
+def market(make_market):
+    m = make_market(10, 360, seed=3, horizons=H, missing_prob=0.05)
+    panel, truth, split, features, labels = m.panel, m.truth, m.split, m.features, m.labels
     sectors, num_sectors = encode_sectors(panel.sectors, len(panel.symbols))
     torch.manual_seed(0)
     config = Stage1Config(

@@ -179,6 +179,20 @@ def test_metrics_carry_newey_west_statistics(run_dir):
     assert np.isfinite(hybrid["seeds"]["average"]["rank_ic_t"])
 
 
+def test_shuffled_label_control_scores_near_zero(run_dir):
+    """The leakage control: LightGBM trained on labels shuffled across stocks within each date
+    has nothing to learn, so its test Rank IC must be noise. A daily Rank IC lies in [-1, 1],
+    so the mean of n independent ones has a std of at most 1/sqrt(n): 4/sqrt(n) is a 4-sigma
+    bound (a leak, e.g. labels reaching the control's features or its scoring misaligned,
+    lands far outside it)."""
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    control = metrics["models"]["control_shuffled_lightgbm"]
+    n = control["n_dates"]
+    assert n >= 10 and n <= metrics["test_dates_scored"]
+    assert abs(control["rank_ic"]) < 4 / np.sqrt(n), (control["rank_ic"], n)
+    assert abs(control["ic"]) < 4 / np.sqrt(n), (control["ic"], n)
+
+
 def test_rerun_resumes_without_retraining(run_dir, market):
     before = (run_dir / "stage1" / "model.safetensors").stat().st_mtime_ns
     result = _run_tiny(market, run_dir)

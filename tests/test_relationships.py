@@ -5,8 +5,6 @@ import numpy as np
 import pytest
 import torch
 
-from relcast.data.synthetic import synthetic_market
-from relcast.features import build_features, chronological_split, forward_returns
 from relcast.models.cross_sectional import CrossSectionalTransformer, Stage1Config
 from relcast.models.extractors import EmbeddingExtractor
 from relcast.relationships import (
@@ -22,11 +20,9 @@ H = 3
 
 
 @pytest.fixture(scope="module")
-def market():
-    panel, _ = synthetic_market(num_stocks=8, num_days=300, seed=5)
-    split = chronological_split(panel.dates, embargo=H)
-    features = build_features(panel, train_end=int(split.train[-1]))
-    labels = forward_returns(panel, H)
+def market(make_market):
+    m = make_market(8, 300, seed=5, horizons=H)
+    panel, split, features, labels = m.panel, m.split, m.features, m.labels
     config = Stage1Config(
         num_features=features.values.shape[2],
         num_stocks=len(panel.symbols),

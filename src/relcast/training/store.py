@@ -1,8 +1,4 @@
-"""Memory-mapped feature storage: train on panels larger than RAM.
-
-It sits on the training floor: it builds its arrays with :mod:`relcast.features` and hands
-them to Stage1 (a :class:`FeatureSet` view) and Stage3 (:meth:`MemmapFeatureStore.stage3_inputs`,
-whose loader is :class:`relcast.training.loader.WindowLoader`).
+"""Memory-mapped feature storage: train Stage1 and Stage3 on panels larger than RAM.
 
 A :class:`MemmapFeatureStore` is a folder of ``.npy`` files (``numpy.lib.format.open_memmap``)
 that the training code reads through memory maps, so only the pages a batch touches are
@@ -51,7 +47,9 @@ import numpy as np
 from numpy.lib.format import open_memmap
 
 from relcast.data.panel import Panel, RelcastDataError
+from relcast.features import DEFAULT_WINDOWS, build_features, forward_returns
 from relcast.features.featureset import FeatureSet
+from relcast.features.labels import normalize_labels_cross_section
 
 STORE_VERSION = 1
 ARRAYS = ("values", "mask", "labelled", "labels", "targets")
@@ -161,8 +159,6 @@ class MemmapFeatureStore:
             mask: ``bool [t, N]``.
             labels: ``float [t, N, H]`` forward returns; ``targets`` are computed from them.
         """
-        from relcast.features.labels import normalize_labels_cross_section
-
         values = np.asarray(values, dtype=np.float32)
         t = len(values)
         N, T, F = self.values_by_stock.shape
@@ -363,8 +359,6 @@ def build_feature_store(
 
     Returns the finished store, opened read-only.
     """
-    from relcast.features import DEFAULT_WINDOWS, build_features, forward_returns
-
     windows = DEFAULT_WINDOWS if windows is None else tuple(windows)
     dates = np.asarray(dates, dtype="datetime64[ns]")
     T = len(dates)

@@ -19,6 +19,7 @@ from benchmarks import (
     race_tft,
     regime_gate,
     seed_claim,
+    sequence_training,
     stage1_quality,
     update_latency,
 )
@@ -31,6 +32,7 @@ BENCHMARKS = {
     "update_latency": update_latency,
     "stage1_quality": stage1_quality,
     "regime_gate": regime_gate,
+    "sequence_training": sequence_training,
 }
 
 

@@ -203,8 +203,9 @@ def test_regime_gated_model_takes_sequence_batches():
     model = create_model("gru", num_features=len(names), horizons=H, hidden_size=8, lookback=L)
     gated = RegimeGatedModel.wrap(model, names)
     x = torch.randn(2, 30, len(names))
-    out = gated({"x": x, "origin": torch.ones(2, 30, dtype=torch.bool),
-                 "stock_id": torch.zeros(2, dtype=torch.long), "sector_id": torch.zeros(2, dtype=torch.long)})  # fmt: skip
+    zeros = torch.zeros(2, dtype=torch.long)
+    origin = torch.ones(2, 30, dtype=torch.bool)
+    out = gated({"x": x, "origin": origin, "stock_id": zeros, "sector_id": zeros})
     assert out["pred"].shape == (2, 30, H, 3)
 
 
@@ -257,6 +258,6 @@ def test_fit_stage3_trains_on_chunks_by_default(tmp_path):
     )
     seq = fit_stage3("gru", inputs, labels, split, batch_size=64, **kw)
     win = fit_stage3("gru", inputs, labels, split, batch_size=64, chunk_length=None, **kw)
-    assert seq.chunk_length == 256 and win.chunk_length is None
+    assert seq.chunk_length == 128 and win.chunk_length is None
     assert seq.num_train_windows == win.num_train_windows
     assert np.isfinite(seq.history[-1]["val_loss"]) and np.isfinite(seq.history[-1]["val_rank_ic"])

@@ -81,6 +81,33 @@ def test_output_shapes_and_finite(name, quantiles):
 
 
 @pytest.mark.parametrize("name", MODELS)
+def test_sequence_batch_forecasts_every_step_and_learns_from_origins_only(name):
+    model = make_model(name)
+    C = 3 * L
+    g = torch.Generator().manual_seed(1)
+    origin = torch.zeros(4, C, dtype=torch.bool)
+    origin[:, L - 1 :: 5] = True
+    batch = {
+        **make_batch(batch_size=4),
+        "x": torch.randn(4, C, F_IN, generator=g),
+        "origin": origin,
+    }
+    out = model(batch)
+    assert out["pred"].shape == (4, C, H, 3)  # a forecast at every step of the chunk
+    y = torch.randn(4, C, H, generator=g)
+    y[~origin] = float("nan")  # as the loader gives them
+    loss = pinball_loss(out["pred"], y, (0.1, 0.5, 0.9), origin)
+    assert torch.isfinite(loss)
+    loss.backward()
+    # steps after the last origin cannot change the loss (causal): no gradient reaches them
+    x = batch["x"].clone().requires_grad_(True)
+    pinball_loss(model({**batch, "x": x})["pred"], y, (0.1, 0.5, 0.9), origin).backward()
+    last = int(torch.nonzero(origin[0]).max())
+    assert x.grad[:, last + 1 :].abs().max() == 0
+    assert x.grad[:, : last + 1].abs().max() > 0
+
+
+@pytest.mark.parametrize("name", MODELS)
 def test_gradient_reaches_every_parameter(name):
     model = make_model(name).train()
     batch = make_batch(batch_size=32)

@@ -48,7 +48,7 @@ from relcast.features.labels import normalize_labels_cross_section
 from relcast.training.loader import WindowLoader
 
 FEATURE_SETS = ("own", "hybrid", "rawconcat")
-CHUNK_LENGTH = 256
+CHUNK_LENGTH = 128
 """Default chunk length of sequence training and prediction (burn-in included)."""
 LABEL_NORMS = ("cross_section", "none")
 

@@ -91,6 +91,16 @@ class DataConfig(_Section):
         "counted in data_health.json; a symbol with more than this share of them is an error",
     )
 
+    @field_validator("date_format")
+    @classmethod
+    def _known_date_format(cls, value: str | None) -> str | None:
+        if value is not None and value not in ("dayfirst", "monthfirst") and "%" not in value:
+            raise ValueError(
+                f"{value!r} is not a date format: use dayfirst, monthfirst or a strftime "
+                "format such as '%d/%m/%Y'"
+            )
+        return value
+
 
 class SplitConfig(_Section):
     valid_frac: float = Field(0.15, gt=0, lt=0.5, description="fraction of dates for validation")

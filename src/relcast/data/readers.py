@@ -296,7 +296,9 @@ def _read_csv_table(path: Path):
         names = header[0].split(",") if header else []
         text_names = DATE_ALIASES + SYMBOL_ALIASES + UNNAMED_INDEX
         as_text = {
-            name: pa.string() for name in names if name.strip().strip('"').lower() in text_names
+            name.strip('"'): pa.string()
+            for name in names
+            if name.strip().strip('"').lower() in text_names
         }
         return pacsv.read_csv(str(path), convert_options=pacsv.ConvertOptions(column_types=as_text))
     except (pa.ArrowException, OSError) as err:
@@ -328,7 +330,7 @@ def _require_columns(columns: list[str], source: str, *, with_symbol: bool) -> t
     if date_col is None:
         missing.insert(0, "date")
     if missing:
-        found = [c for c in columns if not c.startswith("_") and c != "symbol" or with_symbol]
+        found = [c for c in columns if not c.startswith("_")]
         raise RelcastDataError(
             f"{source}: missing column(s) {missing}; found columns {found}; needed "
             f"date (or datetime/timestamp/time), "

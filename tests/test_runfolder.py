@@ -315,6 +315,62 @@ def test_update_extends_data_with_relationships(run_dir, market, tmp_path):
     assert (rows["fold"] == -1).all()
 
 
+def test_identical_runs_are_byte_identical(run_dir, market, tmp_path):
+    # everything a run computes; run.json (timings), logs/ (timings), report.html and
+    # plots/ (rendered from the same files) and the lock file are left out
+    again = tmp_path / "again"
+    result = CliRunner().invoke(app, _run_args(market["history"], again))
+    assert result.exit_code == 0, result.output
+
+    def digest(folder: Path) -> dict[str, str]:
+        import hashlib
+
+        skip = ("run.json", "report.html", LOCK)
+        return {
+            str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*"))
+            if p.is_file()
+            and p.name not in skip
+            and p.relative_to(folder).parts[0] not in ("logs", "plots")
+        }
+
+    first, second = digest(run_dir), digest(again)
+    assert "stage1/model.safetensors" in first and "predictions.parquet" in first
+    first.pop("metrics.json"), second.pop("metrics.json")
+    assert first == second
+    timing = ("seconds_per_epoch", "windows_per_second")  # metrics.json keeps the speeds too
+
+    def metrics(folder: Path) -> dict:
+        def strip(obj):
+            if isinstance(obj, dict):
+                return {k: strip(v) for k, v in obj.items() if k not in timing}
+            return obj
+
+        return strip(json.loads((folder / "metrics.json").read_text()))
+
+    assert metrics(run_dir) == metrics(again)
+
+
+def test_nothing_is_unpickled():
+    # run folders and user files are read as safetensors, JSON, YAML (safe_load), Parquet,
+    # npz without pickles and LightGBM text; the one torch.load reads the checkpoint the
+    # same process has just written (RunFolder deletes it once the weights are saved)
+    import re
+
+    src = Path(relcast.__file__).parent
+    risky = re.compile(
+        r"pickle\.loads?\(|read_pickle|joblib\.load|allow_pickle=True|yaml\.load\(|"
+        r"unsafe_load|torch\.load\(|dill\.|cloudpickle"
+    )
+    found = [
+        f"{path.relative_to(src)}:{i}"
+        for path in sorted(src.rglob("*.py"))
+        for i, line in enumerate(path.read_text().splitlines(), 1)
+        if risky.search(line)
+    ]
+    assert [f.split(":")[0] for f in found] == ["training/common.py"], found
+
+
 def _interrupt_update(work: Path, data: Path, monkeypatch) -> None:
     """An update that dies after its journal, during the renames."""
     from relcast.inference import update_run

@@ -131,8 +131,10 @@ def evaluate(run: RunDir) -> None:
 def report(run: RunDir) -> None:
     """Rebuild report.html and the plots of a run folder."""
     from relcast.evaluation.report import build_report
+    from relcast.runfolder import RunFolder
 
-    typer.echo(str(build_report(run)))
+    with RunFolder(run).lock("report"):  # one writer; recovers an interrupted update first
+        typer.echo(str(build_report(run)))
 
 
 @app.command()

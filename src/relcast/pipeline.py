@@ -20,6 +20,7 @@ Run folder (``DIR``)::
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 from dataclasses import asdict
@@ -28,8 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from relcast.config import RelcastConfig
-from relcast.data.panel import Panel, RelcastDataError
+from relcast.config import RelcastConfig, RelcastConfigError, check_trainer
+from relcast.data.panel import Panel, RelcastDataError, format_names
+from relcast.features.normalize import scalers_to_dict
 from relcast.persist import (
     RUN_FORMAT,
     RunFolderError,
@@ -42,6 +44,7 @@ from relcast.persist import (
 from relcast.runfolder import RunFolder, data_changes, data_fingerprint, data_paths
 
 STEPS = ("prepare", "stage1", "stage2", "extract", "stage3", "evaluate", "report")
+NORMALIZATION = "normalization.json"  # training-span feature statistics (features.normalize)
 
 
 def _log(msg: str) -> None:
@@ -84,6 +87,8 @@ def load_source(config: RelcastConfig) -> Panel:
             seed=config.trainer.seed,
         )
     else:
+        if config.data.universe is not None:
+            check_universe_file(config.data.universe)
         panel = relcast.read_panel(
             source,
             universe=config.data.universe,
@@ -94,6 +99,64 @@ def load_source(config: RelcastConfig) -> Panel:
     if config.data.start or config.data.end:
         panel = panel.select(start=config.data.start, end=config.data.end)
     return panel
+
+
+def check_universe_file(path: str) -> None:
+    """A universe file that does not parse, or lists no symbol, is refused naming the file."""
+    import json
+
+    import pandas as pd
+    import yaml
+
+    from relcast.data.readers import read_universe
+
+    try:
+        meta = read_universe(path)
+    except (json.JSONDecodeError, yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise RelcastDataError(f"{path}: the universe file is not valid JSON/YAML: {exc}") from None
+    except (pd.errors.EmptyDataError, pd.errors.ParserError) as exc:
+        raise RelcastDataError(
+            f"{path}: the universe file is not a readable CSV ({exc}); it needs a header row "
+            "symbol,name,sector,market,is_index and one row per symbol"
+        ) from None
+    if len(meta) == 0:
+        raise RelcastDataError(
+            f"{path}: the universe file lists no symbol; add one row per symbol "
+            "(symbol,name,sector,market,is_index) or leave out --universe"
+        )
+
+
+@contextlib.contextmanager
+def _rebuilding(path: Path):
+    """A model.json edited by hand (wrong keys, sizes) becomes an error naming the file."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
+        raise RunFolderError(
+            f"{path.with_suffix('.json')} does not describe the weights in {path.name} "
+            f"({type(exc).__name__}: {exc}); restore it, or train the model again"
+        ) from None
+
+
+def _check_universe(panel: Panel, config: RelcastConfig) -> None:
+    """Errors that depend only on the data and the config, found before any training."""
+    where = config.data.source
+    if config.data.universe:
+        where += f" (universe {config.data.universe})"
+    stocks = panel.symbols[~panel.is_index]
+    if len(stocks) < 2:
+        indices = panel.symbols[panel.is_index]
+        raise RelcastDataError(
+            f"{where}: {len(stocks)} stock(s) {format_names(stocks)} besides "
+            f"{len(indices)} index symbol(s) {format_names(indices)}; relcast compares stocks "
+            "with each other at every date and needs at least 2 (check the is_index column "
+            "of the universe file)"
+        )
+    if config.evaluation.topk > len(stocks):
+        raise RelcastConfigError(
+            f"evaluation.topk={config.evaluation.topk} but {where} has {len(stocks)} stocks; "
+            f"use --set evaluation.topk={max(1, len(stocks) // 2)}"
+        )
 
 
 class Pipeline:
@@ -158,6 +221,8 @@ class Pipeline:
                 f"{self.config.stage3.lookback} + 60 warm-up bars + embargoes need at least "
                 f"{need}; use more data or a shorter stage3.lookback"
             )
+        _check_universe(panel, self.config)
+        check_trainer(self.config.trainer)  # a device this machine lacks fails now, not later
         ends = {k: getattr(self.config.split, k) for k in ("train_end", "valid_end", "test_end")}
         try:
             split = chronological_split(
@@ -201,6 +266,8 @@ class Pipeline:
             },
         )
         self._cache.clear()
+        # fitted once on the training span and saved: predict/update scale new data with them
+        write_json(self.dir / NORMALIZATION, scalers_to_dict(self.feature_scalers))
         self._mark(
             "prepare",
             time.perf_counter() - start,
@@ -233,7 +300,17 @@ class Pipeline:
     @property
     def panel(self) -> Panel:
         if "panel" not in self._cache:
-            self._cache["panel"] = Panel.read_parquet(self.dir / "panel.parquet")
+            import pyarrow as pa
+
+            path = self.dir / "panel.parquet"
+            if not path.exists():
+                raise RunFolderError(f"missing {path}: run `relcast run` to prepare the folder")
+            try:
+                self._cache["panel"] = Panel.read_parquet(path)
+            except (pa.ArrowException, ValueError, KeyError) as exc:
+                raise RunFolderError(
+                    f"{path} is damaged ({exc}); rerun `relcast run --force` to rebuild it"
+                ) from None
         return self._cache["panel"]
 
     @property
@@ -255,8 +332,9 @@ class Pipeline:
     def train_end(self) -> np.datetime64:
         return self.panel.dates[self.split.train[-1]]
 
-    def features_for(self, panel: Panel):
-        """Features of any panel that extends the training one (same training span)."""
+    def features_for(self, panel: Panel, scalers: dict | None = None):
+        """Features of any panel on the run's symbols, scaled with the statistics of the
+        training span (:attr:`feature_scalers`); ``scalers={}`` fits them (and fills it)."""
         from relcast.features import build_features
 
         r = self.config.relationships
@@ -265,7 +343,29 @@ class Pipeline:
             train_end=self.train_end,
             regime_window=r.regime_window if r.regime else None,
             alpha158=self.config.data.alpha158,
+            scalers=dict(self.feature_scalers) if scalers is None else scalers,
         )
+
+    @property
+    def feature_scalers(self) -> dict:
+        """Normalisation statistics of the training span, ``{group: (names, scaler)}``:
+        fitted once at ``prepare`` and saved in ``normalization.json``."""
+        if "scalers" not in self._cache:
+            from relcast.features.normalize import scalers_from_dict
+
+            path = self.dir / NORMALIZATION
+            if path.exists():
+                try:
+                    self._cache["scalers"] = scalers_from_dict(read_json(path))
+                except (KeyError, TypeError, ValueError) as exc:
+                    raise RunFolderError(
+                        f"{path} is damaged ({exc}); rerun `relcast run --force` to rebuild it"
+                    ) from None
+            else:  # fitted on the run's own panel, whose training span is the run's
+                scalers: dict = {}
+                self._cache["features"] = self.features_for(self.panel, scalers=scalers)
+                self._cache["scalers"] = scalers
+        return self._cache["scalers"]
 
     @property
     def features(self):
@@ -355,9 +455,11 @@ class Pipeline:
         if "stage1" not in self._cache:
             from relcast.models.cross_sectional import CrossSectionalTransformer, Stage1Config
 
-            state, info = load_state(self.dir / "stage1" / "model.safetensors")
-            model = CrossSectionalTransformer(dataclass_from_dict(Stage1Config, info["config"]))
-            model.load_state_dict(state)
+            path = self.dir / "stage1" / "model.safetensors"
+            state, info = load_state(path)
+            with _rebuilding(path):
+                model = CrossSectionalTransformer(dataclass_from_dict(Stage1Config, info["config"]))
+                model.load_state_dict(state)
             self._cache["stage1"] = model.eval()
         return self._cache["stage1"]
 
@@ -583,7 +685,11 @@ class Pipeline:
         for name, model, feature_set, k in runs:
             folder = self.dir / "stage3" / name
             if resume and (folder / "model.safetensors").exists():
-                continue  # resumable per model
+                try:
+                    self.stage3_model(name)
+                    continue  # resumable per model
+                except RunFolderError as exc:  # damaged weights are trained again, not kept
+                    _log(f"Stage3 {name}: the saved model cannot be read ({exc}); training it")
             inputs = self.stage3_inputs(feature_set)
             gated = self.config.relationships.regime and feature_set == "hybrid"
             _log(
@@ -629,17 +735,19 @@ class Pipeline:
         if key not in self._cache:
             from relcast.models.temporal import create_model
 
-            state, info = load_state(self.dir / "stage3" / name / "model.safetensors")
-            cfg = dict(info["config"])
-            for k, v in cfg.items():
-                if isinstance(v, list):
-                    cfg[k] = tuple(v)
-            model = create_model(info["kind"], **cfg)
-            if "regime_gate" in info:
-                from relcast.models.regime import RegimeGatedModel
+            path = self.dir / "stage3" / name / "model.safetensors"
+            state, info = load_state(path)
+            with _rebuilding(path):
+                cfg = dict(info["config"])
+                for k, v in cfg.items():
+                    if isinstance(v, list):
+                        cfg[k] = tuple(v)
+                model = create_model(info["kind"], **cfg)
+                if "regime_gate" in info:
+                    from relcast.models.regime import RegimeGatedModel
 
-                model = RegimeGatedModel(model, **info["regime_gate"])
-            model.load_state_dict(state)
+                    model = RegimeGatedModel(model, **info["regime_gate"])
+                model.load_state_dict(state)
             self._cache[key] = model.eval()
         return self._cache[key]
 

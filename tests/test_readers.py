@@ -189,7 +189,9 @@ def test_qlib_bad_price_names_bin_folder(tmp_path):
     bars.loc[4, "low"] = -2.0
     write_qlib(tmp_path / "qlib", bars, starts={})
     with pytest.raises(RelcastDataError, match=r"features/sh600000 \(date=2021-03-05"):
-        read_panel(tmp_path / "qlib")
+        read_panel(tmp_path / "qlib", max_bad_fraction=0)
+    panel = read_panel(tmp_path / "qlib")  # by default masked and counted
+    assert not panel.mask[4, 0] and panel.health.counts == {"nonpositive_price": {"SH600000": 1}}
 
 
 # ---------------------------------------------------------------------------- universes
@@ -275,16 +277,20 @@ def _corrupt(bars: pd.DataFrame, case: str) -> pd.DataFrame:
         ),
         ("non_positive", r"column 'low' has non-positive.*line 7 \(date=2021-03-08, symbol=AAA"),
         ("high_low", r"column 'high' is below column 'low'.*line 7 \(date=2021-03-08"),
-        ("high_close", r"column 'high' is below max\(open, close\).*line 7 .*max_bad_fraction"),
+        ("high_close", r"column 'high' is below max\(open, close\).*line 7 .*max_bad_fraction=0"),
     ],
 )
 def test_bad_long_csv(tmp_path, case, pattern):
     path = write_csv(_corrupt(make_bars(), case), tmp_path / "bars.csv")
     before = digest(path)
     with pytest.raises(RelcastDataError, match=pattern) as err:
-        read_panel(path)
+        read_panel(path, max_bad_fraction=0)  # strict: every bad row is an error
     assert str(path) in str(err.value)
     assert digest(path) == before  # never modify the user's file
+    if case in ("non_positive", "high_low"):  # by default one bad row is masked and counted
+        panel = read_panel(path)
+        assert not panel.mask[5, 0] and panel.mask.sum() == 23
+        assert sum(panel.health.totals().values()) == 1
 
 
 def test_unparseable_dates_and_numbers(tmp_path):

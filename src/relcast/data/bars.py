@@ -16,6 +16,7 @@ from relcast.data.panel import OHLCV_FIELDS, PRICE_FIELDS, RelcastDataError
 
 MAX_EXAMPLES = 5
 JUMP_FACTOR = 3.0
+MIN_ROWS = 20
 
 # reason -> (column, problem) for the fatal message when a symbol has too many bad rows
 _PROBLEM = {
@@ -81,7 +82,8 @@ def clean_bars(
     """Mask (all fields NaN) or repair bad rows in place of a copy; count each in ``health``.
 
     Raises :class:`RelcastDataError` when one symbol has more than ``max_bad_fraction`` of
-    its rows bad (suspensions not counted): such a file is broken, not noisy.
+    its rows (at least ``MIN_ROWS`` counted) bad, suspensions not counted: such a file is
+    broken, not noisy. ``max_bad_fraction=0``: every bad row is an error.
     """
     fields = [c for c in frame.columns if not c.startswith("_") and c not in ("date", "symbol")]
     core = [f for f in OHLCV_FIELDS if f in fields]
@@ -160,7 +162,9 @@ def _refuse_broken_symbols(
     bad = np.isin(why, bad_codes)
     rows_per = np.bincount(sym, minlength=len(names))
     bad_per = np.bincount(sym[bad], minlength=len(names))
-    broken = np.flatnonzero(bad_per > max_bad_fraction * rows_per)
+    # a short history is judged as if it had MIN_ROWS rows: one bad row of a symbol listed
+    # last week is noise, not a broken file
+    broken = np.flatnonzero(bad_per > max_bad_fraction * np.maximum(rows_per, MIN_ROWS))
     if len(broken) == 0:
         return
     worst = broken[np.argmax(bad_per[broken] / rows_per[broken])]

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from relcast.data.panel import Panel, RelcastDataError
+from relcast.data.panel import Panel, RelcastDataError, format_names
 from relcast.runfolder import JOURNAL, RunFolder
 
 __all__ = ["JOURNAL", "predict_date", "recover_update", "update_run"]
@@ -113,16 +113,72 @@ def predict_date(run_dir, data: str, date: str | None = None) -> pd.DataFrame:
     if date is None:
         t = panel.num_dates - 1
     else:
-        when = np.datetime64(pd.Timestamp(date), "ns")
+        try:
+            when = np.datetime64(pd.Timestamp(date), "ns")
+        except (ValueError, TypeError):
+            raise RelcastDataError(
+                f"--date {date!r} is not a date; write it as YYYY-MM-DD, e.g. 2020-01-31"
+            ) from None
         t = int(np.searchsorted(panel.dates, when))
         if t >= panel.num_dates or panel.dates[t] != when:
             raise RelcastDataError(f"{data}: date {date} is not a trading date of the data")
-    features = pipe.features_for(panel)
+    _check_stage3_weights(pipe)
     lookback = pipe.config.stage3.lookback
+    if t + 1 < lookback:
+        raise RelcastDataError(
+            f"{data}: {t + 1} date(s) up to {pd.Timestamp(panel.dates[t]).date()}, but the "
+            f"run's Stage3 models read a window of stage3.lookback={lookback} dates (plus "
+            "the indicators' warm-up before it); pass more history"
+        )
+    features = pipe.features_for(panel)
     window = np.arange(max(0, t - lookback + 1), t + 1)
+    _warn_missing_index(panel, window, data)
     stored, stored_dates = _stored_relationships(pipe)
     rel, names, _ = _relationships_for(pipe, features, window, stored, stored_dates)
-    return _forecast_frame(pipe, features, (rel, names), np.array([t]))
+    frame = _forecast_frame(pipe, features, (rel, names), np.array([t]))
+    if frame.empty:
+        raise RelcastDataError(
+            f"{data}: no forecast for {pd.Timestamp(panel.dates[t]).date()}: no stock has "
+            f"{lookback} dates of complete features ending there (indicators need up to 60 "
+            "bars of history before the window, and a stock must trade on the date); pass "
+            "more history or another --date"
+        )
+    return frame
+
+
+def _check_stage3_weights(pipe) -> None:
+    """Every Stage3 model of the run's config has its weights (else say how to get them)."""
+    from relcast.persist import RunFolderError
+
+    missing = [
+        pipe.dir / "stage3" / name / "model.safetensors"
+        for name, _, _ in pipe.stage3_names()
+        if not (pipe.dir / "stage3" / name / "model.safetensors").exists()
+    ]
+    if missing:
+        raise RunFolderError(
+            f"missing Stage3 weights {[str(p) for p in missing]}: the run's config lists "
+            f"these models; train them again with `relcast stage3 --run {pipe.dir}`"
+        )
+
+
+def _warn_missing_index(panel: Panel, index: np.ndarray, data: str) -> None:
+    """Warn when a market index has no bar on dates to forecast: its features then carry
+    its last close forward, which changes the forecasts."""
+    import warnings
+
+    which = np.flatnonzero(panel.is_index)
+    absent = ~panel.mask[np.ix_(index, which)]  # (dates, indices)
+    if absent.any():
+        t = index[absent.any(axis=1)]
+        warnings.warn(
+            f"{data}: index symbol(s) {format_names(panel.symbols[which[absent.any(axis=0)]])} "
+            f"have no bar on {len(t)} date(s) used for the forecast (first: "
+            f"{pd.Timestamp(panel.dates[t[0]]).date()}); their last close is carried forward, "
+            "which changes the forecasts: add the index bars for those dates",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def _as_trained(panel: Panel, trained: Panel) -> Panel:
@@ -139,8 +195,8 @@ def _check_symbols(old: Panel, new: Panel) -> None:
     unknown = sorted(set(new.symbols) - set(old.symbols))
     if unknown:
         raise RelcastDataError(
-            f"symbols not in the trained universe: {unknown[:10]}; Stage1 has one identity "
-            "embedding per trained symbol, so new symbols need a new `relcast run`"
+            f"symbols not in the trained universe: {format_names(unknown)}; Stage1 has one "
+            "identity embedding per trained symbol, so new symbols need a new `relcast run`"
         )
 
 
@@ -174,6 +230,8 @@ def _update(run_dir, data: str) -> pd.DataFrame:
     )
     features = pipe.features_for(combined)
     added = np.arange(old.num_dates, combined.num_dates)
+    _check_stage3_weights(pipe)
+    _warn_missing_index(combined, added, data)
     stored, stored_dates = _stored_relationships(pipe)
     rel, names, _ = _relationships_for(pipe, features, added, stored, stored_dates)
     forecasts = _forecast_frame(pipe, features, (rel, names), added)

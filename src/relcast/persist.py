@@ -33,7 +33,12 @@ def write_json(path: Path, obj: Any) -> Path:
 def read_json(path: Path) -> Any:
     if not Path(path).exists():
         raise RunFolderError(f"missing {path}: run the step that writes it first")
-    return json.loads(Path(path).read_text())
+    try:
+        return json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:  # edited or damaged by hand
+        raise RunFolderError(
+            f"{path} is not valid JSON ({exc}); restore it or rerun the step that writes it"
+        ) from None
 
 
 def jsonable(obj: Any) -> Any:
@@ -69,16 +74,28 @@ def save_module(path: Path, module, config: Any, kind: str, **extra: Any) -> Pat
 
 def load_state(path: Path) -> tuple[dict, dict]:
     """``(state_dict, info)``; info is the JSON written by :func:`save_module`."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     path = Path(path)
     info = read_json(path.with_suffix(".json"))
-    if info.get("format") != RUN_FORMAT:
+    if not isinstance(info, dict) or info.get("format") != RUN_FORMAT:
+        found = info.get("format") if isinstance(info, dict) else type(info).__name__
         raise RunFolderError(
-            f"{path} was written by an incompatible relcast (format {info.get('format')}, "
+            f"{path.with_suffix('.json')} was not written by this relcast (format {found}, "
             f"this version reads {RUN_FORMAT}); re-run `relcast run` to rebuild it"
         )
-    return load_file(str(path)), info
+    if not path.exists():
+        raise RunFolderError(
+            f"missing {path} (its {path.with_suffix('.json').name} is there): the weights "
+            "were deleted; train them again with the step that writes them"
+        )
+    try:
+        return load_file(str(path)), info
+    except (SafetensorError, OSError) as exc:
+        raise RunFolderError(
+            f"{path} is damaged ({exc}); train it again with the step that writes it"
+        ) from None
 
 
 def dataclass_from_dict(cls: type, data: dict) -> Any:

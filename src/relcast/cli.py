@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -24,25 +25,89 @@ Sets = Annotated[
 ]
 
 
+_DEBUG = {"on": bool(os.environ.get("RELCAST_DEBUG"))}
+
+
+@app.callback()
+def _options(
+    debug: Annotated[
+        bool, typer.Option("--debug", help="show the full traceback of an error")
+    ] = False,
+) -> None:
+    """Options for every command (RELCAST_DEBUG=1 works too)."""
+    _DEBUG["on"] = debug or bool(os.environ.get("RELCAST_DEBUG"))
+
+
 def _fail(message: str) -> None:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code=2)
 
 
+def user_error_message(exc: BaseException) -> str | None:
+    """The message of an error the user caused (bad data, config, files), else ``None``.
+
+    relcast's own errors name the file or key already; the validation errors of the
+    libraries a user's files reach (YAML, JSON, safetensors, Arrow, Lightning's trainer
+    settings) get a word on what failed. Libraries not imported yet cannot have raised.
+    """
+    from relcast.config import RelcastConfigError
+    from relcast.data.panel import RelcastDataError
+    from relcast.persist import RunFolderError
+
+    ours = (RelcastConfigError, RelcastDataError, RunFolderError)
+    files = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
+    if isinstance(exc, ours + files):
+        return str(exc)
+    mods = sys.modules
+    kinds: list[tuple[type, str]] = []
+    if "pydantic" in mods:
+        kinds.append((mods["pydantic"].ValidationError, "invalid settings"))
+    if "yaml" in mods:
+        kinds.append((mods["yaml"].YAMLError, "not valid YAML"))
+    kinds.append((__import__("json").JSONDecodeError, "not valid JSON"))
+    if "safetensors" in mods:
+        kinds.append((mods["safetensors"].SafetensorError, "unreadable weights file"))
+    if "pyarrow" in mods:
+        kinds.append((mods["pyarrow"].ArrowException, "unreadable Parquet/Arrow data"))
+    if "pandas" in mods:
+        errors = mods["pandas"].errors
+        kinds.append(((errors.EmptyDataError, errors.ParserError), "unreadable CSV"))
+    for kind, what in kinds:
+        if isinstance(exc, kind):
+            return f"{what}: {exc}"
+    if _raised_by_lightning(exc):  # e.g. a device or strategy this machine cannot run
+        return f"trainer settings (trainer.accelerator/devices/strategy): {exc}"
+    return None
+
+
+def _raised_by_lightning(exc: BaseException) -> bool:
+    """An error raised inside Lightning's own code by its checks of the trainer settings."""
+    import traceback
+
+    if type(exc).__name__ == "MisconfigurationException":
+        return True
+    if not isinstance(exc, ValueError | TypeError | RuntimeError) or exc.__traceback__ is None:
+        return False
+    last = traceback.extract_tb(exc.__traceback__)[-1].filename.replace("\\", "/")
+    return "/lightning/" in last or "/pytorch_lightning/" in last
+
+
 def _guard(func):
-    """Turn the errors users cause (bad data, bad config, missing artefacts) into messages."""
+    """The one place where errors users cause become ``error: ...`` and exit 2 (no
+    traceback; ``--debug`` shows it). Anything else is a bug and keeps its traceback."""
     import functools
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
-        from relcast.config import RelcastConfigError
-        from relcast.data.panel import RelcastDataError
-        from relcast.persist import RunFolderError
-
         try:
             return func(*args, **kwargs)
-        except (RelcastConfigError, RelcastDataError, RunFolderError, FileNotFoundError) as exc:
-            _fail(str(exc))
+        except typer.Exit:
+            raise
+        except Exception as exc:  # noqa: BLE001 - sorted into user errors and bugs below
+            message = user_error_message(exc)
+            if message is None or _DEBUG["on"]:
+                raise
+            _fail(message)
 
     return wrapper
 
@@ -51,8 +116,12 @@ def _guard(func):
 @_guard
 def run(
     data: Annotated[
-        str, typer.Option(help="'demo', 'synthetic', or a CSV/Parquet/folder/qlib path")
-    ] = "demo",
+        str | None,
+        typer.Option(
+            help="'demo', 'synthetic', or a CSV/Parquet/folder/qlib path "
+            "[default: the config's data.source, else demo]"
+        ),
+    ] = None,
     universe: Annotated[
         Path | None, typer.Option(help="universe file: symbol,name,sector,market,is_index")
     ] = None,
@@ -69,12 +138,12 @@ def run(
     from relcast.config import load_config
     from relcast.pipeline import Pipeline
 
-    overrides = [f"data.source={data}", *(set_ or [])]
-    if universe is not None:
-        overrides.append(f"data.universe={universe}")
-    if seeds is not None:
-        overrides.append(f"evaluation.seeds={seeds}")
-    cfg = load_config(preset, config, overrides)
+    # flags given on the command line win over the file and --set; flags not given change
+    # nothing (the file's data.source holds). Their values are taken literally, not as YAML.
+    universe_text = None if universe is None else str(universe)
+    flags = {"data.source": data, "data.universe": universe_text, "evaluation.seeds": seeds}
+    values = {key: value for key, value in flags.items() if value is not None}
+    cfg = load_config(preset, config, set_ or [], values)
     if out.exists() and (out / "run.json").exists() and not force:
         existing = Pipeline.open(out)
         if existing.config != cfg:
@@ -153,6 +222,10 @@ def check(
     from relcast.config import load_config
 
     cfg = load_config(None, config, set_ or []).data
+    if universe is not None:
+        from relcast.pipeline import check_universe_file
+
+        check_universe_file(str(universe))
     panel = relcast.read_panel(
         data,
         universe=universe,
@@ -204,10 +277,18 @@ def _emit(frame, out: Path | None) -> None:
 
 
 @app.command(name="app")
+@_guard
 def app_command(
     port: Annotated[int, typer.Option(help="port on 127.0.0.1")] = 7860,
 ) -> None:
     """Start the Gradio workflow app (needs the app extra: pip install "relcast\\[app]")."""
+    import importlib.util
+
+    # the app imports gradio only when it starts, so ask before importing anything
+    if importlib.util.find_spec("gradio") is None:
+        _fail(
+            "the app needs gradio, which is not installed; install with: pip install 'relcast[app]'"
+        )
     try:
         from relcast.app import launch
     except ImportError as exc:

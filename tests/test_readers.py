@@ -571,3 +571,23 @@ def test_damaged_qlib_bin_is_refused(tmp_path, damage):
     }[damage]
     with pytest.raises(RelcastDataError, match=pattern):
         read_panel(tmp_path / "qlib")
+
+
+@pytest.mark.parametrize(
+    "text, date_format, want",
+    [
+        ("2012-11-19 16:00:00-05:00", None, "2012-11-19 16:00:00"),
+        ("2018-01-02T09:30:00.5Z", None, "2018-01-02 09:30:00.500"),
+        ("20180102", None, "2018-01-02"),
+        ("2018/01/02", None, "2018-01-02"),
+        ("Jan 2, 2018 10:00 -0500", None, "2018-01-02 10:00:00"),
+        ("02-01-2018", "%d-%m-%Y", "2018-01-02"),  # the "-2018" is no offset
+        ("02.01.2018 10:00:00+0100", "%d.%m.%Y %H:%M:%S%z", "2018-01-02 10:00:00"),
+        ("02/01/2018 09:30", "monthfirst", "2018-02-01 09:30:00"),
+    ],
+)
+def test_parse_date_text_reads_the_wall_clock(text, date_format, want):
+    from relcast.data.dates import parse_date_text
+
+    values, _ = parse_date_text(pd.Series([text]), date_format)
+    assert pd.Timestamp(values[0]) == pd.Timestamp(want)

@@ -30,7 +30,8 @@ _OFFSET = r"\s*(?:Z|UTC|[+-]\d{2}:?\d{2})?"
 _YEAR_FIRST = rf"(?P<year>\d{{4}})[-/.](?P<a>\d{{1,2}})[-/.](?P<b>\d{{1,2}}){_TIME}{_OFFSET}"
 _YEAR_LAST = rf"(?P<a>\d{{1,2}})[-/.](?P<b>\d{{1,2}})[-/.](?P<year>\d{{4}}){_TIME}{_OFFSET}"
 _COMPACT = r"(?P<year>\d{4})(?P<a>\d{2})(?P<b>\d{2})"
-_OFFSET_AT_END = r"\s*(?:Z|UTC|[+-]\d{2}:?\d{2})$"
+# an offset right after a clock time (never the "-2018" of "02-01-2018")
+_OFFSET_AFTER_TIME = r"(\d:\d{2}(?::\d{2}(?:\.\d+)?)?)\s*(?:Z|UTC|[+-]\d{2}:?\d{2})$"
 
 
 class DateFormatError(ValueError):
@@ -76,7 +77,7 @@ def _parse_unique(text: pd.Series, date_format: str | None) -> tuple[np.ndarray,
     if date_format is not None and date_format not in DATE_FORMAT_CHOICES:
         # an explicit strftime format; offsets are dropped first (wall-clock = local time)
         fmt = date_format.replace("%z", "").replace("%Z", "").strip()
-        wall = text.str.replace(_OFFSET_AT_END, "", regex=True) if fmt != date_format else text
+        wall = text.str.replace(_OFFSET_AFTER_TIME, r"\1", regex=True)
         out[:] = pd.to_datetime(wall, format=fmt, errors="coerce").to_numpy("datetime64[ns]")
         date_only[:] = not any(c in fmt for c in ("%H", "%I", "%M"))
         return out, date_only
@@ -107,7 +108,7 @@ def _parse_unique(text: pd.Series, date_format: str | None) -> tuple[np.ndarray,
         date_only[hit] = parts["hour"].isna().to_numpy()[hit] if "hour" in parts else True
         left &= ~hit
     if left.any():  # month names and other free text: pandas, with the day-first choice
-        rest = text[left].str.replace(_OFFSET_AT_END, "", regex=True)
+        rest = text[left].str.replace(_OFFSET_AFTER_TIME, r"\1", regex=True)
         stamp = pd.to_datetime(
             rest, errors="coerce", format="mixed", dayfirst=date_format == "dayfirst"
         )

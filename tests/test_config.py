@@ -126,3 +126,12 @@ def test_literal_values_are_not_yaml():
     """A CLI path is a path: '#' would start a YAML comment, ': ' a mapping."""
     for path in ("prices #2.csv", "a: b.csv", "[x].csv", "true"):
         assert load_config(values={"data.source": path}).data.source == path
+
+
+def test_scientific_numbers_are_numbers(tmp_path: Path):
+    """Strict types must not refuse `1e-3` (PyYAML's YAML 1.1 reads it as text)."""
+    assert load_config(overrides=["stage1.lr=1e-3"]).stage1.lr == pytest.approx(1e-3)
+    f = tmp_path / "run.yaml"
+    f.write_text("stage3:\n  lr: 5E-4\nevaluation:\n  buy_cost: 2.5e-4\n")
+    cfg = load_config(file=f)
+    assert cfg.stage3.lr == pytest.approx(5e-4) and cfg.evaluation.buy_cost == pytest.approx(2.5e-4)

@@ -8,6 +8,7 @@ choices, the allowed values.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -363,6 +364,27 @@ class RelcastConfig(_Section):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 
+class _YamlLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that reads ``1e-3`` as a number, as YAML 1.2 does (PyYAML's 1.1
+    rules need ``1.0e-3``); config types are strict, so a learning rate must not be text."""
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def _load_yaml(text: str) -> Any:
+    """What ``yaml.safe_load`` does, with :class:`_YamlLoader` (a SafeLoader: no objects)."""
+    loader = _YamlLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def _deep_merge(base: dict, update: dict) -> dict:
     out = dict(base)
     for key, value in update.items():
@@ -382,7 +404,7 @@ def parse_override(item: str) -> dict:
     if not parts:
         raise RelcastConfigError(f"--set has an empty key in {item!r}")
     try:
-        value: Any = yaml.safe_load(raw) if raw.strip() else None
+        value: Any = _load_yaml(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
         problem = str(getattr(exc, "problem", None) or exc).strip()
         raise RelcastConfigError(
@@ -403,7 +425,7 @@ def _read_yaml(path: Path) -> dict:
     if not path.exists():
         raise RelcastConfigError(f"config file not found: {path}")
     try:
-        loaded = yaml.safe_load(path.read_text()) or {}
+        loaded = _load_yaml(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise RelcastConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(loaded, dict):

@@ -254,6 +254,21 @@ def test_lock_is_reentrant_in_a_thread_and_exclusive_across_threads(tmp_path):
     assert len(seen) == 1
 
 
+def test_ddp_workers_neither_lock_nor_recover(tmp_path, monkeypatch):
+    # Lightning re-runs the command in each DDP worker; rank 0 holds the folder for all
+    folder = tmp_path / "run"
+    holder = _hold_lock(folder, "run")
+    try:
+        (folder / ".x.json.1.ab.tmp").write_text("rank 0 is writing this")
+        monkeypatch.setenv("LOCAL_RANK", "1")
+        with RunFolder(folder).lock("run", timeout=0):
+            pass
+        assert (folder / ".x.json.1.ab.tmp").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_a_command_that_writes_nothing_leaves_no_folder(tmp_path):
     folder = tmp_path / "new"
     with RunFolder(folder).lock("run"):

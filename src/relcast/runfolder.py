@@ -1,32 +1,16 @@
 """The run folder's owner: file names, atomic writes, one writer at a time, crash recovery,
-and the fingerprint of the data a run was prepared from.
+and the fingerprint of the data a run was prepared from (docs/reliability.md says why).
 
-Why one owner: several commands write the same folder (``run``, the stage commands,
-``evaluate``, ``report``, ``update``), and a crash or a second writer must never leave it
-half old, half new. The rules, all here:
-
-- **Atomic files.** Every file is written under a per-process temporary name
-  (``.<name>.<pid>.<random>.tmp``, next to the final one) and renamed into place with
-  ``os.replace``: a reader sees the old file or the new one, never a torn one, and two
-  processes never share a temporary file.
-- **Atomic groups.** Files that must change together (``update``: panel, relationships,
-  ``data_with_relationships``, live predictions) are staged, a journal listing the renames is
-  written atomically, then the renames run. A crash before the journal leaves the old run;
-  a crash during the renames is finished by the next writer (:meth:`RunFolder.recover`).
-- **One writer.** Every writing command holds an exclusive ``fcntl.flock`` on
-  ``<run>/.relcast.lock`` (re-entrant within a thread). The OS releases it when the holder
-  exits or is killed, so a crashed holder never blocks anyone. A second writer fails at
-  once with ``RunFolderError: run folder X is in use by pid N (command ...)``; set
-  ``RELCAST_LOCK_WAIT=<seconds>`` to wait that long for the folder instead.
-- **Recovery on every open.** The first writer to take the lock (and every reader that
-  finds the folder free) finishes an interrupted update, then deletes crash leftovers:
+- Every file is written under ``.<name>.<pid>.<random>.tmp`` and renamed into place.
+- Files that change together (``update``) are staged, journalled, then renamed.
+- Every writing command holds an exclusive ``fcntl.flock`` on ``<run>/.relcast.lock``; the OS
+  releases it when the holder dies. A second writer fails at once naming the holder
+  (``RELCAST_LOCK_WAIT=<seconds>`` waits instead).
+- Whoever takes the lock first finishes an interrupted update and deletes crash leftovers:
   while it holds the lock no other writer exists, so every temporary file is an orphan.
-- **Only our own folders.** A path that is a file, or a non-empty folder that is not a
-  relcast run folder, is refused before anything is written: relcast never overwrites
-  files it did not create.
-- **Data fingerprint.** ``prepare`` records the size and mtime of every input file and a
-  hash of the market's dates and symbols (and values); a rerun on changed data stops and
-  asks for ``--force`` instead of silently reusing results of the old data.
+- A file, or a non-empty folder that is not a run folder, is refused before any write.
+- ``prepare`` records the input files' size and mtime and hashes of the market; a rerun on
+  changed data stops and asks for ``--force``.
 """
 
 from __future__ import annotations
@@ -125,8 +109,14 @@ def _is_leftover(name: str) -> bool:
 
 
 # ----------------------------------------------------------------------------- locking
-# (resolved path, thread) -> [fd, depth]: a thread that holds a folder may take it again
-_HELD: dict[tuple[str, int], list] = {}
+# (resolved path, thread) -> lock file descriptor: a thread holding a folder may take it again
+_HELD: dict[tuple[str, int], int] = {}
+
+
+def _secondary_rank() -> bool:
+    """A DDP worker other than global rank 0 (Lightning re-runs the command in each worker):
+    rank 0 holds the folder for all of them, so the others neither lock nor recover."""
+    return any(int(os.environ.get(k, "0") or 0) > 0 for k in ("RANK", "LOCAL_RANK", "NODE_RANK"))
 
 
 def _lock_wait() -> float:
@@ -214,7 +204,7 @@ class RunFolder:
 
     def recover_if_free(self) -> bool:
         """Recover now unless another writer holds the folder (it then owns its files)."""
-        if not self.path.is_dir() or self._key() in _HELD:
+        if not self.path.is_dir() or self._key() in _HELD or _secondary_rank():
             return False  # not there, or this thread is the writer (mid-operation)
         try:
             with self.lock("recover", timeout=0.0):
@@ -259,17 +249,13 @@ class RunFolder:
         fail at once). Re-entrant within one thread; recovery runs only on the outer entry.
         """
         key = self._key()
-        if key in _HELD:
-            _HELD[key][1] += 1
-            try:
-                yield self
-            finally:
-                _HELD[key][1] -= 1
+        if key in _HELD or _secondary_rank():
+            yield self
             return
         self.check_writable()
         created = not self.path.exists()
         fd = self._acquire(command, _lock_wait() if timeout is None else timeout)
-        _HELD[key] = [fd, 1]
+        _HELD[key] = fd
         try:
             self.recover()
             yield self

@@ -73,7 +73,8 @@ def make_trainer(
     Everything is written under ``out_dir``: ``checkpoints/best-*.ckpt`` and
     ``logs/version_*/metrics.csv``. The returned trainer has an ``epoch_history`` attribute
     (list of per-epoch metric dicts) and its ``checkpoint_callback.best_model_path`` names the
-    best checkpoint after ``fit``.
+    best checkpoint after ``fit``. The checkpoint is a pickle: the pipeline deletes it
+    (``RunFolder.drop_checkpoints``) as soon as the weights are saved as safetensors.
 
     Args:
         out_dir: run folder for checkpoints and logs (never the repository).

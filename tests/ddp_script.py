@@ -120,12 +120,16 @@ def run_stage3(out: Path, devices: int, panel, features, labels, split) -> dict:
         seed=0, out_dir=out, stocks=stocks, accelerator="cpu", devices=devices,
         strategy="ddp" if devices > 1 else "auto", progress=False,
         callbacks=[recorder_class()(out)],
+        # windows: the recorder and the one-process comparison count samples per batch;
+        # chunk batches are sharded by the same shard_batches (tests/test_sequence.py)
+        chunk_length=None,
     )  # fmt: skip
     if int(os.environ.get("LOCAL_RANK", 0)) != 0:
         return {}
     model = result.model
     model.load_state_dict(torch.load(out / "final.pt"))
-    point = predict_stage3(model, inputs, split.valid, stocks=stocks)["point"][..., 0]  # (T, N)
+    point = predict_stage3(model, inputs, split.valid, stocks=stocks, chunk_length=None)
+    point = point["point"][..., 0]  # (T, N), on windows as trained
     ok = np.isfinite(point) & np.isfinite(labels).all(axis=-1)
     daily = daily_rank_ic(point[split.valid], labels[split.valid, :, 0], ok[split.valid])
     train = inputs.loader(LOOKBACK, labels, index=split.train, stocks=stocks)

@@ -261,3 +261,12 @@ def test_fit_stage3_trains_on_chunks_by_default(tmp_path):
     assert seq.chunk_length == 128 and win.chunk_length is None
     assert seq.num_train_windows == win.num_train_windows
     assert np.isfinite(seq.history[-1]["val_loss"]) and np.isfinite(seq.history[-1]["val_rank_ic"])
+
+
+def test_evaluation_batches_are_bounded_by_input_size():
+    from relcast.training.stage3 import EVAL_BATCH_FLOATS, eval_batch_size
+
+    assert eval_batch_size(4096, 50, 60, 128) == 4096  # a hybrid input: the asked size
+    wide = eval_batch_size(4096, 1026 * 30, 60, 128)  # rawconcat of 1,026 stocks
+    assert 1 <= wide < 4096 and wide * 1026 * 30 * 128 / 69 <= EVAL_BATCH_FLOATS
+    assert eval_batch_size(4096, 1026 * 30, 60, None) * 1026 * 30 * 60 <= EVAL_BATCH_FLOATS

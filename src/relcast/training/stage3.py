@@ -50,6 +50,23 @@ from relcast.training.loader import WindowLoader
 FEATURE_SETS = ("own", "hybrid", "rawconcat")
 CHUNK_LENGTH = 128
 """Default chunk length of sequence training and prediction (burn-in included)."""
+EVAL_BATCH_FLOATS = 2**25
+"""Input floats per evaluation batch at most (128 MB): ``rawconcat`` on a large universe is
+N * F_own wide, and an evaluation batch must not grow with it."""
+
+
+def eval_batch_size(want: int, num_features: int, lookback: int, chunk_length: int | None) -> int:
+    """``want`` scored samples per evaluation batch, fewer if their input would exceed
+    :data:`EVAL_BATCH_FLOATS` (a sample costs ``lookback`` steps as a window, about
+    ``C / (C - lookback + 1)`` steps in a chunk)."""
+    if chunk_length is None:
+        steps = float(lookback)
+    else:
+        C = max(chunk_length, 2 * lookback)
+        steps = C / (C - lookback + 1)
+    return max(1, min(int(want), int(EVAL_BATCH_FLOATS / (num_features * steps))))
+
+
 LABEL_NORMS = ("cross_section", "none")
 
 
@@ -472,8 +489,10 @@ def fit_stage3(
         shuffle=True, seed=seed, chunk_length=chunk_length,
     )  # fmt: skip
     valid = inputs.loader(
-        lookback, target, index=split.valid, stocks=stock_idx,
-        batch_size=max(batch_size, 4096), chunk_length=chunk_length,
+        lookback, target, index=split.valid, stocks=stock_idx, chunk_length=chunk_length,
+        batch_size=eval_batch_size(
+            max(batch_size, 4096), inputs.num_features, lookback, chunk_length
+        ),
     )  # fmt: skip
     if train.num_windows == 0:
         raise ValueError(
@@ -577,6 +596,7 @@ def predict_stage3(
     config = model.config
     lookback = config.lookback if lookback is None else lookback
     # rank 0 of 1: a prediction covers every window, even in a process that trained with DDP
+    batch_size = eval_batch_size(batch_size, inputs.num_features, lookback, chunk_length)
     loader = inputs.loader(
         lookback, index=index, stocks=inputs.stock_index(stocks), batch_size=batch_size,
         rank=0, world_size=1, chunk_length=chunk_length,

@@ -332,6 +332,11 @@ class TemporalFusionTransformer(nn.Module):
     (selection weights averaged over time), ``static_importance [B, 2]`` (stock, sector),
     ``attention [B, heads, L]`` (the origin step's attention over the past, per head) and
     ``attention_all [B, heads, L, L]`` (every step's causal attention).
+
+    On a sequence batch (``x [B, C, F]`` with ``origin [B, C]``): ``pred [B, C, H, Q]`` (a
+    forecast at every step), ``variable_importance [B, C, F]`` (each step's mean over its
+    window of ``lookback`` steps), ``attention [B, C, heads, lookback]`` (each step's weights
+    on its window, index -1 = itself) and the banded ``attention_all [B, heads, C, C]``.
     """
 
     Config = TFTConfig

@@ -270,3 +270,17 @@ def test_evaluation_batches_are_bounded_by_input_size():
     wide = eval_batch_size(4096, 1026 * 30, 60, 128)  # rawconcat of 1,026 stocks
     assert 1 <= wide < 4096 and wide * 1026 * 30 * 128 / 69 <= EVAL_BATCH_FLOATS
     assert eval_batch_size(4096, 1026 * 30, 60, None) * 1026 * 30 * 60 <= EVAL_BATCH_FLOATS
+
+
+def test_rawconcat_block_is_shared_by_loaders_not_copied():
+    x, valid, labels = market(7)
+    own = np.nan_to_num(x)
+    own[~valid] = 0.0  # as assemble_inputs leaves it
+    train = WindowLoader(own, valid, L, labels, concat_inputs=own, chunk_length=30)
+    check = WindowLoader(own, valid, L, labels, concat_inputs=own)
+    assert train.concat.data_ptr() == check.concat.data_ptr() == own.ctypes.data
+    batch = next(iter(train))
+    assert batch["x"].shape[-1] == N * F_IN + F_IN  # every stock's block, gathered per batch
+    dirty = WindowLoader(x, valid, L, labels, concat_inputs=x)  # NaN at masked cells
+    assert dirty.concat.data_ptr() != x.ctypes.data and torch.isfinite(dirty.concat).all()
+    assert (dirty.concat[torch.from_numpy(~valid)] == 0).all()

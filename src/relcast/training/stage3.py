@@ -226,7 +226,8 @@ def assemble_inputs(
     valid &= np.isfinite(values).all(axis=-1)
     if concat is not None:
         # zeros where a stock is masked, once here: every loader then shares this array
-        concat = np.nan_to_num(np.array(concat, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+        concat = np.array(concat, dtype=np.float32)  # (T, N, F_own), our own copy
+        np.nan_to_num(concat, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
         concat[~valid] = 0.0
     return Stage3Inputs(
         feature_set=feature_set,

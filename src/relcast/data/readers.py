@@ -5,7 +5,7 @@ Three layouts are understood, chosen by what ``path`` is:
 * a long-format **CSV or Parquet file** with columns ``date, symbol, open, high, low,
   close, volume`` (optional ``amount`` and other numeric columns);
 * a **folder of per-symbol CSV files**, one symbol per file (see :func:`symbols_from_files`
-  for how a file name gives the symbol);
+  for how a file name gives the symbol; :mod:`relcast.data.symbols`);
 * a **qlib data folder** (``calendars/day.txt``, ``instruments/*.txt``,
   ``features/<symbol>/<field>.day.bin``), see :mod:`relcast.data.qlib`.
 
@@ -18,8 +18,6 @@ repaired by :mod:`relcast.data.bars` and counted in ``panel.health``
 
 from __future__ import annotations
 
-import os
-import re
 from pathlib import Path
 
 import numpy as np
@@ -36,11 +34,11 @@ from relcast.data.dates import parse_date_column
 from relcast.data.health import DataHealth
 from relcast.data.panel import OHLCV_FIELDS, Panel, RelcastDataError
 from relcast.data.qlib import is_qlib_folder, read_qlib
+from relcast.data.symbols import CSV_SUFFIXES, symbols_from_files
 from relcast.data.universe import SYMBOL_ALIASES, read_universe
 
 DATE_ALIASES = ("date", "datetime", "timestamp", "time")
 UNNAMED_INDEX = ("", "unnamed: 0")  # a pandas-written index column: the dates
-CSV_SUFFIXES = (".csv", ".csv.gz", ".csv.bz2", ".csv.zst", ".txt")
 PARQUET_SUFFIXES = (".parquet", ".pq")
 
 
@@ -125,59 +123,6 @@ def read_panel(
             f"{lookback} needs at least {lookback}. Provide more history or lower the lookback."
         )
     return panel
-
-
-def symbols_from_files(files: list[Path], symbol_pattern: str | None = None) -> list[str]:
-    """The symbol of each per-symbol file, from its name without the CSV suffix.
-
-    Only the suffix (``.csv``, ``.csv.gz``, ...) is removed, so ``BRK.B.csv`` is ``BRK.B`` and
-    ``600000.SH.csv`` / ``600000.SZ.csv`` stay distinct. When every file name of the folder
-    (two or more files) starts with the same ``<prefix>_`` or ends with the same
-    ``_<suffix>``, those are removed: ``NASDAQ_AAPL_30Y.csv`` -> ``AAPL``. A
-    ``symbol_pattern`` such as ``"NASDAQ_{symbol}_30Y"`` or ``"*_{symbol}"`` says it
-    explicitly (``*`` matches anything; a file that does not match is an error).
-    """
-    stems = [_strip_suffix(f.name) for f in files]
-    if symbol_pattern is not None:
-        if "{symbol}" not in symbol_pattern:
-            raise RelcastDataError(
-                f"data.symbol_pattern={symbol_pattern!r} has no '{{symbol}}' placeholder; "
-                "write it like 'NASDAQ_{symbol}_30Y'"
-            )
-        before, after = symbol_pattern.split("{symbol}", 1)
-
-        def part(text: str) -> str:
-            return ".*?".join(re.escape(p) for p in text.split("*"))
-
-        regex = re.compile(f"{part(before)}(?P<symbol>.+?){part(after)}")
-        matches = [regex.fullmatch(s) for s in stems]
-        bad = [f.name for f, m in zip(files, matches, strict=True) if m is None]
-        if bad:
-            raise RelcastDataError(
-                f"{files[0].parent}: {len(bad)} file name(s) do not match "
-                f"data.symbol_pattern={symbol_pattern!r}, e.g. {bad[:5]}; fix the pattern or "
-                "move those files out of the folder"
-            )
-        symbols = [m.group("symbol") for m in matches if m is not None]
-    else:
-        symbols = stems
-        if len(stems) >= 2:
-            prefix = os.path.commonprefix(stems)
-            prefix = prefix[: prefix.rfind("_") + 1]
-            suffix = os.path.commonprefix([s[::-1] for s in stems])[::-1]
-            suffix = suffix[suffix.find("_") :] if "_" in suffix else ""
-            cut = [s[len(prefix) : len(s) - len(suffix)] for s in stems]
-            if all(cut) and len(set(cut)) == len(cut):
-                symbols = cut
-    seen: dict[str, str] = {}
-    for file, sym in zip(files, symbols, strict=True):
-        if sym in seen:
-            raise RelcastDataError(
-                f"{file.parent}: files {seen[sym]!r} and {file.name!r} both give symbol "
-                f"{sym!r}; keep one file per symbol (or set data.symbol_pattern)"
-            )
-        seen[sym] = file.name
-    return symbols
 
 
 def frame_to_panel(
@@ -409,14 +354,6 @@ def _clean_symbols(column: pd.Series) -> pd.Categorical:
     stripped = pd.Index(uniques).astype(str).str.strip()
     cats, remap = np.unique(np.asarray(stripped, dtype=str), return_inverse=True)
     return pd.Categorical.from_codes(remap[codes], categories=cats)
-
-
-def _strip_suffix(name: str) -> str:
-    lower = name.lower()
-    for suffix in sorted(CSV_SUFFIXES, key=len, reverse=True):
-        if lower.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
 
 
 def _has_suffix(path: Path, suffixes: tuple[str, ...]) -> bool:

@@ -400,6 +400,8 @@ class Pipeline:
         return dict(
             sector_ids=self.panel.sectors,
             loss=s.loss,
+            label_norm=s.label_norm,
+            rank_mse_weight=s.rank_mse_weight,
             max_epochs=s.max_epochs,
             batch_dates=s.batch_dates,
             lr=s.lr,
@@ -663,6 +665,7 @@ class Pipeline:
             chunk_length=s.chunk_length,
             lr=s.lr,
             patience=s.patience,
+            label_norm=s.label_norm,
             seed=self.config.trainer.seed + seed_offset,
             out_dir=self.dir / "logs" / name,
             stocks=list(self.panel.symbols[self.target]),  # indices are inputs, not targets

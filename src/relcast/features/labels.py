@@ -58,3 +58,33 @@ def normalize_labels_cross_section(labels: np.ndarray, mask: np.ndarray) -> np.n
         z = (y - mean) / std
     z = np.where(np.isfinite(y) & ~(std > 0), 0.0, z)
     return z.astype(np.float32)
+
+
+#: qlib's CSRankNorm scale: a uniform percentile minus 0.5 has std 1/sqrt(12) = 1/3.46
+CS_RANK_SCALE = 3.46
+
+
+def rank_normalize_labels_cross_section(labels: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """qlib's ``CSRankNorm``: rank labels within each date and horizon, then z units.
+
+    ``(rank_pct - 0.5) * 3.46``, with ``rank_pct`` the average-tie rank over the valid stocks
+    divided by their count (pandas ``rank(pct=True)``), so values lie in ``(-1.73, 1.73]``
+    with unit variance for distinct labels. Outliers lose their weight: a +50% day is just
+    the top rank.
+
+    Args:
+        labels: ``[T, N, H]`` forward returns (NaN where undefined).
+        mask: ``bool [T, N]``: stocks that take part at each date; the others neither get a
+            value nor count in anyone's rank.
+
+    Returns ``float32 [T, N, H]``, NaN where the label is NaN or the stock is masked. Like
+    :func:`normalize_labels_cross_section` it is a function of labels: targets only.
+    """
+    from scipy.stats import rankdata
+
+    y = np.where(mask[:, :, None], labels, np.nan).astype(np.float64)  # (T, N, H)
+    ranks = rankdata(y, method="average", axis=1, nan_policy="omit")  # (T, N, H), NaN kept
+    count = np.isfinite(y).sum(axis=1, keepdims=True)  # (T, 1, H)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        z = (ranks / count - 0.5) * CS_RANK_SCALE
+    return np.where(np.isfinite(y), z, np.nan).astype(np.float32)

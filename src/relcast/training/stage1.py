@@ -10,7 +10,16 @@ Losses:
 - ``"ic"`` (default): ``1 - mean`` daily Pearson IC (differentiable), over dates and horizons;
   ``pred`` has an arbitrary scale (Stage2 calibrates it to label units);
 - ``"mse"``: squared error against labels z-scored across stocks at each date and horizon
-  (so ``pred`` is in cross-sectional z-score units, not in returns).
+  (so ``pred`` is in cross-sectional z-score units, not in returns);
+- ``"listnet"``: cross-entropy between the softmax of ``pred`` over each date's stocks and the
+  softmax of the normalised labels (:func:`listnet_loss`);
+- ``"pairwise"``: RankNet's logistic loss over each date's stock pairs
+  (:func:`pairwise_rank_loss`); both ranking losses can add ``rank_mse_weight`` times the
+  MSE, as RSR (Feng et al. 2019) adds its pairwise term to a regression loss.
+``label_norm`` picks the normalised labels that ``mse``, ``listnet`` and ``pairwise`` read:
+``"cross_section"`` (z-score, clipped at 5) or ``"cs_rank"`` (qlib's CSRankNorm); the ``ic``
+loss reads raw labels under ``"cross_section"`` (a Pearson IC ignores the z-score) and the
+ranks under ``"cs_rank"``.
 Why IC by default: the MSE depends on the prediction's scale, which starts near 0 (the
 0.02-std output layers), so it first has to grow the whole output path before the loss moves;
 on the planted lead-lag of ``synthetic_market`` (20 stocks, 600 days, strength 0.8, 3 seeds,
@@ -43,15 +52,17 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, IterableDataset, default_collate
 
 from relcast.features.featureset import FeatureSet
+from relcast.features.labels import CS_RANK_SCALE
 from relcast.models.cross_sectional import (  # predict_stage1: re-exported, its old path
     CrossSectionalTransformer,
     Stage1Config,
     predict_stage1,  # noqa: F401
 )
 from relcast.training.loader import _distributed_rank, shard_batches
-from relcast.training.metrics import ic_torch, rank_ic_torch
+from relcast.training.metrics import _torch_average_ranks, ic_torch, rank_ic_torch
 
-LOSSES = ("mse", "ic")
+LOSSES = ("mse", "ic", "listnet", "pairwise")
+LABEL_NORMS = ("cross_section", "cs_rank")
 # z-scored labels are clipped: one bad print (split, data error) must not dominate a date.
 LABEL_CLIP = 5.0
 
@@ -230,6 +241,70 @@ def cross_sectional_zscore(y: torch.Tensor, valid: torch.Tensor) -> torch.Tensor
     return torch.where(valid, z.clamp(-LABEL_CLIP, LABEL_CLIP), 0.0)
 
 
+def cross_sectional_rank_norm(y: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """qlib's CSRankNorm of ``y (B, N, H)``: ``(rank_pct - 0.5) * 3.46`` over ``valid`` stocks
+    per date and horizon (ties averaged); 0 elsewhere. The torch twin of
+    :func:`relcast.features.labels.rank_normalize_labels_cross_section`."""
+    B, N, H = y.shape
+    rows = y.transpose(1, 2).reshape(B * H, N)  # (B * H, N)
+    ok = valid.transpose(1, 2).reshape(B * H, N)
+    ranks = _torch_average_ranks(torch.where(ok, rows, 0.0), ok)  # invalid sort last
+    count = ok.sum(dim=1, keepdim=True).clamp(min=1)
+    z = (ranks / count - 0.5) * CS_RANK_SCALE
+    z = torch.where(ok, z, 0.0).reshape(B, H, N).transpose(1, 2)
+    return z.to(y.dtype)
+
+
+def listnet_loss(
+    pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
+    """ListNet (top-one) loss: cross-entropy between ``softmax(target / temperature)`` and
+    ``softmax(pred)`` over the valid stocks of each date and horizon, averaged over the
+    (date, horizon) rows with >= 2 valid stocks. ``pred, target, valid``: ``(B, N, H)``.
+
+    Masked stocks get neither probability mass nor gradient; log-softmax keeps it stable.
+    """
+    low = torch.finfo(pred.dtype).min  # not -inf: an all-masked row stays finite
+    logits = torch.where(valid, pred, low)
+    goal = torch.where(valid, target / temperature, low)
+    log_p = torch.log_softmax(logits, dim=1)  # over stocks
+    q = torch.softmax(goal, dim=1)
+    ce = -torch.where(valid, q * log_p, 0.0).sum(dim=1)  # (B, H)
+    rows = valid.sum(dim=1) >= 2
+    return ce[rows].mean() if rows.any() else pred.sum() * 0.0
+
+
+def pairwise_rank_loss(
+    pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, kind: str = "logistic"
+) -> torch.Tensor:
+    """Pairwise ranking loss over the valid stock pairs of each date and horizon.
+
+    ``"logistic"`` (RankNet): mean ``softplus(-(pred_i - pred_j))`` over pairs with
+    ``target_i > target_j``. ``"hinge"`` (RSR): mean ``relu(-(pred_i - pred_j) *
+    (target_i - target_j))`` over all ordered valid pairs (it is 0 for a constant ``pred``,
+    so RSR adds it to an MSE). Each (date, horizon) row is averaged over its pairs, then rows
+    with a pair are averaged. ``pred, target, valid``: ``(B, N, H)``; memory ``B*H*N^2``.
+    """
+    if kind not in ("logistic", "hinge"):
+        raise ValueError(f"kind must be 'logistic' or 'hinge', got {kind!r}")
+    s = pred.transpose(1, 2)  # (B, H, N)
+    y = torch.where(valid, target, 0.0).transpose(1, 2)
+    ok = valid.transpose(1, 2)
+    ds = s[..., :, None] - s[..., None, :]  # (B, H, N, N): pred_i - pred_j
+    dy = y[..., :, None] - y[..., None, :]
+    pairs = ok[..., :, None] & ok[..., None, :]
+    if kind == "logistic":
+        pairs = pairs & (dy > 0)
+        per_pair = F.softplus(-ds)
+    else:
+        pairs = pairs & ~torch.eye(s.shape[-1], dtype=torch.bool, device=s.device)
+        per_pair = torch.relu(-ds * dy)
+    n = pairs.sum(dim=(-1, -2))  # (B, H)
+    per_row = torch.where(pairs, per_pair, 0.0).sum(dim=(-1, -2)) / n.clamp(min=1)
+    rows = n > 0
+    return per_row[rows].mean() if rows.any() else pred.sum() * 0.0
+
+
 def _define_stage1_module() -> type:
     # Lightning costs seconds to import, so the class is built on first use (see __getattr__
     # at the end of this file); its name and module are set so that pickling (ddp_spawn,
@@ -257,10 +332,14 @@ def _define_stage1_module() -> type:
             loss: str = "ic",
             lr: float = 1e-3,
             weight_decay: float = 1e-4,
+            label_norm: str = "cross_section",
+            rank_mse_weight: float = 0.0,
         ) -> None:
             super().__init__()
             if loss not in LOSSES:
                 raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+            if label_norm not in LABEL_NORMS:
+                raise ValueError(f"label_norm must be one of {LABEL_NORMS}, got {label_norm!r}")
             config = Stage1Config(**config) if isinstance(config, dict) else config
             sector_list = None if sector_ids is None else [int(s) for s in sector_ids]
             # Lightning compares the hparams with __init__'s locals: keep them plain values.
@@ -272,12 +351,16 @@ def _define_stage1_module() -> type:
                     "loss": loss,
                     "lr": lr,
                     "weight_decay": weight_decay,
+                    "label_norm": label_norm,
+                    "rank_mse_weight": rank_mse_weight,
                 }
             )
             sectors = None if sector_list is None else torch.tensor(sector_list)
             self.model = CrossSectionalTransformer(config, sector_ids=sectors)
             self.config = config
             self.loss_name = loss
+            self.label_norm = label_norm
+            self.rank_mse_weight = rank_mse_weight
             self.has_sectors = sector_list is not None and config.num_sectors > 0
 
         def forward(self, batch: dict[str, torch.Tensor], need_weights: bool = False) -> dict:
@@ -288,15 +371,19 @@ def _define_stage1_module() -> type:
             pred, y = out["pred"], batch["y"]  # (B, N, H) each
             valid = torch.isfinite(y) & batch["mask"][..., None]  # (B, N, H)
             zero = pred.sum() * 0.0  # keeps the graph when a term has nothing to score
-            if self.loss_name == "mse":
-                z = cross_sectional_zscore(y, valid)
+            rank_norm = self.label_norm == "cs_rank"
+            z = (cross_sectional_rank_norm if rank_norm else cross_sectional_zscore)(y, valid)
+            if self.loss_name != "ic":
                 n = valid.sum()
                 ret = ((pred - z) ** 2 * valid).sum() / n if n > 0 else zero
+                if self.loss_name != "mse":
+                    rank_loss = listnet_loss if self.loss_name == "listnet" else pairwise_rank_loss
+                    ret = rank_loss(pred, z, valid) + self.rank_mse_weight * ret
             else:
                 B, N, H = pred.shape
                 ic = ic_torch(
                     pred.transpose(1, 2).reshape(B * H, N),
-                    y.transpose(1, 2).reshape(B * H, N),
+                    (z if rank_norm else y).transpose(1, 2).reshape(B * H, N),
                     valid.transpose(1, 2).reshape(B * H, N),
                 )  # (B * H,)
                 ok = torch.isfinite(ic)
@@ -423,6 +510,8 @@ def fit_stage1(
     out_dir: str | Path,
     sector_ids: Any = None,
     loss: str = "ic",
+    label_norm: str = "cross_section",
+    rank_mse_weight: float = 0.0,
     max_epochs: int = 30,
     batch_dates: int = 32,
     lr: float = 1e-3,
@@ -447,7 +536,11 @@ def fit_stage1(
         config: model config; default: ``preset`` sized from the data.
         out_dir: run folder for checkpoints and the CSV log.
         sector_ids: per-stock sector (ints or labels such as ``panel.sectors``), or None.
-        loss: ``"ic"`` (default) or ``"mse"``, see the module docstring.
+        loss: ``"ic"`` (default), ``"mse"``, ``"listnet"`` or ``"pairwise"``, see the module
+            docstring.
+        label_norm: ``"cross_section"`` (default) or ``"cs_rank"``: the labels the losses
+            read, see the module docstring.
+        rank_mse_weight: weight of the MSE added to the ``listnet``/``pairwise`` loss.
         train_index: train on these dates instead of ``split.train`` (out-of-fold runs).
         target: ``bool [N]``, symbols that count in losses and metrics, e.g.
             ``~panel.is_index`` (default all).
@@ -490,7 +583,13 @@ def fit_stage1(
 
     seed_everything(seed)
     module = _stage1_module_class()(
-        config, sector_ids=sectors, loss=loss, lr=lr, weight_decay=weight_decay
+        config,
+        sector_ids=sectors,
+        loss=loss,
+        lr=lr,
+        weight_decay=weight_decay,
+        label_norm=label_norm,
+        rank_mse_weight=rank_mse_weight,
     )
     shuffle_rng = torch.Generator()
     shuffle_rng.set_state(torch.get_rng_state())  # seeded above; immune to later RNG use

@@ -44,7 +44,10 @@ import numpy as np
 import torch
 
 from relcast.features.featureset import FeatureSet
-from relcast.features.labels import normalize_labels_cross_section
+from relcast.features.labels import (
+    normalize_labels_cross_section,
+    rank_normalize_labels_cross_section,
+)
 from relcast.training.loader import WindowLoader
 
 FEATURE_SETS = ("own", "hybrid", "rawconcat")
@@ -67,7 +70,7 @@ def eval_batch_size(want: int, num_features: int, lookback: int, chunk_length: i
     return max(1, min(int(want), int(EVAL_BATCH_FLOATS / (num_features * steps))))
 
 
-LABEL_NORMS = ("cross_section", "none")
+LABEL_NORMS = ("cross_section", "cs_rank", "none")
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -453,7 +456,8 @@ def fit_stage3(
         out_dir: run folder for checkpoints and the CSV log.
         stocks: train (and validate) on these target stocks only; all if None. With one
             stock, early stopping and the checkpoint watch ``val_loss`` (no Rank IC exists).
-        label_norm: ``"cross_section"`` (default) or ``"none"``, see the module docstring.
+        label_norm: ``"cross_section"`` (default), ``"cs_rank"`` (qlib's CSRankNorm) or
+            ``"none"``, see the module docstring.
         progress: show the progress bar.
         regime_gate: wrap the model in a :class:`relcast.models.regime.RegimeGatedModel`
             that scales the index vs sector relationship columns by the regime of each
@@ -481,6 +485,8 @@ def fit_stage3(
     # z-scores over every stock with valid inputs, also when training on one target stock
     if label_norm == "cross_section":
         target = normalize_labels_cross_section(labels, inputs.valid)
+    elif label_norm == "cs_rank":  # qlib's CSRankNorm: ranks per date, in z units
+        target = rank_normalize_labels_cross_section(labels, inputs.valid)
     else:
         target = labels
     target = np.asarray(target, dtype=np.float32)  # one copy, shared by both loaders

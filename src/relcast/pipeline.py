@@ -16,6 +16,10 @@ Run folder (``DIR``)::
     stage3/<name>/model.safetensors   one folder per Stage3 model
     predictions.parquet         date, symbol, model, horizon, pred, label, q* columns
     backtest.parquet, metrics.json, attention.npz, importance.json, logs/, plots/, report.html
+    .relcast.lock               held by the one writing command (relcast.runfolder)
+
+Files are written through :class:`~relcast.runfolder.RunFolder` (atomic, one writer at a
+time, recovery after a crash: docs/reliability.md).
 """
 
 from __future__ import annotations

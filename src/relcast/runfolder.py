@@ -40,6 +40,8 @@ FILES = {
     "run.json": "format version, steps done, timings, data fingerprint",
     "panel.parquet": "the market the run was trained on (updates append to it)",
     "split.json": "train / valid / test dates",
+    "data_health.json": "rows the reader masked or repaired",
+    "normalization.json": "training-span feature statistics",
     "stage1/model.safetensors": "Stage1 weights (+ model.json: its config)",
     "stage2/booster.json": "LightGBM residual booster",
     "relationships.npz": "relationship features [T, N, K], names, fold of each date",

@@ -542,3 +542,28 @@ def test_a_folder_raises_run_folder_errors_for_missing_files(tmp_path):
 
     with pytest.raises(RunFolderError, match="run.json"):
         Pipeline.open(tmp_path / "nothing")
+
+
+def test_relationship_store_round_trip_and_damage(tmp_path):
+    from relcast.persist import read_relationships, relationships_npz
+
+    T, N, K = 4, 3, 2
+    dates = np.arange("2020-01-01", "2020-01-05", dtype="datetime64[D]").astype("datetime64[ns]")
+    values = np.arange(T * N * K, dtype=np.float32).reshape(T, N, K)
+    mask = values[..., 0] > 3
+    path = tmp_path / "relationships.npz"
+    path.write_bytes(relationships_npz(["a", "b"], values, mask, np.array([0, 1, -1, -1]), dates))
+    got = read_relationships(path)
+    assert got["names"] == ["a", "b"] and got["dates"].dtype == np.dtype("datetime64[ns]")
+    np.testing.assert_array_equal(got["dates"], dates)
+    np.testing.assert_array_equal(got["values"], values)
+    np.testing.assert_array_equal(got["mask"], mask)
+    # one date fewer than the values: refused, not silently misaligned
+    path.write_bytes(relationships_npz(["a", "b"], values, mask, np.zeros(3), dates[:3]))
+    with pytest.raises(RunFolderError, match="do not fit together"):
+        read_relationships(path)
+    path.write_bytes(b"not a zip file")
+    with pytest.raises(RunFolderError, match="damaged"):
+        read_relationships(path)
+    with pytest.raises(RunFolderError, match="run `relcast extract` first"):
+        read_relationships(tmp_path / "missing.npz")

@@ -16,7 +16,15 @@ import numpy as np
 
 from relcast.runfolder import RunFolderError, atomic_write
 
-__all__ = ["RUN_FORMAT", "RunFolderError", "atomic_write_bytes", "write_json", "read_json"]
+__all__ = [
+    "RUN_FORMAT",
+    "RunFolderError",
+    "atomic_write_bytes",
+    "read_json",
+    "read_relationships",
+    "relationships_npz",
+    "write_json",
+]
 
 RUN_FORMAT = 1  # bump when the run folder layout changes incompatibly
 
@@ -106,3 +114,46 @@ def dataclass_from_dict(cls: type, data: dict) -> Any:
         if key in names:
             kwargs[key] = tuple(value) if isinstance(value, list) else value
     return cls(**kwargs)
+
+
+def relationships_npz(names, values, mask, fold_of, dates) -> bytes:
+    """The bytes of ``relationships.npz`` (the one place its layout is written): names
+    ``[K]``, values ``float32 [T, N, K]``, mask ``bool [T, N]``, fold_of and dates ``[T]``."""
+    import io
+
+    buf = io.BytesIO()
+    np.savez(
+        buf,
+        names=np.asarray(names),
+        values=values,
+        mask=mask,
+        fold_of=fold_of,
+        dates=np.asarray(dates, dtype="datetime64[ns]").astype("int64"),
+    )
+    return buf.getvalue()
+
+
+def read_relationships(path: Path) -> dict[str, Any]:
+    """``relationships.npz`` as arrays (``names`` a list of str, ``dates`` datetime64[ns]);
+    a missing, damaged or inconsistent file is a :class:`RunFolderError` naming it."""
+    import zipfile
+
+    path = Path(path)
+    if not path.exists():
+        raise RunFolderError(f"missing {path}: run `relcast extract` first")
+    keys = ("names", "values", "mask", "fold_of", "dates")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            out = {k: z[k] for k in keys}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        raise RunFolderError(f"{path} is damaged ({exc}); run `relcast extract` again") from None
+    T = len(out["dates"])
+    shapes_fit = out["values"].shape[:1] == out["fold_of"].shape == (T,)
+    if not shapes_fit or out["mask"].shape != out["values"].shape[:2]:
+        raise RunFolderError(
+            f"{path}: values {out['values'].shape}, mask {out['mask'].shape} and {T} dates "
+            "do not fit together; run `relcast extract` again"
+        )
+    out["names"] = [str(n) for n in out["names"]]
+    out["dates"] = out["dates"].astype("datetime64[ns]")
+    return out

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from relcast.data.panel import Panel, RelcastDataError, format_names
+from relcast.persist import read_relationships, relationships_npz
 from relcast.runfolder import JOURNAL, RunFolder
 
 __all__ = ["JOURNAL", "predict_date", "recover_update", "update_run"]
@@ -101,8 +102,8 @@ def _forecast_frame(pipe, features, rel, index: np.ndarray) -> pd.DataFrame:
 
 
 def _stored_relationships(pipe) -> tuple[np.ndarray, np.ndarray]:
-    with np.load(pipe.dir / "relationships.npz", allow_pickle=False) as z:
-        return z["values"], z["dates"].astype("datetime64[ns]")
+    stored = read_relationships(pipe.dir / "relationships.npz")
+    return stored["values"], stored["dates"]
 
 
 def predict_date(run_dir, data: str, date: str | None = None) -> pd.DataFrame:
@@ -236,18 +237,9 @@ def _update(run_dir, data: str) -> pd.DataFrame:
     rel, names, _ = _relationships_for(pipe, features, added, stored, stored_dates)
     forecasts = _forecast_frame(pipe, features, (rel, names), added)
 
-    with np.load(pipe.dir / "relationships.npz", allow_pickle=False) as z:
-        fold_of = np.concatenate([z["fold_of"], np.full(len(added), -1, dtype=z["fold_of"].dtype)])
-    buf = io.BytesIO()
+    fold_of = read_relationships(pipe.dir / "relationships.npz")["fold_of"]
+    fold_of = np.concatenate([fold_of, np.full(len(added), -1, dtype=fold_of.dtype)])
     mask = np.isfinite(rel).all(axis=-1) & features.mask
-    np.savez(
-        buf,
-        names=np.asarray(names),
-        values=rel,
-        mask=mask,
-        fold_of=fold_of,
-        dates=combined.dates.astype("int64"),
-    )
     live = pipe.dir / LIVE_PREDICTIONS
     history = pd.read_parquet(live) if live.exists() else None
     table = forecasts if history is None else pd.concat([history, forecasts], ignore_index=True)
@@ -261,7 +253,7 @@ def _update(run_dir, data: str) -> pd.DataFrame:
     pipe.folder.commit(
         {
             "panel.parquet": combined.to_parquet,
-            "relationships.npz": buf.getvalue(),
+            "relationships.npz": relationships_npz(names, rel, mask, fold_of, combined.dates),
             "data_with_relationships.parquet": store.write_parquet,
             LIVE_PREDICTIONS: out.getvalue(),
         }

@@ -42,6 +42,8 @@ from relcast.persist import (
     dataclass_from_dict,
     load_state,
     read_json,
+    read_relationships,
+    relationships_npz,
     save_module,
     write_json,
 )
@@ -576,29 +578,16 @@ class Pipeline:
         _log(f"{len(store.names)} relationship columns in {store.build_seconds:.0f}s")
 
     def _save_relationships(self, names, values, mask, fold_of) -> None:
-        import io
-
-        buf = io.BytesIO()
-        np.savez(
-            buf,
-            names=np.asarray(names),
-            values=values,
-            mask=mask,
-            fold_of=fold_of,
-            dates=self.panel.dates.astype("int64")[: len(values)],
-        )
-        self.folder.write("relationships.npz", buf.getvalue())
+        npz = relationships_npz(names, values, mask, fold_of, self.panel.dates[: len(values)])
+        self.folder.write("relationships.npz", npz)
         self._cache.pop("relationships", None)
 
     @property
     def relationships(self) -> tuple[np.ndarray, list[str]]:
         """``(values [T, N, K], names)`` from the store."""
         if "relationships" not in self._cache:
-            path = self.dir / "relationships.npz"
-            if not path.exists():
-                raise RunFolderError(f"missing {path}: run `relcast extract` first")
-            with np.load(path, allow_pickle=False) as z:
-                self._cache["relationships"] = (z["values"], [str(n) for n in z["names"]])
+            stored = read_relationships(self.dir / "relationships.npz")
+            self._cache["relationships"] = (stored["values"], stored["names"])
         return self._cache["relationships"]
 
     @property

@@ -33,7 +33,7 @@ Where this differs from qlib, on purpose:
   running sums, and a flat (suspended) window must not look like a trend.
 
 Every output at t uses inputs at ``<= t`` only. Rolling means, variances, correlations and
-the regression come from running sums (:func:`relcast.features.indicators.rolling_sum`);
+the regression come from running sums computed once per series for all windows;
 quantiles, ranks and arg-extremes from sliding windows, in blocks of stocks to bound memory.
 """
 
@@ -45,14 +45,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from relcast.data.panel import Panel
-from relcast.features.indicators import (
-    _fill_leading,
-    _shift,
-    ffill,
-    rolling_max,
-    rolling_min,
-    rolling_sum,
-)
+from relcast.features.indicators import _fill_leading, _shift, ffill, rolling_max, rolling_min
 
 WINDOWS = (5, 10, 20, 30, 60)
 KBAR = ("KMID", "KLEN", "KMID2", "KUP", "KUP2", "KLOW", "KLOW2", "KSFT", "KSFT2")
@@ -123,14 +116,18 @@ def alpha158_features(
         up = np.where(np.isnan(dc), np.nan, dc > 0)
         down = np.where(np.isnan(dc), np.nan, dc < 0)
 
+        S = _RunningSums(
+            c=c, v=v, wv=wv, log_v=log_v, ret=ret, log_dv=log_dv, up=up, down=down,
+            dc_up=np.maximum(dc, 0.0), dc_down=np.maximum(-dc, 0.0), dc_abs=np.abs(dc),
+            dv_up=np.maximum(dv, 0.0), dv_down=np.maximum(-dv, 0.0), dv_abs=np.abs(dv),
+        )  # fmt: skip
         per_op: dict[str, dict[int, tuple[np.ndarray, int]]] = {op: {} for op in ROLLING}
         for d in windows:
             r = per_op
-            mean_c = rolling_sum(c, d) / d
             r["ROC"][d] = (_shift(c, d) / c, d)
-            r["MA"][d] = (mean_c / c, d - 1)
-            r["STD"][d] = (_std(c, d) / c, d - 1)
-            slope, rsq, resi = _regression(c, d)
+            r["MA"][d] = (S.mean("c", d) / c, d - 1)
+            r["STD"][d] = (S.std("c", d) / c, d - 1)
+            slope, rsq, resi = S.regression("c", d)
             r["BETA"][d], r["RSQR"][d] = (slope / c, d - 1), (rsq, d - 1)
             r["RESI"][d] = (resi / c, d - 1)
             hi_d, lo_d = rolling_max(h, d), rolling_min(lo, d)
@@ -142,20 +139,19 @@ def alpha158_features(
             r["IMAX"][d] = (stats["imax"] / d, d - 1)
             r["IMIN"][d] = (stats["imin"] / d, d - 1)
             r["IMXD"][d] = ((stats["imax"] - stats["imin"]) / d, d - 1)
-            r["CORR"][d] = (_corr(c, log_v, d), d - 1)
-            r["CORD"][d] = (_corr(ret, log_dv, d), d)
-            cntp, cntn = rolling_sum(up, d) / d, rolling_sum(down, d) / d
+            r["CORR"][d] = (S.corr("c", "log_v", d), d - 1)
+            r["CORD"][d] = (S.corr("ret", "log_dv", d), d)
+            cntp, cntn = S.mean("up", d), S.mean("down", d)
             r["CNTP"][d], r["CNTN"][d], r["CNTD"][d] = (cntp, d), (cntn, d), (cntp - cntn, d)
-            for prefix, delta in (("SUM", dc), ("VSUM", dv)):
-                gain = rolling_sum(np.maximum(delta, 0.0), d)
-                loss = rolling_sum(np.maximum(-delta, 0.0), d)
-                total = rolling_sum(np.abs(delta), d) + EPS
+            for prefix, x in (("SUM", "dc"), ("VSUM", "dv")):
+                gain, loss = S.sum(x + "_up", d), S.sum(x + "_down", d)
+                total = S.sum(x + "_abs", d) + EPS
                 r[prefix + "P"][d] = (gain / total, d)
                 r[prefix + "N"][d] = (loss / total, d)
                 r[prefix + "D"][d] = ((gain - loss) / total, d)
-            r["VMA"][d] = (rolling_sum(v, d) / d / (v + EPS), d - 1)
-            r["VSTD"][d] = (_std(v, d) / (v + EPS), d - 1)
-            r["WVMA"][d] = (_std(wv, d) / (rolling_sum(wv, d) / d + EPS), d)
+            r["VMA"][d] = (S.mean("v", d) / (v + EPS), d - 1)
+            r["VSTD"][d] = (S.std("v", d) / (v + EPS), d - 1)
+            r["WVMA"][d] = (S.std("wv", d) / (S.mean("wv", d) + EPS), d)
         for op in ROLLING:  # qlib's order: operator-major, then window
             for d in windows:
                 put(f"{op}{d}", *per_op[op].pop(d))
@@ -180,56 +176,85 @@ def panel_vwap(panel: Panel) -> np.ndarray | None:
 # --------------------------------------------------------------------------- rolling helpers
 
 
-def _centred(x: np.ndarray) -> np.ndarray:
-    """``x`` minus each column's first finite value (keeps running sums small)."""
-    filled, _ = _fill_leading(x)
-    return x - filled[:1]
+class _RunningSums:
+    """Window sums of named ``[T, N]`` series from running sums computed once per series.
 
-
-def _flat(var: np.ndarray, x: np.ndarray, d: int) -> np.ndarray:
-    """True where a window variance of ``x`` is rounding noise (see the module docstring)."""
-    scale = rolling_sum(np.abs(x), d) / d
-    return var <= FLAT * scale * scale
-
-
-def _std(x: np.ndarray, d: int) -> np.ndarray:
-    """Sample standard deviation (``ddof=1``, pandas) over the last ``d`` bars."""
-    xc = _centred(x)
-    s1, s2 = rolling_sum(xc, d), rolling_sum(xc * xc, d)
-    var = (s2 - s1 * s1 / d) / (d - 1)
-    return np.sqrt(np.where(_flat(var * (d - 1) / d, x, d), 0.0, var))
-
-
-def _corr(x: np.ndarray, y: np.ndarray, d: int) -> np.ndarray:
-    """Pearson correlation of ``x`` and ``y`` over the last ``d`` bars; NaN if one is flat."""
-    xc, yc = _centred(x), _centred(y)
-    sx, sy = rolling_sum(xc, d), rolling_sum(yc, d)
-    vx = rolling_sum(xc * xc, d) / d - (sx / d) ** 2
-    vy = rolling_sum(yc * yc, d) / d - (sy / d) ** 2
-    cov = rolling_sum(xc * yc, d) / d - sx * sy / (d * d)
-    flat = _flat(vx, x, d) | _flat(vy, y, d)
-    return np.where(flat, np.nan, cov / np.sqrt(np.abs(vx * vy)))
-
-
-def _regression(y: np.ndarray, d: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Least squares of the last ``d`` values on ``x = 1..d``: ``(slope, R^2, residual at t)``.
-
-    ``R^2`` is NaN for a flat window (qlib divides 0 by 0 there too).
+    ``sum(key, d)`` is NaN unless all ``d`` values exist. Keys are a series name or a derived
+    series: ``("c", x)`` x centred on its first value (keeps the sums small), ``("cc", x, y)``
+    the product of two centred series, ``("abs", x)``, ``("k", x)`` centred x times the row
+    index. Every window length reuses the same running sums.
     """
-    yc = _centred(y)
-    T = y.shape[0]
-    k = np.arange(T, dtype=np.float64)[:, None]  # (T, 1) row index
-    w1 = rolling_sum(yc, d)  # sum of y over the window
-    # sum of j * y_j with j = 1..d: the row-index-weighted sum shifted to the window's start
-    wj = rolling_sum(k * yc, d) - (k - d) * w1
-    mean_j, var_j = (d + 1) / 2.0, (d * d - 1) / 12.0
-    mean_y = w1 / d
-    cov = wj / d - mean_j * mean_y
-    var_y = rolling_sum(yc * yc, d) / d - mean_y * mean_y
-    slope = cov / var_j
-    resi = yc - (mean_y + slope * (d - mean_j))
-    rsq = np.where(_flat(var_y, y, d), np.nan, cov * cov / (var_j * np.abs(var_y)))
-    return slope, rsq, resi
+
+    def __init__(self, **series: np.ndarray) -> None:
+        self.series = series
+        self._running: dict = {}
+
+    def _make(self, key) -> np.ndarray:
+        if isinstance(key, str):
+            return self.series[key]
+        kind, *names = key
+        x = self.series[names[0]]
+        if kind == "abs":
+            return np.abs(x)
+        x = x - _fill_leading(x)[0][:1]  # centred
+        if kind == "c":
+            return x
+        if kind == "k":
+            return np.arange(len(x), dtype=np.float64)[:, None] * x
+        y = self.series[names[1]]
+        return x * (y - _fill_leading(y)[0][:1])  # "cc"
+
+    def sum(self, key, d: int) -> np.ndarray:
+        if key not in self._running:
+            x = self._make(key)
+            finite = ~np.isnan(x)
+            self._running[key] = (
+                np.cumsum(np.where(finite, x, 0.0), axis=0),
+                np.cumsum(finite, axis=0, dtype=np.int32),
+            )
+        total, count = self._running[key]
+        out, n = total.copy(), count.copy()
+        out[d:] -= total[:-d]
+        n[d:] -= count[:-d]
+        out[n < d] = np.nan
+        return out
+
+    def mean(self, key, d: int) -> np.ndarray:
+        return self.sum(key, d) / d
+
+    def var(self, name: str, d: int) -> np.ndarray:
+        """Population variance over the last ``d`` bars; 0 where it is rounding noise."""
+        mean = self.mean(("c", name), d)
+        var = self.mean(("cc", name, name), d) - mean * mean
+        scale = self.mean(("abs", name), d)
+        return np.where(var <= FLAT * scale * scale, 0.0, var)
+
+    def std(self, name: str, d: int) -> np.ndarray:
+        """Sample standard deviation (``ddof=1``, pandas) over the last ``d`` bars."""
+        return np.sqrt(self.var(name, d) * d / (d - 1))
+
+    def corr(self, x: str, y: str, d: int) -> np.ndarray:
+        """Pearson correlation over the last ``d`` bars; NaN if one side is flat."""
+        cov = self.mean(("cc", x, y), d) - self.mean(("c", x), d) * self.mean(("c", y), d)
+        vx, vy = self.var(x, d), self.var(y, d)
+        return np.where((vx == 0) | (vy == 0), np.nan, cov / np.sqrt(vx * vy))
+
+    def regression(self, name: str, d: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Least squares of the last ``d`` values on ``x = 1..d``: ``(slope, R^2, residual
+        at t)``; ``R^2`` is NaN for a flat window (qlib divides 0 by 0 there too)."""
+        k = np.arange(len(self.series[name]), dtype=np.float64)[:, None]  # (T, 1) row index
+        w1 = self.sum(("c", name), d)
+        # sum of j * y_j with j = 1..d: the row-index-weighted sum shifted to the window start
+        wj = self.sum(("k", name), d) - (k - d) * w1
+        mean_j, var_j = (d + 1) / 2.0, (d * d - 1) / 12.0
+        mean_y = w1 / d
+        cov = wj / d - mean_j * mean_y
+        slope = cov / var_j
+        centred = self._make(("c", name))
+        resi = centred - (mean_y + slope * (d - mean_j))
+        var_y = self.var(name, d)
+        rsq = np.where(var_y == 0, np.nan, cov * cov / (var_j * var_y))
+        return slope, rsq, resi
 
 
 def _order_stats(close: np.ndarray, high: np.ndarray, low: np.ndarray, d: int) -> dict:

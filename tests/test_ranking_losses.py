@@ -217,7 +217,8 @@ def fit(loss, label_norm, tmp_path, days, epochs, **size):
 
 
 @pytest.mark.parametrize(
-    ("loss", "label_norm"), [("listnet", "cs_rank"), ("pairwise", "cross_section")]
+    ("loss", "label_norm"),
+    [("listnet", "cs_rank"), ("pairwise", "cross_section"), ("pairwise_hinge", "cs_rank")],
 )
 def test_stage1_trains_with_a_ranking_loss(loss, label_norm, tmp_path: Path):
     result, *_ = fit(loss, label_norm, tmp_path, 150, 2, d_model=8, n_heads=2, n_layers=1)

@@ -154,11 +154,12 @@ class Stage1Settings(_Section):
     relationship_dim: int = Field(16, ge=2, le=256, description="learned bottleneck size (V2)")
     use_sector_embedding: bool = True
     multitask: bool = Field(False, description="add stock-correlation and sector heads")
-    loss: Literal["mse", "ic", "listnet", "pairwise"] = Field(
+    loss: Literal["mse", "ic", "listnet", "pairwise", "pairwise_hinge"] = Field(
         "ic",
         description="ic: 1 - daily IC (scale-free, learns fastest); mse: on normalised labels; "
         "listnet: softmax cross-entropy over each date's stocks; pairwise: RankNet logistic "
-        "loss over each date's stock pairs (memory grows as stocks^2)",
+        "loss over each date's stock pairs (memory grows as stocks^2); pairwise_hinge: RSR's "
+        "hinge (use with rank_mse_weight > 0)",
     )
     label_norm: Literal["cross_section", "cs_rank"] = Field(
         "cross_section",

@@ -14,8 +14,9 @@ Losses:
 - ``"listnet"``: cross-entropy between the softmax of ``pred`` over each date's stocks and the
   softmax of the normalised labels (:func:`listnet_loss`);
 - ``"pairwise"``: RankNet's logistic loss over each date's stock pairs
-  (:func:`pairwise_rank_loss`); both ranking losses can add ``rank_mse_weight`` times the
-  MSE, as RSR (Feng et al. 2019) adds its pairwise term to a regression loss.
+  (:func:`pairwise_rank_loss`); ``"pairwise_hinge"``: RSR's (Feng et al. 2019) hinge on
+  wrongly ordered pairs, 0 for a constant ``pred``, so give it ``rank_mse_weight > 0`` as
+  RSR does. Every ranking loss adds ``rank_mse_weight`` times the MSE.
 ``label_norm`` picks the normalised labels that ``mse``, ``listnet`` and ``pairwise`` read:
 ``"cross_section"`` (z-score, clipped at 5) or ``"cs_rank"`` (qlib's CSRankNorm); the ``ic``
 loss reads raw labels under ``"cross_section"`` (a Pearson IC ignores the z-score) and the
@@ -61,7 +62,7 @@ from relcast.models.cross_sectional import (  # predict_stage1: re-exported, its
 from relcast.training.loader import _distributed_rank, shard_batches
 from relcast.training.metrics import _torch_average_ranks, ic_torch, rank_ic_torch
 
-LOSSES = ("mse", "ic", "listnet", "pairwise")
+LOSSES = ("mse", "ic", "listnet", "pairwise", "pairwise_hinge")
 LABEL_NORMS = ("cross_section", "cs_rank")
 # z-scored labels are clipped: one bad print (split, data error) must not dominate a date.
 LABEL_CLIP = 5.0
@@ -377,8 +378,12 @@ def _define_stage1_module() -> type:
                 n = valid.sum()
                 ret = ((pred - z) ** 2 * valid).sum() / n if n > 0 else zero
                 if self.loss_name != "mse":
-                    rank_loss = listnet_loss if self.loss_name == "listnet" else pairwise_rank_loss
-                    ret = rank_loss(pred, z, valid) + self.rank_mse_weight * ret
+                    if self.loss_name == "listnet":
+                        rank = listnet_loss(pred, z, valid)
+                    else:
+                        kind = "hinge" if self.loss_name == "pairwise_hinge" else "logistic"
+                        rank = pairwise_rank_loss(pred, z, valid, kind=kind)
+                    ret = rank + self.rank_mse_weight * ret
             else:
                 B, N, H = pred.shape
                 ic = ic_torch(

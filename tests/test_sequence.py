@@ -182,12 +182,15 @@ def test_tft_interpretation_on_chunks_matches_windows_where_the_state_does():
     x, valid, labels = market(2)
     model = tiny("tft", num_heads=2).float()
     x = np.nan_to_num(x)
-    # window ends far apart: every origin is the first scored step of its own chunk
+    # stocks valid from date 0, tiles of 2L steps: the ends L - 1 + k (L + 1) are the first
+    # scored step of their tile, so their LSTM state starts where their window does
+    ends, stocks = np.array([L - 1 + 3 * (L + 1), L - 1 + 6 * (L + 1)]), [0, 3]
     chunks = WindowLoader(
-        x, valid, L, labels, batch_size=1, chunk_length=2 * L, index=np.array([60, 100])
+        x, valid, L, labels, batch_size=1, chunk_length=2 * L, index=ends, stocks=stocks
     )
+    assert (chunks.chunk_len == L).all()  # each chunk is exactly its end's window
     seq = model.interpret(iter(chunks))
-    windows = WindowLoader(x, valid, L, labels, batch_size=1000, index=np.array([60, 100]))
+    windows = WindowLoader(x, valid, L, labels, batch_size=1000, index=ends, stocks=stocks)
     ref = model.interpret(iter(windows))
     assert seq["attention"].shape == ref["attention"].shape == (L,)
     np.testing.assert_allclose(seq["attention"], ref["attention"], atol=1e-5)
@@ -209,7 +212,7 @@ def test_regime_gated_model_takes_sequence_batches():
     assert out["pred"].shape == (2, 30, H, 3)
 
 
-def test_predict_on_chunks_equals_windows_for_a_tcn_and_one_date_is_one_window():
+def test_predict_on_chunks_equals_windows_for_a_tcn_and_a_date_alone_as_in_its_span():
     x, valid, labels = market(4)
     inputs = Stage3Inputs(
         feature_set="own", dates=np.arange(T), symbols=np.array([f"S{i}" for i in range(N)]),
@@ -223,9 +226,13 @@ def test_predict_on_chunks_equals_windows_for_a_tcn_and_one_date_is_one_window()
     np.testing.assert_array_equal(np.isnan(seq), np.isnan(win))
     np.testing.assert_allclose(seq, win, atol=1e-5)
     gru = tiny("gru").float()
-    one = predict_stage3(gru, inputs, np.array([T - 1]))["pred"]
-    ref = predict_stage3(gru, inputs, np.array([T - 1]), chunk_length=None)["pred"]
-    np.testing.assert_allclose(one, ref, atol=1e-6)  # an update for one date: the window
+    span = predict_stage3(gru, inputs, np.arange(30, T))["pred"]
+    for t in (T - 1, 100, 57):
+        # a date predicted alone (an update) gets the forecast it gets inside its span:
+        # the chunk tiling is fixed by the data, not by the dates asked for
+        one = predict_stage3(gru, inputs, np.array([t]))["pred"]
+        assert np.isfinite(one[t]).any() and np.isnan(np.delete(one, t, axis=0)).all()
+        np.testing.assert_allclose(one[t], span[t], atol=1e-6)
 
 
 def test_sequence_loss_is_the_windowed_loss_over_the_same_samples():

@@ -20,15 +20,17 @@ own features at each step, ``[B, L, N * F_own]``, from a ``[T, N, F_own]`` tenso
 **Sequence (chunk) batches**, the default for training and prediction (``chunk_length``):
 neighbouring windows share ``L - 1`` steps, so instead of one window per sample the loader
 cuts each stock's span into chunks ``[B, C, F]`` and the model forecasts at every step of a
-chunk in one pass. The usable window ends ("origins", found exactly as above) of one stock
-form segments: runs of origins whose windows overlap or touch, so every step of a segment is
-a valid step of some origin's window (chunks never cross a masked date: the model never sees
-one, as in windowed training). A segment ``[a, b]`` is tiled by chunks of at most C steps
-with stride ``C - L + 1``; the first ``L - 1`` steps of a chunk are its burn-in (no loss),
-so every scored step has its whole window of L steps inside the chunk, and every origin is
-scored in exactly one chunk per epoch. A batch holds whole chunks, right-padded to its
-longest one (padding is zero input, never scored; causal models never read it for an
-earlier step).
+chunk in one pass. The tiling is fixed by the data, not by the dates asked for: each run of
+valid dates of a stock (starting at r) is cut into tiles ``[r + kS, r + kS + C)`` with
+stride ``S = C - L + 1``, and a usable window end t belongs to the tile whose scored zone
+``[r + kS + L - 1, r + kS + C)`` holds it. A chunk is that tile up to its last requested
+window end. So every window end is scored in exactly one chunk per epoch, the first
+``L - 1`` steps of a chunk are its burn-in (no loss), every scored step has its whole window
+of L steps inside the chunk, chunks never cross a masked date (the model never sees one,
+as in windowed training), and a forecast for date t is the same whether t is predicted
+alone (``update``: one chunk of L..C steps per stock), with its test span (evaluation) or
+trained on. A batch holds whole chunks, right-padded to its longest one (zero input, never
+scored; a causal model never reads it for an earlier step).
 """
 
 from __future__ import annotations
@@ -285,34 +287,31 @@ class WindowLoader(IterableDataset):
         return max(1, round(self.batch_size / stride))
 
     def _build_chunks(self, T: int, N: int) -> None:
-        """Tile every stock's segments of overlapping windows with chunks (vectorised)."""
+        """Group the window ends into chunks of the fixed tiling (vectorised, see the module
+        docstring): end t of stock n goes to the tile starting at
+        ``r + S * floor((t - L + 1 - r) / S)``, r = the start of n's valid run holding t."""
         L, C = self.lookback, self.chunk_length
-        stride = C - L + 1  # scored steps of a full chunk
-        t = self.t_idx.numpy()
-        n = self.n_idx.numpy()
-        order = np.lexsort((t, n))  # by stock, then date
-        t, n = t[order], n[order]
-        # a new segment where the stock changes or the windows stop touching (t' - L + 1 > t + 1)
-        new = np.ones(len(t), dtype=bool)
-        new[1:] = (n[1:] != n[:-1]) | (t[1:] - t[:-1] > L)
-        last = np.ones(len(t), dtype=bool)
-        last[:-1] = new[1:]
-        first_t, last_t, seg_n = t[new], t[last], n[new]  # scored zone of each segment
-        per_seg = (last_t - first_t) // stride + 1  # chunks per segment
-        seg = np.repeat(np.arange(len(first_t)), per_seg)
-        j = np.arange(len(seg)) - np.repeat(np.cumsum(per_seg) - per_seg, per_seg)
-        zone_lo = first_t[seg] + j * stride
-        zone_hi = np.minimum(zone_lo + stride - 1, last_t[seg])
-        cn = seg_n[seg]
-        # drop a chunk whose scored zone holds no origin (a long run of missing labels)
-        key = n.astype(np.int64) * T + t  # ascending
-        count = np.searchsorted(key, cn.astype(np.int64) * T + zone_hi, side="right")
-        count -= np.searchsorted(key, cn.astype(np.int64) * T + zone_lo, side="left")
-        keep = count > 0
-        start = zone_lo - (L - 1)  # the burn-in: the first scored step's window starts here
-        self.chunk_n = torch.as_tensor(cn[keep], dtype=torch.long)  # (K,)
-        self.chunk_start = torch.as_tensor(start[keep], dtype=torch.long)  # (K,)
-        self.chunk_len = torch.as_tensor((zone_hi - start + 1)[keep], dtype=torch.long)  # (K,)
+        stride = C - L + 1  # scored steps of a full tile
+        t = self.t_idx.numpy().astype(np.int64)
+        n = self.n_idx.numpy().astype(np.int64)
+        valid = self.valid.numpy()
+        # run starts: valid cells whose previous date is not valid, as sorted (n, t) keys
+        starts = valid.copy()
+        starts[1:] &= ~valid[:-1]
+        run_t, run_n = np.nonzero(starts.T)[::-1]  # sorted by stock, then date
+        run_key = run_n.astype(np.int64) * T + run_t
+        # the run of each end: the last run start at or before it (the same stock: t is valid)
+        at = np.searchsorted(run_key, n * T + t, side="right") - 1
+        r = run_t[at] if len(t) else t
+        tile = r + stride * ((t - (L - 1) - r) // stride)  # (M,) the tile's first step
+        key = n * T + tile
+        chunks, inverse = np.unique(key, return_inverse=True)  # one chunk per used tile
+        last = np.full(len(chunks), -1, dtype=np.int64)
+        np.maximum.at(last, inverse, t)  # the chunk ends at its last window end
+        chunk_start = chunks % T
+        self.chunk_n = torch.as_tensor(chunks // T, dtype=torch.long)  # (K,)
+        self.chunk_start = torch.as_tensor(chunk_start, dtype=torch.long)  # (K,)
+        self.chunk_len = torch.as_tensor(last - chunk_start + 1, dtype=torch.long)  # (K,)
         self.origin_mask = torch.zeros(T, N, dtype=torch.bool)  # (T, N) the scored ends
         self.origin_mask[self.t_idx, self.n_idx] = True
 

@@ -588,8 +588,10 @@ def predict_stage3(
     """Forecast every complete window ending on ``index`` (all dates if None).
 
     On chunks (the default, one pass per chunk of each stock's span, as trained), or one
-    window per forecast with ``chunk_length=None``. For one date both are a single window
-    pass per stock (the chunk is the window), so a daily update stays as short as before.
+    window per forecast with ``chunk_length=None``. The chunks follow a tiling fixed by the
+    data (:mod:`relcast.training.loader`), so a date predicted alone gets the same forecast
+    as inside a span; alone it is one short pass of ``lookback`` to ``chunk_length`` steps
+    per stock (a daily update).
 
     Returns:
         ``pred``: ``float32 [T, N, H, Q]``, NaN where no complete window ends;

@@ -40,6 +40,10 @@ QUANTILES = (0.1, 0.5, 0.9)
 FULL = dict(num_stocks=1026, num_days=1275, lookback=60, horizons=5, hidden_size=64,
             batch_size=1024, chunk_length=128, valid_stocks=128,
             samples={"gru": 100_000, "lstm": 100_000, "tcn": 100_000, "tft": 30_000})  # fmt: skip
+# a few minutes on 2 cores: the full model sizes on a 100-stock market
+MEDIUM = dict(num_stocks=100, num_days=800, lookback=60, horizons=5, hidden_size=64,
+              batch_size=1024, chunk_length=128, valid_stocks=100,
+              samples={"gru": 20_000, "lstm": 20_000, "tcn": 20_000, "tft": 4_000})  # fmt: skip
 QUICK = dict(num_stocks=20, num_days=220, lookback=20, horizons=2, hidden_size=16,
              batch_size=256, chunk_length=40, valid_stocks=20,
              samples={"gru": 1_500, "lstm": 1_500, "tcn": 1_500, "tft": 600})  # fmt: skip
@@ -160,7 +164,7 @@ def measure(model_name: str, path: str, cfg: dict[str, Any], data: dict, folder:
         "samples_per_s": rate,
         "train_windows": train.num_windows,
         "epoch_seconds": train.num_windows / rate,
-        "epoch_measured": epochs_done >= 1,
+        "epoch_measured": epochs_done >= 1 or seen >= train.num_windows,
         "train_peak_rss_rise_mb": peak.delta / MB,
         "process_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "valid_loss": total / max(count, 1),
@@ -169,9 +173,9 @@ def measure(model_name: str, path: str, cfg: dict[str, Any], data: dict, folder:
     }
 
 
-def run(quick: bool = False, results_dir=None) -> dict[str, Any]:
+def run(quick: bool = False, results_dir=None, medium: bool = False) -> dict[str, Any]:
     """Every model on both paths; print the table, write the JSON."""
-    cfg = QUICK if quick else FULL
+    cfg = QUICK if quick else MEDIUM if medium else FULL
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         data = build_data(cfg, Path(tmp))
@@ -213,6 +217,13 @@ if __name__ == "__main__":
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke run)")
+    parser.add_argument("--medium", action="store_true", help="100 stocks (a few minutes)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    parser.add_argument("--results-dir", type=Path, default=None)
     args = parser.parse_args()
     quiet()
-    run(quick=args.quick)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    run(quick=args.quick, medium=args.medium, results_dir=args.results_dir)

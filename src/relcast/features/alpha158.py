@@ -100,7 +100,6 @@ def alpha158_features(
             put(name, num / o, 0)
             if name != "KLEN":
                 put(name + "2", num / span, 0)
-        f = {k: f[k] for k in KBAR}  # qlib's order
         for name, price in (("OPEN0", o), ("HIGH0", h), ("LOW0", lo), ("VWAP0", vwap)):
             if price is not None:
                 put(name, np.asarray(price, dtype=np.float64) / c, 0)
@@ -121,41 +120,42 @@ def alpha158_features(
             dc_up=np.maximum(dc, 0.0), dc_down=np.maximum(-dc, 0.0), dc_abs=np.abs(dc),
             dv_up=np.maximum(dv, 0.0), dv_down=np.maximum(-dv, 0.0), dv_abs=np.abs(dv),
         )  # fmt: skip
-        per_op: dict[str, dict[int, tuple[np.ndarray, int]]] = {op: {} for op in ROLLING}
-        for d in windows:
-            r = per_op
-            r["ROC"][d] = (_shift(c, d) / c, d)
-            r["MA"][d] = (S.mean("c", d) / c, d - 1)
-            r["STD"][d] = (S.std("c", d) / c, d - 1)
+        for d in windows:  # computed window by window, listed operator by operator below
+            put(f"ROC{d}", _shift(c, d) / c, d)
+            put(f"MA{d}", S.mean("c", d) / c, d - 1)
+            put(f"STD{d}", S.std("c", d) / c, d - 1)
             slope, rsq, resi = S.regression("c", d)
-            r["BETA"][d], r["RSQR"][d] = (slope / c, d - 1), (rsq, d - 1)
-            r["RESI"][d] = (resi / c, d - 1)
+            put(f"BETA{d}", slope / c, d - 1)
+            put(f"RSQR{d}", rsq, d - 1)
+            put(f"RESI{d}", resi / c, d - 1)
             hi_d, lo_d = rolling_max(h, d), rolling_min(lo, d)
-            r["MAX"][d], r["MIN"][d] = (hi_d / c, d - 1), (lo_d / c, d - 1)
+            put(f"MAX{d}", hi_d / c, d - 1)
+            put(f"MIN{d}", lo_d / c, d - 1)
             stats = _order_stats(c, h, lo, d)
-            r["QTLU"][d], r["QTLD"][d] = (stats["q80"] / c, d - 1), (stats["q20"] / c, d - 1)
-            r["RANK"][d] = (stats["rank"], d - 1)
-            r["RSV"][d] = ((c - lo_d) / (hi_d - lo_d + EPS), d - 1)
-            r["IMAX"][d] = (stats["imax"] / d, d - 1)
-            r["IMIN"][d] = (stats["imin"] / d, d - 1)
-            r["IMXD"][d] = ((stats["imax"] - stats["imin"]) / d, d - 1)
-            r["CORR"][d] = (S.corr("c", "log_v", d), d - 1)
-            r["CORD"][d] = (S.corr("ret", "log_dv", d), d)
+            put(f"QTLU{d}", stats["q80"] / c, d - 1)
+            put(f"QTLD{d}", stats["q20"] / c, d - 1)
+            put(f"RANK{d}", stats["rank"], d - 1)
+            put(f"RSV{d}", (c - lo_d) / (hi_d - lo_d + EPS), d - 1)
+            put(f"IMAX{d}", stats["imax"] / d, d - 1)
+            put(f"IMIN{d}", stats["imin"] / d, d - 1)
+            put(f"IMXD{d}", (stats["imax"] - stats["imin"]) / d, d - 1)
+            put(f"CORR{d}", S.corr("c", "log_v", d), d - 1)
+            put(f"CORD{d}", S.corr("ret", "log_dv", d), d)
             cntp, cntn = S.mean("up", d), S.mean("down", d)
-            r["CNTP"][d], r["CNTN"][d], r["CNTD"][d] = (cntp, d), (cntn, d), (cntp - cntn, d)
+            put(f"CNTP{d}", cntp, d)
+            put(f"CNTN{d}", cntn, d)
+            put(f"CNTD{d}", cntp - cntn, d)
             for prefix, x in (("SUM", "dc"), ("VSUM", "dv")):
                 gain, loss = S.sum(x + "_up", d), S.sum(x + "_down", d)
                 total = S.sum(x + "_abs", d) + EPS
-                r[prefix + "P"][d] = (gain / total, d)
-                r[prefix + "N"][d] = (loss / total, d)
-                r[prefix + "D"][d] = ((gain - loss) / total, d)
-            r["VMA"][d] = (S.mean("v", d) / (v + EPS), d - 1)
-            r["VSTD"][d] = (S.std("v", d) / (v + EPS), d - 1)
-            r["WVMA"][d] = (S.std("wv", d) / (S.mean("wv", d) + EPS), d)
-        for op in ROLLING:  # qlib's order: operator-major, then window
-            for d in windows:
-                put(f"{op}{d}", *per_op[op].pop(d))
-    return f, warm
+                put(f"{prefix}P{d}", gain / total, d)
+                put(f"{prefix}N{d}", loss / total, d)
+                put(f"{prefix}D{d}", (gain - loss) / total, d)
+            put(f"VMA{d}", S.mean("v", d) / (v + EPS), d - 1)
+            put(f"VSTD{d}", S.std("v", d) / (v + EPS), d - 1)
+            put(f"WVMA{d}", S.std("wv", d) / (S.mean("wv", d) + EPS), d)
+    order = alpha158_names(windows, vwap=vwap is not None)
+    return {name: f[name] for name in order}, warm
 
 
 def panel_vwap(panel: Panel) -> np.ndarray | None:

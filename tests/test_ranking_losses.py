@@ -274,3 +274,30 @@ def test_stage3_trains_on_cs_rank_targets(tmp_path: Path):
     assert have.sum() > 400 and np.abs(point[have]).max() < 2.0
     rho = pd.Series(point[have]).corr(pd.Series(signal[have]), method="spearman")
     assert rho > 0.7, rho
+
+
+def test_config_switches_reach_the_stages(tmp_path: Path, monkeypatch):
+    """data.alpha158, stage1.loss/label_norm/rank_mse_weight and stage3.label_norm are passed
+    on by the pipeline (the stages' own tests check what they do with them)."""
+    import relcast.training.stage3 as stage3
+    from relcast.config import load_config
+    from relcast.pipeline import Pipeline
+
+    overrides = [
+        "data.source=synthetic", "data.synthetic_stocks=6", "data.synthetic_days=200",
+        "data.alpha158=true", "stage1.loss=pairwise_hinge", "stage1.label_norm=cs_rank",
+        "stage1.rank_mse_weight=0.5", "stage3.label_norm=cs_rank",
+    ]  # fmt: skip
+    pipe = Pipeline(load_config(overrides=overrides), tmp_path)
+    pipe.prepare()
+    assert "alpha158" in pipe.features.groups
+    kw = pipe._stage1_fit_kwargs()
+    assert (kw["loss"], kw["label_norm"], kw["rank_mse_weight"]) == (
+        "pairwise_hinge",
+        "cs_rank",
+        0.5,
+    )
+    seen = {}
+    monkeypatch.setattr(stage3, "fit_stage3", lambda *a, **k: seen.update(k))
+    pipe.fit_stage3_model("gru", None, regime_gate=False, name="x")
+    assert seen["label_norm"] == "cs_rank"

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
 
 from relcast import synthetic_market
 from relcast.evaluation.metrics import daily_rank_ic
@@ -130,6 +131,23 @@ def test_pairwise_matches_loop_and_ignores_masked_stocks(kind):
         junk_target = torch.where(valid, target, 1e6)
         junk = pairwise_rank_loss(pred.detach(), junk_target, valid, kind=kind)
         torch.testing.assert_close(junk, loss.detach())
+
+
+@pytest.mark.parametrize("kind", ["logistic", "hinge"])
+def test_sampled_pairs_estimate_the_full_loss(kind):
+    g = torch.Generator().manual_seed(1)
+    B, N = 4, 400
+    target = torch.randn(B, N, 1, generator=g)
+    pred = (0.5 * target + torch.randn(B, N, 1, generator=g)).requires_grad_(True)
+    valid = torch.rand(B, N, 1, generator=g) > 0.2
+    full = pairwise_rank_loss(pred, target, valid, kind=kind)
+    (grad_full,) = torch.autograd.grad(full, pred)
+    torch.manual_seed(0)
+    sampled = pairwise_rank_loss(pred, target, valid, kind=kind, pairs_per_stock=64)
+    (grad,) = torch.autograd.grad(sampled, pred)
+    assert abs(sampled.item() / full.item() - 1) < 0.03
+    assert (grad[~valid] == 0).all()
+    assert F.cosine_similarity(grad.flatten(), grad_full.flatten(), dim=0) > 0.8
 
 
 def test_losses_stay_finite_for_large_scores_and_empty_rows():

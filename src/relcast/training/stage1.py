@@ -64,6 +64,8 @@ from relcast.training.metrics import _torch_average_ranks, ic_torch, rank_ic_tor
 
 LOSSES = ("mse", "ic", "listnet", "pairwise", "pairwise_hinge")
 LABEL_NORMS = ("cross_section", "cs_rank")
+# pairwise losses pair each stock with this many sampled partners per date (all if fewer)
+PAIRS_PER_STOCK = 64
 # z-scored labels are clipped: one bad print (split, data error) must not dominate a date.
 LABEL_CLIP = 5.0
 
@@ -276,7 +278,11 @@ def listnet_loss(
 
 
 def pairwise_rank_loss(
-    pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, kind: str = "logistic"
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    valid: torch.Tensor,
+    kind: str = "logistic",
+    pairs_per_stock: int | None = None,
 ) -> torch.Tensor:
     """Pairwise ranking loss over the valid stock pairs of each date and horizon.
 
@@ -285,20 +291,35 @@ def pairwise_rank_loss(
     (target_i - target_j))`` over all ordered valid pairs (it is 0 for a constant ``pred``,
     so RSR adds it to an MSE). Each (date, horizon) row is averaged over its pairs, then rows
     with a pair are averaged. ``pred, target, valid``: ``(B, N, H)``; memory ``B*H*N^2``.
+
+    ``pairs_per_stock=K < N`` pairs each stock with K partners drawn uniformly (torch's RNG)
+    instead of all N: a sampled estimate of the same mean at memory ``B*H*N*K``.
     """
     if kind not in ("logistic", "hinge"):
         raise ValueError(f"kind must be 'logistic' or 'hinge', got {kind!r}")
     s = pred.transpose(1, 2)  # (B, H, N)
     y = torch.where(valid, target, 0.0).transpose(1, 2)
     ok = valid.transpose(1, 2)
-    ds = s[..., :, None] - s[..., None, :]  # (B, H, N, N): pred_i - pred_j
-    dy = y[..., :, None] - y[..., None, :]
-    pairs = ok[..., :, None] & ok[..., None, :]
+    B, H, N = s.shape
+    if pairs_per_stock is not None and pairs_per_stock < N:
+        j = torch.randint(N, (B, H, N * pairs_per_stock), device=s.device)  # partners
+
+        def partner(x: torch.Tensor) -> torch.Tensor:
+            return torch.gather(x, 2, j).reshape(B, H, N, pairs_per_stock)  # (B, H, N, K)
+
+        ds = s[..., None] - partner(s)
+        dy = y[..., None] - partner(y)
+        itself = j.reshape(B, H, N, pairs_per_stock) == torch.arange(N, device=s.device)[:, None]
+        pairs = ok[..., None] & partner(ok) & ~itself
+    else:
+        ds = s[..., :, None] - s[..., None, :]  # (B, H, N, N): pred_i - pred_j
+        dy = y[..., :, None] - y[..., None, :]
+        pairs = ok[..., :, None] & ok[..., None, :]
+        pairs = pairs & ~torch.eye(N, dtype=torch.bool, device=s.device)
     if kind == "logistic":
         pairs = pairs & (dy > 0)
         per_pair = F.softplus(-ds)
     else:
-        pairs = pairs & ~torch.eye(s.shape[-1], dtype=torch.bool, device=s.device)
         per_pair = torch.relu(-ds * dy)
     n = pairs.sum(dim=(-1, -2))  # (B, H)
     per_row = torch.where(pairs, per_pair, 0.0).sum(dim=(-1, -2)) / n.clamp(min=1)
@@ -382,7 +403,9 @@ def _define_stage1_module() -> type:
                         rank = listnet_loss(pred, z, valid)
                     else:
                         kind = "hinge" if self.loss_name == "pairwise_hinge" else "logistic"
-                        rank = pairwise_rank_loss(pred, z, valid, kind=kind)
+                        rank = pairwise_rank_loss(
+                            pred, z, valid, kind=kind, pairs_per_stock=PAIRS_PER_STOCK
+                        )
                     ret = rank + self.rank_mse_weight * ret
             else:
                 B, N, H = pred.shape

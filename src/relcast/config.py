@@ -158,7 +158,7 @@ class Stage1Settings(_Section):
         "ic",
         description="ic: 1 - daily IC (scale-free, learns fastest); mse: on normalised labels; "
         "listnet: softmax cross-entropy over each date's stocks; pairwise: RankNet logistic "
-        "loss over each date's stock pairs (memory grows as stocks^2); pairwise_hinge: RSR's "
+        "loss over each date's stock pairs (64 sampled partners per stock); pairwise_hinge: RSR's "
         "hinge (use with rank_mse_weight > 0)",
     )
     label_norm: Literal["cross_section", "cs_rank"] = Field(

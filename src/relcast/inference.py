@@ -134,8 +134,13 @@ def predict_date(run_dir, data: str, date: str | None = None) -> pd.DataFrame:
     features = pipe.features_for(panel)
     window = np.arange(max(0, t - lookback + 1), t + 1)
     _warn_missing_index(panel, window, data)
+    # the Stage3 chunk that forecasts t may start up to chunk_length - 1 dates back (the
+    # recurrent state runs from there): relationships for those dates as well, so that the
+    # forecast equals the one of the run's evaluation or of an update
+    chunk = max(pipe.config.stage3.chunk_length, 2 * lookback)
+    context = np.arange(max(0, t - chunk + 1), t + 1)
     stored, stored_dates = _stored_relationships(pipe)
-    rel, names, _ = _relationships_for(pipe, features, window, stored, stored_dates)
+    rel, names, _ = _relationships_for(pipe, features, context, stored, stored_dates)
     frame = _forecast_frame(pipe, features, (rel, names), np.array([t]))
     if frame.empty:
         raise RelcastDataError(

@@ -156,3 +156,15 @@ def test_fast_variable_selection_matches_the_plain_one(variable_hidden_size):
         assert (a is None) == (b is None)
         if a is not None:
             torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_interpret_cuts_a_large_batch_into_slices_with_the_same_result():
+    model = make_tft().eval()
+    batch, _ = planted_batch(100, torch.Generator().manual_seed(4))
+    whole = model.interpret(batch)
+    model.INTERPRET_STEPS = 3 * L  # 3 windows per forward pass: 34 slices
+    sliced = model.interpret(batch)
+    np.testing.assert_allclose(sliced["attention"], whole["attention"], atol=1e-6)
+    for name, value in whole["variable_importance"].items():
+        assert sliced["variable_importance"][name] == pytest.approx(value, abs=1e-6)
+    pd.testing.assert_frame_equal(sliced["per_stock"], whole["per_stock"], atol=1e-6)

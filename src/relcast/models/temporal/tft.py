@@ -435,6 +435,24 @@ class TemporalFusionTransformer(nn.Module):
             "attention_all": attn,  # (B, h, L, L)
         }
 
+    INTERPRET_STEPS = 16_384
+    """Time steps per forward pass inside :meth:`interpret`: a large batch of long windows is
+    cut into slices, so interpreting costs a bounded amount of memory whatever the loader's
+    batch size (each step holds ``num_features x variable_hidden_size`` floats per layer)."""
+
+    def _explain(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """The outputs :meth:`interpret` reads, computed slice by slice (bounded memory)."""
+        B, L = batch["x"].shape[:2]
+        rows = max(1, self.INTERPRET_STEPS // L)
+        keys = ("variable_importance", "static_importance", "attention")
+        parts = []
+        for i in range(0, B, rows):
+            part = {k: v[i : i + rows] if torch.is_tensor(v) and len(v) == B else v
+                    for k, v in batch.items()}  # fmt: skip
+            out = self(part)
+            parts.append({k: out[k] for k in keys})
+        return {k: torch.cat([p[k] for p in parts]) for k in keys}
+
     @torch.no_grad()
     def interpret(
         self,
@@ -466,7 +484,7 @@ class TemporalFusionTransformer(nn.Module):
         self.eval()
         try:
             for item in items:
-                out = item if "variable_importance" in item else {**item, **self(item)}
+                out = item if "variable_importance" in item else {**item, **self._explain(item)}
                 if is_sequence_batch(out):  # one sample per origin step
                     o = out["origin"]  # (B, C)
                     var_imp.append(out["variable_importance"][o].float().cpu())  # (M, F)

@@ -37,8 +37,8 @@ def market(make_market):
         num_sectors=num_sectors,
         horizons=H,
         d_model=16,
-        n_heads=2,
-        n_layers=2,
+        num_heads=2,
+        num_layers=2,
         relationship_dim=6,
         dropout=0.0,
     )
@@ -184,7 +184,7 @@ def test_v3_contrastive_recovers_sectors(market, positives):
     f, split, labels, truth = market["features"], market["split"], market["labels"], market["truth"]
     ext = ContrastiveExtractor(
         proj_dim=8,
-        hidden=32,
+        hidden_size=32,
         positives=positives,
         steps=150,
         corr_window=40,
@@ -260,3 +260,32 @@ def test_pipeline_v3_correlation_positives_respect_label_delay(tmp_path):
         later = forward_returns(dataclasses.replace(panel, values=values), H, delay=1)
         pos = ext.positive_pairs(None, features, later, np.array([t]))
         np.testing.assert_array_equal(pos[0], base[dates == t][0], err_msg=f"date {t}")
+
+
+def test_stage1_score_is_the_models_forecast_zscored_per_date(market):
+    from relcast.models.extractors import ScoreExtractor
+
+    f, model = market["features"], market["model"]
+    idx = np.arange(20, 60)
+    got = ScoreExtractor(horizons=2).extract(model, f, idx)
+    assert got.names == ["stage1_score_h1", "stage1_score_h2"]
+    x = torch.from_numpy(np.nan_to_num(f.values[idx]))
+    m = torch.from_numpy(f.mask[idx])
+    with torch.no_grad():
+        pred = model(x, m)["pred"].double().numpy()  # (T', N, H)
+    for k, t in enumerate(idx):
+        ok = f.mask[t]
+        for h in range(2):
+            p = pred[k, ok, h]
+            want = (p - p.mean()) / p.std()
+            np.testing.assert_allclose(got.values[k, ok, h], want, atol=1e-4)
+        assert np.isnan(got.values[k, ~ok]).all()  # masked stocks get no score
+    assert (~f.mask[idx]).any()  # the market has missing stocks on these dates
+
+
+def test_make_extractor_appends_the_stage1_score(market):
+    f, model = market["features"], market["model"]
+    plain = make_extractor("v2").extract(model, f, np.arange(30, 40))
+    both = make_extractor("v2", stage1_score=True).extract(model, f, np.arange(30, 40))
+    assert both.names == plain.names + ["stage1_score_h1"]
+    np.testing.assert_array_equal(both.values[..., :-1], plain.values)

@@ -50,6 +50,7 @@ from relcast.models.extractors import (
     EmbeddingExtractor,
     RelationshipExtractor,
     RelationshipFeatures,
+    ScoreExtractor,
 )
 from relcast.training.contrastive import ContrastiveExtractor
 
@@ -385,14 +386,25 @@ def make_extractor(
     sector_ids: np.ndarray | None = None,
     method: str = "bottleneck",
     n_components: int = 16,
+    stage1_score: bool = False,
     **kwargs: Any,
 ) -> RelationshipExtractor:
     """Extractor by name: ``"v1"``, ``"v2"``, ``"v3"`` or ``"v1+v2"``.
 
     ``is_index``/``sector_ids`` go to V1 (and ``sector_ids`` to V3), ``method``/
     ``n_components`` to V2, other keyword arguments (``label_delay``, ...) to V3.
+    ``stage1_score`` adds Stage1's own forecast as a column (:class:`ScoreExtractor`).
     """
-    name = name.lower()
+    extractor = _extractor_by_name(
+        name.lower(), is_index=is_index, sector_ids=sector_ids, method=method,
+        n_components=n_components, **kwargs,
+    )  # fmt: skip
+    return CombinedExtractor([extractor, ScoreExtractor()]) if stage1_score else extractor
+
+
+def _extractor_by_name(
+    name: str, *, is_index, sector_ids, method, n_components, **kwargs: Any
+) -> RelationshipExtractor:
     if name == "v1":
         return AttentionExtractor(is_index=is_index, sector_ids=sector_ids)
     if name == "v2":

@@ -25,6 +25,7 @@ V2         Stage1's learned bottleneck or PCA (training span)    ``rel_emb_<k>``
 V3         own encoder trained with InfoNCE (sector / corr)      ``ctr_<k>``, ``ctr_sim_<SYMBOL>``
            (:mod:`relcast.training.contrastive`)
 V1+V2      :class:`CombinedExtractor`                            both
+score      Stage1's own forecast (``relationships.stage1_score``)  ``stage1_score_h1``
 =========  ====================================================  ============================
 """
 
@@ -349,6 +350,41 @@ def correlation_positives(
     pos = np.zeros((len(idx), N, N), dtype=bool)
     np.put_along_axis(pos, top, True, axis=-1)
     return pos & np.isfinite(corr)
+
+
+# ----------------------------------------------------------------------------- Stage1 score
+class ScoreExtractor(RelationshipExtractor):
+    """Stage1's own forecast of each stock as a relationship column (stacking).
+
+    Stage1 reads every stock at once, so its forecast already sums up what the other stocks
+    say about this one; giving it to Stage3 lets the temporal model weigh it against the
+    stock's own history. In the out-of-fold store every training date's score comes from a
+    fold model that never saw that date's label, which is what makes stacking honest.
+
+    Args:
+        horizons: how many of Stage1's horizons to keep (columns ``stage1_score_h1..``).
+    """
+
+    def __init__(self, horizons: int = 1) -> None:
+        if horizons < 1:
+            raise ValueError(f"horizons must be >= 1, got {horizons}")
+        self.horizons = horizons
+
+    def extract(self, model, features, dates_index=None):
+        """``[T', N, horizons]``: Stage1's forecast (its first ``horizons`` outputs)."""
+        idx = check_dates_index(features, dates_index)
+        pred = np.asarray(stage1_outputs(model, features, idx)["pred"])  # (T', N, H1)
+        keep = min(self.horizons, pred.shape[-1])
+        score = pred[..., :keep].astype(np.float64)
+        # z-scored across each date's stocks: the IC loss leaves each model's scale free, and
+        # fold models of the out-of-fold store must speak in one unit
+        valid = features.mask[idx][..., None]  # (T', N, 1)
+        count = np.maximum(valid.sum(axis=1, keepdims=True), 1)
+        mean = np.where(valid, score, 0.0).sum(axis=1, keepdims=True) / count
+        dev = np.where(valid, score - mean, 0.0)
+        std = np.sqrt((dev**2).sum(axis=1, keepdims=True) / count)
+        names = [f"stage1_score_h{h + 1}" for h in range(keep)]
+        return masked_features(features, idx, names, dev / np.maximum(std, 1e-12))
 
 
 # ----------------------------------------------------------------------------- combos

@@ -49,9 +49,9 @@ from benchmarks.common import (
 NAME = "race_tft"
 QUANTILES = (0.1, 0.5, 0.9)
 FULL = dict(num_stocks=20, num_days=500, lookback=30, horizons=5, batch_size=128, epochs=2,
-            hidden_size=64, heads=4, var_size=16)  # fmt: skip
+            hidden_size=64, num_heads=4, var_size=16)  # fmt: skip
 QUICK = dict(num_stocks=6, num_days=150, lookback=10, horizons=2, batch_size=64, epochs=1,
-             hidden_size=16, heads=2, var_size=4)  # fmt: skip
+             hidden_size=16, num_heads=2, var_size=4)  # fmt: skip
 GRAD_CLIP, LR, DROPOUT, INFER_BATCH = 1.0, 1e-3, 0.1, 1024
 
 
@@ -146,7 +146,7 @@ def run_relcast(cfg: dict[str, Any]) -> dict[str, Any]:
         model = create_model(
             "tft", num_features=inputs.num_features, horizons=cfg["horizons"],
             quantiles=QUANTILES, num_stocks=len(stocks), num_sectors=inputs.num_sectors,
-            lookback=cfg["lookback"], hidden_size=cfg["hidden_size"], num_heads=cfg["heads"],
+            lookback=cfg["lookback"], hidden_size=cfg["hidden_size"], num_heads=cfg["num_heads"],
             variable_hidden_size=cfg["var_size"], dropout=DROPOUT,
         )  # fmt: skip
         module = _lightning_module_class()(model, QUANTILES, lr=LR)
@@ -230,7 +230,7 @@ def run_pytorch_forecasting(cfg: dict[str, Any]) -> dict[str, Any]:
         build_s, build_cpu = time.perf_counter() - t0, time.process_time() - c0
 
         model = TemporalFusionTransformer.from_dataset(
-            train_ds, hidden_size=cfg["hidden_size"], attention_head_size=cfg["heads"],
+            train_ds, hidden_size=cfg["hidden_size"], attention_head_size=cfg["num_heads"],
             hidden_continuous_size=cfg["var_size"], dropout=DROPOUT, lstm_layers=1,
             loss=QuantileLoss(list(QUANTILES)), learning_rate=LR, optimizer="adam",
             log_interval=-1,  # default plateau patience 1000: the LR never changes here

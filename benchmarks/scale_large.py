@@ -90,15 +90,16 @@ def stage1_cost(
     """Time and memory of Stage1 training steps and a forward pass in one attention mode."""
     import torch
 
+    from relcast.config import load_config
     from relcast.models.cross_sectional import CrossSectionalTransformer, Stage1Config
 
     torch.manual_seed(0)
     dropout = 0.0 if mode == "fused" else 0.1
     need_weights = mode == "weights"
-    config = Stage1Config.from_preset(
-        "large", num_features=num_features, num_stocks=num_stocks, horizons=horizons,
-        dropout=dropout,
-    )  # fmt: skip
+    settings = load_config("large", overrides=[f"stage1.dropout={dropout}"]).stage1
+    config = Stage1Config.from_settings(
+        settings, num_features=num_features, num_stocks=num_stocks, horizons=horizons
+    )
     model = CrossSectionalTransformer(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     B, N = batch_dates, num_stocks
@@ -140,7 +141,7 @@ def stage1_cost(
         "saved_for_backward_mb": saved["bytes"] / MB,
         "forward_dates_per_s": B / forward_s,
         "forward_peak_rss_mb": fwd_peak.delta / MB,
-        "attention_one_layer_mb": B * config.n_heads * N * N * 4 / MB,
+        "attention_one_layer_mb": B * config.num_heads * N * N * 4 / MB,
     }
 
 

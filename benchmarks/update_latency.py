@@ -52,6 +52,7 @@ def measure_steps(cfg: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     import relcast
+    from relcast.config import load_config
     from relcast.features import build_features
     from relcast.models.cross_sectional import CrossSectionalTransformer, Stage1Config
     from relcast.models.temporal import create_model
@@ -73,9 +74,9 @@ def measure_steps(cfg: dict[str, Any]) -> dict[str, Any]:
     features = build_features(panel, train_end=last // 2)
 
     sector_ids, num_sectors = encode_sectors(panel.sectors, len(panel.symbols))
-    config = Stage1Config.from_preset(
-        "small", num_features=len(features.names), num_stocks=len(panel.symbols),
-        num_sectors=num_sectors, horizons=cfg["horizons"],
+    config = Stage1Config.from_settings(
+        load_config("small").stage1, num_features=len(features.names),
+        num_stocks=len(panel.symbols), num_sectors=num_sectors, horizons=cfg["horizons"],
     )  # fmt: skip
     stage1 = CrossSectionalTransformer(config, sector_ids=torch.as_tensor(sector_ids)).eval()
     one = np.array([last])
@@ -114,10 +115,10 @@ def measure_update_run(num_stocks: int = 30, days: int = 260) -> dict[str, Any]:
     from relcast.cli import app
     from relcast.inference import update_run
 
-    tiny = ["data.horizons=2", "stage1.d_model=16", "stage1.n_heads=2", "stage1.n_layers=1",
+    tiny = ["data.horizons=2", "stage1.d_model=16", "stage1.num_heads=2", "stage1.num_layers=1",
             "stage1.relationship_dim=4", "stage1.max_epochs=1", "stage2.n_estimators=10",
             "relationships.oof_folds=2", "stage3.models=[gru]", "stage3.feature_sets=[hybrid]",
-            "stage3.hidden_size=16", "stage3.num_layers=1", "stage3.lookback=20",
+            "stage3.hidden_size=16", "stage3.gru.num_layers=1", "stage3.lookback=20",
             "stage3.max_epochs=1", "evaluation.topk=3", "trainer.progress=false",
             "trainer.accelerator=cpu"]  # fmt: skip
     panel, _ = relcast.synthetic_market(num_stocks, days + 1, seed=1)

@@ -26,7 +26,8 @@ import relcast
 from relcast.evaluation.metrics import daily_rank_ic
 from relcast.features import build_features, chronological_split, forward_returns
 from relcast.models.cross_sectional import Stage1Config
-from relcast.training.stage1 import CrossSectionDataset, fit_stage1, predict_stage1
+from relcast.training.cross_section_data import CrossSectionDataset
+from relcast.training.stage1 import fit_stage1, predict_stage1
 from relcast.training.stage3 import assemble_inputs, fit_stage3, predict_stage3
 
 PER_RANK_BATCH = {"stage1": 4, "stage3": 32}  # single process: twice this
@@ -78,7 +79,7 @@ def market():
 def run_stage1(out: Path, devices: int, panel, features, labels, split) -> dict:
     F_, N = features.values.shape[2], len(features.symbols)
     config = Stage1Config(
-        num_features=F_, num_stocks=N, horizons=HORIZONS, d_model=32, n_heads=4, n_layers=1,
+        num_features=F_, num_stocks=N, horizons=HORIZONS, d_model=32, num_heads=4, num_layers=1,
         relationship_dim=8, dropout=0.0,
     )  # fmt: skip
     target = ~panel.is_index

@@ -41,7 +41,7 @@ def test_settings_round_trip_through_the_config(preset):
     values = dict(zip(SETTINGS, settings_values(load_config(preset)), strict=True))
     changed = {
         "d_model": 48,
-        "n_heads": 3,
+        "num_heads": 3,
         "stage1_epochs": values["stage1_epochs"] + 3,
         "horizons": values["horizons"] + 2,
         "models": ["lstm", "tcn"],
@@ -223,18 +223,18 @@ def test_step_logs_read_like_a_terminal(tmp_path):
     log = tmp_path / "step.log"
     log.write_bytes(
         b"\x1b[32mstarting\x1b[0m\nEpoch 0:  10%\rEpoch 0:  50%\rEpoch 0: 100%\n"
-        b"LitLogger: try it\nerror: stage1.n_heads must divide d_model\n  (stage1.d_model=30)\n"
+        b"LitLogger: try it\nerror: stage1.num_heads must divide d_model\n  (stage1.d_model=30)\n"
     )
     shown = render_log(log, "$ relcast stage1").splitlines()
     assert shown == [
         "$ relcast stage1",
         "starting",
         "Epoch 0: 100%",
-        "error: stage1.n_heads must divide d_model",
+        "error: stage1.num_heads must divide d_model",
         "  (stage1.d_model=30)",
     ]
     assert failure_message(log, "stage1") == (
-        "stage1.n_heads must divide d_model\n  (stage1.d_model=30)"
+        "stage1.num_heads must divide d_model\n  (stage1.d_model=30)"
     )
     log.write_text("Traceback ...\nValueError: boom\n")
     assert failure_message(log, "extract").startswith("relcast extract failed: ValueError: boom")

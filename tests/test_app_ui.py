@@ -35,13 +35,13 @@ SHOTS = Path(__file__).parent / "ui_screenshots"
 STEP_TIMEOUT = 300_000  # ms: a step trains in seconds, but the CI machine may be shared
 TINY = "\n".join(
     [
-        "stage1.n_layers=1",
+        "stage1.num_layers=1",
         "stage1.relationship_dim=4",
         "stage1.batch_dates=16",
         "stage2.n_estimators=20",
         "relationships.oof_folds=2",
         "stage3.hidden_size=8",
-        "stage3.num_layers=1",
+        "stage3.gru.num_layers=1",
         "stage3.batch_size=256",
         "evaluation.topk=2",
         "trainer.accelerator=cpu",
@@ -200,7 +200,7 @@ def test_every_step_by_clicking(page):
     _tab(page, "2 Settings")
     for elem_id, value in (
         ("d-model", 16),
-        ("n-heads", 2),
+        ("num-heads", 2),
         ("stage1-epochs", 1),
         ("horizons", 2),
         ("lookback", 8),

@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -9,15 +10,15 @@ from relcast.config import PRESET_DIR, PRESETS, RelcastConfigError, load_config
 def test_every_shipped_preset_loads(preset):
     cfg = load_config(preset)
     assert cfg.preset == preset
-    assert cfg.stage1.d_model % cfg.stage1.n_heads == 0
+    assert cfg.stage1.d_model % cfg.stage1.num_heads == 0
     assert sorted(p.stem for p in PRESET_DIR.glob("*.yaml")) == sorted(PRESETS)
 
 
 def test_presets_follow_the_spec_table():
     small, medium, large = (load_config(p) for p in PRESETS)
-    assert (small.stage1.d_model, small.stage1.n_heads, small.stage1.n_layers) == (64, 4, 2)
-    assert (medium.stage1.d_model, medium.stage1.n_heads, medium.stage1.n_layers) == (128, 8, 3)
-    assert (large.stage1.d_model, large.stage1.n_heads, large.stage1.n_layers) == (256, 8, 4)
+    assert (small.stage1.d_model, small.stage1.num_heads, small.stage1.num_layers) == (64, 4, 2)
+    assert (medium.stage1.d_model, medium.stage1.num_heads, medium.stage1.num_layers) == (128, 8, 3)
+    assert (large.stage1.d_model, large.stage1.num_heads, large.stage1.num_layers) == (256, 8, 4)
     assert small.stage1.relationship_dim == 16 and medium.stage1.relationship_dim == 32
     assert large.relationships.extractor == "v1+v2" and large.stage3.models == ["tcn"]
     assert medium.stage3.models == ["tft"] and medium.stage3.lookback == 90
@@ -35,10 +36,10 @@ def test_file_then_overrides_win(tmp_path: Path):
     "override, expected",
     [
         ("stage1.dmodel=3", "stage1.dmodel: unknown key (allowed here: d_model"),
-        ("stage3.models=[xgb]", "'tft', 'lstm', 'gru' or 'tcn'"),
+        ("stage3.models=[xgb]", "registered: ['gru', 'lstm', 'tcn', 'tft']"),
         ("relationships.extractor=v9", "relationships.extractor"),
         ("split.embargo=1", "must be >= data.horizons"),
-        ("stage1.n_heads=5", "divisible"),
+        ("stage1.num_heads=5", "divisible"),
         ("stage3.quantiles=[0.9,0.1]", "increasing"),
         ("nonsense", "key=value"),
         ("relationships.regime=true", "use relationships.extractor=v1, v3 or v1+v2"),
@@ -135,3 +136,114 @@ def test_scientific_numbers_are_numbers(tmp_path: Path):
     f.write_text("stage3:\n  lr: 5E-4\nevaluation:\n  buy_cost: 2.5e-4\n")
     cfg = load_config(file=f)
     assert cfg.stage3.lr == pytest.approx(5e-4) and cfg.evaluation.buy_cost == pytest.approx(2.5e-4)
+
+
+# ------------------------------------------------------- one word per idea, old keys refused
+@pytest.mark.parametrize(
+    "old, new",
+    [
+        ("stage1.n_heads=2", "stage1.num_heads"),
+        ("stage1.n_layers=1", "stage1.num_layers"),
+        ("stage3.heads=2", "stage3.tft.num_heads"),
+        ("stage3.num_layers=1", "stage3.gru.num_layers"),
+    ],
+)
+def test_old_keys_name_the_new_one(old, new, tmp_path):
+    with pytest.raises(RelcastConfigError, match="was renamed: write " + re.escape(new)):
+        load_config("small", overrides=[old])
+    section, rest = old.split(".", 1)
+    key, value = rest.split("=")
+    f = tmp_path / "old.yaml"
+    f.write_text(f"{section}:\n  {key}: {value}\n")
+    with pytest.raises(RelcastConfigError, match=re.escape(new)):
+        load_config(file=f)
+
+
+def test_no_shipped_text_uses_the_old_keys():
+    """Presets, README and docs speak num_heads / num_layers only."""
+    root = Path(__file__).parents[1]
+    texts = [*PRESET_DIR.glob("*.yaml"), root / "README.md", *(root / "docs").glob("*.md")]
+    for path in texts:
+        text = path.read_text()
+        for old in ("n_heads", "n_layers", "stage3.heads", "stage3.num_layers"):
+            assert old not in text, f"{path.name} still says {old}"
+
+
+# ------------------------------------------------------- the registry names the models
+def test_per_model_sections_reach_the_model_config():
+    cfg = load_config(
+        "small",
+        overrides=["stage3.models=[gru,tft,tcn]", "stage3.gru.num_layers=3",
+                   "stage3.tft.num_heads=8", "stage3.tcn.kernel_size=5", "stage3.dropout=0.2"],
+    )  # fmt: skip
+    assert cfg.stage3.hparams("gru") == {"hidden_size": 64, "dropout": 0.2, "num_layers": 3}
+    tft = cfg.stage3.hparams("tft")
+    assert tft["num_heads"] == 8 and tft["lstm_layers"] == 1  # defaults from TFTConfig
+    assert cfg.stage3.hparams("tcn")["kernel_size"] == 5
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("stage3.tft.heads=2", "stage3.tft.heads: unknown key (allowed here: num_heads"),
+        ("stage3.gru.num_layers=true", "stage3.gru.num_layers: expected int"),
+        ("stage3.tft.num_heads=5", "hidden_size (64) must be divisible by num_heads (5)"),
+        ("stage3.tcn.num_levels=2", "use num_levels >= 4"),
+        ("stage3.hiden_size=8", "unknown key 'hiden_size'"),
+        ("stage3.gru=2", "stage3.gru is the section of gru's hyperparameters"),
+    ],
+)
+def test_model_section_mistakes_name_the_key(override, expected):
+    with pytest.raises(RelcastConfigError) as info:
+        load_config("small", overrides=[override])
+    assert expected in str(info.value)
+
+
+def test_a_registered_model_is_accepted_everywhere():
+    """Adding a model = its file + one line: the config and the app take it from the registry."""
+    from dataclasses import dataclass
+
+    from torch import nn
+
+    from relcast.app.settings_tab import stage3_model_names
+    from relcast.models.temporal import registry
+
+    @dataclass
+    class DummyConfig(registry.TemporalConfig):
+        width: int = 3
+
+    with pytest.raises(RelcastConfigError, match="unknown Stage3 model"):
+        load_config("small", overrides=["stage3.models=[dummy]"])
+    registry.register_model("dummy")(type("Dummy", (nn.Module,), {"Config": DummyConfig}))
+    try:
+        cfg = load_config("small", overrides=["stage3.models=[dummy]", "stage3.dummy.width=5"])
+        assert cfg.stage3.hparams("dummy") == {"hidden_size": 64, "dropout": 0.1, "width": 5}
+        assert "dummy" in stage3_model_names()
+        with pytest.raises(RelcastConfigError, match="stage3.dummy.depth: unknown key"):
+            load_config("small", overrides=["stage3.models=[dummy]", "stage3.dummy.depth=1"])
+    finally:
+        registry._REGISTRY.pop("dummy")
+
+
+# ------------------------------------------------------- every documented setting is reachable
+def test_settings_reach_stage1_and_the_extractors(tmp_path):
+    from relcast.models.cross_sectional import Stage1Config
+    from relcast.pipeline import Pipeline
+
+    cfg = load_config(
+        overrides=["data.source=synthetic", "data.synthetic_stocks=6", "data.synthetic_days=200",
+                   "data.label_delay=1", "trainer.seed=3", "relationships.extractor=v3",
+                   "relationships.v3.top_k=2", "relationships.v3.positives=corr",
+                   "relationships.v3.hidden_size=16", "relationships.v3.steps=7",
+                   "stage1.dim_feedforward=40", "stage1.sector_weight=0.5"],
+    )  # fmt: skip
+    pipe = Pipeline(cfg, tmp_path / "run")
+    pipe.prepare()
+    ext = pipe.make_extractor()
+    assert (ext.top_k, ext.positives, ext.hidden_size, ext.steps) == (2, "corr", 16, 7)
+    assert (ext.label_delay, ext.seed) == (1, 3)
+    stage1 = Stage1Config.from_settings(cfg.stage1, num_features=4, num_stocks=6)
+    assert (stage1.dim_feedforward, stage1.sector_weight) == (40, 0.5)
+    pipe.config = load_config(overrides=["relationships.v2.method=pca"])
+    v2 = pipe.make_extractor()
+    assert (v2.method, v2.n_components) == ("pca", 16)

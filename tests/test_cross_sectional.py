@@ -4,11 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from relcast.models.cross_sectional import (
-    STAGE1_PRESETS,
-    CrossSectionalTransformer,
-    Stage1Config,
-)
+from relcast.config import load_config
+from relcast.models.cross_sectional import CrossSectionalTransformer, Stage1Config
 
 B, N, F_, H = 3, 7, 5, 2
 
@@ -21,8 +18,8 @@ def make_model(multitask: bool = False, seed: int = 0) -> CrossSectionalTransfor
         num_sectors=3,
         horizons=H,
         d_model=16,
-        n_heads=4,
-        n_layers=2,
+        num_heads=4,
+        num_layers=2,
         relationship_dim=6,
         dropout=0.0,
         multitask=multitask,
@@ -47,18 +44,28 @@ def make_batch(seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     return x, mask
 
 
-def test_presets_match_spec_table():
-    assert STAGE1_PRESETS["small"] == dict(d_model=64, n_heads=4, n_layers=2, relationship_dim=16)
-    config = Stage1Config.from_preset("medium", num_features=3, num_stocks=4)
-    assert (config.d_model, config.n_heads, config.n_layers, config.relationship_dim) == (
+def test_config_from_the_preset_file_and_the_data():
+    """Stage1Config.from_settings: every model field from the stage1 section (the YAML
+    preset, --set), the sizes from the data; training keys stay out."""
+    settings = load_config(
+        "medium",
+        overrides=["stage1.dim_feedforward=96", "stage1.corr_weight=0.3", "stage1.multitask=true"],
+    ).stage1
+    config = Stage1Config.from_settings(
+        settings, num_features=3, num_stocks=4, num_sectors=2, horizons=1
+    )
+    assert (config.d_model, config.num_heads, config.num_layers, config.relationship_dim) == (
         128,
         8,
         3,
         32,
     )
-    assert config.dim_feedforward == 4 * 128
+    assert (config.dim_feedforward, config.corr_weight, config.multitask) == (96, 0.3, True)
+    assert (config.num_features, config.num_stocks, config.num_sectors) == (3, 4, 2)
+    default = Stage1Config.from_settings(load_config("small").stage1, num_features=3, num_stocks=4)
+    assert default.dim_feedforward == 4 * 64
     with pytest.raises(ValueError, match="divisible"):
-        Stage1Config(num_features=3, num_stocks=4, d_model=10, n_heads=4)
+        Stage1Config(num_features=3, num_stocks=4, d_model=10, num_heads=4)
 
 
 def test_output_shapes_and_no_nan():

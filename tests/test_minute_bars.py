@@ -123,9 +123,9 @@ def test_stage1_and_stage3_fit_on_minute_bars(minute_panel, tmp_path):
     labels = forward_returns(panel, H)
     target = ~panel.is_index
     F_, N = features.values.shape[2], len(panel.symbols)
-    config = Stage1Config.from_preset(
-        "small", num_features=F_, num_stocks=N, horizons=H, d_model=16, n_heads=2,
-        n_layers=1, relationship_dim=4, dropout=0.0,
+    config = Stage1Config(
+        num_features=F_, num_stocks=N, horizons=H, d_model=16, num_heads=2,
+        num_layers=1, relationship_dim=4, dropout=0.0,
     )  # fmt: skip
     stage1 = fit_stage1(
         features, labels, split, config, out_dir=tmp_path / "stage1", target=target,

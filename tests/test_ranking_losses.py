@@ -15,13 +15,12 @@ from relcast.features import FeatureSet, chronological_split, forward_returns
 from relcast.features.labels import rank_normalize_labels_cross_section
 from relcast.models.cross_sectional import Stage1Config
 from relcast.training.metrics import rank_ic_torch
-from relcast.training.stage1 import (
+from relcast.training.ranking_losses import (
     cross_sectional_rank_norm,
-    fit_stage1,
     listnet_loss,
     pairwise_rank_loss,
-    predict_stage1,
 )
+from relcast.training.stage1 import fit_stage1, predict_stage1
 
 
 def labels_with_gaps(T=6, N=9, H=2, seed=0):
@@ -239,7 +238,7 @@ def fit(loss, label_norm, tmp_path, days, epochs, **size):
     [("listnet", "cs_rank"), ("pairwise", "cross_section"), ("pairwise_hinge", "cs_rank")],
 )
 def test_stage1_trains_with_a_ranking_loss(loss, label_norm, tmp_path: Path):
-    result, *_ = fit(loss, label_norm, tmp_path, 150, 2, d_model=8, n_heads=2, n_layers=1)
+    result, *_ = fit(loss, label_norm, tmp_path, 150, 2, d_model=8, num_heads=2, num_layers=1)
     assert len(result.history) == 2
     assert all(np.isfinite(h["train_loss"]) for h in result.history)
 
@@ -250,7 +249,7 @@ def test_stage1_trains_with_a_ranking_loss(loss, label_norm, tmp_path: Path):
 )
 def test_stage1_learns_the_planted_lead_lag_with_a_ranking_loss(loss, label_norm, tmp_path: Path):
     # measured (seed 0, 15 epochs): test Rank IC listnet/cs_rank 0.18, pairwise 0.21, ic 0.22
-    size = dict(d_model=32, n_heads=4, n_layers=2, relationship_dim=8)
+    size = dict(d_model=32, num_heads=4, num_layers=2, relationship_dim=8)
     result, features, labels, split = fit(loss, label_norm, tmp_path, 600, 15, **size)
     curve = [h["train_loss"] for h in result.history]
     assert curve[-1] < curve[0]
@@ -262,7 +261,7 @@ def test_stage1_learns_the_planted_lead_lag_with_a_ranking_loss(loss, label_norm
 def test_unknown_loss_and_label_norm_are_refused(tmp_path: Path):
     from relcast.training.stage1 import _stage1_module_class
 
-    config = Stage1Config(num_features=1, num_stocks=3, horizons=1, d_model=8, n_heads=2)
+    config = Stage1Config(num_features=1, num_stocks=3, horizons=1, d_model=8, num_heads=2)
     with pytest.raises(ValueError, match="loss must be one of"):
         _stage1_module_class()(config, loss="lambdarank")
     with pytest.raises(ValueError, match="label_norm must be one of"):

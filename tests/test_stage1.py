@@ -12,13 +12,9 @@ from relcast import synthetic_market
 from relcast.evaluation.metrics import daily_rank_ic
 from relcast.features import FeatureSet, chronological_split, forward_returns
 from relcast.models.cross_sectional import CrossSectionalTransformer, Stage1Config
-from relcast.training.stage1 import (
-    CrossSectionDataset,
-    cross_sectional_zscore,
-    fit_stage1,
-    pairwise_correlation,
-    predict_stage1,
-)
+from relcast.training.cross_section_data import CrossSectionDataset, pairwise_correlation
+from relcast.training.ranking_losses import cross_sectional_zscore
+from relcast.training.stage1 import fit_stage1, predict_stage1
 
 
 def _zscore(a: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -70,8 +66,8 @@ def test_stage1_recovers_planted_lead_lag(market, tmp_path: Path):
         num_stocks=len(panel.symbols),
         horizons=1,
         d_model=32,
-        n_heads=4,
-        n_layers=2,
+        num_heads=4,
+        num_layers=2,
         relationship_dim=8,
         dropout=0.0,
     )
@@ -181,8 +177,8 @@ def test_multitask_fit_runs_and_logs_task_losses(market, tmp_path: Path):
             num_sectors=5,
             horizons=2,
             d_model=16,
-            n_heads=2,
-            n_layers=1,
+            num_heads=2,
+            num_layers=1,
             relationship_dim=4,
             multitask=True,
             use_sector_embedding=False,

@@ -184,7 +184,7 @@ def test_hybrid_beats_own_out_of_fold_fast(tmp_path):
     stocks = ~panel.is_index
     config = Stage1Config(
         num_features=len(names), num_stocks=len(panel.symbols), horizons=1, d_model=32,
-        n_heads=4, n_layers=2, relationship_dim=8, dropout=0.1,
+        num_heads=4, num_layers=2, relationship_dim=8, dropout=0.1,
     )  # fmt: skip
     store = build_relationship_store(
         features, labels, split, config, EmbeddingExtractor("bottleneck"), n_folds=3,
@@ -226,9 +226,9 @@ def test_hybrid_beats_own_on_planted_lead_lag(tmp_path, oof):
     split = chronological_split(panel.dates, embargo=1)
     features = build_features(panel, train_end=int(split.train[-1]))
     stocks = ~panel.is_index
-    config = Stage1Config.from_preset(
-        "small", num_features=len(features.names), num_stocks=len(panel.symbols), horizons=1,
-        d_model=32, n_heads=4, n_layers=1, relationship_dim=8, dropout=0.1,
+    config = Stage1Config(
+        num_features=len(features.names), num_stocks=len(panel.symbols), horizons=1,
+        d_model=32, num_heads=4, num_layers=1, relationship_dim=8, dropout=0.1,
     )  # fmt: skip
     store = build_relationship_store(
         features, labels, split, config, EmbeddingExtractor("bottleneck"), oof=oof,

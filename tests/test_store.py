@@ -24,8 +24,9 @@ from relcast.features import (
     normalize_labels_cross_section,
 )
 from relcast.models.cross_sectional import Stage1Config
+from relcast.training.cross_section_data import CrossSectionDataset
 from relcast.training.loader import WindowLoader
-from relcast.training.stage1 import CrossSectionDataset, fit_stage1
+from relcast.training.stage1 import fit_stage1
 from relcast.training.stage3 import assemble_inputs, fit_stage3
 from relcast.training.store import (
     MemmapFeatureStore,
@@ -95,6 +96,19 @@ def test_short_overlap_shows_in_the_mask(market, tmp_path):
     # without history every chunk restarts the indicators' warm-up: rows go missing
     assert short.mask.sum() < features.mask.sum()
     assert not (short.mask & ~features.mask).any()  # it never invents a valid row
+
+
+def test_chunked_labels_follow_label_delay(market, tmp_path):
+    """data.label_delay=1: the store's labels are forward_returns(delay=1), also at the ends
+    of the chunks (each needs delay + H dates after it)."""
+    panel, _, _ = market
+    delayed = build_feature_store(
+        tmp_path / "d", panel_slices(panel), panel.dates, horizons=H, train_end=TRAIN_END,
+        label_delay=1, chunk_dates=97, overlap=300,
+    )  # fmt: skip
+    want = forward_returns(panel, H, delay=1)
+    np.testing.assert_array_equal(np.asarray(delayed.labels), want)
+    assert not np.array_equal(want, forward_returns(panel, H), equal_nan=True)
 
 
 def test_store_refuses_to_clobber_and_to_open_unfinished(tmp_path, store):
@@ -171,7 +185,7 @@ def test_stage1_trained_from_the_store_equals_in_memory(market, store, tmp_path)
     split = chronological_split(panel.dates, 0.2, 0.2, embargo=H)
     config = Stage1Config(
         num_features=len(store.names), num_stocks=len(panel.symbols), horizons=H, d_model=16,
-        n_heads=2, n_layers=1, relationship_dim=4, dropout=0.0,
+        num_heads=2, num_layers=1, relationship_dim=4, dropout=0.0,
     )  # fmt: skip
     # "mse": the "ic" loss amplifies the features' 2e-6 float differences (see ddp_script.py)
     common = dict(

@@ -8,12 +8,18 @@ from pathlib import Path
 
 from relcast.app.session import progress_md, user_error
 from relcast.app.ui import Shared, friendly
-from relcast.config import RelcastConfig, RelcastConfigError
+from relcast.config import (
+    EXTRACTORS,
+    FEATURE_SETS,
+    PRESETS,
+    RelcastConfig,
+    RelcastConfigError,
+)
 
 # The settings widgets, in the order settings_values returns and settings_overrides reads them.
 SETTINGS = (
     "d_model",
-    "n_heads",
+    "num_heads",
     "stage1_epochs",
     "horizons",
     "models",
@@ -26,11 +32,18 @@ SETTINGS = (
 )
 
 
+def stage3_model_names() -> list[str]:
+    """The Stage3 models the app offers: the registry's (the config accepts the same)."""
+    from relcast.models.temporal import available_models
+
+    return available_models()
+
+
 def settings_values(cfg: RelcastConfig) -> tuple:
     """A config's values for the widgets, in :data:`SETTINGS` order."""
     return (
         cfg.stage1.d_model,
-        cfg.stage1.n_heads,
+        cfg.stage1.num_heads,
         cfg.stage1.max_epochs,
         cfg.data.horizons,
         list(cfg.stage3.models),
@@ -45,7 +58,7 @@ def settings_values(cfg: RelcastConfig) -> tuple:
 
 def settings_overrides(
     d_model,
-    n_heads,
+    num_heads,
     stage1_epochs,
     horizons,
     models,
@@ -60,12 +73,14 @@ def settings_overrides(
     """Widget values (in :data:`SETTINGS` order) -> ``key=value`` overrides; the free-text
     lines of ``extra`` come last and win."""
     if not models:
-        raise RelcastConfigError("choose at least one Stage3 model (tft, lstm, gru, tcn)")
+        raise RelcastConfigError(
+            f"choose at least one Stage3 model ({', '.join(stage3_model_names())})"
+        )
     if not feature_sets:
         raise RelcastConfigError("choose at least one Stage3 feature set (hybrid is the design)")
     out = [
         f"stage1.d_model={int(d_model)}",
-        f"stage1.n_heads={int(n_heads)}",
+        f"stage1.num_heads={int(num_heads)}",
         f"stage1.max_epochs={int(stage1_epochs)}",
         f"stage3.lookback={int(lookback)}",
         f"data.horizons={int(horizons)}",
@@ -107,8 +122,8 @@ def prepare(session: dict, preset: str, overrides: list[str]) -> str:
             f"{d['train'][1]} ({len(split['train'])} dates), valid {d['valid'][0]} .. "
             f"{d['valid'][1]} ({len(split['valid'])}), test {d['test'][0]} .. {d['test'][1]} "
             f"({len(split['test'])})",
-            f"Stage1: d_model {cfg.stage1.d_model}, {cfg.stage1.n_heads} heads, "
-            f"{cfg.stage1.n_layers} layers, up to {cfg.stage1.max_epochs} epochs; "
+            f"Stage1: d_model {cfg.stage1.d_model}, {cfg.stage1.num_heads} heads, "
+            f"{cfg.stage1.num_layers} layers, up to {cfg.stage1.max_epochs} epochs; "
             f"Stage2 {'on' if cfg.stage2.enabled else 'off'}; relationships "
             f"{cfg.relationships.extractor} ({cfg.relationships.oof_folds} out-of-fold folds)",
             f"Stage3: {', '.join(s3.models)} on {', '.join(s3.feature_sets)} features, lookback "
@@ -131,13 +146,13 @@ def build(shared: Shared) -> None:
     with gr.Tab("2 Settings", id="settings"):
         with gr.Row():
             preset = gr.Dropdown(
-                ["small", "medium", "large"],
+                list(PRESETS),
                 value="small",
                 label="Preset (SPEC.md)",
                 elem_id="preset",
             )
             extractor = gr.Dropdown(
-                ["v1", "v2", "v3", "v1+v2"],
+                list(EXTRACTORS),
                 value=v["extractor"],
                 label="Relationship extractor",
                 elem_id="extractor",
@@ -150,18 +165,18 @@ def build(shared: Shared) -> None:
             )
         with gr.Row():
             d_model = number("d_model", "Stage1 d_model", "d-model", 8)
-            n_heads = number("n_heads", "Stage1 heads", "n-heads", 1)
+            num_heads = number("num_heads", "Stage1 heads", "num-heads", 1)
             stage1_epochs = number("stage1_epochs", "Stage1 max epochs", "stage1-epochs", 1)
             horizons = number("horizons", "Horizons (days)", "horizons", 1, maximum=60)
         with gr.Row():
             models = gr.CheckboxGroup(
-                ["tft", "lstm", "gru", "tcn"],
+                stage3_model_names(),
                 value=v["models"],
                 label="Stage3 models",
                 elem_id="models",
             )
             feature_sets = gr.CheckboxGroup(
-                ["hybrid", "own", "rawconcat"],
+                list(FEATURE_SETS),
                 value=v["feature_sets"],
                 label="Stage3 feature sets (hybrid = own + relationship + calendar)",
                 elem_id="feature-sets",
@@ -181,7 +196,7 @@ def build(shared: Shared) -> None:
 
     widgets = [
         d_model,
-        n_heads,
+        num_heads,
         stage1_epochs,
         horizons,
         models,

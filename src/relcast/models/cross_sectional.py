@@ -15,8 +15,8 @@ relationship vectors) and the baseline return prediction ``[B, N, horizons]``.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING
+from dataclasses import asdict, dataclass, fields
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -25,12 +25,6 @@ from torch import nn
 
 if TYPE_CHECKING:
     from relcast.features.featureset import FeatureSet
-
-STAGE1_PRESETS: dict[str, dict] = {
-    "small": dict(d_model=64, n_heads=4, n_layers=2, relationship_dim=16),
-    "medium": dict(d_model=128, n_heads=8, n_layers=3, relationship_dim=32),
-    "large": dict(d_model=256, n_heads=8, n_layers=4, relationship_dim=64),
-}
 
 
 @dataclass
@@ -47,14 +41,20 @@ class Stage1Config:
     """H, forward-return horizons predicted (1..H days)."""
     d_model: int = 64
     """width of the token embeddings."""
-    n_heads: int = 4
+    num_heads: int = 4
     """attention heads per layer."""
-    n_layers: int = 2
+    num_layers: int = 2
     """encoder layers."""
     dim_feedforward: int | None = None
     """hidden width of the MLP in each layer (None: 4 * d_model)."""
     dropout: float = 0.1
-    """dropout on attention weights, residual branches and the input embedding."""
+    """dropout on the residual branches and the input embedding."""
+    attention_dropout: float = 0.0
+    """dropout on the attention weights. 0 by default: with it, PyTorch's CPU
+    ``scaled_dot_product_attention`` leaves its fused kernel for the math path, which builds
+    the ``(B, heads, N, N)`` weights and a random mask of that size in every layer; at 1,026
+    stocks (small preset, 32 dates per step, 2 cores) a training step was 8x slower
+    (1.1 against 9.0 dates/s, ``benchmarks/stage1_scale.py``)."""
     relationship_dim: int = 16
     """width of the learned relationship bottleneck the prediction head reads."""
     use_sector_embedding: bool = True
@@ -69,21 +69,40 @@ class Stage1Config:
     """W, dates of future daily returns whose correlation the relationship vectors predict."""
 
     def __post_init__(self) -> None:
-        if self.d_model % self.n_heads:
-            raise ValueError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
+        if self.d_model % self.num_heads:
+            raise ValueError(
+                f"d_model={self.d_model} must be divisible by num_heads={self.num_heads}"
+            )
         if min(self.num_features, self.num_stocks, self.horizons) < 1:
             raise ValueError("num_features, num_stocks and horizons must be >= 1")
         if self.dim_feedforward is None:
             self.dim_feedforward = 4 * self.d_model
 
     @classmethod
-    def from_preset(cls, preset: str = "small", **kwargs) -> Stage1Config:
-        """Config from a named preset (``small``/``medium``/``large``) plus overrides."""
-        if preset not in STAGE1_PRESETS:
-            raise ValueError(
-                f"unknown Stage1 preset {preset!r}; choose from {list(STAGE1_PRESETS)}"
-            )
-        return cls(**{**STAGE1_PRESETS[preset], **kwargs})
+    def from_settings(
+        cls,
+        settings: Any,
+        *,
+        num_features: int,
+        num_stocks: int,
+        num_sectors: int = 0,
+        horizons: int = 1,
+    ) -> Stage1Config:
+        """The config of a run: the hyperparameters from ``settings`` (the config's ``stage1``
+        section, e.g. ``load_config("medium").stage1``; every field of this class it has) and
+        the sizes from the data."""
+        data = dict(
+            num_features=num_features,
+            num_stocks=num_stocks,
+            num_sectors=num_sectors,
+            horizons=horizons,
+        )
+        hyper = {
+            f.name: getattr(settings, f.name)
+            for f in fields(cls)
+            if f.name not in data and hasattr(settings, f.name)
+        }
+        return cls(**hyper, **data)
 
     def to_dict(self) -> dict:
         """Plain dict (for checkpoints and YAML)."""
@@ -99,11 +118,11 @@ class MaskedSelfAttention(nn.Module):
 
     def __init__(self, config: Stage1Config) -> None:
         super().__init__()
-        self.n_heads = config.n_heads
+        self.num_heads = config.num_heads
         self.qkv = nn.Linear(config.d_model, 3 * config.d_model)
         self.proj = nn.Linear(config.d_model, config.d_model)
-        self.dropout = config.dropout
-        self.attn_dropout = nn.Dropout(config.dropout)
+        self.dropout = config.attention_dropout
+        self.attn_dropout = nn.Dropout(config.attention_dropout)
 
     def forward(
         self, x: torch.Tensor, key_valid: torch.Tensor, need_weights: bool
@@ -111,7 +130,8 @@ class MaskedSelfAttention(nn.Module):
         """``x (B, N, d)``, ``key_valid (B, N)`` -> ``(B, N, d)`` and ``(B, heads, N, N)``."""
         B, N, d = x.shape
         q, k, v = self.qkv(x).split(d, dim=2)
-        q, k, v = (t.view(B, N, self.n_heads, d // self.n_heads).transpose(1, 2) for t in (q, k, v))
+        heads = self.num_heads
+        q, k, v = (t.view(B, N, heads, d // heads).transpose(1, 2) for t in (q, k, v))
         # (B, heads, N, hd) each
         allowed = key_valid[:, None, None, :]  # (B, 1, 1, N)
         if not need_weights:
@@ -174,7 +194,7 @@ class CrossSectionalTransformer(nn.Module):
             raise ValueError(f"sector_ids must have shape ({config.num_stocks},)")
         self.register_buffer("sector_ids", sector_ids)
         self.embedding_dropout = nn.Dropout(config.dropout)
-        self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.n_layers))
+        self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.num_layers))
         self.ln_f = nn.LayerNorm(d)
         self.relationship = nn.Linear(d, config.relationship_dim)
         self.head = nn.Linear(config.relationship_dim, config.horizons)

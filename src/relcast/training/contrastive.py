@@ -33,7 +33,7 @@ def train_contrastive_encoder(
     positives: np.ndarray,
     valid: np.ndarray,
     *,
-    hidden: int,
+    hidden_size: int,
     proj_dim: int,
     identity_dim: int,
     steps: int,
@@ -56,7 +56,7 @@ def train_contrastive_encoder(
     T, N, F_in = x_t.shape
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    encoder = ContrastiveEncoder(F_in, N, hidden, proj_dim, identity_dim)
+    encoder = ContrastiveEncoder(F_in, N, hidden_size, proj_dim, identity_dim)
     opt = torch.optim.AdamW(encoder.parameters(), lr=lr, weight_decay=1e-4)
     history: list[float] = []
     encoder.train()
@@ -86,14 +86,15 @@ class ContrastiveExtractor(RelationshipExtractor):
             ``"embeddings"`` (Stage1's embeddings at t).
         identity_dim: size of a learned stock-identity embedding concatenated to the input
             (as Stage1 does; 0 disables).
-        steps, batch_dates, lr, temperature, hidden, proj_dim, seed: training settings.
+        steps, batch_dates, lr, temperature, hidden_size, proj_dim, seed: training settings
+            (the config's ``relationships.v3`` section).
         label_delay: label convention, to recover realised returns from 1-day labels.
     """
 
     def __init__(
         self,
         proj_dim: int = 16,
-        hidden: int = 64,
+        hidden_size: int = 64,
         inputs: str = "features",
         feature_groups: Sequence[str] = ("own",),
         positives: str = "both",
@@ -113,7 +114,7 @@ class ContrastiveExtractor(RelationshipExtractor):
         if positives not in ("sector", "corr", "both"):
             raise ValueError(f"positives must be 'sector', 'corr' or 'both', got {positives!r}")
         self.proj_dim = proj_dim
-        self.hidden = hidden
+        self.hidden_size = hidden_size
         self.inputs = inputs
         self.feature_groups = tuple(feature_groups)
         self.positives = positives
@@ -201,7 +202,7 @@ class ContrastiveExtractor(RelationshipExtractor):
             self._inputs(model, features, train),
             self.positive_pairs(model, features, labels, train, returns),
             features.mask[train],
-            hidden=self.hidden,
+            hidden_size=self.hidden_size,
             proj_dim=self.proj_dim,
             identity_dim=self.identity_dim,
             steps=self.steps,

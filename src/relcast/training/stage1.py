@@ -6,21 +6,8 @@ losses and the optimiser, the Lightning ``Trainer`` from :func:`relcast.training
 make_trainer` owns the loop, devices (CPU/GPU/DDP), early stopping on the validation Rank IC,
 the best checkpoint and the CSV log.
 
-Losses:
-- ``"ic"`` (default): ``1 - mean`` daily Pearson IC (differentiable), over dates and horizons;
-  ``pred`` has an arbitrary scale (Stage2 calibrates it to label units);
-- ``"mse"``: squared error against labels z-scored across stocks at each date and horizon
-  (so ``pred`` is in cross-sectional z-score units, not in returns);
-- ``"listnet"``: cross-entropy between the softmax of ``pred`` over each date's stocks and the
-  softmax of the normalised labels (:func:`listnet_loss`);
-- ``"pairwise"``: RankNet's logistic loss over each date's stock pairs
-  (:func:`pairwise_rank_loss`); ``"pairwise_hinge"``: RSR's (Feng et al. 2019) hinge on
-  wrongly ordered pairs, 0 for a constant ``pred``, so give it ``rank_mse_weight > 0`` as
-  RSR does. Every ranking loss adds ``rank_mse_weight`` times the MSE.
-``label_norm`` picks the normalised labels that ``mse``, ``listnet`` and ``pairwise`` read:
-``"cross_section"`` (z-score, clipped at 5) or ``"cs_rank"`` (qlib's CSRankNorm); the ``ic``
-loss reads raw labels under ``"cross_section"`` (a Pearson IC ignores the z-score) and the
-ranks under ``"cs_rank"``.
+Losses (``stage1.loss``: ic, mse, listnet, pairwise, pairwise_hinge) are pure functions in
+:mod:`relcast.training.ranking_losses`.
 Why IC by default: the MSE depends on the prediction's scale, which starts near 0 (the
 0.02-std output layers), so it first has to grow the whole output path before the loss moves;
 on the planted lead-lag of ``synthetic_market`` (20 stocks, 600 days, strength 0.8, 3 seeds,
@@ -50,281 +37,17 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, IterableDataset, default_collate
+from torch.utils.data import DataLoader
 
 from relcast.features.featureset import FeatureSet
-from relcast.features.labels import CS_RANK_SCALE
 from relcast.models.cross_sectional import (  # predict_stage1: re-exported, its old path
     CrossSectionalTransformer,
     Stage1Config,
     predict_stage1,  # noqa: F401
 )
-from relcast.training.loader import _distributed_rank, shard_batches
-from relcast.training.metrics import _torch_average_ranks, ic_torch, rank_ic_torch
-
-LOSSES = ("mse", "ic", "listnet", "pairwise", "pairwise_hinge")
-LABEL_NORMS = ("cross_section", "cs_rank")
-# pairwise losses pair each stock with this many sampled partners per date (all if fewer)
-PAIRS_PER_STOCK = 64
-# z-scored labels are clipped: one bad print (split, data error) must not dominate a date.
-LABEL_CLIP = 5.0
-
-
-class CrossSectionDataset(Dataset):
-    """One item per date: ``x (N, F)`` (0 where masked), ``mask (N,)``, ``y (N, H)``.
-
-    Dates without at least two valid, labelled target stocks are skipped. With
-    ``corr_window > 0`` an item also has ``corr (N, N)``: the realised correlation of the
-    stocks' horizon-1 returns over the next ``corr_window`` dates of the same span (NaN
-    where a pair has too few common returns, on the diagonal and for masked stocks).
-
-    Args:
-        values: ``float [T, N, F]``.
-        mask: ``bool [T, N]``.
-        labels: ``float [T, N, H]``, NaN where undefined.
-        index: the date indices of the span (e.g. ``split.train``).
-        target: ``bool [N]``, symbols that count in losses and metrics (default all).
-        corr_window: W for the correlation target (0: no target).
-    """
-
-    def __init__(
-        self,
-        values: np.ndarray,
-        mask: np.ndarray,
-        labels: np.ndarray,
-        index: np.ndarray,
-        *,
-        target: np.ndarray | None = None,
-        corr_window: int = 0,
-    ) -> None:
-        T, N, _ = values.shape
-        target = np.ones(N, dtype=bool) if target is None else np.asarray(target, dtype=bool)
-        index = np.unique(np.asarray(index, dtype=np.int64))  # sorted, no duplicates
-        # The arrays are only referenced, never copied: an item reads its own date, so
-        # ``values``/``labels`` may be memory-mapped (relcast.training.store) and larger than RAM.
-        self.values, self.labels, self.target = values, labels, target
-        self.mask = torch.from_numpy(np.asarray(mask, dtype=bool))  # (T, N)
-        mask_np = self.mask.numpy()
-        keep = np.zeros(len(index), dtype=bool)
-        for start in range(0, len(index), 1024):  # chunks of dates bound the temporaries
-            idx = index[start : start + 1024]
-            labelled = self._labelled(mask_np[idx], np.asarray(labels[idx]))  # (t, N, H)
-            keep[start : start + 1024] = (labelled.sum(axis=1) >= 2).any(axis=1)
-        self.index = index[keep]
-        self.corr_window = int(corr_window)
-        if self.corr_window:
-            # Returns of dates outside the span are hidden: the target never crosses a split.
-            in_span = np.zeros(T, dtype=bool)
-            in_span[index] = True
-            h1 = np.asarray(labels[..., 0], dtype=np.float32)  # (T, N)
-            y1 = np.where(self._labelled(mask_np, h1[..., None])[..., 0], h1, np.nan)
-            self.returns = torch.from_numpy(np.where(in_span[:, None], y1, np.nan))
-
-    def _labelled(self, mask: np.ndarray, labels: np.ndarray) -> np.ndarray:
-        """``(..., N, H)`` True where a stock is valid, a target and has a finite label."""
-        return mask[..., None] & self.target[:, None] & np.isfinite(labels)
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        t = int(self.index[i])
-        mask = self.mask[t]  # (N,)
-        m = mask.numpy()
-        x = np.where(m[:, None], self.values[t], 0.0).astype(np.float32)  # (N, F)
-        label = np.asarray(self.labels[t], dtype=np.float32)  # (N, H)
-        y = np.where(self._labelled(m, label), label, np.nan).astype(np.float32)
-        item = {
-            "x": torch.from_numpy(x),
-            "mask": mask,
-            "y": torch.from_numpy(y),
-            "t": torch.tensor(t),
-        }
-        if self.corr_window:
-            window = self.returns[t : t + self.corr_window]  # (W, N)
-            corr = pairwise_correlation(window, min_count=max(5, self.corr_window // 2))
-            both = self.mask[t][:, None] & self.mask[t][None, :]
-            item["corr"] = torch.where(both, corr, torch.nan)
-        return item
-
-
-class DateBatches(IterableDataset):
-    """Batches of dates of a :class:`CrossSectionDataset`, sharded across DDP ranks.
-
-    Use with ``DataLoader(batch_size=None)``. Like the Stage3 ``WindowLoader``: every rank
-    draws the same permutation of the dates, rank r takes every ``world_size``-th one, so each
-    date is seen exactly once per epoch across ranks and ranks run the same number of steps
-    (:func:`relcast.training.loader.shard_batches`). Lightning does not swap in its own
-    ``DistributedSampler`` (which pads the last batch with repeated dates) for an iterable
-    dataset.
-
-    Args:
-        dataset: the dates.
-        batch_dates: dates per batch on each rank.
-        shuffle: reshuffle every epoch (training).
-        seed: the shuffle of epoch e is seeded by ``seed + e``.
-        generator: if given, each epoch's shuffle seed is drawn from it instead, the way
-            ``DataLoader(shuffle=True)`` draws from the global RNG. :func:`fit_stage1` passes a
-            copy of the global RNG taken right after the model is built: one process sees
-            the order a plain shuffled DataLoader would give, and DDP ranks (which Lightning
-            re-seeds while it sets up the process group) see that same order too.
-        rank, world_size: this process's shard; read from ``torch.distributed`` if None.
-    """
-
-    def __init__(
-        self,
-        dataset: CrossSectionDataset,
-        batch_dates: int,
-        *,
-        shuffle: bool = False,
-        seed: int = 0,
-        generator: torch.Generator | None = None,
-        rank: int | None = None,
-        world_size: int | None = None,
-    ) -> None:
-        super().__init__()
-        self.dataset, self.batch_dates = dataset, int(batch_dates)
-        self.shuffle, self.seed, self.generator, self.epoch = shuffle, int(seed), generator, 0
-        self.rank, self.world_size = rank, world_size
-
-    def _shard(self) -> tuple[int, int]:
-        return _distributed_rank() if self.rank is None else (self.rank, self.world_size or 1)
-
-    def _permutation(self) -> torch.Tensor:
-        n = len(self.dataset)
-        if not self.shuffle:
-            return torch.arange(n)
-        if self.generator is not None:  # RandomSampler's recipe, on our own generator
-            seed = int(torch.empty((), dtype=torch.int64).random_(generator=self.generator))
-        else:
-            seed = self.seed + self.epoch
-        return torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-
-    def __len__(self) -> int:
-        # counts do not depend on the order: no RNG draw here
-        return len(shard_batches(torch.arange(len(self.dataset)), self.batch_dates, *self._shard()))
-
-    def __iter__(self):
-        batches = shard_batches(self._permutation(), self.batch_dates, *self._shard())
-        self.epoch += 1
-        for pos in batches:
-            yield default_collate([self.dataset[int(i)] for i in pos])
-
-
-def pairwise_correlation(r: torch.Tensor, min_count: int = 5) -> torch.Tensor:
-    """Pearson correlation of columns of ``r (W, N)`` over their common finite rows.
-
-    Returns ``(N, N)``, NaN on the diagonal and where a pair shares fewer than ``min_count``
-    rows or one side is constant there.
-    """
-    m = torch.isfinite(r).to(torch.float64)  # (W, N)
-    x = torch.nan_to_num(r.to(torch.float64)) * m
-    n = m.T @ m  # (N, N) common rows
-    sx = x.T @ m  # sum of x_i over rows where j is also present
-    sxx = (x * x).T @ m
-    sxy = x.T @ x
-    safe_n = n.clamp(min=1.0)
-    cov = sxy - sx * sx.T / safe_n
-    var_i = sxx - sx * sx / safe_n
-    var_j = var_i.T
-    ok = (n >= min_count) & (var_i > 1e-20) & (var_j > 1e-20)
-    ok &= ~torch.eye(r.shape[1], dtype=torch.bool)
-    corr = cov / torch.sqrt((var_i * var_j).clamp(min=1e-30))
-    return torch.where(ok, corr, torch.nan).to(torch.float32)
-
-
-def cross_sectional_zscore(y: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Z-score ``y (B, N, H)`` across stocks per date and horizon over ``valid``; 0 elsewhere."""
-    w = valid.to(y.dtype)
-    y = torch.where(valid, y, 0.0)
-    n = w.sum(dim=1, keepdim=True).clamp(min=1.0)  # (B, 1, H)
-    mean = y.sum(dim=1, keepdim=True) / n
-    var = (((y - mean) * w) ** 2).sum(dim=1, keepdim=True) / n
-    z = (y - mean) / torch.sqrt(var + 1e-12)
-    return torch.where(valid, z.clamp(-LABEL_CLIP, LABEL_CLIP), 0.0)
-
-
-def cross_sectional_rank_norm(y: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """qlib's CSRankNorm of ``y (B, N, H)``: ``(rank_pct - 0.5) * 3.46`` over ``valid`` stocks
-    per date and horizon (ties averaged); 0 elsewhere. The torch twin of
-    :func:`relcast.features.labels.rank_normalize_labels_cross_section`."""
-    B, N, H = y.shape
-    rows = y.transpose(1, 2).reshape(B * H, N)  # (B * H, N)
-    ok = valid.transpose(1, 2).reshape(B * H, N)
-    ranks = _torch_average_ranks(torch.where(ok, rows, 0.0), ok)  # invalid sort last
-    count = ok.sum(dim=1, keepdim=True).clamp(min=1)
-    z = (ranks / count - 0.5) * CS_RANK_SCALE
-    z = torch.where(ok, z, 0.0).reshape(B, H, N).transpose(1, 2)
-    return z.to(y.dtype)
-
-
-def listnet_loss(
-    pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, temperature: float = 1.0
-) -> torch.Tensor:
-    """ListNet (top-one) loss: cross-entropy between ``softmax(target / temperature)`` and
-    ``softmax(pred)`` over the valid stocks of each date and horizon, averaged over the
-    (date, horizon) rows with >= 2 valid stocks. ``pred, target, valid``: ``(B, N, H)``.
-
-    Masked stocks get neither probability mass nor gradient; log-softmax keeps it stable.
-    """
-    low = torch.finfo(pred.dtype).min  # not -inf: an all-masked row stays finite
-    logits = torch.where(valid, pred, low)
-    goal = torch.where(valid, target / temperature, low)
-    log_p = torch.log_softmax(logits, dim=1)  # over stocks
-    q = torch.softmax(goal, dim=1)
-    ce = -torch.where(valid, q * log_p, 0.0).sum(dim=1)  # (B, H)
-    rows = valid.sum(dim=1) >= 2
-    return ce[rows].mean() if rows.any() else pred.sum() * 0.0
-
-
-def pairwise_rank_loss(
-    pred: torch.Tensor,
-    target: torch.Tensor,
-    valid: torch.Tensor,
-    kind: str = "logistic",
-    pairs_per_stock: int | None = None,
-) -> torch.Tensor:
-    """Pairwise ranking loss over the valid stock pairs of each date and horizon.
-
-    ``"logistic"`` (RankNet): mean ``softplus(-(pred_i - pred_j))`` over pairs with
-    ``target_i > target_j``. ``"hinge"`` (RSR): mean ``relu(-(pred_i - pred_j) *
-    (target_i - target_j))`` over all ordered valid pairs (it is 0 for a constant ``pred``,
-    so RSR adds it to an MSE). Each (date, horizon) row is averaged over its pairs, then rows
-    with a pair are averaged. ``pred, target, valid``: ``(B, N, H)``; memory ``B*H*N^2``.
-
-    ``pairs_per_stock=K < N`` pairs each stock with K partners drawn uniformly (torch's RNG)
-    instead of all N: a sampled estimate of the same mean at memory ``B*H*N*K``.
-    """
-    if kind not in ("logistic", "hinge"):
-        raise ValueError(f"kind must be 'logistic' or 'hinge', got {kind!r}")
-    s = pred.transpose(1, 2)  # (B, H, N)
-    y = torch.where(valid, target, 0.0).transpose(1, 2)
-    ok = valid.transpose(1, 2)
-    B, H, N = s.shape
-    if pairs_per_stock is not None and pairs_per_stock < N:
-        j = torch.randint(N, (B, H, N * pairs_per_stock), device=s.device)  # partners
-
-        def partner(x: torch.Tensor) -> torch.Tensor:
-            return torch.gather(x, 2, j).reshape(B, H, N, pairs_per_stock)  # (B, H, N, K)
-
-        ds = s[..., None] - partner(s)
-        dy = y[..., None] - partner(y)
-        itself = j.reshape(B, H, N, pairs_per_stock) == torch.arange(N, device=s.device)[:, None]
-        pairs = ok[..., None] & partner(ok) & ~itself
-    else:
-        ds = s[..., :, None] - s[..., None, :]  # (B, H, N, N): pred_i - pred_j
-        dy = y[..., :, None] - y[..., None, :]
-        pairs = ok[..., :, None] & ok[..., None, :]
-        pairs = pairs & ~torch.eye(N, dtype=torch.bool, device=s.device)
-    if kind == "logistic":
-        pairs = pairs & (dy > 0)
-        per_pair = F.softplus(-ds)
-    else:
-        per_pair = torch.relu(-ds * dy)
-    n = pairs.sum(dim=(-1, -2))  # (B, H)
-    per_row = torch.where(pairs, per_pair, 0.0).sum(dim=(-1, -2)) / n.clamp(min=1)
-    rows = n > 0
-    return per_row[rows].mean() if rows.any() else pred.sum() * 0.0
+from relcast.training.cross_section_data import CrossSectionDataset, DateBatches
+from relcast.training.metrics import ic_torch, rank_ic_torch
+from relcast.training.ranking_losses import LABEL_NORMS, LOSSES, return_loss
 
 
 def _define_stage1_module() -> type:
@@ -393,29 +116,7 @@ def _define_stage1_module() -> type:
             pred, y = out["pred"], batch["y"]  # (B, N, H) each
             valid = torch.isfinite(y) & batch["mask"][..., None]  # (B, N, H)
             zero = pred.sum() * 0.0  # keeps the graph when a term has nothing to score
-            rank_norm = self.label_norm == "cs_rank"
-            z = (cross_sectional_rank_norm if rank_norm else cross_sectional_zscore)(y, valid)
-            if self.loss_name != "ic":
-                n = valid.sum()
-                ret = ((pred - z) ** 2 * valid).sum() / n if n > 0 else zero
-                if self.loss_name != "mse":
-                    if self.loss_name == "listnet":
-                        rank = listnet_loss(pred, z, valid)
-                    else:
-                        kind = "hinge" if self.loss_name == "pairwise_hinge" else "logistic"
-                        rank = pairwise_rank_loss(
-                            pred, z, valid, kind=kind, pairs_per_stock=PAIRS_PER_STOCK
-                        )
-                    ret = rank + self.rank_mse_weight * ret
-            else:
-                B, N, H = pred.shape
-                ic = ic_torch(
-                    pred.transpose(1, 2).reshape(B * H, N),
-                    (z if rank_norm else y).transpose(1, 2).reshape(B * H, N),
-                    valid.transpose(1, 2).reshape(B * H, N),
-                )  # (B * H,)
-                ok = torch.isfinite(ic)
-                ret = 1.0 - ic[ok].mean() if ok.any() else zero
+            ret = return_loss(pred, y, valid, self.loss_name, self.label_norm, self.rank_mse_weight)
             losses = {"return": ret}
             total = ret
             if self.config.multitask:
@@ -548,7 +249,6 @@ def fit_stage1(
     seed: int = 0,
     train_index: np.ndarray | None = None,
     target: np.ndarray | None = None,
-    preset: str = "small",
     accelerator: str = "auto",
     devices: int | str = 1,
     strategy: str = "auto",
@@ -561,7 +261,8 @@ def fit_stage1(
         features: the feature set; all its columns are Stage1 inputs.
         labels: ``[T, N, H]`` forward returns (NaN where undefined).
         split: an object with ``train`` and ``valid`` date-index arrays.
-        config: model config; default: ``preset`` sized from the data.
+        config: model config (e.g. ``Stage1Config.from_settings(load_config(preset).stage1,
+            ...)``); default: :class:`Stage1Config`'s defaults sized from the data.
         out_dir: run folder for checkpoints and the CSV log.
         sector_ids: per-stock sector (ints or labels such as ``panel.sectors``), or None.
         loss: ``"ic"`` (default), ``"mse"``, ``"listnet"`` or ``"pairwise"``, see the module
@@ -572,7 +273,6 @@ def fit_stage1(
         train_index: train on these dates instead of ``split.train`` (out-of-fold runs).
         target: ``bool [N]``, symbols that count in losses and metrics, e.g.
             ``~panel.is_index`` (default all).
-        preset: preset used when ``config`` is None.
         accelerator, devices, strategy: Lightning's (``strategy="ddp"`` works unchanged).
         progress: show a progress bar.
         trainer_kwargs: other ``lightning.Trainer`` arguments.
@@ -584,14 +284,12 @@ def fit_stage1(
     H = labels.shape[2]
     sectors, num_sectors = (None, 0) if sector_ids is None else encode_sectors(sector_ids, N)
     if config is None:
-        config = Stage1Config.from_preset(
-            preset, num_features=F_, num_stocks=N, num_sectors=num_sectors, horizons=H
-        )
+        config = Stage1Config(num_features=F_, num_stocks=N, num_sectors=num_sectors, horizons=H)
     if (config.num_features, config.num_stocks, config.horizons) != (F_, N, H):
         raise ValueError(
             f"config expects (num_features, num_stocks, horizons) = "
             f"{(config.num_features, config.num_stocks, config.horizons)} but the data has "
-            f"{(F_, N, H)}; build the config with Stage1Config.from_preset(...) from the data"
+            f"{(F_, N, H)}; build the config with Stage1Config.from_settings(...) from the data"
         )
     if sectors is not None and config.num_sectors < num_sectors:
         raise ValueError(f"config.num_sectors={config.num_sectors} < {num_sectors} sectors given")

@@ -332,6 +332,7 @@ def build_feature_store(
     *,
     horizons: int,
     train_end: int,
+    label_delay: int = 0,
     chunk_dates: int = 2048,
     overlap: int = 1024,
     windows: Sequence[int] | None = None,
@@ -348,6 +349,7 @@ def build_feature_store(
             market index (``is_index``).
         dates: all T dates of the source.
         horizons: H of the labels.
+        label_delay: the labels' delay (``data.label_delay``; ``forward_returns(delay=...)``).
         train_end: last date index of the training span (index features' statistics).
         chunk_dates: dates written per chunk; memory grows with ``chunk_dates + overlap``.
         overlap: earlier dates loaded with each chunk to warm up the indicators. It must
@@ -402,10 +404,11 @@ def build_feature_store(
     store = None
     for a in range(0, T, chunk_dates):
         b = min(T, a + chunk_dates)
-        lo, hi = max(0, a - overlap), min(T, b + horizons)  # labels need H dates after b
+        # labels need delay + H dates after b
+        lo, hi = max(0, a - overlap), min(T, b + label_delay + horizons)
         panel = source(lo, hi)
         own = build_features(panel, include_index=False, include_calendar=False, windows=windows)
-        labels = forward_returns(panel, horizons)[a - lo : b - lo]  # (t, N, H)
+        labels = forward_returns(panel, horizons, delay=label_delay)[a - lo : b - lo]  # (t, N, H)
         values = np.concatenate(
             [
                 own.values[a - lo : b - lo],

@@ -10,6 +10,10 @@ Registration
     ``cls.Config(**kwargs)`` (unknown keys raise a ``TypeError`` naming the allowed keys)
     and returns ``cls(config)``. Adding a model = one file + one import line in
     ``relcast/models/temporal/__init__.py`` + its tiny params in the generic test.
+    The registry is the one list of model names: the config accepts ``stage3.models`` from
+    :func:`available_models`, the app offers them, and each model's fields beyond the
+    common ones (:func:`model_hyperparameters`) are its config section ``stage3.<name>``
+    (``--set stage3.tft.num_heads=8``), passed through to its ``Config``.
 
 Config (fields every model has, see :class:`TemporalConfig`)
     ``num_features``, ``horizons``, ``quantiles`` (``None`` = point forecast),
@@ -49,8 +53,10 @@ Shared pieces in :mod:`relcast.models.temporal.losses`
 from __future__ import annotations
 
 import dataclasses
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
 
@@ -60,6 +66,7 @@ __all__ = [
     "create_model",
     "get_model_class",
     "is_sequence_batch",
+    "model_hyperparameters",
     "register_model",
 ]
 
@@ -175,6 +182,18 @@ def get_model_class(name: str) -> type[nn.Module]:
     if name not in _REGISTRY:
         raise KeyError(f"unknown Stage3 model {name!r}; available: {available_models()}")
     return _REGISTRY[name]
+
+
+def model_hyperparameters(name: str) -> dict[str, tuple[Any, Any]]:
+    """``{field: (type, default)}``: the fields of model ``name``'s ``Config`` beyond
+    :data:`COMMON_FIELDS`, i.e. the keys of its config section ``stage3.<name>``."""
+    config_cls = get_model_class(name).Config
+    hints = typing.get_type_hints(config_cls)
+    return {
+        f.name: (hints[f.name], f.default)
+        for f in dataclasses.fields(config_cls)
+        if f.name not in COMMON_FIELDS and f.init
+    }
 
 
 def create_model(name: str, **kwargs) -> nn.Module:

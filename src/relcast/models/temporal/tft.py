@@ -55,12 +55,9 @@ STATIC_NAMES = ("stock", "sector")
 
 @dataclass
 class TFTConfig(TemporalConfig):
-    """TFT hyperparameters; defaults follow the SPEC's medium preset (hidden 64, 4 heads)."""
+    """TFT hyperparameters beyond the common ones (presets live in ``relcast/configs/*.yaml``;
+    the config section ``stage3.tft`` sets these fields)."""
 
-    lookback: int = 90
-    """L, days of history per sample (medium preset)."""
-    horizons: int = 10
-    """H, forecast horizons 1..H days (medium preset)."""
     num_heads: int = 4
     """Attention heads; hidden_size must be divisible by it."""
     variable_hidden_size: int = 16

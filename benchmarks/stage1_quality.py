@@ -59,9 +59,9 @@ def measure(market: str, seed: int, overrides: list[str]) -> dict[str, Any]:
     """One market and seed in this process: train, score, time, measure memory."""
     from relcast.config import load_config
     from relcast.evaluation.metrics import signal_metrics
-    from relcast.evaluation.runner import lightgbm_scores
     from relcast.features import normalize_labels_cross_section
     from relcast.pipeline import Pipeline
+    from relcast.training.baselines import lightgbm_scores
 
     cfg = load_config(
         "small",

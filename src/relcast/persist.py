@@ -8,25 +8,25 @@ renamed into place, so a crash never leaves a half-written artefact under its re
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, fields, is_dataclass
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from relcast.runfolder import RunFolderError, atomic_write
+from relcast.runfolder import RUN_FORMAT, RunFolderError, atomic_write, jsonable, read_json
 
 __all__ = [
     "RUN_FORMAT",
     "RunFolderError",
     "atomic_write_bytes",
+    "jsonable",
     "read_json",
     "read_relationships",
     "relationships_npz",
     "write_json",
 ]
 
-RUN_FORMAT = 1  # bump when the run folder layout changes incompatibly
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> Path:
@@ -36,34 +36,6 @@ def atomic_write_bytes(path: Path, data: bytes) -> Path:
 
 def write_json(path: Path, obj: Any) -> Path:
     return atomic_write_bytes(path, json.dumps(jsonable(obj), indent=2).encode())
-
-
-def read_json(path: Path) -> Any:
-    if not Path(path).exists():
-        raise RunFolderError(f"missing {path}: run the step that writes it first")
-    try:
-        return json.loads(Path(path).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:  # edited or damaged by hand
-        raise RunFolderError(
-            f"{path} is not valid JSON ({exc}); restore it or rerun the step that writes it"
-        ) from None
-
-
-def jsonable(obj: Any) -> Any:
-    """``obj`` with dataclasses, NumPy values and non-finite floats made JSON-friendly."""
-    if is_dataclass(obj) and not isinstance(obj, type):
-        return jsonable(asdict(obj))
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None
-    return obj
 
 
 def save_module(path: Path, module, config: Any, kind: str, **extra: Any) -> Path:

@@ -750,7 +750,7 @@ class Pipeline:
     # ------------------------------------------------------------------ evaluate / report
     @_writes("evaluate")
     def evaluate(self) -> dict:
-        from relcast.evaluation.runner import evaluate_run
+        from relcast.run_evaluation import evaluate_run
 
         start = time.perf_counter()
         metrics = evaluate_run(self)

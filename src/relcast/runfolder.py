@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import secrets
@@ -28,6 +27,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from relcast.fingerprint import data_changes, data_fingerprint, data_paths, panel_hashes
+
+__all__ = [
+    "FILES", "RunFolder", "RunFolderBusy", "RunFolderError", "atomic_write", "data_changes",
+    "data_fingerprint", "data_paths", "jsonable", "panel_hashes", "read_json",
+]  # fmt: skip
+
+RUN_FORMAT = 1  # bump when the run folder layout changes incompatibly
 LOCK = ".relcast.lock"
 JOURNAL = "update.journal"
 STAGED = ".update"  # suffix of a file staged for a journalled commit
@@ -64,6 +73,38 @@ class RunFolderError(RuntimeError):
 
 class RunFolderBusy(RunFolderError):
     """Another process holds the run folder's lock."""
+
+
+# ----------------------------------------------------------------------------- JSON
+def jsonable(obj: Any) -> Any:
+    """``obj`` with dataclasses, NumPy values and non-finite floats made JSON-friendly."""
+    from dataclasses import asdict, is_dataclass
+
+    if is_dataclass(obj) and not isinstance(obj, type):
+        return jsonable(asdict(obj))
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj
+
+
+def read_json(path: str | Path) -> Any:
+    """A JSON file of a run; missing or damaged is a :class:`RunFolderError` naming it."""
+    if not Path(path).exists():
+        raise RunFolderError(f"missing {path}: run the step that writes it first")
+    try:
+        return json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:  # edited or damaged by hand
+        raise RunFolderError(
+            f"{path} is not valid JSON ({exc}); restore it or rerun the step that writes it"
+        ) from None
 
 
 # ----------------------------------------------------------------------------- atomic files
@@ -151,9 +192,79 @@ class RunFolder:
         return atomic_write(self.file(name), data)
 
     def write_json(self, name: str, obj: Any) -> Path:
-        from relcast.persist import jsonable
-
         return self.write(name, json.dumps(jsonable(obj), indent=2).encode())
+
+    # ------------------------------------------------------------------ typed files
+    def has(self, name: str) -> bool:
+        return self.file(name).exists()
+
+    def read_json(self, name: str) -> Any:
+        return read_json(self.file(name))
+
+    def run_info(self) -> dict:
+        """run.json (format, steps done, timings); an empty record before ``prepare``."""
+        return self.read_json("run.json") if self.has("run.json") else {
+            "format": RUN_FORMAT, "steps": {}}  # fmt: skip
+
+    def save_metrics(self, metrics: dict) -> Path:
+        return self.write_json("metrics.json", metrics)
+
+    def load_metrics(self) -> dict:
+        if not self.has("metrics.json"):
+            raise RunFolderError(
+                f"{self.file('metrics.json')} not found: run the evaluate step first "
+                "(relcast evaluate RUN)"
+            )
+        return self.read_json("metrics.json")
+
+    def config_text(self) -> str | None:
+        """config.yaml as text (None when missing)."""
+        return self.file("config.yaml").read_text() if self.has("config.yaml") else None
+
+    def save_table(self, name: str, frame) -> Path:
+        """A pandas DataFrame as Parquet (predictions.parquet, backtest.parquet)."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        buf = pa.BufferOutputStream()
+        pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), buf)
+        return self.write(name, buf.getvalue().to_pybytes())
+
+    def load_table(self, name: str):
+        """A Parquet table as a DataFrame (``date`` as datetime); None when missing."""
+        import pandas as pd
+
+        if not self.has(name):
+            return None
+        frame = pd.read_parquet(self.file(name))
+        if "date" in frame:
+            frame["date"] = pd.to_datetime(frame["date"])
+        return frame
+
+    def save_attention(self, dates, symbols, attention) -> Path:
+        """attention.npz: dates int64 ns ``[D]``, symbols str ``[N]``, float32 ``[D, N, N]``."""
+        import io
+
+        buf = io.BytesIO()
+        np.savez_compressed(
+            buf,
+            dates=np.asarray(dates, dtype="datetime64[ns]").astype("int64"),
+            symbols=np.asarray(symbols).astype(str),
+            attention=np.asarray(attention, dtype=np.float32),
+        )
+        return self.write("attention.npz", buf.getvalue())
+
+    def load_attention(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """``(dates datetime64[ns], symbols, attention)`` from attention.npz; None if missing."""
+        if not self.has("attention.npz"):
+            return None
+        with np.load(self.file("attention.npz"), allow_pickle=False) as z:
+            raw = z["dates"]  # int64 ns (as saved) or datetime64
+            dates = raw if raw.dtype.kind == "M" else raw.astype("int64").astype("M8[ns]")
+            return dates, z["symbols"].astype(str), z["attention"]
+
+    def save_report(self, html_text: str) -> Path:
+        return self.write("report.html", html_text.encode("utf-8"))
 
     def commit(self, files: dict[str, bytes | Callable[[Path], Any]]) -> None:
         """Replace several files together: stage each, journal the renames, apply them."""
@@ -318,86 +429,3 @@ class RunFolder:
             with contextlib.suppress(OSError):
                 path.parent.rmdir()  # the empty checkpoints/ folder
         return found
-
-
-# ----------------------------------------------------------------------------- fingerprint
-def data_paths(source: str, universe: str | None = None) -> list[Path]:
-    """The input files a data source reads (none for the bundled ``demo`` and ``synthetic``)."""
-    paths: list[Path] = []
-    if source not in ("demo", "synthetic"):
-        root = Path(source)
-        if root.is_dir():
-            paths += sorted(p for p in root.rglob("*") if p.is_file())
-        else:
-            paths.append(root)
-    if universe:
-        paths.append(Path(universe))
-    return paths
-
-
-def _file_stats(paths: list[Path]) -> list[dict]:
-    out = []
-    for p in paths:
-        try:
-            st = p.stat()
-            out.append({"path": str(p.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns})
-        except OSError:
-            out.append({"path": str(p.resolve()), "size": None, "mtime_ns": None})
-    return out
-
-
-def panel_hashes(panel) -> dict[str, str]:
-    """SHA-256 of the market's dates and symbols, and of its values and mask."""
-    import numpy as np
-
-    keys = hashlib.sha256()
-    keys.update(np.asarray(panel.dates, dtype="datetime64[ns]").astype("int64").tobytes())
-    keys.update("\n".join(str(s) for s in panel.symbols).encode())
-    values = hashlib.sha256()
-    values.update(np.ascontiguousarray(panel.values, dtype=np.float64).tobytes())
-    values.update(np.ascontiguousarray(panel.mask).tobytes())
-    values.update("\n".join(panel.fields).encode())
-    return {"dates_symbols": keys.hexdigest(), "values": values.hexdigest()}
-
-
-def data_fingerprint(paths: list[Path], panel) -> dict:
-    """What ``prepare`` records: each input file's size and mtime, and the panel's hashes."""
-    return {"files": _file_stats(paths), **panel_hashes(panel)}
-
-
-def data_changes(recorded: dict | None, paths: list[Path], load: Callable[[], Any]) -> str | None:
-    """How the data differs from ``recorded`` (None: unchanged, or no fingerprint recorded).
-
-    Files with the same size and mtime are taken as unchanged without reading them; when a
-    file differs, ``load()`` reads the market and its hashes decide (a file that was only
-    touched or copied is not a change).
-    """
-    if not recorded:
-        return None  # a run from before fingerprints: nothing to compare with
-    now = _file_stats(paths)
-    if now == recorded.get("files"):
-        return None
-    before = {f["path"]: f for f in recorded.get("files", [])}
-    after = {f["path"]: f for f in now}
-    changed = sorted(p for p in after.keys() & before.keys() if after[p] != before[p])
-    added, removed = sorted(after.keys() - before.keys()), sorted(before.keys() - after.keys())
-    try:
-        hashes = panel_hashes(load())
-    except Exception as exc:  # the data no longer reads: a change, say why
-        hashes = {"error": str(exc)}
-    if all(hashes.get(k) == recorded.get(k) for k in ("dates_symbols", "values")):
-        return None
-    parts = []
-    for label, names in (("changed", changed), ("new", added), ("gone", removed)):
-        if names:
-            shown = ", ".join(Path(n).name for n in names[:3])
-            parts.append(
-                f"{label}: {shown}" + (f" (+{len(names) - 3} more)" if len(names) > 3 else "")
-            )
-    if "error" in hashes:
-        what = f"it no longer reads ({hashes['error']})"
-    elif hashes["dates_symbols"] != recorded.get("dates_symbols"):
-        what = "its dates or symbols differ"
-    else:
-        what = "its prices or volumes differ"
-    return f"{'; '.join(parts) or 'input files differ'}; {what}"

@@ -1,0 +1,121 @@
+"""Evaluation without training: score() on planted arrays (relcast.evaluation.scoring)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from relcast.evaluation.scoring import ScoreSettings, score, scored_span
+from relcast.features import Split
+
+T, N, H = 120, 30, 2
+
+
+@pytest.fixture()
+def planted():
+    rng = np.random.default_rng(0)
+    labels = rng.normal(0, 0.02, (T, N, H))
+    mask = rng.random((T, N)) > 0.1
+    labels[~mask] = np.nan
+    dates = np.arange("2020-01-01", T, dtype="datetime64[D]").astype("datetime64[ns]")
+    split = Split(
+        train=np.arange(0, 60), valid=np.arange(63, 80), test=np.arange(83, T),
+        embargo=3, dates=dates,
+    )  # fmt: skip
+    return labels, mask, split
+
+
+def _settings():
+    return ScoreSettings(topk=5, n_drop=1, quantiles=None)
+
+
+def test_perfect_forecast_has_rank_ic_one_and_shuffled_near_zero(planted):
+    labels, mask, split = planted
+    rng = np.random.default_rng(1)
+    perfect = scored_span(labels, mask, split).z  # labels z-scored across stocks per date
+    shuffled = labels[:, rng.permutation(N), :]  # another stock's label: no information
+    metrics = score({"perfect": perfect, "shuffled": shuffled}, labels, mask, split,
+                    _settings())  # fmt: skip
+    perfect, noise = metrics["models"]["perfect"], metrics["models"]["shuffled"]
+    assert perfect["rank_ic"] == pytest.approx(1.0) and perfect["ic"] == pytest.approx(1.0)
+    assert perfect["direction_acc"] == pytest.approx(1.0)
+    assert perfect["rank_ic_by_horizon"]["h2"] == pytest.approx(1.0)
+    # 37 test dates x 27 stocks: the daily rank IC of noise has sd ~ 1/sqrt(26 * 37) ~ 0.03
+    assert abs(noise["rank_ic"]) < 0.1
+    assert abs(noise["rank_ic_t"]) < 3.5
+    assert metrics["test_dates_scored"] == len(split.test)
+
+
+def test_masked_cells_are_ignored(planted):
+    labels, mask, split = planted
+    forecast = labels + np.random.default_rng(3).normal(0, 0.02, labels.shape)
+    pred = np.where(mask[..., None], forecast, 1e6)  # garbage where the mask is off
+    clean = score({"m": np.where(mask[..., None], forecast, 0.0)}, labels, mask, split,
+                  _settings())  # fmt: skip
+    dirty = score({"m": pred}, labels, mask, split, _settings())
+    a, b = clean["models"]["m"], dirty["models"]["m"]
+    for key in ("ic", "rank_ic", "mse", "direction_acc", "rank_ic_t"):
+        assert a[key] == pytest.approx(b[key]), key
+    for key in ("total_return", "information_ratio", "mean_turnover"):
+        assert a["backtest"]["topk"][key] == pytest.approx(b["backtest"]["topk"][key]), key
+
+
+def test_statistics_paired_tests_seeds_and_intervals(planted):
+    labels, mask, split = planted
+    rng = np.random.default_rng(2)
+    good = labels + rng.normal(0, 0.02, labels.shape)
+    noise = rng.normal(0, 1, labels.shape)
+    q = np.stack([good - 5, good, good + 5], axis=-1)  # very wide: covers every label
+    seeds = [good, good + rng.normal(0, 0.01, labels.shape)]
+    metrics = score(
+        {"lightgbm": noise, "stage3_own_gru": noise, "hybrid_gru": good},
+        labels, mask, split, ScoreSettings(topk=5, quantiles=(0.1, 0.5, 0.9)),
+        quantiles={"hybrid_gru": q}, seed_runs={"hybrid_gru": seeds},
+    )  # fmt: skip
+    assert metrics["statistics"]["newey_west_lag"] >= 1
+    assert set(metrics["split"]) == {"train", "valid", "test", "embargo"}
+    row = metrics["models"]["hybrid_gru"]
+    for key in ("ic_t", "ic_p", "rank_ic_t", "rank_ic_p"):
+        assert np.isfinite(row[key]), key
+    assert row["rank_ic_t"] > 3 and row["rank_ic_p"] < 0.01  # the planted signal is found
+    assert row["vs_lightgbm"]["baseline"] == "lightgbm" and row["vs_lightgbm"]["t"] > 3
+    assert row["vs_own"]["baseline"] == "stage3_own_gru"
+    assert row["vs_own"]["forecasts"] == "seed_average" and row["seeds"]["n"] == 2
+    assert row["coverage"] == pytest.approx(1.0) and row["coverage_nominal"] == pytest.approx(0.8)
+    assert "vs_lightgbm" not in metrics["models"]["lightgbm"]
+    assert set(row["backtest"]) == {"topk", "long_short"}
+
+
+def test_naive_zero_has_no_direction_or_backtest(planted):
+    labels, mask, split = planted
+    metrics = score({"naive_zero": np.zeros_like(labels)}, labels, mask, split, _settings())
+    row = metrics["models"]["naive_zero"]
+    assert np.isnan(row["direction_acc"]) and "backtest" not in row
+    assert row["rank_ic_by_horizon"] == {}
+
+
+def test_a_test_date_inside_train_is_refused(planted):
+    labels, mask, split = planted
+    broken = Split(train=np.arange(0, 90), valid=split.valid, test=split.test, embargo=0,
+                   dates=split.dates)  # fmt: skip
+    with pytest.raises(RuntimeError, match="split is broken"):
+        scored_span(labels, mask, broken)
+
+
+def test_scoring_imports_nothing_above_evaluation():
+    import ast
+    from pathlib import Path
+
+    import relcast.evaluation as ev
+
+    # floors above evaluation, and the code that fits models (evaluation only scores)
+    above = ("relcast.pipeline", "relcast.inference", "relcast.app", "relcast.cli",
+             "relcast.run_evaluation", "relcast.training.baselines", "relcast.training.stage",
+             "lightgbm")  # fmt: skip
+    for path in Path(ev.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names.append(node.module)
+            for name in names:
+                assert not name.startswith(above), f"{path.name} imports {name}"

@@ -4,14 +4,12 @@ backtest curves and the HTML report."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-
-import pandas as pd
 
 from relcast.app import views
 from relcast.app.session import check_order, progress_md, run_step
 from relcast.app.ui import Shared, friendly, log_box, plot_image, plots_dir, step_buttons
+from relcast.runfolder import RunFolder
 
 
 def evaluate_choices(run_dir: str | Path) -> dict[str, list[str]]:
@@ -22,7 +20,7 @@ def evaluate_choices(run_dir: str | Path) -> dict[str, list[str]]:
     prediction plot, those with intervals first.
     """
     run = Path(run_dir)
-    predictions = pd.read_parquet(run / "predictions.parquet")
+    predictions = RunFolder(run).load_table("predictions.parquet")
     stocks = sorted(predictions["symbol"].astype(str).unique())
     _, att_symbols, _ = views.read_attention(run)
     targets = [s for s in att_symbols if s in set(stocks)] or list(att_symbols)
@@ -93,11 +91,13 @@ def build(shared: Shared) -> None:
         from relcast.evaluation.report import build_report
 
         run, out = Path(session["run"]), plots_dir(session)
-        report = build_report(run)
+        folder = RunFolder(run)
+        with folder.lock("report"):  # one writer per run folder, as for the CLI's report
+            report = build_report(run)
         c = evaluate_choices(run)
         first, imp, pm = c["targets"][0], c["importance"], c["models"]
         return {
-            table: views.metrics_frame(json.loads((run / "metrics.json").read_text())),
+            table: views.metrics_frame(folder.load_metrics()),
             target: gr.update(choices=c["targets"], value=first),
             heatmap: str(views.attention_plot(run, first, out)),
             imp_model: gr.update(choices=imp, value=imp[0] if imp else None),

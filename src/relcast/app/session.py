@@ -12,7 +12,6 @@ the later ones stale: they must be run again.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -25,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from relcast.data.panel import RelcastDataError
+from relcast.runfolder import RunFolder
 
 STEP_NAMES = {
     "data": "1 Data",
@@ -173,7 +173,7 @@ def run_step(session: dict, command: str) -> Iterator[str]:
 
 def step_summary(run: str | Path, step: str) -> str:
     """What a finished step achieved, from run.json."""
-    info = json.loads((Path(run) / "run.json").read_text())["steps"]
+    info = RunFolder(run).run_info()["steps"]
     if step == "stage1":
         s1, s2 = info.get("stage1", {}), info.get("stage2", {})
         text = (

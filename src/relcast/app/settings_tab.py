@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from relcast.app.session import progress_md, user_error
@@ -15,6 +14,7 @@ from relcast.config import (
     RelcastConfig,
     RelcastConfigError,
 )
+from relcast.runfolder import RunFolder
 
 # The settings widgets, in the order settings_values returns and settings_overrides reads them.
 SETTINGS = (
@@ -112,7 +112,7 @@ def prepare(session: dict, preset: str, overrides: list[str]) -> str:
     run = Path(session["dir"]) / f"run-{session['runs']:02d}"
     Pipeline(cfg, run).prepare()  # bad data or too few dates fail here, before training
     session["run"], session["done"] = str(run), ["data", "settings"]
-    split = json.loads((run / "split.json").read_text())
+    split = RunFolder(run).read_json("split.json")
     d = split["dates"]
     s3 = cfg.stage3
     return "\n".join(

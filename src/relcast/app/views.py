@@ -1,14 +1,13 @@
 """The Evaluate tab's table and plots, drawn from a run folder (no Gradio needed).
 
 The same table and plots as the HTML report: the cells come from
-:func:`relcast.evaluation.report.metrics_table_rows`, the prediction band from
+:func:`relcast.evaluation.metrics_table.metrics_table_rows`, the prediction band from
 :func:`relcast.evaluation.views.prediction_band` and the portfolio curves from
 :func:`relcast.evaluation.views.backtest_series`, so the app cannot drift from the report.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,8 +16,9 @@ import numpy as np
 import pandas as pd
 
 from relcast.evaluation import plots
-from relcast.evaluation.report import COLUMNS, metrics_table_rows
+from relcast.evaluation.metrics_table import COLUMNS, metrics_table_rows
 from relcast.evaluation.views import backtest_series, prediction_band, quantile_columns
+from relcast.runfolder import RunFolder
 
 STRATEGY_NAMES = {"topk": "top-k dropout", "long_short": "long-short"}
 
@@ -39,9 +39,10 @@ def metrics_frame(metrics: Mapping) -> pd.DataFrame:
 
 def read_attention(run_dir: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """attention.npz -> ``dates [T]``, ``symbols [N]``, ``attention [T, N, N]``."""
-    with np.load(Path(run_dir) / "attention.npz", allow_pickle=False) as z:
-        dates = z["dates"].astype("int64").astype("M8[ns]")
-        return dates, z["symbols"].astype(str), z["attention"]
+    stored = RunFolder(run_dir).load_attention()
+    if stored is None:
+        raise FileNotFoundError(f"{Path(run_dir) / 'attention.npz'} not found: evaluate first")
+    return stored
 
 
 def attention_plot(run_dir: str | Path, target: str, out_dir: str | Path) -> Path:
@@ -54,14 +55,17 @@ def attention_plot(run_dir: str | Path, target: str, out_dir: str | Path) -> Pat
 
 def importance_models(run_dir: str | Path) -> list[str]:
     """Models with a variable importance in importance.json (TFT), in file order."""
-    path = Path(run_dir) / "importance.json"
-    return list(json.loads(path.read_text())) if path.exists() else []
+    return list(_importance(run_dir))
+
+
+def _importance(run_dir: str | Path) -> dict:
+    folder = RunFolder(run_dir)
+    return folder.read_json("importance.json") if folder.has("importance.json") else {}
 
 
 def importance_plot(run_dir: str | Path, model: str, out_dir: str | Path) -> Path | None:
     """Variable importance bars of a TFT model (None if the run has no importance)."""
-    path = Path(run_dir) / "importance.json"
-    importance = json.loads(path.read_text()) if path.exists() else {}
+    importance = _importance(run_dir)
     if model not in importance:
         return None
     return plots.variable_importance(
@@ -90,7 +94,7 @@ def prediction_plot(
     Models are trained on labels z-scored across stocks at each date, so the realised label
     is z-scored the same way (and point scores without quantiles too, whatever their scale).
     """
-    frame = pd.read_parquet(Path(run_dir) / "predictions.parquet")
+    frame = RunFolder(run_dir).load_table("predictions.parquet")
     band = prediction_band(frame, model, symbol, horizon)
     return plots.prediction_bands(
         band.dates,
@@ -106,7 +110,7 @@ def prediction_plot(
 
 def backtest_plot(run_dir: str | Path, strategy: str, out_dir: str | Path) -> Path:
     """Cumulative returns after costs of every model's ``topk`` or ``long_short`` portfolio."""
-    series, bench = backtest_series(pd.read_parquet(Path(run_dir) / "backtest.parquet"), strategy)
+    series, bench = backtest_series(RunFolder(run_dir).load_table("backtest.parquet"), strategy)
     return plots.cumulative_returns(
         series,
         Path(out_dir) / f"cumulative_{strategy}.png",

@@ -144,14 +144,15 @@ def run(
     flags = {"data.source": data, "data.universe": universe_text, "evaluation.seeds": seeds}
     values = {key: value for key, value in flags.items() if value is not None}
     cfg = load_config(preset, config, set_ or [], values)
-    if out.exists() and (out / "run.json").exists() and not force:
-        existing = Pipeline.open(out)
-        if existing.config != cfg:
-            _fail(f"{out} holds a run with a different config; use another --out or --force")
+    # a folder holding another config is refused by Pipeline.run, once it holds the folder's
+    # lock: a folder in use says so first (checked here, a run starting meanwhile could mix)
     pipe = Pipeline(cfg, out)
     metrics = pipe.run(force=force)
+    from relcast import distributed
     from relcast.evaluation.report import metrics_table_text
 
+    if not distributed.is_main():
+        return  # under torchrun, rank 0 speaks for the run
     typer.echo(metrics_table_text(metrics))
     typer.echo(f"\nrun folder: {out}\nreport: {out / 'report.html'}")
 

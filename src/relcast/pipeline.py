@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from relcast import distributed
 from relcast.config import RelcastConfig, RelcastConfigError, check_trainer
 from relcast.data.panel import Panel, RelcastDataError, format_names
 from relcast.features.normalize import scalers_to_dict
@@ -50,11 +51,13 @@ from relcast.persist import (
 from relcast.runfolder import RunFolder, data_changes, data_fingerprint, data_paths
 
 STEPS = ("prepare", "stage1", "stage2", "extract", "stage3", "evaluate", "report")
+TRAINING_STEPS = ("stage1", "extract", "stage3")  # run on every rank under torchrun
 NORMALIZATION = "normalization.json"  # training-span feature statistics (features.normalize)
 
 
 def _log(msg: str) -> None:
-    print(f"[relcast] {msg}", flush=True)
+    if distributed.is_main():  # one voice per run, also under torchrun
+        print(f"[relcast] {msg}", flush=True)
 
 
 def _format_scales(scales: dict[str, dict[str, float]]) -> str:
@@ -206,8 +209,9 @@ class Pipeline:
         return bool(self.config.trainer.progress)
 
     def _trainer_kwargs(self) -> dict:
-        t = self.config.trainer
+        t = distributed.trainer_settings(self.config.trainer)  # ddp over torchrun's processes
         kw = dict(accelerator=t.accelerator, devices=t.devices, strategy=t.strategy)
+        kw["precision"] = t.precision
         if t.num_nodes > 1:
             kw["num_nodes"] = t.num_nodes
         return kw
@@ -228,7 +232,8 @@ class Pipeline:
                 f"{need}; use more data or a shorter stage3.lookback"
             )
         _check_universe(panel, self.config)
-        check_trainer(self.config.trainer)  # a device this machine lacks fails now, not later
+        # a device this machine lacks fails now, not later (as Lightning sees it under torchrun)
+        check_trainer(distributed.trainer_settings(self.config.trainer))
         ends = {k: getattr(self.config.split, k) for k in ("train_end", "valid_end", "test_end")}
         try:
             split = chronological_split(
@@ -250,7 +255,7 @@ class Pipeline:
         self.folder.write("config.yaml", self.config.to_yaml().encode())
         self.folder.write("panel.parquet", panel.to_parquet)
         if panel.health is not None:  # what the reader masked or repaired, by reason and symbol
-            panel.health.save(self.dir / "data_health.json")
+            self.folder.write_json("data_health.json", panel.health.to_dict())
             if panel.health.totals():
                 counts = panel.health.totals().items()
                 _log("data health: " + ", ".join(f"{r} {n}" for r, n in counts))
@@ -409,7 +414,7 @@ class Pipeline:
             label_norm=s.label_norm,
             rank_mse_weight=s.rank_mse_weight,
             max_epochs=s.max_epochs,
-            batch_dates=s.batch_dates,
+            batch_dates=distributed.per_rank(s.batch_dates),  # global batch / ranks
             lr=s.lr,
             patience=s.patience,
             seed=self.config.trainer.seed,
@@ -423,30 +428,26 @@ class Pipeline:
         from relcast.models.cross_sectional import Stage1Config
         from relcast.training.stage1 import encode_sectors, fit_stage1
 
-        s = self.config.stage1
         f = self.features
         _, num_sectors = encode_sectors(self.panel.sectors, self.panel.num_symbols)
-        cfg = Stage1Config(
+        cfg = Stage1Config.from_settings(  # the stage1 section + the sizes of the data
+            self.config.stage1,
             num_features=len(f.names),
             num_stocks=self.panel.num_symbols,
             num_sectors=num_sectors,
             horizons=self.stage1_labels.shape[2],
-            d_model=s.d_model,
-            n_heads=s.n_heads,
-            n_layers=s.n_layers,
-            dropout=s.dropout,
-            relationship_dim=s.relationship_dim,
-            use_sector_embedding=s.use_sector_embedding,
-            multitask=s.multitask,
         )
-        _log(f"Stage1: {cfg.d_model}d x {cfg.n_layers} layers on {cfg.num_stocks} symbols")
+        _log(f"Stage1: {cfg.d_model}d x {cfg.num_layers} layers on {cfg.num_stocks} symbols")
         result = fit_stage1(
             f, self.stage1_labels, self.split, cfg, out_dir=self.dir / "logs" / "stage1",
             **self._stage1_fit_kwargs(),
         )  # fmt: skip
+        self._cache["stage1"] = result.model
+        distributed.barrier()  # every rank has read the best checkpoint before it goes
+        if not distributed.is_main():
+            return  # rank 0 owns the run folder
         save_module(self.dir / "stage1" / "model.safetensors", result.model, asdict(cfg), "stage1")
         self.folder.drop_checkpoints()  # the weights are safetensors now; no pickles kept
-        self._cache["stage1"] = result.model
         self._mark(
             "stage1",
             result.train_seconds,
@@ -537,14 +538,18 @@ class Pipeline:
         from relcast.relationships import make_extractor
         from relcast.training.stage1 import encode_sectors
 
+        r = self.config.relationships
         sector_ids, _ = encode_sectors(self.panel.sectors, self.panel.num_symbols)
         return make_extractor(
-            self.config.relationships.extractor,
+            r.extractor,
             is_index=self.panel.is_index,
             sector_ids=sector_ids,
+            method=r.v2.method,
             n_components=self.config.stage1.relationship_dim,
             # V3 recovers realised returns from the labels: it must know how late they start
             label_delay=self.config.data.label_delay,
+            seed=self.config.trainer.seed,
+            **r.v3.model_dump(),  # V3's settings (the other extractors take none)
         )
 
     @_writes("extract")
@@ -557,6 +562,7 @@ class Pipeline:
             f"extracting {self.config.relationships.extractor} relationship features "
             f"({'out-of-fold, ' + str(folds) + ' folds' if folds else 'leaky: no folds'})"
         )
+        mine = distributed.is_main()  # rank 0 writes the store
         store = build_relationship_store(
             self.features,
             self.stage1_labels,
@@ -567,13 +573,16 @@ class Pipeline:
             oof=folds > 0,
             embargo=self.config.embargo + self.config.data.label_delay,
             out_dir=self.dir / "logs" / "stage1_folds",
-            out_path=self.dir / "data_with_relationships.parquet",
+            out_path=self.dir / "data_with_relationships.parquet" if mine else None,
             full_model=self.stage1_model,
             **self._stage1_fit_kwargs(),
         )
+        self._cache["extractor"] = store.full_extractor
+        distributed.barrier()  # every rank has read its fold checkpoints before they go
+        if not distributed.is_main():
+            return
         self._save_relationships(store.names, store.values, store.mask, store.fold_of)
         self.folder.drop_checkpoints()  # fold models were only needed to extract
-        self._cache["extractor"] = store.full_extractor
         self._mark("extract", store.build_seconds, columns=len(store.names), folds=folds)
         _log(f"{len(store.names)} relationship columns in {store.build_seconds:.0f}s")
 
@@ -624,15 +633,6 @@ class Pipeline:
             rel = self.relationships if relationships is None else relationships
         return assemble_inputs(features, rel, feature_set, sectors=self.panel.sectors)
 
-    def _stage3_hparams(self, model: str) -> dict:
-        s = self.config.stage3
-        hp: dict[str, Any] = {"hidden_size": s.hidden_size, "dropout": s.dropout}
-        if model in ("lstm", "gru"):
-            hp["num_layers"] = s.num_layers
-        if model == "tft":
-            hp["num_heads"] = s.heads
-        return hp
-
     def seed_folders(self, name: str) -> list[str]:
         """Stage3 folders of one model: ``name`` (seed 0) then ``name@seed<k>``."""
         return [name] + [f"{name}@seed{k}" for k in range(1, self.config.evaluation.seeds)]
@@ -651,10 +651,10 @@ class Pipeline:
             self.labels,
             self.split,
             lookback=s.lookback,
-            hparams=self._stage3_hparams(model),
+            hparams=s.hparams(model),  # shared hidden_size/dropout + the stage3.<model> section
             quantiles=s.quantiles,
             max_epochs=s.max_epochs,
-            batch_size=s.batch_size,
+            batch_size=distributed.per_rank(s.batch_size),  # global batch / ranks
             chunk_length=s.chunk_length,
             lr=s.lr,
             patience=s.patience,
@@ -696,6 +696,9 @@ class Pipeline:
                 model, inputs, seed_offset=k, regime_gate=gated, name=name
             )
             extra = {"regime_gate": result.model.spec()} if gated else {}
+            distributed.barrier()  # every rank has read the best checkpoint before it goes
+            if not distributed.is_main():
+                continue  # rank 0 owns the run folder
             save_module(
                 folder / "model.safetensors",
                 result.model,
@@ -718,6 +721,8 @@ class Pipeline:
                 f"Stage3 {name}: best val rank IC {result.best_val_rank_ic:.4f}, "
                 f"{result.seconds_per_epoch:.1f}s/epoch"
             )
+        if not distributed.is_main():
+            return
         info = self._info()
         previous = info["steps"].get("stage3", {}).get("models", {})
         self._mark(
@@ -770,18 +775,24 @@ class Pipeline:
     @_writes("run")
     def run(self, *, force: bool = False) -> dict:
         """Every step in order; steps already done are skipped unless ``force``."""
+        distributed.init()  # under torchrun/srun: rank 0 writes, every rank trains
         total = time.perf_counter()
-        if not force and self.done("prepare"):
-            self.check_resumable()
+        if not force:
+            distributed.on_main("resume", lambda: self.done("prepare") and self.check_resumable())
         for step in STEPS:
-            if step == "prepare" and not force and self.done("prepare"):
+            # rank 0 reads the run folder and decides; every rank follows the same plan
+            skip = distributed.broadcast(not force and distributed.is_main() and self.done(step))
+            if skip:
+                if step != "prepare":
+                    _log(f"{step}: done already, skipped")
                 continue
-            if not force and self.done(step):
-                _log(f"{step}: done already, skipped")
-                continue
-            if step == "stage3":
-                self.stage3(resume=not force)
-            else:
-                getattr(self, step)()
+            if step in TRAINING_STEPS:  # data-parallel on every rank, rank 0 writes
+                if step == "stage3":
+                    self.stage3(resume=not force)
+                else:
+                    getattr(self, step)()
+                distributed.barrier()  # the step's files are written before anyone reads them
+            else:  # rank 0 alone; the others wait, and stop if it fails
+                distributed.on_main(step, getattr(self, step))
         _log(f"run finished in {time.perf_counter() - total:.0f}s -> {self.dir}")
         return read_json(self.dir / "metrics.json")

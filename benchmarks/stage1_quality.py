@@ -47,8 +47,8 @@ QUICK = dict(
         "data.synthetic_days=400",
         "stage1.max_epochs=2",
         "stage1.d_model=16",
-        "stage1.n_heads=2",
-        "stage1.n_layers=1",
+        "stage1.num_heads=2",
+        "stage1.num_layers=1",
         "stage2.n_estimators=20",
     ],
 )

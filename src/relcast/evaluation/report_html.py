@@ -43,7 +43,7 @@ _CONFIG_SUMMARY = (
     ("data source", ("data", "source")),
     ("horizons", ("data", "horizons")),
     ("label delay", ("data", "label_delay")),
-    ("Stage1 width x layers", ("stage1", "d_model"), ("stage1", "n_layers")),
+    ("Stage1 width x layers", ("stage1", "d_model"), ("stage1", "num_layers")),
     ("Stage1 loss", ("stage1", "loss")),
     ("Stage2 enabled", ("stage2", "enabled")),
     ("relationship extractor", ("relationships", "extractor")),

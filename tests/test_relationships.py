@@ -28,8 +28,8 @@ def market(make_market):
         num_stocks=len(panel.symbols),
         horizons=H,
         d_model=16,
-        n_heads=2,
-        n_layers=1,
+        num_heads=2,
+        num_layers=1,
         relationship_dim=4,
         dropout=0.0,
     )
@@ -46,9 +46,10 @@ def fake_stage1(monkeypatch):
     """Replace Stage1 training by a seeded untrained model; record what each model trained on."""
     from relcast.training import stage1
 
-    trained = []  # (model, train_index)
+    trained = _Trained()  # (model, train_index)
 
     def fake_fit(features, labels, split, config, *, train_index=None, **kw):
+        fake_fit.kwargs.append(kw)
         torch.manual_seed(len(trained))
         model = CrossSectionalTransformer(config).eval()
         with torch.no_grad():
@@ -56,8 +57,14 @@ def fake_stage1(monkeypatch):
         trained.append((model, np.asarray(split.train if train_index is None else train_index)))
         return _Result(model)
 
+    fake_fit.kwargs = []  # the training arguments of each model, in training order
     monkeypatch.setattr(stage1, "fit_stage1", fake_fit)
+    trained.fit_kwargs = fake_fit.kwargs
     return trained
+
+
+class _Trained(list):
+    fit_kwargs: list
 
 
 class RecordingPCA(EmbeddingExtractor):
@@ -90,8 +97,10 @@ def _leaks(store, trained, features, train_dates, T):
     return leaks, len(train_dates)
 
 
-@pytest.mark.parametrize("oof", [True, False])
-def test_no_training_row_comes_from_a_model_that_saw_its_label(market, fake_stage1, oof):
+@pytest.mark.parametrize(("oof", "fold_epochs"), [(True, None), (True, 2), (False, None)])
+def test_no_training_row_comes_from_a_model_that_saw_its_label(
+    market, fake_stage1, oof, fold_epochs
+):
     f, labels, split = market["features"], market["labels"], market["split"]
     T = len(f.dates)
     store = build_relationship_store(
@@ -103,6 +112,9 @@ def test_no_training_row_comes_from_a_model_that_saw_its_label(market, fake_stag
         n_folds=3,
         oof=oof,
         align=False,
+        fold_epochs=fold_epochs,
+        max_epochs=7,
+        patience=3,
     )
     assert store.values.shape == (T, len(f.symbols), 4)
     assert len(fake_stage1) == (4 if oof else 1)
@@ -117,6 +129,27 @@ def test_no_training_row_comes_from_a_model_that_saw_its_label(market, fake_stag
         assert (np.diff(store.fold_of[split.train]) >= 0).all()
     else:
         assert len(leaks) == checked  # the check can fail: the leaky store fails it
+
+
+def test_fold_epochs_fix_the_fold_models_epochs_only(market, fake_stage1):
+    """fold_epochs: fold models train that many epochs and validate once, at the end; the
+    full model keeps early stopping."""
+    f, labels, split = market["features"], market["labels"], market["split"]
+    build_relationship_store(
+        f, labels, split, market["config"], EmbeddingExtractor("bottleneck"), n_folds=2,
+        fold_epochs=4, max_epochs=9, patience=3,
+    )  # fmt: skip
+    full, *folds = fake_stage1.fit_kwargs  # the full model is trained first
+    assert (full["max_epochs"], full["patience"]) == (9, 3)
+    assert "check_val_every_n_epoch" not in full
+    assert len(folds) == 2
+    for kw in folds:
+        assert (kw["max_epochs"], kw["check_val_every_n_epoch"]) == (4, 4)
+        assert kw["patience"] > 4  # early stopping cannot end it first
+    with pytest.raises(ValueError, match="fold_epochs"):
+        build_relationship_store(
+            f, labels, split, market["config"], EmbeddingExtractor("bottleneck"), fold_epochs=0
+        )
 
 
 def test_fold_extractors_see_only_their_models_labels(market, fake_stage1):
@@ -166,10 +199,13 @@ def test_real_stage1_store_and_parquet_round_trip(market, tmp_path):
         out_dir=tmp_path / "runs",
         out_path=tmp_path / "rel.parquet",
         max_epochs=2,
+        fold_epochs=1,
         progress=False,
         target=~market["panel"].is_index,
     )
     assert len(store.models) == 3 and store.build_seconds > 0
+    assert [rec["epochs"] for rec in store.models[:-1]] == [1, 1]  # fold models: fold_epochs
+    assert all(np.isfinite(rec["best_val_rank_ic"]) for rec in store.models[:-1])
     for rec in store.models[:-1]:  # fold models: disjoint label windows
         assert not label_dates_used(rec["train_index"], H, len(f.dates))[
             rec["extracted_index"]

@@ -24,7 +24,18 @@ model, but learned embeddings (V2 ``rel_emb_*``, V3 ``ctr_*``) live in an arbitr
 model. With ``align=True`` each fold model's embedding blocks are rotated onto the full model's
 basis by orthogonal Procrustes, fitted on that fold model's own training dates (never on fold
 k's dates). The rotation is a K x K orthogonal matrix; it carries next to no information about
-fold k's labels and makes the features mean one thing across folds for Stage3.
+fold k's labels and makes the features mean one thing across folds for Stage3. It is fitted on
+at most ``ALIGN_DATES`` evenly spaced dates of those (64 dates x N stocks rows for a K <= 64
+rotation), not on all of them: extracting every training date again per fold cost as much as
+a training epoch at 1,026 stocks.
+
+Cost
+----
+The store trains ``n_folds`` extra Stage1 models. With ``fold_epochs`` they train for that
+many epochs and are validated once, at the end (no early stopping, no validation pass per
+epoch); the pipeline passes the full model's best epoch count (``relationships.oof_epochs``).
+Warm-starting fold models from the full model would be cheaper still, and would leak: the
+full model trained on fold k's labels.
 """
 
 from __future__ import annotations
@@ -58,6 +69,8 @@ FULL_MODEL = -1
 # Column prefixes of learned embedding blocks whose basis differs between models.
 ALIGNABLE_PREFIXES = ("rel_emb_", "ctr_")
 NOT_ALIGNABLE_PREFIXES = ("ctr_sim_",)
+ALIGN_DATES = 64
+"""Most dates of a fold model's own training span its Procrustes rotation is fitted on."""
 
 
 @dataclass(eq=False)
@@ -230,6 +243,7 @@ def build_relationship_store(
     out_path: str | Path | None = None,
     seed: int = 0,
     full_model: Any = None,
+    fold_epochs: int | None = None,
     **fit_kwargs: Any,
 ) -> RelationshipStore:
     """Train Stage1 model(s) and extract relationship features for every date.
@@ -257,6 +271,10 @@ def build_relationship_store(
         seed: Stage1 seed (the same for every model).
         full_model: an already trained Stage1 on the full training span (``split.train``) to
             reuse instead of training it again; fold models are still trained here.
+        fold_epochs: train each fold model for exactly this many epochs, validating once at
+            the end (e.g. the full model's best epoch count); None: early stopping on the
+            validation Rank IC like the full model (``max_epochs``/``patience`` of
+            ``fit_kwargs``), with a validation pass every epoch.
         fit_kwargs: passed to ``fit_stage1`` (``max_epochs``, ``loss``, ``target``, ...).
     """
     from relcast.training import stage1 as stage1_training
@@ -266,6 +284,8 @@ def build_relationship_store(
         labels = labels[..., None]
     H = labels.shape[2]
     embargo = H if embargo is None else int(embargo)
+    if fold_epochs is not None and int(fold_epochs) < 1:
+        raise ValueError(f"fold_epochs must be >= 1 (None: early stopping), got {fold_epochs}")
     T, N = features.mask.shape
     train = np.sort(np.asarray(split.train, dtype=np.int64))
     start = time.perf_counter()
@@ -275,8 +295,13 @@ def build_relationship_store(
     try:
 
         def fit_and_extract(
-            name: str, fit_index: np.ndarray, model: Any = None
+            name: str, fit_index: np.ndarray, model: Any = None, fixed_epochs: int | None = None
         ) -> tuple[Any, Any, dict]:
+            kwargs = dict(fit_kwargs)
+            if fixed_epochs is not None:  # no early stopping: one validation, after the last
+                epochs = int(fixed_epochs)
+                kwargs.update(max_epochs=epochs, patience=epochs + 1)
+                kwargs["check_val_every_n_epoch"] = epochs
             if model is None:
                 result = stage1_training.fit_stage1(
                     features,
@@ -287,7 +312,7 @@ def build_relationship_store(
                     sector_ids=sector_ids,
                     seed=seed,
                     train_index=fit_index,
-                    **fit_kwargs,
+                    **kwargs,
                 )
             else:  # reuse the caller's full-span model
                 result = SimpleNamespace(
@@ -303,6 +328,7 @@ def build_relationship_store(
                 "train_index": fit_index,
                 "train_seconds": float(result.train_seconds),
                 "best_val_rank_ic": float(result.best_val_rank_ic),
+                "epochs": len(getattr(result, "history", None) or []),
             }
             return result.model, ext, record
 
@@ -318,16 +344,22 @@ def build_relationship_store(
         if oof and n_folds > 0:
             blocks = _alignable_blocks(names) if align else []
             for k, (fit_index, fold_index) in enumerate(purged_folds(train, n_folds, embargo)):
-                model_k, ext_k, record = fit_and_extract(f"fold_{k}", fit_index)
+                model_k, ext_k, record = fit_and_extract(
+                    f"fold_{k}", fit_index, fixed_epochs=fold_epochs
+                )
                 rel = ext_k.extract(model_k, features, fold_index)  # (T_k, N, K)
                 if rel.names != names:
                     raise RuntimeError("fold and full extractors produced different columns")
                 fold_values = rel.values.copy()
                 if blocks:
                     # Rotation fitted on the fold model's own training dates (not fold k's).
-                    own = ext_k.extract(model_k, features, fit_index)
-                    ref = full_rel.values[fit_index]
-                    both = own.mask & full_rel.mask[fit_index]
+                    align_index = fit_index
+                    if len(fit_index) > ALIGN_DATES:  # evenly spaced, distinct
+                        pick = np.linspace(0, len(fit_index) - 1, ALIGN_DATES).round()
+                        align_index = fit_index[pick.astype(np.int64)]
+                    own = ext_k.extract(model_k, features, align_index)
+                    ref = full_rel.values[align_index]
+                    both = own.mask & full_rel.mask[align_index]
                     for cols in blocks:
                         rot = procrustes_rotation(own.values[both][:, cols], ref[both][:, cols])
                         fold_values[..., cols] = fold_values[..., cols] @ rot.astype(np.float32)

@@ -37,9 +37,11 @@ bench-real: $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[bench]' torch==2.13.0
 	$(BIN)/python -m benchmarks.real_nasdaq
 
-# Stage1 cost vs N (100/1,000/3,000 stocks) and Stage3 from a 15 GB memory-mapped store (~15 min)
+# Stage1 cost vs N (100/1,000/3,000 stocks) and Stage3 from a 15 GB memory-mapped store (~15 min);
+# the whole run in 1 vs 2 processes under torchrun (benchmarks/scale_out.py)
 bench-large: $(STAMP)
 	$(BIN)/python -m benchmarks.scale_large
+	$(BIN)/python -m benchmarks.scale_out
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

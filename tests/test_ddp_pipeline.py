@@ -183,3 +183,51 @@ def test_resume_under_torchrun_skips_done_steps(runs, tmp_path):
     assert proc.stdout.count("done already") == 6  # said once (by rank 0), for every step
     assert stamps() == before
     assert written(tmp_path / "writes" / "rank1.json", runs["ddp"]) == {}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_node_rehearsal_on_localhost(runs, tmp_path):
+    """Two `torchrun --nnodes=2` launches (one process each) meet at a c10d rendezvous, as two
+    machines sharing the run folder would; the run equals the one-process run."""
+    out = tmp_path / "two_nodes"
+    endpoint = f"localhost:{_free_port()}"
+    procs = [
+        subprocess.Popen(
+            torchrun(
+                "--nnodes=2",
+                f"--node_rank={node}",
+                "--nproc_per_node=1",
+                "--rdzv_backend=c10d",
+                f"--rdzv_endpoint={endpoint}",
+                "--rdzv_id=relcast-test",
+                str(SCRIPT),
+                str(tmp_path / f"writes_node{node}"),
+            )  # fmt: skip
+            + relcast_args(out),
+            env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for node in (0, 1)
+    ]
+    outputs = [proc.communicate(timeout=300) for proc in procs]
+    for proc, (stdout, stderr) in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, stdout[-2000:] + stderr[-6000:]
+    writes = [written(log, out) for log in sorted(tmp_path.glob("writes_node*/rank*.json"))]
+    assert sorted(sum(writes, collections.Counter()).items()) == sorted(
+        written(runs["root"] / "writes_single" / "rank0.json", runs["single"]).items()
+    )
+    assert sorted(len(w) == 0 for w in writes) == [False, True]  # one rank wrote everything
+    keys = ["date", "symbol", "model", "horizon"]
+    single = pd.read_parquet(runs["single"] / "predictions.parquet").sort_values(keys)
+    nodes = pd.read_parquet(out / "predictions.parquet").sort_values(keys)
+    np.testing.assert_allclose(nodes["pred"], single["pred"], atol=TOL, rtol=0)

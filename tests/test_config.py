@@ -247,3 +247,16 @@ def test_settings_reach_stage1_and_the_extractors(tmp_path):
     pipe.config = load_config(overrides=["relationships.v2.method=pca"])
     v2 = pipe.make_extractor()
     assert (v2.method, v2.n_components) == ("pca", 16)
+
+
+def test_the_reports_config_summary_reads_keys_that_exist():
+    """The report's summary names config keys by path: each must be a key of the config."""
+    from relcast.evaluation.report_html import _CONFIG_SUMMARY
+
+    dumped = load_config("small").model_dump(mode="json")
+    for label, *paths in _CONFIG_SUMMARY:
+        for path in paths:
+            node = dumped
+            for key in path[:-1]:
+                node = node[key]
+            assert path[-1] in node, f"report row {label!r} reads {'.'.join(path)}"

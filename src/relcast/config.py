@@ -127,7 +127,7 @@ class TrainerSettings(_Section):
 class RelcastConfig(_Section):
     """The whole run. Every field has a default; presets override a few."""
 
-    preset: Literal["small", "medium", "large"] = "small"
+    preset: Literal[PRESETS] = "small"
     data: DataConfig = DataConfig()
     split: SplitConfig = SplitConfig()
     stage1: Stage1Settings = Stage1Settings()

@@ -6,7 +6,7 @@ them from presets, files and ``--set``.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -70,6 +70,11 @@ class DataConfig(_Section):
         return value
 
     label_delay: int = Field(0, ge=0, le=5, description="0: trade at t's close; 1: qlib's t+1")
+    store: Literal["memory", "memmap"] = Field(
+        "memory",
+        description="where features and labels live: in memory, or a memory-mapped store in "
+        "the run folder (feature_store/) that every step reads (docs/scaling.md)",
+    )
     synthetic_stocks: int = Field(20, ge=2, description="stocks when source is 'synthetic'")
     synthetic_days: int = Field(800, ge=50, description="days when source is 'synthetic'")
     alpha158: bool = Field(

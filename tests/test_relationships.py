@@ -9,6 +9,7 @@ from relcast.models.cross_sectional import CrossSectionalTransformer, Stage1Conf
 from relcast.models.extractors import EmbeddingExtractor
 from relcast.relationships import (
     RelationshipStore,
+    best_epoch_count,
     build_relationship_store,
     label_dates_used,
     make_extractor,
@@ -150,6 +151,12 @@ def test_fold_epochs_fix_the_fold_models_epochs_only(market, fake_stage1):
         build_relationship_store(
             f, labels, split, market["config"], EmbeddingExtractor("bottleneck"), fold_epochs=0
         )
+
+
+def test_best_epoch_count_matches_the_checkpoint_rule():
+    history = [{"val_rank_ic": v} for v in (0.1, 0.3, float("nan"), 0.3, 0.2)]
+    assert best_epoch_count(history) == 2  # the first best, as ModelCheckpoint keeps it
+    assert best_epoch_count([{"train_loss": 1.0}]) == 0  # never validated
 
 
 def test_fold_extractors_see_only_their_models_labels(market, fake_stage1):

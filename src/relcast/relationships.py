@@ -398,6 +398,15 @@ def build_relationship_store(
     return store
 
 
+def best_epoch_count(history: Sequence[dict[str, float]], monitor: str = "val_rank_ic") -> int:
+    """Epochs up to and including the best ``monitor`` value of a ``fit_stage1`` history (the
+    ``fold_epochs`` that matches the full model); 0 if it was never logged."""
+    scores = np.array([h.get(monitor, np.nan) for h in history], dtype=np.float64)
+    if not np.isfinite(scores).any():
+        return 0
+    return int(np.nanargmax(scores)) + 1  # the first best, as the checkpoint keeps it
+
+
 def label_dates_used(train_index: np.ndarray, horizons: int, num_dates: int) -> np.ndarray:
     """``bool [T]``: dates inside the label window ``s .. s + horizons`` of a training date s."""
     used = np.zeros(num_dates + horizons + 1, dtype=bool)

@@ -8,9 +8,9 @@ Each run is a subprocess (``torchrun`` for 2 processes, launched from the reposi
 every rank records its own peak RSS (``ru_maxrss``) at exit through this module's ``--child``
 mode, so the figure is per process, not the sum. Results in
 ``benchmarks/results/scale_out.json``. The memory-mapped run at 1,000 stocks x 100,000
-minute bars needs ``data.store: memmap`` in the pipeline, which is not wired yet: the result
-says so instead of a number (``benchmarks/scale_large.py --memmap`` measures Stage3 alone
-from a store).
+minute bars needs the pipeline's ``data.store: memmap`` to build features chunk by chunk,
+which it does not yet: the result says so instead of a number
+(``benchmarks/scale_large.py --memmap`` measures Stage3 alone from a store).
 """
 
 from __future__ import annotations
@@ -104,7 +104,9 @@ def run(quick: bool = False) -> dict:
         "ratios": {"wall_2_over_1": ratio(two["wall_seconds"], one["wall_seconds"])},
         "memmap_1000x100000": {
             "measured": False,
-            "why": "data.store: memmap is not wired into the pipeline yet (issue 16 item 3)",
+            "why": "data.store: memmap reads every step from the store, but prepare still "
+            "builds the features in memory and Stage3 assembles its inputs in memory "
+            "(docs/scaling.md): a 1,000 x 100,000 run would not fit, so it is not run",
         },
         "load_average_before": os.getloadavg(),
     }

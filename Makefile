@@ -38,10 +38,12 @@ bench-real: $(STAMP)
 	$(BIN)/python -m benchmarks.real_nasdaq
 
 # Stage1 cost vs N (100/1,000/3,000 stocks) and Stage3 from a 15 GB memory-mapped store (~15 min);
-# the whole run in 1 vs 2 processes under torchrun (benchmarks/scale_out.py)
+# the whole run in 1 vs 2 processes under torchrun (benchmarks/scale_out.py); Stage1 dates/s and
+# the out-of-fold store at 1,026 stocks (benchmarks/stage1_scale.py, ~15 min)
 bench-large: $(STAMP)
 	$(BIN)/python -m benchmarks.scale_large
 	$(BIN)/python -m benchmarks.scale_out
+	$(BIN)/python -m benchmarks.stage1_scale
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -62,7 +62,7 @@ def test_settings_round_trip_through_the_config(preset):
 def test_free_text_settings_win_and_comments_are_skipped():
     values = settings_values(load_config("small"))
     extra = "# a note\n\n  stage3.lookback=13  \nstage3.hidden_size=24\n"
-    overrides = settings_overrides(*values, extra)
+    overrides = settings_overrides(*values, extra=extra)
     assert "# a note" not in overrides and "" not in overrides
     cfg = load_config("small", overrides=overrides)
     assert cfg.stage3.lookback == 13 and cfg.stage3.hidden_size == 24

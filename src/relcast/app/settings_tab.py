@@ -16,20 +16,21 @@ from relcast.config import (
 )
 from relcast.runfolder import RunFolder
 
-# The settings widgets, in the order settings_values returns and settings_overrides reads them.
-SETTINGS = (
-    "d_model",
-    "num_heads",
-    "stage1_epochs",
-    "horizons",
-    "models",
-    "feature_sets",
-    "lookback",
-    "stage3_epochs",
-    "extractor",
-    "stage2",
-    "regime",
-)
+# Each settings widget and the one config key it sets, in the order settings_values returns
+# and settings_overrides reads them.
+SETTINGS = {
+    "d_model": "stage1.d_model",
+    "num_heads": "stage1.num_heads",
+    "stage1_epochs": "stage1.max_epochs",
+    "horizons": "data.horizons",
+    "models": "stage3.models",
+    "feature_sets": "stage3.feature_sets",
+    "lookback": "stage3.lookback",
+    "stage3_epochs": "stage3.max_epochs",
+    "extractor": "relationships.extractor",
+    "stage2": "stage2.enabled",
+    "regime": "relationships.regime",
+}
 
 
 def stage3_model_names() -> list[str]:
@@ -41,56 +42,38 @@ def stage3_model_names() -> list[str]:
 
 def settings_values(cfg: RelcastConfig) -> tuple:
     """A config's values for the widgets, in :data:`SETTINGS` order."""
-    return (
-        cfg.stage1.d_model,
-        cfg.stage1.num_heads,
-        cfg.stage1.max_epochs,
-        cfg.data.horizons,
-        list(cfg.stage3.models),
-        list(cfg.stage3.feature_sets),
-        cfg.stage3.lookback,
-        cfg.stage3.max_epochs,
-        cfg.relationships.extractor,
-        cfg.stage2.enabled,
-        cfg.relationships.regime,
-    )
+    values = []
+    for key in SETTINGS.values():
+        value = cfg
+        for part in key.split("."):
+            value = getattr(value, part)
+        values.append(list(value) if isinstance(value, list) else value)
+    return tuple(values)
 
 
-def settings_overrides(
-    d_model,
-    num_heads,
-    stage1_epochs,
-    horizons,
-    models,
-    feature_sets,
-    lookback,
-    stage3_epochs,
-    extractor,
-    stage2,
-    regime,
-    extra: str = "",
-) -> list[str]:
+def _yaml_value(value) -> str:
+    """A widget's value as ``--set`` text: numbers from number boxes as ints, lists as
+    ``[a,b]``, booleans as ``true``/``false``."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, list | tuple):
+        return f"[{','.join(map(str, value))}]"
+    return str(value)
+
+
+def settings_overrides(*values, extra: str = "") -> list[str]:
     """Widget values (in :data:`SETTINGS` order) -> ``key=value`` overrides; the free-text
     lines of ``extra`` come last and win."""
-    if not models:
+    given = dict(zip(SETTINGS, values, strict=True))
+    if not given["models"]:
         raise RelcastConfigError(
             f"choose at least one Stage3 model ({', '.join(stage3_model_names())})"
         )
-    if not feature_sets:
+    if not given["feature_sets"]:
         raise RelcastConfigError("choose at least one Stage3 feature set (hybrid is the design)")
-    out = [
-        f"stage1.d_model={int(d_model)}",
-        f"stage1.num_heads={int(num_heads)}",
-        f"stage1.max_epochs={int(stage1_epochs)}",
-        f"stage3.lookback={int(lookback)}",
-        f"data.horizons={int(horizons)}",
-        f"stage3.models=[{','.join(models)}]",
-        f"stage3.feature_sets=[{','.join(feature_sets)}]",
-        f"stage3.max_epochs={int(stage3_epochs)}",
-        f"relationships.extractor={extractor}",
-        f"stage2.enabled={'true' if stage2 else 'false'}",
-        f"relationships.regime={'true' if regime else 'false'}",
-    ]
+    out = [f"{SETTINGS[name]}={_yaml_value(value)}" for name, value in given.items()]
     for line in (extra or "").splitlines():
         line = line.strip()
         if line and not line.startswith("#"):
@@ -211,7 +194,7 @@ def build(shared: Shared) -> None:
 
     @friendly
     def on_apply(session, preset_name, dm, nh, e1, hz, ms, fs, lb, e3, ex, s2, rg, more):
-        overrides = settings_overrides(dm, nh, e1, hz, ms, fs, lb, e3, ex, s2, rg, more)
+        overrides = settings_overrides(dm, nh, e1, hz, ms, fs, lb, e3, ex, s2, rg, extra=more)
         if session is None:
             raise user_error("load a market in step 1 first")
         text = prepare(session, preset_name, overrides)

@@ -330,7 +330,7 @@ def test_interrupted_update_leaves_the_run_usable(run_dir, market, tmp_path, mon
     work = tmp_path / "run"
     shutil.copytree(run_dir, work)
     before = _digest(work)
-    from relcast import runfolder
+    from relcast.runfolder import folder as runfolder  # where RunFolder's writes happen
 
     calls = {"n": 0}
     real = runfolder.atomic_write

@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 
 from relcast.data.panel import Panel, RelcastDataError, format_names
-from relcast.persist import read_relationships, relationships_npz
 from relcast.runfolder import JOURNAL, RunFolder
+from relcast.runfolder.formats import relationships_npz
 
 __all__ = ["JOURNAL", "predict_date", "recover_update", "update_run"]
 
@@ -102,7 +102,7 @@ def _forecast_frame(pipe, features, rel, index: np.ndarray) -> pd.DataFrame:
 
 
 def _stored_relationships(pipe) -> tuple[np.ndarray, np.ndarray]:
-    stored = read_relationships(pipe.dir / "relationships.npz")
+    stored = pipe.folder.load_relationships()
     return stored["values"], stored["dates"]
 
 
@@ -242,7 +242,7 @@ def _update(run_dir, data: str) -> pd.DataFrame:
     rel, names, _ = _relationships_for(pipe, features, added, stored, stored_dates)
     forecasts = _forecast_frame(pipe, features, (rel, names), added)
 
-    fold_of = read_relationships(pipe.dir / "relationships.npz")["fold_of"]
+    fold_of = pipe.folder.load_relationships()["fold_of"]
     fold_of = np.concatenate([fold_of, np.full(len(added), -1, dtype=fold_of.dtype)])
     mask = np.isfinite(rel).all(axis=-1) & features.mask
     live = pipe.dir / LIVE_PREDICTIONS

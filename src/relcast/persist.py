@@ -8,22 +8,29 @@ renamed into place, so a crash never leaves a half-written artefact under its re
 from __future__ import annotations
 
 import json
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from relcast.runfolder import RUN_FORMAT, RunFolderError, atomic_write, jsonable, read_json
+from relcast.runfolder.formats import (
+    dataclass_from_dict,
+    load_state,
+    read_relationships,
+    relationships_npz,
+    save_module,
+)
 
 __all__ = [
     "RUN_FORMAT",
     "RunFolderError",
     "atomic_write_bytes",
+    "dataclass_from_dict",
+    "load_state",
     "jsonable",
     "read_json",
     "read_relationships",
     "relationships_npz",
+    "save_module",
     "write_json",
 ]
 
@@ -36,96 +43,3 @@ def atomic_write_bytes(path: Path, data: bytes) -> Path:
 
 def write_json(path: Path, obj: Any) -> Path:
     return atomic_write_bytes(path, json.dumps(jsonable(obj), indent=2).encode())
-
-
-def save_module(path: Path, module, config: Any, kind: str, **extra: Any) -> Path:
-    """Weights (safetensors) + ``<path>.json`` with the dataclass config, the kind and
-    any ``extra`` JSON entries (e.g. how to rebuild a wrapper around the model)."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-    atomic_write(path, lambda tmp: save_file(state, str(tmp)))
-    info = {"kind": kind, "format": RUN_FORMAT, "config": config, **extra}
-    write_json(path.with_suffix(".json"), info)
-    return path
-
-
-def load_state(path: Path) -> tuple[dict, dict]:
-    """``(state_dict, info)``; info is the JSON written by :func:`save_module`."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    info = read_json(path.with_suffix(".json"))
-    if not isinstance(info, dict) or info.get("format") != RUN_FORMAT:
-        found = info.get("format") if isinstance(info, dict) else type(info).__name__
-        raise RunFolderError(
-            f"{path.with_suffix('.json')} was not written by this relcast (format {found}, "
-            f"this version reads {RUN_FORMAT}); re-run `relcast run` to rebuild it"
-        )
-    if not path.exists():
-        raise RunFolderError(
-            f"missing {path} (its {path.with_suffix('.json').name} is there): the weights "
-            "were deleted; train them again with the step that writes them"
-        )
-    try:
-        return load_file(str(path)), info
-    except (SafetensorError, OSError) as exc:
-        raise RunFolderError(
-            f"{path} is damaged ({exc}); train it again with the step that writes it"
-        ) from None
-
-
-def dataclass_from_dict(cls: type, data: dict) -> Any:
-    """Rebuild a config dataclass, turning JSON lists back into tuples where declared."""
-    names = {f.name for f in fields(cls)}
-    kwargs = {}
-    for key, value in data.items():
-        if key in names:
-            kwargs[key] = tuple(value) if isinstance(value, list) else value
-    return cls(**kwargs)
-
-
-def relationships_npz(names, values, mask, fold_of, dates) -> bytes:
-    """The bytes of ``relationships.npz`` (the one place its layout is written): names
-    ``[K]``, values ``float32 [T, N, K]``, mask ``bool [T, N]``, fold_of and dates ``[T]``."""
-    import io
-
-    buf = io.BytesIO()
-    np.savez(
-        buf,
-        names=np.asarray(names),
-        values=values,
-        mask=mask,
-        fold_of=fold_of,
-        dates=np.asarray(dates, dtype="datetime64[ns]").astype("int64"),
-    )
-    return buf.getvalue()
-
-
-def read_relationships(path: Path) -> dict[str, Any]:
-    """``relationships.npz`` as arrays (``names`` a list of str, ``dates`` datetime64[ns]);
-    a missing, damaged or inconsistent file is a :class:`RunFolderError` naming it."""
-    import zipfile
-
-    path = Path(path)
-    if not path.exists():
-        raise RunFolderError(f"missing {path}: run `relcast extract` first")
-    keys = ("names", "values", "mask", "fold_of", "dates")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            out = {k: z[k] for k in keys}
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
-        raise RunFolderError(f"{path} is damaged ({exc}); run `relcast extract` again") from None
-    T = len(out["dates"])
-    shapes_fit = out["values"].shape[:1] == out["fold_of"].shape == (T,)
-    if not shapes_fit or out["mask"].shape != out["values"].shape[:2]:
-        raise RunFolderError(
-            f"{path}: values {out['values'].shape}, mask {out['mask'].shape} and {T} dates "
-            "do not fit together; run `relcast extract` again"
-        )
-    out["names"] = [str(n) for n in out["names"]]
-    out["dates"] = out["dates"].astype("datetime64[ns]")
-    return out

@@ -24,7 +24,6 @@ time, recovery after a crash: docs/reliability.md).
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import time
 from dataclasses import asdict
@@ -34,21 +33,23 @@ from typing import Any
 import numpy as np
 
 from relcast import distributed
-from relcast.config import RelcastConfig, RelcastConfigError, check_trainer
-from relcast.data.panel import Panel, RelcastDataError, format_names
+from relcast.config import RelcastConfig, check_trainer
+from relcast.data.panel import Panel, RelcastDataError
 from relcast.features.normalize import scalers_to_dict
-from relcast.persist import (
+from relcast.runfolder import (
     RUN_FORMAT,
+    RunFolder,
     RunFolderError,
-    dataclass_from_dict,
-    load_state,
+    data_changes,
+    data_fingerprint,
+    data_paths,
     read_json,
-    read_relationships,
-    relationships_npz,
-    save_module,
-    write_json,
 )
-from relcast.runfolder import RunFolder, data_changes, data_fingerprint, data_paths
+from relcast.source import (  # noqa: F401  (check_universe_file: importable from here too)
+    check_universe,
+    check_universe_file,
+    load_source,
+)
 
 STEPS = ("prepare", "stage1", "stage2", "extract", "stage3", "evaluate", "report")
 TRAINING_STEPS = ("stage1", "extract", "stage3")  # run on every rank under torchrun
@@ -82,92 +83,6 @@ def _writes(step: str):
     return decorate
 
 
-def load_source(config: RelcastConfig) -> Panel:
-    """The market named by ``config.data``: ``demo``, ``synthetic`` or a path."""
-    import relcast
-
-    source = config.data.source
-    if source == "demo":
-        panel = relcast.load_dataset("demo")
-    elif source == "synthetic":
-        panel, _ = relcast.synthetic_market(
-            num_stocks=config.data.synthetic_stocks,
-            num_days=config.data.synthetic_days,
-            seed=config.trainer.seed,
-        )
-    else:
-        if config.data.universe is not None:
-            check_universe_file(config.data.universe)
-        panel = relcast.read_panel(
-            source,
-            universe=config.data.universe,
-            date_format=config.data.date_format,
-            symbol_pattern=config.data.symbol_pattern,
-            max_bad_fraction=config.data.max_bad_fraction,
-        )
-    if config.data.start or config.data.end:
-        panel = panel.select(start=config.data.start, end=config.data.end)
-    return panel
-
-
-def check_universe_file(path: str) -> None:
-    """A universe file that does not parse, or lists no symbol, is refused naming the file."""
-    import json
-
-    import pandas as pd
-    import yaml
-
-    from relcast.data.readers import read_universe
-
-    try:
-        meta = read_universe(path)
-    except (json.JSONDecodeError, yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise RelcastDataError(f"{path}: the universe file is not valid JSON/YAML: {exc}") from None
-    except (pd.errors.EmptyDataError, pd.errors.ParserError) as exc:
-        raise RelcastDataError(
-            f"{path}: the universe file is not a readable CSV ({exc}); it needs a header row "
-            "symbol,name,sector,market,is_index and one row per symbol"
-        ) from None
-    if len(meta) == 0:
-        raise RelcastDataError(
-            f"{path}: the universe file lists no symbol; add one row per symbol "
-            "(symbol,name,sector,market,is_index) or leave out --universe"
-        )
-
-
-@contextlib.contextmanager
-def _rebuilding(path: Path):
-    """A model.json edited by hand (wrong keys, sizes) becomes an error naming the file."""
-    try:
-        yield
-    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
-        raise RunFolderError(
-            f"{path.with_suffix('.json')} does not describe the weights in {path.name} "
-            f"({type(exc).__name__}: {exc}); restore it, or train the model again"
-        ) from None
-
-
-def _check_universe(panel: Panel, config: RelcastConfig) -> None:
-    """Errors that depend only on the data and the config, found before any training."""
-    where = config.data.source
-    if config.data.universe:
-        where += f" (universe {config.data.universe})"
-    stocks = panel.symbols[~panel.is_index]
-    if len(stocks) < 2:
-        indices = panel.symbols[panel.is_index]
-        raise RelcastDataError(
-            f"{where}: {len(stocks)} stock(s) {format_names(stocks)} besides "
-            f"{len(indices)} index symbol(s) {format_names(indices)}; relcast compares stocks "
-            "with each other at every date and needs at least 2 (check the is_index column "
-            "of the universe file)"
-        )
-    if config.evaluation.topk > len(stocks):
-        raise RelcastConfigError(
-            f"evaluation.topk={config.evaluation.topk} but {where} has {len(stocks)} stocks; "
-            f"use --set evaluation.topk={max(1, len(stocks) // 2)}"
-        )
-
-
 class Pipeline:
     """One run of relcast in one folder. ``run()`` does every step; each step is callable."""
 
@@ -184,7 +99,7 @@ class Pipeline:
         from relcast.config import load_config
 
         run_dir = Path(run_dir)
-        info = read_json(run_dir / "run.json")
+        info = RunFolder(run_dir).read_json("run.json")
         RunFolder(run_dir).recover_if_free()  # finish an interrupted update, drop leftovers
         if info.get("format") != RUN_FORMAT:
             raise RunFolderError(
@@ -194,13 +109,12 @@ class Pipeline:
         return cls(load_config(file=run_dir / "config.yaml"), run_dir)
 
     def _info(self) -> dict:
-        path = self.dir / "run.json"
-        return read_json(path) if path.exists() else {"format": RUN_FORMAT, "steps": {}}
+        return self.folder.run_info()
 
     def _mark(self, step: str, seconds: float, **extra: Any) -> None:
         info = self._info()
         info["steps"][step] = {"seconds": round(seconds, 2), **extra}
-        write_json(self.dir / "run.json", info)
+        self.folder.write_json("run.json", info)
 
     def done(self, step: str) -> bool:
         return step in self._info()["steps"]
@@ -231,7 +145,7 @@ class Pipeline:
                 f"{self.config.stage3.lookback} + 60 warm-up bars + embargoes need at least "
                 f"{need}; use more data or a shorter stage3.lookback"
             )
-        _check_universe(panel, self.config)
+        check_universe(panel, self.config)
         # a device this machine lacks fails now, not later (as Lightning sees it under torchrun)
         check_trainer(distributed.trainer_settings(self.config.trainer))
         ends = {k: getattr(self.config.split, k) for k in ("train_end", "valid_end", "test_end")}
@@ -259,26 +173,10 @@ class Pipeline:
             if panel.health.totals():
                 counts = panel.health.totals().items()
                 _log("data health: " + ", ".join(f"{r} {n}" for r, n in counts))
-        write_json(
-            self.dir / "split.json",
-            {
-                "train": split.train,
-                "valid": split.valid,
-                "test": split.test,
-                "embargo": split.embargo,
-                "dates": {
-                    name: [str(panel.dates[idx[0]])[:10], str(panel.dates[idx[-1]])[:10]]
-                    for name, idx in (
-                        ("train", split.train),
-                        ("valid", split.valid),
-                        ("test", split.test),
-                    )
-                },
-            },
-        )
+        self.folder.save_split(split)
         self._cache.clear()
         # fitted once on the training span and saved: predict/update scale new data with them
-        write_json(self.dir / NORMALIZATION, scalers_to_dict(self.feature_scalers))
+        self.folder.write_json(NORMALIZATION, scalers_to_dict(self.feature_scalers))
         self._mark(
             "prepare",
             time.perf_counter() - start,
@@ -311,32 +209,13 @@ class Pipeline:
     @property
     def panel(self) -> Panel:
         if "panel" not in self._cache:
-            import pyarrow as pa
-
-            path = self.dir / "panel.parquet"
-            if not path.exists():
-                raise RunFolderError(f"missing {path}: run `relcast run` to prepare the folder")
-            try:
-                self._cache["panel"] = Panel.read_parquet(path)
-            except (pa.ArrowException, ValueError, KeyError) as exc:
-                raise RunFolderError(
-                    f"{path} is damaged ({exc}); rerun `relcast run --force` to rebuild it"
-                ) from None
+            self._cache["panel"] = self.folder.load_panel()
         return self._cache["panel"]
 
     @property
     def split(self):
         if "split" not in self._cache:
-            from relcast.features import Split
-
-            s = read_json(self.dir / "split.json")
-            self._cache["split"] = Split(
-                train=np.asarray(s["train"], dtype=np.int64),
-                valid=np.asarray(s["valid"], dtype=np.int64),
-                test=np.asarray(s["test"], dtype=np.int64),
-                embargo=int(s["embargo"]),
-                dates=self.panel.dates,
-            )
+            self._cache["split"] = self.folder.load_split(self.panel.dates)
         return self._cache["split"]
 
     @property
@@ -446,7 +325,7 @@ class Pipeline:
         distributed.barrier()  # every rank has read the best checkpoint before it goes
         if not distributed.is_main():
             return  # rank 0 owns the run folder
-        save_module(self.dir / "stage1" / "model.safetensors", result.model, asdict(cfg), "stage1")
+        self.folder.save_weights("stage1/model.safetensors", result.model, asdict(cfg), "stage1")
         self.folder.drop_checkpoints()  # the weights are safetensors now; no pickles kept
         self._mark(
             "stage1",
@@ -462,14 +341,7 @@ class Pipeline:
     @property
     def stage1_model(self):
         if "stage1" not in self._cache:
-            from relcast.models.cross_sectional import CrossSectionalTransformer, Stage1Config
-
-            path = self.dir / "stage1" / "model.safetensors"
-            state, info = load_state(path)
-            with _rebuilding(path):
-                model = CrossSectionalTransformer(dataclass_from_dict(Stage1Config, info["config"]))
-                model.load_state_dict(state)
-            self._cache["stage1"] = model.eval()
+            self._cache["stage1"] = self.folder.load_stage1()
         return self._cache["stage1"]
 
     def stage1_outputs(self, features=None) -> dict[str, np.ndarray]:
@@ -525,12 +397,10 @@ class Pipeline:
     @property
     def stage2_booster(self):
         if "stage2" not in self._cache:
-            from relcast.models.residual import ResidualBooster
-
-            path = self.dir / "stage2" / "booster.json"
-            if not path.exists():
+            booster = self.folder.load_booster()
+            if booster is None:
                 return None
-            self._cache["stage2"] = ResidualBooster.load(path)
+            self._cache["stage2"] = booster
         return self._cache["stage2"]
 
     # ------------------------------------------------------------------ extraction
@@ -587,15 +457,15 @@ class Pipeline:
         _log(f"{len(store.names)} relationship columns in {store.build_seconds:.0f}s")
 
     def _save_relationships(self, names, values, mask, fold_of) -> None:
-        npz = relationships_npz(names, values, mask, fold_of, self.panel.dates[: len(values)])
-        self.folder.write("relationships.npz", npz)
+        dates = self.panel.dates[: len(values)]
+        self.folder.save_relationships(names, values, mask, fold_of, dates)
         self._cache.pop("relationships", None)
 
     @property
     def relationships(self) -> tuple[np.ndarray, list[str]]:
         """``(values [T, N, K], names)`` from the store."""
         if "relationships" not in self._cache:
-            stored = read_relationships(self.dir / "relationships.npz")
+            stored = self.folder.load_relationships()
             self._cache["relationships"] = (stored["values"], stored["names"])
         return self._cache["relationships"]
 
@@ -699,8 +569,8 @@ class Pipeline:
             distributed.barrier()  # every rank has read the best checkpoint before it goes
             if not distributed.is_main():
                 continue  # rank 0 owns the run folder
-            save_module(
-                folder / "model.safetensors",
+            self.folder.save_weights(
+                f"stage3/{name}/model.safetensors",
                 result.model,
                 asdict(result.model.config),
                 model,
@@ -734,22 +604,7 @@ class Pipeline:
     def stage3_model(self, name: str):
         key = f"stage3:{name}"
         if key not in self._cache:
-            from relcast.models.temporal import create_model
-
-            path = self.dir / "stage3" / name / "model.safetensors"
-            state, info = load_state(path)
-            with _rebuilding(path):
-                cfg = dict(info["config"])
-                for k, v in cfg.items():
-                    if isinstance(v, list):
-                        cfg[k] = tuple(v)
-                model = create_model(info["kind"], **cfg)
-                if "regime_gate" in info:
-                    from relcast.models.regime import RegimeGatedModel
-
-                    model = RegimeGatedModel(model, **info["regime_gate"])
-                model.load_state_dict(state)
-            self._cache[key] = model.eval()
+            self._cache[key] = self.folder.load_stage3(name)
         return self._cache[key]
 
     # ------------------------------------------------------------------ evaluate / report
@@ -795,4 +650,4 @@ class Pipeline:
             else:  # rank 0 alone; the others wait, and stop if it fails
                 distributed.on_main(step, getattr(self, step))
         _log(f"run finished in {time.perf_counter() - total:.0f}s -> {self.dir}")
-        return read_json(self.dir / "metrics.json")
+        return self.folder.load_metrics()

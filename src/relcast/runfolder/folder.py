@@ -1,173 +1,31 @@
-"""The run folder's owner: file names, atomic writes, one writer at a time, crash recovery,
-and the fingerprint of the data a run was prepared from (docs/reliability.md says why).
-
-- Every file is written under ``.<name>.<pid>.<random>.tmp`` and renamed into place.
-- Files that change together (``update``) are staged, journalled, then renamed.
-- Every writing command holds an exclusive ``fcntl.flock`` on ``<run>/.relcast.lock``; the OS
-  releases it when the holder dies. A second writer fails at once naming the holder
-  (``RELCAST_LOCK_WAIT=<seconds>`` waits instead).
-- Whoever takes the lock first finishes an interrupted update and deletes crash leftovers:
-  while it holds the lock no other writer exists, so every temporary file is an orphan.
-- A file, or a non-empty folder that is not a run folder, is refused before any write.
-- ``prepare`` records the input files' size and mtime and hashes of the market; a rerun on
-  changed data stops and asks for ``--force``.
-"""
+"""The :class:`RunFolder` class: one run folder's files, writes, lock, recovery."""
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import secrets
-import shutil
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from relcast.fingerprint import data_changes, data_fingerprint, data_paths, panel_hashes
-
-__all__ = [
-    "FILES", "RunFolder", "RunFolderBusy", "RunFolderError", "atomic_write", "data_changes",
-    "data_fingerprint", "data_paths", "jsonable", "panel_hashes", "read_json",
-]  # fmt: skip
-
-RUN_FORMAT = 1  # bump when the run folder layout changes incompatibly
-LOCK = ".relcast.lock"
-JOURNAL = "update.journal"
-STAGED = ".update"  # suffix of a file staged for a journalled commit
-LOCK_WAIT_ENV = "RELCAST_LOCK_WAIT"
-RUN_MARKERS = ("run.json", LOCK)  # a folder holding one of these is a relcast run folder
-
-# What every file of a run folder is (names are relative to the folder).
-FILES = {
-    "config.yaml": "resolved configuration",
-    "run.json": "format version, steps done, timings, data fingerprint",
-    "panel.parquet": "the market the run was trained on (updates append to it)",
-    "split.json": "train / valid / test dates",
-    "data_health.json": "rows the reader masked or repaired",
-    "normalization.json": "training-span feature statistics",
-    "stage1/model.safetensors": "Stage1 weights (+ model.json: its config)",
-    "stage2/booster.json": "LightGBM residual booster",
-    "relationships.npz": "relationship features [T, N, K], names, fold of each date",
-    "data_with_relationships.parquet": "own + relationship + calendar features per row",
-    "stage3/<name>/model.safetensors": "one folder per Stage3 model",
-    "predictions.parquet": "test-span predictions of every model",
-    "live_predictions.parquet": "forecasts made by `relcast update`",
-    "metrics.json": "test metrics",
-    "backtest.parquet": "portfolio backtests",
-    "attention.npz": "Stage1 attention on test dates",
-    "importance.json": "Stage3 variable importance",
-    "report.html": "the report (plots/ beside it)",
-    "logs/": "training curves (CSV); no checkpoints once a step is saved",
-}
-
-
-class RunFolderError(RuntimeError):
-    """A run folder that is missing pieces, busy, foreign, or from an incompatible version."""
-
-
-class RunFolderBusy(RunFolderError):
-    """Another process holds the run folder's lock."""
-
-
-# ----------------------------------------------------------------------------- JSON
-def jsonable(obj: Any) -> Any:
-    """``obj`` with dataclasses, NumPy values and non-finite floats made JSON-friendly."""
-    from dataclasses import asdict, is_dataclass
-
-    if is_dataclass(obj) and not isinstance(obj, type):
-        return jsonable(asdict(obj))
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None
-    return obj
-
-
-def read_json(path: str | Path) -> Any:
-    """A JSON file of a run; missing or damaged is a :class:`RunFolderError` naming it."""
-    if not Path(path).exists():
-        raise RunFolderError(f"missing {path}: run the step that writes it first")
-    try:
-        return json.loads(Path(path).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:  # edited or damaged by hand
-        raise RunFolderError(
-            f"{path} is not valid JSON ({exc}); restore it or rerun the step that writes it"
-        ) from None
-
-
-# ----------------------------------------------------------------------------- atomic files
-def temp_path(final: str | Path) -> Path:
-    """A temporary name next to ``final`` that no other process or call uses."""
-    final = Path(final)
-    return final.with_name(f".{final.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-
-
-def atomic_write(path: str | Path, data: bytes | Callable[[Path], Any]) -> Path:
-    """Write ``data`` (bytes, or a function that writes a given path) to ``path`` atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(path)
-    try:
-        if callable(data):
-            data(tmp)
-            fd = os.open(tmp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        else:
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():  # the write failed: leave nothing behind
-            tmp.unlink()
-    return path
-
-
-def _is_leftover(name: str) -> bool:
-    """Names only an unfinished write leaves behind (ours, and those of older versions)."""
-    if name == LOCK:
-        return False
-    return (
-        (name.startswith(".") and (name.endswith(".tmp") or name.endswith(STAGED)))
-        or name.startswith(".panel.build")
-        or name.endswith(".parquet.tmp")
-        or name == f"{JOURNAL}.tmp"
-    )
-
-
-# ----------------------------------------------------------------------------- locking
-# (resolved path, thread) -> lock file descriptor: a thread holding a folder may take it again
-_HELD: dict[tuple[str, int], int] = {}
-
-
-def _secondary_rank() -> bool:
-    """A DDP worker other than global rank 0 (Lightning re-runs the command in each worker):
-    rank 0 holds the folder for all of them, so the others neither lock nor recover."""
-    return any(int(os.environ.get(k, "0") or 0) > 0 for k in ("RANK", "LOCAL_RANK", "NODE_RANK"))
-
-
-def _lock_wait() -> float:
-    raw = os.environ.get(LOCK_WAIT_ENV, "0") or "0"
-    try:
-        return max(0.0, float(raw))
-    except ValueError:
-        raise RunFolderError(f"{LOCK_WAIT_ENV}={raw!r} is not a number of seconds") from None
+from relcast.runfolder.base import (
+    JOURNAL,
+    RUN_FORMAT,
+    RUN_MARKERS,
+    STAGED,
+    RunFolderBusy,
+    RunFolderError,
+    _is_leftover,
+    atomic_write,
+    jsonable,
+    read_json,
+)
+from relcast.runfolder.lock import _HELD, _lock_wait, _secondary_rank, acquire, holder, release
 
 
 class RunFolder:
@@ -266,6 +124,74 @@ class RunFolder:
     def save_report(self, html_text: str) -> Path:
         return self.write("report.html", html_text.encode("utf-8"))
 
+    def load_panel(self):
+        """panel.parquet as a :class:`~relcast.data.panel.Panel`."""
+        import pyarrow as pa
+
+        from relcast.data.panel import Panel
+
+        path = self.file("panel.parquet")
+        if not path.exists():
+            raise RunFolderError(f"missing {path}: run `relcast run` to prepare the folder")
+        try:
+            return Panel.read_parquet(path)
+        except (pa.ArrowException, ValueError, KeyError) as exc:
+            raise RunFolderError(
+                f"{path} is damaged ({exc}); rerun `relcast run --force` to rebuild it"
+            ) from None
+
+    def save_split(self, split) -> Path:
+        """split.json: date indices of each span, the embargo and each span's first/last date."""
+        spans = {"train": split.train, "valid": split.valid, "test": split.test}
+        dates = {k: [str(split.dates[i[0]])[:10], str(split.dates[i[-1]])[:10]]
+                 for k, i in spans.items()}  # fmt: skip
+        return self.write_json("split.json", {**spans, "embargo": split.embargo, "dates": dates})
+
+    def load_split(self, dates):
+        """split.json as a :class:`~relcast.features.splits.Split` over ``dates``."""
+        from relcast.features.splits import Split
+
+        s = self.read_json("split.json")
+        index = {k: np.asarray(s[k], dtype=np.int64) for k in ("train", "valid", "test")}
+        return Split(**index, embargo=int(s["embargo"]), dates=dates)
+
+    def save_relationships(self, names, values, mask, fold_of, dates) -> Path:
+        from relcast.runfolder.formats import relationships_npz
+
+        return self.write(
+            "relationships.npz", relationships_npz(names, values, mask, fold_of, dates)
+        )
+
+    def load_relationships(self) -> dict[str, Any]:
+        from relcast.runfolder.formats import read_relationships
+
+        return read_relationships(self.file("relationships.npz"))
+
+    def save_weights(self, name: str, module, config: Any, kind: str, **extra: Any) -> Path:
+        """``name`` (e.g. ``stage1/model.safetensors``) + its ``.json`` sidecar."""
+        from relcast.runfolder.formats import save_module
+
+        return save_module(self.file(name), module, config, kind, **extra)
+
+    def load_stage1(self):
+        """The Stage1 model (eval mode) from stage1/model.safetensors."""
+        from relcast.runfolder.formats import load_stage1
+
+        return load_stage1(self.file("stage1/model.safetensors"))
+
+    def load_stage3(self, name: str):
+        """A Stage3 model (eval mode) from stage3/<name>/model.safetensors."""
+        from relcast.runfolder.formats import load_stage3
+
+        return load_stage3(self.file(f"stage3/{name}/model.safetensors"))
+
+    def load_booster(self):
+        """The Stage2 residual booster, None when the run has none."""
+        from relcast.models.residual import ResidualBooster
+
+        path = self.file("stage2/booster.json")
+        return ResidualBooster.load(path) if path.exists() else None
+
     def commit(self, files: dict[str, bytes | Callable[[Path], Any]]) -> None:
         """Replace several files together: stage each, journal the renames, apply them."""
         token = f"{os.getpid()}.{secrets.token_hex(4)}"
@@ -346,13 +272,7 @@ class RunFolder:
 
     def holder(self) -> str:
         """``pid N (command ...)`` of the lock's holder, as far as the lock file says."""
-        try:
-            info = json.loads(self.file(LOCK).read_text() or "{}")
-        except (OSError, ValueError):
-            info = {}
-        if not info:
-            return "another process"
-        return f"pid {info.get('pid')} (command {info.get('command')}, since {info.get('since')})"
+        return holder(self.path)
 
     @contextlib.contextmanager
     def lock(self, command: str, *, timeout: float | None = None) -> Iterator[RunFolder]:
@@ -367,57 +287,14 @@ class RunFolder:
             return
         self.check_writable()
         created = not self.path.exists()
-        fd = self._acquire(command, _lock_wait() if timeout is None else timeout)
+        fd = acquire(self.path, command, _lock_wait() if timeout is None else timeout)
         _HELD[key] = fd
         try:
             self.recover()
             yield self
         finally:
             del _HELD[key]
-            self._release(fd, remove=created)
-
-    def _acquire(self, command: str, timeout: float) -> int:
-        deadline = time.monotonic() + timeout
-        lock_path = self.file(LOCK)
-        while True:
-            self.path.mkdir(parents=True, exist_ok=True)
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                if time.monotonic() >= deadline:
-                    raise RunFolderBusy(
-                        f"run folder {self.path} is in use by {self.holder()}; wait for it "
-                        f"to finish (or set {LOCK_WAIT_ENV}=<seconds> to wait). A crashed "
-                        "holder releases the folder by itself."
-                    ) from None
-                time.sleep(0.05)
-                continue
-            # the file we locked may have been unlinked by a holder that removed an empty folder
-            try:
-                same = os.stat(lock_path).st_ino == os.fstat(fd).st_ino
-            except FileNotFoundError:
-                same = False
-            if not same:
-                os.close(fd)
-                continue
-            since = time.strftime("%Y-%m-%dT%H:%M:%S")
-            info = json.dumps({"pid": os.getpid(), "command": command, "since": since})
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, info.encode(), 0)
-            return fd
-
-    def _release(self, fd: int, *, remove: bool) -> None:
-        try:
-            os.ftruncate(fd, 0)  # nobody holds it now
-            if remove and [p.name for p in self.path.iterdir()] == [LOCK]:
-                # the command created the folder and wrote nothing: leave no trace
-                self.file(LOCK).unlink()
-                shutil.rmtree(self.path, ignore_errors=True)
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
+            release(self.path, fd, remove=created)
 
     # ------------------------------------------------------------------ checkpoints
     def drop_checkpoints(self) -> list[Path]:

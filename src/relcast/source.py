@@ -1,0 +1,81 @@
+"""The market a config names (``data.source``: demo, synthetic or a path) and the checks that
+depend only on the data and the config, done before anything is trained."""
+
+from __future__ import annotations
+
+from relcast.config import RelcastConfig, RelcastConfigError
+from relcast.data.panel import Panel, RelcastDataError, format_names
+
+
+def load_source(config: RelcastConfig) -> Panel:
+    """The market named by ``config.data``: ``demo``, ``synthetic`` or a path."""
+    import relcast
+
+    source = config.data.source
+    if source == "demo":
+        panel = relcast.load_dataset("demo")
+    elif source == "synthetic":
+        panel, _ = relcast.synthetic_market(
+            num_stocks=config.data.synthetic_stocks,
+            num_days=config.data.synthetic_days,
+            seed=config.trainer.seed,
+        )
+    else:
+        if config.data.universe is not None:
+            check_universe_file(config.data.universe)
+        panel = relcast.read_panel(
+            source,
+            universe=config.data.universe,
+            date_format=config.data.date_format,
+            symbol_pattern=config.data.symbol_pattern,
+            max_bad_fraction=config.data.max_bad_fraction,
+        )
+    if config.data.start or config.data.end:
+        panel = panel.select(start=config.data.start, end=config.data.end)
+    return panel
+
+
+def check_universe_file(path: str) -> None:
+    """A universe file that does not parse, or lists no symbol, is refused naming the file."""
+    import json
+
+    import pandas as pd
+    import yaml
+
+    from relcast.data.readers import read_universe
+
+    try:
+        meta = read_universe(path)
+    except (json.JSONDecodeError, yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise RelcastDataError(f"{path}: the universe file is not valid JSON/YAML: {exc}") from None
+    except (pd.errors.EmptyDataError, pd.errors.ParserError) as exc:
+        raise RelcastDataError(
+            f"{path}: the universe file is not a readable CSV ({exc}); it needs a header row "
+            "symbol,name,sector,market,is_index and one row per symbol"
+        ) from None
+    if len(meta) == 0:
+        raise RelcastDataError(
+            f"{path}: the universe file lists no symbol; add one row per symbol "
+            "(symbol,name,sector,market,is_index) or leave out --universe"
+        )
+
+
+def check_universe(panel: Panel, config: RelcastConfig) -> None:
+    """Errors that depend only on the data and the config, found before any training."""
+    where = config.data.source
+    if config.data.universe:
+        where += f" (universe {config.data.universe})"
+    stocks = panel.symbols[~panel.is_index]
+    if len(stocks) < 2:
+        indices = panel.symbols[panel.is_index]
+        raise RelcastDataError(
+            f"{where}: {len(stocks)} stock(s) {format_names(stocks)} besides "
+            f"{len(indices)} index symbol(s) {format_names(indices)}; relcast compares stocks "
+            "with each other at every date and needs at least 2 (check the is_index column "
+            "of the universe file)"
+        )
+    if config.evaluation.topk > len(stocks):
+        raise RelcastConfigError(
+            f"evaluation.topk={config.evaluation.topk} but {where} has {len(stocks)} stocks; "
+            f"use --set evaluation.topk={max(1, len(stocks) // 2)}"
+        )

@@ -175,3 +175,33 @@ def test_attention_dropout_is_its_own_setting(need_weights):
     saved = make_model().config.to_dict()
     del saved["attention_dropout"]
     assert Stage1Config(**saved).attention_dropout == 0.0
+
+
+def test_predict_with_weights_batches_within_the_memory_budget(monkeypatch):
+    """With attention weights, batches shrink to ``ATTENTION_BATCH_BYTES``; outputs do not
+    depend on the batching."""
+    from relcast.features.featureset import FeatureSet
+    from relcast.models import cross_sectional
+
+    model = make_model()
+    T = 5
+    x = torch.randn(T, N, F_, generator=torch.Generator().manual_seed(3)).numpy()
+    mask = np.ones((T, N), dtype=bool)
+    mask[1, 2] = mask[3, :4] = False
+    fs = FeatureSet(
+        np.arange(T).astype("datetime64[D]"), np.array([f"S{i}" for i in range(N)]),
+        [f"f{k}" for k in range(F_)], np.where(mask[..., None], x, np.nan), mask,
+    )  # fmt: skip
+    whole = cross_sectional.predict_stage1(model, fs, need_weights=True, average_heads=True)
+    seen = []
+    forward = model.forward
+    monkeypatch.setattr(
+        model, "forward", lambda x, *a, **k: seen.append(len(x)) or forward(x, *a, **k)
+    )
+    one_date = 4 * model.config.num_layers * model.config.num_heads * N * N
+    monkeypatch.setattr(cross_sectional, "ATTENTION_BATCH_BYTES", 2 * one_date)
+    small = cross_sectional.predict_stage1(model, fs, need_weights=True, average_heads=True)
+    assert seen == [2, 2, 1]
+    assert small["attention"].shape == (T, model.config.num_layers, N, N)
+    for key in ("attention", "pred", "relationship"):
+        np.testing.assert_allclose(small[key], whole[key], atol=1e-6)

@@ -109,6 +109,11 @@ class Stage1Config:
         return asdict(self)
 
 
+ATTENTION_BATCH_BYTES = 256 * 2**20
+"""Budget of :func:`predict_stage1` with ``need_weights`` for one batch's attention weights
+(every layer and head, ``float32``): at 1,026 stocks one date of the large preset holds
+134 MB of them, so 64 dates at once would need 8.6 GB."""
+
 IDENTITY_INIT_STD = 1.0
 """Initial std of the stock-identity embedding (see :class:`CrossSectionalTransformer`)."""
 
@@ -308,7 +313,8 @@ def predict_stage1(
     ``relationship [T', N, r]``, ``market [T', r]``, ``pred [T', N, H]`` (zero where
     masked; in z-score units for the ``"mse"`` loss), ``mask [T', N]``, ``sector_logits``
     when the model has them, and with ``need_weights`` ``attention [T', layers, heads, N, N]``
-    (``[T', layers, N, N]`` with ``average_heads``; memory grows as ``N**2``).
+    (``[T', layers, N, N]`` with ``average_heads``; memory grows as ``N**2``: with weights,
+    batches hold at most ``ATTENTION_BATCH_BYTES`` of them).
     """
     T = features.values.shape[0]
     index = np.arange(T) if dates_index is None else np.asarray(dates_index, dtype=np.int64)
@@ -318,6 +324,10 @@ def predict_stage1(
     values = torch.from_numpy(np.asarray(features.values, dtype=np.float32))
     mask = torch.from_numpy(np.asarray(features.mask, dtype=bool))
     chunks: dict[str, list[np.ndarray]] = {}
+    if need_weights:
+        cfg = model.config
+        per_date = 4 * cfg.num_layers * cfg.num_heads * values.shape[1] ** 2
+        batch_dates = max(1, min(batch_dates, ATTENTION_BATCH_BYTES // per_date))
     for start in range(0, len(index), batch_dates):  # batches of dates, not single dates
         idx = torch.from_numpy(index[start : start + batch_dates])
         out = model(values[idx].to(device), mask[idx].to(device), need_weights=need_weights)
@@ -325,8 +335,10 @@ def predict_stage1(
             if key in out:
                 chunks.setdefault(key, []).append(out[key].float().cpu().numpy())
         if need_weights:
-            att = torch.stack(out["attention"], dim=1)  # (B, layers, heads, N, N)
-            att = att.mean(dim=2) if average_heads else att
+            layers = out["attention"]  # per layer (B, heads, N, N)
+            if average_heads:
+                layers = [a.mean(dim=1) for a in layers]  # (B, N, N) each, before stacking
+            att = torch.stack(layers, dim=1)  # (B, layers, [heads,] N, N)
             chunks.setdefault("attention", []).append(att.float().cpu().numpy())
     model.train(was_training)
     result = {key: np.concatenate(parts) for key, parts in chunks.items()}

@@ -289,3 +289,18 @@ def test_make_extractor_appends_the_stage1_score(market):
     both = make_extractor("v2", stage1_score=True).extract(model, f, np.arange(30, 40))
     assert both.names == plain.names + ["stage1_score_h1"]
     np.testing.assert_array_equal(both.values[..., :-1], plain.values)
+
+
+def test_pipeline_extractor_carries_the_stage1_score(tmp_path):
+    from relcast.config import load_config
+    from relcast.models.extractors import ScoreExtractor
+    from relcast.pipeline import Pipeline
+
+    overrides = ["data.source=synthetic", "data.synthetic_stocks=6", "data.synthetic_days=200"]
+    for on in (False, True):
+        cfg = load_config(overrides=[*overrides, f"relationships.stage1_score={str(on).lower()}"])
+        pipe = Pipeline(cfg, tmp_path / str(on))
+        pipe.prepare()
+        ext = pipe.make_extractor()
+        parts = getattr(ext, "extractors", [ext])
+        assert any(isinstance(p, ScoreExtractor) for p in parts) == on

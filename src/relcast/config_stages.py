@@ -150,6 +150,11 @@ class RelationshipSettings(_Section):
         description="epochs of each fold model: best = the full Stage1's best epoch count "
         "(validated once, at the end), early_stopping = like the full Stage1, or a number",
     )
+    stage1_score: bool = Field(
+        False,
+        description="add Stage1's own forecast (z-scored per date, out-of-fold on the "
+        "training span) as a relationship column: Stage3 stacks it on the stock's history",
+    )
     regime: bool = Field(
         False,
         description="regime one-hot features from the index (bull/bear/sideways, past data "

@@ -205,3 +205,33 @@ def test_predict_with_weights_batches_within_the_memory_budget(monkeypatch):
     assert small["attention"].shape == (T, model.config.num_layers, N, N)
     for key in ("attention", "pred", "relationship"):
         np.testing.assert_allclose(small[key], whole[key], atol=1e-6)
+
+
+@pytest.mark.parametrize("corr_window", [0, 6])
+def test_date_batches_equal_collated_items(corr_window):
+    """Stage1's batches are gathered per batch (not per date): the same tensors as
+    ``default_collate`` of the dataset's items, in the same order, NaN where they are."""
+    from torch.utils.data import default_collate
+
+    from relcast.training.cross_section_data import CrossSectionDataset, DateBatches
+
+    rng = np.random.default_rng(0)
+    T = 30
+    values = rng.standard_normal((T, N, F_)).astype(np.float32)
+    mask = rng.random((T, N)) > 0.2
+    values[~mask] = np.nan
+    labels = rng.standard_normal((T, N, H)).astype(np.float32)
+    labels[rng.random((T, N, H)) < 0.1] = np.nan
+    target = np.arange(N) != 2
+    ds = CrossSectionDataset(
+        values, mask, labels, np.arange(3, 25), target=target, corr_window=corr_window
+    )
+    batches = list(DateBatches(ds, 4, shuffle=True, seed=1))
+    order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(1))
+    assert sum(len(b["t"]) for b in batches) == len(ds)
+    for k, got in enumerate(batches):
+        want = default_collate([ds[int(i)] for i in order[4 * k : 4 * k + 4]])
+        assert set(got) == set(want)
+        for key in want:
+            assert got[key].dtype == want[key].dtype
+            torch.testing.assert_close(got[key], want[key], equal_nan=True, rtol=0, atol=0)

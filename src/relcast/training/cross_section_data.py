@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, IterableDataset, default_collate
+from torch.utils.data import Dataset, IterableDataset
 
 from relcast.training.loader import _distributed_rank, shard_batches
 
@@ -81,11 +81,34 @@ class CrossSectionDataset(Dataset):
             "t": torch.tensor(t),
         }
         if self.corr_window:
-            window = self.returns[t : t + self.corr_window]  # (W, N)
-            corr = pairwise_correlation(window, min_count=max(5, self.corr_window // 2))
-            both = self.mask[t][:, None] & self.mask[t][None, :]
-            item["corr"] = torch.where(both, corr, torch.nan)
+            item["corr"] = self._corr(t)
         return item
+
+    def _corr(self, t: int) -> torch.Tensor:
+        window = self.returns[t : t + self.corr_window]  # (W, N)
+        corr = pairwise_correlation(window, min_count=max(5, self.corr_window // 2))
+        both = self.mask[t][:, None] & self.mask[t][None, :]
+        return torch.where(both, corr, torch.nan)  # (N, N)
+
+    def batch(self, positions: np.ndarray | torch.Tensor) -> dict[str, torch.Tensor]:
+        """The items at ``positions`` stacked, equal to ``default_collate`` of them, with one
+        gather per array instead of one per date (a batch of 32 dates of 1,026 stocks: 5 ms
+        per date item by item)."""
+        t = self.index[np.asarray(positions, dtype=np.int64)]  # (B,) dates
+        mask = self.mask[torch.from_numpy(t)]  # (B, N)
+        m = mask.numpy()
+        x = np.where(m[..., None], self.values[t], 0.0).astype(np.float32)  # (B, N, F)
+        label = np.asarray(self.labels[t], dtype=np.float32)  # (B, N, H)
+        y = np.where(self._labelled(m, label), label, np.nan).astype(np.float32)
+        out = {
+            "x": torch.from_numpy(x),
+            "mask": mask,
+            "y": torch.from_numpy(y),
+            "t": torch.from_numpy(t.copy()),
+        }
+        if self.corr_window:
+            out["corr"] = torch.stack([self._corr(int(s)) for s in t])  # (B, N, N)
+        return out
 
 
 class DateBatches(IterableDataset):
@@ -148,7 +171,7 @@ class DateBatches(IterableDataset):
         batches = shard_batches(self._permutation(), self.batch_dates, *self._shard())
         self.epoch += 1
         for pos in batches:
-            yield default_collate([self.dataset[int(i)] for i in pos])
+            yield self.dataset.batch(pos)
 
 
 def pairwise_correlation(r: torch.Tensor, min_count: int = 5) -> torch.Tensor:

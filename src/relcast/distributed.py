@@ -48,8 +48,11 @@ def launched() -> bool:
     return env is not None and env.world_size() > 1
 
 
-def init() -> bool:
+def init(accelerator: str = "auto") -> bool:
     """Start the process group from the launcher's environment (once); False without one.
+
+    The backend is nccl when the run trains on CUDA GPUs (``accelerator`` gpu/cuda/auto with
+    CUDA present), gloo otherwise (CPU).
 
     Also gives each process ``cores / local processes`` torch threads, so ranks on one machine
     do not fight over the cores (torchrun sets ``OMP_NUM_THREADS=1`` otherwise).
@@ -66,7 +69,10 @@ def init() -> bool:
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
     os.environ.setdefault("MASTER_ADDR", env.main_address)
     os.environ.setdefault("MASTER_PORT", str(env.main_port))
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    gpu = accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available()
+    backend = "nccl" if gpu else "gloo"
+    if gpu:  # each process owns one GPU of its machine (Lightning picks the same one)
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", env.local_rank())))
     seconds = float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT))
     dist.init_process_group(
         backend,

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from relcast import distributed
+from relcast import distributed, stage3_step
 from relcast.config import RelcastConfig, check_trainer
 from relcast.data.panel import Panel, RelcastDataError
 from relcast.features.normalize import scalers_to_dict
@@ -59,14 +59,6 @@ NORMALIZATION = "normalization.json"  # training-span feature statistics (featur
 def _log(msg: str) -> None:
     if distributed.is_main():  # one voice per run, also under torchrun
         print(f"[relcast] {msg}", flush=True)
-
-
-def _format_scales(scales: dict[str, dict[str, float]]) -> str:
-    """``bull index x1.02 sector x0.97, ...`` for the log."""
-    return ", ".join(
-        f"{regime} index x{s['index']:.2f} sector x{s['sector']:.2f}"
-        for regime, s in scales.items()
-    )
 
 
 def _writes(step: str):
@@ -484,15 +476,7 @@ class Pipeline:
     # ------------------------------------------------------------------ Stage3
     def stage3_names(self) -> list[tuple[str, str, str]]:
         """``(run name, model, feature set)`` for every Stage3 model of the config."""
-        s = self.config.stage3
-        prefix = {"hybrid": "hybrid_", "own": "stage3_own_", "rawconcat": "stage3_rawconcat_"}
-        compared = s.models if s.baseline_models is None else s.baseline_models
-        return [
-            (prefix[fs] + model, model, fs)
-            for model in s.models
-            for fs in s.feature_sets
-            if fs == "hybrid" or model in compared
-        ]
+        return stage3_step.stage3_names(self.config.stage3)
 
     def stage3_inputs(self, feature_set: str, features=None, relationships=None):
         from relcast.training.stage3 import assemble_inputs
@@ -505,101 +489,16 @@ class Pipeline:
 
     def seed_folders(self, name: str) -> list[str]:
         """Stage3 folders of one model: ``name`` (seed 0) then ``name@seed<k>``."""
-        return [name] + [f"{name}@seed{k}" for k in range(1, self.config.evaluation.seeds)]
+        return stage3_step.seed_folders(name, self.config.evaluation.seeds)
 
-    def fit_stage3_model(
-        self, model: str, inputs, *, seed_offset: int = 0, regime_gate: bool, name: str
-    ):
-        """Train one Stage3 model on ``inputs`` with the run's settings (logs under ``name``);
-        returns the :class:`~relcast.training.stage3.Stage3Result`, saves nothing."""
-        from relcast.training.stage3 import fit_stage3
-
-        s = self.config.stage3
-        return fit_stage3(
-            model,
-            inputs,
-            self.labels,
-            self.split,
-            lookback=s.lookback,
-            hparams=s.hparams(model),  # shared hidden_size/dropout + the stage3.<model> section
-            quantiles=s.quantiles,
-            max_epochs=s.max_epochs,
-            batch_size=distributed.per_rank(s.batch_size),  # global batch / ranks
-            chunk_length=s.chunk_length,
-            lr=s.lr,
-            patience=s.patience,
-            label_norm=s.label_norm,
-            seed=self.config.trainer.seed + seed_offset,
-            out_dir=self.dir / "logs" / name,
-            stocks=list(self.panel.symbols[self.target]),  # indices are inputs, not targets
-            progress=self._progress(),
-            regime_gate=regime_gate,
-            index_symbols=list(self.panel.symbols[self.panel.is_index]),
-            **self._trainer_kwargs(),
-        )
+    def fit_stage3_model(self, model: str, inputs, **kwargs):
+        """One Stage3 model trained with the run's settings (:mod:`relcast.stage3_step`)."""
+        return stage3_step.fit_stage3_model(self, model, inputs, **kwargs)
 
     @_writes("stage3")
     def stage3(self, *, resume: bool = True) -> None:
         """Train every Stage3 model of the config; ``resume`` keeps models already saved."""
-        s = self.config.stage3
-        timings = {}
-        runs = [
-            (folder_name, model, feature_set, k)
-            for name, model, feature_set in self.stage3_names()
-            for k, folder_name in enumerate(self.seed_folders(name))
-        ]
-        for name, model, feature_set, k in runs:
-            folder = self.dir / "stage3" / name
-            if resume and (folder / "model.safetensors").exists():
-                try:
-                    self.stage3_model(name)
-                    continue  # resumable per model
-                except RunFolderError as exc:  # damaged weights are trained again, not kept
-                    _log(f"Stage3 {name}: the saved model cannot be read ({exc}); training it")
-            inputs = self.stage3_inputs(feature_set)
-            gated = self.config.relationships.regime and feature_set == "hybrid"
-            _log(
-                f"Stage3 {name}: {inputs.num_features} inputs, lookback {s.lookback}"
-                + (", regime gate" if gated else "")
-            )
-            result = self.fit_stage3_model(
-                model, inputs, seed_offset=k, regime_gate=gated, name=name
-            )
-            extra = {"regime_gate": result.model.spec()} if gated else {}
-            distributed.barrier()  # every rank has read the best checkpoint before it goes
-            if not distributed.is_main():
-                continue  # rank 0 owns the run folder
-            self.folder.save_weights(
-                f"stage3/{name}/model.safetensors",
-                result.model,
-                asdict(result.model.config),
-                model,
-                **extra,
-            )
-            self.folder.drop_checkpoints()
-            timings[name] = {
-                "seconds_per_epoch": result.seconds_per_epoch,
-                "windows_per_second": result.windows_per_second,
-                "epochs": len(result.history),
-                "best_val_rank_ic": result.best_val_rank_ic,
-                "num_inputs": inputs.num_features,
-            }
-            if gated:
-                scales = timings[name]["regime_gate_scales"] = result.model.scales()
-                _log(f"Stage3 {name}: regime gate scales {_format_scales(scales)}")
-            _log(
-                f"Stage3 {name}: best val rank IC {result.best_val_rank_ic:.4f}, "
-                f"{result.seconds_per_epoch:.1f}s/epoch"
-            )
-        if not distributed.is_main():
-            return
-        info = self._info()
-        previous = info["steps"].get("stage3", {}).get("models", {})
-        self._mark(
-            "stage3",
-            sum(t["seconds_per_epoch"] * t["epochs"] for t in timings.values()),
-            models={**previous, **timings},
-        )
+        stage3_step.train_stage3(self, resume=resume)
 
     def stage3_model(self, name: str):
         key = f"stage3:{name}"

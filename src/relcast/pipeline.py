@@ -376,7 +376,7 @@ class Pipeline:
             self.split.train,
             self.split.valid,
         )
-        booster.save(self.dir / "stage2" / "booster.json")
+        self.folder.save_booster(booster)
         self._cache["stage2"] = booster
         r = booster.report_
         self._mark("stage2", time.perf_counter() - start, helped=booster.helped_, **r)

@@ -185,6 +185,10 @@ class RunFolder:
 
         return load_stage3(self.file(f"stage3/{name}/model.safetensors"))
 
+    def save_booster(self, booster) -> Path:
+        """stage2/booster.json (LightGBM's text format inside JSON), written atomically."""
+        return self.write("stage2/booster.json", booster.save)
+
     def load_booster(self):
         """The Stage2 residual booster, None when the run has none."""
         from relcast.models.residual import ResidualBooster

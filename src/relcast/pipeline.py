@@ -53,6 +53,7 @@ from relcast.source import (  # noqa: F401  (check_universe_file: importable fro
 
 STEPS = ("prepare", "stage1", "stage2", "extract", "stage3", "evaluate", "report")
 TRAINING_STEPS = ("stage1", "extract", "stage3")  # run on every rank under torchrun
+FEATURE_STORE = "feature_store"  # data.store: memmap (relcast.training.store)
 NORMALIZATION = "normalization.json"  # training-span feature statistics (features.normalize)
 
 
@@ -169,6 +170,8 @@ class Pipeline:
         self._cache.clear()
         # fitted once on the training span and saved: predict/update scale new data with them
         self.folder.write_json(NORMALIZATION, scalers_to_dict(self.feature_scalers))
+        if self.config.data.store == "memmap":
+            self._build_feature_store()
         self._mark(
             "prepare",
             time.perf_counter() - start,
@@ -252,11 +255,49 @@ class Pipeline:
     @property
     def features(self):
         if "features" not in self._cache:
-            self._cache["features"] = self.features_for(self.panel)
+            if self.config.data.store == "memmap":  # values: the store's memory map
+                self._cache["features"] = self.feature_store.feature_set()
+            else:
+                self._cache["features"] = self.features_for(self.panel)
         return self._cache["features"]
 
     @property
+    def feature_store(self):
+        """The run's :class:`~relcast.training.store.MemmapFeatureStore` (``data.store:
+        memmap``): features and labels that Stage1, extraction, Stage3 and evaluation read."""
+        if "store" not in self._cache:
+            from relcast.training.store import MemmapFeatureStore
+
+            self._cache["store"] = MemmapFeatureStore(self.dir / FEATURE_STORE)
+        return self._cache["store"]
+
+    def _build_feature_store(self) -> None:
+        """Write the features and labels into ``feature_store/`` (rank 0, at ``prepare``)."""
+        import shutil
+
+        from relcast.training.stage1 import encode_sectors
+        from relcast.training.store import MemmapFeatureStore
+
+        f, labels = self.features, self.labels
+        sectors, _ = encode_sectors(self.panel.sectors, self.panel.num_symbols)
+        folder = self.dir / FEATURE_STORE
+        shutil.rmtree(folder, ignore_errors=True)  # a store of an earlier prepare
+        store = MemmapFeatureStore.create(
+            folder, f.dates, f.symbols, f.names, f.groups, labels.shape[2],
+            sector_ids=sectors,
+        )  # fmt: skip
+        for a in range(0, len(f.dates), 4096):  # chunks of dates: bounded temporaries
+            b = a + 4096
+            store.write(a, f.values[a:b], f.mask[a:b], labels[a:b])
+        store.finish()
+        for key in ("features", "labels", "store"):
+            self._cache.pop(key, None)  # every later read goes through the store
+
+    @property
     def labels(self) -> np.ndarray:
+        if "labels" not in self._cache and self.config.data.store == "memmap":
+            if (self.dir / FEATURE_STORE / "meta.json").exists():
+                self._cache["labels"] = self.feature_store.labels
         if "labels" not in self._cache:
             from relcast.features import forward_returns
 
@@ -529,7 +570,8 @@ class Pipeline:
     @_writes("run")
     def run(self, *, force: bool = False) -> dict:
         """Every step in order; steps already done are skipped unless ``force``."""
-        distributed.init()  # under torchrun/srun: rank 0 writes, every rank trains
+        # under torchrun/srun: rank 0 writes, every rank trains
+        distributed.init(self.config.trainer.accelerator)
         total = time.perf_counter()
         if not force:
             distributed.on_main("resume", lambda: self.done("prepare") and self.check_resumable())

@@ -338,6 +338,7 @@ class Pipeline:
     @_writes("stage1")
     def stage1(self) -> None:
         from relcast.models.cross_sectional import Stage1Config
+        from relcast.relationships import best_epoch_count
         from relcast.training.stage1 import encode_sectors, fit_stage1
 
         f = self.features
@@ -355,6 +356,7 @@ class Pipeline:
             **self._stage1_fit_kwargs(),
         )  # fmt: skip
         self._cache["stage1"] = result.model
+        self._cache["stage1_best_epoch"] = best_epoch_count(result.history)  # on every rank
         distributed.barrier()  # every rank has read the best checkpoint before it goes
         if not distributed.is_main():
             return  # rank 0 owns the run folder
@@ -365,6 +367,7 @@ class Pipeline:
             result.train_seconds,
             best_val_rank_ic=result.best_val_rank_ic,
             epochs=len(result.history),
+            best_epoch=self._cache["stage1_best_epoch"],
         )
         _log(
             f"Stage1 done in {result.train_seconds:.0f}s, "
@@ -455,6 +458,20 @@ class Pipeline:
             **r.v3.model_dump(),  # V3's settings (the other extractors take none)
         )
 
+    def _fold_epochs(self) -> int | None:
+        """Epochs of each out-of-fold Stage1 (``relationships.oof_epochs``); None: early
+        stopping, also when the full model's best epoch is unknown (a run from before it was
+        recorded)."""
+        epochs = self.config.relationships.oof_epochs
+        if epochs == "early_stopping":
+            return None
+        if epochs == "best":
+            if "stage1_best_epoch" not in self._cache:
+                step = self._info()["steps"].get("stage1", {})
+                self._cache["stage1_best_epoch"] = step.get("best_epoch", 0)
+            return self._cache["stage1_best_epoch"] or None
+        return int(epochs)
+
     @_writes("extract")
     def extract(self) -> None:
         """Relationship features for every date, out-of-fold on the training span."""
@@ -478,6 +495,7 @@ class Pipeline:
             out_dir=self.dir / "logs" / "stage1_folds",
             out_path=self.dir / "data_with_relationships.parquet" if mine else None,
             full_model=self.stage1_model,
+            fold_epochs=self._fold_epochs(),
             **self._stage1_fit_kwargs(),
         )
         self._cache["extractor"] = store.full_extractor

@@ -35,7 +35,6 @@ __all__ = [
 ]
 
 
-
 def atomic_write_bytes(path: Path, data: bytes) -> Path:
     """Write ``data`` under a per-process temporary name, then rename it into place."""
     return atomic_write(path, data)

@@ -34,7 +34,6 @@ Read top to bottom:
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,14 +42,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from relcast.features.featureset import FeatureSet
 from relcast.features.labels import (
     normalize_labels_cross_section,
     rank_normalize_labels_cross_section,
 )
-from relcast.training.loader import WindowLoader
+from relcast.training.stage3_inputs import (  # noqa: F401  (importable from here too)
+    FEATURE_SETS,
+    Stage3Inputs,
+    _relationship_arrays,
+    assemble_inputs,
+)
+from relcast.training.stage3_module import _epoch_timer_class, _lightning_module_class
 
-FEATURE_SETS = ("own", "hybrid", "rawconcat")
 CHUNK_LENGTH = 128
 """Default chunk length of sequence training and prediction (burn-in included)."""
 EVAL_BATCH_FLOATS = 2**25
@@ -73,302 +76,11 @@ def eval_batch_size(want: int, num_features: int, lookback: int, chunk_length: i
 LABEL_NORMS = ("cross_section", "cs_rank", "none")
 
 
-# ----------------------------------------------------------------------------- inputs
-
-
-@dataclass(eq=False)
-class Stage3Inputs:
-    """What a Stage3 model reads, per (date, stock), for one feature set.
-
-    Attributes:
-        feature_set: ``"own"``, ``"hybrid"`` or ``"rawconcat"``.
-        dates, symbols: ``[T]``, ``[N]``.
-        values: ``float32 [T, N, F_stock]``, the target stock's own columns at each date (for
-            ``rawconcat`` only index + calendar; the all-stocks block is ``concat``).
-        valid: ``bool [T, N]``, every column of ``values`` is defined.
-        names: the model's F_in input names, in the order of the batch's ``x`` axis.
-        groups: name lists per group (``own``, ``index``, ``calendar``, ``relationship``,
-            ``all_own``).
-        sector_ids: ``int [N]`` sector index of every stock.
-        concat: ``float32 [T, N, F_own]`` every stock's own indicators (``rawconcat`` only),
-            0 where the stock is not valid.
-    """
-
-    feature_set: str
-    dates: np.ndarray
-    symbols: np.ndarray
-    values: np.ndarray
-    valid: np.ndarray
-    names: list[str]
-    groups: dict[str, list[str]]
-    sector_ids: np.ndarray
-    concat: np.ndarray | None = None
-
-    @property
-    def num_features(self) -> int:
-        """F_in, the width of the model input."""
-        return len(self.names)
-
-    @property
-    def num_sectors(self) -> int:
-        """Size of the sector embedding table."""
-        return int(self.sector_ids.max()) + 1 if len(self.sector_ids) else 1
-
-    def stock_index(self, stocks: Sequence[str | int] | None) -> np.ndarray | None:
-        """Stock positions of symbols (or positions passed through); None stays None."""
-        if stocks is None:
-            return None
-        lookup = {s: i for i, s in enumerate(self.symbols)}
-        out = []
-        for s in stocks:
-            if isinstance(s, int | np.integer):
-                out.append(int(s))
-            elif s in lookup:
-                out.append(lookup[s])
-            else:
-                raise KeyError(f"stock {s!r} is not in the inputs ({len(self.symbols)} symbols)")
-        return np.asarray(out, dtype=np.int64)
-
-    def loader(self, lookback: int, labels: np.ndarray | None = None, **kwargs) -> WindowLoader:
-        """A :class:`WindowLoader` over these inputs (``kwargs`` go to the loader): window
-        batches, or sequence batches with ``chunk_length=C``."""
-        loader = WindowLoader(
-            self.values,
-            self.valid,
-            lookback,
-            labels,
-            sector_ids=self.sector_ids,
-            concat_inputs=self.concat,
-            **kwargs,
-        )
-        assert loader.num_features == self.num_features
-        return loader
-
-
-def _relationship_arrays(relationships: Any, features: FeatureSet) -> tuple[np.ndarray, list[str]]:
-    """``(values [T, N, K], names)`` from a relationship store, a FeatureSet or a tuple."""
-    if isinstance(relationships, tuple):
-        values, names = relationships
-    else:
-        values = relationships.values
-        names = list(relationships.names)
-        for attr, want in (("dates", features.dates), ("symbols", features.symbols)):
-            have = getattr(relationships, attr, None)
-            if have is not None and not np.array_equal(np.asarray(have), np.asarray(want)):
-                raise ValueError(
-                    f"relationship features have different {attr} than the feature set; "
-                    "extract them from a Stage1 model fitted on the same panel"
-                )
-    values = np.asarray(values, dtype=np.float32)
-    T, N = features.mask.shape
-    if values.ndim != 3 or values.shape[:2] != (T, N) or values.shape[2] != len(names):
-        raise ValueError(
-            f"relationship features have shape {values.shape} with {len(names)} names, "
-            f"expected ({T}, {N}, K) with K names"
-        )
-    clash = sorted(set(map(str, names)) & set(features.names))
-    if clash:
-        raise ValueError(f"relationship feature names clash with feature names: {clash[:5]}")
-    return values, [str(n) for n in names]
-
-
-def assemble_inputs(
-    features: FeatureSet,
-    relationships: Any = None,
-    feature_set: str = "own",
-    *,
-    sectors: Sequence | np.ndarray | None = None,
-) -> Stage3Inputs:
-    """Pick the Stage3 input columns for ``feature_set`` (see the module docstring).
-
-    Args:
-        features: the feature set with groups ``own`` and, if present, ``index`` and ``calendar``.
-        relationships: Stage1 relationship features for ``hybrid``: an object with
-            ``values [T, N, K]`` and ``names`` (a relationship store or a FeatureSet), or a
-            ``(values, names)`` tuple.
-        feature_set: ``"own"``, ``"hybrid"`` or ``"rawconcat"``.
-        sectors: sector label of every stock (strings or ints), for the sector embedding.
-    """
-    if feature_set not in FEATURE_SETS:
-        raise ValueError(f"feature_set must be one of {FEATURE_SETS}, got {feature_set!r}")
-    if "own" not in features.groups:
-        raise ValueError(f"the feature set has no 'own' group; groups: {list(features.groups)}")
-    T, N = features.mask.shape
-    context = [g for g in ("alpha158", "index", "calendar", "regime") if features.groups.get(g)]
-    groups = {g: list(features.groups[g]) for g in ("own", *context)}
-    valid = features.mask.copy()
-    if sectors is None:
-        sector_ids = np.zeros(N, dtype=np.int64)
-    else:
-        _, sector_ids = np.unique(np.asarray(sectors).astype(str), return_inverse=True)
-        if len(sector_ids) != N:
-            raise ValueError(f"sectors has {len(sector_ids)} entries, expected {N} stocks")
-    concat = None
-    if feature_set == "rawconcat":
-        own_names = groups["own"]
-        concat = features.group("own")  # (T, N, F_own)
-        all_own = [f"{s}:{n}" for s in features.symbols for n in own_names]
-        groups = {"all_own": all_own, **{g: groups[g] for g in context}}
-        values = features.group(*context) if context else np.zeros((T, N, 0), np.float32)
-        names = all_own + [n for g in context for n in groups[g]]
-    else:
-        values = features.group("own", *context)  # (T, N, F_own + F_index + F_calendar)
-        names = [n for g in ("own", *context) for n in groups[g]]
-        if feature_set == "hybrid":
-            if relationships is None:
-                raise ValueError(
-                    "feature_set='hybrid' needs relationship features: pass the Stage1 "
-                    "relationship store (relcast.relationships.build_relationship_store)"
-                )
-            rel, rel_names = _relationship_arrays(relationships, features)
-            valid &= np.isfinite(rel).all(axis=-1)
-            values = np.concatenate([values, rel], axis=-1)  # (T, N, F_own... + K)
-            names += rel_names
-            groups["relationship"] = rel_names
-    values = np.ascontiguousarray(values, dtype=np.float32)
-    valid &= np.isfinite(values).all(axis=-1)
-    if concat is not None:
-        # zeros where a stock is masked, once here: every loader then shares this array
-        concat = np.array(concat, dtype=np.float32)  # (T, N, F_own), our own copy
-        np.nan_to_num(concat, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
-        concat[~valid] = 0.0
-    return Stage3Inputs(
-        feature_set=feature_set,
-        dates=features.dates,
-        symbols=features.symbols,
-        values=values,
-        valid=valid,
-        names=names,
-        groups=groups,
-        sector_ids=sector_ids.astype(np.int64),
-        concat=None if concat is None else np.ascontiguousarray(concat, dtype=np.float32),
-    )
-
-
-# ----------------------------------------------------------------------------- training
-
-
-def _lightning_module_class():
-    import lightning
-
-    from relcast.models.metrics import daily_rank_ic
-    from relcast.models.temporal.losses import pinball_loss, point_forecast
-
-    class Stage3Module(lightning.LightningModule):
-        """Loss, optimiser and the validation Rank IC around any registered Stage3 model."""
-
-        def __init__(
-            self,
-            model: torch.nn.Module,
-            quantiles: Sequence[float] | None,
-            lr: float = 1e-3,
-            weight_decay: float = 0.0,
-        ) -> None:
-            super().__init__()
-            self.model = model
-            self.quantiles = None if quantiles is None else tuple(quantiles)
-            self.lr, self.weight_decay = lr, weight_decay
-            self._val_rows: list[torch.Tensor] = []
-
-        def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-            return self.model(batch)
-
-        def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-            # a sequence batch is scored at its origin steps only (pred [B, C, H, Q])
-            origin = batch.get("origin")
-            loss = pinball_loss(self.model(batch)["pred"], batch["y"], self.quantiles, origin)
-            self.log(
-                "train_loss", loss, on_step=False, on_epoch=True, batch_size=_samples(batch),
-                sync_dist=True,
-            )  # fmt: skip
-            return loss
-
-        def on_validation_epoch_start(self) -> None:
-            self._val_rows = []
-
-        def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-            pred = self.model(batch)["pred"]  # (B, H, Q) or (B, C, H, Q)
-            origin = batch.get("origin")
-            loss = pinball_loss(pred, batch["y"], self.quantiles, origin)
-            # sync_dist: under DDP every rank must see the same val_loss, since early stopping
-            # and the best checkpoint may watch it (one target stock)
-            self.log(
-                "val_loss", loss, on_step=False, on_epoch=True, batch_size=_samples(batch),
-                sync_dist=True,
-            )  # fmt: skip
-            t, n, y = batch["t"], batch["n"], batch["y"]
-            if origin is not None:  # the origin steps of the chunks, one row each
-                pred, t, y = pred[origin], t[origin], y[origin]  # (M, H, Q), (M,), (M, H)
-                n = n[:, None].expand_as(origin)[origin]  # (M,)
-            point = point_forecast(pred, self.quantiles)[:, 0]  # (M,) horizon 1
-            y1 = y[:, 0]
-            cols = [t, n, point, y1]
-            row = torch.stack([c.double() for c in cols], dim=1)  # (B, 4)
-            self._val_rows.append(row.detach())
-
-        def on_validation_epoch_end(self) -> None:
-            rows = torch.cat(self._val_rows) if self._val_rows else torch.zeros(0, 4)
-            rows = rows.to(self.device, torch.float64)
-            if self.trainer.world_size > 1:
-                # shards differ in size by at most one window: pad with NaN rows, gather, drop
-                size = torch.tensor([len(rows)], device=self.device)
-                longest = int(self.all_gather(size).max())
-                pad = torch.full((longest - len(rows), 4), float("nan"), device=self.device)
-                rows = self.all_gather(torch.cat([rows, pad])).reshape(-1, 4)
-                rows = rows[torch.isfinite(rows[:, 0])]
-            rows = rows.cpu().numpy()
-            ic = float("nan")
-            if len(rows):
-                dates, t_pos = np.unique(rows[:, 0].astype(np.int64), return_inverse=True)
-                n_pos = rows[:, 1].astype(np.int64)
-                N = int(n_pos.max()) + 1
-                pred = np.full((len(dates), N), np.nan)
-                label = np.full((len(dates), N), np.nan)
-                pred[t_pos, n_pos], label[t_pos, n_pos] = rows[:, 2], rows[:, 3]
-                daily = daily_rank_ic(pred, label, np.isfinite(pred) & np.isfinite(label))
-                if np.isfinite(daily).any():
-                    ic = float(np.nanmean(daily))
-            self.log("val_rank_ic", ic, sync_dist=False)
-
-        def configure_optimizers(self):
-            # a wrapper (the regime gate) may ask for its own learning rate per group
-            groups = getattr(self.model, "param_groups", None)
-            params = groups(self.lr, self.weight_decay) if groups else self.model.parameters()
-            return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
-
-    return Stage3Module
-
-
-def _samples(batch: dict[str, torch.Tensor]) -> int:
-    """Scored samples in a batch: its origin steps (sequence) or its windows."""
-    origin = batch.get("origin")
-    return int(origin.sum()) if origin is not None else len(batch["y"])
-
-
 def __getattr__(name: str):
     # Stage3Module lives behind a function so that importing this module stays cheap.
     if name == "Stage3Module":
         return _lightning_module_class()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def _epoch_timer_class():
-    import lightning
-
-    class EpochTimer(lightning.Callback):
-        """Wall time of every training epoch (validation excluded)."""
-
-        def __init__(self) -> None:
-            self.seconds: list[float] = []
-            self._start = 0.0
-
-        def on_train_epoch_start(self, trainer, pl_module) -> None:
-            self._start = time.perf_counter()
-
-        def on_train_epoch_end(self, trainer, pl_module) -> None:
-            self.seconds.append(time.perf_counter() - self._start)
-
-    return EpochTimer
 
 
 @dataclass(eq=False)

@@ -11,8 +11,8 @@ features with a planted cross-sectional signal (a stock's next return follows it
    ``predict_stage1`` in batches of 64 dates), with attention dropout 0.1 (``before``: what
    ``stage1.dropout`` used to do to the attention weights too) and 0 (``after``: the default
    now, PyTorch's fused attention kernel), plus peak RSS above the process's baseline.
-2. **Out-of-fold store** (small preset, ``oof_dates`` dates): the full Stage1 is trained once
-   with early stopping and reused (as the pipeline does); then
+2. **Out-of-fold store** (small preset, ``oof_dates`` dates, 8 per batch): the full Stage1 is
+   trained once with early stopping and reused (as the pipeline does); then
    :func:`relcast.relationships.build_relationship_store` builds the 3-fold store
 
    - ``before``: fold models early-stop like the full model (a validation pass every epoch,
@@ -49,11 +49,12 @@ FULL = dict(
     sectors=20,
     presets=("small", "medium"),
     batch_dates=32,
-    train_steps=2,
+    train_steps=1,
     extract_dates=128,
-    oof_dates=330,
+    oof_dates=260,
+    oof_batch_dates=8,
     oof_max_epochs=8,
-    oof_patience=3,
+    oof_patience=2,
     n_folds=3,
 )
 QUICK = dict(
@@ -65,6 +66,7 @@ QUICK = dict(
     train_steps=1,
     extract_dates=8,
     oof_dates=90,
+    oof_batch_dates=4,
     oof_max_epochs=2,
     oof_patience=1,
     n_folds=2,
@@ -216,7 +218,7 @@ def measure_oof(cfg: dict, variants: tuple[str, ...]) -> list[dict[str, Any]]:
         sector_ids=sector,
         max_epochs=cfg["oof_max_epochs"],
         patience=cfg["oof_patience"],
-        batch_dates=cfg["batch_dates"],
+        batch_dates=cfg["oof_batch_dates"],
         progress=False,
     )
     rows = []

@@ -50,6 +50,10 @@ from relcast.data.panel import Panel, RelcastDataError
 from relcast.features import DEFAULT_WINDOWS, build_features, forward_returns
 from relcast.features.featureset import FeatureSet
 from relcast.features.labels import normalize_labels_cross_section
+from relcast.training.store_sources import (  # noqa: F401  (panel_slices: importable from here too)
+    index_context,
+    panel_slices,
+)
 
 STORE_VERSION = 1
 ARRAYS = ("values", "mask", "labelled", "labels", "targets")
@@ -228,7 +232,7 @@ class MemmapFeatureStore:
         targets are already the cross-sectional z-scores ``fit_stage3`` would compute, and
         computing them again would build a float64 ``[T, N, H]`` array in memory.
         """
-        from relcast.training.stage3 import Stage3Inputs
+        from relcast.training.stage3_inputs import Stage3Inputs
 
         class MemmapStage3Inputs(Stage3Inputs):
             """Stage3 inputs whose values stay in the store's stock-major memmap."""
@@ -309,22 +313,6 @@ def _attr(name: str) -> str:
 
 
 # ----------------------------------------------------------------------------- building
-def panel_slices(panel: Panel) -> Callable[[int, int], Panel]:
-    """A source for :func:`build_feature_store` that slices an in-memory panel."""
-
-    def source(start: int, stop: int) -> Panel:
-        return Panel(
-            dates=panel.dates[start:stop],
-            symbols=panel.symbols,
-            fields=panel.fields,
-            values=panel.values[start:stop],
-            mask=panel.mask[start:stop],
-            meta=panel.meta,
-        )
-
-    return source
-
-
 def build_feature_store(
     folder: str | Path,
     source: Callable[[int, int], Panel],
@@ -368,37 +356,9 @@ def build_feature_store(
         raise ValueError(f"chunk_dates must be >= 1 and overlap >= 0, got {chunk_dates}, {overlap}")
 
     # Pass 1: index + calendar features over all dates (a few columns per date, fits in RAM)
-    parts = []
-    for a in range(0, T, chunk_dates):
-        part = source(a, min(T, a + chunk_dates))
-        which = np.flatnonzero(part.is_index)
-        if not len(which):
-            raise RelcastDataError(
-                "build_feature_store needs a market index in the source (is_index=True): the "
-                "chunked build cannot form the equal-weight index of all stocks"
-            )
-        parts.append(part.select(symbols=list(part.symbols[which])))
-    index_panel = Panel(
-        dates=np.concatenate([p.dates for p in parts]),
-        symbols=parts[0].symbols,
-        fields=parts[0].fields,
-        values=np.concatenate([p.values for p in parts]),
-        mask=np.concatenate([p.mask for p in parts]),
-        meta=parts[0].meta,
-    )
-    if not np.array_equal(index_panel.dates, dates):
-        raise RelcastDataError("the source's dates differ from `dates`")
-    context = build_features(index_panel, train_end=train_end, windows=windows)
-    context_groups = {g: context.groups[g] for g in ("index", "calendar")}
-    ctx_cols = context.columns([n for g in context_groups.values() for n in g])
-    ctx = np.full((T, len(ctx_cols)), np.nan, np.float32)  # (T, F_ctx)
-    # a date's index/calendar values are the same for every row; take them where defined
-    raw_ctx = context.values[:, :, ctx_cols]  # (T, K, F_ctx)
-    defined = np.isfinite(raw_ctx).all(axis=-1)  # (T, K)
-    first = defined.argmax(axis=1)  # (T,)
-    rows = np.flatnonzero(defined.any(axis=1))
-    ctx[rows] = raw_ctx[rows, first[rows]]
-    del parts, index_panel, context, raw_ctx
+    ctx, context_groups = index_context(
+        source, dates, chunk_dates=chunk_dates, train_end=train_end, windows=windows
+    )  # (T, F_ctx)
 
     # Pass 2: own features and labels, chunk by chunk, with `overlap` dates of history
     store = None

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, IterableDataset
 
-from relcast.training.loader import _distributed_rank, shard_batches
+from relcast.training.windows import _distributed_rank, shard_batches
 
 
 class CrossSectionDataset(Dataset):

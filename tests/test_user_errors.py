@@ -349,3 +349,19 @@ def test_check_names_a_bad_universe_file(files):
     bad = _write(files["root"], "check_u.json", "[{")
     result, output = _cli(["check", "--data", files["train"], "--universe", bad])
     _assert_clean_error(result, output, "check_u.json", "not valid JSON")
+
+
+def test_predict_and_update_read_new_bars_with_the_runs_reader_settings(monkeypatch):
+    """A run on day-first files must read its new bars day-first too (not the defaults)."""
+    import relcast
+    from relcast import inference
+    from relcast.config import load_config
+
+    cfg = load_config(
+        overrides=["data.date_format=dayfirst", "data.symbol_pattern=NASDAQ_{symbol}_30Y"]
+    )
+    seen = {}
+    monkeypatch.setattr(relcast, "read_panel", lambda path, **kw: seen.update(kw) or "panel")
+    assert inference._read_market("new_bars/", cfg) == "panel"
+    assert seen["date_format"] == "dayfirst"
+    assert seen["symbol_pattern"] == "NASDAQ_{symbol}_30Y"

@@ -34,12 +34,19 @@ def recover_update(run_dir: Path) -> bool:
     return RunFolder(run_dir).recover_if_free()
 
 
-def _read_market(data: str) -> Panel:
+def _read_market(data: str, config) -> Panel:
+    """New bars, read with the run's own reader settings (date format, file-name rule, ...)."""
     import relcast
 
     if data == "demo":
         return relcast.load_dataset("demo")
-    return relcast.read_panel(data)
+    d = config.data
+    return relcast.read_panel(
+        data,
+        date_format=d.date_format,
+        symbol_pattern=d.symbol_pattern,
+        max_bad_fraction=d.max_bad_fraction,
+    )
 
 
 def _open(run_dir):
@@ -109,7 +116,7 @@ def _stored_relationships(pipe) -> tuple[np.ndarray, np.ndarray]:
 def predict_date(run_dir, data: str, date: str | None = None) -> pd.DataFrame:
     """Stage3 forecasts at ``date`` (default: the last date of ``data``) from saved models."""
     pipe = _open(run_dir)
-    panel = _read_market(data)
+    panel = _read_market(data, pipe.config)
     panel = _as_trained(panel, pipe.panel)
     if date is None:
         t = panel.num_dates - 1
@@ -215,7 +222,7 @@ def update_run(run_dir, data: str) -> pd.DataFrame:
 def _update(run_dir, data: str) -> pd.DataFrame:
     pipe = _open(run_dir)
     old = pipe.panel
-    new = _read_market(data)
+    new = _read_market(data, pipe.config)
     if new.num_dates == 0:
         raise RelcastDataError(f"{data}: no dates to add")
     if new.dates[0] <= old.dates[-1]:

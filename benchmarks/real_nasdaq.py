@@ -58,6 +58,7 @@ ABLATIONS: dict[str, list[str]] = {
     "stage1_listnet": ["stage1.loss=listnet"],
     "cs_rank_labels": ["stage3.label_norm=cs_rank"],
     "alpha158": ["data.alpha158=true"],
+    "stage1_score": ["relationships.stage1_score=true"],
 }
 ABLATION_BASE = ["stage3.models=[gru]", "stage3.feature_sets=[hybrid,own]", "evaluation.seeds=1"]
 QUICK = [

@@ -58,3 +58,33 @@ def make_market():
     """``make_market(num_stocks, num_days, seed, horizons, **synthetic_market_kwargs)``:
     a :class:`TinyMarket`, built once per arguments in a test process."""
     return _tiny_market
+
+
+# The tiny end-to-end run shared by the CLI, run-folder and user-error tests: every stage,
+# models small enough that a whole `relcast run` takes seconds. Later --set items win.
+TINY_RUN = [
+    "data.horizons=2",
+    "stage1.d_model=16",
+    "stage1.num_heads=2",
+    "stage1.num_layers=1",
+    "stage1.relationship_dim=4",
+    "stage1.max_epochs=2",
+    "stage1.batch_dates=16",
+    "stage2.n_estimators=20",
+    "relationships.oof_folds=2",
+    "stage3.models=[gru]",
+    "stage3.feature_sets=[hybrid,own]",
+    "stage3.hidden_size=8",
+    "stage3.gru.num_layers=1",
+    "stage3.lookback=8",
+    "stage3.max_epochs=1",
+    "stage3.batch_size=256",
+    "evaluation.topk=2",
+    "trainer.progress=false",
+    "trainer.accelerator=cpu",
+]
+
+
+def cli_sets(extra=()) -> list[str]:
+    """``--set`` arguments for :data:`TINY_RUN` followed by ``extra`` overrides."""
+    return [arg for item in [*TINY_RUN, *extra] for arg in ("--set", item)]

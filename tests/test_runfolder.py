@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import cli_sets
 from typer.testing import CliRunner
 
 import relcast
@@ -34,33 +35,12 @@ from relcast.runfolder import (
     temp_path,
 )
 
-TINY = [
-    "data.horizons=2",
-    "stage1.d_model=16",
-    "stage1.num_heads=2",
-    "stage1.num_layers=1",
-    "stage1.relationship_dim=4",
-    "stage1.max_epochs=2",
-    "stage1.batch_dates=16",
-    "stage2.n_estimators=20",
-    "relationships.oof_folds=2",
-    "stage3.models=[gru]",
-    "stage3.feature_sets=[hybrid]",
-    "stage3.hidden_size=8",
-    "stage3.gru.num_layers=1",
-    "stage3.lookback=8",
-    "stage3.max_epochs=1",
-    "stage3.batch_size=256",
-    "evaluation.topk=2",
-    "trainer.progress=false",
-    "trainer.accelerator=cpu",
-]
 DAYS, NEW_DAYS = 240, 6
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
 def _sets(extra=()):
-    return [arg for item in [*TINY, *extra] for arg in ("--set", item)]
+    return cli_sets(["stage3.feature_sets=[hybrid]", *extra])
 
 
 def _run_args(data: Path, out: Path, extra=(), force: bool = False) -> list[str]:

@@ -15,14 +15,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_pipeline_cli import TINY  # the tiny CLI run's settings
+from conftest import TINY_RUN  # the tiny CLI run's settings
 from typer.testing import CliRunner
 
 import relcast
 from relcast.cli import app
 
 TRAIN_DAYS, TOTAL_DAYS = 260, 2100
-FAST = [*TINY, "stage2.enabled=false", "stage3.feature_sets=[hybrid]"]
+FAST = [*TINY_RUN, "stage2.enabled=false", "stage3.feature_sets=[hybrid]"]
 
 
 def _sets(items) -> list[str]:

@@ -88,3 +88,26 @@ TINY_RUN = [
 def cli_sets(extra=()) -> list[str]:
     """``--set`` arguments for :data:`TINY_RUN` followed by ``extra`` overrides."""
     return [arg for item in [*TINY_RUN, *extra] for arg in ("--set", item)]
+
+
+def interrupt_update(work, data, monkeypatch) -> None:
+    """An update that dies after its journal, during the renames."""
+    import os
+
+    from relcast.inference import JOURNAL, update_run
+
+    real = os.replace
+    calls = {"n": 0}
+
+    def crash_on_second_rename(src, dst):
+        if str(src).endswith(".update"):
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise OSError("killed during the renames")
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", crash_on_second_rename)
+    with pytest.raises(OSError, match="killed"):
+        update_run(work, str(data))
+    monkeypatch.undo()
+    assert (work / JOURNAL).exists()

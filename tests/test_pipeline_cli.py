@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import cli_sets
+from conftest import cli_sets, interrupt_update
 from typer.testing import CliRunner
 
 import relcast
@@ -332,28 +332,13 @@ def test_interrupted_update_leaves_the_run_usable(run_dir, market, tmp_path, mon
 
 
 def test_crash_during_renames_is_finished_on_next_open(run_dir, market, tmp_path, monkeypatch):
-    import os
     import shutil
 
     from relcast import inference
 
     work = tmp_path / "run"
     shutil.copytree(run_dir, work)
-    real_replace = os.replace
-    state = {"renames": 0}
-
-    def crash_after_first_rename(src, dst):
-        if str(src).endswith(".update"):
-            state["renames"] += 1
-            if state["renames"] == 2:
-                raise OSError("simulated crash during renames")
-        return real_replace(src, dst)
-
-    monkeypatch.setattr(os, "replace", crash_after_first_rename)
-    with pytest.raises(OSError):
-        inference.update_run(work, str(market["new"]))
-    monkeypatch.undo()
-    assert (work / inference.JOURNAL).exists()
+    interrupt_update(work, market["new"], monkeypatch)  # dies after its journal
     frame = inference.predict_date(work, str(market["all"]))  # opening finishes the update
     assert not (work / inference.JOURNAL).exists()
     assert pd.Timestamp(market["full"].dates[-1]) in set(frame["date"])

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import cli_sets
+from conftest import cli_sets, interrupt_update
 from typer.testing import CliRunner
 
 import relcast
@@ -366,27 +366,6 @@ def test_nothing_is_unpickled():
     assert [f.split(":")[0] for f in found] == ["training/common.py"], found
 
 
-def _interrupt_update(work: Path, data: Path, monkeypatch) -> None:
-    """An update that dies after its journal, during the renames."""
-    from relcast.inference import update_run
-
-    real = os.replace
-    calls = {"n": 0}
-
-    def crash_on_second_rename(src, dst):
-        if str(src).endswith(".update"):
-            calls["n"] += 1
-            if calls["n"] == 2:
-                raise OSError("killed during the renames")
-        return real(src, dst)
-
-    monkeypatch.setattr(os, "replace", crash_on_second_rename)
-    with pytest.raises(OSError, match="killed"):
-        update_run(work, str(data))
-    monkeypatch.undo()
-    assert (work / JOURNAL).exists()
-
-
 LEFTOVERS = [
     ".panel.build",
     ".panel.build.tmp",
@@ -405,7 +384,7 @@ def test_every_command_recovers_an_interrupted_update_first(
     command, run_dir, market, tmp_path, monkeypatch
 ):
     work = _copy(run_dir, tmp_path)
-    _interrupt_update(work, market["root"] / "new.csv", monkeypatch)
+    interrupt_update(work, market["root"] / "new.csv", monkeypatch)
     for name in LEFTOVERS:
         (work / name).write_bytes(b"crash leftover")
     (work / "my_notes.txt").write_text("not a leftover")

@@ -12,8 +12,12 @@ the TopkDropout backtest with 5/15 bp costs.
 step, and writes ``benchmarks/results/real_nasdaq.json``: every metric row of the run
 (with the Newey-West statistics and paired tests the evaluation computes), wall time and
 peak RSS of each step. ``--ablations`` adds one-seed variants (extractor, out-of-fold,
-Stage1 loss, label normalisation, Alpha158 features) that each change one setting,
-scored with the same statistics. Settings were chosen on the validation year only.
+Stage1 loss, label normalisation, Alpha158 features, Stage1 score stacking) that each
+change one setting, scored with the same statistics; each starts from a copy of the main
+run's folder for the steps its change leaves untouched (the same Stage1 weights), so it
+costs only what it changes. ``--only TAG ...`` runs some ablations alone (``--wait`` polls
+a main run still in progress), ``--collect`` assembles the JSON from the run folders.
+Settings are chosen on the validation year (``val_rank_ic`` in the ablation table) only.
 """
 
 from __future__ import annotations
@@ -49,16 +53,18 @@ MAIN = [
 ]
 # steps that --resume takes from an earlier run of the same tag when they are done
 REUSABLE = ("prepare", "stage1", "stage2", "extract")
-# one change each against the main configuration's hybrid/own GRU (one seed)
-ABLATIONS: dict[str, list[str]] = {
-    "v1+v2": ["relationships.extractor=v1+v2"],
-    "v3": ["relationships.extractor=v3"],
-    "no_oof": ["relationships.oof_folds=0"],
-    "stage1_mse": ["stage1.loss=mse"],
-    "stage1_listnet": ["stage1.loss=listnet"],
-    "cs_rank_labels": ["stage3.label_norm=cs_rank"],
-    "alpha158": ["data.alpha158=true"],
-    "stage1_score": ["relationships.stage1_score=true"],
+# one change each against the main configuration's hybrid/own GRU (one seed), with the steps
+# it leaves untouched: those are copied from the main run instead of being trained again
+# (the same Stage1 weights, so the ablation compares only what it changes)
+ABLATIONS: dict[str, tuple[list[str], tuple[str, ...]]] = {
+    "stage1_score": (["relationships.stage1_score=true"], ("prepare", "stage1", "stage2")),
+    "cs_rank_labels": (["stage3.label_norm=cs_rank"], REUSABLE),
+    "no_oof": (["relationships.oof_folds=0"], ("prepare", "stage1", "stage2")),
+    "v1+v2": (["relationships.extractor=v1+v2"], ("prepare", "stage1", "stage2")),
+    "alpha158": (["data.alpha158=true"], ()),
+    "stage1_listnet": (["stage1.loss=listnet"], ("prepare",)),
+    "v3": (["relationships.extractor=v3"], ("prepare", "stage1", "stage2")),
+    "stage1_mse": (["stage1.loss=mse"], ("prepare",)),
 }
 ABLATION_BASE = ["stage3.models=[gru]", "stage3.feature_sets=[hybrid,own]", "evaluation.seeds=1"]
 QUICK = [
@@ -82,31 +88,71 @@ PUBLISHED = [
 COLUMNS = ["model", "ic", "ic_t", "rank_ic", "rank_ic_t", "rank_ic_p", "icir", "rank_icir"]
 
 
-def measure(tag: str, overrides: list[str], fresh: bool = True) -> dict[str, Any]:
+def start_from(base: Path, out: Path, steps: tuple[str, ...], wait: float = 0.0) -> None:
+    """Start the run folder ``out`` from the finished ``steps`` of the run folder ``base``.
+
+    Copies ``base`` without its Stage3 models and logs and keeps only ``steps`` in the copy's
+    run.json, so the pipeline redoes every later step. ``wait`` > 0 polls ``base`` (a run in
+    progress in another process) until those steps are done.
+    """
+    import shutil
+
+    from relcast.persist import read_json, write_json
+
+    while True:
+        done = read_json(base / "run.json")["steps"] if (base / "run.json").exists() else {}
+        if all(step in done for step in steps):
+            break
+        if wait <= 0:
+            raise SystemExit(f"{base}: steps {steps} not all done (has {sorted(done)})")
+        time.sleep(wait)
+    time.sleep(1)  # the step's files are written before run.json marks it done
+    if out.exists():
+        shutil.rmtree(out)
+    shutil.copytree(base, out, ignore=shutil.ignore_patterns("stage3", "logs", "*.tmp*"))
+    info = read_json(out / "run.json")
+    info["steps"] = {step: info["steps"][step] for step in steps}
+    write_json(out / "run.json", info)
+
+
+def measure(
+    tag: str,
+    overrides: list[str],
+    fresh: bool = True,
+    base: str | None = None,
+    reuse: tuple[str, ...] = (),
+    wait: float = 0.0,
+) -> dict[str, Any]:
     """One configuration in this process: every pipeline step timed, its peak RSS sampled.
 
-    ``fresh=False`` keeps the data, Stage1, Stage2 and extraction steps of an earlier run of
-    this tag (their times come from its run.json) and redoes Stage3, evaluation and report
-    with ``overrides`` (which may only change those later steps).
+    ``fresh=False`` keeps the steps of an earlier run of this tag that are done (among
+    :data:`REUSABLE`; their times come from its run.json) and redoes the others with
+    ``overrides`` (which may only change those later steps). ``base`` (a run folder) with
+    ``reuse`` starts from that run's finished ``reuse`` steps instead (:func:`start_from`).
     """
     import shutil
 
     import psutil
 
     from relcast.config import load_config
-    from relcast.persist import read_json
+    from relcast.persist import read_json, write_json
     from relcast.pipeline import STEPS, Pipeline
     from relcast.runfolder import atomic_write
 
     cfg = load_config("small", overrides=[*PROTOCOL, *overrides])
     out = RUNS / tag
-    if fresh and out.exists():
+    if base is not None and reuse:
+        start_from(Path(base), out, reuse, wait)
+        fresh = False
+    elif fresh and out.exists():
         shutil.rmtree(out)
     pipe = Pipeline(cfg, out)
     steps = {}
-    if not fresh and pipe.done("extract"):
+    if not fresh and pipe.done("prepare"):
         done = pipe._info()["steps"]
         for step in REUSABLE:
+            if step not in done:
+                break
             steps[step] = {"seconds": done[step]["seconds"], "peak_rss_mb": None, "resumed": True}
         atomic_write(out / "config.yaml", cfg.to_yaml().encode())  # the settings now used
     for step in STEPS:
@@ -123,16 +169,33 @@ def measure(tag: str, overrides: list[str], fresh: bool = True) -> dict[str, Any
         print(f"[{tag}] {step}: {seconds:.0f}s, peak RSS {peak.peak / MB:.0f} MB", flush=True)
     metrics = read_json(out / "metrics.json")
     health = out / "data_health.json"
-    return {
+    info = pipe._info()["steps"]
+    got = {
         "tag": tag,
         "overrides": overrides,
+        "reused_from": str(base) if base is not None else None,
         "steps": steps,
         "wall_seconds": round(sum(s["seconds"] for s in steps.values()), 1),
         "peak_rss_mb": round(psutil.Process().memory_info().rss / MB),
+        "validation": validation(info),
         "metrics": metrics,
         "data_health": read_json(health) if health.exists() else None,
         "panel": {"dates": pipe.panel.num_dates, "symbols": pipe.panel.num_symbols},
     }
+    write_json(out / "bench.json", got)  # --collect assembles the JSON from these
+    return got
+
+
+def validation(steps: dict) -> dict[str, float]:
+    """Validation-year rank IC of each trained model (what settings are chosen on)."""
+    val = {"stage1": steps.get("stage1", {}).get("best_val_rank_ic")}
+    stage2 = steps.get("stage2", {})
+    for name in ("stage1", "stage1+stage2"):
+        if isinstance(stage2.get(name), dict):
+            val[f"{name} (stage2 valid)"] = stage2[name].get("rank_ic")
+    for name, model in steps.get("stage3", {}).get("models", {}).items():
+        val[name] = model.get("best_val_rank_ic")
+    return val
 
 
 def table_rows(metrics: dict) -> list[dict]:
@@ -161,29 +224,55 @@ def table_rows(metrics: dict) -> list[dict]:
 def run(
     quick: bool = False,
     results_dir=None,
-    ablations: bool = False,
+    ablations: bool | list[str] = False,
     resume: bool = False,
     extra: list[str] | None = None,
+    base: Path | None = None,
+    wait: float = 0.0,
+    main_run: bool = True,
 ) -> dict[str, Any]:
-    """The main configuration (and the ablations), each in a fresh process; write the JSON."""
+    """The main configuration and the ablations, each in a fresh process; write the JSON.
+
+    ``ablations`` is True (all) or a list of tags; they start from the main run's folder
+    (``base``, default ``runs/real_nasdaq/main``) for the steps they do not change.
+    ``main_run=False`` runs only the ablations. Every run leaves ``bench.json`` in its folder
+    and the JSON is assembled from all of them (:func:`collect`), so runs made by separate
+    commands (for example one per core) end up in one result.
+    """
     if not DATA.is_dir():
         raise SystemExit(f"{DATA} not found: the NASDAQ files live in ../shared/data/")
-    runs = {"main": MAIN + (QUICK if quick else []) + (extra or [])}
-    if ablations:
-        for tag, extra in ABLATIONS.items():
-            runs[tag] = ABLATION_BASE + extra + (QUICK if quick else [])
-    results = {}
-    for tag, overrides in runs.items():
-        results[tag] = run_isolated(measure, tag, overrides, not resume, isolate=not quick)
-    main = results["main"]
+    base = Path(base or RUNS / "main")
+    if main_run:
+        overrides = MAIN + (QUICK if quick else []) + (extra or [])
+        run_isolated(measure, "main", overrides, not resume, isolate=not quick)
+    tags = list(ABLATIONS) if ablations is True else list(ablations or [])
+    for tag in tags:
+        change, reuse = ABLATIONS[tag]
+        overrides = ABLATION_BASE + change + (QUICK if quick else [])
+        run_isolated(
+            measure, tag, overrides, base=str(base), reuse=reuse, wait=wait, isolate=not quick
+        )
+    return collect(results_dir)
+
+
+def collect(results_dir=None) -> dict[str, Any]:
+    """Assemble ``real_nasdaq.json`` from the ``bench.json`` of every run under ``runs/``."""
+    from relcast.persist import read_json
+
+    results = {p.parent.name: read_json(p) for p in sorted(RUNS.glob("*/bench.json"))}
+    if "main" not in results:
+        raise SystemExit(f"no main run under {RUNS}: run `python -m benchmarks.{NAME}` first")
+    main = results.pop("main")
+    results = {"main": main, **{t: results[t] for t in ABLATIONS if t in results}}
     rows = table_rows(main["metrics"])
     ablation_rows = []
     for tag, got in results.items():
         models = got["metrics"]["models"]
+        val = got.get("validation", {})
         for name in ("stage1", "hybrid_gru", "stage3_own_gru", "lightgbm"):
             if name in models:
                 r = table_rows({"models": {name: models[name]}})[0]
-                ablation_rows.append({"variant": tag, **r})
+                ablation_rows.append({"variant": tag, "val_rank_ic": val.get(name), **r})
     result = {
         "protocol": PROTOCOL,
         "runs": {
@@ -199,9 +288,9 @@ def run(
     print(format_table(rows))
     print()
     print(format_table([{"step": k, **v} for k, v in main["steps"].items()]))
-    if ablations:
-        print("\n## ablations (one change each, one seed)\n")
-        print(format_table(ablation_rows, ["variant", *COLUMNS]))
+    if len(results) > 1:
+        print("\n## ablations (one change each, one seed; val = validation-year rank IC)\n")
+        print(format_table(ablation_rows, ["variant", "val_rank_ic", *COLUMNS]))
     return result
 
 
@@ -210,11 +299,30 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="a short span, one epoch (smoke)")
     parser.add_argument("--ablations", action="store_true", help="also the one-change variants")
     parser.add_argument(
+        "--only", nargs="+", choices=list(ABLATIONS), help="only these ablations (no main run)"
+    )
+    parser.add_argument("--base", type=Path, help="main run folder the ablations start from")
+    parser.add_argument(
+        "--wait", type=float, default=0.0, help="poll the base run every this many seconds"
+    )
+    parser.add_argument("--collect", action="store_true", help="only assemble the JSON")
+    parser.add_argument(
         "--resume", action="store_true", help="keep finished data/Stage1/extract steps"
     )
     parser.add_argument("--set", nargs="*", default=[], help="more overrides for the main run")
     args = parser.parse_args(argv)
-    run(quick=args.quick, ablations=args.ablations, resume=args.resume, extra=args.set)
+    if args.collect:
+        collect()
+        return
+    run(
+        quick=args.quick,
+        ablations=args.only or args.ablations,
+        resume=args.resume,
+        extra=args.set,
+        base=args.base,
+        wait=args.wait,
+        main_run=not args.only,
+    )
 
 
 if __name__ == "__main__":

@@ -7,10 +7,19 @@ peak RSS of every rank, on the same small synthetic market (issue 16).
 Each run is a subprocess (``torchrun`` for 2 processes, launched from the repository root);
 every rank records its own peak RSS (``ru_maxrss``) at exit through this module's ``--child``
 mode, so the figure is per process, not the sum. Results in
-``benchmarks/results/scale_out.json``. The memory-mapped run at 1,000 stocks x 100,000
-minute bars needs the pipeline's ``data.store: memmap`` to build features chunk by chunk,
-which it does not yet: the result says so instead of a number
-(``benchmarks/scale_large.py --memmap`` measures Stage3 alone from a store).
+``benchmarks/results/scale_out.json``.
+
+**Memory-mapped run** (``--memmap``): the whole pipeline (prepare, stage1, stage2, extract,
+stage3, evaluate, report: ``Pipeline.run``, what ``relcast run`` calls) with
+``data.store=memmap`` on a synthetic market of S stocks x T bars, in a fresh process that
+samples its own ``/proc/self/status`` (VmRSS, RssAnon, RssFile) every 0.1 s and reports the
+peak of each per step, plus the process's ``ru_maxrss``. Training is bounded so the run
+measures memory, not days of CPU (``MEMMAP_SETS``): a tiny Stage1 (d_model 16, 1 layer) for
+one epoch, no out-of-fold models (``relationships.oof_folds=0``), Stage2 off, one GRU (hidden
+8, lookback 16) for one epoch, LightGBM baselines on ``baselines.max_rows`` rows::
+
+    python -m benchmarks.scale_out --memmap --stocks 1000 --bars 10000
+    python -m benchmarks.scale_out --memmap --stocks 1000 --bars 30000
 """
 
 from __future__ import annotations
@@ -43,6 +52,128 @@ SMALL = [
     "stage3.models=[gru]", "stage3.feature_sets=[hybrid]", "stage3.max_epochs=3",
     "evaluation.topk=10",
 ]  # fmt: skip
+
+
+MEMMAP_SETS = [
+    "data.source=synthetic", "data.store=memmap", "data.horizons=1",
+    "stage1.d_model=16", "stage1.num_heads=2", "stage1.num_layers=1", "stage1.dropout=0",
+    "stage1.relationship_dim=4", "stage1.max_epochs=1", "stage1.batch_dates=32",
+    "stage2.enabled=false", "relationships.oof_folds=0", "stage3.models=[gru]",
+    "stage3.feature_sets=[hybrid,own]", "stage3.hidden_size=8", "stage3.lookback=16",
+    "stage3.max_epochs=1", "stage3.batch_size=8192", "baselines.n_estimators=50",
+    "baselines.max_rows=200000", "evaluation.topk=50", "trainer.progress=false",
+    "trainer.accelerator=cpu",
+]  # fmt: skip
+
+
+def _status() -> dict[str, int]:
+    """VmRSS, RssAnon and RssFile of this process, KiB."""
+    out = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key = line.split(":")[0]
+        if key in ("VmRSS", "RssAnon", "RssFile"):
+            out[key] = int(line.split()[1])
+    return out
+
+
+def _memmap_child(argv: list[str]) -> None:
+    """One memory-mapped run in this process; per-step peaks of RSS to ``argv[0]`` (JSON)."""
+    import threading
+
+    from relcast.config import load_config
+    from relcast.pipeline import STEPS, Pipeline
+
+    result_path, out, sets = Path(argv[0]), Path(argv[1]), argv[2:]
+    steps: dict[str, dict] = {}
+    current = {"step": "start"}
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.1):
+            row = steps.setdefault(current["step"], {})
+            for key, kib in _status().items():
+                row[key] = max(row.get(key, 0), kib)
+
+    def timed(name: str, method):
+        def run(*args, **kwargs):
+            current["step"] = name
+            start = time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                steps.setdefault(name, {})["seconds"] = round(time.perf_counter() - start, 1)
+                steps[name]["ru_maxrss_gib_after"] = round(
+                    resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3
+                )
+                current["step"] = "between"
+
+        return run
+
+    for name in STEPS:
+        setattr(Pipeline, name, timed(name, getattr(Pipeline, name)))
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    start = time.perf_counter()
+    pipe = Pipeline(load_config(None, None, sets, {}), out)
+    pipe.run(force=True)
+    stop.set()
+    thread.join()
+    info = json.loads((out / "run.json").read_text())["steps"]
+    metrics = json.loads((out / "metrics.json").read_text())["models"]
+    store = sum(f.stat().st_size for f in (out / "feature_store").glob("*.npy"))
+    gib = 2**20  # KiB per GiB
+    rows = {
+        step: {
+            "seconds": v.get("seconds"),
+            "peak_rss_gib": round(v.get("VmRSS", 0) / gib, 3),
+            "peak_anon_gib": round(v.get("RssAnon", 0) / gib, 3),
+            "peak_file_gib": round(v.get("RssFile", 0) / gib, 3),
+            "ru_maxrss_gib_after": v.get("ru_maxrss_gib_after"),
+        }
+        for step, v in steps.items()
+        if step in STEPS
+    }
+    T = info["prepare"]["dates"]
+    result = {
+        "steps": rows,
+        "wall_seconds": round(time.perf_counter() - start, 1),
+        "ru_maxrss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / gib, 3),
+        "dates": T,
+        "symbols": info["prepare"]["symbols"],
+        "feature_store_gib": round(store / 2**30, 3),
+        "extract_dates_per_second": round(T / max(rows["extract"]["seconds"], 1e-9), 1),
+        "rank_ic": {k: v.get("rank_ic") for k, v in metrics.items()},
+    }
+    result_path.write_text(json.dumps(result, indent=1))
+
+
+def memmap_run(stocks: int, bars: int, extra: list[str] | None = None) -> dict:
+    """The whole memory-mapped run in a fresh process: per-step peak RSS (see the docstring)."""
+    sets = [*MEMMAP_SETS, f"data.synthetic_stocks={stocks}", f"data.synthetic_days={bars}"]
+    sets += list(extra or [])
+    with tempfile.TemporaryDirectory(prefix="relcast-memmap-") as tmp:
+        result_path = Path(tmp) / "result.json"
+        cmd = [sys.executable, "-m", "benchmarks.scale_out", "--memmap-child", str(result_path),
+               str(Path(tmp) / "run"), *sets]  # fmt: skip
+        start = time.perf_counter()
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"memmap run failed:\n{proc.stderr[-4000:]}")
+        result = json.loads(result_path.read_text())
+    result.update(stocks=stocks, bars=bars, settings=sets, load_average_before=os.getloadavg())
+    result["process_wall_seconds"] = round(time.perf_counter() - start, 1)
+    return result
+
+
+def save_memmap(result: dict) -> Path:
+    """Add the run to ``scale_out.json`` under ``memmap_runs`` (one entry per size), keeping
+    every other key of the file."""
+    path = ROOT / "benchmarks" / "results" / "scale_out.json"
+    data = json.loads(path.read_text()) if path.exists() else {}
+    runs = data.setdefault("memmap_runs", {})
+    runs[f"{result['stocks']}x{result['bars']}"] = result
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    return path
 
 
 def _child(argv: list[str]) -> None:
@@ -104,12 +235,16 @@ def run(quick: bool = False) -> dict:
         "ratios": {"wall_2_over_1": ratio(two["wall_seconds"], one["wall_seconds"])},
         "memmap_1000x100000": {
             "measured": False,
-            "why": "data.store: memmap reads every step from the store, but prepare still "
-            "builds the features in memory and Stage3 assembles its inputs in memory "
-            "(docs/scaling.md): a 1,000 x 100,000 run would not fit, so it is not run",
+            "why": "not run here (days of CPU at that size on 2 cores); `--memmap` runs the "
+            "whole memory-mapped pipeline at a given size: see memmap_runs and docs/scaling.md",
         },
         "load_average_before": os.getloadavg(),
     }
+    previous = ROOT / "benchmarks" / "results" / "scale_out.json"
+    if previous.exists():  # the memory-mapped runs (--memmap) are measured apart: keep them
+        kept = json.loads(previous.read_text()).get("memmap_runs")
+        if kept:
+            result["memmap_runs"] = kept
     path = write_result("scale_out", result)
     print(format_table([{k: v for k, v in r.items() if k != "step_seconds"} for r in rows]))
     print(f"-> {path}")
@@ -124,7 +259,20 @@ def main(quick: bool = False) -> dict:
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         _child(sys.argv[2:])
+    elif len(sys.argv) > 1 and sys.argv[1] == "--memmap-child":
+        _memmap_child(sys.argv[2:])
     else:
         parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
         parser.add_argument("--quick", action="store_true", help="tiny market and models")
-        run(quick=parser.parse_args().quick)
+        parser.add_argument("--memmap", action="store_true", help="the memory-mapped run only")
+        parser.add_argument("--stocks", type=int, default=1000)
+        parser.add_argument("--bars", type=int, default=10_000)
+        parser.add_argument("--set", action="append", default=[], help="extra config override")
+        args = parser.parse_args()
+        if args.memmap:
+            found = memmap_run(args.stocks, args.bars, args.set)
+            keys = ("steps", "ru_maxrss_gib", "wall_seconds", "extract_dates_per_second")
+            print(json.dumps({k: found[k] for k in keys}, indent=1))
+            print(f"-> {save_memmap(found)}")
+        else:
+            run(quick=args.quick)

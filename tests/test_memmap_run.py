@@ -7,8 +7,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import relcast.features
 from relcast.config import load_config
+from relcast.data.panel import Panel
+from relcast.data.synthetic import synthetic_market
+from relcast.features import build_features
+from relcast.features.chunked import ChunkedFeatures
 from relcast.pipeline import FEATURE_STORE, Pipeline
+from relcast.training.baselines import lightgbm_scores, sample_rows, shuffle_within_dates
+from relcast.training.stage3_inputs import StockMajorInputs
+from relcast.training.store_sources import write_panel_parquet
 
 SETS = [
     "data.source=synthetic", "data.synthetic_stocks=6", "data.synthetic_days=262",
@@ -29,13 +37,20 @@ def _memmapped(array: np.ndarray) -> bool:
     return False
 
 
+def _no_full_features(*args, **kwargs):
+    raise AssertionError("a memmap run built the whole [T, N, F] feature array in memory")
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("memmap_run")
     out = {}
     for store in ("memory", "memmap"):
         config = load_config(None, None, [*SETS, f"data.store={store}"], {})
-        Pipeline(config, root / store).run()
+        with pytest.MonkeyPatch.context() as patch:
+            if store == "memmap":  # every step: features come from the store, block by block
+                patch.setattr(relcast.features, "build_features", _no_full_features)
+            Pipeline(config, root / store).run()
         out[store] = root / store
     return out
 
@@ -61,3 +76,105 @@ def test_memmap_run_predicts_as_the_in_memory_run(runs):
     assert len(a) == len(b) > 0 and set(a["model"]) >= {"stage1", "hybrid_gru", "stage3_own_gru"}
     assert (a[keys].to_numpy() == b[keys].to_numpy()).all()
     np.testing.assert_allclose(b["pred"].to_numpy(), a["pred"].to_numpy(), rtol=0, atol=1e-6)
+
+
+def test_memmap_run_keeps_panel_and_stage3_inputs_in_the_store(runs):
+    """Nothing [T, N, F]-sized is handed to Stage3 from memory: own inputs are the store's
+    file, hybrid inputs a memory map; both equal what the in-memory run assembles."""
+    pipe, memory = Pipeline.open(runs["memmap"]), Pipeline.open(runs["memory"])
+    assert _memmapped(pipe.panel.values)
+    np.testing.assert_array_equal(pipe.panel.values, memory.panel.values)
+    np.testing.assert_array_equal(pipe.panel.mask, memory.panel.mask)
+    assert list(pipe.panel.meta.columns) == list(memory.panel.meta.columns)
+    assert (pipe.panel.meta.to_numpy() == memory.panel.meta.to_numpy()).all()
+    for feature_set in ("own", "hybrid"):
+        got, want = pipe.stage3_inputs(feature_set), memory.stage3_inputs(feature_set)
+        assert isinstance(got, StockMajorInputs) and isinstance(got.by_stock, np.memmap)
+        assert _memmapped(got.values) and not isinstance(want, StockMajorInputs)
+        assert got.names == want.names and got.groups == want.groups
+        np.testing.assert_array_equal(got.valid, want.valid)
+        np.testing.assert_array_equal(got.sector_ids, want.sector_ids)
+        np.testing.assert_array_equal(got.values[want.valid], want.values[want.valid])
+        a = next(iter(got.loader(8, batch_size=64)))
+        b = next(iter(want.loader(8, batch_size=64)))
+        for key in ("x", "t", "n", "sector_id"):  # the loader gathers the same windows
+            np.testing.assert_array_equal(a[key].numpy(), b[key].numpy())
+    assert pipe.stage3_inputs("hybrid") is pipe.stage3_inputs("hybrid")  # built once
+
+
+@pytest.fixture(scope="module")
+def gappy_market():
+    panel, _ = synthetic_market(num_stocks=9, num_days=260, seed=5)
+    rng = np.random.default_rng(1)
+    mask = panel.mask & (rng.random(panel.mask.shape) > 0.05)
+    mask[:50, 2] = False  # a late listing
+    values = np.where(mask[..., None], panel.values, np.nan)
+    return Panel(panel.dates, panel.symbols, panel.fields, values, mask, panel.meta)
+
+
+@pytest.mark.parametrize("with_index", [True, False])
+@pytest.mark.parametrize("extra", [{}, {"alpha158": True, "regime_window": 20}])
+def test_chunked_features_equal_build_features_bit_for_bit(gappy_market, with_index, extra):
+    """Raw indicators by symbol block, normalisation by date block: the same float32 values
+    and mask as the in-memory builder, with many blocks of both kinds (and the equal-weight
+    index, built by date blocks, when the panel has no index)."""
+    panel = gappy_market
+    if not with_index:
+        panel = panel.select(symbols=list(panel.symbols[~panel.is_index]))
+    want, fitted = build_features(panel, train_end=150, scalers=(ref := {}), **extra), {}
+    chunked = ChunkedFeatures(panel, 150, scalers=fitted, block_bytes=30_000, **extra)
+    assert chunked.names == want.names and chunked.groups == want.groups
+    scratch = np.full((panel.num_symbols, panel.num_dates, len(want.names)), np.nan, np.float32)
+    chunked.write_raw(scratch)
+    got, mask, blocks = np.empty_like(want.values), np.empty_like(want.mask), 0
+    for a, values, ok in chunked.blocks(scratch):
+        got[a : a + len(values)], mask[a : a + len(values)] = values, ok
+        blocks += 1
+    assert blocks > 3
+    np.testing.assert_array_equal(mask, want.mask)
+    np.testing.assert_array_equal(got, want.values)
+    np.testing.assert_array_equal(fitted["index"][1].mean_, ref["index"][1].mean_)
+
+
+def test_panel_parquet_written_in_blocks_reads_back_the_same(gappy_market, tmp_path):
+    write_panel_parquet(gappy_market, tmp_path / "blocks.parquet", rows_per_group=100)
+    gappy_market.to_parquet(tmp_path / "whole.parquet")
+    a, b = (
+        Panel.read_parquet(tmp_path / "blocks.parquet"),
+        Panel.read_parquet(tmp_path / "whole.parquet"),
+    )
+    np.testing.assert_array_equal(a.dates, b.dates)
+    np.testing.assert_array_equal(a.symbols, b.symbols)
+    np.testing.assert_array_equal(a.values, b.values)
+    np.testing.assert_array_equal(a.mask, b.mask)
+    assert a.meta.equals(b.meta)
+
+
+def test_lightgbm_row_cap_samples_and_predicts_every_cell(gappy_market):
+    """baselines.max_rows: at most that many training rows, a seeded subset in date order;
+    prediction by date blocks equals one prediction over all cells."""
+    from types import SimpleNamespace
+
+    from relcast.training.baselines import DEFAULTS
+
+    features = build_features(gappy_market, train_end=150)
+    T, N, _ = features.values.shape
+    y = np.random.default_rng(0).standard_normal((T, N)).astype(np.float32)
+    rows = np.nonzero(features.mask[:150])
+    cut = sample_rows(rows, 500, seed=3)
+    assert len(cut[0]) == 500 and (np.diff(cut[0] * N + cut[1]) > 0).all()
+    assert set(zip(*cut, strict=True)) <= set(zip(*rows, strict=True))
+    assert sample_rows(rows, 10**9, seed=3) is rows
+    split = SimpleNamespace(train=np.arange(0, 150), valid=np.arange(170, 210))
+    small = SimpleNamespace(**{**vars(DEFAULTS), "n_estimators": 5, "max_rows": 3 * N})
+    whole = SimpleNamespace(**{**vars(small), "max_rows": 10**9})
+    capped = lightgbm_scores(features.values, y, features.mask, split, 0, small)
+    assert capped.shape == (T, N) and np.isfinite(capped).all()
+    assert not np.allclose(
+        capped, lightgbm_scores(features.values, y, features.mask, split, 0, whole)
+    )
+    # the shuffled control (drawn by date blocks) permutes labels within each date only
+    shuffled, ok = shuffle_within_dates(y, features.mask, 7), features.mask
+    for t in range(T):
+        np.testing.assert_array_equal(np.sort(shuffled[t][ok[t]]), np.sort(y[t][ok[t]]))
+    assert np.isnan(shuffled[~ok]).all() and not np.array_equal(shuffled[ok], y[ok])

@@ -68,6 +68,12 @@ class BaselineSettings(_Section):
     feature_fraction: float = Field(0.8, gt=0, le=1, description="features sampled per tree")
     bagging_fraction: float = Field(0.8, gt=0, le=1, description="rows sampled per tree")
     early_stopping: int = Field(30, ge=1, description="rounds without valid improvement")
+    max_rows: int = Field(
+        2_000_000,
+        ge=1,
+        description="LightGBM fits on at most this many (date, stock) rows of the training "
+        "span (and of the validation span): a seeded sample above it bounds memory",
+    )
 
 
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")

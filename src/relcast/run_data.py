@@ -128,7 +128,13 @@ class RunData:
                 ) from None
             raise RelcastDataError(f"{self.config.data.source}: cannot split: {exc}") from None
         self.folder.write("config.yaml", self.config.to_yaml().encode())
-        self.folder.write("panel.parquet", panel.to_parquet)
+        memmap = self.config.data.store == "memmap"
+        if memmap:  # the long table written a block of dates at a time
+            from relcast.training.store_sources import write_panel_parquet
+
+            self.folder.write("panel.parquet", lambda path: write_panel_parquet(panel, path))
+        else:
+            self.folder.write("panel.parquet", panel.to_parquet)
         if panel.health is not None:  # what the reader masked or repaired, by reason and symbol
             self.folder.write_json("data_health.json", panel.health.to_dict())
             if panel.health.totals():
@@ -137,9 +143,11 @@ class RunData:
         self.folder.save_split(split)
         self._cache.clear()
         # fitted once on the training span and saved: predict/update scale new data with them
-        self.folder.write_json(NORMALIZATION, scalers_to_dict(self.feature_scalers))
-        if self.config.data.store == "memmap":
-            self._build_feature_store()
+        if memmap:  # the store's builder fits them, without the [T, N, F] array in memory
+            scalers = self._build_feature_store(panel, int(split.train[-1]))
+        else:
+            scalers = self.feature_scalers
+        self.folder.write_json(NORMALIZATION, scalers_to_dict(scalers))
         self._mark(
             "prepare",
             time.perf_counter() - start,
@@ -172,7 +180,15 @@ class RunData:
     @property
     def panel(self) -> Panel:
         if "panel" not in self._cache:
-            self._cache["panel"] = self.folder.load_panel()
+            stored = self.dir / FEATURE_STORE / "panel.json"
+            if self.config.data.store == "memmap" and stored.exists():
+                from relcast.training.store_sources import load_panel_memmap
+
+                # values memory-mapped from the store: the same float32 values as panel.parquet
+                self._cache["panel"] = load_panel_memmap(self.dir / FEATURE_STORE)
+                self.feature_store.track(self._cache["panel"].values)
+            else:
+                self._cache["panel"] = self.folder.load_panel()
         return self._cache["panel"]
 
     @property
@@ -236,30 +252,31 @@ class RunData:
         if "store" not in self._cache:
             from relcast.training.store import MemmapFeatureStore
 
-            self._cache["store"] = MemmapFeatureStore(self.dir / FEATURE_STORE)
+            store = self._cache["store"] = MemmapFeatureStore(self.dir / FEATURE_STORE)
+            store.start_pager()  # resident pages of every map dropped every second
         return self._cache["store"]
 
-    def _build_feature_store(self) -> None:
-        """Write the features and labels into ``feature_store/`` (rank 0, at ``prepare``)."""
+    def _build_feature_store(self, panel: Panel, train_end: int) -> dict:
+        """Write the features, labels and panel into ``feature_store/`` (rank 0, at
+        ``prepare``) block by block (:func:`relcast.training.store.build_run_store`);
+        returns the training-span statistics it fitted."""
         import shutil
 
         from relcast.training.stage1 import encode_sectors
-        from relcast.training.store import MemmapFeatureStore
+        from relcast.training.store import build_run_store
 
-        f, labels = self.features, self.labels
-        sectors, _ = encode_sectors(self.panel.sectors, self.panel.num_symbols)
+        sectors, _ = encode_sectors(panel.sectors, panel.num_symbols)
         folder = self.dir / FEATURE_STORE
         shutil.rmtree(folder, ignore_errors=True)  # a store of an earlier prepare
-        store = MemmapFeatureStore.create(
-            folder, f.dates, f.symbols, f.names, f.groups, labels.shape[2],
-            sector_ids=sectors,
+        r, scalers = self.config.relationships, {}
+        build_run_store(
+            folder, panel, train_end=train_end, horizons=self.config.data.horizons,
+            label_delay=self.config.data.label_delay, sector_ids=sectors, scalers=scalers,
+            regime_window=r.regime_window if r.regime else None, alpha158=self.config.data.alpha158,
         )  # fmt: skip
-        for a in range(0, len(f.dates), 4096):  # chunks of dates: bounded temporaries
-            b = a + 4096
-            store.write(a, f.values[a:b], f.mask[a:b], labels[a:b])
-        store.finish()
-        for key in ("features", "labels", "store"):
+        for key in ("features", "labels", "store", "panel"):
             self._cache.pop(key, None)  # every later read goes through the store
+        return scalers
 
     @property
     def labels(self) -> np.ndarray:

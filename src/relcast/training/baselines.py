@@ -2,7 +2,9 @@
 
 - ``naive_zero``: predicts 0 (the MSE reference; its IC is undefined),
 - ``naive_momentum``: the past ``momentum_window``-bar return,
-- ``lightgbm``: LightGBM regression on the raw features (horizon-1 z-scored labels),
+- ``lightgbm``: LightGBM regression on the raw features (horizon-1 z-scored labels), fitted
+  on at most ``max_rows`` (date, stock) rows of the training span (and as many of the
+  validation span), a seeded uniform sample when there are more,
 - ``control_shuffled_lightgbm``: the same LightGBM fitted on labels shuffled across stocks
   within each date. Its IC must be near zero; if it is not, something leaks.
 
@@ -28,6 +30,7 @@ DEFAULTS = SimpleNamespace(
     feature_fraction=0.8,
     bagging_fraction=0.8,
     early_stopping=30,
+    max_rows=2_000_000,
 )
 
 
@@ -45,7 +48,8 @@ def lightgbm_scores(
         sub &= np.isfinite(y)
         return np.nonzero(sub)
 
-    tr, va = rows(split.train), rows(split.valid)
+    cap = int(getattr(settings, "max_rows", DEFAULTS.max_rows))
+    tr, va = sample_rows(rows(split.train), cap, seed), sample_rows(rows(split.valid), cap, seed)
     params = dict(
         objective="regression",
         learning_rate=settings.learning_rate,
@@ -60,26 +64,45 @@ def lightgbm_scores(
     )
     booster = lgb.train(
         params,
-        lgb.Dataset(x[tr], y[tr]),
+        lgb.Dataset(np.nan_to_num(x[tr]), y[tr]),  # (rows, F): only the rows used are read
         num_boost_round=settings.n_estimators,
-        valid_sets=[lgb.Dataset(x[va], y[va])],
+        valid_sets=[lgb.Dataset(np.nan_to_num(x[va]), y[va])],
         callbacks=[lgb.early_stopping(settings.early_stopping, verbose=False)],
     )
     T, N, F = x.shape
-    return booster.predict(x.reshape(T * N, F), num_iteration=booster.best_iteration).reshape(T, N)
+    out = np.empty((T, N))
+    step = max(1, cap // max(1, N))  # dates per prediction block: at most ``cap`` rows
+    for a in range(0, T, step):
+        block = np.nan_to_num(x[a : a + step]).reshape(-1, F)
+        out[a : a + step] = booster.predict(block, num_iteration=booster.best_iteration).reshape(
+            -1, N
+        )
+    return out
+
+
+def sample_rows(rows: tuple[np.ndarray, ...], cap: int, seed: int) -> tuple[np.ndarray, ...]:
+    """At most ``cap`` of the ``(t, n)`` cells ``rows`` (a uniform sample without replacement,
+    seeded, kept in date order); all of them when there are no more than ``cap``."""
+    if len(rows[0]) <= cap:
+        return rows
+    pick = np.sort(np.random.default_rng(seed).choice(len(rows[0]), cap, replace=False))
+    return tuple(r[pick] for r in rows)
 
 
 def shuffle_within_dates(y: np.ndarray, mask: np.ndarray, seed: int) -> np.ndarray:
     """Labels ``[T, N]`` permuted across valid stocks within each date (NaN elsewhere)."""
     rng = np.random.default_rng(seed)
-    valid = mask & np.isfinite(y)
-    keys = np.where(valid, rng.random(y.shape), np.inf)
-    order = np.argsort(keys, axis=1)  # valid cells first, in random order
-    sorted_valid = np.argsort(np.where(valid, 0, 1), axis=1, kind="stable")
     out = np.full_like(y, np.nan)
-    rows = np.arange(y.shape[0])[:, None]
-    out[rows, sorted_valid] = y[rows, order]
-    out[~valid] = np.nan
+    step = max(1, 2**22 // max(1, y.shape[1]))  # dates per block: the same random stream
+    for a in range(0, len(y), step):
+        yb, valid = y[a : a + step], mask[a : a + step] & np.isfinite(y[a : a + step])
+        keys = np.where(valid, rng.random(yb.shape), np.inf)
+        order = np.argsort(keys, axis=1)  # valid cells first, in random order
+        sorted_valid = np.argsort(np.where(valid, 0, 1), axis=1, kind="stable")
+        rows = np.arange(len(yb))[:, None]
+        block = out[a : a + step]
+        block[rows, sorted_valid] = yb[rows, order]
+        block[~valid] = np.nan
     return out
 
 
@@ -114,8 +137,8 @@ def baseline_predictions(
             momentum(panel.field("close"), panel.mask, settings.momentum_window)
         ),
     }
-    if settings.lightgbm:
-        raw = np.nan_to_num(features.values)
+    if settings.lightgbm:  # NaN -> 0 on the rows read (features.values may be a memory map)
+        raw = features.values
         out["lightgbm"] = repeat(lightgbm_scores(raw, z1, cell, split, seed, settings))
         shuffled = shuffle_within_dates(z1, cell, seed + 1)
         out["control_shuffled_lightgbm"] = repeat(

@@ -4,6 +4,7 @@ into a :class:`Stage3Inputs`, whose :meth:`~Stage3Inputs.loader` yields the trai
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -136,13 +137,17 @@ def assemble_inputs(
     T, N = features.mask.shape
     context = [g for g in ("alpha158", "index", "calendar", "regime") if features.groups.get(g)]
     groups = {g: list(features.groups[g]) for g in ("own", *context)}
-    valid = features.mask.copy()
     if sectors is None:
         sector_ids = np.zeros(N, dtype=np.int64)
     else:
         _, sector_ids = np.unique(np.asarray(sectors).astype(str), return_inverse=True)
         if len(sector_ids) != N:
             raise ValueError(f"sectors has {len(sector_ids)} entries, expected {N} stocks")
+    store = getattr(features, "store", None)  # a MemmapFeatureStore's feature set
+    names = [n for g in ("own", *context) for n in groups[g]]
+    if store is not None and feature_set != "rawconcat" and names == list(features.names):
+        return store_inputs(store, feature_set, relationships, sector_ids=sector_ids)
+    valid = features.mask.copy()
     concat = None
     if feature_set == "rawconcat":
         own_names = groups["own"]
@@ -185,4 +190,77 @@ def assemble_inputs(
     )
 
 
-# ----------------------------------------------------------------------------- training
+# ----------------------------------------------------------------------------- from a store
+@dataclass(eq=False)
+class StockMajorInputs(Stage3Inputs):
+    """Stage3 inputs whose values stay in a stock-major ``[N, T, F]`` memory map: ``values``
+    is its ``[T, N, F]`` view (no copy), and the loader gathers windows from the map."""
+
+    by_stock: np.ndarray | None = None  # (N, T, F)
+    store: Any = None  # the MemmapFeatureStore whose labels it knows
+
+    def loader(self, lookback: int, labels: np.ndarray | None = None, **kwargs) -> WindowLoader:
+        if labels is not None and self.store is not None and self.store.holds(labels):
+            # the store knows where labels are finite: do not read them all
+            kwargs.setdefault("labelled", np.array(self.store.labelled))
+        return WindowLoader(
+            self.by_stock, self.valid, lookback, labels,
+            sector_ids=self.sector_ids, stock_major=True, **kwargs,
+        )  # fmt: skip
+
+
+def store_inputs(
+    store: Any, feature_set: str = "own", relationships: Any = None, *,
+    sector_ids: np.ndarray | None = None, block_dates: int = 2048,
+) -> StockMajorInputs:  # fmt: skip
+    """``own`` or ``hybrid`` inputs of a :class:`~relcast.training.store.MemmapFeatureStore`,
+    equal to :func:`assemble_inputs` on its features, without a ``[T, N, F]`` array in memory.
+
+    ``own`` reads the store's file itself (every stored column: own, then the per-date
+    groups). ``hybrid`` writes own + relationship columns block by block of dates into a
+    stock-major file next to the store, unlinked at once (it lives while mapped: no leftover
+    after a crash, one per process under DDP); the result is cached on the store for the same
+    relationship array. ``sector_ids``: encoded sectors (the store's if None).
+    """
+    from numpy.lib.format import open_memmap
+
+    if feature_set not in ("own", "hybrid"):
+        raise ValueError(f"a store gives 'own' or 'hybrid' inputs, not {feature_set!r}")
+    features = store.feature_set()
+    groups = {g: list(v) for g, v in store.groups.items() if v}
+    sector_ids = store.sector_ids if sector_ids is None else sector_ids
+    common = dict(dates=store.dates, symbols=store.symbols, store=store,
+                  sector_ids=np.asarray(sector_ids, dtype=np.int64))  # fmt: skip
+    if feature_set == "own":
+        return StockMajorInputs(
+            feature_set="own", values=store.values, valid=np.array(store.mask),
+            names=list(store.names), groups=groups, by_stock=store.values_by_stock, **common,
+        )  # fmt: skip
+    if relationships is None:
+        raise ValueError("feature_set='hybrid' needs relationship features")
+    rel, rel_names = _relationship_arrays(relationships, features)
+    cache = store.__dict__.setdefault("_stage3_inputs", {})
+    key = (id(rel), tuple(rel_names), tuple(common["sector_ids"]))
+    if key in cache and cache[key][0] is rel:
+        return cache[key][1]
+    N, T, F = store.values_by_stock.shape
+    K = rel.shape[2]
+    path = store.folder / f".stage3_hybrid.{os.getpid()}.npy"
+    by_stock = open_memmap(path, mode="w+", dtype=np.float32, shape=(N, T, F + K))
+    os.unlink(path)  # the mapping keeps the data until it is closed
+    store.track(by_stock)  # released with the store's maps
+    valid = np.array(store.mask)
+    for a in range(0, T, block_dates):
+        b = min(T, a + block_dates)
+        by_stock[:, a:b, :F] = store.values_by_stock[:, a:b]
+        by_stock[:, a:b, F:] = rel[a:b].transpose(1, 0, 2)  # (N, t, K)
+        valid[a:b] &= np.isfinite(rel[a:b]).all(axis=-1)
+        store.release()
+    inputs = StockMajorInputs(
+        feature_set="hybrid", values=by_stock.transpose(1, 0, 2), valid=valid,
+        names=list(store.names) + rel_names, groups={**groups, "relationship": rel_names},
+        by_stock=by_stock, **common,
+    )  # fmt: skip
+    cache.clear()  # one hybrid file per store at a time
+    cache[key] = (rel, inputs)
+    return inputs

@@ -53,6 +53,7 @@ from relcast.features.labels import normalize_labels_cross_section
 from relcast.training.store_sources import (  # noqa: F401  (panel_slices: importable from here too)
     index_context,
     panel_slices,
+    save_panel_memmap,
 )
 
 STORE_VERSION = 1
@@ -216,7 +217,7 @@ class MemmapFeatureStore:
         Its ``mask`` is read into memory (``T * N`` bytes). Use it for Stage1
         (``fit_stage1`` reads one date per item, never the whole array).
         """
-        return FeatureSet(
+        features = FeatureSet(
             dates=self.dates,
             symbols=self.symbols,
             names=list(self.names),
@@ -224,47 +225,25 @@ class MemmapFeatureStore:
             mask=np.array(self.mask),
             groups={k: list(v) for k, v in self.groups.items()},
         )
+        features.store = self  # assemble_inputs then reads Stage3 inputs from the store
+        return features
 
-    def stage3_inputs(self) -> Any:
-        """Stage3 inputs (feature set ``"own"``: every stored column) read from the memmap.
+    def stage3_inputs(self, feature_set: str = "own", relationships: Any = None) -> Any:
+        """Stage3 inputs (``own``: every stored column; ``hybrid``: plus ``relationships``)
+        read from the memmap (:func:`relcast.training.stage3_inputs.store_inputs`).
 
         Train with ``fit_stage3(..., inputs, store.targets, split, label_norm="none")``: the
         targets are already the cross-sectional z-scores ``fit_stage3`` would compute, and
         computing them again would build a float64 ``[T, N, H]`` array in memory.
         """
-        from relcast.training.stage3_inputs import Stage3Inputs
+        from relcast.training.stage3_inputs import store_inputs
 
-        class MemmapStage3Inputs(Stage3Inputs):
-            """Stage3 inputs whose values stay in the store's stock-major memmap."""
-
-            def loader(self, lookback, labels=None, **kwargs):
-                from relcast.training.loader import WindowLoader
-
-                if labels is not None and store.holds(labels):
-                    # the store knows where labels are finite: do not read them all
-                    kwargs.setdefault("labelled", np.array(store.labelled))
-                return WindowLoader(
-                    store.values_by_stock, self.valid, lookback, labels,
-                    sector_ids=self.sector_ids, stock_major=True, **kwargs,
-                )  # fmt: skip
-
-        store = self
         order = [g for g in ("own", "index", "calendar") if self.groups.get(g)]
-        names = [n for g in order for n in self.groups[g]]
-        if names != self.names:
+        if [n for g in order for n in self.groups[g]] != self.names:
             raise RelcastDataError(
                 f"{self.folder}: stored columns are not in the order own, index, calendar"
             )
-        return MemmapStage3Inputs(
-            feature_set="own",
-            dates=self.dates,
-            symbols=self.symbols,
-            values=self.values,
-            valid=np.array(self.mask),
-            names=list(self.names),
-            groups={g: list(self.groups[g]) for g in order},
-            sector_ids=np.asarray(self.sector_ids, dtype=np.int64),
-        )
+        return store_inputs(self, feature_set, relationships)
 
     def holds(self, array: Any) -> bool:
         """True if ``array`` is (a view of the whole of) the store's labels or targets."""
@@ -289,10 +268,43 @@ class MemmapFeatureStore:
         Dirty pages are flushed first; the page cache (the kernel's, shared) is untouched.
         """
         self.flush()
-        for name in ARRAYS:
-            mm = getattr(getattr(self, _attr(name)), "_mmap", None)
-            if mm is not None and hasattr(mm, "madvise"):
+        maps = [getattr(getattr(self, _attr(name)), "_mmap", None) for name in ARRAYS]
+        for mm in maps + self.__dict__.get("_tracked", []):
+            if mm is not None and hasattr(mm, "madvise") and not mm.closed:
                 mm.madvise(mmap.MADV_DONTNEED)
+
+    def track(self, array: np.ndarray) -> None:
+        """Release ``array``'s memory map with the store's (a memory-mapped array or a view
+        of one: the run's panel, Stage3's hybrid inputs)."""
+        while array is not None and getattr(array, "_mmap", None) is None:
+            array = array.base if isinstance(array, np.ndarray) else None
+        if array is not None:
+            self.__dict__.setdefault("_tracked", []).append(array._mmap)
+
+    def start_pager(self, interval: float = 1.0) -> None:
+        """Call :meth:`release` every ``interval`` seconds in a daemon thread, for as long as the
+        store exists: every reader (Stage1's batches, its predictions over all dates, Stage3's
+        windows, LightGBM's rows) then keeps at most ~``interval`` seconds of reads resident,
+        without a hook of its own. Safe for readers: a dropped page is read again from the file
+        (the maps are read-only or shared)."""
+        import threading
+        import weakref
+
+        if self.__dict__.get("_pager") is not None:
+            return
+        ref, stop = weakref.ref(self), threading.Event()
+
+        def loop() -> None:
+            while not stop.wait(interval):
+                store = ref()
+                if store is None or store.values_by_stock is None:
+                    return
+                store.release()
+                del store
+
+        self._pager = threading.Thread(target=loop, name="relcast-pager", daemon=True)
+        weakref.finalize(self, stop.set)
+        self._pager.start()
 
     def close(self) -> None:
         """Flush and unmap the files."""
@@ -385,6 +397,51 @@ def build_feature_store(
             )  # fmt: skip
         store.write(a, values, mask, labels)
         store.release()  # written pages leave this process's RSS (they are in the file)
+    return store.finish()
+
+
+def build_run_store(
+    folder,
+    panel: Panel,
+    *,
+    train_end: int,
+    horizons: int,
+    label_delay: int,
+    sector_ids: np.ndarray,
+    scalers: dict,
+    regime_window: int | None = None,
+    alpha158: bool = False,
+    block_bytes: int | None = None,
+):
+    """The run's feature store (``data.store: memmap``), written block by block with the values
+    of :meth:`relcast.run_data.RunData.features_for` (:class:`~relcast.features.chunked.
+    ChunkedFeatures`: raw indicators by symbol block straight into the store's file, then
+    normalised by date block), the labels by date block, and the panel as float32 memory maps
+    (:func:`~relcast.training.store_sources.load_panel_memmap`). ``scalers`` (``{}``: fitted
+    here) gets the training-span statistics. Returns the finished store, opened read-only."""
+    from relcast.features.chunked import BLOCK_BYTES, ChunkedFeatures
+
+    chunked = ChunkedFeatures(
+        panel, train_end, regime_window=regime_window, alpha158=alpha158, scalers=scalers,
+        block_bytes=block_bytes or BLOCK_BYTES,
+    )  # fmt: skip
+    store = MemmapFeatureStore.create(
+        folder, panel.dates, panel.symbols, chunked.names, chunked.groups, horizons,
+        sector_ids=sector_ids,
+    )  # fmt: skip
+    chunked.write_raw(store.values_by_stock, release=store.release)
+    T = panel.num_dates
+    for a, values, mask in chunked.blocks(store.values_by_stock):
+        b = a + len(values)
+        ahead = min(T, b + label_delay + horizons)  # a label reads close[t + delay + h]
+        rows = Panel(
+            dates=panel.dates[a:ahead], symbols=panel.symbols, fields=panel.fields,
+            values=panel.values[a:ahead], mask=panel.mask[a:ahead], meta=panel.meta,
+        )  # fmt: skip
+        labels = forward_returns(rows, horizons, delay=label_delay)[: b - a]  # (t, N, H)
+        store.write(a, values, mask, labels)
+        store.release()
+    save_panel_memmap(store.folder, panel)
     return store.finish()
 
 

@@ -71,3 +71,80 @@ def index_context(
     rows = np.flatnonzero(defined.any(axis=1))
     ctx[rows] = raw_ctx[rows, first[rows]]
     return ctx, context_groups
+
+
+# ----------------------------------------------------------------------------- the run's store
+PANEL_FILES = ("panel_values.npy", "panel_mask.npy", "panel.json")
+
+
+def save_panel_memmap(folder, panel: Panel, block_dates: int = 4096) -> None:
+    """The panel's values ``float32 [T, N, F]`` and mask as ``.npy`` files in ``folder`` (the
+    values as they are: a Panel is float32 already), plus its fields and metadata."""
+    import json
+    from pathlib import Path
+
+    from numpy.lib.format import open_memmap
+
+    folder = Path(folder)
+    values = open_memmap(folder / PANEL_FILES[0], "w+", np.float32, panel.values.shape)
+    for a in range(0, panel.num_dates, block_dates):
+        values[a : a + block_dates] = panel.values[a : a + block_dates]
+    values.flush()
+    del values
+    np.save(folder / PANEL_FILES[1], panel.mask)
+    info = {"fields": list(panel.fields), "meta": json.loads(panel.meta.to_json(orient="records"))}
+    (folder / PANEL_FILES[2]).write_text(json.dumps(info))
+
+
+def load_panel_memmap(folder) -> Panel:
+    """The panel :func:`save_panel_memmap` wrote: values memory-mapped (copy-on-write, so no
+    caller can change the file), mask in memory (``T * N`` bytes)."""
+    import json
+    from pathlib import Path
+
+    import pandas as pd
+
+    folder = Path(folder)
+    info = json.loads((folder / PANEL_FILES[2]).read_text())
+    meta = json.loads((folder / "meta.json").read_text())
+    return Panel(
+        dates=np.load(folder / "dates.npy"),
+        symbols=np.asarray(meta["symbols"]),
+        fields=tuple(info["fields"]),
+        values=np.load(folder / PANEL_FILES[0], mmap_mode="c"),
+        mask=np.load(folder / PANEL_FILES[1]),
+        meta=pd.DataFrame(info["meta"]),
+    )
+
+
+def write_panel_parquet(panel: Panel, path, rows_per_group: int = 1 << 20) -> None:
+    """``panel.parquet`` as :meth:`Panel.to_parquet` writes it (the same table, schema and
+    metadata), built and written a block of dates at a time so the long table of a large
+    panel never sits in memory whole."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    step = max(1, rows_per_group // max(1, panel.num_symbols))
+    extra = {
+        b"relcast.meta": panel.meta.to_json(orient="records").encode(),
+        b"relcast.symbols": json.dumps(list(panel.symbols)).encode(),
+        b"relcast.dates": json.dumps([str(d) for d in panel.dates]).encode(),
+    }
+    writer = None
+    try:
+        for a in range(0, max(1, panel.num_dates), step):
+            rows = Panel(
+                dates=panel.dates[a : a + step], symbols=panel.symbols, fields=panel.fields,
+                values=panel.values[a : a + step], mask=panel.mask[a : a + step],
+                meta=panel.meta,
+            )  # fmt: skip
+            table = pa.Table.from_pandas(rows.to_frame(), preserve_index=False)
+            if writer is None:
+                schema = table.schema.with_metadata({**(table.schema.metadata or {}), **extra})
+                writer = pq.ParquetWriter(path, schema)
+            writer.write_table(table.cast(writer.schema))
+    finally:
+        if writer is not None:
+            writer.close()

@@ -205,6 +205,11 @@ def test_predict_with_weights_batches_within_the_memory_budget(monkeypatch):
     assert small["attention"].shape == (T, model.config.num_layers, N, N)
     for key in ("attention", "pred", "relationship"):
         np.testing.assert_allclose(small[key], whole[key], atol=1e-6)
+    last = cross_sectional.predict_stage1(
+        model, fs, need_weights=True, average_heads=True, last_layer=True
+    )  # what evaluation saves: a layer's weights, not every layer's
+    assert last["attention"].shape == (T, 1, N, N)
+    np.testing.assert_allclose(last["attention"][:, 0], whole["attention"][:, -1], atol=1e-6)
 
 
 @pytest.mark.parametrize("corr_window", [0, 6])

@@ -381,6 +381,29 @@ def test_attention_influence_ranks_the_planted_symbol_first(tmp_path):
         plots.attention_influence(att, symbols, "NOPE")
 
 
+def test_target_choice_reads_dates_in_blocks_as_the_plain_mean(monkeypatch):
+    """The report's target is chosen block by block over dates (no float64 copy of all
+    [T, N, N]); the choice equals the one from the plain time mean, NaN dates ignored."""
+    import relcast.evaluation.report as report_module
+
+    rng = np.random.default_rng(4)
+    att = rng.uniform(0, 1, (23, 6, 6)).astype(np.float32)
+    att[:, 3, 1] += 2.0  # stock 3 attends mostly to stock 1
+    att[:, 4, 0] += 1.5
+    att[:5, 3] = np.nan  # masked dates
+    symbols = np.array([f"S{i}" for i in range(6)])
+    monkeypatch.setattr(report_module, "BLOCK_VALUES", 4 * 36)  # blocks of 4 dates
+    with np.errstate(all="ignore"):
+        mean = np.nanmean(att.astype(np.float64), axis=0)
+    np.fill_diagonal(mean, -np.inf)
+    expected = symbols[int(np.argmax(mean.max(axis=1)))]
+    assert expected == "S3"
+    assert report_module._choose_target(att, symbols, set()) == "S3"
+    assert report_module._choose_target(att, symbols, {"S4", "S0"}) == "S4"
+    att[:, 3] = np.nan  # a stock never seen cannot be chosen
+    assert report_module._choose_target(att, symbols, set()) == "S4"
+
+
 def test_report_picks_the_stock_with_concentrated_attention(report):
     run, _, _, text = report
     assert (run / "plots" / "attention_AAA.png").exists()  # AAA -> EEE planted

@@ -154,7 +154,8 @@ def _save_attention(pipe, days: np.ndarray) -> None:
     from relcast.training.stage1 import predict_stage1
 
     out = predict_stage1(
-        pipe.stage1_model, pipe.features, dates_index=days, need_weights=True, average_heads=True
-    )
-    attention = out["attention"][:, -1]  # (D, N, N): last layer, head-averaged
+        pipe.stage1_model, pipe.features, dates_index=days, need_weights=True,
+        average_heads=True, last_layer=True,
+    )  # fmt: skip
+    attention = out["attention"][:, 0]  # (D, N, N): last layer, head-averaged
     pipe.folder.save_attention(pipe.panel.dates[days], pipe.panel.symbols, attention)

@@ -100,13 +100,14 @@ def attention_influence(
     Returns a Series indexed by symbol, sorted from most to least attended (the target's own
     weight included), the data of the bar chart in :func:`attention_heatmap`.
     """
-    attention = np.asarray(attention, dtype=np.float64)
     symbols = np.asarray(symbols).astype(str)
-    if attention.ndim != 3 or attention.shape[1:] != (len(symbols), len(symbols)):
+    if np.ndim(attention) != 3 or np.shape(attention)[1:] != (len(symbols), len(symbols)):
         raise ValueError(
-            f"attention must be [T, N, N] with N = {len(symbols)} symbols, got {attention.shape}"
+            f"attention must be [T, N, N] with N = {len(symbols)} symbols, "
+            f"got {np.shape(attention)}"
         )
-    row = attention[:, _target_index(symbols, target), :]  # (T, N)
+    # the target's row only: never a float64 copy of [T, N, N] (1 GB at 1,000 stocks)
+    row = np.asarray(attention[:, _target_index(symbols, target), :], dtype=np.float64)
     with np.errstate(all="ignore"):
         mean = np.nanmean(row, axis=0) if np.isfinite(row).any() else np.full(len(symbols), np.nan)
     return pd.Series(mean, index=symbols, name="attention").sort_values(ascending=False)
@@ -134,7 +135,7 @@ def attention_heatmap(
     name = symbols[t_idx]
     shown = influence.index[: min(max_symbols, len(influence))]
     cols = np.array([np.flatnonzero(symbols == s)[0] for s in shown])
-    row = np.asarray(attention, dtype=np.float64)[:, t_idx, :][:, cols].T  # (K, T)
+    row = np.asarray(attention[:, t_idx, :], dtype=np.float64)[:, cols].T  # (K, T)
     d = _date_index(dates)
 
     fig = _figure((11, 0.28 * len(shown) + 2.2))

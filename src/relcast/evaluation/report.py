@@ -70,10 +70,21 @@ __all__ = [
 ]
 
 
+BLOCK_VALUES = 2**25  # attention values read at a time (256 MB as float64)
+
+
 def _choose_target(attention: np.ndarray, symbols: np.ndarray, candidates: set[str]) -> str:
     """The candidate whose time-averaged attention is most concentrated on one other stock."""
+    n = attention.shape[1]
+    total, count = np.zeros((n, n)), np.zeros((n, n))
+    step = max(1, BLOCK_VALUES // max(1, n * n))  # blocks of dates: no copy of [T, N, N]
+    for start in range(0, attention.shape[0], step):
+        block = attention[start : start + step]
+        ok = np.isfinite(block)
+        total += np.where(ok, block, 0).sum(axis=0, dtype=np.float64)
+        count += ok.sum(axis=0)
     with np.errstate(all="ignore"):
-        mean = np.nanmean(attention.astype(np.float64), axis=0)  # (N, N)
+        mean = total / np.where(count > 0, count, np.nan)  # (N, N), NaN where never seen
     np.fill_diagonal(mean, -np.inf)
     score = np.where(np.isfinite(mean), mean, -np.inf).max(axis=1)  # (N,)
     allowed = (

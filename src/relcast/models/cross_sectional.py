@@ -306,6 +306,7 @@ def predict_stage1(
     batch_dates: int = 64,
     need_weights: bool = False,
     average_heads: bool = False,
+    last_layer: bool = False,
 ) -> dict[str, np.ndarray]:
     """Run a trained Stage1 over dates and return numpy arrays stacked along dates.
 
@@ -313,8 +314,9 @@ def predict_stage1(
     ``relationship [T', N, r]``, ``market [T', r]``, ``pred [T', N, H]`` (zero where
     masked; in z-score units for the ``"mse"`` loss), ``mask [T', N]``, ``sector_logits``
     when the model has them, and with ``need_weights`` ``attention [T', layers, heads, N, N]``
-    (``[T', layers, N, N]`` with ``average_heads``; memory grows as ``N**2``: with weights,
-    batches hold at most ``ATTENTION_BATCH_BYTES`` of them).
+    (``[T', layers, N, N]`` with ``average_heads``; ``last_layer`` keeps only the last
+    layer, ``[T', 1, ...]``; memory grows as ``N**2``: with weights, batches hold at most
+    ``ATTENTION_BATCH_BYTES`` of them).
     """
     T = features.values.shape[0]
     index = np.arange(T) if dates_index is None else np.asarray(dates_index, dtype=np.int64)
@@ -324,6 +326,7 @@ def predict_stage1(
     values = torch.from_numpy(np.asarray(features.values, dtype=np.float32))
     mask = torch.from_numpy(np.asarray(features.mask, dtype=bool))
     chunks: dict[str, list[np.ndarray]] = {}
+    attention = None
     if need_weights:
         cfg = model.config
         per_date = 4 * cfg.num_layers * cfg.num_heads * values.shape[1] ** 2
@@ -336,12 +339,18 @@ def predict_stage1(
                 chunks.setdefault(key, []).append(out[key].float().cpu().numpy())
         if need_weights:
             layers = out["attention"]  # per layer (B, heads, N, N)
+            if last_layer:
+                layers = layers[-1:]
             if average_heads:
                 layers = [a.mean(dim=1) for a in layers]  # (B, N, N) each, before stacking
-            att = torch.stack(layers, dim=1)  # (B, layers, [heads,] N, N)
-            chunks.setdefault("attention", []).append(att.float().cpu().numpy())
+            att = torch.stack(layers, dim=1).float().cpu().numpy()  # (B, layers, [heads,] N, N)
+            if attention is None:  # filled in place: no list of batches + concatenated copy
+                attention = np.empty((len(index), *att.shape[1:]), dtype=np.float32)
+            attention[start : start + len(att)] = att
     model.train(was_training)
     result = {key: np.concatenate(parts) for key, parts in chunks.items()}
+    if attention is not None:
+        result["attention"] = attention
     result["dates_index"] = index
     result["mask"] = np.asarray(features.mask)[index]
     return result

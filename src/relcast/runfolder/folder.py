@@ -101,16 +101,17 @@ class RunFolder:
 
     def save_attention(self, dates, symbols, attention) -> Path:
         """attention.npz: dates int64 ns ``[D]``, symbols str ``[N]``, float32 ``[D, N, N]``."""
-        import io
 
-        buf = io.BytesIO()
-        np.savez_compressed(
-            buf,
-            dates=np.asarray(dates, dtype="datetime64[ns]").astype("int64"),
-            symbols=np.asarray(symbols).astype(str),
-            attention=np.asarray(attention, dtype=np.float32),
-        )
-        return self.write("attention.npz", buf.getvalue())
+        def save(path: Path) -> None:  # straight to the temporary file: no copy in memory
+            with open(path, "wb") as fh:  # a file object: numpy adds no ".npz" to the name
+                np.savez_compressed(
+                    fh,
+                    dates=np.asarray(dates, dtype="datetime64[ns]").astype("int64"),
+                    symbols=np.asarray(symbols).astype(str),
+                    attention=np.asarray(attention, dtype=np.float32),
+                )
+
+        return self.write("attention.npz", save)
 
     def load_attention(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
         """``(dates datetime64[ns], symbols, attention)`` from attention.npz; None if missing."""

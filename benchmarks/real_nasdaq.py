@@ -8,7 +8,7 @@ dates are warm-up), valid 2016, test 2017, next-day label (``data.label_delay=0`
 the TopkDropout backtest with 5/15 bp costs.
 
 ``python -m benchmarks.real_nasdaq`` (``make bench-real``) runs the main configuration
-(Stage3 GRU on hybrid / own / rawconcat inputs, 3 seeds each) in a fresh process, step by
+(Stage3 GRU on hybrid and own inputs, 3 seeds each) in a fresh process, step by
 step, and writes ``benchmarks/results/real_nasdaq.json``: every metric row of the run
 (with the Newey-West statistics and paired tests the evaluation computes), wall time and
 peak RSS of each step. ``--ablations`` adds one-seed variants (extractor, out-of-fold,
@@ -48,7 +48,7 @@ PROTOCOL = [
 MAIN = [
     "stage3.models=[gru]",
     "stage3.feature_sets=[hybrid,own]",
-    "evaluation.seeds=2",
+    "evaluation.seeds=3",
     "stage3.max_epochs=8",
 ]
 # steps that --resume takes from an earlier run of the same tag when they are done
@@ -126,8 +126,9 @@ def measure(
     """One configuration in this process: every pipeline step timed, its peak RSS sampled.
 
     ``fresh=False`` keeps the steps of an earlier run of this tag that are done (among
-    :data:`REUSABLE`; their times come from its run.json) and redoes the others with
-    ``overrides`` (which may only change those later steps). ``base`` (a run folder) with
+    :data:`REUSABLE`; their times come from its run.json) and the Stage3 models already
+    saved (so ``evaluation.seeds`` can be raised), and redoes the others with ``overrides``
+    (which may only change those later steps). ``base`` (a run folder) with
     ``reuse`` starts from that run's finished ``reuse`` steps instead (:func:`start_from`).
     """
     import shutil
@@ -160,12 +161,16 @@ def measure(
             continue
         with PeakRSS() as peak:
             start = time.perf_counter()
-            if step == "stage3":
-                pipe.stage3(resume=False)
+            if step == "stage3":  # resuming keeps the Stage3 models (seeds) already saved
+                pipe.stage3(resume=not fresh and base is None)
             else:
                 getattr(pipe, step)()
             seconds = time.perf_counter() - start
         steps[step] = {"seconds": round(seconds, 1), "peak_rss_mb": round(peak.peak / MB)}
+        if step == "stage3":  # training time of every model, those kept by a resume included
+            models = pipe._info()["steps"]["stage3"]["models"].values()
+            total = sum(m["seconds_per_epoch"] * m["epochs"] for m in models)
+            steps[step]["training_seconds_all_models"] = round(total, 1)
         print(f"[{tag}] {step}: {seconds:.0f}s, peak RSS {peak.peak / MB:.0f} MB", flush=True)
     metrics = read_json(out / "metrics.json")
     health = out / "data_health.json"
@@ -307,7 +312,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--collect", action="store_true", help="only assemble the JSON")
     parser.add_argument(
-        "--resume", action="store_true", help="keep finished data/Stage1/extract steps"
+        "--resume",
+        action="store_true",
+        help="keep finished data/Stage1/extract steps and saved Stage3 models",
     )
     parser.add_argument("--set", nargs="*", default=[], help="more overrides for the main run")
     args = parser.parse_args(argv)

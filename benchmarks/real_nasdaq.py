@@ -65,6 +65,7 @@ ABLATIONS: dict[str, tuple[list[str], tuple[str, ...]]] = {
     "stage1_listnet": (["stage1.loss=listnet"], ("prepare",)),
     "v3": (["relationships.extractor=v3"], ("prepare", "stage1", "stage2")),
     "stage1_mse": (["stage1.loss=mse"], ("prepare",)),
+    "tft": (["stage3.models=[tft]"], REUSABLE),  # the design's Stage3 model, same inputs
 }
 ABLATION_BASE = ["stage3.models=[gru]", "stage3.feature_sets=[hybrid,own]", "evaluation.seeds=1"]
 QUICK = [
@@ -274,7 +275,8 @@ def collect(results_dir=None) -> dict[str, Any]:
     for tag, got in results.items():
         models = got["metrics"]["models"]
         val = got.get("validation", {})
-        for name in ("stage1", "hybrid_gru", "stage3_own_gru", "lightgbm"):
+        for name in ("stage1", "hybrid_gru", "stage3_own_gru", "hybrid_tft", "stage3_own_tft",
+                     "lightgbm"):  # fmt: skip
             if name in models:
                 r = table_rows({"models": {name: models[name]}})[0]
                 ablation_rows.append({"variant": tag, "val_rank_ic": val.get(name), **r})

@@ -83,6 +83,9 @@ def test_memmap_run_keeps_panel_and_stage3_inputs_in_the_store(runs):
     file, hybrid inputs a memory map; both equal what the in-memory run assembles."""
     pipe, memory = Pipeline.open(runs["memmap"]), Pipeline.open(runs["memory"])
     assert _memmapped(pipe.panel.values)
+    # Stage1 reads whole cross-sections: from the time-major file, one block per date
+    assert pipe.features.values is pipe.feature_store.values_by_date
+    assert pipe.features.values.flags.c_contiguous
     np.testing.assert_array_equal(pipe.panel.values, memory.panel.values)
     np.testing.assert_array_equal(pipe.panel.mask, memory.panel.mask)
     assert list(pipe.panel.meta.columns) == list(memory.panel.meta.columns)

@@ -150,7 +150,7 @@ def test_stage1_dataset_reads_one_date_at_a_time(market, store):
     fs = store.feature_set()
     ours = CrossSectionDataset(fs.values, fs.mask, store.labels, np.arange(100, 300))
     theirs = CrossSectionDataset(features.values, features.mask, labels, np.arange(100, 300))
-    assert np.shares_memory(ours.values, store.values_by_stock)  # a reference, not a copy
+    assert np.shares_memory(ours.values, store.values_by_date)  # a reference, not a copy
     np.testing.assert_array_equal(ours.index, theirs.index)
     for i in (0, 57, len(ours) - 1):
         a, b = ours[i], theirs[i]

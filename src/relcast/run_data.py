@@ -258,12 +258,12 @@ class RunData:
 
     def _build_feature_store(self, panel: Panel, train_end: int) -> dict:
         """Write the features, labels and panel into ``feature_store/`` (rank 0, at
-        ``prepare``) block by block (:func:`relcast.training.store.build_run_store`);
+        ``prepare``) block by block (:func:`relcast.training.run_store.build_run_store`);
         returns the training-span statistics it fitted."""
         import shutil
 
+        from relcast.training.run_store import build_run_store
         from relcast.training.stage1 import encode_sectors
-        from relcast.training.store import build_run_store
 
         sectors, _ = encode_sectors(panel.sectors, panel.num_symbols)
         folder = self.dir / FEATURE_STORE

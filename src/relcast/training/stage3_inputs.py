@@ -252,7 +252,7 @@ def store_inputs(
     valid = np.array(store.mask)
     for a in range(0, T, block_dates):
         b = min(T, a + block_dates)
-        by_stock[:, a:b, :F] = store.values_by_stock[:, a:b]
+        by_stock[:, a:b, :F] = np.asarray(store.values[a:b]).transpose(1, 0, 2)  # (N, t, F)
         by_stock[:, a:b, F:] = rel[a:b].transpose(1, 0, 2)  # (N, t, K)
         valid[a:b] &= np.isfinite(rel[a:b]).all(axis=-1)
         store.release()

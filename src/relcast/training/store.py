@@ -7,6 +7,7 @@ brought in from disk:
     meta.json       symbols, feature names and groups, horizons, whether writing finished
     dates.npy       datetime64[ns] [T]
     values.npy      float32 [N, T, F]   features, NaN where masked (stock-major, see below)
+    values_by_date.npy  float32 [T, N, F]   the same, time-major (Stage1, extraction, LightGBM)
     mask.npy        bool    [T, N]      True where every feature is defined
     labelled.npy    bool    [T, N]      mask and a finite label for every horizon
     labels.npy      float32 [T, N, H]   forward returns (relcast.features.forward_returns)
@@ -53,11 +54,11 @@ from relcast.features.labels import normalize_labels_cross_section
 from relcast.training.store_sources import (  # noqa: F401  (panel_slices: importable from here too)
     index_context,
     panel_slices,
-    save_panel_memmap,
 )
 
 STORE_VERSION = 1
-ARRAYS = ("values", "mask", "labelled", "labels", "targets")
+ARRAYS = ("values", "values_by_date", "mask", "labelled", "labels", "targets")
+OPTIONAL = ("values_by_date",)  # stores written before it have none
 
 
 class MemmapFeatureStore:
@@ -72,7 +73,9 @@ class MemmapFeatureStore:
         names, groups: feature names (the F axis) and their groups, as in a FeatureSet.
         horizons: H.
         sector_ids: ``int64 [N]``.
-        values_by_stock: ``float32 [N, T, F]`` memmap (the file's layout).
+        values_by_stock: ``float32 [N, T, F]`` memmap (Stage3's windows).
+        values_by_date: ``float32 [T, N, F]`` memmap, the same values time-major (a date's
+            cross-section is one block: what Stage1, extraction and LightGBM read), or None.
         mask: ``bool [T, N]`` memmap.
         labelled: ``bool [T, N]`` memmap, ``mask`` and finite labels at every horizon.
         labels, targets: ``float32 [T, N, H]`` memmaps.
@@ -102,7 +105,11 @@ class MemmapFeatureStore:
         # without a warning and without a copy, while the files are never modified.
         mode = "r+" if writable else "c"
         for name in ARRAYS:
-            setattr(self, _attr(name), np.load(self.folder / f"{name}.npy", mmap_mode=mode))
+            path = self.folder / f"{name}.npy"
+            if name in OPTIONAL and not path.exists():
+                setattr(self, name, None)
+                continue
+            setattr(self, _attr(name), np.load(path, mmap_mode=mode))
 
     # ------------------------------------------------------------------ create / write
     @classmethod
@@ -134,6 +141,7 @@ class MemmapFeatureStore:
         np.save(folder / "sector_ids.npy", sector_ids.astype(np.int64))
         shapes = {
             "values": ((N, T, F), np.float32),
+            "values_by_date": ((T, N, F), np.float32),
             "mask": ((T, N), np.bool_),
             "labelled": ((T, N), np.bool_),
             "labels": ((T, N, H), np.float32),
@@ -149,7 +157,13 @@ class MemmapFeatureStore:
             "names": list(names),
             "groups": {k: list(v) for k, v in groups.items()},
             "horizons": H,
-            "layout": {"values": "N,T,F", "mask": "T,N", "labelled": "T,N", "labels": "T,N,H"},
+            "layout": {
+                "values": "N,T,F",
+                "values_by_date": "T,N,F",
+                "mask": "T,N",
+                "labelled": "T,N",
+                "labels": "T,N,H",
+            },  # fmt: skip
             "written_until": 0,
             "complete": False,
         }
@@ -177,9 +191,10 @@ class MemmapFeatureStore:
         if not 0 <= start <= T - t:
             raise ValueError(f"chunk of {t} dates at {start} does not fit in {T} dates")
         mask = np.asarray(mask, dtype=bool)
-        self.values_by_stock[:, start : start + t] = np.where(
-            mask[..., None], values, np.nan
-        ).transpose(1, 0, 2)  # (N, t, F)
+        clean = np.where(mask[..., None], values, np.nan)  # (t, N, F)
+        self.values_by_stock[:, start : start + t] = clean.transpose(1, 0, 2)  # (N, t, F)
+        if self.values_by_date is not None:
+            self.values_by_date[start : start + t] = clean
         self.mask[start : start + t] = mask
         self.labelled[start : start + t] = mask & np.isfinite(labels).all(axis=-1)
         self.labels[start : start + t] = labels
@@ -198,7 +213,12 @@ class MemmapFeatureStore:
     # ------------------------------------------------------------------ views
     @property
     def values(self) -> np.ndarray:
-        """``float32 [T, N, F]``: a strided view of the stock-major file (no copy)."""
+        """``float32 [T, N, F]``: the time-major file, else a strided view of the stock-major
+        one (no copy either way). Reading a date's cross-section from the stock-major file
+        maps pages of every stock's history (measured: one date of 1,000 stocks x 10,000 bars
+        brought the whole 1.7 GB file into RSS), hence the time-major copy."""
+        if self.values_by_date is not None:
+            return self.values_by_date
         return self.values_by_stock.transpose(1, 0, 2)
 
     @property
@@ -208,8 +228,11 @@ class MemmapFeatureStore:
 
     @property
     def nbytes(self) -> int:
-        """Size of the four arrays on disk."""
-        return sum(getattr(self, _attr(name)).nbytes for name in ARRAYS)
+        """Size of the arrays on disk."""
+        return sum(a.nbytes for a in self._arrays())
+
+    def _arrays(self) -> list[np.ndarray]:
+        return [a for a in (getattr(self, _attr(name)) for name in ARRAYS) if a is not None]
 
     def feature_set(self) -> FeatureSet:
         """A :class:`FeatureSet` whose ``values`` is the memory-mapped ``[T, N, F]`` view.
@@ -257,8 +280,7 @@ class MemmapFeatureStore:
     # ------------------------------------------------------------------ memory
     def flush(self) -> None:
         """Write dirty pages to the files (a no-op for a read-only store)."""
-        for name in ARRAYS:
-            array = getattr(self, _attr(name))
+        for array in self._arrays():
             if array.mode in ("r+", "w+"):
                 array.flush()
 
@@ -268,7 +290,7 @@ class MemmapFeatureStore:
         Dirty pages are flushed first; the page cache (the kernel's, shared) is untouched.
         """
         self.flush()
-        maps = [getattr(getattr(self, _attr(name)), "_mmap", None) for name in ARRAYS]
+        maps = [getattr(a, "_mmap", None) for a in self._arrays()]
         for mm in maps + self.__dict__.get("_tracked", []):
             if mm is not None and hasattr(mm, "madvise") and not mm.closed:
                 mm.madvise(mmap.MADV_DONTNEED)
@@ -397,51 +419,6 @@ def build_feature_store(
             )  # fmt: skip
         store.write(a, values, mask, labels)
         store.release()  # written pages leave this process's RSS (they are in the file)
-    return store.finish()
-
-
-def build_run_store(
-    folder,
-    panel: Panel,
-    *,
-    train_end: int,
-    horizons: int,
-    label_delay: int,
-    sector_ids: np.ndarray,
-    scalers: dict,
-    regime_window: int | None = None,
-    alpha158: bool = False,
-    block_bytes: int | None = None,
-):
-    """The run's feature store (``data.store: memmap``), written block by block with the values
-    of :meth:`relcast.run_data.RunData.features_for` (:class:`~relcast.features.chunked.
-    ChunkedFeatures`: raw indicators by symbol block straight into the store's file, then
-    normalised by date block), the labels by date block, and the panel as float32 memory maps
-    (:func:`~relcast.training.store_sources.load_panel_memmap`). ``scalers`` (``{}``: fitted
-    here) gets the training-span statistics. Returns the finished store, opened read-only."""
-    from relcast.features.chunked import BLOCK_BYTES, ChunkedFeatures
-
-    chunked = ChunkedFeatures(
-        panel, train_end, regime_window=regime_window, alpha158=alpha158, scalers=scalers,
-        block_bytes=block_bytes or BLOCK_BYTES,
-    )  # fmt: skip
-    store = MemmapFeatureStore.create(
-        folder, panel.dates, panel.symbols, chunked.names, chunked.groups, horizons,
-        sector_ids=sector_ids,
-    )  # fmt: skip
-    chunked.write_raw(store.values_by_stock, release=store.release)
-    T = panel.num_dates
-    for a, values, mask in chunked.blocks(store.values_by_stock):
-        b = a + len(values)
-        ahead = min(T, b + label_delay + horizons)  # a label reads close[t + delay + h]
-        rows = Panel(
-            dates=panel.dates[a:ahead], symbols=panel.symbols, fields=panel.fields,
-            values=panel.values[a:ahead], mask=panel.mask[a:ahead], meta=panel.meta,
-        )  # fmt: skip
-        labels = forward_returns(rows, horizons, delay=label_delay)[: b - a]  # (t, N, H)
-        store.write(a, values, mask, labels)
-        store.release()
-    save_panel_memmap(store.folder, panel)
     return store.finish()
 
 

@@ -164,14 +164,15 @@ class ChunkedFeatures:
         one block of symbols at a time; ``release()`` after each block (memory maps)."""
         T, N = self.panel.mask.shape
         k = len(self.per_stock)
-        width = max(1, self.block_bytes // (T * 8 * (k + 16)))  # raw float32 + temporaries
+        width = max(1, self.block_bytes // (T * 8 * (k + 20)))  # raw float32 + temporaries
         for n0 in range(0, N, width):
             n1 = min(N, n0 + width)
             raw, _, _ = _raw_indicators(
                 symbol_columns(self.panel, n0, n1), self.windows, self.alpha158
             )
-            for j, name in enumerate(self.per_stock):
-                scratch[n0:n1, :, j] = raw.pop(name).T  # (n, T)
+            block = np.stack([raw.pop(name) for name in self.per_stock], axis=-1)  # (T, n, k)
+            scratch[n0:n1, :, :k] = block.transpose(1, 0, 2)  # one copy, k floats at a time
+            del block
             if release is not None:
                 release()
 

@@ -291,3 +291,46 @@ def test_rawconcat_block_is_shared_by_loaders_not_copied():
     dirty = WindowLoader(x, valid, L, labels, concat_inputs=x)  # NaN at masked cells
     assert dirty.concat.data_ptr() != x.ctypes.data and torch.isfinite(dirty.concat).all()
     assert (dirty.concat[torch.from_numpy(~valid)] == 0).all()
+
+
+def test_cpu_gru_recurrence_equals_nn_gru_in_values_and_gradients():
+    from relcast.models.temporal.gru_cpu import GRURecurrence, gru_forward
+
+    torch.manual_seed(0)
+    rnn = torch.nn.GRU(5, 8, num_layers=2, batch_first=True).double()
+    x = torch.randn(3, 17, 5, dtype=torch.float64, requires_grad=True)
+    ref, out = rnn(x)[0], gru_forward(rnn, x)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    grad = torch.randn_like(ref)
+    want = torch.autograd.grad(ref, [x, *rnn.parameters()], grad)
+    got = torch.autograd.grad(out, [x, *rnn.parameters()], grad)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    gi = torch.randn(6, 2, 12, dtype=torch.float64, requires_grad=True)
+    w_hh = torch.randn(12, 4, dtype=torch.float64, requires_grad=True)
+    b_hh = torch.randn(12, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(GRURecurrence.apply, (gi, w_hh, b_hh))
+
+
+def test_gru_model_gives_the_same_forecasts_and_gradients_on_either_recurrence(monkeypatch):
+    from relcast.models.temporal import lstm
+
+    model = tiny("gru").train()  # dropout 0: training mode, deterministic
+    g = torch.Generator().manual_seed(1)
+    batch = {
+        "x": torch.randn(4, 30, F_IN, generator=g, dtype=torch.float64),
+        "origin": torch.ones(4, 30, dtype=torch.bool),
+        "stock_id": torch.tensor([0, 1, 2, 3]),
+        "sector_id": torch.zeros(4, dtype=torch.long),
+    }
+    results = []
+    for small in (lstm.SMALL_BATCH, 0):  # the CPU fast path, then nn.GRU itself
+        monkeypatch.setattr(lstm, "SMALL_BATCH", small)
+        model.zero_grad()
+        pred = model(batch)["pred"]
+        pred.square().mean().backward()
+        results.append((pred.detach(), [p.grad.clone() for p in model.parameters()]))
+    (fast, fast_grads), (ref, ref_grads) = results
+    torch.testing.assert_close(fast, ref, rtol=1e-12, atol=1e-12)
+    for a, b in zip(fast_grads, ref_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)

@@ -20,8 +20,12 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
+from relcast.models.temporal.gru_cpu import gru_forward
 from relcast.models.temporal.losses import QuantileHead
 from relcast.models.temporal.registry import TemporalConfig, origin_output, register_model
+
+SMALL_BATCH = 64
+"""Batches of at most this many rows run the GRU through :func:`gru_forward` on the CPU."""
 
 
 @dataclass
@@ -66,9 +70,13 @@ class RecurrentForecaster(nn.Module):
         x = batch["x"]  # (B, L, F)
         static = self.stock_emb(batch["stock_id"]) + self.sector_emb(batch["sector_id"])  # (B, d)
         h = self.input_proj(x) + static[:, None, :]  # (B, L, d)
-        h, _ = self.rnn(h)  # (B, L, d), step l has seen steps <= l only
+        h = self.recur(h)  # (B, L, d), step l has seen steps <= l only
         pred_all = self.head(self.drop(h))  # (B, L, H, Q)
         return {"pred": origin_output(batch, pred_all), "pred_all": pred_all}
+
+    def recur(self, h: Tensor) -> Tensor:
+        """The stacked recurrence from a zero state, ``[B, L, d] -> [B, L, d]``."""
+        return self.rnn(h)[0]
 
 
 @register_model("lstm")
@@ -83,6 +91,14 @@ class GRUForecaster(RecurrentForecaster):
     """Stacked GRU forecaster (``create_model("gru", ...)``)."""
 
     cell = nn.GRU
+
+    def recur(self, h: Tensor) -> Tensor:
+        # a few chunks on the CPU: nn.GRU's per-step autograd overhead is the whole cost,
+        # gru_cpu's hand-written backward halves it; larger batches are compute-bound, where
+        # nn.GRU is faster (measured crossover ~96 rows). Same weights, same outputs.
+        if h.device.type == "cpu" and h.shape[0] <= SMALL_BATCH:
+            return gru_forward(self.rnn, h)
+        return self.rnn(h)[0]
 
 
 __all__ = ["GRUForecaster", "LSTMForecaster", "RecurrentConfig", "RecurrentForecaster"]

@@ -105,6 +105,25 @@ def test_memmap_run_keeps_panel_and_stage3_inputs_in_the_store(runs):
     assert pipe.stage3_inputs("hybrid") is pipe.stage3_inputs("hybrid")  # built once
 
 
+def test_panel_after_update_is_read_from_parquet(runs, tmp_path):
+    """`relcast update` appends dates to panel.parquet, not to the store's panel map: a run
+    whose Parquet panel has more dates reads it, never the stale map."""
+    import shutil
+
+    run = shutil.copytree(runs["memmap"], tmp_path / "run")
+    old = Pipeline.open(run).panel
+    extra = Panel(
+        dates=np.concatenate([old.dates, old.dates[-1:] + np.timedelta64(1, "D")]),
+        symbols=old.symbols, fields=old.fields,
+        values=np.concatenate([old.values, old.values[-1:]]),
+        mask=np.concatenate([old.mask, old.mask[-1:]]), meta=old.meta,
+    )  # fmt: skip
+    extra.to_parquet(run / "panel.parquet")
+    pipe = Pipeline.open(run)
+    assert pipe.panel.num_dates == old.num_dates + 1 and not _memmapped(pipe.panel.values)
+    np.testing.assert_array_equal(pipe.panel.values[:-1], old.values)
+
+
 @pytest.fixture(scope="module")
 def gappy_market():
     panel, _ = synthetic_market(num_stocks=9, num_days=260, seed=5)

@@ -180,11 +180,13 @@ class RunData:
     @property
     def panel(self) -> Panel:
         if "panel" not in self._cache:
-            stored = self.dir / FEATURE_STORE / "panel.json"
-            if self.config.data.store == "memmap" and stored.exists():
-                from relcast.training.store_sources import load_panel_memmap
+            from relcast.training.store_sources import load_panel_memmap, panel_is_current
 
+            store = self.dir / FEATURE_STORE
+            memmap = self.config.data.store == "memmap"
+            if memmap and panel_is_current(store, self.dir / "panel.parquet"):
                 # values memory-mapped from the store: the same float32 values as panel.parquet
+                # (after `relcast update` appended dates, the Parquet file is read instead)
                 self._cache["panel"] = load_panel_memmap(self.dir / FEATURE_STORE)
                 self.feature_store.track(self._cache["panel"].values)
             else:

@@ -117,6 +117,24 @@ def load_panel_memmap(folder) -> Panel:
     )
 
 
+def panel_is_current(folder, parquet) -> bool:
+    """True if the panel memory map in ``folder`` holds the dates of ``parquet`` (the run's
+    ``panel.parquet``; ``relcast update`` appends dates to it, not to the map)."""
+    import json
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+
+    folder = Path(folder)
+    if not (folder / PANEL_FILES[2]).exists() or not Path(parquet).exists():
+        return False
+    md = pq.read_schema(parquet).metadata or {}
+    if b"relcast.dates" not in md:
+        return False
+    dates = np.array(json.loads(md[b"relcast.dates"]), dtype="datetime64[ns]")
+    return np.array_equal(dates, np.load(folder / "dates.npy"))
+
+
 def write_panel_parquet(panel: Panel, path, rows_per_group: int = 1 << 20) -> None:
     """``panel.parquet`` as :meth:`Panel.to_parquet` writes it (the same table, schema and
     metadata), built and written a block of dates at a time so the long table of a large

@@ -103,6 +103,12 @@ def test_memmap_run_keeps_panel_and_stage3_inputs_in_the_store(runs):
         for key in ("x", "t", "n", "sector_id"):  # the loader gathers the same windows
             np.testing.assert_array_equal(a[key].numpy(), b[key].numpy())
     assert pipe.stage3_inputs("hybrid") is pipe.stage3_inputs("hybrid")  # built once
+    # without Stage2, evaluation predicts Stage1 by blocks of dates and keeps only `pred`
+    from relcast.run_evaluation import _stage1_outputs
+
+    blocks = _stage1_outputs(pipe, booster=False)
+    assert list(blocks) == ["pred"]
+    np.testing.assert_allclose(blocks["pred"], memory.stage1_outputs()["pred"], atol=1e-6)
 
 
 def test_panel_after_update_is_read_from_parquet(runs, tmp_path):

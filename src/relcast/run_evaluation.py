@@ -56,7 +56,7 @@ def gather_forecasts(pipe, cell: np.ndarray, z1: np.ndarray) -> Forecasts:
     out.point.update(
         baseline_predictions(pipe.panel, f, z1, cell, split, H, cfg.trainer.seed, cfg.baselines)
     )
-    s1 = pipe.stage1_outputs()
+    s1 = _stage1_outputs(pipe, booster=cfg.stage2.enabled)
     # Stage1 predicts stage1.horizons (default 1); later horizons repeat its last one, as
     # LightGBM's single forecast is repeated
     pad = ((0, 0), (0, 0), (0, H - s1["pred"].shape[2]))
@@ -150,9 +150,33 @@ def _tft_importance(model, inputs, index) -> dict[str, float]:
     return {k: float(v) for k, v in result["variable_importance"].items()}
 
 
+MEMMAP_ATTENTION_BYTES = 2**28  # data.store: memmap saves the last scored days within this
+
+
+def _stage1_outputs(pipe, booster: bool) -> dict[str, np.ndarray]:
+    """Stage1's outputs for every date; for a memory-mapped run without Stage2, only ``pred``,
+    predicted a block of dates at a time (the embeddings of every date are ``T x N x d_model``
+    floats, which only Stage2 reads)."""
+    if pipe.config.data.store != "memmap" or booster:
+        return pipe.stage1_outputs()
+    from relcast.training.stage1 import predict_stage1
+
+    T, N = pipe.features.mask.shape
+    width = pipe.stage1_model.config.d_model + 64  # floats per stock and date, all outputs
+    step = max(1, 2**26 // (4 * N * width))  # ~64 MB of outputs per block
+    parts = [
+        predict_stage1(pipe.stage1_model, pipe.features, dates_index=np.arange(a, min(T, a + step)))
+        for a in range(0, T, step)
+    ]
+    return {"pred": np.concatenate([p["pred"] for p in parts])}  # (T, N, H1)
+
+
 def _save_attention(pipe, days: np.ndarray) -> None:
     from relcast.training.stage1 import predict_stage1
 
+    if pipe.config.data.store == "memmap":  # [D, N, N] floats: the last days that fit
+        N = pipe.panel.num_symbols
+        days = days[-max(1, MEMMAP_ATTENTION_BYTES // (4 * N * N)) :]
     out = predict_stage1(
         pipe.stage1_model, pipe.features, dates_index=days, need_weights=True,
         average_heads=True, last_layer=True,

@@ -51,42 +51,40 @@ class GRURecurrence(torch.autograd.Function):
     def forward(ctx, gi: Tensor, w_hh: Tensor, b_hh: Tensor) -> Tensor:
         C, B, three_d = gi.shape
         d = three_d // 3
+        pre_rz = gi[..., : 2 * d] + b_hh[: 2 * d]  # (C, B, 2d) r, z: input part + both biases
         h_all = gi.new_zeros(C + 1, B, d)  # h_all[t] = state before step t
-        gh_all = gi.new_empty(C, B, three_d)  # W_hh h + b_hh
         rz_all = gi.new_empty(C, B, 2 * d)  # r, z after the sigmoid
+        ghn_all = gi.new_empty(C, B, d)  # W_hn h + b_hn
         n_all = gi.new_empty(C, B, d)  # n after the tanh
-        w_t = w_hh.t()
-        h, gh = h_all.unbind(0), gh_all.unbind(0)
-        gh_rz, gh_n = gh_all[..., : 2 * d].unbind(0), gh_all[..., 2 * d :].unbind(0)
-        gi_rz, gi_n = gi[..., : 2 * d].unbind(0), gi[..., 2 * d :].unbind(0)
-        rz, n = rz_all.unbind(0), n_all.unbind(0)
+        w_rz, w_n, b_n = w_hh[: 2 * d].t(), w_hh[2 * d :].t(), b_hh[2 * d :]
+        h, p_rz, gi_n = h_all.unbind(0), pre_rz.unbind(0), gi[..., 2 * d :].unbind(0)
+        rz, ghn, n = rz_all.unbind(0), ghn_all.unbind(0), n_all.unbind(0)
         r, z = rz_all[..., :d].unbind(0), rz_all[..., d:].unbind(0)
         for t in range(C):
-            torch.addmm(b_hh, h[t], w_t, out=gh[t])  # (B, 3d)
-            torch.add(gi_rz[t], gh_rz[t], out=rz[t]).sigmoid_()  # r, z
-            torch.addcmul(gi_n[t], r[t], gh_n[t], out=n[t]).tanh_()  # n
+            torch.addmm(p_rz[t], h[t], w_rz, out=rz[t]).sigmoid_()  # (B, 2d) r, z
+            torch.addmm(b_n, h[t], w_n, out=ghn[t])  # (B, d)
+            torch.addcmul(gi_n[t], r[t], ghn[t], out=n[t]).tanh_()  # n
             torch.addcmul(n[t], z[t], h[t] - n[t], out=h[t + 1])  # n + z (h - n)
-        ctx.save_for_backward(h_all, gh_all, rz_all, n_all, w_hh)
+        ctx.save_for_backward(h_all, ghn_all, rz_all, n_all, w_hh)
         return h_all[1:]
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out: Tensor):
-        h_all, gh_all, rz_all, n_all, w_hh = ctx.saved_tensors
-        C, B, three_d = gh_all.shape
-        d = three_d // 3
+        h_all, ghn_all, rz_all, n_all, w_hh = ctx.saved_tensors
+        C, B, d = n_all.shape
         r, z, n = rz_all[..., :d], rz_all[..., d:], n_all
         # what does not depend on the running gradient dh, for all steps at once: the
         # derivatives of the three pre-activations of W_hh h + b_hh (r, z, n) by h'
         a_n = (1 - z) * (1 - n * n)  # (C, B, d) d pre-act(n) / d h'
-        factors = torch.cat(
-            [a_n * gh_all[..., 2 * d :] * r * (1 - r), (h_all[:-1] - n) * z * (1 - z), a_n * r],
-            dim=-1,
-        ).view(C, B, 3, d)
+        factors = n_all.new_empty(C, B, 3, d)
+        torch.mul(a_n * ghn_all, r * (1 - r), out=factors[:, :, 0])
+        torch.mul(h_all[:-1] - n, z * (1 - z), out=factors[:, :, 1])
+        torch.mul(a_n, r, out=factors[:, :, 2])
         grad_out = grad_out.contiguous()
         dh_all = torch.empty_like(n_all)  # dh_all[t]: gradient of the state after step t
         dh_all[C - 1] = grad_out[C - 1]
-        d_gh = torch.empty_like(gh_all)  # (C, B, 3d) gradient of W_hh h + b_hh
+        d_gh = n_all.new_empty(C, B, 3 * d)  # gradient of W_hh h + b_hh
         dh, g_out, fac, z_t = dh_all.unbind(0), grad_out.unbind(0), factors.unbind(0), z.unbind(0)
         d_gh_t, d_gh3 = d_gh.unbind(0), d_gh.view(C, B, 3, d).unbind(0)
         for t in range(C - 1, -1, -1):
@@ -94,8 +92,10 @@ class GRURecurrence(torch.autograd.Function):
             if t:  # dh' = dout + dh z + d_gh W_hh
                 prev = torch.addcmul(g_out[t - 1], dh[t], z_t[t])
                 torch.addmm(prev, d_gh_t[t], w_hh, out=dh[t - 1])
-        d_gi = torch.cat([d_gh[..., : 2 * d], dh_all * a_n], dim=-1)  # (C, B, 3d)
-        flat = d_gh.view(C * B, three_d)
+        d_gi = torch.empty_like(d_gh)  # (C, B, 3d) gradient of the input projections
+        d_gi[..., : 2 * d] = d_gh[..., : 2 * d]
+        torch.mul(dh_all, a_n, out=d_gi[..., 2 * d :])
+        flat = d_gh.view(C * B, 3 * d)
         d_w = flat.t() @ h_all[:-1].reshape(C * B, d)  # (3d, d)
         return d_gi, d_w, flat.sum(0)
 

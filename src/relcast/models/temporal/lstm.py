@@ -12,6 +12,10 @@ starts at zero at the chunk start and runs through it: a scored step has seen be
 the chunk's burn-in of ``lookback - 1`` steps gives every scored step at least the window
 that windowed training gave it. The static covariates (stock id, sector) enter as embeddings
 added to the projected input at every step.
+
+On the CPU a GRU batch of at most :data:`SMALL_BATCH` rows (sequence training: ~15 chunks)
+runs through :mod:`relcast.models.temporal.gru_cpu` (the same ``nn.GRU`` weights, a
+hand-written backward pass, about half the time per step); larger batches use ``nn.GRU``.
 """
 
 from __future__ import annotations

@@ -66,7 +66,14 @@ ABLATIONS: dict[str, tuple[list[str], tuple[str, ...]]] = {
     "v3": (["relationships.extractor=v3"], ("prepare", "stage1", "stage2")),
     "stage1_mse": (["stage1.loss=mse"], ("prepare",)),
     "tft": (["stage3.models=[tft]"], REUSABLE),  # the design's Stage3 model, same inputs
+    # the two changes that raised validation rank IC, together (Stage3 on stage1_score's store)
+    "stage1_score+cs_rank": (
+        ["relationships.stage1_score=true", "stage3.label_norm=cs_rank"],
+        REUSABLE,
+    ),
 }
+# ablations that start from another ablation's run folder instead of the main run's
+BASE_TAG = {"stage1_score+cs_rank": "stage1_score"}
 ABLATION_BASE = ["stage3.models=[gru]", "stage3.feature_sets=[hybrid,own]", "evaluation.seeds=1"]
 QUICK = [
     "data.start=2015-01-01",
@@ -254,9 +261,10 @@ def run(
     tags = list(ABLATIONS) if ablations is True else list(ablations or [])
     for tag in tags:
         change, reuse = ABLATIONS[tag]
+        start = base.parent / BASE_TAG[tag] if tag in BASE_TAG else base
         overrides = ABLATION_BASE + change + (QUICK if quick else [])
         run_isolated(
-            measure, tag, overrides, base=str(base), reuse=reuse, wait=wait, isolate=not quick
+            measure, tag, overrides, base=str(start), reuse=reuse, wait=wait, isolate=not quick
         )
     return collect(results_dir)
 

@@ -8,6 +8,8 @@ import pandas as pd
 import pytest
 
 import relcast.features
+import relcast.relationship_blocks
+import relcast.relationships
 from relcast.config import load_config
 from relcast.data.panel import Panel
 from relcast.data.synthetic import synthetic_market
@@ -41,6 +43,21 @@ def _no_full_features(*args, **kwargs):
     raise AssertionError("a memmap run built the whole [T, N, F] feature array in memory")
 
 
+EXTRACTED: dict[str, list] = {"memory": [], "memmap": []}
+"""Dates of every block the extraction produced, per run (``runs`` fills it)."""
+
+
+def _recording_blocks(store: str):
+    blocks = relcast.relationship_blocks.extract_blocks
+
+    def record(extractor, model, features, index, block_bytes=None):
+        for chunk, rel in blocks(extractor, model, features, index, block_bytes):
+            EXTRACTED[store].append(rel.values.shape)  # (t, N, K) handed on
+            yield chunk, rel
+
+    return record
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("memmap_run")
@@ -48,8 +65,13 @@ def runs(tmp_path_factory):
     for store in ("memory", "memmap"):
         config = load_config(None, None, [*SETS, f"data.store={store}"], {})
         with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(relcast.relationships, "extract_blocks", _recording_blocks(store))
             if store == "memmap":  # every step: features come from the store, block by block
                 patch.setattr(relcast.features, "build_features", _no_full_features)
+                # blocks of ~20 dates (6 stocks + index, 4 + 1 relationship columns) for the
+                # extraction and of ~3 dates for the Parquet frame (~ 7 x 50 values a date)
+                patch.setattr(relcast.relationships, "BLOCK_BYTES", 20 * 7 * 5 * 4)
+                patch.setattr(relcast.relationship_blocks, "BLOCK_BYTES", 3 * 7 * 50 * 4)
             Pipeline(config, root / store).run()
         out[store] = root / store
     return out
@@ -109,6 +131,44 @@ def test_memmap_run_keeps_panel_and_stage3_inputs_in_the_store(runs):
     blocks = _stage1_outputs(pipe, booster=False)
     assert list(blocks) == ["pred"]
     np.testing.assert_allclose(blocks["pred"], memory.stage1_outputs()["pred"], atol=1e-6)
+
+
+def test_memmap_run_extracts_relationships_by_date_blocks(runs):
+    """data.store=memmap: the relationship values [T, N, K] are written a block of dates at a
+    time into a map in the run folder (never whole in memory), later steps read that map, and
+    values and data_with_relationships.parquet equal the in-memory run's."""
+    import pyarrow.parquet as pq
+
+    pipe, memory = Pipeline.open(runs["memmap"]), Pipeline.open(runs["memory"])
+    (got, names), (want, want_names) = pipe.relationships, memory.relationships
+    T = pipe.features.mask.shape[0]
+    assert names == want_names and got.shape == want.shape and got.shape[0] == T
+    assert _memmapped(got) and not _memmapped(want)
+    assert (runs["memmap"] / "relationships_values.npy").exists()
+    assert not (runs["memory"] / "relationships_values.npy").exists()
+    with np.load(runs["memmap"] / "relationships.npz") as z:
+        assert "values" not in z.files  # the archive holds no copy of the map
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)  # NaN where masked, both
+    stored, kept = pipe.folder.load_relationships(), memory.folder.load_relationships()
+    for key in ("mask", "fold_of", "dates"):
+        np.testing.assert_array_equal(stored[key], kept[key])
+    assert set(stored["fold_of"]) == {-1, 0, 1}  # out-of-fold dates went through the blocks
+    # in memory every extraction is one block; with the map, none holds every date
+    assert max(shape[0] for shape in EXTRACTED["memory"]) == T
+    assert 0 < max(shape[0] for shape in EXTRACTED["memmap"]) < T / 4
+    assert len(EXTRACTED["memmap"]) > 8
+    # the frame, written block by block, reads back as the in-memory run's
+    path = runs["memmap"] / "data_with_relationships.parquet"
+    assert pq.ParquetFile(path).metadata.num_row_groups > 10
+    a = pd.read_parquet(runs["memory"] / "data_with_relationships.parquet")
+    b = pd.read_parquet(path)
+    assert list(a.columns) == list(b.columns) and len(a) == len(b) > 0
+    assert (
+        a[["date", "symbol", "fold"]].to_numpy() == b[["date", "symbol", "fold"]].to_numpy()
+    ).all()
+    np.testing.assert_allclose(b[names].to_numpy(), a[names].to_numpy(), rtol=0, atol=1e-6)
+    own = [c for c in a.columns if c not in (*names, "date", "symbol", "fold")]
+    np.testing.assert_array_equal(b[own].to_numpy(), a[own].to_numpy())
 
 
 def test_panel_after_update_is_read_from_parquet(runs, tmp_path):

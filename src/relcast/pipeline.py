@@ -233,6 +233,12 @@ class Pipeline(RunData):
             f"({'out-of-fold, ' + str(folds) + ' folds' if folds else 'leaky: no folds'})"
         )
         mine = distributed.is_main()  # rank 0 writes the store
+        values_path = None
+        if self.config.data.store == "memmap":  # by date blocks into a map in the run folder
+            from relcast.runfolder.base import temp_path
+            from relcast.runfolder.formats import RELATIONSHIP_VALUES
+
+            values_path = temp_path(self.folder.file(RELATIONSHIP_VALUES))
         store = build_relationship_store(
             self.features,
             self.stage1_labels,
@@ -246,11 +252,14 @@ class Pipeline(RunData):
             out_path=self.dir / "data_with_relationships.parquet" if mine else None,
             full_model=self.stage1_model,
             fold_epochs=self._fold_epochs(),
+            values_path=values_path,
             **self._stage1_fit_kwargs(),
         )
         self._cache["extractor"] = store.full_extractor
         distributed.barrier()  # every rank has read its fold checkpoints before they go
         if not distributed.is_main():
+            if values_path is not None:
+                values_path.unlink(missing_ok=True)
             return
         self._save_relationships(store.names, store.values, store.mask, store.fold_of)
         self.folder.drop_checkpoints()  # fold models were only needed to extract
@@ -267,7 +276,11 @@ class Pipeline(RunData):
         """``(values [T, N, K], names)`` from the store."""
         if "relationships" not in self._cache:
             stored = self.folder.load_relationships()
-            self._cache["relationships"] = (stored["values"], stored["names"])
+            values = stored["values"]
+            if isinstance(values, np.memmap):  # its pages go with the store's
+                self.feature_store.track(values)
+                values = np.asarray(values)  # one ndarray view of the map: Stage3's cache key
+            self._cache["relationships"] = (values, stored["names"])
         return self._cache["relationships"]
 
     @property

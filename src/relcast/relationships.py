@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import tempfile
 import time
 from collections.abc import Sequence
@@ -62,6 +61,13 @@ from relcast.models.extractors import (
     RelationshipExtractor,
     RelationshipFeatures,
     ScoreExtractor,
+)
+from relcast.relationship_blocks import (
+    BLOCK_BYTES,
+    extract_blocks,
+    open_values,
+    release,
+    write_frame_parquet,
 )
 from relcast.relationship_folds import (  # noqa: F401  (importable from here too)
     ALIGNABLE_PREFIXES,
@@ -115,47 +121,36 @@ class RelationshipStore:
         """The store's arrays as :class:`RelationshipFeatures`."""
         return RelationshipFeatures(self.dates, self.symbols, self.names, self.values, self.mask)
 
-    def to_frame(self, feature_groups: Sequence[str] = ("own", "calendar")) -> pd.DataFrame:
+    def to_frame(
+        self, feature_groups: Sequence[str] = ("own", "calendar"), dates: slice | None = None
+    ) -> pd.DataFrame:
         """``data_with_relationships``: one row per valid (date, symbol) with ``date, symbol,
-        fold``, the feature set's ``feature_groups`` columns, then the relationship columns."""
-        t, n = np.nonzero(self.mask)
+        fold``, the feature set's ``feature_groups`` columns, then the relationship columns
+        (of the ``dates`` slice only, when given: the Parquet writer's blocks)."""
+        dates = slice(0, len(self.dates)) if dates is None else dates
+        t, n = np.nonzero(self.mask[dates])
+        a = dates.start or 0
         parts = [
             pd.DataFrame(
-                {"date": self.dates[t], "symbol": self.symbols[n], "fold": self.fold_of[t]}
+                {"date": self.dates[a + t], "symbol": self.symbols[n], "fold": self.fold_of[a + t]}
             )
         ]
         if self.features is not None:
             groups = [g for g in feature_groups if self.features.groups.get(g)]
             names = [c for g in groups for c in self.features.groups[g]]
             if names:
-                cols = self.features.values[:, :, self.features.columns(names)][t, n]
+                block = np.asarray(self.features.values[dates])  # (t, N, F)
+                cols = block[:, :, self.features.columns(names)][t, n]
                 parts.append(pd.DataFrame(cols, columns=names))
-        parts.append(pd.DataFrame(self.values[t, n], columns=self.names))
+        parts.append(pd.DataFrame(np.asarray(self.values[dates])[t, n], columns=self.names))
         return pd.concat(parts, axis=1)
 
     def write_parquet(
         self, path: str | Path, feature_groups: Sequence[str] = ("own", "calendar")
     ) -> Path:
-        """Write ``data_with_relationships`` atomically (temporary file, then rename)."""
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        table = pa.Table.from_pandas(self.to_frame(feature_groups), preserve_index=False)
-        meta = {"relationship_names": self.names, "symbols": [str(s) for s in self.symbols]}
-        table = table.replace_schema_metadata(
-            {**(table.schema.metadata or {}), b"relcast": json.dumps(meta).encode()}
-        )
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
-            pq.write_table(table, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return path
+        """Write ``data_with_relationships`` a block of dates at a time, atomically
+        (:func:`~relcast.relationship_blocks.write_frame_parquet`)."""
+        return write_frame_parquet(self, path, feature_groups)
 
     @classmethod
     def read_parquet(cls, path: str | Path) -> RelationshipStore:
@@ -209,6 +204,7 @@ def build_relationship_store(
     seed: int = 0,
     full_model: Any = None,
     fold_epochs: int | None = None,
+    values_path: str | Path | None = None,
     **fit_kwargs: Any,
 ) -> RelationshipStore:
     """Train Stage1 model(s) and extract relationship features for every date.
@@ -240,6 +236,9 @@ def build_relationship_store(
             the end (e.g. the full model's best epoch count); None: early stopping on the
             validation Rank IC like the full model (``max_epochs``/``patience`` of
             ``fit_kwargs``), with a validation pass every epoch.
+        values_path: extract by blocks of dates into a ``float32 [T, N, K]`` ``.npy`` memory
+            map written there (``data.store: memmap``; the store's ``values`` is that map);
+            None: in memory, every date at once.
         fit_kwargs: passed to ``fit_stage1`` (``max_epochs``, ``loss``, ``target``, ...).
     """
     from relcast.training import stage1 as stage1_training
@@ -253,6 +252,7 @@ def build_relationship_store(
         raise ValueError(f"fold_epochs must be >= 1 (None: early stopping), got {fold_epochs}")
     T, N = features.mask.shape
     train = np.sort(np.asarray(split.train, dtype=np.int64))
+    block = None if values_path is None else BLOCK_BYTES
     start = time.perf_counter()
 
     tmp_dir = tempfile.TemporaryDirectory(prefix="relcast-store-") if out_dir is None else None
@@ -298,11 +298,18 @@ def build_relationship_store(
             return result.model, ext, record
 
         full_model, full_ext, full_record = fit_and_extract("full", train, full_model)
-        everything = np.arange(T)
-        full_rel = full_ext.extract(full_model, features, everything)  # (T, N, K)
-        names = list(full_rel.names)
-        values = full_rel.values.copy()
-        mask = full_rel.mask.copy()
+        values = mask = full_ref = None
+        names: list[str] = []
+        for chunk, rel in extract_blocks(full_ext, full_model, features, np.arange(T), block):
+            if values is None:
+                names = list(rel.names)
+                values = open_values(values_path, (T, N, len(names)))  # (T, N, K)
+                mask = np.zeros((T, N), dtype=bool)
+            if block is None:  # in memory: one block, kept as the alignment reference
+                full_ref = rel
+            values[chunk] = rel.values
+            mask[chunk] = rel.mask
+            release(values)
         fold_of = np.full(T, FULL_MODEL, dtype=np.int64)
         models = []
 
@@ -312,10 +319,7 @@ def build_relationship_store(
                 model_k, ext_k, record = fit_and_extract(
                     f"fold_{k}", fit_index, fixed_epochs=fold_epochs
                 )
-                rel = ext_k.extract(model_k, features, fold_index)  # (T_k, N, K)
-                if rel.names != names:
-                    raise RuntimeError("fold and full extractors produced different columns")
-                fold_values = rel.values.copy()
+                rotations = []
                 if blocks:
                     # Rotation fitted on the fold model's own training dates (not fold k's).
                     align_index = fit_index
@@ -323,13 +327,25 @@ def build_relationship_store(
                         pick = np.linspace(0, len(fit_index) - 1, ALIGN_DATES).round()
                         align_index = fit_index[pick.astype(np.int64)]
                     own = ext_k.extract(model_k, features, align_index)
-                    ref = full_rel.values[align_index]
-                    both = own.mask & full_rel.mask[align_index]
+                    if full_ref is not None:
+                        ref, ref_mask = full_ref.values[align_index], full_ref.mask[align_index]
+                    else:  # the full model's values there (the map may hold fold values now)
+                        ref_rel = full_ext.extract(full_model, features, align_index)
+                        ref, ref_mask = ref_rel.values, ref_rel.mask
+                    both = own.mask & ref_mask
                     for cols in blocks:
                         rot = procrustes_rotation(own.values[both][:, cols], ref[both][:, cols])
-                        fold_values[..., cols] = fold_values[..., cols] @ rot.astype(np.float32)
-                values[fold_index] = fold_values
-                mask[fold_index] = rel.mask
+                        rotations.append((cols, rot.astype(np.float32)))
+                for chunk, rel in extract_blocks(ext_k, model_k, features, fold_index, block):
+                    if rel.names != names:
+                        raise RuntimeError("fold and full extractors produced different columns")
+                    fold_values = rel.values.copy()  # (t, N, K)
+                    for cols, rot in rotations:
+                        fold_values[..., cols] = fold_values[..., cols] @ rot
+                    fold_values[~rel.mask] = np.nan
+                    values[chunk] = fold_values
+                    mask[chunk] = rel.mask
+                    release(values)
                 fold_of[fold_index] = k
                 models.append({"fold": k, "extracted_index": fold_index, **record})
 
@@ -344,7 +360,8 @@ def build_relationship_store(
         if tmp_dir is not None:
             tmp_dir.cleanup()
 
-    values[~mask] = np.nan
+    if block is None:
+        values[~mask] = np.nan  # (blocks set theirs as they were written)
     store = RelationshipStore(
         dates=features.dates,
         symbols=features.symbols,

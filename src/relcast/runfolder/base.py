@@ -29,6 +29,7 @@ FILES = {
     "stage1/model.safetensors": "Stage1 weights (+ model.json: its config)",
     "stage2/booster.json": "LightGBM residual booster",
     "relationships.npz": "relationship features [T, N, K], names, fold of each date",
+    "relationships_values.npy": "data.store memmap: relationships.npz's values, memory-mapped",
     "data_with_relationships.parquet": "own + relationship + calendar features per row",
     "stage3/<name>/model.safetensors": "one folder per Stage3 model",
     "predictions.parquet": "test-span predictions of every model",

@@ -157,10 +157,20 @@ class RunFolder:
         return Split(**index, embargo=int(s["embargo"]), dates=dates)
 
     def save_relationships(self, names, values, mask, fold_of, dates) -> Path:
-        from relcast.runfolder.formats import relationships_npz
+        """``relationships.npz``; a memory-mapped ``values`` (the ``.npy`` the extraction
+        wrote in this folder, ``data.store: memmap``) is renamed into place beside it instead
+        of being copied into the archive."""
+        from relcast.runfolder.formats import RELATIONSHIP_VALUES, relationships_npz
 
+        mapped = getattr(values, "filename", None) if isinstance(values, np.memmap) else None
+        if mapped is not None:
+            values.flush()
+            os.replace(mapped, self.file(RELATIONSHIP_VALUES))
+        else:
+            self.file(RELATIONSHIP_VALUES).unlink(missing_ok=True)  # stale from a memmap run
         return self.write(
-            "relationships.npz", relationships_npz(names, values, mask, fold_of, dates)
+            "relationships.npz",
+            relationships_npz(names, None if mapped else values, mask, fold_of, dates),
         )
 
     def load_relationships(self) -> dict[str, Any]:

@@ -70,16 +70,23 @@ def dataclass_from_dict(cls: type, data: dict) -> Any:
     return cls(**kwargs)
 
 
+RELATIONSHIP_VALUES = "relationships_values.npy"
+"""``relationships.npz``'s values as a ``.npy`` beside it (``data.store: memmap``): read as a
+memory map, never whole."""
+
+
 def relationships_npz(names, values, mask, fold_of, dates) -> bytes:
     """The bytes of ``relationships.npz`` (the one place its layout is written): names
-    ``[K]``, values ``float32 [T, N, K]``, mask ``bool [T, N]``, fold_of and dates ``[T]``."""
+    ``[K]``, values ``float32 [T, N, K]`` (None: they are in :data:`RELATIONSHIP_VALUES`
+    beside it), mask ``bool [T, N]``, fold_of and dates ``[T]``."""
     import io
 
     buf = io.BytesIO()
+    arrays = {} if values is None else {"values": values}
     np.savez(
         buf,
         names=np.asarray(names),
-        values=values,
+        **arrays,
         mask=mask,
         fold_of=fold_of,
         dates=np.asarray(dates, dtype="datetime64[ns]").astype("int64"),
@@ -89,16 +96,23 @@ def relationships_npz(names, values, mask, fold_of, dates) -> bytes:
 
 def read_relationships(path: Path) -> dict[str, Any]:
     """``relationships.npz`` as arrays (``names`` a list of str, ``dates`` datetime64[ns]);
-    a missing, damaged or inconsistent file is a :class:`RunFolderError` naming it."""
+    values from the file itself or, when it has none, memory-mapped (read-only) from
+    :data:`RELATIONSHIP_VALUES` beside it; a missing, damaged or inconsistent file is a
+    :class:`RunFolderError` naming it."""
     import zipfile
 
     path = Path(path)
     if not path.exists():
         raise RunFolderError(f"missing {path}: run `relcast extract` first")
-    keys = ("names", "values", "mask", "fold_of", "dates")
+    keys = ("names", "mask", "fold_of", "dates")
+    beside = path.with_name(RELATIONSHIP_VALUES)
     try:
         with np.load(path, allow_pickle=False) as z:
             out = {k: z[k] for k in keys}
+            if "values" in z.files:
+                out["values"] = z["values"]
+            else:
+                out["values"] = np.load(beside, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         raise RunFolderError(f"{path} is damaged ({exc}); run `relcast extract` again") from None
     T = len(out["dates"])

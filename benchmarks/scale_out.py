@@ -160,18 +160,22 @@ def memmap_run(stocks: int, bars: int, extra: list[str] | None = None) -> dict:
         if proc.returncode != 0:
             raise RuntimeError(f"memmap run failed:\n{proc.stderr[-4000:]}")
         result = json.loads(result_path.read_text())
-    result.update(stocks=stocks, bars=bars, settings=sets, load_average_before=os.getloadavg())
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
+                            capture_output=True).stdout.strip()  # fmt: skip
+    result.update(stocks=stocks, bars=bars, settings=sets, load_average_before=os.getloadavg(),
+                  commit=commit or None)  # fmt: skip
     result["process_wall_seconds"] = round(time.perf_counter() - start, 1)
     return result
 
 
 def save_memmap(result: dict) -> Path:
-    """Add the run to ``scale_out.json`` under ``memmap_runs`` (one entry per size), keeping
-    every other key of the file."""
+    """Add the run to ``scale_out.json`` under ``memmap_runs`` as ``<stocks>x<bars>@<commit>``
+    (the commit it was measured at), keeping every other key of the file (earlier runs)."""
     path = ROOT / "benchmarks" / "results" / "scale_out.json"
     data = json.loads(path.read_text()) if path.exists() else {}
     runs = data.setdefault("memmap_runs", {})
-    runs[f"{result['stocks']}x{result['bars']}"] = result
+    key = f"{result['stocks']}x{result['bars']}"
+    runs[f"{key}@{result['commit']}" if result.get("commit") else key] = result
     path.write_text(json.dumps(data, indent=2) + "\n")
     return path
 

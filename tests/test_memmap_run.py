@@ -266,3 +266,34 @@ def test_lightgbm_row_cap_samples_and_predicts_every_cell(gappy_market):
     for t in range(T):
         np.testing.assert_array_equal(np.sort(shuffled[t][ok[t]]), np.sort(y[t][ok[t]]))
     assert np.isnan(shuffled[~ok]).all() and not np.array_equal(shuffled[ok], y[ok])
+
+
+@pytest.mark.parametrize("label_norm", ["cross_section", "cs_rank"])
+def test_stage3_target_normalised_by_date_blocks(label_norm, monkeypatch):
+    """Inputs from the store: Stage3's targets are normalised a block of dates at a time
+    (never a float64 [T, N, H] over every date) with the values of one call over all dates."""
+    from relcast.training import stage3
+
+    rng = np.random.default_rng(0)
+    T, N, H = 97, 11, 2
+    labels = rng.standard_normal((T, N, H)).astype(np.float32)
+    labels[rng.random((T, N, H)) < 0.1] = np.nan
+    labels[5] = 0.25  # a date where every label is equal
+    valid = rng.random((T, N)) > 0.2
+    want = stage3._target(labels, valid, label_norm, by_blocks=False)
+    seen = []
+    norm = {"cross_section": "normalize_labels_cross_section", "cs_rank":
+            "rank_normalize_labels_cross_section"}[label_norm]  # fmt: skip
+    inner = getattr(stage3, norm)
+
+    def recording(block, mask):
+        seen.append(len(block))
+        return inner(block, mask)
+
+    monkeypatch.setattr(stage3, norm, recording)
+    monkeypatch.setattr(stage3, "TARGET_BLOCK_BYTES", 10 * N * H * 8 * 4)
+    got = stage3._target(labels, valid, label_norm, by_blocks=True)
+    assert max(seen) == 10 and sum(seen) == T
+    assert got.dtype == np.float32 and got.shape == (T, N, H)
+    np.testing.assert_array_equal(got, want)  # NaN in the same places, same floats
+    assert np.isfinite(want[valid & np.isfinite(labels).all(-1)]).all()

@@ -49,6 +49,7 @@ from relcast.features.labels import (
 from relcast.training.stage3_inputs import (  # noqa: F401  (importable from here too)
     FEATURE_SETS,
     Stage3Inputs,
+    StockMajorInputs,
     _relationship_arrays,
     assemble_inputs,
 )
@@ -118,6 +119,33 @@ class Stage3Result:
     def predict(self, inputs: Stage3Inputs, index: np.ndarray | None = None, **kwargs) -> dict:
         """:func:`predict_stage3` with this result's model."""
         return predict_stage3(self.model, inputs, index, **kwargs)
+
+
+TARGET_BLOCK_BYTES = 64 << 20
+"""float64 bytes of labels normalised at a time when Stage3's inputs come from the store."""
+
+
+def _target(labels: np.ndarray, valid: np.ndarray, label_norm: str, by_blocks: bool):
+    """Stage3's training target ``float32 [T, N, H]`` (one copy, shared by both loaders).
+
+    ``cross_section`` / ``cs_rank`` normalise each date's cross-section on its own, so with
+    ``by_blocks`` (inputs from the memory-mapped store) they run a block of dates at a time:
+    the same values, without the float64 ``[T, N, H]`` temporaries of one call over all dates.
+    """
+    norm = {
+        "cross_section": normalize_labels_cross_section,
+        "cs_rank": rank_normalize_labels_cross_section,  # qlib's CSRankNorm, in z units
+    }.get(label_norm)
+    if norm is None:
+        return np.asarray(labels, dtype=np.float32)
+    if not by_blocks:
+        return np.asarray(norm(labels, valid), dtype=np.float32)
+    T, N, H = labels.shape
+    out = np.empty((T, N, H), dtype=np.float32)  # (T, N, H)
+    step = max(1, TARGET_BLOCK_BYTES // (N * H * 8 * 4))  # ~4 float64 temporaries a block
+    for a in range(0, T, step):
+        out[a : a + step] = norm(np.asarray(labels[a : a + step]), valid[a : a + step])
+    return out
 
 
 def fit_stage3(
@@ -195,13 +223,7 @@ def fit_stage3(
     if label_norm not in LABEL_NORMS:
         raise ValueError(f"label_norm must be one of {LABEL_NORMS}, got {label_norm!r}")
     # z-scores over every stock with valid inputs, also when training on one target stock
-    if label_norm == "cross_section":
-        target = normalize_labels_cross_section(labels, inputs.valid)
-    elif label_norm == "cs_rank":  # qlib's CSRankNorm: ranks per date, in z units
-        target = rank_normalize_labels_cross_section(labels, inputs.valid)
-    else:
-        target = labels
-    target = np.asarray(target, dtype=np.float32)  # one copy, shared by both loaders
+    target = _target(labels, inputs.valid, label_norm, isinstance(inputs, StockMajorInputs))
     stock_idx = inputs.stock_index(stocks)
     train = inputs.loader(
         lookback, target, index=split.train, stocks=stock_idx, batch_size=batch_size,

@@ -297,3 +297,47 @@ def test_stage3_target_normalised_by_date_blocks(label_norm, monkeypatch):
     assert got.dtype == np.float32 and got.shape == (T, N, H)
     np.testing.assert_array_equal(got, want)  # NaN in the same places, same floats
     assert np.isfinite(want[valid & np.isfinite(labels).all(-1)]).all()
+
+
+def test_stage2_row_cap_samples_training_rows(monkeypatch):
+    """stage2.max_rows: LightGBM's Stage2 sees at most that many training (and validation)
+    rows, a seeded subset in date order; above the row count the fit is the uncapped one."""
+    import lightgbm as lgb
+
+    from relcast.models.residual import ResidualBooster, _cap_rows, _rows
+
+    rng = np.random.default_rng(0)
+    T, N, F, d = 120, 15, 4, 3
+    x = rng.standard_normal((T, N, F)).astype(np.float32)
+    emb = rng.standard_normal((T, N, d)).astype(np.float32)
+    mask = rng.random((T, N)) > 0.1
+    stage1 = 0.5 * x[..., 0]
+    y = (stage1 + np.sin(2 * x[..., 1]) + 0.3 * rng.standard_normal((T, N))).astype(np.float32)
+    train, valid = np.arange(0, 80), np.arange(90, 120)
+    seen, dataset = [], lgb.Dataset
+
+    def recording(data, *args, **kwargs):
+        seen.append(np.asarray(data).copy())
+        return dataset(data, *args, **kwargs)
+
+    monkeypatch.setattr(lgb, "Dataset", recording)
+
+    def fit(cap):
+        seen.clear()
+        booster = ResidualBooster(n_estimators=20, n_jobs=1, max_rows=cap)
+        return booster.fit(x, emb, stage1, y, mask, train, valid), [s.copy() for s in seen]
+
+    whole, (x_all, _) = fit(None)
+    same, (x_same, _) = fit(10**9)
+    capped, (x_cap, x_cap_valid) = fit(300)
+    assert len(x_all) == mask[train].sum() and x_all.shape[1] == F + d
+    np.testing.assert_array_equal(x_same, x_all)
+    np.testing.assert_array_equal(
+        same.predict(x, emb, stage1, mask), whole.predict(x, emb, stage1, mask)
+    )
+    assert len(x_cap) == len(x_cap_valid) == 300
+    t, n = _cap_rows(*_rows(mask, train), 300, seed=0)
+    assert (np.diff(t * N + n) > 0).all() and mask[t, n].all() and (t < 80).all()
+    np.testing.assert_array_equal(x_cap, np.concatenate([x[t, n], emb[t, n]], axis=1))
+    a, b = capped.predict(x, emb, stage1, mask), whole.predict(x, emb, stage1, mask)
+    assert not np.allclose(a[mask], b[mask])

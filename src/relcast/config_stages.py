@@ -104,6 +104,13 @@ class Stage2Settings(_Section):
     num_leaves: int = Field(31, ge=2)
     n_estimators: int = Field(300, ge=1)
     learning_rate: float = Field(0.05, gt=0)
+    max_rows: int = Field(
+        2_000_000,
+        ge=1,
+        description="LightGBM fits Stage2 on at most this many (date, stock) rows of the "
+        "training span (and of the validation span): a seeded sample, kept in date order, "
+        "above it bounds memory (like baselines.max_rows); below it every row is used",
+    )
 
 
 class V2Settings(_Section):

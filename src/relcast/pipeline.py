@@ -160,6 +160,7 @@ class Pipeline(RunData):
             n_estimators=s.n_estimators,
             learning_rate=s.learning_rate,
             seed=self.config.trainer.seed,
+            max_rows=s.max_rows,
         ).fit(
             np.nan_to_num(f.values),
             out["embeddings"],

@@ -24,6 +24,7 @@ _PARAMS = (
     "use_embeddings",
     "calibrate",
     "n_jobs",
+    "max_rows",
 )
 # A correction that lowers validation MSE by less than this (relative) is noise, not help.
 _HELP_MIN_REL_GAIN = 0.005
@@ -35,6 +36,16 @@ def _rows(mask: np.ndarray, dates_index: np.ndarray) -> tuple[np.ndarray, np.nda
     sub[dates_index] = mask[dates_index]
     t, n = np.nonzero(sub)
     return t, n
+
+
+def _cap_rows(t: np.ndarray, n: np.ndarray, cap: int | None, seed: int):
+    """At most ``cap`` of the cells ``(t, n)``: a seeded uniform sample without replacement,
+    kept in date order (as the LightGBM baselines' ``baselines.max_rows``); all of them when
+    there are no more than ``cap``."""
+    if cap is None or len(t) <= cap:
+        return t, n
+    pick = np.sort(np.random.default_rng(seed).choice(len(t), int(cap), replace=False))
+    return t[pick], n[pick]
 
 
 class ResidualBooster:
@@ -51,6 +62,9 @@ class ResidualBooster:
             cross-sectional z-scores, not returns; without calibration the "residual" would be
             mostly a unit mismatch. The report's Stage1 line uses the calibrated prediction.
         n_jobs: LightGBM threads; ``None`` leaves LightGBM's default (OpenMP's).
+        max_rows: fit (and calibrate, and early-stop) on at most this many (date, stock)
+            cells of the training span and as many of the validation span: a seeded sample
+            in date order above it (``stage2.max_rows``); ``None``: every cell.
 
     Learned attributes: ``booster_`` (``lightgbm.Booster``), ``best_iteration_``,
     ``report_`` (validation metrics of Stage1 alone vs Stage1+Stage2) and ``helped_``.
@@ -66,6 +80,7 @@ class ResidualBooster:
         use_embeddings: bool = True,
         calibrate: bool = True,
         n_jobs: int | None = None,
+        max_rows: int | None = None,
     ) -> None:
         self.num_leaves = num_leaves
         self.n_estimators = n_estimators
@@ -75,8 +90,24 @@ class ResidualBooster:
         self.use_embeddings = use_embeddings
         self.calibrate = calibrate
         self.n_jobs = n_jobs
+        self.max_rows = max_rows
 
     # ------------------------------------------------------------------ helpers
+    def _design_rows(
+        self, raw_features: np.ndarray, embeddings: np.ndarray | None, t: np.ndarray, n: np.ndarray
+    ) -> np.ndarray:
+        """``[rows, F (+ d)]``: :meth:`_design`'s rows at cells ``(t, n)``, gathered without
+        the whole ``[T, N, F (+ d)]`` design."""
+        if self.use_embeddings and embeddings is not None:
+            if embeddings.shape[:2] != raw_features.shape[:2]:
+                raise ValueError(
+                    f"embeddings {embeddings.shape} do not match raw_features "
+                    f"{raw_features.shape} on [T, N]"
+                )
+            raw = np.asarray(raw_features[t, n])
+            return np.concatenate([raw, np.asarray(embeddings[t, n]).astype(raw.dtype)], axis=-1)
+        return np.asarray(raw_features[t, n])
+
     def _design(self, raw_features: np.ndarray, embeddings: np.ndarray | None) -> np.ndarray:
         """``[T, N, F (+ d)]`` model input."""
         if self.use_embeddings and embeddings is not None:
@@ -126,9 +157,8 @@ class ResidualBooster:
         if labels.shape != mask.shape:
             raise ValueError(f"labels must be [T, N] = {mask.shape}, got {labels.shape}")
         usable = mask & np.isfinite(labels) & np.isfinite(stage1_pred)
-        X = self._design(raw_features, embeddings)  # (T, N, F')
-        tr_t, tr_n = _rows(usable, np.asarray(train_index))
-        va_t, va_n = _rows(usable, np.asarray(valid_index))
+        tr_t, tr_n = _cap_rows(*_rows(usable, np.asarray(train_index)), self.max_rows, self.seed)
+        va_t, va_n = _cap_rows(*_rows(usable, np.asarray(valid_index)), self.max_rows, self.seed)
         if len(tr_t) == 0 or len(va_t) == 0:
             raise ValueError("no usable (date, stock) cells in the training or validation span")
         self.scale_, self.offset_ = 1.0, 0.0
@@ -152,8 +182,10 @@ class ResidualBooster:
         }
         if self.n_jobs is not None:
             params["num_threads"] = self.n_jobs
-        dtrain = lgb.Dataset(X[tr_t, tr_n], residual[tr_t, tr_n], free_raw_data=True)
-        dvalid = lgb.Dataset(X[va_t, va_n], residual[va_t, va_n], reference=dtrain)
+        x_tr = self._design_rows(raw_features, embeddings, tr_t, tr_n)  # (rows, F')
+        x_va = self._design_rows(raw_features, embeddings, va_t, va_n)
+        dtrain = lgb.Dataset(x_tr, residual[tr_t, tr_n], free_raw_data=True)
+        dvalid = lgb.Dataset(x_va, residual[va_t, va_n], reference=dtrain)
         self.booster_ = lgb.train(
             params,
             dtrain,
@@ -162,7 +194,7 @@ class ResidualBooster:
             callbacks=[lgb.early_stopping(self.early_stopping_rounds, verbose=False)],
         )
         self.best_iteration_ = int(self.booster_.best_iteration or self.n_estimators)
-        self.n_features_in_ = X.shape[-1]
+        self.n_features_in_ = x_tr.shape[-1]
 
         # Report: Stage1 alone vs Stage1+Stage2 on the validation span.
         from relcast.models.metrics import signal_metrics

@@ -70,7 +70,7 @@ def runs(tmp_path_factory):
                 patch.setattr(relcast.features, "build_features", _no_full_features)
                 # blocks of ~20 dates (6 stocks + index, 4 + 1 relationship columns) for the
                 # extraction and of ~3 dates for the Parquet frame (~ 7 x 50 values a date)
-                patch.setattr(relcast.relationships, "BLOCK_BYTES", 20 * 7 * 5 * 4)
+                patch.setattr(relcast.relationships, "BLOCK_BYTES", 20 * 7 * 4 * (5 + 44 + 64))
                 patch.setattr(relcast.relationship_blocks, "BLOCK_BYTES", 3 * 7 * 50 * 4)
             Pipeline(config, root / store).run()
         out[store] = root / store

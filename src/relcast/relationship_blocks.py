@@ -15,7 +15,11 @@ from typing import Any
 import numpy as np
 
 BLOCK_BYTES = 64 << 20
-"""Bytes of relationship values (float32) extracted, or of frame values written, per block."""
+"""Bytes per block: of a block's relationship values, inputs and Stage1 outputs (float32) at
+extraction, of the frame's values when writing Parquet."""
+STAGE1_FLOATS = 64
+"""Floats per stock and date Stage1's forward keeps for the extractor (embeddings, outputs),
+counted with the K values and the F inputs when a block of dates is cut."""
 FIRST_BLOCK = 8
 """Dates of the first extraction block: it tells the column count K the next blocks are cut by."""
 
@@ -39,8 +43,9 @@ def extract_blocks(
         rel = extractor.extract(model, features, chunk)  # (t, N, K)
         yield chunk, rel
         a += len(chunk)
-        if block_bytes is not None:
-            step = max(1, int(block_bytes) // max(1, N * len(rel.names) * 4))
+        if block_bytes is not None:  # a date: its K values, its F inputs, Stage1's outputs
+            per_date = N * 4 * (len(rel.names) + features.values.shape[-1] + STAGE1_FLOATS)
+            step = max(1, int(block_bytes) // per_date)
 
 
 def open_values(path: str | Path | None, shape: tuple[int, int, int]) -> np.ndarray:

@@ -151,6 +151,8 @@ def memmap_run(stocks: int, bars: int, extra: list[str] | None = None) -> dict:
     """The whole memory-mapped run in a fresh process: per-step peak RSS (see the docstring)."""
     sets = [*MEMMAP_SETS, f"data.synthetic_stocks={stocks}", f"data.synthetic_days={bars}"]
     sets += list(extra or [])
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
+                            capture_output=True).stdout.strip()  # fmt: skip  (at the start)
     with tempfile.TemporaryDirectory(prefix="relcast-memmap-") as tmp:
         result_path = Path(tmp) / "result.json"
         cmd = [sys.executable, "-m", "benchmarks.scale_out", "--memmap-child", str(result_path),
@@ -160,8 +162,6 @@ def memmap_run(stocks: int, bars: int, extra: list[str] | None = None) -> dict:
         if proc.returncode != 0:
             raise RuntimeError(f"memmap run failed:\n{proc.stderr[-4000:]}")
         result = json.loads(result_path.read_text())
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
-                            capture_output=True).stdout.strip()  # fmt: skip
     result.update(stocks=stocks, bars=bars, settings=sets, load_average_before=os.getloadavg(),
                   commit=commit or None)  # fmt: skip
     result["process_wall_seconds"] = round(time.perf_counter() - start, 1)

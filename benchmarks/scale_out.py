@@ -151,8 +151,9 @@ def memmap_run(stocks: int, bars: int, extra: list[str] | None = None) -> dict:
     """The whole memory-mapped run in a fresh process: per-step peak RSS (see the docstring)."""
     sets = [*MEMMAP_SETS, f"data.synthetic_stocks={stocks}", f"data.synthetic_days={bars}"]
     sets += list(extra or [])
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
-                            capture_output=True).stdout.strip()  # fmt: skip  (at the start)
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True, capture_output=True
+    ).stdout.strip()  # fmt: skip  (at the start)
     with tempfile.TemporaryDirectory(prefix="relcast-memmap-") as tmp:
         result_path = Path(tmp) / "result.json"
         cmd = [sys.executable, "-m", "benchmarks.scale_out", "--memmap-child", str(result_path),

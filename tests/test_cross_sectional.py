@@ -210,6 +210,9 @@ def test_predict_with_weights_batches_within_the_memory_budget(monkeypatch):
     )  # what evaluation saves: a layer's weights, not every layer's
     assert last["attention"].shape == (T, 1, N, N)
     np.testing.assert_allclose(last["attention"][:, 0], whole["attention"][:, -1], atol=1e-6)
+    only = cross_sectional.predict_stage1(model, fs, outputs=("pred",))  # no embeddings kept
+    assert "embeddings" not in only and "relationship" not in only
+    np.testing.assert_allclose(only["pred"], whole["pred"], atol=1e-6)
 
 
 @pytest.mark.parametrize("corr_window", [0, 6])

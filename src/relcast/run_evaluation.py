@@ -154,21 +154,14 @@ MEMMAP_ATTENTION_BYTES = 2**28  # data.store: memmap saves the last scored days 
 
 
 def _stage1_outputs(pipe, booster: bool) -> dict[str, np.ndarray]:
-    """Stage1's outputs for every date; for a memory-mapped run without Stage2, only ``pred``,
-    predicted a block of dates at a time (the embeddings of every date are ``T x N x d_model``
-    floats, which only Stage2 reads)."""
+    """Stage1's outputs for every date; for a memory-mapped run without Stage2, only ``pred``
+    (the embeddings of every date are ``T x N x d_model`` floats, which only Stage2 reads)."""
     if pipe.config.data.store != "memmap" or booster:
         return pipe.stage1_outputs()
     from relcast.training.stage1 import predict_stage1
 
-    T, N = pipe.features.mask.shape
-    width = pipe.stage1_model.config.d_model + 64  # floats per stock and date, all outputs
-    step = max(1, 2**26 // (4 * N * width))  # ~64 MB of outputs per block
-    parts = [
-        predict_stage1(pipe.stage1_model, pipe.features, dates_index=np.arange(a, min(T, a + step)))
-        for a in range(0, T, step)
-    ]
-    return {"pred": np.concatenate([p["pred"] for p in parts])}  # (T, N, H1)
+    out = predict_stage1(pipe.stage1_model, pipe.features, outputs=("pred",))
+    return {"pred": out["pred"]}  # (T, N, H1)
 
 
 def _save_attention(pipe, days: np.ndarray) -> None:

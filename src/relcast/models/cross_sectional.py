@@ -307,6 +307,7 @@ def predict_stage1(
     need_weights: bool = False,
     average_heads: bool = False,
     last_layer: bool = False,
+    outputs: tuple[str, ...] | None = None,
 ) -> dict[str, np.ndarray]:
     """Run a trained Stage1 over dates and return numpy arrays stacked along dates.
 
@@ -316,7 +317,9 @@ def predict_stage1(
     when the model has them, and with ``need_weights`` ``attention [T', layers, heads, N, N]``
     (``[T', layers, N, N]`` with ``average_heads``; ``last_layer`` keeps only the last
     layer, ``[T', 1, ...]``; memory grows as ``N**2``: with weights, batches hold at most
-    ``ATTENTION_BATCH_BYTES`` of them).
+    ``ATTENTION_BATCH_BYTES`` of them). ``outputs`` keeps only those of the per-date outputs
+    (e.g. ``("pred",)``: the embeddings of every date are ``T x N x d_model`` floats); None
+    keeps all.
     """
     T = features.values.shape[0]
     index = np.arange(T) if dates_index is None else np.asarray(dates_index, dtype=np.int64)
@@ -335,7 +338,7 @@ def predict_stage1(
         idx = torch.from_numpy(index[start : start + batch_dates])
         out = model(values[idx].to(device), mask[idx].to(device), need_weights=need_weights)
         for key in ("embeddings", "relationship", "market", "pred", "sector_logits"):
-            if key in out:
+            if key in out and (outputs is None or key in outputs):
                 chunks.setdefault(key, []).append(out[key].float().cpu().numpy())
         if need_weights:
             layers = out["attention"]  # per layer (B, heads, N, N)

@@ -111,17 +111,23 @@ def check_dates_index(features: FeatureSet, dates_index: np.ndarray | None) -> n
 
 
 def stage1_outputs(
-    model: nn.Module, features: FeatureSet, dates_index: np.ndarray, need_weights: bool = False
+    model: nn.Module,
+    features: FeatureSet,
+    dates_index: np.ndarray,
+    need_weights: bool = False,
+    outputs: tuple[str, ...] | None = None,
 ) -> dict[str, Any]:
     """Stage1's outputs (numpy) for the given dates, via the one prediction path.
 
-    With ``need_weights``, ``attention`` is head-averaged: ``[T', layers, N, N]``.
+    With ``need_weights``, ``attention`` is head-averaged: ``[T', layers, N, N]``;
+    ``outputs`` keeps only those outputs (None: all).
     """
     if model is None:
         raise ValueError("this extractor reads Stage1's outputs: pass the trained Stage1 model")
     return predict_stage1(
-        model, features, dates_index=dates_index, need_weights=need_weights, average_heads=True
-    )
+        model, features, dates_index=dates_index, need_weights=need_weights, average_heads=True,
+        outputs=outputs,
+    )  # fmt: skip
 
 
 def masked_features(
@@ -373,7 +379,7 @@ class ScoreExtractor(RelationshipExtractor):
     def extract(self, model, features, dates_index=None):
         """``[T', N, horizons]``: Stage1's forecast (its first ``horizons`` outputs)."""
         idx = check_dates_index(features, dates_index)
-        pred = np.asarray(stage1_outputs(model, features, idx)["pred"])  # (T', N, H1)
+        pred = np.asarray(stage1_outputs(model, features, idx, outputs=("pred",))["pred"])
         keep = min(self.horizons, pred.shape[-1])
         score = pred[..., :keep].astype(np.float64)
         # z-scored across each date's stocks: the IC loss leaves each model's scale free, and

@@ -130,7 +130,8 @@ def measure(
     base: str | None = None,
     reuse: tuple[str, ...] = (),
     wait: float = 0.0,
-) -> dict[str, Any]:
+    until: str | None = None,
+) -> dict[str, Any] | None:
     """One configuration in this process: every pipeline step timed, its peak RSS sampled.
 
     ``fresh=False`` keeps the steps of an earlier run of this tag that are done (among
@@ -138,6 +139,7 @@ def measure(
     saved (so ``evaluation.seeds`` can be raised), and redoes the others with ``overrides``
     (which may only change those later steps). ``base`` (a run folder) with
     ``reuse`` starts from that run's finished ``reuse`` steps instead (:func:`start_from`).
+    ``until`` stops after that step (a base for the ablations; nothing is scored).
     """
     import shutil
 
@@ -180,6 +182,8 @@ def measure(
             total = sum(m["seconds_per_epoch"] * m["epochs"] for m in models)
             steps[step]["training_seconds_all_models"] = round(total, 1)
         print(f"[{tag}] {step}: {seconds:.0f}s, peak RSS {peak.peak / MB:.0f} MB", flush=True)
+        if step == until:
+            return None
     metrics = read_json(out / "metrics.json")
     health = out / "data_health.json"
     info = pipe._info()["steps"]
@@ -243,21 +247,26 @@ def run(
     base: Path | None = None,
     wait: float = 0.0,
     main_run: bool = True,
-) -> dict[str, Any]:
+    until: str | None = None,
+) -> dict[str, Any] | None:
     """The main configuration and the ablations, each in a fresh process; write the JSON.
 
     ``ablations`` is True (all) or a list of tags; they start from the main run's folder
     (``base``, default ``runs/real_nasdaq/main``) for the steps they do not change.
-    ``main_run=False`` runs only the ablations. Every run leaves ``bench.json`` in its folder
-    and the JSON is assembled from all of them (:func:`collect`), so runs made by separate
-    commands (for example one per core) end up in one result.
+    ``main_run=False`` runs only the ablations; ``until`` runs the main configuration only
+    through that step (the base the ablations start from) and scores nothing. Every run
+    leaves ``bench.json`` in its folder and the JSON is assembled from all of them
+    (:func:`collect`), so runs made by separate commands (for example one per core) end up in
+    one result.
     """
     if not DATA.is_dir():
         raise SystemExit(f"{DATA} not found: the NASDAQ files live in ../shared/data/")
     base = Path(base or RUNS / "main")
     if main_run:
         overrides = MAIN + (QUICK if quick else []) + (extra or [])
-        run_isolated(measure, "main", overrides, not resume, isolate=not quick)
+        run_isolated(measure, "main", overrides, not resume, isolate=not quick, until=until)
+        if until:
+            return None
     tags = list(ABLATIONS) if ablations is True else list(ablations or [])
     for tag in tags:
         change, reuse = ABLATIONS[tag]
@@ -269,11 +278,33 @@ def run(
     return collect(results_dir)
 
 
+def same_protocol(a: list[str], b: list[str]) -> bool:
+    """The same settings, wherever the clone (and so the data path) lay."""
+    return [x for x in a if not x.startswith("data.source=")] == [
+        x for x in b if not x.startswith("data.source=")
+    ]
+
+
 def collect(results_dir=None) -> dict[str, Any]:
-    """Assemble ``real_nasdaq.json`` from the ``bench.json`` of every run under ``runs/``."""
+    """Assemble ``real_nasdaq.json`` from the ``bench.json`` of every run under ``runs/``.
+
+    A run whose folder is gone (or was started again only as a base, without scoring) keeps
+    the figures the JSON already holds for it, marked ``"from_earlier_json": true``.
+    """
+    import json
+
+    from benchmarks.common import RESULTS_DIR
     from relcast.persist import read_json
 
     results = {p.parent.name: read_json(p) for p in sorted(RUNS.glob("*/bench.json"))}
+    earlier = Path(results_dir or RESULTS_DIR) / f"{NAME}.json"
+    if earlier.exists():
+        old = json.loads(earlier.read_text())
+        if same_protocol(old.get("protocol", []), PROTOCOL):
+            for tag, got in old.get("runs", {}).items():
+                if tag not in results and tag in old.get("metrics", {}):
+                    kept = {**got, "metrics": old["metrics"][tag], "from_earlier_json": True}
+                    results[tag] = kept
     if "main" not in results:
         raise SystemExit(f"no main run under {RUNS}: run `python -m benchmarks.{NAME}` first")
     main = results.pop("main")
@@ -327,6 +358,11 @@ def main(argv: list[str] | None = None) -> None:
         help="keep finished data/Stage1/extract steps and saved Stage3 models",
     )
     parser.add_argument("--set", nargs="*", default=[], help="more overrides for the main run")
+    parser.add_argument(
+        "--until",
+        choices=["prepare", "stage1", "stage2", "extract"],
+        help="run the main configuration only through this step (a base for --only)",
+    )
     args = parser.parse_args(argv)
     if args.collect:
         collect()
@@ -339,6 +375,7 @@ def main(argv: list[str] | None = None) -> None:
         base=args.base,
         wait=args.wait,
         main_run=not args.only,
+        until=args.until,
     )
 
 

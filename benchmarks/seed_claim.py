@@ -16,8 +16,11 @@ Data: ``relcast.synthetic_market(20 stocks)`` -> ``build_features`` -> the first
 columns of the 20 stocks (the index symbol and the index/calendar groups are left out so the
 widths are exactly 600 and 46). The 16 relationship dims are **random normal numbers**: cost
 does not depend on their values, and no Stage1 has to be trained for a cost measurement.
-Windows come from :meth:`Stage3Inputs.loader` (``rawconcat`` gathers the 600 dims batch by
-batch) and the models from the Stage3 registry.
+Windows come from :meth:`Stage3Inputs.loader` and the models from the Stage3 registry. The
+``rawconcat`` side is the design's approach as written: the 600 dims of every step are put in
+front of the window's input (``cross[cross_index]``) and the model reads them all. (relcast's
+own ``rawconcat`` Stage3 projects each date's block once per batch instead,
+:mod:`relcast.models.temporal.cross_input`; this benchmark measures the design's claim.)
 """
 
 from __future__ import annotations
@@ -135,9 +138,10 @@ def measure(model_name: str, feature_set: str, cfg: dict[str, Any]) -> dict[str,
         cfg["lookback"], target, index=data["split"].train, batch_size=cfg["batch_size"],
         shuffle=True, seed=0, drop_last=True,
     )  # fmt: skip
+    width = inputs.num_features + inputs.cross_width  # rawconcat: the 600 dims of each step
     model = create_model(
         model_name,
-        num_features=inputs.num_features,
+        num_features=width,
         horizons=cfg["horizons"],
         quantiles=QUANTILES,
         num_stocks=len(inputs.symbols),
@@ -156,7 +160,7 @@ def measure(model_name: str, feature_set: str, cfg: dict[str, Any]) -> dict[str,
     return {
         "model": model_name,
         "feature_set": feature_set,
-        "input_dims": inputs.num_features,
+        "input_dims": width,
         "params": sum(p.numel() for p in model.parameters()),
         "batch_size": cfg["batch_size"],
         "lookback": cfg["lookback"],
@@ -171,8 +175,15 @@ def measure(model_name: str, feature_set: str, cfg: dict[str, Any]) -> dict[str,
 
 
 def _cycle(loader):
+    """Batches forever; a rawconcat batch with every stock's block in each step's ``x``."""
+    import torch
+
     while True:
-        yield from loader
+        for batch in loader:
+            if "cross" in batch:
+                block = batch["cross"][batch["cross_index"]]  # (B, L, N * F_own)
+                batch = {**batch, "x": torch.cat([block, batch["x"]], dim=-1)}
+            yield batch
 
 
 def run(quick: bool = False, results_dir=None) -> dict[str, Any]:

@@ -136,19 +136,53 @@ def test_ddp_shards_cover_every_window_once(tiny, world_size):
 def test_rawconcat_gathers_every_stock_with_zeros_for_masked(tiny):
     inputs, valid, labels = tiny
     context = np.arange(T * N, dtype=np.float32).reshape(T, N, 1)  # stands in for calendar
-    loader = WindowLoader(
-        context, valid, L, labels, concat_inputs=inputs, concat_valid_flag=True, batch_size=64
-    )
-    assert loader.num_features == N * F + N + 1
+    for chunk_length in (None, 2 * L):
+        loader = WindowLoader(
+            context, valid, L, labels, concat_inputs=inputs, concat_valid_flag=True,
+            batch_size=64, chunk_length=chunk_length,
+        )  # fmt: skip
+        assert loader.num_features == 1 and loader.cross_width == N * F + N
+        for batch in loader:
+            x, cross, index = batch["x"].numpy(), batch["cross"].numpy(), batch["cross_index"]
+            assert len(cross) == len(np.unique(batch["t"][batch["t"] >= 0]).tolist()) or (
+                chunk_length is None
+            )  # one row per distinct date of the batch, never one per step
+            for b in range(len(x)):
+                if chunk_length is None:
+                    t, n = int(batch["t"][b]), int(batch["n"][b])
+                    steps = list(range(t - L + 1, t + 1))
+                else:
+                    real = batch["t"][b] >= 0
+                    steps, n = batch["t"][b][real].tolist(), int(batch["n"][b])
+                    assert (index[b][~real] == -1).all()  # padding reads no date
+                rows = cross[index[b][: len(steps)].numpy()]  # (S, N * F + N)
+                want_all = np.stack([np.where(valid[s][:, None], inputs[s], 0.0) for s in steps])
+                np.testing.assert_array_equal(rows[:, : N * F], want_all.reshape(-1, N * F))
+                np.testing.assert_array_equal(rows[:, N * F :], valid[steps])
+                np.testing.assert_array_equal(x[b, : len(steps), -1], context[steps, n, 0])
+
+
+def test_rawconcat_training_batches_are_date_aligned():
+    rng = np.random.default_rng(1)
+    inputs = rng.normal(size=(80, 10, F)).astype(np.float32)
+    valid = rng.random((80, 10)) > 0.03  # gaps: stocks' tilings differ
+    labels = rng.normal(size=(80, 10, 1)).astype(np.float32)
+    kwargs = dict(batch_size=4 * (L + 1), chunk_length=2 * L, shuffle=True, seed=3)
+    loader = WindowLoader(inputs, valid, L, labels, concat_inputs=inputs, **kwargs)
+    plain = WindowLoader(inputs, valid, L, labels, **kwargs)
+    assert loader.items_per_batch == 4
+    seen, dates, plain_dates = [], [], []
     for batch in loader:
-        x = batch["x"].numpy()
-        for b in range(len(x)):
-            t, n = int(batch["t"][b]), int(batch["n"][b])
-            steps = range(t - L + 1, t + 1)
-            want_all = np.stack([np.where(valid[s][:, None], inputs[s], 0.0) for s in steps])
-            np.testing.assert_array_equal(x[b, :, : N * F], want_all.reshape(L, N * F))
-            np.testing.assert_array_equal(x[b, :, N * F : N * F + N], valid[list(steps)])
-            np.testing.assert_array_equal(x[b, :, -1], context[list(steps), n, 0])
+        seen += list(zip(batch["n"].tolist(), batch["t"][:, 0].tolist(), strict=True))
+        dates.append(len(batch["cross"]))
+    for batch in plain:
+        plain_dates.append(len(np.unique(batch["t"][batch["t"] >= 0])))
+    # every chunk once per epoch, as without alignment; a batch spans fewer distinct dates
+    assert sorted(seen) == sorted(zip(plain.chunk_n.tolist(), plain.chunk_start.tolist(),
+                                      strict=True))  # fmt: skip
+    assert np.mean(dates) < 0.6 * np.mean(plain_dates)
+    first = [b["t"][:, 0].tolist() for b in loader]  # the next epoch: another batch order
+    assert first != [b["t"][:, 0].tolist() for b in loader] or len(first) == 1
 
 
 def test_lookback_longer_than_panel_gives_no_windows(tiny):

@@ -287,7 +287,7 @@ def test_rawconcat_block_is_shared_by_loaders_not_copied():
     check = WindowLoader(own, valid, L, labels, concat_inputs=own)
     assert train.concat.data_ptr() == check.concat.data_ptr() == own.ctypes.data
     batch = next(iter(train))
-    assert batch["x"].shape[-1] == N * F_IN + F_IN  # every stock's block, gathered per batch
+    assert batch["x"].shape[-1] == F_IN and batch["cross"].shape[-1] == N * F_IN  # per date
     dirty = WindowLoader(x, valid, L, labels, concat_inputs=x)  # NaN at masked cells
     assert dirty.concat.data_ptr() != x.ctypes.data and torch.isfinite(dirty.concat).all()
     assert (dirty.concat[torch.from_numpy(~valid)] == 0).all()

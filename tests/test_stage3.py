@@ -1,9 +1,11 @@
 """Stage3 training: quantiles that mean what they say, determinism, the three feature sets."""
 
+from dataclasses import asdict
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 
 from relcast.features.featureset import FeatureSet
 from relcast.training.stage3 import assemble_inputs, fit_stage3, predict_stage3
@@ -102,24 +104,50 @@ def test_rawconcat_width_and_layout(tmp_path):
     raw = assemble_inputs(features, feature_set="rawconcat")
     N, F_own = 5, 2
     assert own.num_features == F_own + 1 + 1
-    assert raw.num_features == N * F_own + 1 + 1  # all stocks' own + index + calendar
-    assert raw.names[:F_own] == ["S0:own_a", "S0:own_b"] and raw.names[-2:] == ["idx_ret", "dow"]
+    assert raw.cross_width == N * F_own and raw.num_features == 1 + 1  # index + calendar
+    assert raw.groups["all_own"][:F_own] == ["S0:own_a", "S0:own_b"]
+    assert raw.names == ["idx_ret", "dow"]
     batch = next(iter(raw.loader(4, labels, batch_size=16)))
     x, t, n = batch["x"].numpy(), batch["t"].numpy(), batch["n"].numpy()
     assert x.shape == (16, 4, raw.num_features)
+    last = batch["cross"].numpy()[batch["cross_index"][:, -1].numpy()]  # (B, N * F_own)
     # the last step's block of stock j is stock j's own features at the window end
     for j in range(N):
         want = np.nan_to_num(features.values[t, j, :F_own])
         want[~features.mask[t, j]] = 0.0
-        np.testing.assert_array_equal(x[:, -1, j * F_own : (j + 1) * F_own], want)
-    np.testing.assert_array_equal(x[:, -1, -2:], features.values[t, n, 2:])
-    # and a model trains and predicts on it
+        np.testing.assert_array_equal(last[:, j * F_own : (j + 1) * F_own], want)
+    np.testing.assert_array_equal(x[:, -1], features.values[t, n, 2:])
+    # and a model trains and predicts on it, saved and loaded with its projection
     result = fit_stage3(
         "gru", raw, labels, thirds(60), lookback=4, hparams={"hidden_size": 8}, max_epochs=1,
         batch_size=64, out_dir=tmp_path, progress=False,
     )  # fmt: skip
-    assert result.model.config.num_features == raw.num_features
-    assert np.isfinite(predict_stage3(result, raw)["point"]).any()
+    assert result.model.config.num_features == 8 + raw.num_features
+    point = predict_stage3(result, raw)["point"]
+    assert np.isfinite(point).any()
+    from relcast.runfolder.formats import load_stage3, save_module
+
+    path = save_module(tmp_path / "m.safetensors", result.model, asdict(result.model.config),
+                       "gru", cross_input=result.model.spec())  # fmt: skip
+    np.testing.assert_array_equal(predict_stage3(load_stage3(path), raw)["point"], point)
+
+
+def test_rawconcat_projection_is_the_models_first_layer_on_the_whole_block():
+    """Once per date or once per (stock, step), the model sees the same numbers: the same
+    forecast as a model fed the raw every-stock block with the projection as its first layer."""
+    from relcast.training.stage3 import build_model
+
+    features, labels, _ = planted_features(T=40, N=5)
+    raw = assemble_inputs(features, feature_set="rawconcat")
+    torch.manual_seed(0)
+    model = build_model("gru", raw, 1, None, 4, {"hidden_size": 8}).eval()
+    for chunk_length in (None, 10):
+        batch = next(iter(raw.loader(4, labels, batch_size=32, chunk_length=chunk_length)))
+        got = model(batch)["pred"]
+        block = batch["cross"][batch["cross_index"].clamp(min=0)]  # (B, S, N * F_own)
+        z = model.project(block) * (batch["cross_index"] >= 0)[..., None]
+        want = model.model({**batch, "x": torch.cat([z, batch["x"]], dim=-1)})["pred"]
+        torch.testing.assert_close(got, want)
 
 
 def test_single_target_stock(tmp_path):

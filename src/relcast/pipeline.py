@@ -175,9 +175,10 @@ class Pipeline(RunData):
         r = booster.report_
         self._mark("stage2", time.perf_counter() - start, helped=booster.helped_, **r)
         _log(
-            f"Stage2 {'helped' if booster.helped_ else 'did not help'} on validation: rank IC "
-            f"{r['stage1']['rank_ic']:.4f} -> {r['stage1+stage2']['rank_ic']:.4f}, MSE "
-            f"{r['stage1']['mse']:.4f} -> {r['stage1+stage2']['mse']:.4f}"
+            f"Stage2 on validation: rank IC {r['stage1']['rank_ic']:.4f} -> "
+            f"{r['stage1+stage2']['rank_ic']:.4f}, MSE {r['stage1']['mse']:.4f} -> "
+            f"{r['stage1+stage2']['mse']:.4f} ({'helped' if booster.helped_ else 'not helped'}"
+            f" by its criterion: MSE cut {r['mse_rel_gain']:.2%}, needs > 0.5%)"
         )
 
     @property

@@ -92,11 +92,13 @@ def train_stage3(pipe, *, resume: bool = True) -> None:
         inputs = pipe.stage3_inputs(feature_set)
         gated = pipe.config.relationships.regime and feature_set == "hybrid"
         _log(
-            f"Stage3 {name}: {inputs.num_features} inputs, lookback {s.lookback}"
-            + (", regime gate" if gated else "")
+            f"Stage3 {name}: {inputs.num_features + inputs.cross_width} inputs, "
+            f"lookback {s.lookback}" + (", regime gate" if gated else "")
         )
         result = pipe.fit_stage3_model(model, inputs, seed_offset=k, regime_gate=gated, name=name)
         extra = {"regime_gate": result.model.spec()} if gated else {}
+        if inputs.cross_width:
+            extra = {"cross_input": result.model.spec()}
         distributed.barrier()  # every rank has read the best checkpoint before it goes
         if not distributed.is_main():
             continue  # rank 0 owns the run folder
@@ -113,7 +115,7 @@ def train_stage3(pipe, *, resume: bool = True) -> None:
             "windows_per_second": result.windows_per_second,
             "epochs": len(result.history),
             "best_val_rank_ic": result.best_val_rank_ic,
-            "num_inputs": inputs.num_features,
+            "num_inputs": inputs.num_features + inputs.cross_width,
         }
         if gated:
             scales = timings[name]["regime_gate_scales"] = result.model.scales()

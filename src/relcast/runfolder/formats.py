@@ -151,7 +151,8 @@ def load_stage1(path: Path):
 
 
 def load_stage3(path: Path):
-    """A Stage3 model (registry kind; with its regime gate if it had one), in eval mode."""
+    """A Stage3 model (registry kind; with its regime gate or rawconcat projection if it had
+    one), in eval mode."""
     from relcast.models.temporal import create_model
 
     state, info = load_state(path)
@@ -162,5 +163,9 @@ def load_stage3(path: Path):
             from relcast.models.regime import RegimeGatedModel
 
             model = RegimeGatedModel(model, **info["regime_gate"])
+        if "cross_input" in info:  # rawconcat: the every-stock block's projection
+            from relcast.models.temporal.cross_input import CrossSectionInput
+
+            model = CrossSectionInput(model, **info["cross_input"])
         model.load_state_dict(state)
     return model.eval()

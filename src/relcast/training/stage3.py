@@ -210,7 +210,6 @@ def fit_stage3(
         chunk_length: the chunk length C of sequence training (``batch_size`` then counts
             scored steps); None trains on one window per sample (kept for comparisons).
     """
-    from relcast.models.temporal import create_model
     from relcast.training.common import load_best_state_dict, make_trainer, seed_everything
 
     labels = np.asarray(labels, dtype=np.float32)
@@ -244,17 +243,7 @@ def fit_stage3(
         raise ValueError("no validation windows: the valid split is shorter than needed")
 
     seed_everything(seed)
-    model = create_model(
-        model_name,
-        num_features=inputs.num_features,
-        horizons=labels.shape[-1],
-        quantiles=None if quantiles is None else tuple(quantiles),
-        num_stocks=len(inputs.symbols),
-        num_sectors=inputs.num_sectors,
-        lookback=lookback,
-        feature_names=tuple(inputs.names),
-        **(hparams or {}),
-    )
+    model = build_model(model_name, inputs, labels.shape[-1], quantiles, lookback, hparams)
     if label_norm == "none":  # quantile heads start at unit scale; raw returns are smaller
         from relcast.models.temporal.losses import QuantileHead
 
@@ -306,6 +295,42 @@ def fit_stage3(
         checkpoint=str(trainer.checkpoint_callback.best_model_path or ""),
         chunk_length=train.chunk_length,
     )
+
+
+def build_model(
+    model_name: str,
+    inputs: Stage3Inputs,
+    horizons: int,
+    quantiles: Sequence[float] | None,
+    lookback: int,
+    hparams: dict[str, Any] | None = None,
+) -> torch.nn.Module:
+    """A fresh registry model for ``inputs``; on ``rawconcat`` inputs inside a
+    :class:`~relcast.models.temporal.cross_input.CrossSectionInput` that projects each date's
+    every-stock block to ``hidden_size`` features (once per date of a batch)."""
+    from relcast.models.temporal import create_model
+
+    hparams = dict(hparams or {})
+    names = tuple(inputs.names)
+    width = int(hparams.get("hidden_size", 64)) if inputs.cross_width else 0
+    if width:
+        names = tuple(f"market_{k}" for k in range(width)) + names
+    model = create_model(
+        model_name,
+        num_features=width + inputs.num_features,
+        horizons=horizons,
+        quantiles=None if quantiles is None else tuple(quantiles),
+        num_stocks=len(inputs.symbols),
+        num_sectors=inputs.num_sectors,
+        lookback=lookback,
+        feature_names=names,
+        **hparams,
+    )
+    if width:
+        from relcast.models.temporal.cross_input import CrossSectionInput
+
+        model = CrossSectionInput(model, inputs.cross_width, width)
+    return model
 
 
 @torch.no_grad()

@@ -27,7 +27,8 @@ class Stage3Inputs:
         values: ``float32 [T, N, F_stock]``, the target stock's own columns at each date (for
             ``rawconcat`` only index + calendar; the all-stocks block is ``concat``).
         valid: ``bool [T, N]``, every column of ``values`` is defined.
-        names: the model's F_in input names, in the order of the batch's ``x`` axis.
+        names: the F_in names of the batch's ``x`` axis (for ``rawconcat``, the every-stock
+            block ``cross`` is named by the group ``all_own``).
         groups: name lists per group (``own``, ``index``, ``calendar``, ``relationship``,
             ``all_own``).
         sector_ids: ``int [N]`` sector index of every stock.
@@ -49,6 +50,11 @@ class Stage3Inputs:
     def num_features(self) -> int:
         """F_in, the width of the model input."""
         return len(self.names)
+
+    @property
+    def cross_width(self) -> int:
+        """Width of one date's every-stock block (``rawconcat``: ``N * F_own``), else 0."""
+        return 0 if self.concat is None else int(np.prod(self.concat.shape[1:]))
 
     @property
     def num_sectors(self) -> int:
@@ -83,6 +89,7 @@ class Stage3Inputs:
             **kwargs,
         )
         assert loader.num_features == self.num_features
+        assert loader.cross_width == self.cross_width
         return loader
 
 
@@ -155,7 +162,7 @@ def assemble_inputs(
         all_own = [f"{s}:{n}" for s in features.symbols for n in own_names]
         groups = {"all_own": all_own, **{g: groups[g] for g in context}}
         values = features.group(*context) if context else np.zeros((T, N, 0), np.float32)
-        names = all_own + [n for g in context for n in groups[g]]
+        names = [n for g in context for n in groups[g]]
     else:
         values = features.group("own", *context)  # (T, N, F_own + F_index + F_calendar)
         names = [n for g in ("own", *context) for n in groups[g]]

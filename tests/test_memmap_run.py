@@ -125,12 +125,20 @@ def test_memmap_run_keeps_panel_and_stage3_inputs_in_the_store(runs):
         for key in ("x", "t", "n", "sector_id"):  # the loader gathers the same windows
             np.testing.assert_array_equal(a[key].numpy(), b[key].numpy())
     assert pipe.stage3_inputs("hybrid") is pipe.stage3_inputs("hybrid")  # built once
-    # without Stage2, evaluation predicts Stage1 by blocks of dates and keeps only `pred`
+    # evaluation predicts Stage1 on the scoring window's dates only and, without Stage2,
+    # keeps only `pred`
+    from relcast.evaluation.scoring import scoring_window
     from relcast.run_evaluation import _stage1_outputs
 
-    blocks = _stage1_outputs(pipe, booster=False)
+    window = scoring_window(pipe.split)
+    assert window.start > 0
+    blocks = _stage1_outputs(pipe, window, booster=False)
     assert list(blocks) == ["pred"]
-    np.testing.assert_allclose(blocks["pred"], memory.stage1_outputs()["pred"], atol=1e-6)
+    want = memory.stage1_outputs()["pred"][window]
+    np.testing.assert_allclose(blocks["pred"], want, atol=1e-6)
+    both = _stage1_outputs(pipe, window, booster=True)
+    assert both["embeddings"].shape[0] == want.shape[0]
+    np.testing.assert_array_equal(both["pred"], blocks["pred"])
 
 
 def test_memmap_run_extracts_relationships_by_date_blocks(runs):

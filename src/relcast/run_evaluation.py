@@ -1,11 +1,15 @@
 """The pipeline's evaluate step: gather every model's forecast, score them, save the results.
 
-1. Forecasts ``[T, N, H]`` of every model of the run: the baselines
-   (:mod:`relcast.training.baselines`), Stage1, Stage1+Stage2, every Stage3 model (and its
-   seeds), in the order of metrics.json's rows.
+1. Forecasts ``[W, N, H]`` of every model of the run over the scoring window (first to last
+   test date, :func:`relcast.evaluation.scoring.scoring_window`: all that scoring, the
+   tables and the backtests read): the baselines (:mod:`relcast.training.baselines`),
+   Stage1, Stage1+Stage2, every Stage3 model (and its seeds), in the order of metrics.json's
+   rows. No model's forecast of every date ``[T, N, H]`` is built (with ``data.store:
+   memmap``, Stage1 runs on the window's dates only), so memory grows with the test span.
 2. :func:`relcast.evaluation.scoring.score` turns them into metrics (pure, over arrays).
 3. The run folder (:class:`relcast.runfolder.RunFolder`) saves metrics.json,
-   predictions.parquet, backtest.parquet, importance.json and attention.npz.
+   predictions.parquet (written piece by piece), backtest.parquet, importance.json and
+   attention.npz.
 
 Rows of ``metrics.json["models"]``: ``naive_zero``, ``naive_momentum``, ``lightgbm``,
 ``control_shuffled_lightgbm`` (LightGBM on labels shuffled within each date: its IC must be
@@ -22,52 +26,67 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from relcast.evaluation.frames import backtest_table, prediction_table
+from relcast.evaluation.frames import (
+    backtest_table,
+    prediction_columns,
+    prediction_frames,
+    write_frames,
+)
 from relcast.evaluation.scoring import (
     CONSTANT,
     ScoreSettings,
     benchmark_returns,
     score,
     scored_span,
+    scoring_window,
 )
 
 TIMINGS = ("seconds_per_epoch", "windows_per_second", "num_inputs")
+BLOCK_CELLS = 2**22  # (date, stock) cells z-scored at a time
 
 
 @dataclass
 class Forecasts:
-    """Every model's forecasts on the run's dates, ready for :func:`score`."""
+    """Every model's forecasts on the window's dates ``[W, ...]``, ready for :func:`score`."""
 
-    point: dict[str, np.ndarray] = field(default_factory=dict)  # name -> (T, N, H)
-    quantiles: dict[str, np.ndarray] = field(default_factory=dict)  # name -> (T, N, H, Q)
+    point: dict[str, np.ndarray] = field(default_factory=dict)  # name -> (W, N, H)
+    quantiles: dict[str, np.ndarray] = field(default_factory=dict)  # name -> (W, N, H, Q)
     seed_runs: dict[str, list[np.ndarray]] = field(default_factory=dict)  # name -> seeds
     importance: dict[str, dict[str, float]] = field(default_factory=dict)  # TFT models
     extra: dict[str, dict] = field(default_factory=dict)  # name -> timings from run.json
+    window: slice = field(default_factory=lambda: slice(None))  # the dates the arrays cover
 
 
-def gather_forecasts(pipe, cell: np.ndarray, z1: np.ndarray) -> Forecasts:
-    """Forecasts of the baselines, Stage1, Stage1+Stage2 and every saved Stage3 model."""
+def gather_forecasts(pipe, cell: np.ndarray, z1: np.ndarray, window: slice | None = None):
+    """Forecasts of the baselines, Stage1, Stage1+Stage2 and every saved Stage3 model over
+    ``window`` (default: :func:`scoring_window` of the run's split); ``cell [T, N]`` and
+    ``z1 [T, N]`` (horizon-1 labels z-scored over ``cell``) cover every date."""
     from relcast.training.baselines import baseline_predictions
     from relcast.training.stage3 import predict_stage3
 
     cfg, f, split = pipe.config, pipe.features, pipe.split
+    window = scoring_window(split) if window is None else window
     H = pipe.labels.shape[2]
-    out = Forecasts()
+    out = Forecasts(window=window)
     out.point.update(
-        baseline_predictions(pipe.panel, f, z1, cell, split, H, cfg.trainer.seed, cfg.baselines)
+        baseline_predictions(
+            pipe.panel, f, z1, cell, split, H, cfg.trainer.seed, cfg.baselines, dates=window
+        )
     )
-    s1 = _stage1_outputs(pipe, booster=cfg.stage2.enabled)
+    booster = pipe.stage2_booster if cfg.stage2.enabled else None
+    s1 = _stage1_outputs(pipe, window, booster=booster is not None)
     # Stage1 predicts stage1.horizons (default 1); later horizons repeat its last one, as
     # LightGBM's single forecast is repeated
     pad = ((0, 0), (0, 0), (0, H - s1["pred"].shape[2]))
     out.point["stage1"] = np.pad(s1["pred"], pad, mode="edge")
-    booster = pipe.stage2_booster
-    if booster is not None and cfg.stage2.enabled:
-        raw = np.nan_to_num(f.values)
-        corrected = booster.predict(raw, s1["embeddings"], s1["pred"][..., 0], f.mask)
+    if booster is not None:  # row by row: the window's rows give the same values
+        raw = np.nan_to_num(f.values[window])
+        mask = np.asarray(f.mask[window])
+        corrected = booster.predict(raw, s1["embeddings"], s1["pred"][..., 0], mask)
         s12 = out.point["stage1"].copy()
         s12[..., 0] = corrected  # Stage2 corrects horizon 1, the horizon it was fitted on
         out.point["stage1+stage2"] = s12
+    del s1
 
     trained = pipe.folder.run_info()["steps"].get("stage3", {}).get("models", {})
     for name, model_name, feature_set in pipe.stage3_names():
@@ -75,7 +94,7 @@ def gather_forecasts(pipe, cell: np.ndarray, z1: np.ndarray) -> Forecasts:
             continue
         model = pipe.stage3_model(name)
         inputs = pipe.stage3_inputs(feature_set)
-        pred = predict_stage3(model, inputs, index=split.test)
+        pred = predict_stage3(model, inputs, index=split.test, span=window)
         out.point[name] = pred["point"]
         if model.config.quantiles is not None:
             out.quantiles[name] = pred["pred"]
@@ -85,10 +104,27 @@ def gather_forecasts(pipe, cell: np.ndarray, z1: np.ndarray) -> Forecasts:
         runs = [pred["point"]]  # --seeds K: every Stage3 model is trained K times
         for folder in pipe.seed_folders(name)[1:]:
             if pipe.folder.has(f"stage3/{folder}/model.safetensors"):
-                seeded = predict_stage3(pipe.stage3_model(folder), inputs, index=split.test)
+                seeded = predict_stage3(
+                    pipe.stage3_model(folder), inputs, index=split.test, span=window
+                )
                 runs.append(seeded["point"])
         if len(runs) > 1:
             out.seed_runs[name] = runs
+    return out
+
+
+def zscored_h1(labels: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``float32 [T, N]``: horizon-1 labels z-scored across the stocks of ``mask`` at each
+    date (:func:`relcast.features.normalize_labels_cross_section`), a block of dates at a
+    time (it is per date: the same values, without its float64 ``[T, N, H]`` temporaries)."""
+    from relcast.features import normalize_labels_cross_section
+
+    T, N = mask.shape
+    out = np.empty((T, N), dtype=np.float32)
+    step = max(1, BLOCK_CELLS // max(1, N))
+    for a in range(0, T, step):
+        block = np.asarray(labels[a : a + step, :, :1])
+        out[a : a + step] = normalize_labels_cross_section(block, mask[a : a + step])[..., 0]
     return out
 
 
@@ -96,39 +132,36 @@ def evaluate_run(pipe) -> dict[str, Any]:
     """Score every model of the run (a :class:`relcast.pipeline.Pipeline`) on the test span;
     save metrics, predictions, backtests, importance and attention; return the metrics."""
     cfg, panel, split = pipe.config, pipe.panel, pipe.split
-    labels = pipe.labels  # (T, N, H) raw forward returns
+    labels = pipe.labels  # (T, N, H) raw forward returns (a memory map with data.store: memmap)
     cell = pipe.features.mask & pipe.target[None, :]  # (T, N) stocks, indices excluded
-    span = scored_span(labels, cell, split)
-    forecasts = gather_forecasts(pipe, cell, span.z[..., 0])
+    window = scoring_window(split)
+    forecasts = gather_forecasts(pipe, cell, zscored_h1(labels, cell), window)
+    # everything below reads the window's dates only: (W, ...) arrays, days within them
+    labels_w, cell_w = np.asarray(labels[window]), cell[window]
+    span = scored_span(labels_w, cell_w, split, window.start)
     settings = ScoreSettings.from_config(cfg)
-    benchmark = benchmark_returns(labels[..., 0], panel.mask, panel.is_index)
+    mask_w = np.asarray(panel.mask[window])
+    benchmark = benchmark_returns(labels_w[..., 0], mask_w, panel.is_index)  # (W,)
     metrics = score(
-        forecasts.point, labels, cell, split, settings,
-        quantiles=forecasts.quantiles, seed_runs=forecasts.seed_runs, benchmark=benchmark,
+        forecasts.point, labels_w, cell_w, split, settings, quantiles=forecasts.quantiles,
+        seed_runs=forecasts.seed_runs, benchmark=benchmark, start=window.start,
     )  # fmt: skip
     for name, extra in forecasts.extra.items():
         metrics["models"][name].update(extra)
 
     levels = settings.quantiles
-    predictions = pd.concat(
-        [
-            prediction_table(
-                name,
-                pred,
-                forecasts.quantiles.get(name),
-                labels,
-                span,
-                panel.dates,
-                panel.symbols,
-                levels,
-            )  # fmt: skip
-            for name, pred in forecasts.point.items()
-        ],
-        ignore_index=True,
+    dates, symbols = panel.dates[window], panel.symbols
+    pieces = (
+        piece
+        for name, pred in forecasts.point.items()
+        for piece in prediction_frames(
+            name, pred, forecasts.quantiles.get(name), labels_w, span, dates, symbols, levels
+        )
     )
+    columns = prediction_columns(levels if forecasts.quantiles else None)
     backtest = pd.concat(
         [
-            backtest_table(name, pred, labels, span, benchmark, panel.dates, settings)
+            backtest_table(name, pred, labels_w, span, benchmark, dates, settings)
             for name, pred in forecasts.point.items()
             if name != CONSTANT
         ],
@@ -136,11 +169,11 @@ def evaluate_run(pipe) -> dict[str, Any]:
     )
     folder = pipe.folder
     folder.save_metrics(metrics)
-    folder.save_table("predictions.parquet", predictions)
+    folder.write("predictions.parquet", lambda path: write_frames(path, pieces, columns))
     folder.save_table("backtest.parquet", backtest)
     if forecasts.importance:
         folder.write_json("importance.json", forecasts.importance)
-    _save_attention(pipe, span.days)
+    _save_attention(pipe, span.days + window.start)
     return metrics
 
 
@@ -151,17 +184,29 @@ def _tft_importance(model, inputs, index) -> dict[str, float]:
 
 
 MEMMAP_ATTENTION_BYTES = 2**28  # data.store: memmap saves the last scored days within this
+STAGE1_BATCH = 64  # predict_stage1's default batch of dates
 
 
-def _stage1_outputs(pipe, booster: bool) -> dict[str, np.ndarray]:
-    """Stage1's outputs for every date; for a memory-mapped run without Stage2, only ``pred``
-    (the embeddings of every date are ``T x N x d_model`` floats, which only Stage2 reads)."""
-    if pipe.config.data.store != "memmap" or booster:
-        return pipe.stage1_outputs()
+def _stage1_outputs(pipe, window: slice, booster: bool) -> dict[str, np.ndarray]:
+    """Stage1's ``pred`` (and with ``booster`` its ``embeddings``) on the window's dates.
+
+    A memory-mapped run runs Stage1 on those dates only (widened to whole batches of
+    ``STAGE1_BATCH`` dates: the batches of a run over every date, so the same values); an
+    in-memory run cuts the outputs it caches for every date."""
+    keep = ("pred", "embeddings") if booster else ("pred",)
+    if pipe.config.data.store != "memmap":
+        full = pipe.stage1_outputs()
+        return {k: full[k][window] for k in keep}  # views of the run's cached outputs
     from relcast.training.stage1 import predict_stage1
 
-    out = predict_stage1(pipe.stage1_model, pipe.features, outputs=("pred",))
-    return {"pred": out["pred"]}  # (T, N, H1)
+    T = pipe.features.values.shape[0]
+    first = window.start - window.start % STAGE1_BATCH
+    last = min(T, -(-window.stop // STAGE1_BATCH) * STAGE1_BATCH)  # the batch's end
+    out = predict_stage1(
+        pipe.stage1_model, pipe.features, dates_index=np.arange(first, last),
+        batch_dates=STAGE1_BATCH, outputs=keep,
+    )  # fmt: skip
+    return {k: out[k][window.start - first : window.stop - first] for k in keep}  # (W, N, ..)
 
 
 def _save_attention(pipe, days: np.ndarray) -> None:

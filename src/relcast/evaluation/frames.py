@@ -1,13 +1,62 @@
 """The tables a scored run saves beside metrics.json, built from arrays (no file access):
-``predictions.parquet`` (:func:`prediction_table`) and ``backtest.parquet``
-(:func:`backtest_table`)."""
+``predictions.parquet`` (:func:`prediction_table`, or piece by piece :func:`prediction_frames`
+and :func:`write_frames`) and ``backtest.parquet`` (:func:`backtest_table`)."""
 
 from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from relcast.evaluation.scoring import CONSTANT, ScoredSpan, ScoreSettings, backtests
+
+PIECE_ROWS = 2**20  # rows of predictions.parquet built (and written) at a time
+
+BASE_COLUMNS = ("date", "symbol", "model", "horizon", "pred", "label", "label_z")
+
+
+def prediction_columns(levels=None) -> list[str]:
+    """Columns of predictions.parquet: the base ones, then ``q<level>`` per quantile level
+    when any model of the run has quantile forecasts (NaN in the rows of those without)."""
+    return [*BASE_COLUMNS, *(f"q{level:g}" for level in (levels or ()))]
+
+
+def prediction_frames(
+    name: str,
+    pred: np.ndarray,
+    quantiles: np.ndarray | None,
+    labels: np.ndarray,
+    span: ScoredSpan,
+    dates: np.ndarray,
+    symbols: np.ndarray,
+    levels=None,
+    max_rows: int = PIECE_ROWS,
+) -> Iterator[pd.DataFrame]:
+    """:func:`prediction_table`'s rows in pieces of at most ``max_rows`` (same order)."""
+    days = span.days
+    H = pred.shape[2]
+    t, n = np.nonzero(span.mask[days])
+    t = days[t]
+    for h in range(H):
+        for a in range(0, max(len(t), 1), max_rows):
+            tb, nb = t[a : a + max_rows], n[a : a + max_rows]
+            frame = pd.DataFrame(
+                {
+                    "date": dates[tb],
+                    "symbol": symbols[nb],
+                    "model": name,
+                    "horizon": h + 1,
+                    "pred": pred[tb, nb, h].astype(np.float32),
+                    "label": labels[tb, nb, h].astype(np.float32),
+                    "label_z": span.z[tb, nb, h].astype(np.float32),
+                }
+            )
+            if quantiles is not None:
+                for k, level in enumerate(levels):
+                    frame[f"q{level:g}"] = quantiles[tb, nb, h, k]
+            yield frame
 
 
 def prediction_table(
@@ -23,29 +72,35 @@ def prediction_table(
     """One model's test-span rows: date, symbol, model, horizon, pred, label, label_z [, q*].
 
     ``label`` is the raw forward return; ``label_z`` its cross-sectional z-score, the unit
-    Stage1/Stage3 forecasts and quantiles are in (compare bands with ``label_z``)."""
-    days = span.days
-    H = pred.shape[2]
-    t, n = np.nonzero(span.mask[days])
-    t = days[t]
-    parts = []
-    for h in range(H):
-        frame = pd.DataFrame(
-            {
-                "date": dates[t],
-                "symbol": symbols[n],
-                "model": name,
-                "horizon": h + 1,
-                "pred": pred[t, n, h].astype(np.float32),
-                "label": labels[t, n, h].astype(np.float32),
-                "label_z": span.z[t, n, h].astype(np.float32),
-            }
-        )
-        if quantiles is not None:
-            for k, level in enumerate(levels):
-                frame[f"q{level:g}"] = quantiles[t, n, h, k]
-        parts.append(frame)
-    return pd.concat(parts, ignore_index=True)
+    Stage1/Stage3 forecasts and quantiles are in (compare bands with ``label_z``). Arrays
+    cover the span's dates; ``dates`` are theirs (``[T]``)."""
+    pieces = prediction_frames(name, pred, quantiles, labels, span, dates, symbols, levels)
+    return pd.concat(list(pieces), ignore_index=True)
+
+
+def write_frames(path: str | Path, frames: Iterable[pd.DataFrame], columns: list[str]) -> None:
+    """Write DataFrames one after the other as one Parquet file (a row group or more each),
+    with ``columns`` in every row (missing ones as float32 NaN): reads back as their
+    ``pd.concat``, without holding it in memory."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    writer, schema = None, None
+    try:
+        for frame in frames:
+            for col in columns:
+                if col not in frame:
+                    frame[col] = np.float32(np.nan)
+            table = pa.Table.from_pandas(frame[columns], schema=schema, preserve_index=False)
+            if writer is None:
+                schema = table.schema
+                writer = pq.ParquetWriter(path, schema)
+            writer.write_table(table)
+    finally:
+        if writer is not None:
+            writer.close()
+    if writer is None:
+        raise ValueError(f"{path}: no tables to write")
 
 
 def backtest_table(
@@ -57,7 +112,8 @@ def backtest_table(
     dates: np.ndarray,
     settings: ScoreSettings,
 ) -> pd.DataFrame:
-    """Daily returns of one model's top-k and long-short portfolios (none for naive_zero)."""
+    """Daily returns of one model's top-k and long-short portfolios (none for naive_zero);
+    arrays (and ``benchmark``, ``dates``) cover the span's dates."""
     if name == CONSTANT:
         return pd.DataFrame()
     days = span.days

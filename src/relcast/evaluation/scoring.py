@@ -69,26 +69,46 @@ class ScoreSettings:
 
 @dataclass(frozen=True)
 class ScoredSpan:
-    """What every model is scored on: the test dates with a label and the z-scored labels."""
+    """What every model is scored on: the test dates with a label and the z-scored labels.
+
+    Arrays cover the dates ``start .. start + T - 1`` of the split (all of them when
+    ``start`` is 0 and ``T`` the split's length); ``days`` index into them."""
 
     days: np.ndarray  # (D,) test date indices with at least one finite horizon-1 label
     z: np.ndarray  # (T, N, H) labels z-scored across the stocks of ``mask`` at each date
     mask: np.ndarray  # (T, N) stocks scored
+    start: int = 0  # the split's index of the arrays' first date
 
 
-def scored_span(labels: np.ndarray, mask: np.ndarray, split) -> ScoredSpan:
-    """The test dates to score; a test date inside train/valid is an error (broken split)."""
+def scoring_window(split) -> slice:
+    """The dates scoring reads: first to last test date. Forecasts, labels and masks cut to
+    this window (``[W, N, ...]``, :func:`score`'s ``start=window.start``) score exactly as
+    over every date, since every metric, table and backtest reads test dates only."""
+    return slice(int(np.min(split.test)), int(np.max(split.test)) + 1)
+
+
+def scored_span(labels: np.ndarray, mask: np.ndarray, split, start: int = 0) -> ScoredSpan:
+    """The test dates to score; a test date inside train/valid is an error (broken split).
+
+    ``labels [T, N, H]`` and ``mask [T, N]`` cover the split's dates ``start .. start+T-1``
+    (e.g. :func:`scoring_window`); every test date must lie inside them."""
     from relcast.features import normalize_labels_cross_section
 
     T = labels.shape[0]
     leak = np.intersect1d(split.test, np.concatenate([split.train, split.valid]))
     if leak.size:
         raise RuntimeError(f"{leak.size} test dates also in train/valid: the split is broken")
+    inside = np.asarray(split.test) - start
+    if inside.size and (inside.min() < 0 or inside.max() >= T):
+        raise ValueError(
+            f"test dates {int(np.min(split.test))}..{int(np.max(split.test))} are not all "
+            f"inside the arrays' dates {start}..{start + T - 1}"
+        )
     test = np.zeros(T, dtype=bool)
-    test[split.test] = True
+    test[inside] = True
     has_label = np.isfinite(labels[..., 0]).any(axis=1)
     z = normalize_labels_cross_section(labels, mask)  # (T, N, H)
-    return ScoredSpan(days=np.flatnonzero(test & has_label), z=z, mask=mask)
+    return ScoredSpan(days=np.flatnonzero(test & has_label), z=z, mask=mask, start=start)
 
 
 def benchmark_returns(ret1: np.ndarray, mask: np.ndarray, is_index: np.ndarray) -> np.ndarray:
@@ -120,8 +140,12 @@ def score(
     quantiles: dict[str, np.ndarray] | None = None,
     seed_runs: dict[str, list[np.ndarray]] | None = None,
     benchmark: np.ndarray | None = None,
+    start: int = 0,
 ) -> dict[str, Any]:
     """Metrics of every forecast on the test span of ``split`` (metrics.json's content).
+
+    Every array covers the same dates: the split's ``start .. start + T - 1`` (all of them by
+    default; :func:`scoring_window` is all that is read, and gives the same metrics).
 
     Args:
         predictions: model name -> point forecast ``[T, N, H]``.
@@ -134,8 +158,9 @@ def score(
             ``predictions``): the row's metrics become means over seeds.
         benchmark: ``[T]`` benchmark return of the top-k portfolio (default: equal-weight
             mean of the horizon-1 labels over ``mask``).
+        start: the split's index of the arrays' first date.
     """
-    span = scored_span(labels, mask, split)
+    span = scored_span(labels, mask, split, start)
     days, z, cell = span.days, span.z, span.mask
     H = labels.shape[2]
     quantiles, seed_runs = quantiles or {}, seed_runs or {}

@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+BLOCK_CELLS = 2**22  # (date, stock) cells read at a time where a whole [T, N] is not needed
+
 # the values evaluation used before the baselines had a config section
 DEFAULTS = SimpleNamespace(
     momentum_window=20,
@@ -35,11 +37,12 @@ DEFAULTS = SimpleNamespace(
 
 
 def lightgbm_scores(
-    x: np.ndarray, y: np.ndarray, mask: np.ndarray, split, seed: int, settings: Any = DEFAULTS
-) -> np.ndarray:
+    x: np.ndarray, y: np.ndarray, mask: np.ndarray, split, seed: int, settings: Any = DEFAULTS,
+    dates: slice | None = None,
+) -> np.ndarray:  # fmt: skip
     """LightGBM regression of ``y [T, N]`` on ``x [T, N, F]``, fitted on the training dates
     (early stopping on the validation dates, cells where ``mask`` and ``y`` is finite);
-    scores for every date ``[T, N]``."""
+    scores for every date ``[T, N]``, or for the dates ``dates`` only (``[W, N]``)."""
     import lightgbm as lgb
 
     def rows(index):
@@ -70,13 +73,14 @@ def lightgbm_scores(
         callbacks=[lgb.early_stopping(settings.early_stopping, verbose=False)],
     )
     T, N, F = x.shape
-    out = np.empty((T, N))
+    lo, hi, _ = (dates or slice(0, T)).indices(T)
+    out = np.empty((hi - lo, N))
     step = max(1, cap // max(1, N))  # dates per prediction block: at most ``cap`` rows
-    for a in range(0, T, step):
-        block = np.nan_to_num(x[a : a + step]).reshape(-1, F)
-        out[a : a + step] = booster.predict(block, num_iteration=booster.best_iteration).reshape(
-            -1, N
-        )
+    for a in range(lo, hi, step):  # each row's score is its own: blocks change no value
+        b = min(a + step, hi)
+        block = np.nan_to_num(x[a:b]).reshape(-1, F)
+        predicted = booster.predict(block, num_iteration=booster.best_iteration)
+        out[a - lo : b - lo] = predicted.reshape(-1, N)
     return out
 
 
@@ -106,42 +110,74 @@ def shuffle_within_dates(y: np.ndarray, mask: np.ndarray, seed: int) -> np.ndarr
     return out
 
 
-def momentum(close: np.ndarray, mask: np.ndarray, window: int = 20) -> np.ndarray:
+def momentum(
+    close: np.ndarray, mask: np.ndarray, window: int = 20, dates: slice | None = None
+) -> np.ndarray:
     """Past ``window``-bar return ``close[t] / close[t - window] - 1`` ``[T, N]`` (prices
-    carried forward over masked cells; NaN for the first ``window`` dates)."""
+    carried forward over masked cells; NaN for the first ``window`` dates); ``dates``: only
+    those dates ``[W, N]`` (the same values, from ``window`` earlier dates and the last
+    price before them, found block by block)."""
+    T = close.shape[0]
+    lo, hi, _ = (dates or slice(0, T)).indices(T)
+    first = max(0, lo - window)
+    filled = carried_prices(close, mask, first, hi)  # (hi - first, N): dates first..hi-1
+    past = np.full((hi - lo, close.shape[1]), np.nan, dtype=filled.dtype)
+    a = max(lo, window)  # the first date with a price ``window`` dates earlier
+    if a < hi:
+        past[a - lo :] = (
+            filled[a - first :] / filled[a - window - first : hi - window - first] - 1.0
+        )
+    return past
+
+
+def carried_prices(close: np.ndarray, mask: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """``close`` of the dates ``lo..hi-1`` with masked cells carried forward from the last
+    price before them (of any earlier date): ``ffill(where(mask, close, nan))[lo:hi]``,
+    reading ``[T, N]`` ``BLOCK_CELLS`` at a time."""
     from relcast.features.indicators import ffill
 
-    close = ffill(np.where(mask, close, np.nan))
-    past = np.full_like(close, np.nan)
-    past[window:] = close[window:] / close[:-window] - 1.0
-    return past
+    step = max(1, BLOCK_CELLS // max(1, close.shape[1]))
+    last = None  # (N,) the last price before the block (NaN: none yet)
+    for a in range(0, lo, step):  # dates before the window: only their last price is kept
+        b = min(a + step, lo)
+        block = ffill(np.where(mask[a:b], close[a:b], np.nan))
+        last = block[-1] if last is None else np.where(np.isnan(block[-1]), last, block[-1])
+    block = np.where(mask[lo:hi], close[lo:hi], np.nan)
+    if last is not None and len(block):
+        block = np.concatenate([last[None], block])  # carried in, then dropped
+        return ffill(block)[1:]
+    return ffill(block)
 
 
 def baseline_predictions(
     panel, features, z1: np.ndarray, cell: np.ndarray, split, horizons: int, seed: int,
-    settings: Any = DEFAULTS,
+    settings: Any = DEFAULTS, dates: slice | None = None,
 ) -> dict[str, np.ndarray]:  # fmt: skip
-    """Every baseline's forecast ``[T, N, H]`` (one score repeated over the horizons).
+    """Every baseline's forecast ``[T, N, H]`` (one score repeated over the horizons), or
+    ``[W, N, H]`` over the dates ``dates`` only (the same values: no ``[T, N]`` forecast).
 
     ``z1 [T, N]``: horizon-1 labels z-scored across stocks (what LightGBM is fitted on);
     ``cell [T, N]``: the stocks scored (features present, indices excluded).
     """
     T, N, H = features.values.shape[0], features.values.shape[1], horizons
+    lo, hi, _ = (dates or slice(0, T)).indices(T)
 
     def repeat(score: np.ndarray) -> np.ndarray:
         return np.repeat(score[..., None], H, axis=2)
 
+    close = panel.field("close")
     out = {
-        "naive_zero": np.zeros((T, N, H), dtype=np.float32),
+        "naive_zero": np.zeros((hi - lo, N, H), dtype=np.float32),
         "naive_momentum": repeat(
-            momentum(panel.field("close"), panel.mask, settings.momentum_window)
+            momentum(close, panel.mask, settings.momentum_window, slice(lo, hi))
         ),
     }
     if settings.lightgbm:  # NaN -> 0 on the rows read (features.values may be a memory map)
-        raw = features.values
-        out["lightgbm"] = repeat(lightgbm_scores(raw, z1, cell, split, seed, settings))
+        raw, window = features.values, slice(lo, hi)
+        out["lightgbm"] = repeat(lightgbm_scores(raw, z1, cell, split, seed, settings, window))
         shuffled = shuffle_within_dates(z1, cell, seed + 1)
         out["control_shuffled_lightgbm"] = repeat(
-            lightgbm_scores(raw, shuffled, cell, split, seed, settings)
+            lightgbm_scores(raw, shuffled, cell, split, seed, settings, window)
         )
+        del shuffled
     return out

@@ -343,8 +343,12 @@ def predict_stage3(
     stocks: Sequence[str | int] | None = None,
     batch_size: int = 4096,
     chunk_length: int | None = CHUNK_LENGTH,
+    span: slice | None = None,
 ) -> dict[str, np.ndarray]:
     """Forecast every complete window ending on ``index`` (all dates if None).
+
+    ``span``: return only the dates ``span.start .. span.stop - 1`` (``[W, N, ...]``, which
+    must hold every date of ``index``), without a ``[T, N, H, Q]`` array.
 
     On chunks (the default, one pass per chunk of each stock's span, as trained), or one
     window per forecast with ``chunk_length=None``. The chunks follow a tiling fixed by the
@@ -365,6 +369,11 @@ def predict_stage3(
     lookback = config.lookback if lookback is None else lookback
     # rank 0 of 1: a prediction covers every window, even in a process that trained with DDP
     batch_size = eval_batch_size(batch_size, inputs.num_features, lookback, chunk_length)
+    lo, hi, _ = (span or slice(0, inputs.valid.shape[0])).indices(inputs.valid.shape[0])
+    if span is not None and index is None:
+        index = np.arange(lo, hi)
+    elif span is not None and len(index) and (np.min(index) < lo or np.max(index) >= hi):
+        raise ValueError(f"predict_stage3: index outside the span {lo}..{hi - 1}")
     loader = inputs.loader(
         lookback, index=index, stocks=inputs.stock_index(stocks), batch_size=batch_size,
         rank=0, world_size=1, chunk_length=chunk_length,
@@ -372,14 +381,14 @@ def predict_stage3(
     was_training = model.training
     model.eval()
     T, N = inputs.valid.shape
-    pred = np.full((T, N, config.horizons, config.num_quantiles), np.nan, dtype=np.float32)
+    pred = np.full((hi - lo, N, config.horizons, config.num_quantiles), np.nan, dtype=np.float32)
     for batch in loader:
         out = model(batch)["pred"]  # (B, H, Q) or (B, C, H, Q)
         t, n = batch["t"], batch["n"]
         if "origin" in batch:  # the forecasts at the chunks' origin steps
             origin = batch["origin"]
             out, t, n = out[origin], t[origin], n[:, None].expand_as(origin)[origin]
-        pred[t.numpy(), n.numpy()] = out.float().numpy()
+        pred[t.numpy() - lo, n.numpy()] = out.float().numpy()
     model.train(was_training)
     point = point_forecast(torch.from_numpy(pred), config.quantiles).numpy()
     return {"pred": pred, "point": point}

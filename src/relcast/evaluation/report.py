@@ -57,7 +57,7 @@ from relcast.evaluation.metrics_table import (  # noqa: F401  (public here too)
     simple_table_html,
 )
 from relcast.evaluation.report_html import data_health_html, figure_html, note, page_html
-from relcast.evaluation.views import backtest_series, prediction_band, quantile_columns
+from relcast.evaluation.views import PredictionFile, backtest_series, prediction_band
 from relcast.runfolder import RunFolder, read_json
 
 __all__ = [
@@ -169,8 +169,10 @@ def build_report(run_dir: str | Path, target: str | None = None) -> Path:
             warnings.warn(f"report: could not draw {title}: {err}", stacklevel=2)
             sections.append(note(f"Could not draw {title}: {type(err).__name__}: {err}"))
 
-    predictions = folder.load_table("predictions.parquet")
-    predicted = set(predictions["symbol"].astype(str)) if predictions is not None else set()
+    # read a model (and horizon) at a time: the whole table can outgrow memory
+    has_predictions = folder.has("predictions.parquet")
+    predictions = PredictionFile(folder.file("predictions.parquet")) if has_predictions else None
+    predicted = predictions.symbols if predictions is not None else set()
 
     # --- attention
     sections.append("<h2>Which stocks influence the target (Stage1 attention)</h2>")
@@ -256,10 +258,11 @@ def build_report(run_dir: str | Path, target: str | None = None) -> Path:
     if predictions is None:
         sections.append(note("Skipped: predictions.parquet not found."))
     else:
-        have = set(predictions["model"])
+        have = set(predictions.models)
         daily = {}
+        columns = ["date", "symbol", "model", "horizon", "pred", "label"]
         for m in [m for m in models if m in have] + sorted(have - set(models)):
-            s = daily_ic_series(predictions, m, horizon=1)
+            s = daily_ic_series(predictions.rows(m, 1, columns), m, horizon=1)
             if s.notna().any():  # a constant forecast (naive_zero) has no IC
                 daily[m] = (s.index.to_numpy(), s.to_numpy())
         if daily:
@@ -307,32 +310,28 @@ def build_report(run_dir: str | Path, target: str | None = None) -> Path:
     return folder.save_report(html_text)  # atomic, under a name of its own
 
 
-def _prediction_section(predictions, models, target, plot_dir, draw) -> str:
+def _prediction_section(predictions: PredictionFile, models, target, plot_dir, draw) -> str:
     """Pick a model (with quantiles if any, hybrid first) and a stock; draw its bands."""
     sections: list[str] = []
-    qcols = quantile_columns(predictions)
-    h1 = predictions[predictions["horizon"] == predictions["horizon"].min()]
+    qcols = predictions.quantile_columns()
+    horizon = min(predictions.horizons)
+    at_h = [m for m, hs in predictions.by_model.items() if horizon in hs]  # file order
     with_q = [
-        m
-        for m in dict.fromkeys(h1["model"])
-        if qcols and h1.loc[h1["model"] == m, qcols].notna().all(axis=1).any()
+        m for m in at_h if qcols and predictions.rows(m, horizon, qcols).notna().all(axis=1).any()
     ]
     if with_q:
         model = sorted(with_q, key=lambda m: not m.startswith("hybrid"))[0]
     else:
-        ranked = [
-            m for m in models if m in set(h1["model"]) and not m.startswith(("control_", "naive_"))
-        ]
+        ranked = [m for m in models if m in set(at_h) and not m.startswith(("control_", "naive_"))]
         ranked.sort(key=lambda m: -np.nan_to_num(_lookup(models[m], ("rank_ic",)), nan=-np.inf))
         if not ranked:
             return note("Skipped: no model predictions to show.")
         model = ranked[0]
-    sub = h1[h1["model"] == model]
-    horizon = int(sub["horizon"].iloc[0])
+    sub = predictions.rows(model, horizon)  # that model's rows at that horizon only
     symbols = sub["symbol"].astype(str)
     symbol = target if target in set(symbols) else symbols.value_counts().index[0]
     # labels (and point scores) z-scored across stocks per date: the scale models train on
-    one = prediction_band(h1, model, symbol, horizon)
+    one = prediction_band(sub, model, symbol, horizon)
     band = one.band_label if one.has_interval else ""
     caption = (
         f"{model}: horizon-{horizon} forecast for {symbol} on the test span vs the "

@@ -15,12 +15,14 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 __all__ = [
     "PredictionBand",
+    "PredictionFile",
     "backtest_series",
     "prediction_band",
     "quantile_columns",
@@ -35,6 +37,57 @@ def quantile_columns(frame: pd.DataFrame) -> list[str]:
     sorted by quantile."""
     cols = [c for c in frame.columns if _QUANTILE.fullmatch(str(c))]
     return sorted(cols, key=lambda c: float(c[1:]))
+
+
+class PredictionFile:
+    """``predictions.parquet`` read a piece at a time: the rows of one model at one horizon
+    and the columns asked for (evaluate writes each model's rows in row groups of their own,
+    which pyarrow skips for the other models), so memory grows with one model's test span,
+    not with the whole table.
+
+    ``models`` (in file order), ``horizons`` (sorted) and ``symbols`` come from one pass
+    over the row groups' ``model, horizon, symbol`` columns."""
+
+    def __init__(self, path: str | Path) -> None:
+        import pyarrow.parquet as pq
+
+        self.path = Path(path)
+        file = pq.ParquetFile(self.path)
+        self.columns: list[str] = list(file.schema_arrow.names)
+        models: dict[str, set[int]] = {}
+        symbols: set[str] = set()
+        for i in range(file.num_row_groups):
+            group = file.read_row_group(i, columns=["model", "horizon", "symbol"])
+            pairs = group.select(["model", "horizon"]).group_by(["model", "horizon"]).aggregate([])
+            for m, h in zip(*(pairs[c].to_pylist() for c in ("model", "horizon")), strict=True):
+                models.setdefault(m, set()).add(int(h))
+            symbols.update(str(v) for v in group["symbol"].unique().to_pylist())
+        self.by_model = models  # model -> its horizons (models in file order)
+        self.symbols = symbols
+
+    @property
+    def models(self) -> list[str]:
+        return list(self.by_model)
+
+    @property
+    def horizons(self) -> list[int]:
+        return sorted(set().union(*self.by_model.values()))
+
+    def quantile_columns(self) -> list[str]:
+        """As :func:`quantile_columns` of the whole table."""
+        return quantile_columns(pd.DataFrame(columns=self.columns))
+
+    def rows(self, model: str, horizon: int, columns: Sequence[str] | None = None) -> pd.DataFrame:
+        """The rows of ``model`` at ``horizon`` (file order), ``columns`` (default: all);
+        ``date`` as datetime."""
+        import pyarrow.parquet as pq
+
+        cols = None if columns is None else [c for c in self.columns if c in set(columns)]
+        filters = [("model", "==", model), ("horizon", "==", int(horizon))]
+        frame = pq.read_table(self.path, columns=cols, filters=filters).to_pandas()
+        if "date" in frame:
+            frame["date"] = pd.to_datetime(frame["date"])
+        return frame
 
 
 def zscore_by_date(frame: pd.DataFrame, column: str) -> pd.Series:

@@ -179,6 +179,94 @@ def test_memmap_run_extracts_relationships_by_date_blocks(runs):
     np.testing.assert_array_equal(b[own].to_numpy(), a[own].to_numpy())
 
 
+def _scored_on_every_date(pipe) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
+    """metrics, predictions and backtest as evaluate built them before it kept the scoring
+    window only: every model's forecast of every date ``[T, N, H]``, scored over all of them."""
+    from relcast.evaluation.frames import backtest_table, prediction_table
+    from relcast.evaluation.scoring import ScoreSettings, benchmark_returns, score, scored_span
+    from relcast.training.baselines import baseline_predictions
+    from relcast.training.stage3 import predict_stage3
+
+    cfg, f, split, panel = pipe.config, pipe.features, pipe.split, pipe.panel
+    labels = np.asarray(pipe.labels)
+    cell = f.mask & pipe.target[None, :]
+    span, H = scored_span(labels, cell, split), labels.shape[2]
+    point = baseline_predictions(
+        panel, f, span.z[..., 0], cell, split, H, cfg.trainer.seed, cfg.baselines
+    )
+    s1 = pipe.stage1_outputs()
+    point["stage1"] = np.pad(s1["pred"], ((0, 0), (0, 0), (0, H - s1["pred"].shape[2])), "edge")
+    corrected = pipe.stage2_booster.predict(
+        np.nan_to_num(f.values), s1["embeddings"], s1["pred"][..., 0], f.mask
+    )
+    point["stage1+stage2"] = point["stage1"].copy()
+    point["stage1+stage2"][..., 0] = corrected
+    quantiles = {}
+    for name, _, feature_set in pipe.stage3_names():
+        out = predict_stage3(pipe.stage3_model(name), pipe.stage3_inputs(feature_set), split.test)
+        point[name], quantiles[name] = out["point"], out["pred"]
+    settings = ScoreSettings.from_config(cfg)
+    bench = benchmark_returns(labels[..., 0], panel.mask, panel.is_index)
+    metrics = score(point, labels, cell, split, settings, quantiles=quantiles, benchmark=bench)
+    dates, symbols, levels = panel.dates, panel.symbols, settings.quantiles
+    predictions = pd.concat(
+        [
+            prediction_table(n, p, quantiles.get(n), labels, span, dates, symbols, levels)
+            for n, p in point.items()
+        ],
+        ignore_index=True,
+    )
+    backtest = pd.concat(
+        [
+            backtest_table(n, p, labels, span, bench, dates, settings)
+            for n, p in point.items()
+            if n != "naive_zero"
+        ],
+        ignore_index=True,
+    )
+    return metrics, predictions, backtest
+
+
+@pytest.mark.parametrize("store", ["memory", "memmap"])
+def test_evaluate_keeps_the_scoring_window_and_scores_as_every_date(runs, store, monkeypatch):
+    """evaluate hands score() forecasts of the scoring window's dates only ([W, N, H], W < T,
+    in both stores), and metrics.json, predictions.parquet and backtest.parquet are exactly
+    those of scoring every date's forecasts (the computation evaluate did before)."""
+    import json
+
+    import relcast.run_evaluation as run_evaluation
+    from relcast.evaluation.scoring import scoring_window
+    from relcast.runfolder import jsonable
+
+    pipe = Pipeline.open(runs[store])
+    T, window = pipe.features.mask.shape[0], scoring_window(pipe.split)
+    W = window.stop - window.start
+    assert W < T / 4
+    real_score, shapes = run_evaluation.score, []
+
+    def recording(predictions, labels, mask, split, settings, **kw):
+        shapes.extend(a.shape[0] for a in (labels, mask, *predictions.values()))
+        shapes.extend(a.shape[0] for a in kw["quantiles"].values())
+        assert kw["start"] == window.start
+        return real_score(predictions, labels, mask, split, settings, **kw)
+
+    monkeypatch.setattr(run_evaluation, "score", recording)
+    pipe.evaluate()  # again, over the files the run wrote: the same values
+    assert len(shapes) > 10 and set(shapes) == {W}
+
+    want, predictions, backtest = _scored_on_every_date(Pipeline.open(runs[store]))
+    got = json.loads((runs[store] / "metrics.json").read_text())
+    for row in got["models"].values():  # run.json's timings, added to the Stage3 rows
+        for key in run_evaluation.TIMINGS:
+            row.pop(key, None)
+    assert json.dumps(got, sort_keys=True) == json.dumps(jsonable(want), sort_keys=True)
+    assert {"stage1+stage2", "hybrid_gru", "lightgbm"} <= set(got["models"])
+    saved = pd.read_parquet(runs[store] / "predictions.parquet")
+    pd.testing.assert_frame_equal(saved, predictions, check_exact=True)
+    saved = pd.read_parquet(runs[store] / "backtest.parquet")
+    pd.testing.assert_frame_equal(saved, backtest, check_exact=True)
+
+
 def test_panel_after_update_is_read_from_parquet(runs, tmp_path):
     """`relcast update` appends dates to panel.parquet, not to the store's panel map: a run
     whose Parquet panel has more dates reads it, never the stale map."""

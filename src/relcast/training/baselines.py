@@ -45,14 +45,11 @@ def lightgbm_scores(
     scores for every date ``[T, N]``, or for the dates ``dates`` only (``[W, N]``)."""
     import lightgbm as lgb
 
-    def rows(index):
-        sub = np.zeros_like(mask)
-        sub[index] = mask[index]
-        sub &= np.isfinite(y)
-        return np.nonzero(sub)
-
     cap = int(getattr(settings, "max_rows", DEFAULTS.max_rows))
-    tr, va = sample_rows(rows(split.train), cap, seed), sample_rows(rows(split.valid), cap, seed)
+    tr, va = (
+        sampled_cells(mask, y, split.train, cap, seed),
+        sampled_cells(mask, y, split.valid, cap, seed),
+    )
     params = dict(
         objective="regression",
         learning_rate=settings.learning_rate,
@@ -82,6 +79,42 @@ def lightgbm_scores(
         predicted = booster.predict(block, num_iteration=booster.best_iteration)
         out[a - lo : b - lo] = predicted.reshape(-1, N)
     return out
+
+
+def sampled_cells(
+    mask: np.ndarray, y: np.ndarray, index: np.ndarray, cap: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``sample_rows(np.nonzero(mask & isfinite(y) on the dates index), cap, seed)``, found
+    by blocks of dates: no ``[T, N]`` mask and no index arrays of every cell (the same
+    cells, in the same order, drawn with the same random numbers)."""
+    days = np.unique(np.asarray(index, dtype=np.int64))  # (D,) the dates, in order
+    N = mask.shape[1]
+    step = max(1, BLOCK_CELLS // max(1, N))
+
+    def blocks():
+        for a in range(0, len(days), step):
+            d = days[a : a + step]
+            yield d, np.asarray(mask[d]) & np.isfinite(y[d])  # (d, N)
+
+    counts = np.concatenate([[0], *(ok.sum(axis=1) for _, ok in blocks())]).astype(np.int64)
+    total = int(counts.sum())
+    pick = None  # positions among all the cells, in (date, stock) order; None: all
+    if total > cap:
+        pick = np.sort(np.random.default_rng(seed).choice(total, cap, replace=False))
+    ends = np.cumsum(counts)  # cells before each block's dates
+    t_parts, n_parts, done = [], [], 0
+    for d, ok in blocks():
+        t, n = np.nonzero(ok)
+        first = ends[done]  # the cells before this block
+        done += len(d)
+        if pick is not None:
+            local = pick[(pick >= first) & (pick < first + len(t))] - first
+            t, n = t[local], n[local]
+        t_parts.append(d[t])
+        n_parts.append(n)
+    if not t_parts:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(t_parts), np.concatenate(n_parts)
 
 
 def sample_rows(rows: tuple[np.ndarray, ...], cap: int, seed: int) -> tuple[np.ndarray, ...]:

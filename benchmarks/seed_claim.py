@@ -17,8 +17,8 @@ columns of the 20 stocks (the index symbol and the index/calendar groups are lef
 widths are exactly 600 and 46). The 16 relationship dims are **random normal numbers**: cost
 does not depend on their values, and no Stage1 has to be trained for a cost measurement.
 Windows come from :meth:`Stage3Inputs.loader` and the models from the Stage3 registry. The
-``rawconcat`` side is the design's approach as written: the 600 dims of every step are put in
-front of the window's input (``cross[cross_index]``) and the model reads them all. (relcast's
+``rawconcat`` side is the design's approach as written: the model reads the 600 dims of
+every step (``cross[cross_index]``: the 20 stocks' blocks, the target's included). (relcast's
 own ``rawconcat`` Stage3 projects each date's block once per batch instead,
 :mod:`relcast.models.temporal.cross_input`; this benchmark measures the design's claim.)
 """
@@ -138,7 +138,7 @@ def measure(model_name: str, feature_set: str, cfg: dict[str, Any]) -> dict[str,
         cfg["lookback"], target, index=data["split"].train, batch_size=cfg["batch_size"],
         shuffle=True, seed=0, drop_last=True,
     )  # fmt: skip
-    width = inputs.num_features + inputs.cross_width  # rawconcat: the 600 dims of each step
+    width = inputs.cross_width or inputs.num_features  # rawconcat: the 600 dims of each step
     model = create_model(
         model_name,
         num_features=width,
@@ -176,13 +176,10 @@ def measure(model_name: str, feature_set: str, cfg: dict[str, Any]) -> dict[str,
 
 def _cycle(loader):
     """Batches forever; a rawconcat batch with every stock's block in each step's ``x``."""
-    import torch
-
     while True:
         for batch in loader:
-            if "cross" in batch:
-                block = batch["cross"][batch["cross_index"]]  # (B, L, N * F_own)
-                batch = {**batch, "x": torch.cat([block, batch["x"]], dim=-1)}
+            if "cross" in batch:  # the design's input: the 20 stocks' blocks, nothing else
+                batch = {**batch, "x": batch["cross"][batch["cross_index"]]}  # (B, L, 600)
             yield batch
 
 

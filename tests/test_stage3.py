@@ -104,9 +104,9 @@ def test_rawconcat_width_and_layout(tmp_path):
     raw = assemble_inputs(features, feature_set="rawconcat")
     N, F_own = 5, 2
     assert own.num_features == F_own + 1 + 1
-    assert raw.cross_width == N * F_own and raw.num_features == 1 + 1  # index + calendar
+    assert raw.cross_width == N * F_own  # every stock's own block, and own's x
     assert raw.groups["all_own"][:F_own] == ["S0:own_a", "S0:own_b"]
-    assert raw.names == ["idx_ret", "dow"]
+    assert raw.names == own.names == ["own_a", "own_b", "idx_ret", "dow"]
     batch = next(iter(raw.loader(4, labels, batch_size=16)))
     x, t, n = batch["x"].numpy(), batch["t"].numpy(), batch["n"].numpy()
     assert x.shape == (16, 4, raw.num_features)
@@ -116,7 +116,7 @@ def test_rawconcat_width_and_layout(tmp_path):
         want = np.nan_to_num(features.values[t, j, :F_own])
         want[~features.mask[t, j]] = 0.0
         np.testing.assert_array_equal(last[:, j * F_own : (j + 1) * F_own], want)
-    np.testing.assert_array_equal(x[:, -1], features.values[t, n, 2:])
+    np.testing.assert_array_equal(x[:, -1], features.values[t, n])
     # and a model trains and predicts on it, saved and loaded with its projection
     result = fit_stage3(
         "gru", raw, labels, thirds(60), lookback=4, hparams={"hidden_size": 8}, max_epochs=1,

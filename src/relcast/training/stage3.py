@@ -8,9 +8,10 @@ Read top to bottom:
    - ``own``: the stock's own indicators + index features + calendar (+ regime one-hots if
      the features have them),
    - ``hybrid``: ``own`` + the stock's Stage1 relationship features (the design's proposal),
-   - ``rawconcat``: every stock's own indicators side by side at each date + index +
-     calendar (the design's "original approach", e.g. 20 x 30 = 600 dims). It is gathered
-     by the loader batch by batch, never stored per target stock.
+   - ``rawconcat``: ``own`` + every stock's own indicators side by side at each date (the
+     design's "original approach", e.g. 20 x 30 = 600 dims). The every-stock block is sent
+     once per date of a batch and projected once per date
+     (:mod:`relcast.models.temporal.cross_input`), never stored per target stock.
 
 2. :class:`Stage3Module` (Lightning) holds the loss and the validation metric; the model is
    a plain ``nn.Module`` from the registry and never knows it is being trained.

@@ -25,7 +25,7 @@ class Stage3Inputs:
         feature_set: ``"own"``, ``"hybrid"`` or ``"rawconcat"``.
         dates, symbols: ``[T]``, ``[N]``.
         values: ``float32 [T, N, F_stock]``, the target stock's own columns at each date (for
-            ``rawconcat`` only index + calendar; the all-stocks block is ``concat``).
+            ``rawconcat`` the same as ``own``; the all-stocks block is ``concat``).
         valid: ``bool [T, N]``, every column of ``values`` is defined.
         names: the F_in names of the batch's ``x`` axis (for ``rawconcat``, the every-stock
             block ``cross`` is named by the group ``all_own``).
@@ -156,27 +156,23 @@ def assemble_inputs(
         return store_inputs(store, feature_set, relationships, sector_ids=sector_ids)
     valid = features.mask.copy()
     concat = None
+    values = features.group("own", *context)  # (T, N, F_own + F_index + F_calendar)
     if feature_set == "rawconcat":
-        own_names = groups["own"]
+        # x keeps the target's own columns: in the every-stock block the target is only a
+        # position, which one model shared by all stocks cannot tell apart
         concat = features.group("own")  # (T, N, F_own)
-        all_own = [f"{s}:{n}" for s in features.symbols for n in own_names]
-        groups = {"all_own": all_own, **{g: groups[g] for g in context}}
-        values = features.group(*context) if context else np.zeros((T, N, 0), np.float32)
-        names = [n for g in context for n in groups[g]]
-    else:
-        values = features.group("own", *context)  # (T, N, F_own + F_index + F_calendar)
-        names = [n for g in ("own", *context) for n in groups[g]]
-        if feature_set == "hybrid":
-            if relationships is None:
-                raise ValueError(
-                    "feature_set='hybrid' needs relationship features: pass the Stage1 "
-                    "relationship store (relcast.relationships.build_relationship_store)"
-                )
-            rel, rel_names = _relationship_arrays(relationships, features)
-            valid &= np.isfinite(rel).all(axis=-1)
-            values = np.concatenate([values, rel], axis=-1)  # (T, N, F_own... + K)
-            names += rel_names
-            groups["relationship"] = rel_names
+        groups["all_own"] = [f"{s}:{n}" for s in features.symbols for n in groups["own"]]
+    elif feature_set == "hybrid":
+        if relationships is None:
+            raise ValueError(
+                "feature_set='hybrid' needs relationship features: pass the Stage1 "
+                "relationship store (relcast.relationships.build_relationship_store)"
+            )
+        rel, rel_names = _relationship_arrays(relationships, features)
+        valid &= np.isfinite(rel).all(axis=-1)
+        values = np.concatenate([values, rel], axis=-1)  # (T, N, F_own... + K)
+        names += rel_names
+        groups["relationship"] = rel_names
     values = np.ascontiguousarray(values, dtype=np.float32)
     valid &= np.isfinite(values).all(axis=-1)
     if concat is not None:

@@ -65,6 +65,8 @@ ABLATIONS: dict[str, tuple[list[str], tuple[str, ...]]] = {
     "v3": (["relationships.extractor=v3"], ("prepare", "stage1", "stage2")),
     "stage1_mse": (["stage1.loss=mse"], ("prepare",)),
     "tft": (["stage3.models=[tft]"], REUSABLE),  # the design's Stage3 model, same inputs
+    # the other stocks' own indicators averaged along Stage1's attention (RSR-style edges)
+    "neighbours": (["relationships.neighbours=true"], ("prepare", "stage1", "stage2")),
     # the design's "original approach" against own history (each date's block projected once)
     "rawconcat": (["stage3.feature_sets=[own,rawconcat]"], REUSABLE),
     # the two changes that raised validation rank IC, together (Stage3 on stage1_score's store)

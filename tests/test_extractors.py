@@ -304,3 +304,41 @@ def test_pipeline_extractor_carries_the_stage1_score(tmp_path):
         ext = pipe.make_extractor()
         parts = getattr(ext, "extractors", [ext])
         assert any(isinstance(p, ScoreExtractor) for p in parts) == on
+
+
+def test_neighbour_features_are_attention_weighted_peer_averages(market):
+    from relcast.models.neighbours import NeighbourExtractor
+
+    f, model = market["features"], market["model"]
+    names = list(f.groups["own"])[:3]
+    idx = np.arange(100, 170)  # more than one block of dates
+    rel = NeighbourExtractor(columns=names).extract(model, f, idx)
+    assert rel.names == [f"nbr_{n}" for n in names]
+    np.testing.assert_array_equal(rel.mask, f.mask[idx])
+    assert np.isnan(rel.values[~rel.mask]).all() and np.isfinite(rel.values[rel.mask]).all()
+    cols = [f.names.index(n) for n in names]
+    for k in (0, 65, 69):
+        t = idx[k]
+        att, valid = _reference_attention(model, f, t), f.mask[t]
+        for i in np.flatnonzero(valid)[:5]:  # a plain loop: the stock itself and masked left out
+            peers = [j for j in range(len(valid)) if j != i and valid[j]]
+            w = att[i, peers] / att[i, peers].sum()
+            want = w @ f.values[t][peers][:, cols]
+            np.testing.assert_allclose(rel.values[k, i], want, rtol=1e-4, atol=1e-5)
+
+
+def test_neighbour_features_ignore_masked_stocks_values(market):
+    from relcast.models.neighbours import NeighbourExtractor
+
+    f, model = market["features"], market["model"]
+    t = int(np.flatnonzero((~f.mask).any(1))[0])  # a date with a suspended stock
+    j = int(np.flatnonzero(~f.mask[t])[0])
+    changed = dataclasses.replace(f, values=f.values.copy())
+    changed.values[t, j] = 1e6  # whatever a masked stock carries must not leak in
+    ext = NeighbourExtractor()
+    a = ext.extract(model, f, np.array([t])).values
+    b = ext.extract(model, changed, np.array([t])).values
+    np.testing.assert_array_equal(np.isnan(a), np.isnan(b))
+    np.testing.assert_allclose(a[np.isfinite(a)], b[np.isfinite(b)], atol=1e-5)
+    both = make_extractor("v2", neighbours=True).extract(model, f, np.arange(30, 40))
+    assert both.names[-len(f.groups["own"]) :] == [f"nbr_{n}" for n in f.groups["own"]]

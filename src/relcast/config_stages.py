@@ -162,6 +162,12 @@ class RelationshipSettings(_Section):
         description="add Stage1's own forecast (z-scored per date, out-of-fold on the "
         "training span) as a relationship column: Stage3 stacks it on the stock's history",
     )
+    neighbours: bool = Field(
+        False,
+        description="add nbr_<own column>: the other stocks' own indicators averaged with "
+        "the weights of Stage1's last-layer attention (where the stock looks; itself and "
+        "masked stocks left out), out-of-fold on the training span like every column",
+    )
     regime: bool = Field(
         False,
         description="regime one-hot features from the index (bull/bear/sideways, past data "

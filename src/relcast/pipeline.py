@@ -204,6 +204,7 @@ class Pipeline(RunData):
             method=r.v2.method,
             n_components=self.config.stage1.relationship_dim,
             stage1_score=r.stage1_score,
+            neighbours=r.neighbours,
             # V3 recovers realised returns from the labels: it must know how late they start
             label_delay=self.config.data.label_delay,
             seed=self.config.trainer.seed,

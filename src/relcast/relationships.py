@@ -392,19 +392,26 @@ def make_extractor(
     method: str = "bottleneck",
     n_components: int = 16,
     stage1_score: bool = False,
+    neighbours: bool = False,
     **kwargs: Any,
 ) -> RelationshipExtractor:
     """Extractor by name: ``"v1"``, ``"v2"``, ``"v3"`` or ``"v1+v2"``.
 
     ``is_index``/``sector_ids`` go to V1 (and ``sector_ids`` to V3), ``method``/
     ``n_components`` to V2, other keyword arguments (``label_delay``, ...) to V3.
-    ``stage1_score`` adds Stage1's own forecast as a column (:class:`ScoreExtractor`).
+    ``stage1_score`` adds Stage1's own forecast as a column (:class:`ScoreExtractor`),
+    ``neighbours`` the attention-weighted own indicators of the other stocks
+    (:class:`relcast.models.neighbours.NeighbourExtractor`).
     """
+    from relcast.models.neighbours import NeighbourExtractor
+
     extractor = _extractor_by_name(
         name.lower(), is_index=is_index, sector_ids=sector_ids, method=method,
         n_components=n_components, **kwargs,
     )  # fmt: skip
-    return CombinedExtractor([extractor, ScoreExtractor()]) if stage1_score else extractor
+    extra = [ScoreExtractor()] if stage1_score else []
+    extra += [NeighbourExtractor()] if neighbours else []
+    return CombinedExtractor([extractor, *extra]) if extra else extractor
 
 
 def _extractor_by_name(

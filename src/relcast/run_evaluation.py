@@ -21,6 +21,7 @@ near zero), ``stage1``, ``stage1+stage2``, ``hybrid_<model>``, ``stage3_own_<mod
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -169,11 +170,13 @@ def evaluate_run(pipe) -> dict[str, Any]:
     )
     folder = pipe.folder
     folder.save_metrics(metrics)
-    folder.write("predictions.parquet", lambda path: write_frames(path, pieces, columns))
+    folder.write("predictions.parquet", partial(write_frames, frames=pieces, columns=columns))
     folder.save_table("backtest.parquet", backtest)
     if forecasts.importance:
         folder.write_json("importance.json", forecasts.importance)
-    _save_attention(pipe, span.days + window.start)
+    days = span.days + window.start
+    del forecasts, span, pieces, backtest, labels_w  # before Stage1's attention pass
+    _save_attention(pipe, days)
     return metrics
 
 
@@ -184,6 +187,7 @@ def _tft_importance(model, inputs, index) -> dict[str, float]:
 
 
 MEMMAP_ATTENTION_BYTES = 2**28  # data.store: memmap saves the last scored days within this
+MEMMAP_ATTENTION_BATCH = 2**25  # and computes them with at most this much weights at a time
 STAGE1_BATCH = 64  # predict_stage1's default batch of dates
 
 
@@ -212,12 +216,16 @@ def _stage1_outputs(pipe, window: slice, booster: bool) -> dict[str, np.ndarray]
 def _save_attention(pipe, days: np.ndarray) -> None:
     from relcast.training.stage1 import predict_stage1
 
+    batch = {}
     if pipe.config.data.store == "memmap":  # [D, N, N] floats: the last days that fit
-        N = pipe.panel.num_symbols
+        N, cfg = pipe.panel.num_symbols, pipe.stage1_model.config
         days = days[-max(1, MEMMAP_ATTENTION_BYTES // (4 * N * N)) :]
+        # and batches of dates whose every layer's and head's weights fit in this
+        per_date = 4 * cfg.num_layers * cfg.num_heads * N * N
+        batch = {"batch_dates": max(1, min(STAGE1_BATCH, MEMMAP_ATTENTION_BATCH // per_date))}
     out = predict_stage1(
         pipe.stage1_model, pipe.features, dates_index=days, need_weights=True,
-        average_heads=True, last_layer=True,
+        average_heads=True, last_layer=True, **batch,
     )  # fmt: skip
     attention = out["attention"][:, 0]  # (D, N, N): last layer, head-averaged
     pipe.folder.save_attention(pipe.panel.dates[days], pipe.panel.symbols, attention)

@@ -12,7 +12,7 @@ import pandas as pd
 
 from relcast.evaluation.scoring import CONSTANT, ScoredSpan, ScoreSettings, backtests
 
-PIECE_ROWS = 2**20  # rows of predictions.parquet built (and written) at a time
+PIECE_ROWS = 2**18  # rows of predictions.parquet built (and written) at a time
 
 BASE_COLUMNS = ("date", "symbol", "model", "horizon", "pred", "label", "label_z")
 

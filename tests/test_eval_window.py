@@ -170,3 +170,35 @@ def test_horizon1_zscores_by_blocks_equal_the_whole(market, monkeypatch):
     monkeypatch.setattr(run_evaluation, "BLOCK_CELLS", 13 * 9)
     want = normalize_labels_cross_section(market.labels, market.mask)[..., 0]
     np.testing.assert_array_equal(zscored_h1(market.labels, market.mask), want)
+
+
+def test_window_baselines_allocate_with_the_window_not_every_date(monkeypatch):
+    """On a long market, the naive baselines of a short window allocate in proportion to the
+    window (and a block of dates), not to all T dates (tracemalloc, numpy's allocations)."""
+    import tracemalloc
+
+    import relcast.features.indicators  # noqa: F401  (imported before tracing: its objects)
+
+    rng = np.random.default_rng(3)
+    T, N, H = 40_000, 20, 2
+    values = np.exp(np.cumsum(rng.normal(0, 0.01, (T, N)), axis=0)).astype(np.float32)
+    panel = SimpleNamespace(field=lambda name: values, mask=rng.random((T, N)) > 0.1)
+    features = SimpleNamespace(values=np.zeros((T, N, 1), np.float32))
+    monkeypatch.setattr(baselines, "BLOCK_CELLS", 500 * N)
+    settings = SimpleNamespace(momentum_window=20, lightgbm=False)
+    window = slice(T - 600, T - 100)
+    tracemalloc.start()
+    try:
+        out = baselines.baseline_predictions(
+            panel, features, None, None, None, H, 0, settings, dates=window
+        )
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert {k: v.shape for k, v in out.items()} == {
+        "naive_zero": (500, N, H), "naive_momentum": (500, N, H)
+    }  # fmt: skip
+    whole = momentum(values, panel.mask, 20)
+    np.testing.assert_array_equal(out["naive_momentum"][..., 1], whole[window])
+    one_float_per_cell = T * N * 4  # a single float32 [T, N]: 3.2 MB
+    assert peak < one_float_per_cell / 4, peak

@@ -58,7 +58,9 @@ class Forecasts:
     window: slice = field(default_factory=lambda: slice(None))  # the dates the arrays cover
 
 
-def gather_forecasts(pipe, cell: np.ndarray, z1: np.ndarray, window: slice | None = None):
+def gather_forecasts(
+    pipe, cell: np.ndarray, z1: np.ndarray, window: slice | None = None
+) -> Forecasts:
     """Forecasts of the baselines, Stage1, Stage1+Stage2 and every saved Stage3 model over
     ``window`` (default: :func:`scoring_window` of the run's split); ``cell [T, N]`` and
     ``z1 [T, N]`` (horizon-1 labels z-scored over ``cell``) cover every date."""

@@ -58,12 +58,10 @@ class Forecasts:
     window: slice = field(default_factory=lambda: slice(None))  # the dates the arrays cover
 
 
-def gather_forecasts(
-    pipe, cell: np.ndarray, z1: np.ndarray, window: slice | None = None
-) -> Forecasts:
+def gather_forecasts(pipe, cell: np.ndarray, window: slice | None = None) -> Forecasts:
     """Forecasts of the baselines, Stage1, Stage1+Stage2 and every saved Stage3 model over
-    ``window`` (default: :func:`scoring_window` of the run's split); ``cell [T, N]`` and
-    ``z1 [T, N]`` (horizon-1 labels z-scored over ``cell``) cover every date."""
+    ``window`` (default: :func:`scoring_window` of the run's split); ``cell [T, N]``: the
+    stocks scored on every date."""
     from relcast.training.baselines import baseline_predictions
     from relcast.training.stage3 import predict_stage3
 
@@ -71,11 +69,16 @@ def gather_forecasts(
     window = scoring_window(split) if window is None else window
     H = pipe.labels.shape[2]
     out = Forecasts(window=window)
+    # LightGBM is fitted on the horizon-1 z-scores of the training and validation dates:
+    # those up to the last of them are all it reads (and its shuffled control draws them)
+    fitted = int(max(np.max(split.train), np.max(split.valid))) + 1
+    z1 = zscored_h1(pipe.labels[:fitted], cell[:fitted])  # (fitted, N)
     out.point.update(
         baseline_predictions(
             pipe.panel, f, z1, cell, split, H, cfg.trainer.seed, cfg.baselines, dates=window
         )
     )
+    del z1
     booster = pipe.stage2_booster if cfg.stage2.enabled else None
     s1 = _stage1_outputs(pipe, window, booster=booster is not None)
     # Stage1 predicts stage1.horizons (default 1); later horizons repeat its last one, as
@@ -138,7 +141,7 @@ def evaluate_run(pipe) -> dict[str, Any]:
     labels = pipe.labels  # (T, N, H) raw forward returns (a memory map with data.store: memmap)
     cell = pipe.features.mask & pipe.target[None, :]  # (T, N) stocks, indices excluded
     window = scoring_window(split)
-    forecasts = gather_forecasts(pipe, cell, zscored_h1(labels, cell), window)
+    forecasts = gather_forecasts(pipe, cell, window)
     # everything below reads the window's dates only: (W, ...) arrays, days within them
     labels_w, cell_w = np.asarray(labels[window]), cell[window]
     span = scored_span(labels_w, cell_w, split, window.start)

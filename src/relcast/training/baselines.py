@@ -189,7 +189,8 @@ def baseline_predictions(
     """Every baseline's forecast ``[T, N, H]`` (one score repeated over the horizons), or
     ``[W, N, H]`` over the dates ``dates`` only (the same values: no ``[T, N]`` forecast).
 
-    ``z1 [T, N]``: horizon-1 labels z-scored across stocks (what LightGBM is fitted on);
+    ``z1 [T', N]``: horizon-1 labels z-scored across stocks (what LightGBM is fitted on) of
+    the first ``T' <= T`` dates (up to the last validation date is enough);
     ``cell [T, N]``: the stocks scored (features present, indices excluded).
     """
     T, N, H = features.values.shape[0], features.values.shape[1], horizons
@@ -208,7 +209,7 @@ def baseline_predictions(
     if settings.lightgbm:  # NaN -> 0 on the rows read (features.values may be a memory map)
         raw, window = features.values, slice(lo, hi)
         out["lightgbm"] = repeat(lightgbm_scores(raw, z1, cell, split, seed, settings, window))
-        shuffled = shuffle_within_dates(z1, cell, seed + 1)
+        shuffled = shuffle_within_dates(z1, cell[: len(z1)], seed + 1)
         out["control_shuffled_lightgbm"] = repeat(
             lightgbm_scores(raw, shuffled, cell, split, seed, settings, window)
         )

@@ -162,29 +162,6 @@ def test_rawconcat_gathers_every_stock_with_zeros_for_masked(tiny):
                 np.testing.assert_array_equal(x[b, : len(steps), -1], context[steps, n, 0])
 
 
-def test_rawconcat_training_batches_are_date_aligned():
-    rng = np.random.default_rng(1)
-    inputs = rng.normal(size=(80, 10, F)).astype(np.float32)
-    valid = rng.random((80, 10)) > 0.03  # gaps: stocks' tilings differ
-    labels = rng.normal(size=(80, 10, 1)).astype(np.float32)
-    kwargs = dict(batch_size=4 * (L + 1), chunk_length=2 * L, shuffle=True, seed=3)
-    loader = WindowLoader(inputs, valid, L, labels, concat_inputs=inputs, **kwargs)
-    plain = WindowLoader(inputs, valid, L, labels, **kwargs)
-    assert loader.items_per_batch == 4
-    seen, dates, plain_dates = [], [], []
-    for batch in loader:
-        seen += list(zip(batch["n"].tolist(), batch["t"][:, 0].tolist(), strict=True))
-        dates.append(len(batch["cross"]))
-    for batch in plain:
-        plain_dates.append(len(np.unique(batch["t"][batch["t"] >= 0])))
-    # every chunk once per epoch, as without alignment; a batch spans fewer distinct dates
-    assert sorted(seen) == sorted(zip(plain.chunk_n.tolist(), plain.chunk_start.tolist(),
-                                      strict=True))  # fmt: skip
-    assert np.mean(dates) < 0.6 * np.mean(plain_dates)
-    first = [b["t"][:, 0].tolist() for b in loader]  # the next epoch: another batch order
-    assert first != [b["t"][:, 0].tolist() for b in loader] or len(first) == 1
-
-
 def test_lookback_longer_than_panel_gives_no_windows(tiny):
     inputs, valid, labels = tiny
     loader = WindowLoader(inputs, valid, T + 1, labels)

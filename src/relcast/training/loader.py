@@ -17,11 +17,11 @@ every horizon at t. There is no Python code per sample or per window.
 at each step from a ``[T, N, F_own]`` tensor. That block is the same for every stock of a
 date, so a batch carries it once per distinct date, ``cross [U, N * F_own]``, with
 ``cross_index [B, S]`` saying which row each step reads
-(:class:`relcast.models.temporal.cross_input.CrossSectionInput` projects each row once), and
-training batches are **date-aligned**: the items are sorted by their first date (random order
-among equal dates), cut into batches, and the batches shuffled, so a batch spans about one
-chunk of dates (``U`` ~ C) instead of one per stock. At 1,026 stocks the block is 45,000
-floats per date; it is never stored per target stock or per step.
+(:class:`relcast.models.temporal.cross_input.CrossSectionInput` projects each row once). ``U``
+is at most the number of dates, whatever the batch size. At 1,026 stocks the block is 34,000
+floats per date; it is never stored per target stock or per step. Batches are drawn as for
+the other feature sets (date-aligned batches, one period per step, cut the cost of the block
+by ~5x but left the GRU at validation Rank IC ~0 on the NASDAQ benchmark; see the README).
 
 **Sequence (chunk) batches**, the default for training and prediction (``chunk_length``):
 neighbouring windows share ``L - 1`` steps, so instead of one window per sample the loader
@@ -84,8 +84,7 @@ class WindowLoader(IterableDataset):
         sector_ids: ``int [N]`` sector of every stock; zeros if None.
         concat_inputs: ``float [T, N, F_own]`` for ``rawconcat``: every stock's own features
             at each distinct date of a batch, ``cross [U, N * F_own]`` (masked cells are 0),
-            and ``cross_index [B, L or C']`` (the row of each step; -1 at padding); batches
-            are then date-aligned (module docstring).
+            and ``cross_index [B, L or C']`` (the row of each step; -1 at padding).
         concat_valid_flag: with ``concat_inputs``, also append each stock's valid flag to
             ``cross`` (``[U, N]``) so the model can tell a masked stock from a zero feature.
         labelled: ``bool [T, N]``, True where ``labels`` is finite for every horizon, if
@@ -260,25 +259,10 @@ class WindowLoader(IterableDataset):
         return self._permutation()[rank::world_size]
 
     def _permutation(self) -> torch.Tensor:
-        if self.concat is not None:
-            return self._date_aligned()
         if self.shuffle:
             g = torch.Generator().manual_seed(self.seed + self.epoch)
             return torch.randperm(self.num_items, generator=g)
         return torch.arange(self.num_items)
-
-    def _date_aligned(self) -> torch.Tensor:
-        """Items sorted by first date (shuffled among equal dates), in shuffled blocks of one
-        step's batch (all ranks): a batch then reads about one chunk's dates of ``cross``."""
-        first = self.chunk_start if self.sequence else self.t_idx
-        if not self.shuffle:
-            return torch.argsort(first, stable=True)
-        g = torch.Generator().manual_seed(self.seed + self.epoch)
-        tie = torch.randperm(self.num_items, generator=g)
-        order = tie[torch.argsort(first[tie], stable=True)]  # by date, random among equals
-        block = self.items_per_batch * self._shard()[1]
-        blocks = list(torch.split(order, block))
-        return torch.cat([blocks[i] for i in torch.randperm(len(blocks), generator=g)])
 
     def _cross(self, steps: torch.Tensor, real: torch.Tensor | None = None) -> dict:
         """``cross [U, N * F_own (+ N)]`` at the distinct dates of ``steps [B, S]`` and

@@ -290,3 +290,20 @@ def _follower_test_rank_ic(
         daily = daily_rank_ic(point, y, np.isfinite(point) & np.isfinite(y))[split.test]
         test_ic[feature_set] = np.nanmean(daily)
     return test_ic
+
+
+def test_a_rawconcat_model_of_the_old_layout_is_refused_for_retraining(tmp_path):
+    """A rawconcat GRU saved before the every-stock projection reads x of another width:
+    loading it is a RunFolderError (which `relcast stage3` answers by retraining)."""
+    from relcast.models.temporal import create_model
+    from relcast.runfolder.base import RunFolderError
+    from relcast.runfolder.formats import load_stage3, save_module
+
+    old = create_model("gru", num_features=12, horizons=1, hidden_size=8)
+    path = tmp_path / "stage3" / "stage3_rawconcat_gru" / "model.safetensors"
+    save_module(path, old, asdict(old.config), "gru")
+    with pytest.raises(RunFolderError, match="retrain"):
+        load_stage3(path)
+    same = tmp_path / "stage3" / "stage3_own_gru" / "model.safetensors"
+    save_module(same, old, asdict(old.config), "gru")
+    assert load_stage3(same).config.num_features == 12  # other models load as before

@@ -156,6 +156,11 @@ def load_stage3(path: Path):
     from relcast.models.temporal import create_model
 
     state, info = load_state(path)
+    if path.parent.name.startswith("stage3_rawconcat_") and "cross_input" not in info:
+        raise RunFolderError(
+            f"{path} is a rawconcat model saved before its every-stock projection "
+            "(an older layout); run `relcast stage3` again to retrain it"
+        )
     with rebuilding(path):
         cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in info["config"].items()}
         model = create_model(info["kind"], **cfg)

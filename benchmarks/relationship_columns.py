@@ -8,19 +8,20 @@ its Newey-West t. It also asks whether a column says anything own history does n
 Rank IC of the column after removing, date by date, its least-squares fit on the own columns
 (``resid_*``). Columns are ranked by the validation span (the test span is only reported).
 
-``python -m benchmarks.relationship_columns [--run FOLDER]`` writes
-``benchmarks/results/relationship_columns.json`` and prints the table.
+``python -m benchmarks.relationship_columns [--run FOLDER]`` adds the run (by its folder
+name) to ``benchmarks/results/relationship_columns.json`` and prints the table.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from benchmarks.common import format_table, write_result
+from benchmarks.common import RESULTS_DIR, format_table, write_result
 
 NAME = "relationship_columns"
 DEFAULT_RUN = Path(__file__).resolve().parents[1] / "runs" / "real_nasdaq" / "main"
@@ -96,18 +97,22 @@ def run(folder: Path = DEFAULT_RUN, results_dir=None) -> dict[str, Any]:
             row[f"resid_{key}"] = res[key]
     rel_rows.sort(key=lambda r: -abs(r["valid_rank_ic"]))
     own_rows.sort(key=lambda r: -abs(r["valid_rank_ic"]))
-    result = {
+    this = {
         "run": str(folder),
         "label": "horizon 1, the run's label_delay",
         "newey_west_lag": lag,
         "relationship_columns": rel_rows,
         "own_columns_top10": own_rows[:10],
-        "rows": rel_rows,
         "ratios": {
             "best_relationship_over_best_own_valid_abs_rank_ic": abs(rel_rows[0]["valid_rank_ic"])
             / abs(own_rows[0]["valid_rank_ic"]),
         },
     }
+    # one entry per run folder name, the others kept from the earlier JSON
+    earlier = Path(results_dir or RESULTS_DIR) / f"{NAME}.json"
+    runs = json.loads(earlier.read_text()).get("runs", {}) if earlier.exists() else {}
+    runs[folder.name] = this
+    result = {"runs": runs, "rows": rel_rows, "ratios": this["ratios"]}
     write_result(NAME, result, results_dir)
     print(f"\n## {NAME}: each relationship column as a forecast (ranked by validation)\n")
     print(format_table(rel_rows))

@@ -228,8 +228,11 @@ def run_once(processes: int, sets: list[str], work: Path) -> dict:
     }
 
 
-def run(quick: bool = False) -> dict:
+def run(quick: bool = False, extra: list[str] | None = None) -> dict:
+    """1 vs 2 processes; ``extra`` overrides (e.g. a larger market) are measured apart and
+    kept in the JSON under ``market_runs``, next to the default market's rows."""
     sets = [*(TINY if quick else SMALL), "trainer.progress=false", "trainer.accelerator=cpu"]
+    sets += list(extra or [])
     with tempfile.TemporaryDirectory(prefix="relcast-scale-out-") as tmp:
         rows = [run_once(n, sets, Path(tmp)) for n in (1, 2)]
     one, two = rows
@@ -246,10 +249,15 @@ def run(quick: bool = False) -> dict:
         "load_average_before": os.getloadavg(),
     }
     previous = ROOT / "benchmarks" / "results" / "scale_out.json"
-    if previous.exists():  # the memory-mapped runs (--memmap) are measured apart: keep them
-        kept = json.loads(previous.read_text()).get("memmap_runs")
-        if kept:
-            result["memmap_runs"] = kept
+    old = json.loads(previous.read_text()) if previous.exists() else {}
+    if extra:  # another market: kept apart, the default market's rows stay as they were
+        runs = old.get("market_runs", {})
+        runs[" ".join(extra)] = {k: result[k] for k in ("market", "rows", "ratios")}
+        result = {**{k: v for k, v in old.items() if k not in ("benchmark", "machine")},
+                  "market_runs": runs}  # fmt: skip
+    for key in ("memmap_runs", "market_runs"):  # measured apart (--memmap, --set): keep them
+        if old.get(key) and key not in result:
+            result[key] = old[key]
     path = write_result("scale_out", result)
     print(format_table([{k: v for k, v in r.items() if k != "step_seconds"} for r in rows]))
     print(f"-> {path}")
@@ -280,4 +288,4 @@ if __name__ == "__main__":
             print(json.dumps({k: found[k] for k in keys}, indent=1))
             print(f"-> {save_memmap(found)}")
         else:
-            run(quick=args.quick)
+            run(quick=args.quick, extra=args.set)

@@ -90,15 +90,16 @@ def train_stage3(pipe, *, resume: bool = True) -> None:
             except RunFolderError as exc:  # damaged weights are trained again, not kept
                 _log(f"Stage3 {name}: the saved model cannot be read ({exc}); training it")
         inputs = pipe.stage3_inputs(feature_set)
+        num_inputs = inputs.num_features + inputs.cross_width  # rawconcat: + every stock's
         gated = pipe.config.relationships.regime and feature_set == "hybrid"
         _log(
-            f"Stage3 {name}: {inputs.num_features + inputs.cross_width} inputs, "
-            f"lookback {s.lookback}" + (", regime gate" if gated else "")
+            f"Stage3 {name}: {num_inputs} inputs, lookback {s.lookback}"
+            + (", regime gate" if gated else "")
         )
         result = pipe.fit_stage3_model(model, inputs, seed_offset=k, regime_gate=gated, name=name)
-        extra = {"regime_gate": result.model.spec()} if gated else {}
-        if inputs.cross_width:
-            extra = {"cross_input": result.model.spec()}
+        # how to rebuild the wrapper around the registry model when it is loaded
+        wrapper = "regime_gate" if gated else "cross_input" if inputs.cross_width else None
+        extra = {wrapper: result.model.spec()} if wrapper else {}
         distributed.barrier()  # every rank has read the best checkpoint before it goes
         if not distributed.is_main():
             continue  # rank 0 owns the run folder
@@ -115,7 +116,7 @@ def train_stage3(pipe, *, resume: bool = True) -> None:
             "windows_per_second": result.windows_per_second,
             "epochs": len(result.history),
             "best_val_rank_ic": result.best_val_rank_ic,
-            "num_inputs": inputs.num_features + inputs.cross_width,
+            "num_inputs": num_inputs,
         }
         if gated:
             scales = timings[name]["regime_gate_scales"] = result.model.scales()

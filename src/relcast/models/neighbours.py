@@ -50,7 +50,7 @@ class NeighbourExtractor(RelationshipExtractor):
         """``[T', N, F]`` neighbour averages (rows of masked stocks are NaN)."""
         idx = check_dates_index(features, dates_index)
         names = self.columns or list(features.groups["own"])
-        own = np.nan_to_num(_columns(features, names))  # (T, N, F), masked stocks get 0 weight
+        own = np.nan_to_num(features.values[..., features.columns(names)])  # (T, N, F)
         N = len(features.symbols)
         out = np.empty((len(idx), N, len(names)), dtype=np.float32)
         not_self = ~np.eye(N, dtype=bool)
@@ -64,12 +64,3 @@ class NeighbourExtractor(RelationshipExtractor):
             weights /= np.where(total > 0, total, 1.0)
             out[start : start + len(block)] = np.einsum("dij,djf->dif", weights, own[block])
         return masked_features(features, idx, [f"nbr_{n}" for n in names], out)
-
-
-def _columns(features, names: list[str]) -> np.ndarray:
-    """``[T, N, len(names)]`` of the feature set's columns ``names``."""
-    lookup = {n: i for i, n in enumerate(features.names)}
-    missing = [n for n in names if n not in lookup]
-    if missing:
-        raise ValueError(f"neighbour columns {missing[:5]} are not in the features")
-    return features.values[..., [lookup[n] for n in names]]

@@ -97,10 +97,7 @@ def sampled_cells(
             yield d, np.asarray(mask[d]) & np.isfinite(y[d])  # (d, N)
 
     counts = np.concatenate([[0], *(ok.sum(axis=1) for _, ok in blocks())]).astype(np.int64)
-    total = int(counts.sum())
-    pick = None  # positions among all the cells, in (date, stock) order; None: all
-    if total > cap:
-        pick = np.sort(np.random.default_rng(seed).choice(total, cap, replace=False))
+    pick = _sample_positions(int(counts.sum()), cap, seed)  # among all cells, (date, stock)
     ends = np.cumsum(counts)  # cells before each block's dates
     t_parts, n_parts, done = [], [], 0
     for d, ok in blocks():
@@ -120,10 +117,16 @@ def sampled_cells(
 def sample_rows(rows: tuple[np.ndarray, ...], cap: int, seed: int) -> tuple[np.ndarray, ...]:
     """At most ``cap`` of the ``(t, n)`` cells ``rows`` (a uniform sample without replacement,
     seeded, kept in date order); all of them when there are no more than ``cap``."""
-    if len(rows[0]) <= cap:
-        return rows
-    pick = np.sort(np.random.default_rng(seed).choice(len(rows[0]), cap, replace=False))
-    return tuple(r[pick] for r in rows)
+    pick = _sample_positions(len(rows[0]), cap, seed)
+    return rows if pick is None else tuple(r[pick] for r in rows)
+
+
+def _sample_positions(total: int, cap: int, seed: int) -> np.ndarray | None:
+    """``cap`` sorted positions of ``total`` drawn without replacement (seeded); None (keep
+    all) when there are no more than ``cap``. The one draw both samplers make."""
+    if total <= cap:
+        return None
+    return np.sort(np.random.default_rng(seed).choice(total, cap, replace=False))
 
 
 def shuffle_within_dates(y: np.ndarray, mask: np.ndarray, seed: int) -> np.ndarray:

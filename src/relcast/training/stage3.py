@@ -310,12 +310,11 @@ def build_model(
     :class:`~relcast.models.temporal.cross_input.CrossSectionInput` that projects each date's
     every-stock block to ``hidden_size`` features (once per date of a batch)."""
     from relcast.models.temporal import create_model
+    from relcast.models.temporal.cross_input import CrossSectionInput, market_names
 
     hparams = dict(hparams or {})
-    names = tuple(inputs.names)
     width = int(hparams.get("hidden_size", 64)) if inputs.cross_width else 0
-    if width:
-        names = tuple(f"market_{k}" for k in range(width)) + names
+    names = tuple(market_names(width)) + tuple(inputs.names)
     model = create_model(
         model_name,
         num_features=width + inputs.num_features,
@@ -328,8 +327,6 @@ def build_model(
         **hparams,
     )
     if width:
-        from relcast.models.temporal.cross_input import CrossSectionInput
-
         model = CrossSectionInput(model, inputs.cross_width, width)
     return model
 

@@ -21,6 +21,11 @@ import torch
 from torch import Tensor, nn
 
 
+def market_names(width: int) -> list[str]:
+    """Names of the projection's ``width`` outputs, the first inputs of the wrapped model."""
+    return [f"market_{k}" for k in range(width)]
+
+
 class CrossSectionInput(nn.Module):
     """A Stage3 model whose input starts with a learned projection of the whole cross-section.
 
@@ -60,8 +65,7 @@ class CrossSectionInput(nn.Module):
     def interpret(self, batches, feature_names=None, **kwargs):
         """The wrapped model's interpretation (a TFT's), the projection's outputs named
         ``market_<k>``."""
-        width = self.project.out_features
-        names = [f"market_{k}" for k in range(width)] + list(feature_names or [])
+        names = market_names(self.project.out_features) + list(feature_names or [])
         with torch.no_grad():
             if isinstance(batches, Mapping):
                 batches = self.inputs(batches)

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import relcast.data.synthetic
 import relcast.features
 import relcast.relationship_blocks
 import relcast.relationships
@@ -16,6 +17,7 @@ from relcast.data.synthetic import synthetic_market
 from relcast.features import build_features
 from relcast.features.chunked import ChunkedFeatures
 from relcast.pipeline import FEATURE_STORE, Pipeline
+from relcast.run_data import PANEL_SCRATCH
 from relcast.training.baselines import lightgbm_scores, sample_rows, shuffle_within_dates
 from relcast.training.stage3_inputs import StockMajorInputs
 from relcast.training.store_sources import write_panel_parquet
@@ -43,6 +45,10 @@ def _no_full_features(*args, **kwargs):
     raise AssertionError("a memmap run built the whole [T, N, F] feature array in memory")
 
 
+def _no_full_market(*args, **kwargs):
+    raise AssertionError("a memmap run drew the whole synthetic market in memory")
+
+
 EXTRACTED: dict[str, list] = {"memory": [], "memmap": []}
 """Dates of every block the extraction produced, per run (``runs`` fills it)."""
 
@@ -68,6 +74,8 @@ def runs(tmp_path_factory):
             patch.setattr(relcast.relationships, "extract_blocks", _recording_blocks(store))
             if store == "memmap":  # every step: features come from the store, block by block
                 patch.setattr(relcast.features, "build_features", _no_full_features)
+                # the market is written to a file by blocks, never drawn whole in memory
+                patch.setattr(relcast.data.synthetic, "synthetic_market", _no_full_market)
                 # blocks of ~20 dates (6 stocks + index, 4 + 1 relationship columns) for the
                 # extraction and of ~3 dates for the Parquet frame (~ 7 x 50 values a date)
                 patch.setattr(relcast.relationships, "BLOCK_BYTES", 20 * 7 * 4 * (5 + 44 + 64))
@@ -105,6 +113,7 @@ def test_memmap_run_keeps_panel_and_stage3_inputs_in_the_store(runs):
     file, hybrid inputs a memory map; both equal what the in-memory run assembles."""
     pipe, memory = Pipeline.open(runs["memmap"]), Pipeline.open(runs["memory"])
     assert _memmapped(pipe.panel.values)
+    assert not (runs["memmap"] / PANEL_SCRATCH).exists()  # moved into the store
     # Stage1 reads whole cross-sections: from the time-major file, one block per date
     assert pipe.features.values is pipe.feature_store.values_by_date
     assert pipe.features.values.flags.c_contiguous

@@ -76,7 +76,12 @@ class DataConfig(_Section):
         "the run folder (feature_store/) that every step reads (docs/scaling.md)",
     )
     synthetic_stocks: int = Field(20, ge=2, description="stocks when source is 'synthetic'")
-    synthetic_days: int = Field(800, ge=50, description="days when source is 'synthetic'")
+    synthetic_days: int = Field(
+        800, ge=50, description="bars when source is 'synthetic' (days, or minutes: synthetic_freq)"
+    )
+    synthetic_freq: Literal["D", "1min"] = Field(
+        "D", description="bars of the synthetic market: business days, or minutes (240 a day)"
+    )
     alpha158: bool = Field(
         False,
         description="add qlib's Alpha158 features (group 'alpha158') to every stage's inputs",

@@ -42,8 +42,13 @@ def panel_hashes(panel) -> dict[str, str]:
     keys = hashlib.sha256()
     keys.update(np.asarray(panel.dates, dtype="datetime64[ns]").astype("int64").tobytes())
     keys.update("\n".join(str(s) for s in panel.symbols).encode())
-    values = hashlib.sha256()
-    values.update(np.ascontiguousarray(panel.values, dtype=np.float64).tobytes())
+    from relcast.data.panel import release_pages
+
+    values = hashlib.sha256()  # the float64 bytes of the values, fed a block of dates at a time
+    step = max(1, (64 << 20) // max(1, 8 * panel.values[0].size))  # ~64 MB
+    for a in range(0, len(panel.dates), step):
+        values.update(np.ascontiguousarray(panel.values[a : a + step], dtype=np.float64).data)
+        release_pages(panel.values)  # a memory-mapped panel's pages
     values.update(np.ascontiguousarray(panel.mask).tobytes())
     values.update("\n".join(panel.fields).encode())
     return {"dates_symbols": keys.hexdigest(), "values": values.hexdigest()}

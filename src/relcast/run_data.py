@@ -32,6 +32,7 @@ from relcast.runfolder import (
 from relcast.source import check_universe, load_source
 
 FEATURE_STORE = "feature_store"  # data.store: memmap (relcast.training.store)
+PANEL_SCRATCH = "feature_store.panel.npy"  # the market's values while prepare writes the store
 NORMALIZATION = "normalization.json"  # training-span feature statistics (features.normalize)
 
 
@@ -98,7 +99,12 @@ class RunData:
         from relcast.features import chronological_split
 
         start = time.perf_counter()
-        panel = load_source(self.config)  # bad data fails here, before anything is written
+        memmap = self.config.data.store == "memmap"
+        # a memmap run's market goes to a file a block at a time (moved into the store later)
+        scratch = self.dir / PANEL_SCRATCH if memmap else None
+        if scratch is not None:
+            scratch.unlink(missing_ok=True)  # from a prepare that stopped
+        panel = load_source(self.config, scratch)  # bad data fails here, before anything is written
         need = self.config.stage3.lookback + 60 + 3 * self.config.embargo
         if panel.num_dates < need:
             raise RelcastDataError(
@@ -128,7 +134,6 @@ class RunData:
                 ) from None
             raise RelcastDataError(f"{self.config.data.source}: cannot split: {exc}") from None
         self.folder.write("config.yaml", self.config.to_yaml().encode())
-        memmap = self.config.data.store == "memmap"
         if memmap:  # the long table written a block of dates at a time
             from relcast.training.store_sources import write_panel_parquet
 

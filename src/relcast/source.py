@@ -3,23 +3,36 @@ depend only on the data and the config, done before anything is trained."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from relcast.config import RelcastConfig, RelcastConfigError
 from relcast.data.panel import Panel, RelcastDataError, format_names
 
 
-def load_source(config: RelcastConfig) -> Panel:
-    """The market named by ``config.data``: ``demo``, ``synthetic`` or a path."""
+def load_source(config: RelcastConfig, values_path: str | Path | None = None) -> Panel:
+    """The market named by ``config.data``: ``demo``, ``synthetic`` or a path.
+
+    ``values_path`` (``data.store: memmap``): the synthetic market is written there a block of
+    dates at a time and its values are a memory map of that file, never whole in memory.
+    """
     import relcast
 
     source = config.data.source
     if source == "demo":
         panel = relcast.load_dataset("demo")
     elif source == "synthetic":
-        panel, _ = relcast.synthetic_market(
+        args = dict(
             num_stocks=config.data.synthetic_stocks,
             num_days=config.data.synthetic_days,
             seed=config.trainer.seed,
+            freq=config.data.synthetic_freq,
         )
+        if values_path is not None:
+            from relcast.data.synthetic import synthetic_market_file
+
+            panel = synthetic_market_file(values_path, **args)
+        else:
+            panel, _ = relcast.synthetic_market(**args)
     else:
         if config.data.universe is not None:
             check_universe_file(config.data.universe)

@@ -26,6 +26,24 @@ class RelcastDataError(ValueError):
     """Bad input data: the message names the file, the column and example rows."""
 
 
+def memory_map_of(array: np.ndarray) -> np.memmap | None:
+    """The ``np.memmap`` a (view of a) memory-mapped array reads, or None (in memory)."""
+    while array is not None and getattr(array, "_mmap", None) is None:
+        array = array.base if isinstance(array, np.ndarray) else None
+    return array
+
+
+def release_pages(array: np.ndarray) -> None:
+    """Drop the resident pages of a memory-mapped ``array`` (or a view of one) from this
+    process's RSS, writing dirty ones first; the next read maps them again. No-op otherwise."""
+    import mmap
+
+    mapped = memory_map_of(array)
+    if mapped is not None and not mapped._mmap.closed:
+        mapped._mmap.flush()
+        mapped._mmap.madvise(mmap.MADV_DONTNEED)
+
+
 def format_names(values, limit: int = 10) -> str:
     """``['A', 'B'] (+3 more)``: names for a message as plain text, never ``np.str_('A')``."""
     items = [v.item() if isinstance(v, np.generic) else v for v in list(values)]

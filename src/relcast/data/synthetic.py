@@ -22,13 +22,15 @@ masked (NaN values, ``mask=False``); the latent price path continues underneath.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from relcast.data.panel import OHLCV_FIELDS, Panel
+from relcast.data.panel import OHLCV_FIELDS, Panel, release_pages
 
-__all__ = ["REGIME_NAMES", "SyntheticTruth", "synthetic_market"]
+__all__ = ["REGIME_NAMES", "SyntheticTruth", "synthetic_market", "synthetic_market_file"]
 
 REGIME_NAMES = ("bull", "bear", "sideways")
 # daily drift and volatility of the market factor in each regime
@@ -113,82 +115,215 @@ def synthetic_market(
         ``(panel, truth)``: a :class:`Panel` with fields ``open, high, low, close, volume`` and
         the :class:`SyntheticTruth`.
     """
-    num_pairs = num_stocks // 4 if lead_lag_pairs is None else int(lead_lag_pairs)
-    _check_args(num_stocks, num_days, num_sectors, num_pairs, missing_prob, late_listing, freq)
-    regime_switch_prob = float(np.clip(regime_switch_prob, 0.0, 1.0))
-    rng = np.random.default_rng(seed)
+    plan = _Plan(
+        num_stocks, num_days, seed, num_sectors=num_sectors, lead_lag_pairs=lead_lag_pairs,
+        lead_lag_strength=lead_lag_strength, regime_switch_prob=regime_switch_prob,
+        missing_prob=missing_prob, late_listing=late_listing, freq=freq, block_dates=num_days,
+    )  # fmt: skip
     T, N = num_days, num_stocks
-    # one minute bar carries 1/240 of a day's variance and drift
-    scale = 1.0 if freq == "D" else 1.0 / _BARS_PER_DAY
-    vol_scale = np.sqrt(scale)
-
-    # --- market factor with Markov regimes: switch with prob p, to one of the other two
-    switches = rng.random(T) < regime_switch_prob
-    switches[0] = False
-    steps = np.where(switches, rng.integers(1, 3, size=T), 0)
-    regime = (rng.integers(0, 3) + np.cumsum(steps)) % 3  # (T,)
-    market = REGIME_DRIFT[regime] * scale + REGIME_VOL[regime] * vol_scale * rng.standard_normal(T)
-
-    # --- stocks: beta, sector, idiosyncratic vol
-    betas = rng.uniform(*BETA_RANGE, size=N)
-    sector_of = rng.permutation(np.arange(N) % num_sectors)
-    idio_vol = rng.uniform(*IDIO_VOL_RANGE, size=N)
-    sector_factor = SECTOR_VOL * vol_scale * rng.standard_normal((T, num_sectors))
-    noise = idio_vol * vol_scale * rng.standard_normal((T, N))
-    returns = betas * market[:, None] + sector_factor[:, sector_of] + noise  # (T, N)
-
-    # --- lead-lag: disjoint leaders and followers; leaders never follow, so one shift suffices
-    leader_of = _draw_pairs(rng, sector_of, num_pairs)
-    followers = np.flatnonzero(leader_of >= 0)
-    returns[1:, followers] += lead_lag_strength * returns[:-1, leader_of[followers]]
-    returns = np.maximum(returns, -0.5)  # a price never crosses zero
-
-    # --- the index is the last column; its returns are the market factor
-    all_returns = np.concatenate([returns, market[:, None]], axis=1)  # (T, N + 1)
-    start_level = np.append(np.exp(rng.uniform(np.log(5.0), np.log(200.0), size=N)), 1000.0)
-    vol = np.append(np.sqrt((betas * REGIME_VOL.mean()) ** 2 + idio_vol**2), REGIME_VOL.mean())
-    values = _ohlcv(rng, all_returns, start_level, vol * vol_scale)  # (T, N + 1, 5)
-
-    # --- masks: suspensions and late listings (stocks only, the index always trades)
-    mask = np.ones((T, N + 1), dtype=bool)
-    if missing_prob > 0:
-        mask[:, :N] &= rng.random((T, N)) >= missing_prob
-    if late_listing:
-        late = rng.choice(N, size=late_listing, replace=False)
-        first = rng.integers(T // 10, max(T // 2, T // 10 + 1), size=late_listing)
-        mask[:, late] &= np.arange(T)[:, None] >= first
-    values[~mask] = np.nan
-
-    symbols = np.array([f"S{i:03d}" for i in range(N)] + ["INDEX"])
-    meta = pd.DataFrame(
-        {
-            "symbol": symbols,
-            "name": [f"Synthetic {i:03d}" for i in range(N)] + ["Synthetic Index"],
-            "sector": [f"sector_{s}" for s in sector_of] + ["index"],
-            "market": ["SYN"] * (N + 1),
-            "is_index": [False] * N + [True],
-        }
-    )
-    panel = Panel(
-        dates=_dates(start, T, freq),
-        symbols=symbols,
-        fields=OHLCV_FIELDS,
-        values=values,
-        mask=mask,
-        meta=meta,
-    )
+    values = np.empty((T, N + 1, len(OHLCV_FIELDS)), dtype=np.float32)
+    mask = np.empty((T, N + 1), dtype=bool)
+    returns = np.empty((T, N + 1))
+    plan.fill(values, mask, returns)
     truth = SyntheticTruth(
-        betas=np.append(betas, 1.0),
-        sector_of=np.append(sector_of, -1),
-        leader_of=np.append(leader_of, -1),
+        betas=np.append(plan.betas, 1.0),
+        sector_of=np.append(plan.sector_of, -1),
+        leader_of=np.append(plan.leader_of, -1),
         lead_lag_strength=float(lead_lag_strength),
-        regime=regime,
-        market_returns=market,
-        returns=all_returns,
+        regime=plan.regime,
+        market_returns=plan.market,
+        returns=returns,
         index_symbol="INDEX",
-        idio_vol=np.append(idio_vol, 0.0),
+        idio_vol=np.append(plan.idio_vol, 0.0),
     )
-    return panel, truth
+    return plan.panel(values, mask, start), truth
+
+
+def synthetic_market_file(
+    values_path: str | Path,
+    num_stocks: int = 20,
+    num_days: int = 600,
+    seed: int = 0,
+    *,
+    block_dates: int = 4096,
+    start: str = "2018-01-01",
+    **kwargs,
+) -> Panel:
+    """The panel of :func:`synthetic_market` (the same arguments, the same values bit for bit)
+    written a block of ``block_dates`` dates at a time into ``values_path`` (a ``.npy`` file),
+    for markets larger than memory: its ``values`` are a memory map of that file (copy-on-write)
+    and only ``mask`` (``T x N`` bytes) and per-date or per-stock arrays are in memory. The
+    truth is not returned (its ``returns`` would be a ``[T, N]`` array)."""
+    from numpy.lib.format import open_memmap
+
+    plan = _Plan(num_stocks, num_days, seed, block_dates=block_dates, **kwargs)
+    T, N = num_days, num_stocks
+    values = open_memmap(values_path, "w+", np.float32, (T, N + 1, len(OHLCV_FIELDS)))
+    mask = np.empty((T, N + 1), dtype=bool)
+    plan.fill(values, mask, None, release=partial(release_pages, values))
+    values.flush()
+    del values  # the file is complete: map it again, copy-on-write
+    return plan.panel(np.load(values_path, mmap_mode="c"), mask, start)
+
+
+class _Plan:
+    """Everything :func:`synthetic_market` draws except its ``[T, N]`` arrays, and the generator
+    states that draw those a block of dates at a time, so the market can be written block by
+    block with the numbers a single draw of each array gives (the random stream is the same:
+    the big arrays are drawn once here to step over them, keeping only the states)."""
+
+    def __init__(
+        self,
+        num_stocks: int,
+        num_days: int,
+        seed: int,
+        *,
+        num_sectors: int = 4,
+        lead_lag_pairs: int | None = None,
+        lead_lag_strength: float = 0.35,
+        regime_switch_prob: float = 0.02,
+        missing_prob: float = 0.0,
+        late_listing: int = 0,
+        freq: str = "D",
+        block_dates: int = 4096,
+    ) -> None:
+        num_pairs = num_stocks // 4 if lead_lag_pairs is None else int(lead_lag_pairs)
+        _check_args(num_stocks, num_days, num_sectors, num_pairs, missing_prob, late_listing, freq)
+        regime_switch_prob = float(np.clip(regime_switch_prob, 0.0, 1.0))
+        rng = np.random.default_rng(seed)
+        T, N = num_days, num_stocks
+        self.T, self.N, self.freq = T, N, freq
+        self.block = max(1, int(block_dates))
+        self.strength, self.missing_prob = lead_lag_strength, missing_prob
+        self.states: dict[str, list[dict]] = {}
+        # one minute bar carries 1/240 of a day's variance and drift
+        scale = 1.0 if freq == "D" else 1.0 / _BARS_PER_DAY
+        self.vol_scale = vol_scale = np.sqrt(scale)
+
+        # --- market factor with Markov regimes: switch with prob p, to one of the other two
+        switches = rng.random(T) < regime_switch_prob
+        switches[0] = False
+        steps = np.where(switches, rng.integers(1, 3, size=T), 0)
+        self.regime = (rng.integers(0, 3) + np.cumsum(steps)) % 3  # (T,)
+        self.market = REGIME_DRIFT[self.regime] * scale + REGIME_VOL[
+            self.regime
+        ] * vol_scale * rng.standard_normal(T)
+
+        # --- stocks: beta, sector, idiosyncratic vol
+        self.betas = rng.uniform(*BETA_RANGE, size=N)
+        self.sector_of = rng.permutation(np.arange(N) % num_sectors)
+        self.idio_vol = rng.uniform(*IDIO_VOL_RANGE, size=N)
+        self.sector_factor = SECTOR_VOL * vol_scale * rng.standard_normal((T, num_sectors))
+        self._step_over(rng, "noise", N)  # idiosyncratic noise [T, N]
+
+        # --- lead-lag: disjoint leaders and followers; leaders never follow
+        self.leader_of = _draw_pairs(rng, self.sector_of, num_pairs)
+        self.followers = np.flatnonzero(self.leader_of >= 0)
+        self.start_level = np.append(
+            np.exp(rng.uniform(np.log(5.0), np.log(200.0), size=N)), 1000.0
+        )
+        vol = np.append(
+            np.sqrt((self.betas * REGIME_VOL.mean()) ** 2 + self.idio_vol**2), REGIME_VOL.mean()
+        )
+        self.vol = vol * vol_scale  # (N + 1,) the bars' scale of moves
+        for name in ("gap", "high", "low"):  # OHLC around the close
+            self._step_over(rng, name, N + 1)
+        self.base = np.exp(rng.uniform(np.log(1e5), np.log(1e7), size=N + 1))  # volume level
+        self._step_over(rng, "activity", N + 1)
+
+        # --- masks: suspensions and late listings (stocks only, the index always trades)
+        if missing_prob > 0:
+            self._step_over(rng, "missing", N, uniform=True)
+        self.late, self.first = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        if late_listing:
+            self.late = rng.choice(N, size=late_listing, replace=False)
+            self.first = rng.integers(T // 10, max(T // 2, T // 10 + 1), size=late_listing)
+
+    def _step_over(self, rng: np.random.Generator, name: str, width: int, uniform=False) -> None:
+        """Record the generator's state at each block of a ``[T, width]`` draw and step over it."""
+        states = self.states[name] = []
+        for a in range(0, self.T, self.block):
+            states.append(rng.bit_generator.state)
+            rows = min(self.T, a + self.block) - a
+            rng.random((rows, width)) if uniform else rng.standard_normal((rows, width))
+
+    def _draw(self, name: str, k: int, shape: tuple[int, int], uniform=False) -> np.ndarray:
+        rng = np.random.default_rng()
+        rng.bit_generator.state = self.states[name][k]
+        return rng.random(shape) if uniform else rng.standard_normal(shape)
+
+    def fill(self, values, mask, returns=None, release=None) -> None:
+        """Write ``values [T, N + 1, 5]``, ``mask [T, N + 1]`` and (if given) the true simple
+        returns ``[T, N + 1]`` block by block; ``release()`` after each block."""
+        T, N, f = self.T, self.N, self.followers
+        leaders = self.leader_of[f]
+        last_r = None  # the previous block's last returns (before the floor at -0.5)
+        growth = np.ones(N + 1)  # cumprod(1 + r) up to the previous block
+        last_close = self.start_level
+        for k, a in enumerate(range(0, T, self.block)):
+            b = min(T, a + self.block)
+            noise = self.idio_vol * self.vol_scale * self._draw("noise", k, (b - a, N))
+            r = (
+                self.betas * self.market[a:b, None]
+                + self.sector_factor[a:b][:, self.sector_of]
+                + noise
+            )
+            lagged = (
+                r[:-1, leaders]
+                if last_r is None
+                else np.vstack([last_r[None, leaders], r[:-1, leaders]])
+            )
+            last_r = r[-1].copy()
+            r[(1 if a == 0 else 0) :, f] += self.strength * lagged  # a price never crosses zero:
+            r = np.concatenate([np.maximum(r, -0.5), self.market[a:b, None]], axis=1)  # (t, N + 1)
+            if returns is not None:
+                returns[a:b] = r
+            growth_blk = np.cumprod(np.vstack([growth[None, :], 1.0 + r]), axis=0)[1:]
+            growth = growth_blk[-1]
+            close = self.start_level * growth_blk
+            prev_close = np.vstack([last_close[None, :], close[:-1]])
+            last_close = close[-1]
+            shape = r.shape
+            # overnight gap: part of the move happens at the open
+            open_ = prev_close * np.exp(0.3 * self.vol * self._draw("gap", k, shape))
+            vol = self.vol
+            high = np.maximum(open_, close) * np.exp(
+                0.5 * vol * np.abs(self._draw("high", k, shape))
+            )
+            low = np.minimum(open_, close) * np.exp(
+                -0.5 * vol * np.abs(self._draw("low", k, shape))
+            )
+            # turnover rises with the size of the move relative to the stock's usual move
+            activity = np.abs(r) / vol + 0.3 * self._draw("activity", k, shape)
+            volume = np.round(self.base * np.exp(0.5 * activity))
+            block = np.stack([open_, high, low, close, volume], axis=-1).astype(np.float32)
+            ok = np.ones(shape, dtype=bool)
+            if self.missing_prob > 0:
+                ok[:, :N] &= self._draw("missing", k, (b - a, N), uniform=True) >= self.missing_prob
+            if len(self.late):
+                ok[:, self.late] &= np.arange(a, b)[:, None] >= self.first
+            block[~ok] = np.nan
+            values[a:b] = block
+            mask[a:b] = ok
+            if release is not None:
+                release()
+
+    def panel(self, values: np.ndarray, mask: np.ndarray, start: str) -> Panel:
+        N = self.N
+        symbols = np.array([f"S{i:03d}" for i in range(N)] + ["INDEX"])
+        meta = pd.DataFrame(
+            {
+                "symbol": symbols,
+                "name": [f"Synthetic {i:03d}" for i in range(N)] + ["Synthetic Index"],
+                "sector": [f"sector_{s}" for s in self.sector_of] + ["index"],
+                "market": ["SYN"] * (N + 1),
+                "is_index": [False] * N + [True],
+            }
+        )
+        dates = _dates(start, self.T, self.freq)
+        return Panel(
+            dates=dates, symbols=symbols, fields=OHLCV_FIELDS, values=values, mask=mask, meta=meta
+        )
 
 
 def _check_args(
@@ -234,24 +369,6 @@ def _draw_pairs(rng: np.random.Generator, sector_of: np.ndarray, num_pairs: int)
         taken[k] = True
         leader_of[rest[k]] = leader
     return leader_of
-
-
-def _ohlcv(
-    rng: np.random.Generator, returns: np.ndarray, start_level: np.ndarray, vol: np.ndarray
-) -> np.ndarray:
-    """Bars ``[T, N, 5]`` (open, high, low, close, volume) from simple returns ``[T, N]``."""
-    close = start_level * np.cumprod(1.0 + returns, axis=0)  # (T, N)
-    prev_close = np.vstack([start_level[None, :], close[:-1]])
-    # overnight gap: part of the move happens at the open
-    gap = 0.3 * vol * rng.standard_normal(returns.shape)
-    open_ = prev_close * np.exp(gap)
-    high = np.maximum(open_, close) * np.exp(0.5 * vol * np.abs(rng.standard_normal(returns.shape)))
-    low = np.minimum(open_, close) * np.exp(-0.5 * vol * np.abs(rng.standard_normal(returns.shape)))
-    # turnover rises with the size of the move relative to the stock's usual move
-    base = np.exp(rng.uniform(np.log(1e5), np.log(1e7), size=returns.shape[1]))
-    activity = np.abs(returns) / vol + 0.3 * rng.standard_normal(returns.shape)
-    volume = np.round(base * np.exp(0.5 * activity))
-    return np.stack([open_, high, low, close, volume], axis=-1).astype(np.float32)
 
 
 def _dates(start: str, num_bars: int, freq: str) -> np.ndarray:

@@ -26,7 +26,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from relcast.data.panel import Panel
+from relcast.data.panel import Panel, memory_map_of, release_pages
 from relcast.features import (
     DEFAULT_WINDOWS,
     EQUAL_WEIGHT_INDEX,
@@ -43,13 +43,21 @@ from relcast.features.normalize import cross_sectional_robust_zscore, resolve_tr
 BLOCK_BYTES = 2**28  # ~256 MB of float64 temporaries per block (pass 1 and pass 2)
 
 
-def symbol_columns(panel: Panel, n0: int, n1: int) -> Panel:
-    """The panel of symbols ``n0 .. n1 - 1`` over every date."""
+def symbol_columns(panel: Panel, n0: int, n1: int, block_dates: int = 8192) -> Panel:
+    """The panel of symbols ``n0 .. n1 - 1`` over every date. A memory-mapped panel's columns
+    are copied a block of dates at a time, its pages released after each block (a column
+    touches every page of a time-major file: read at once, the whole file would stay in RSS)."""
+    values = panel.values[:, n0:n1]
+    if memory_map_of(panel.values) is not None:
+        values = np.empty(values.shape, dtype=np.float32)
+        for a in range(0, panel.num_dates, block_dates):
+            values[a : a + block_dates] = panel.values[a : a + block_dates, n0:n1]
+            release_pages(panel.values)
     return Panel(
         dates=panel.dates,
         symbols=panel.symbols[n0:n1],
         fields=panel.fields,
-        values=panel.values[:, n0:n1],
+        values=values,
         mask=panel.mask[:, n0:n1],
         meta=panel.meta.iloc[n0:n1].reset_index(drop=True),
     )

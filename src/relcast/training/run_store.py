@@ -42,6 +42,7 @@ def build_run_store(
         sector_ids=sector_ids,
     )  # fmt: skip
     scratch = store.values_by_date.transpose(1, 0, 2)  # (N, T, F) view of the time-major file
+    store.track(panel.values)  # a memory-mapped market's pages go with the store's
     chunked.write_raw(scratch, release=store.release)
     T = panel.num_dates
     for a, values, mask in chunked.blocks(scratch):

@@ -4,11 +4,12 @@ all dates (:func:`index_context`), since they are a few columns per date."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from relcast.data.panel import Panel, RelcastDataError
+from relcast.data.panel import Panel, RelcastDataError, memory_map_of, release_pages
 from relcast.features import build_features
 
 
@@ -86,11 +87,20 @@ def save_panel_memmap(folder, panel: Panel, block_dates: int = 4096) -> None:
     from numpy.lib.format import open_memmap
 
     folder = Path(folder)
-    values = open_memmap(folder / PANEL_FILES[0], "w+", np.float32, panel.values.shape)
-    for a in range(0, panel.num_dates, block_dates):
-        values[a : a + block_dates] = panel.values[a : a + block_dates]
-    values.flush()
-    del values
+    target = folder / PANEL_FILES[0]
+    mapped = memory_map_of(panel.values)
+    whole = mapped is not None and mapped.shape == panel.values.shape
+    if whole and mapped.ctypes.data == panel.values.ctypes.data and mapped.filename:
+        # already a .npy file of these values (a market written to disk at prepare): move it
+        mapped.flush()
+        os.replace(mapped.filename, target)
+    else:
+        values = open_memmap(target, "w+", np.float32, panel.values.shape)
+        for a in range(0, panel.num_dates, block_dates):
+            values[a : a + block_dates] = panel.values[a : a + block_dates]
+            release_pages(values)
+        values.flush()
+        del values
     np.save(folder / PANEL_FILES[1], panel.mask)
     info = {"fields": list(panel.fields), "meta": json.loads(panel.meta.to_json(orient="records"))}
     (folder / PANEL_FILES[2]).write_text(json.dumps(info))
@@ -159,6 +169,7 @@ def write_panel_parquet(panel: Panel, path, rows_per_group: int = 1 << 20) -> No
                 meta=panel.meta,
             )  # fmt: skip
             table = pa.Table.from_pandas(rows.to_frame(), preserve_index=False)
+            release_pages(panel.values)  # a memory-mapped panel's pages, read for this block
             if writer is None:
                 schema = table.schema.with_metadata({**(table.schema.metadata or {}), **extra})
                 writer = pq.ParquetWriter(path, schema)

@@ -170,6 +170,176 @@ def test_evaluate_choices(run_dir):
     assert c["models"][0] == "hybrid_tft" and "naive_zero" not in c["models"]
 
 
+# ------------------------------------------------------- the evaluate tab on a large run
+TAB_MODELS = ("lightgbm", "stage3_own_tft", "hybrid_tft", "naive_zero", "hybrid_gru")
+
+
+def _write_predictions(path: Path, models, seed: int = 1) -> None:
+    """predictions.parquet as evaluate writes it (frames.write_frames: each model's rows of a
+    horizon in row groups of their own, float32, label_z): horizons 1 and 2, a few (date,
+    stock) rows missing, a stock without attention (EEE); hybrid_tft has quantiles at both
+    horizons, stage3_own_tft at horizon 2 only."""
+    from relcast.evaluation.frames import prediction_columns, write_frames
+
+    rng = np.random.default_rng(seed)
+    dates = pd.bdate_range("2024-01-01", periods=T)
+    stocks = ["AAA", "BBB", "CCC", "DDD", "EEE"]
+    keep = rng.random((T, len(stocks))) > 0.15
+    keep[:, stocks.index("CCC")] = keep[:, stocks.index("DDD")] = True
+    t, n = np.nonzero(keep)
+    pieces = []
+    for model in models:
+        for h in (1, 2):
+            pred = rng.normal(0, 3.0, len(t)).astype(np.float32)
+            frame = pd.DataFrame(
+                {
+                    "date": dates[t],
+                    "symbol": np.array(stocks)[n],
+                    "model": model,
+                    "horizon": h,
+                    "pred": pred,
+                    "label": rng.normal(0.001, 0.02, len(t)).astype(np.float32),
+                    "label_z": np.float32(0.0),
+                }
+            )
+            if model == "hybrid_tft" or (model == "stage3_own_tft" and h == 2):
+                for level, offset in ((0.1, -1.0), (0.5, 0.0), (0.9, 1.0)):
+                    frame[f"q{level:g}"] = pred + np.float32(offset)
+            pieces.append(frame)
+    write_frames(path, pieces, prediction_columns((0.1, 0.5, 0.9)))
+
+
+@pytest.fixture
+def tab_run(run_dir, tmp_path) -> Path:
+    """``run_dir`` (attention, backtest, importance, metrics) with the predictions above."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    (run / "run.json").write_text(json.dumps({"steps": {}}))  # a run folder: the report writes
+    _write_predictions(run / "predictions.parquet", TAB_MODELS)
+    return run
+
+
+def _zscore(wide: pd.DataFrame, symbol: str) -> pd.Series:
+    """``symbol``'s column of a (date x stock) table z-scored across the stocks of each date
+    (population std), on the dates the stock has a row."""
+    wide = wide.astype(float)
+    z = (wide[symbol] - wide.mean(axis=1)) / wide.std(axis=1, ddof=0)
+    return z[wide[symbol].notna()]
+
+
+def test_evaluate_tab_shows_what_the_whole_file_gives(tab_run, tmp_path, monkeypatch):
+    """The tab's dropdowns and prediction bands, read a model and horizon at a time, are what
+    the whole predictions table gives (computed here from all of it)."""
+    from relcast.app.evaluate_tab import evaluate_outputs
+    from relcast.evaluation import plots
+
+    whole = pd.read_parquet(tab_run / "predictions.parquet")
+    drawn: dict[str, dict] = {}
+    draw = plots.prediction_bands
+
+    def record(dates, label, pred, lo, hi, title, path, **kw):
+        drawn[Path(path).name] = {"dates": dates, "label": label, "pred": pred, "lo": lo, "hi": hi}
+        return draw(dates, label, pred, lo, hi, title, path, **kw)
+
+    monkeypatch.setattr(plots, "prediction_bands", record)
+    out = evaluate_outputs(tab_run, tmp_path / "plots")
+    c = out["choices"]
+    assert c["stocks"] == sorted(whole["symbol"].unique()) == ["AAA", "BBB", "CCC", "DDD", "EEE"]
+    assert c["targets"] == ["DDD", "AAA", "BBB", "CCC"]  # attention order, predicted only
+    qcols = ["q0.1", "q0.5", "q0.9"]
+    with_q = set(whole.loc[whole[qcols].notna().all(axis=1), "model"])  # at any horizon
+    offered = [m for m in dict.fromkeys(whole["model"]) if m != "naive_zero"]  # file order
+    want = sorted(offered, key=lambda m: (m not in with_q, not m.startswith("hybrid")))
+    assert c["models"] == want == ["hybrid_tft", "stage3_own_tft", "hybrid_gru", "lightgbm"]
+    assert (out["pred_model"], out["target"]) == ("hybrid_tft", "DDD")
+    assert out["bands"].read_bytes()[:8] == PNG and out["curves"].read_bytes()[:8] == PNG
+    assert list(out["table"]["model"]) == list(_metrics()["models"])
+
+    for model in c["models"]:  # what choosing each model for stock CCC draws
+        views.prediction_plot(tab_run, model, "CCC", tmp_path)
+    for model, symbol in [("hybrid_tft", "DDD"), *((m, "CCC") for m in c["models"])]:
+        got = drawn[f"pred_{model}_{symbol}.png"]
+        sub = whole[(whole["model"] == model) & (whole["horizon"] == 1)]
+        wide = {v: sub.pivot(index="date", columns="symbol", values=v) for v in sub.columns[4:]}
+        label = _zscore(wide["label"], symbol)
+        np.testing.assert_array_equal(got["dates"], label.index.to_numpy())
+        np.testing.assert_allclose(got["label"], label.to_numpy(), rtol=1e-5, atol=1e-6)
+        if model == "hybrid_tft":  # quantile forecasts: drawn as they are, with the band
+            q = {k: wide[k].loc[label.index, symbol].to_numpy(float) for k in ["pred", *qcols]}
+            np.testing.assert_array_equal(got["pred"], q["pred"])
+            np.testing.assert_array_equal(got["lo"], q["q0.1"])
+            np.testing.assert_array_equal(got["hi"], q["q0.9"])
+        else:  # no quantiles at horizon 1 (stage3_own_tft has them at 2 only): z-scored
+            pred = _zscore(wide["pred"], symbol)
+            np.testing.assert_allclose(got["pred"], pred.to_numpy(), rtol=1e-5, atol=1e-6)
+            assert got["lo"] is None and got["hi"] is None
+        before = prediction_band(whole, model, symbol)  # the band drawn from the whole table
+        for key in ("dates", "label", "pred", "lo", "hi"):
+            np.testing.assert_array_equal(got[key], getattr(before, key))
+
+
+def test_evaluate_tab_never_reads_the_whole_predictions_file(tab_run, tmp_path, monkeypatch):
+    """Evaluate's outputs (report included) and every redraw read predictions.parquet a model
+    and horizon at a time: never with pandas.read_parquet, never pyarrow without a model
+    filter, never more rows in one read than one model has at one horizon."""
+    import warnings
+
+    import pyarrow.parquet as pq
+
+    from relcast.app.evaluate_tab import evaluate_choices, evaluate_outputs
+
+    whole = pd.read_parquet(tab_run / "predictions.parquet")
+    one_view = int(whole.groupby(["model", "horizon"]).size().max())
+    assert one_view * 2 * len(TAB_MODELS) == len(whole)
+    bad: list[str] = []
+    rows_read: list[int] = []
+    read_parquet, read_table = pd.read_parquet, pq.read_table
+
+    def predictions(source) -> bool:
+        return isinstance(source, str | Path) and Path(source).name == "predictions.parquet"
+
+    def guarded_read_parquet(path, *args, **kwargs):
+        if predictions(path):
+            bad.append("pandas.read_parquet(predictions.parquet)")
+            raise AssertionError("read the whole predictions.parquet with pandas")
+        return read_parquet(path, *args, **kwargs)
+
+    def guarded_read_table(source, *args, **kwargs):
+        table = read_table(source, *args, **kwargs)
+        if predictions(source):
+            filters = kwargs.get("filters") or []
+            if not any(f[0] == "model" for f in filters):
+                bad.append(f"pyarrow read_table of predictions.parquet with filters={filters}")
+            rows_read.append(table.num_rows)
+        return table
+
+    monkeypatch.setattr(pd, "read_parquet", guarded_read_parquet)
+    monkeypatch.setattr(pq, "read_table", guarded_read_table)
+    with warnings.catch_warnings(record=True) as caught:  # the report turns errors into notes
+        warnings.simplefilter("always")
+        out = evaluate_outputs(tab_run, tmp_path)
+        c = evaluate_choices(tab_run)
+        for model in c["models"]:
+            views.prediction_plot(tab_run, model, "BBB", tmp_path)
+    assert bad == []
+    assert [str(w.message) for w in caught if "could not" in str(w.message)] == []
+    assert rows_read and max(rows_read) <= one_view
+    assert out["report"].exists()
+
+
+def test_a_rewritten_predictions_file_is_read_again(tab_run):
+    """The app keeps one pass over predictions.parquet per file: evaluating again (a new
+    file) shows the new models, not the remembered ones."""
+    from relcast.app.evaluate_tab import evaluate_choices
+
+    assert evaluate_choices(tab_run)["models"][0] == "hybrid_tft"
+    _write_predictions(tab_run / "predictions.tmp", ["lightgbm", "hybrid_gru"], seed=2)
+    (tab_run / "predictions.tmp").replace(tab_run / "predictions.parquet")
+    assert evaluate_choices(tab_run)["models"] == ["hybrid_gru", "lightgbm"]
+
+
 def test_prediction_band_zscores_across_stocks(run_dir):
     frame = pd.read_parquet(run_dir / "predictions.parquet")
     for model, with_q in (("hybrid_tft", True), ("lightgbm", False)):

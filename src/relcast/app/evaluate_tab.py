@@ -17,11 +17,12 @@ def evaluate_choices(run_dir: str | Path) -> dict[str, list[str]]:
 
     ``stocks``: predicted symbols; ``targets``: those with Stage1 attention (all attention
     symbols if none is predicted); ``importance``: TFT models; ``models``: models for the
-    prediction plot, those with intervals first.
+    prediction plot, those with intervals first. predictions.parquet is not read whole: its
+    models and symbols come from :func:`views.prediction_file`.
     """
     run = Path(run_dir)
-    predictions = RunFolder(run).load_table("predictions.parquet")
-    stocks = sorted(predictions["symbol"].astype(str).unique())
+    predictions = views.prediction_file(run)
+    stocks = sorted(predictions.symbols)
     _, att_symbols, _ = views.read_attention(run)
     targets = [s for s in att_symbols if s in set(stocks)] or list(att_symbols)
     return {
@@ -29,6 +30,37 @@ def evaluate_choices(run_dir: str | Path) -> dict[str, list[str]]:
         "targets": targets,
         "importance": views.importance_models(run),
         "models": views.prediction_models(predictions),
+    }
+
+
+def evaluate_outputs(run_dir: str | Path, out_dir: str | Path) -> dict:
+    """Everything the tab shows once a run is evaluated (no Gradio needed).
+
+    Writes the HTML report and the plots (under ``out_dir``) and returns ``table`` (the
+    metrics table), ``choices`` (:func:`evaluate_choices`), the first selections ``target``
+    (also the stock of the prediction plot), ``importance_model`` (None without a TFT) and
+    ``pred_model``, and the paths ``heatmap``, ``importance`` (None without a TFT),
+    ``bands``, ``curves`` (top-k portfolio) and ``report``.
+    """
+    from relcast.evaluation.report import build_report
+
+    run = Path(run_dir)
+    folder = RunFolder(run)
+    with folder.lock("report"):  # one writer per run folder, as for the CLI's report
+        report = build_report(run)
+    c = evaluate_choices(run)
+    first, imp, pm = c["targets"][0], c["importance"], c["models"]
+    return {
+        "table": views.metrics_frame(folder.load_metrics()),
+        "choices": c,
+        "target": first,
+        "heatmap": views.attention_plot(run, first, out_dir),
+        "importance_model": imp[0] if imp else None,
+        "importance": views.importance_plot(run, imp[0], out_dir) if imp else None,
+        "pred_model": pm[0],
+        "bands": views.prediction_plot(run, pm[0], first, out_dir),
+        "curves": views.backtest_plot(run, "topk", out_dir),
+        "report": report,
     }
 
 
@@ -88,25 +120,19 @@ def build(shared: Shared) -> None:
 
     def look(session: dict) -> dict:
         """Fill every output of the tab from the run folder."""
-        from relcast.evaluation.report import build_report
-
-        run, out = Path(session["run"]), plots_dir(session)
-        folder = RunFolder(run)
-        with folder.lock("report"):  # one writer per run folder, as for the CLI's report
-            report = build_report(run)
-        c = evaluate_choices(run)
-        first, imp, pm = c["targets"][0], c["importance"], c["models"]
+        o = evaluate_outputs(session["run"], plots_dir(session))
+        c = o["choices"]
         return {
-            table: views.metrics_frame(folder.load_metrics()),
-            target: gr.update(choices=c["targets"], value=first),
-            heatmap: str(views.attention_plot(run, first, out)),
-            imp_model: gr.update(choices=imp, value=imp[0] if imp else None),
-            importance: str(views.importance_plot(run, imp[0], out)) if imp else None,
-            pred_model: gr.update(choices=pm, value=pm[0]),
-            pred_stock: gr.update(choices=c["stocks"], value=first),
-            bands: str(views.prediction_plot(run, pm[0], first, out)),
-            curves: str(views.backtest_plot(run, "topk", out)),
-            report_file: str(report),
+            table: o["table"],
+            target: gr.update(choices=c["targets"], value=o["target"]),
+            heatmap: str(o["heatmap"]),
+            imp_model: gr.update(choices=c["importance"], value=o["importance_model"]),
+            importance: str(o["importance"]) if o["importance"] else None,
+            pred_model: gr.update(choices=c["models"], value=o["pred_model"]),
+            pred_stock: gr.update(choices=c["stocks"], value=o["target"]),
+            bands: str(o["bands"]),
+            curves: str(o["curves"]),
+            report_file: str(o["report"]),
         }
 
     @friendly

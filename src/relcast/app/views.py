@@ -4,10 +4,16 @@ The same table and plots as the HTML report: the cells come from
 :func:`relcast.evaluation.metrics_table.metrics_table_rows`, the prediction band from
 :func:`relcast.evaluation.views.prediction_band` and the portfolio curves from
 :func:`relcast.evaluation.views.backtest_series`, so the app cannot drift from the report.
+
+``predictions.parquet`` can hold tens of millions of rows (every model, horizon, stock and
+test date): like the report, the app reads it through
+:class:`relcast.evaluation.views.PredictionFile`, one model and horizon at a time and only the
+columns a view needs, never whole.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,7 +23,7 @@ import pandas as pd
 
 from relcast.evaluation import plots
 from relcast.evaluation.metrics_table import COLUMNS, metrics_table_rows
-from relcast.evaluation.views import backtest_series, prediction_band, quantile_columns
+from relcast.evaluation.views import PredictionFile, backtest_series, prediction_band
 from relcast.runfolder import RunFolder
 
 STRATEGY_NAMES = {"topk": "top-k dropout", "long_short": "long-short"}
@@ -75,14 +81,44 @@ def importance_plot(run_dir: str | Path, model: str, out_dir: str | Path) -> Pat
     )
 
 
-def prediction_models(predictions: pd.DataFrame) -> list[str]:
-    """Models to offer for the prediction plot: those with intervals first, hybrid first."""
-    qcols = quantile_columns(predictions)
-    models = [m for m in dict.fromkeys(predictions["model"]) if not m.startswith("naive_zero")]
-    with_q = set()
-    if qcols:
-        has = predictions[qcols].notna().all(axis=1)
-        with_q = set(predictions.loc[has, "model"])
+def prediction_file(run_dir: str | Path) -> PredictionFile:
+    """The run's predictions.parquet as a :class:`PredictionFile` (models, horizons, symbols;
+    rows read a model and horizon at a time).
+
+    Its one pass over the ``model, horizon, symbol`` columns is kept while the file is the
+    same (path, size, modification time), so choosing another model or stock in the tab does
+    not scan the whole file again. Raises FileNotFoundError when the run has no predictions.
+    """
+    path = RunFolder(run_dir).file("predictions.parquet")
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: evaluate first")
+    stat = path.stat()
+    return _prediction_file(str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+
+
+@functools.lru_cache(maxsize=8)
+def _prediction_file(path: str, size: int, mtime_ns: int, inode: int) -> PredictionFile:
+    return PredictionFile(path)  # the key's size/mtime/inode: a rewritten file is read again
+
+
+def has_interval(predictions: PredictionFile, model: str) -> bool:
+    """True when some row of ``model`` (any horizon) has every quantile column filled.
+
+    Reads the quantile columns of one horizon of that model at a time."""
+    qcols = predictions.quantile_columns()
+    if not qcols:
+        return False
+    return any(
+        predictions.rows(model, h, qcols).notna().all(axis=1).any()
+        for h in sorted(predictions.by_model.get(model, ()))
+    )
+
+
+def prediction_models(predictions: PredictionFile) -> list[str]:
+    """Models to offer for the prediction plot: those with intervals first, hybrid first
+    (then file order); constant ``naive_zero`` forecasts are left out."""
+    models = [m for m in predictions.models if not m.startswith("naive_zero")]
+    with_q = {m for m in models if has_interval(predictions, m)}
     return sorted(models, key=lambda m: (m not in with_q, not m.startswith("hybrid")))
 
 
@@ -93,8 +129,12 @@ def prediction_plot(
 
     Models are trained on labels z-scored across stocks at each date, so the realised label
     is z-scored the same way (and point scores without quantiles too, whatever their scale).
+    Reads the rows of ``model`` at ``horizon`` only (every stock: the z-scores are taken
+    across them), and only the columns the band uses.
     """
-    frame = RunFolder(run_dir).load_table("predictions.parquet")
+    predictions = prediction_file(run_dir)
+    columns = ["date", "symbol", "model", "horizon", "pred", "label"]
+    frame = predictions.rows(model, horizon, [*columns, *predictions.quantile_columns()])
     band = prediction_band(frame, model, symbol, horizon)
     return plots.prediction_bands(
         band.dates,

@@ -58,7 +58,8 @@ class PredictionFile:
         symbols: set[str] = set()
         for i in range(file.num_row_groups):
             group = file.read_row_group(i, columns=["model", "horizon", "symbol"])
-            pairs = group.select(["model", "horizon"]).group_by(["model", "horizon"]).aggregate([])
+            keys = ["model", "horizon"]  # unthreaded: groups in order of first appearance
+            pairs = group.select(keys).group_by(keys, use_threads=False).aggregate([])
             for m, h in zip(*(pairs[c].to_pylist() for c in ("model", "horizon")), strict=True):
                 models.setdefault(m, set()).add(int(h))
             symbols.update(str(v) for v in group["symbol"].unique().to_pylist())

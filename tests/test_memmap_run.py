@@ -374,10 +374,17 @@ def test_lightgbm_row_cap_samples_and_predicts_every_cell(gappy_market):
 
 
 @pytest.mark.parametrize("label_norm", ["cross_section", "cs_rank"])
-def test_stage3_target_normalised_by_date_blocks(label_norm, monkeypatch):
+def test_stage3_target_normalised_by_date_blocks(label_norm, monkeypatch, tmp_path):
     """Inputs from the store: Stage3's targets are normalised a block of dates at a time
-    (never a float64 [T, N, H] over every date) with the values of one call over all dates."""
+    (never a float64 [T, N, H] over every date) into the store's scratch file, with the values
+    of one call over all dates."""
+    from numpy.lib.format import open_memmap
+
     from relcast.training import stage3
+
+    class Store:  # what _target asks of a MemmapFeatureStore
+        def scratch(self, name, shape):
+            return open_memmap(tmp_path / f"{name}.npy", "w+", np.float32, shape)
 
     rng = np.random.default_rng(0)
     T, N, H = 97, 11, 2
@@ -385,7 +392,7 @@ def test_stage3_target_normalised_by_date_blocks(label_norm, monkeypatch):
     labels[rng.random((T, N, H)) < 0.1] = np.nan
     labels[5] = 0.25  # a date where every label is equal
     valid = rng.random((T, N)) > 0.2
-    want = stage3._target(labels, valid, label_norm, by_blocks=False)
+    want = stage3._target(labels, valid, label_norm)
     seen = []
     norm = {"cross_section": "normalize_labels_cross_section", "cs_rank":
             "rank_normalize_labels_cross_section"}[label_norm]  # fmt: skip
@@ -397,8 +404,9 @@ def test_stage3_target_normalised_by_date_blocks(label_norm, monkeypatch):
 
     monkeypatch.setattr(stage3, norm, recording)
     monkeypatch.setattr(stage3, "TARGET_BLOCK_BYTES", 10 * N * H * 8 * 4)
-    got = stage3._target(labels, valid, label_norm, by_blocks=True)
+    got = stage3._target(labels, valid, label_norm, Store())
     assert max(seen) == 10 and sum(seen) == T
+    assert _memmapped(got)  # off the heap
     assert got.dtype == np.float32 and got.shape == (T, N, H)
     np.testing.assert_array_equal(got, want)  # NaN in the same places, same floats
     assert np.isfinite(want[valid & np.isfinite(labels).all(-1)]).all()

@@ -48,10 +48,13 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from relcast.training.windows import (  # noqa: F401  (importable from the loader too)
+    BLOCK_CELLS,
     _distributed_rank,
+    ends_by_date,
     num_shard_batches,
     shard_batches,
     valid_window_ends,
+    window_end_mask,
 )
 
 
@@ -143,16 +146,19 @@ class WindowLoader(IterableDataset):
         else:
             labels_np, self.labels = None, None
         check_labels = require_labels and labels_np is not None
-        t_idx, n_idx = valid_window_ends(
+        ends = window_end_mask(
             valid_np,
             self.lookback,
             labels=labels_np if check_labels and labelled is None else None,
             labelled=labelled if check_labels else None,
             index=index,
             stocks=stocks,
-        )
-        self.t_idx = torch.as_tensor(t_idx, dtype=torch.long)
-        self.n_idx = torch.as_tensor(n_idx, dtype=torch.long)
+        )  # (T, N)
+        self._num_windows = int(np.count_nonzero(ends))
+        self.t_idx = self.n_idx = None  # window batches: the ends as lists (int32 when they fit)
+        if chunk_length is None:
+            t_idx, n_idx = ends_by_date(ends)
+            self.t_idx, self.n_idx = torch.from_numpy(t_idx), torch.from_numpy(n_idx)
         self.batch_size = int(batch_size)
         self.shuffle = shuffle
         self.seed = int(seed)
@@ -177,12 +183,12 @@ class WindowLoader(IterableDataset):
             if chunk_length < 1:
                 raise ValueError(f"chunk_length must be >= 1, got {chunk_length}")
             self.chunk_length = max(int(chunk_length), 2 * self.lookback)
-            self._build_chunks(T, N)
+            self._build_chunks(ends, valid_np)
 
     @property
     def num_windows(self) -> int:
         """Number of usable windows = scored samples per epoch (all ranks together)."""
-        return len(self.t_idx)
+        return self._num_windows
 
     @property
     def sequence(self) -> bool:
@@ -202,34 +208,39 @@ class WindowLoader(IterableDataset):
         stride = self.chunk_length - self.lookback + 1
         return max(1, round(self.batch_size / stride))
 
-    def _build_chunks(self, T: int, N: int) -> None:
-        """Group the window ends into chunks of the fixed tiling (vectorised, see the module
-        docstring): end t of stock n goes to the tile starting at
-        ``r + S * floor((t - L + 1 - r) / S)``, r = the start of n's valid run holding t."""
+    def _build_chunks(self, ends: np.ndarray, valid: np.ndarray) -> None:
+        """Group the window ends ``ends [T, N]`` into chunks of the fixed tiling (vectorised,
+        see the module docstring): end t of stock n goes to the tile starting at
+        ``r + S * floor((t - L + 1 - r) / S)``, r = the start of n's valid run holding t.
+        A block of stocks at a time, so the per-end temporaries are a block's."""
         L, C = self.lookback, self.chunk_length
         stride = C - L + 1  # scored steps of a full tile
-        t = self.t_idx.numpy().astype(np.int64)
-        n = self.n_idx.numpy().astype(np.int64)
-        valid = self.valid.numpy()
-        # run starts: valid cells whose previous date is not valid, as sorted (n, t) keys
-        starts = valid.copy()
-        starts[1:] &= ~valid[:-1]
-        run_t, run_n = np.nonzero(starts.T)[::-1]  # sorted by stock, then date
-        run_key = run_n.astype(np.int64) * T + run_t
-        # the run of each end: the last run start at or before it (the same stock: t is valid)
-        at = np.searchsorted(run_key, n * T + t, side="right") - 1
-        r = run_t[at] if len(t) else t
-        tile = r + stride * ((t - (L - 1) - r) // stride)  # (M,) the tile's first step
-        key = n * T + tile
-        chunks, inverse = np.unique(key, return_inverse=True)  # one chunk per used tile
-        last = np.full(len(chunks), -1, dtype=np.int64)
-        np.maximum.at(last, inverse, t)  # the chunk ends at its last window end
-        chunk_start = chunks % T
-        self.chunk_n = torch.as_tensor(chunks // T, dtype=torch.long)  # (K,)
+        T, N = ends.shape
+        parts = [(np.zeros(0, dtype=np.int64),) * 3]
+        width = max(1, BLOCK_CELLS // max(1, T))
+        for n0 in range(0, N, width):
+            n1 = min(N, n0 + width)
+            n, t = np.nonzero(ends[:, n0:n1].T)  # sorted by stock, then date
+            if not len(t):
+                continue
+            # run starts: valid cells whose previous date is not valid, as sorted (n, t) keys
+            starts = valid[:, n0:n1].copy()
+            starts[1:] &= ~valid[:-1, n0:n1]
+            run_n, run_t = np.nonzero(starts.T)
+            run_key = run_n * T + run_t
+            # the run of each end: the last run start at or before it (the same stock: t is valid)
+            at = np.searchsorted(run_key, n * T + t, side="right") - 1
+            r = run_t[at]
+            tile = r + stride * ((t - (L - 1) - r) // stride)  # (M,) the tile's first step
+            key = n * T + tile  # sorted: by stock, then tile (t and r rise together)
+            first = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+            last = np.r_[first[1:], len(key)] - 1  # each chunk ends at its last window end
+            parts.append((n[first] + n0, tile[first], t[last]))
+        chunk_n, chunk_start, chunk_end = (np.concatenate(x) for x in zip(*parts, strict=True))
+        self.chunk_n = torch.as_tensor(chunk_n, dtype=torch.long)  # (K,)
         self.chunk_start = torch.as_tensor(chunk_start, dtype=torch.long)  # (K,)
-        self.chunk_len = torch.as_tensor(last - chunk_start + 1, dtype=torch.long)  # (K,)
-        self.origin_mask = torch.zeros(T, N, dtype=torch.bool)  # (T, N) the scored ends
-        self.origin_mask[self.t_idx, self.n_idx] = True
+        self.chunk_len = torch.as_tensor(chunk_end - chunk_start + 1, dtype=torch.long)  # (K,)
+        self.origin_mask = torch.from_numpy(ends)  # (T, N) the scored ends
 
     @property
     def num_features(self) -> int:
@@ -356,7 +367,7 @@ class WindowLoader(IterableDataset):
             if self.sequence:
                 yield self.gather_chunks(pos)
             else:
-                yield self.gather(self.t_idx[pos], self.n_idx[pos])
+                yield self.gather(self.t_idx[pos].long(), self.n_idx[pos].long())
 
     def dataloader(self, **kwargs) -> DataLoader:
         """A ``DataLoader`` that passes the ready-made batches through unchanged."""

@@ -126,12 +126,13 @@ TARGET_BLOCK_BYTES = 64 << 20
 """float64 bytes of labels normalised at a time when Stage3's inputs come from the store."""
 
 
-def _target(labels: np.ndarray, valid: np.ndarray, label_norm: str, by_blocks: bool):
+def _target(labels: np.ndarray, valid: np.ndarray, label_norm: str, store: Any = None):
     """Stage3's training target ``float32 [T, N, H]`` (one copy, shared by both loaders).
 
     ``cross_section`` / ``cs_rank`` normalise each date's cross-section on its own, so with
-    ``by_blocks`` (inputs from the memory-mapped store) they run a block of dates at a time:
-    the same values, without the float64 ``[T, N, H]`` temporaries of one call over all dates.
+    a ``store`` (inputs from the memory-mapped store) they run a block of dates at a time
+    into a scratch file of the store's: the same values, without the float64 ``[T, N, H]``
+    temporaries of one call over all dates, nor the target itself on the heap.
     """
     norm = {
         "cross_section": normalize_labels_cross_section,
@@ -139,10 +140,10 @@ def _target(labels: np.ndarray, valid: np.ndarray, label_norm: str, by_blocks: b
     }.get(label_norm)
     if norm is None:
         return np.asarray(labels, dtype=np.float32)
-    if not by_blocks:
+    if store is None:
         return np.asarray(norm(labels, valid), dtype=np.float32)
     T, N, H = labels.shape
-    out = np.empty((T, N, H), dtype=np.float32)  # (T, N, H)
+    out = store.scratch("stage3_target", (T, N, H))  # (T, N, H)
     step = max(1, TARGET_BLOCK_BYTES // (N * H * 8 * 4))  # ~4 float64 temporaries a block
     for a in range(0, T, step):
         out[a : a + step] = norm(np.asarray(labels[a : a + step]), valid[a : a + step])
@@ -223,7 +224,8 @@ def fit_stage3(
     if label_norm not in LABEL_NORMS:
         raise ValueError(f"label_norm must be one of {LABEL_NORMS}, got {label_norm!r}")
     # z-scores over every stock with valid inputs, also when training on one target stock
-    target = _target(labels, inputs.valid, label_norm, isinstance(inputs, StockMajorInputs))
+    store = inputs.store if isinstance(inputs, StockMajorInputs) else None
+    target = _target(labels, inputs.valid, label_norm, store)
     stock_idx = inputs.stock_index(stocks)
     train = inputs.loader(
         lookback, target, index=split.train, stocks=stock_idx, batch_size=batch_size,

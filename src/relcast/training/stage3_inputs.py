@@ -4,7 +4,6 @@ into a :class:`Stage3Inputs`, whose :meth:`~Stage3Inputs.loader` yields the trai
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -225,7 +224,6 @@ def store_inputs(
     after a crash, one per process under DDP); the result is cached on the store for the same
     relationship array. ``sector_ids``: encoded sectors (the store's if None).
     """
-    from numpy.lib.format import open_memmap
 
     if feature_set not in ("own", "hybrid"):
         raise ValueError(f"a store gives 'own' or 'hybrid' inputs, not {feature_set!r}")
@@ -248,10 +246,7 @@ def store_inputs(
         return cache[key][1]
     N, T, F = store.values_by_stock.shape
     K = rel.shape[2]
-    path = store.folder / f".stage3_hybrid.{os.getpid()}.npy"
-    by_stock = open_memmap(path, mode="w+", dtype=np.float32, shape=(N, T, F + K))
-    os.unlink(path)  # the mapping keeps the data until it is closed
-    store.track(by_stock)  # released with the store's maps
+    by_stock = store.scratch("stage3_hybrid", (N, T, F + K))
     valid = np.array(store.mask)
     for a in range(0, T, block_dates):
         b = min(T, a + block_dates)

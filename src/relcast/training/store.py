@@ -295,6 +295,18 @@ class MemmapFeatureStore:
             if mm is not None and hasattr(mm, "madvise") and not mm.closed:
                 mm.madvise(mmap.MADV_DONTNEED)
 
+    def scratch(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        """A float32 ``shape`` array in a file next to the store, unlinked at once (it lives
+        while mapped: no leftover after a crash, one per process under DDP) and released with
+        the store's maps: a large temporary (Stage3's inputs and targets) off the heap."""
+        import os
+
+        path = self.folder / f".{name}.{os.getpid()}.npy"
+        array = open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
+        os.unlink(path)  # the mapping keeps the data until it is closed
+        self.track(array)
+        return array
+
     def track(self, array: np.ndarray) -> None:
         """Release ``array``'s memory map with the store's (a memory-mapped array or a view
         of one: the run's panel, Stage3's hybrid inputs)."""

@@ -1,8 +1,8 @@
 """Which windows exist and how they are shared among processes, for :mod:`relcast.training.loader`.
 
-:func:`valid_window_ends` finds every usable window end ``(t, n)`` at once (no loop per
-window); :func:`shard_batches` cuts a shared item order into each DDP rank's batches with
-equal batch counts on every rank.
+:func:`window_end_mask` finds every usable window end ``(t, n)`` (no loop per window, a
+block of dates at a time); :func:`shard_batches` cuts a shared item order into each DDP
+rank's batches with equal batch counts on every rank.
 """
 
 from __future__ import annotations
@@ -12,8 +12,10 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+BLOCK_CELLS = 1 << 24  # (date, stock) cells per block of the window-end search (~16M)
 
-def valid_window_ends(
+
+def window_end_mask(
     valid: np.ndarray,
     lookback: int,
     *,
@@ -21,8 +23,9 @@ def valid_window_ends(
     index: np.ndarray | None = None,
     stocks: Sequence[int] | np.ndarray | None = None,
     labelled: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Date and stock indices ``(t [M], n [M])`` of every usable window end, sorted by (t, n).
+    block_cells: int = BLOCK_CELLS,
+) -> np.ndarray:
+    """``bool [T, N]``: True at every usable window end ``(t, n)``.
 
     Args:
         valid: ``bool [T, N]``, True where the stock's inputs are defined at that date.
@@ -32,37 +35,63 @@ def valid_window_ends(
         stocks: stock indices to keep (e.g. one target stock); all stocks if None.
         labelled: ``bool [T, N]``, only ends where it is True: the finite-label test done
             beforehand (saves reading a memory-mapped ``labels`` whole).
+        block_cells: the search runs a block of dates at a time (with the L - 1 dates before
+            it), so its temporaries are a block's, not ``[T, N]`` (a memory-mapped ``labels``
+            is read a block at a time too).
     """
     valid = np.asarray(valid, dtype=bool)
     T, N = valid.shape
     if lookback < 1:
         raise ValueError(f"lookback must be >= 1, got {lookback}")
-    # masked[t + 1] - masked[t - L + 1] counts the masked dates inside the window ending at t
-    # int32 when it fits: on a large panel this [T, N] count is the biggest temporary
-    masked = np.zeros((T + 1, N), dtype=np.int32 if T < 2**31 - 1 else np.int64)
-    np.cumsum(~valid, axis=0, out=masked[1:])
-    ok = np.zeros((T, N), dtype=bool)
-    if T >= lookback:
-        ok[lookback - 1 :] = (masked[lookback:] - masked[: T - lookback + 1]) == 0
-    if labels is not None:
-        labels = np.asarray(labels)
-        if labels.shape[:2] != (T, N):
-            raise ValueError(f"labels have shape {labels.shape}, expected ({T}, {N}, H)")
-        ok &= np.isfinite(labels.reshape(T, N, -1)).all(axis=-1)
-    if labelled is not None:
-        if labelled.shape != (T, N):
-            raise ValueError(f"labelled has shape {labelled.shape}, expected {(T, N)}")
-        ok &= np.asarray(labelled, dtype=bool)
+    if labels is not None and labels.shape[:2] != (T, N):
+        raise ValueError(f"labels have shape {labels.shape}, expected ({T}, {N}, H)")
+    if labelled is not None and labelled.shape != (T, N):
+        raise ValueError(f"labelled has shape {labelled.shape}, expected {(T, N)}")
+    on_dates = np.ones(T, dtype=bool)
     if index is not None:
-        on_dates = np.zeros(T, dtype=bool)
+        on_dates[:] = False
         on_dates[np.asarray(index, dtype=np.int64)] = True
-        ok &= on_dates[:, None]
+    on_stocks = np.ones(N, dtype=bool)
     if stocks is not None:
-        on_stocks = np.zeros(N, dtype=bool)
+        on_stocks[:] = False
         on_stocks[np.asarray(stocks, dtype=np.int64)] = True
-        ok &= on_stocks[None, :]
-    t_idx, n_idx = np.nonzero(ok)  # row-major: sorted by t, then n
-    return t_idx, n_idx
+    ok = np.zeros((T, N), dtype=bool)
+    L, step = int(lookback), max(1, block_cells // max(1, N))
+    for a in range(L - 1, T, step):
+        b = min(T, a + step)
+        # masked[i] = masked dates among valid[lo : lo + i]; the window ending at t = lo + i
+        # holds masked[i + 1] - masked[i + 1 - L] of them
+        lo = a - L + 1
+        masked = np.zeros((b - lo + 1, N), dtype=np.int32)
+        np.cumsum(~valid[lo:b], axis=0, out=masked[1:])
+        block = (masked[L:] - masked[: b - a]) == 0  # (b - a, N)
+        if labels is not None:
+            block &= np.isfinite(np.asarray(labels[a:b]).reshape(b - a, N, -1)).all(axis=-1)
+        if labelled is not None:
+            block &= np.asarray(labelled[a:b], dtype=bool)
+        block &= on_dates[a:b, None] & on_stocks[None, :]
+        ok[a:b] = block
+    return ok
+
+
+def valid_window_ends(valid: np.ndarray, lookback: int, **kwargs) -> tuple[np.ndarray, np.ndarray]:
+    """Date and stock indices ``(t [M], n [M])`` of every usable window end, sorted by (t, n);
+    the arguments of :func:`window_end_mask`."""
+    return np.nonzero(window_end_mask(valid, lookback, **kwargs))  # row-major: by t, then n
+
+
+def ends_by_date(ok: np.ndarray, block_cells: int = BLOCK_CELLS) -> tuple[np.ndarray, np.ndarray]:
+    """``np.nonzero(ok)`` of a ``bool [T, N]`` mask as int32 arrays when they fit (half of
+    int64's bytes; the full-size int64 pair is never made), found a block of dates at a time."""
+    T, N = ok.shape
+    dtype = np.int32 if max(T, N) < 2**31 else np.int64
+    step = max(1, block_cells // max(1, N))
+    ts, ns = [np.zeros(0, dtype)], [np.zeros(0, dtype)]
+    for a in range(0, T, step):
+        t, n = np.nonzero(ok[a : a + step])
+        ts.append((t + a).astype(dtype))
+        ns.append(n.astype(dtype))
+    return np.concatenate(ts), np.concatenate(ns)
 
 
 def _distributed_rank() -> tuple[int, int]:

@@ -78,12 +78,14 @@ def clean_bars(
     *,
     max_bad_fraction: float = 0.05,
     jump_factor: float = JUMP_FACTOR,
+    also_broken: int = 0,
 ) -> pd.DataFrame:
     """Mask (all fields NaN) or repair bad rows in place of a copy; count each in ``health``.
 
     Raises :class:`RelcastDataError` when one symbol has more than ``max_bad_fraction`` of
     its rows (at least ``MIN_ROWS`` counted) bad, suspensions not counted: such a file is
-    broken, not noisy. ``max_bad_fraction=0``: every bad row is an error.
+    broken, not noisy. ``max_bad_fraction=0``: every bad row is an error. ``also_broken``:
+    broken symbols of the same source outside ``frame`` (a block reader), for the message.
     """
     fields = [c for c in frame.columns if not c.startswith("_") and c not in ("date", "symbol")]
     core = [f for f in OHLCV_FIELDS if f in fields]
@@ -116,7 +118,9 @@ def clean_bars(
         fix_high = ok & (h < np.maximum(o, c))
         fix_low = ok & (l > np.minimum(o, c))
     flag("high_low_range", fix_high | fix_low)
-    _refuse_broken_symbols(frame, source, why, reasons, order, sym, names, max_bad_fraction)
+    _refuse_broken_symbols(
+        frame, source, why, reasons, order, sym, names, max_bad_fraction, also_broken
+    )
 
     masked = (why > 0) & (why != len(reasons))
     out = frame  # built by the reader for this call: changed in place
@@ -156,6 +160,7 @@ def _refuse_broken_symbols(
     sym: np.ndarray,
     names: np.ndarray,
     max_bad_fraction: float,
+    also_broken: int = 0,
 ) -> None:
     """Raise when a symbol's share of bad rows (``why`` codes into ``reasons``) is too high."""
     bad_codes = [k for k, r in enumerate(reasons, start=1) if r in BAD_REASONS]
@@ -192,7 +197,7 @@ def _refuse_broken_symbols(
             ["open", "high", "low", "close", "volume"],
             fix=(
                 f"{share} (more than data.max_bad_fraction={max_bad_fraction:g}; "
-                f"{len(broken)} symbol(s) like this). Fix the file, or raise "
+                f"{len(broken) + also_broken} symbol(s) like this). Fix the file, or raise "
                 "data.max_bad_fraction to mask such rows and count them in the data-health "
                 "account."
             ),

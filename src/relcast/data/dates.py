@@ -155,9 +155,19 @@ def _ambiguous(example: str, bad: np.ndarray) -> str:
 
 
 def parse_date_column(
-    raw: pd.DataFrame, column: str, source: str, date_format: str | None, symbols: pd.Series
+    raw: pd.DataFrame,
+    column: str,
+    source: str,
+    date_format: str | None,
+    symbols: pd.Series,
+    *,
+    daily: bool | None = None,
 ) -> np.ndarray:
     """A table's date column -> ``datetime64[ns]``: local wall-clock time, daily data by date.
+
+    ``daily``: None = decide from the rows (date-times with at most one row per symbol and
+    day are daily bars, kept by date); True / False = the caller decided (a block reader
+    that sees the rows in parts, :mod:`relcast.data.blockread`).
 
     Raises :class:`RelcastDataError` naming the rows for unparseable, ambiguous or mixed dates.
     """
@@ -202,9 +212,11 @@ def parse_date_column(
     day = parsed.astype("datetime64[D]")
     if (parsed == day).all():
         return parsed
-    codes = pd.factorize(symbols)[0].astype(np.int64)
-    days = day.view(np.int64)
-    if not pd.Series(codes * (1 << 24) + (days - days.min())).duplicated().any():
+    if daily is None:
+        codes = pd.factorize(symbols)[0].astype(np.int64)
+        days = day.view(np.int64)
+        daily = not pd.Series(codes * (1 << 24) + (days - days.min())).duplicated().any()
+    if daily:
         return day.astype("datetime64[ns]")  # daily bars (16:00 and 13:00 half-day closes)
     if date_only is not None and date_only.any():
         raise RelcastDataError(

@@ -108,13 +108,7 @@ def read_panel(
     meta = None
     if universe is not None:
         meta = read_universe(universe)
-        absent = sorted(set(meta["symbol"]) - set(frame["symbol"].unique()))
-        if absent:
-            where = universe if not isinstance(universe, pd.DataFrame) else "universe"
-            raise RelcastDataError(
-                f"{where}: column 'symbol' names {len(absent)} symbol(s) absent from the data "
-                f"{path}: {absent[:20]}. Remove them from the universe or add their bars."
-            )
+        check_universe(meta, frame["symbol"].unique(), universe, path)
     panel = frame_to_panel(frame, meta, health)
     count_gaps(frame, panel.dates, health)
     if lookback is not None and panel.num_dates < lookback:
@@ -123,6 +117,17 @@ def read_panel(
             f"{lookback} needs at least {lookback}. Provide more history or lower the lookback."
         )
     return panel
+
+
+def check_universe(meta: pd.DataFrame, symbols, universe, path: Path) -> None:
+    """Refuse a universe naming symbols absent from the data read from ``path``."""
+    absent = sorted(set(meta["symbol"]) - set(symbols))
+    if absent:
+        where = universe if not isinstance(universe, pd.DataFrame) else "universe"
+        raise RelcastDataError(
+            f"{where}: column 'symbol' names {len(absent)} symbol(s) absent from the data "
+            f"{path}: {absent[:20]}. Remove them from the universe or add their bars."
+        )
 
 
 def frame_to_panel(
@@ -285,9 +290,13 @@ def _require_columns(columns: list[str], source: str, *, with_symbol: bool) -> t
 
 
 def _standardise(
-    raw: pd.DataFrame, source: str, row_word: str, date_format: str | None
+    raw: pd.DataFrame, source: str, row_word: str, date_format: str | None, whole: bool = True
 ) -> pd.DataFrame:
-    """Pick the date/symbol columns, parse dates and numbers -> ``date, symbol, <fields>``."""
+    """Pick the date/symbol columns, parse dates and numbers -> ``date, symbol, <fields>``.
+
+    ``whole=False``: ``raw`` is one block of a larger table (:mod:`relcast.data.blockread`),
+    so a column empty in every row of the block is no error here (the caller checks the table).
+    """
     raw.attrs["row_word"] = row_word
     columns = [c for c in raw.columns if not c.startswith("_")]
     date_col, symbol_col = _require_columns(columns, source, with_symbol=True)
@@ -337,7 +346,7 @@ def _standardise(
                     source, shown, text_bad, name, "has values that are not numbers", [name]
                 )
             )
-        if name in OHLCV_FIELDS and len(numbers) and numbers.isna().all():
+        if whole and name in OHLCV_FIELDS and len(numbers) and numbers.isna().all():
             raise RelcastDataError(
                 f"{source}: column {name!r} is empty in every row; fill it with numbers"
             )

@@ -132,6 +132,27 @@ def test_intraday_times_are_kept_for_a_symbol_with_one_bar_a_day(tmp_path, monke
     assert (got.dates == got.dates.astype("datetime64[D]")).all()
 
 
+DATE_KINDS = {
+    "tz_aware_16h": lambda d: {
+        "date": d.dt.tz_localize("America/New_York") + pd.Timedelta(16, "h")
+    },
+    "date32": lambda d: {"date": d.dt.date},
+    "date_and_time": lambda d: {"date": d.dt.strftime("%Y-%m-%d"), "time": "16:00"},
+    "yyyymmdd_int": lambda d: {"date": d.dt.strftime("%Y%m%d").astype(int)},
+}
+
+
+@pytest.mark.parametrize("kind", DATE_KINDS)
+def test_date_column_kinds_and_a_text_column(tmp_path, kind):
+    bars = make_bars(symbols=["AAA", "BBB", "CCC", "DDD"], num_days=12)
+    bars = bars.assign(**DATE_KINDS[kind](bars["date"]), name="x" + bars["symbol"], Amount=1.5)
+    path = tmp_path / "bars.parquet"
+    bars.to_parquet(path, index=False)
+    got, want = both(path, tmp_path, block_rows=12)
+    assert_same_panel(got, want)
+    assert got.num_dates == 12 and got.fields[-1] == "amount" and "name" not in got.fields
+
+
 @pytest.mark.parametrize("layout", ["csv", "folder"])
 def test_other_layouts_load_whole_and_are_copied(tmp_path, layout):
     bars, _ = plant(clean_bars())
@@ -162,11 +183,16 @@ def test_too_many_bad_rows_same_message(tmp_path):
     path = tmp_path / "bars.parquet"
     bars.to_parquet(path, index=False)
     values = tmp_path / "values.npy"
+    earlier = read_panel_to_memmap(path, values, block_rows=100)  # read with the default
     for fraction in (0.02, 0.011):
         want = raised(read_panel, path, max_bad_fraction=fraction)
         got = raised(read_panel_to_memmap, path, values, max_bad_fraction=fraction, block_rows=100)
-        assert got == want and not values.exists()
+        assert got == want
     assert "3 of 99 rows of symbol CCC are bad" in got and "3 symbol(s) like this" in got
+    # a failed read leaves the earlier file (still mapped by ``earlier``) as it was
+    assert_same_panel(earlier, read_panel(path))
+    assert np.array_equal(np.load(values), earlier.values, equal_nan=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bars.parquet", "values.npy"]
 
 
 def test_structural_errors_same_message(tmp_path):
@@ -216,10 +242,10 @@ def traced_peak(call) -> int:
 
 
 def test_peak_memory_is_bounded_by_the_block(tmp_path):
-    """40 symbols x 5,000 dates: blocks of 2 symbols need a fraction of read_panel's peak
+    """40 symbols x 2,500 dates: blocks of 4 symbols need a fraction of read_panel's peak
     (numpy and Python allocations, as tracemalloc sees them)."""
     rng = np.random.default_rng(0)
-    T, N = 5000, 40
+    T, N = 2500, 40
     close = 50 * np.exp(np.cumsum(rng.normal(0, 0.01, (T, N)), axis=0))
     bars = pd.DataFrame(
         {
@@ -239,5 +265,5 @@ def test_peak_memory_is_bounded_by_the_block(tmp_path):
     whole = traced_peak(lambda: read_panel(path))
     blocks = traced_peak(lambda: read_panel_to_memmap(path, values, block_rows=10_000))
     print(f"traced peak: read_panel {whole / 2**20:.1f} MiB, blocks {blocks / 2**20:.1f} MiB")
-    assert blocks < 0.25 * whole
+    assert blocks < 0.3 * whole
     assert_same_panel(read_panel_to_memmap(path, values, block_rows=10_000), read_panel(path))

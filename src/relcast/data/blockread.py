@@ -31,6 +31,7 @@ the format for large data.
 from __future__ import annotations
 
 import mmap
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -77,16 +78,31 @@ def read_panel_to_memmap(
     other layouts load whole (see the module docstring)."""
     path, values_path = Path(path), Path(values_path)
     options = dict(date_format=date_format, max_bad_fraction=max_bad_fraction)
-    if path.is_file() and _has_suffix(path, PARQUET_SUFFIXES):
-        reader = _ParquetBlocks.open(path, max(1, int(block_rows)))
+    values_path.parent.mkdir(parents=True, exist_ok=True)
+    # the map and the spill files are written in a folder beside values_path and the map
+    # moved into place at the end: a failed read leaves an earlier values_path as it was,
+    # and a panel still mapping that file keeps reading it
+    work = Path(tempfile.mkdtemp(prefix=".blockread-", dir=values_path.parent))
+    try:
+        reader = None
+        if path.is_file() and _has_suffix(path, PARQUET_SUFFIXES):
+            reader = _ParquetBlocks.open(path, max(1, int(block_rows)))
         if reader is not None:
-            return reader.read(values_path, universe, **options)
-    panel = read_panel(path, universe, symbol_pattern=symbol_pattern, **options)
-    return _copy_to_memmap(panel, values_path)
+            panel = reader.read(work, universe, **options)
+        else:
+            panel = read_panel(path, universe, symbol_pattern=symbol_pattern, **options)
+            _copy_values(panel, work / "values.npy")
+        os.replace(work / "values.npy", values_path)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    values = np.load(values_path, mmap_mode="c")
+    return Panel(
+        panel.dates, panel.symbols, panel.fields, values, panel.mask, panel.meta, panel.health
+    )
 
 
-def _copy_to_memmap(panel: Panel, values_path: Path) -> Panel:
-    """An in-memory panel with its values moved into a memory map of ``values_path``."""
+def _copy_values(panel: Panel, values_path: Path) -> None:
+    """An in-memory panel's values into a new ``.npy`` file, a block of dates at a time."""
     from numpy.lib.format import open_memmap
 
     values = open_memmap(values_path, "w+", np.float32, panel.values.shape)
@@ -94,16 +110,6 @@ def _copy_to_memmap(panel: Panel, values_path: Path) -> Panel:
         values[a : a + DATE_CHUNK] = panel.values[a : a + DATE_CHUNK]
         _release(values)
     values.flush()
-    del values
-    return Panel(
-        panel.dates,
-        panel.symbols,
-        panel.fields,
-        np.load(values_path, mmap_mode="c"),
-        panel.mask,
-        panel.meta,
-        panel.health,
-    )
 
 
 def _release(values: np.memmap) -> None:
@@ -152,7 +158,8 @@ class _ParquetBlocks:
         self.health = DataHealth(self.source)
 
     # ------------------------------------------------------------------ the passes
-    def read(self, values_path: Path, universe, *, date_format, max_bad_fraction) -> Panel:
+    def read(self, work: Path, universe, *, date_format, max_bad_fraction) -> Panel:
+        """The panel, its values in memory (shared) until written to ``work/values.npy``."""
         counts, probe, seen = self._scan()
         self.seen = seen
         days, stamps, late_error = self._parse_dates(probe, date_format)
@@ -160,27 +167,20 @@ class _ParquetBlocks:
         self.symbols = _symbol_order(sorted(counts), meta)
         # a block's [T, symbols] slab is bounded too (the distinct dates bound T)
         self.blocks = _blocks([counts[s] for s in self.symbols], len(days), self.block_rows)
-        spill = Path(tempfile.mkdtemp(prefix=".blockread-", dir=values_path.parent))
-        try:
-            self.spill = [spill / f"block{b}.arrow" for b in range(len(self.blocks))]
-            self._write_spill()
-            final = days
-            if stamps is None or not np.array_equal(stamps, days):  # clock times present
-                if self._any_intraday_duplicate(days):  # read_panel keeps the times
-                    if late_error is not None:
-                        raise late_error
-                    final = stamps
-            self.final, self.dates = final, np.unique(final)
-            mask = self._fill(values_path, meta, date_format)
-            self._refuse(date_format, max_bad_fraction)
-            if meta is not None:
-                check_universe(meta, self.symbols, universe, self.path)
-        except RelcastDataError:
-            values_path.unlink(missing_ok=True)  # a half-written map is of no use
-            raise
-        finally:
-            shutil.rmtree(spill, ignore_errors=True)
-        values = np.load(values_path, mmap_mode="c")
+        self.spill = [work / f"block{b}.arrow" for b in range(len(self.blocks))]
+        self._write_spill()
+        final = days
+        if stamps is None or not np.array_equal(stamps, days):  # clock times present
+            if self._any_intraday_duplicate(days):  # read_panel keeps the times
+                if late_error is not None:
+                    raise late_error
+                final = stamps
+        self.final, self.dates = final, np.unique(final)
+        mask = self._fill(work / "values.npy", meta, date_format)
+        self._refuse(date_format, max_bad_fraction)
+        if meta is not None:
+            check_universe(meta, self.symbols, universe, self.path)
+        values = np.load(work / "values.npy", mmap_mode="r")
         return Panel(self.dates, self.symbols, self.fields, values, mask, meta, self.health)
 
     def _batches(self, full: bool = False):

@@ -112,6 +112,13 @@ def _copy_values(panel: Panel, values_path: Path) -> None:
     values.flush()
 
 
+def _release_arrow() -> None:
+    """Return the memory Arrow's allocator keeps for reuse (a block's worth) to the system."""
+    import pyarrow as pa
+
+    pa.default_memory_pool().release_unused()
+
+
 def _release(values: np.memmap) -> None:
     """Drop a memory map's pages from this process's RSS. The map is shared, so written pages
     stay in the page cache (dirty, written back by the kernel): no ``msync`` per block."""
@@ -169,6 +176,7 @@ class _ParquetBlocks:
         self.blocks = _blocks([counts[s] for s in self.symbols], len(days), self.block_rows)
         self.spill = [work / f"block{b}.arrow" for b in range(len(self.blocks))]
         self._write_spill()
+        _release_arrow()
         final = days
         if stamps is None or not np.array_equal(stamps, days):  # clock times present
             if self._any_intraday_duplicate(days):  # read_panel keeps the times
@@ -266,8 +274,8 @@ class _ParquetBlocks:
                 table = table.append_column("_line", pa.array(line + np.arange(len(frame))))
                 codes, distinct = pd.factorize(self._key(frame), use_na_sentinel=False)
                 dcode = self.seen.get_indexer(distinct)[codes]  # the row's distinct date
-                table = table.append_column("_dcode", pa.array(dcode))
-                table = table.append_column("_pos", pa.array(pos))
+                table = table.append_column("_dcode", pa.array(dcode.astype(np.int32)))
+                table = table.append_column("_pos", pa.array(pos.astype(np.int32)))
                 block = block_of[pos]
                 order = np.argsort(block, kind="stable")
                 table = table.take(order)
@@ -305,7 +313,8 @@ class _ParquetBlocks:
     def _standardised(self, b: int, date_format, *, whole: bool = False) -> pd.DataFrame:
         """Block ``b`` as read_panel's standardised table (``date, symbol, <fields>, _file,
         _line``), its dates those of the whole column."""
-        raw = self._spilled(b).to_pandas()
+        raw = self._spilled(b).to_pandas(self_destruct=True, split_blocks=True)
+        _release_arrow()
         raw.columns = [self.lower.get(c, c) for c in raw.columns]
         dates = self.final[raw.pop("_dcode").to_numpy()]
         raw[self.date_col] = dates  # parsed already: the block's own parse would see a part

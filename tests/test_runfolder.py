@@ -310,6 +310,30 @@ def test_update_extends_data_with_relationships(run_dir, market, tmp_path):
     assert (rows["fold"] == -1).all()
 
 
+def test_a_run_without_the_table_extracts_and_updates_without_it(run_dir, market, tmp_path):
+    """``relationships.table: false`` (very large runs): extraction and ``update`` keep the
+    relationships in relationships.npz and write no data_with_relationships.parquet."""
+    import yaml
+
+    from relcast.inference import update_run
+    from relcast.pipeline import Pipeline
+
+    work = _copy(run_dir, tmp_path)
+    config = yaml.safe_load((work / "config.yaml").read_text())
+    config["relationships"]["table"] = False
+    (work / "config.yaml").write_text(yaml.safe_dump(config))
+    (work / "data_with_relationships.parquet").unlink()
+    pipe = Pipeline.open(work)
+    pipe.extract()
+    assert not (work / "data_with_relationships.parquet").exists()
+    with np.load(run_dir / "relationships.npz") as a, np.load(work / "relationships.npz") as b:
+        np.testing.assert_array_equal(a["values"], b["values"])  # the same extraction
+    update_run(work, str(market["root"] / "new.csv"))
+    assert not (work / "data_with_relationships.parquet").exists()
+    with np.load(work / "relationships.npz") as z:
+        assert len(z["values"]) == len(market["full"].dates)
+
+
 def test_identical_runs_are_byte_identical(run_dir, market, tmp_path):
     # everything a run computes; run.json (timings), logs/ (timings), report.html and
     # plots/ (rendered from the same files) and the lock file are left out

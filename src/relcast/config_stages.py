@@ -175,6 +175,13 @@ class RelationshipSettings(_Section):
         "sector relationship columns by regime; needs extractor v1, v3 or v1+v2",
     )
     regime_window: int = Field(60, ge=2, description="trailing bars of the regime detector")
+    table: bool = Field(
+        True,
+        description="write data_with_relationships.parquet (own + relationship features per "
+        "(date, symbol), for other tools); false on very large runs, where it takes ~200 "
+        "bytes a cell on disk: every step reads the relationships from relationships.npz "
+        "(or relationships_values.npy) and the features from the panel or feature store",
+    )
     v2: V2Settings = V2Settings()
     v3: V3Settings = V3Settings()
 

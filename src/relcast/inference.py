@@ -262,14 +262,15 @@ def _update(run_dir, data: str) -> pd.DataFrame:
     store = RelationshipStore(
         combined.dates, combined.symbols, list(names), rel, mask, fold_of, features=features
     )
-    pipe.folder.commit(
-        {
-            "panel.parquet": combined.to_parquet,
-            "relationships.npz": relationships_npz(names, rel, mask, fold_of, combined.dates),
-            "data_with_relationships.parquet": store.write_parquet,
-            LIVE_PREDICTIONS: out.getvalue(),
-        }
-    )
+    files = {
+        "panel.parquet": combined.to_parquet,
+        "relationships.npz": relationships_npz(names, rel, mask, fold_of, combined.dates),
+        "data_with_relationships.parquet": store.write_parquet,
+        LIVE_PREDICTIONS: out.getvalue(),
+    }
+    if not pipe.config.relationships.table:  # the run keeps no table to bring up to date
+        del files["data_with_relationships.parquet"]
+    pipe.folder.commit(files)
     return forecasts
 
 

@@ -44,6 +44,7 @@ from relcast.source import (  # noqa: F401  (check_universe_file: importable fro
     load_source,
 )
 
+RELATIONSHIP_TABLE = "data_with_relationships.parquet"  # relationships.table: the export
 STEPS = ("prepare", "stage1", "stage2", "extract", "stage3", "evaluate", "report")
 TRAINING_STEPS = ("stage1", "extract", "stage3")  # run on every rank under torchrun
 
@@ -230,14 +231,14 @@ class Pipeline(RunData):
         """Relationship features for every date, out-of-fold on the training span."""
         from relcast.relationships import build_relationship_store
 
-        folds = self.config.relationships.oof_folds
+        folds, table = self.config.relationships.oof_folds, self.config.relationships.table
         _log(
             f"extracting {self.config.relationships.extractor} relationship features "
             f"({'out-of-fold, ' + str(folds) + ' folds' if folds else 'leaky: no folds'})"
         )
-        mine = distributed.is_main()  # rank 0 writes the store
+        mine = distributed.is_main()  # rank 0 extracts and writes the store
         values_path = None
-        if self.config.data.store == "memmap":  # by date blocks into a map in the run folder
+        if mine and self.config.data.store == "memmap":  # by date blocks into a run-folder map
             from relcast.runfolder.base import temp_path
             from relcast.runfolder.formats import RELATIONSHIP_VALUES
 
@@ -252,17 +253,16 @@ class Pipeline(RunData):
             oof=folds > 0,
             embargo=self.config.embargo + self.config.data.label_delay,
             out_dir=self.dir / "logs" / "stage1_folds",
-            out_path=self.dir / "data_with_relationships.parquet" if mine else None,
+            out_path=self.dir / RELATIONSHIP_TABLE if mine and table else None,
             full_model=self.stage1_model,
             fold_epochs=self._fold_epochs(),
             values_path=values_path,
+            extract=mine,  # the other ranks join the fold models' fits, then wait
             **self._stage1_fit_kwargs(),
         )
         self._cache["extractor"] = store.full_extractor
         distributed.barrier()  # every rank has read its fold checkpoints before they go
-        if not distributed.is_main():
-            if values_path is not None:
-                values_path.unlink(missing_ok=True)
+        if not mine:
             return
         self._save_relationships(store.names, store.values, store.mask, store.fold_of)
         self.folder.drop_checkpoints()  # fold models were only needed to extract

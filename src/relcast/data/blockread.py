@@ -219,8 +219,10 @@ class _ParquetBlocks:
             for sym, k in zip(symbols.categories.tolist(), n.tolist(), strict=True):
                 counts[sym] = counts.get(sym, 0) + k
             codes, distinct = pd.factorize(self._key(frame), use_na_sentinel=False)
-            known = seen.get_indexer(distinct) >= 0 if seen is not None else False
-            new = np.flatnonzero(~known & np.ones(len(distinct), dtype=bool))
+            known = np.zeros(len(distinct), dtype=bool)
+            if seen is not None:
+                known = seen.get_indexer(distinct) >= 0
+            new = np.flatnonzero(~known)
             if len(new):
                 first = np.unique(codes, return_index=True)[1][new]  # first row of each
                 part = frame.iloc[first][self.keys].reset_index(drop=True)
@@ -305,7 +307,8 @@ class _ParquetBlocks:
         _, day = np.unique(days, return_inverse=True)
         for b in range(len(self.blocks)):
             table = self._spilled(b, ["_pos", "_dcode"])
-            key = table["_pos"].to_numpy() * (len(days) + 1) + day[table["_dcode"].to_numpy()]
+            pos = table["_pos"].to_numpy().astype(np.int64)  # int32 on disk
+            key = pos * (len(days) + 1) + day[table["_dcode"].to_numpy()]
             if len(np.unique(key)) < len(key):
                 return True
         return False

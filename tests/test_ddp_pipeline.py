@@ -3,7 +3,8 @@
 Rank 0 owns the run folder and the other rank trains with it (relcast.distributed): the test
 records every file each rank writes (tests/ddp_run_script.py) and checks that rank 1 writes
 nothing in the run folder, that rank 0 writes exactly what one process writes, and that the
-predictions and metrics equal the one-process run's.
+predictions and metrics equal the one-process run's. Every test runs twice: with the
+in-memory store and with ``data.store=memmap`` (rank 0 builds ``feature_store/``).
 
 Why equal within 1e-5 (tests/test_ddp.py's tolerance): the config's batch sizes are global
 (``relcast.distributed.per_rank``), so both runs train on the same batches; the market
@@ -66,8 +67,9 @@ def _env() -> dict[str, str]:
     return env
 
 
-def relcast_args(out: Path) -> list[str]:
-    return ["run", "--out", str(out), *[a for s in SETS for a in ("--set", s)]]
+def relcast_args(out: Path, store: str = "memory") -> list[str]:
+    sets = [*SETS, f"data.store={store}"]
+    return ["run", "--out", str(out), *[a for s in sets for a in ("--set", s)]]
 
 
 def torchrun(*args: str) -> list[str]:
@@ -80,17 +82,19 @@ def launch(cmd: list[str], timeout: int = 240) -> subprocess.CompletedProcess:
     return proc
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("ddp_pipeline")
-    launch(
-        [sys.executable, str(SCRIPT), str(root / "writes_single"), *relcast_args(root / "single")]
-    )
+@pytest.fixture(scope="module", params=["memory", "memmap"])
+def runs(request, tmp_path_factory) -> dict:
+    """One process and torchrun on the same config; ``data.store`` memory or memmap (rank 0
+    builds ``feature_store/``, rank 1 maps it read-only)."""
+    store = request.param
+    root = tmp_path_factory.mktemp(f"ddp_pipeline_{store}")
+    single = relcast_args(root / "single", store)
+    launch([sys.executable, str(SCRIPT), str(root / "writes_single"), *single])
     launch(
         torchrun("--standalone", "--nproc_per_node=2", str(SCRIPT), str(root / "writes_ddp"))
-        + relcast_args(root / "ddp")
+        + relcast_args(root / "ddp", store)
     )
-    return {"root": root, "single": root / "single", "ddp": root / "ddp"}
+    return {"root": root, "single": root / "single", "ddp": root / "ddp", "store": store}
 
 
 def written(log: Path, run: Path) -> collections.Counter:
@@ -102,10 +106,19 @@ def written(log: Path, run: Path) -> collections.Counter:
             continue
         rel = path[len(run_path) :]
         base = os.path.basename(rel)
+        parts = base.split(".")
         if base.startswith(".") and ("tmp" in base or "update" in base):
-            rel = os.path.join(os.path.dirname(rel), f".{base.split('.')[1]}.<temporary>")
+            rel = os.path.join(os.path.dirname(rel), f".{parts[1]}.<temporary>")
+        elif base.startswith(".") and len(parts) > 3 and parts[2].isdigit():  # .<name>.<pid>.npy
+            rel = os.path.join(os.path.dirname(rel), f".{parts[1]}.<scratch>")
         names.append(rel)
     return collections.Counter(names)
+
+
+def scratch(name: str) -> bool:
+    """A process's own scratch file next to the memmap store (Stage3's inputs), unlinked as
+    soon as it is mapped: no file of the run, one per rank."""
+    return name.startswith("feature_store/.") and name.endswith(".<scratch>")
 
 
 def _numbers(tree, prefix: str = "") -> dict[str, float]:
@@ -131,7 +144,8 @@ def test_one_run_folder_and_rank1_writes_nothing(runs):
         "writes_single",
     ]
     assert sorted(p.name for p in (root / "writes_ddp").iterdir()) == ["rank0.json", "rank1.json"]
-    assert written(root / "writes_ddp" / "rank1.json", runs["ddp"]) == {}
+    rank1 = written(root / "writes_ddp" / "rank1.json", runs["ddp"])
+    assert [name for name in rank1 if not scratch(name)] == []
     rank0 = written(root / "writes_ddp" / "rank0.json", runs["ddp"])
     single = written(root / "writes_single" / "rank0.json", runs["single"])
     assert rank0 == single  # every file written as often as one process writes it
@@ -166,6 +180,23 @@ def test_predictions_and_metrics_equal_one_process(runs):
     assert list(steps) == ["prepare", "stage1", "stage2", "extract", "stage3", "evaluate", "report"]
 
 
+def test_memmap_store_built_once_and_no_scratch_left(runs):
+    """memmap: rank 0 builds ``feature_store/`` at prepare and extracts into a memory map;
+    rank 1 reads them and maps only its own Stage3 inputs next to the store (unlinked at
+    once). No scratch is left in either run folder: not the market's values (moved into the
+    store), not the ``.stage3_hybrid`` inputs, not a temporary of the extraction."""
+    if runs["store"] != "memmap":
+        pytest.skip("the feature store is data.store=memmap's")
+    rank1 = written(runs["root"] / "writes_ddp" / "rank1.json", runs["ddp"])
+    assert "feature_store/.stage3_hybrid.<scratch>" in rank1  # Stage3 read the store there
+    for run in (runs["single"], runs["ddp"]):
+        assert (run / "feature_store" / "meta.json").exists()
+        assert (run / "relationships_values.npy").exists()  # the extraction's memory map
+        assert not (run / "feature_store.panel.npy").exists()
+        hidden = sorted(str(p.relative_to(run)) for p in run.rglob(".*"))
+        assert hidden == [".relcast.lock"], run
+
+
 def test_resume_under_torchrun_skips_done_steps(runs, tmp_path):
     """A second launch on the finished folder trains and rewrites nothing (rank 0 only takes
     the folder's lock, whose file records the holder)."""
@@ -177,12 +208,12 @@ def test_resume_under_torchrun_skips_done_steps(runs, tmp_path):
     before = stamps()
     proc = launch(
         torchrun("--standalone", "--nproc_per_node=2", str(SCRIPT), str(tmp_path / "writes"))
-        + relcast_args(runs["ddp"])
+        + relcast_args(runs["ddp"], runs["store"])
     )
     assert "stage1: done already, skipped" in proc.stdout
     assert proc.stdout.count("done already") == 6  # said once (by rank 0), for every step
     assert stamps() == before
-    assert written(tmp_path / "writes" / "rank1.json", runs["ddp"]) == {}
+    assert written(tmp_path / "writes" / "rank1.json", runs["ddp"]) == {}  # not even scratch
 
 
 def _free_port() -> int:
@@ -211,7 +242,7 @@ def test_two_node_rehearsal_on_localhost(runs, tmp_path):
                 str(SCRIPT),
                 str(tmp_path / f"writes_node{node}"),
             )  # fmt: skip
-            + relcast_args(out),
+            + relcast_args(out, runs["store"]),
             env=_env(),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -223,8 +254,10 @@ def test_two_node_rehearsal_on_localhost(runs, tmp_path):
     for proc, (stdout, stderr) in zip(procs, outputs, strict=True):
         assert proc.returncode == 0, stdout[-2000:] + stderr[-6000:]
     writes = [written(log, out) for log in sorted(tmp_path.glob("writes_node*/rank*.json"))]
+    writes = [collections.Counter({k: n for k, n in w.items() if not scratch(k)}) for w in writes]
+    single = written(runs["root"] / "writes_single" / "rank0.json", runs["single"])
     assert sorted(sum(writes, collections.Counter()).items()) == sorted(
-        written(runs["root"] / "writes_single" / "rank0.json", runs["single"]).items()
+        (k, n) for k, n in single.items() if not scratch(k)
     )
     assert sorted(len(w) == 0 for w in writes) == [False, True]  # one rank wrote everything
     keys = ["date", "symbol", "model", "horizon"]

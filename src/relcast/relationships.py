@@ -205,6 +205,7 @@ def build_relationship_store(
     full_model: Any = None,
     fold_epochs: int | None = None,
     values_path: str | Path | None = None,
+    extract: bool = True,
     **fit_kwargs: Any,
 ) -> RelationshipStore:
     """Train Stage1 model(s) and extract relationship features for every date.
@@ -239,6 +240,9 @@ def build_relationship_store(
         values_path: extract by blocks of dates into a ``float32 [T, N, K]`` ``.npy`` memory
             map written there (``data.store: memmap``; the store's ``values`` is that map);
             None: in memory, every date at once.
+        extract: False fits the models and their extractors but extracts no date (the
+            store's ``values``/``mask`` None, ``names`` empty): a rank other than 0 under
+            DDP, which joins every fit but keeps no features.
         fit_kwargs: passed to ``fit_stage1`` (``max_epochs``, ``loss``, ``target``, ...).
     """
     from relcast.training import stage1 as stage1_training
@@ -299,8 +303,9 @@ def build_relationship_store(
 
         full_model, full_ext, full_record = fit_and_extract("full", train, full_model)
         values = mask = full_ref = None
-        names: list[str] = []
-        for chunk, rel in extract_blocks(full_ext, full_model, features, np.arange(T), block):
+        names: list[str] = []  # stays empty without extraction: no alignment blocks either
+        everything = np.arange(T if extract else 0)
+        for chunk, rel in extract_blocks(full_ext, full_model, features, everything, block):
             if values is None:
                 names = list(rel.names)
                 values = open_values(values_path, (T, N, len(names)))  # (T, N, K)
@@ -336,7 +341,8 @@ def build_relationship_store(
                     for cols in blocks:
                         rot = procrustes_rotation(own.values[both][:, cols], ref[both][:, cols])
                         rotations.append((cols, rot.astype(np.float32)))
-                for chunk, rel in extract_blocks(ext_k, model_k, features, fold_index, block):
+                mine = fold_index if extract else fold_index[:0]
+                for chunk, rel in extract_blocks(ext_k, model_k, features, mine, block):
                     if rel.names != names:
                         raise RuntimeError("fold and full extractors produced different columns")
                     fold_values = rel.values.copy()  # (t, N, K)
@@ -360,7 +366,7 @@ def build_relationship_store(
         if tmp_dir is not None:
             tmp_dir.cleanup()
 
-    if block is None:
+    if block is None and extract:
         values[~mask] = np.nan  # (blocks set theirs as they were written)
     store = RelationshipStore(
         dates=features.dates,

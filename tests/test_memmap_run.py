@@ -295,6 +295,38 @@ def test_panel_after_update_is_read_from_parquet(runs, tmp_path):
     np.testing.assert_array_equal(pipe.panel.values[:-1], old.values)
 
 
+def test_memmap_prepare_reads_a_parquet_market_by_blocks(tmp_path, monkeypatch):
+    """``data.store: memmap`` from a long Parquet file: prepare reads it with the block
+    reader (never ``read_panel``'s whole table) and the run's panel and features are the
+    in-memory run's."""
+    import relcast.data.blockread
+
+    market, _ = synthetic_market(num_stocks=6, num_days=262, seed=2, missing_prob=0.02)
+    path = market.to_parquet(tmp_path / "bars.parquet")
+    sets = [s for s in SETS if not s.startswith("data.s")] + [f"data.source={path}"]
+    pipes, calls = {}, []
+    read = relcast.data.blockread.read_panel_to_memmap
+    monkeypatch.setattr(
+        relcast.data.blockread, "read_panel_to_memmap",
+        lambda *a, **k: calls.append(k.pop("block_rows", None)) or read(*a, block_rows=500, **k),
+    )  # fmt: skip
+    for store in ("memory", "memmap"):
+        if store == "memmap":
+            monkeypatch.setattr(relcast, "read_panel", _no_full_market)
+        pipes[store] = Pipeline(load_config(None, None, [*sets, f"data.store={store}"], {}),
+                                tmp_path / store)  # fmt: skip
+        pipes[store].prepare()
+    assert calls == [None]  # prepare of the memmap run, in blocks of 500 rows here
+    got, want = Pipeline.open(tmp_path / "memmap"), Pipeline.open(tmp_path / "memory")
+    assert _memmapped(got.panel.values)
+    np.testing.assert_array_equal(got.panel.values, want.panel.values)
+    np.testing.assert_array_equal(got.panel.mask, want.panel.mask)
+    ok = want.features.mask
+    np.testing.assert_array_equal(got.features.mask, ok)
+    np.testing.assert_array_equal(got.features.values[ok], want.features.values[ok])
+    assert not (tmp_path / "memmap" / PANEL_SCRATCH).exists()
+
+
 @pytest.fixture(scope="module")
 def gappy_market():
     panel, _ = synthetic_market(num_stocks=9, num_days=260, seed=5)

@@ -12,8 +12,10 @@ from relcast.data.panel import Panel, RelcastDataError, format_names
 def load_source(config: RelcastConfig, values_path: str | Path | None = None) -> Panel:
     """The market named by ``config.data``: ``demo``, ``synthetic`` or a path.
 
-    ``values_path`` (``data.store: memmap``): the synthetic market is written there a block of
-    dates at a time and its values are a memory map of that file, never whole in memory.
+    ``values_path`` (``data.store: memmap``): the market's values are written there and the
+    panel's ``values`` are a memory map of that file: the synthetic market a block of dates
+    at a time, a long Parquet file a block of symbols at a time (other layouts are read
+    whole, then copied; :func:`relcast.data.blockread.read_panel_to_memmap`).
     """
     import relcast
 
@@ -36,13 +38,18 @@ def load_source(config: RelcastConfig, values_path: str | Path | None = None) ->
     else:
         if config.data.universe is not None:
             check_universe_file(config.data.universe)
-        panel = relcast.read_panel(
-            source,
+        args = dict(
             universe=config.data.universe,
             date_format=config.data.date_format,
             symbol_pattern=config.data.symbol_pattern,
             max_bad_fraction=config.data.max_bad_fraction,
         )
+        if values_path is not None:  # a long Parquet file is read a block of symbols at a time
+            from relcast.data.blockread import read_panel_to_memmap
+
+            panel = read_panel_to_memmap(source, values_path, **args)
+        else:
+            panel = relcast.read_panel(source, **args)
     if config.data.start or config.data.end:
         panel = panel.select(start=config.data.start, end=config.data.end)
     return panel

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import json
 import mmap
+import os
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -47,7 +48,7 @@ from typing import Any
 import numpy as np
 from numpy.lib.format import open_memmap
 
-from relcast.data.panel import Panel, RelcastDataError
+from relcast.data.panel import Panel, RelcastDataError, memory_map_of
 from relcast.features import DEFAULT_WINDOWS, build_features, forward_returns
 from relcast.features.featureset import FeatureSet
 from relcast.features.labels import normalize_labels_cross_section
@@ -58,6 +59,7 @@ from relcast.training.store_sources import (  # noqa: F401  (panel_slices: impor
 
 STORE_VERSION = 1
 ARRAYS = ("values", "values_by_date", "mask", "labelled", "labels", "targets")
+LAYOUT = dict(values="N,T,F", values_by_date="T,N,F", mask="T,N", labelled="T,N", labels="T,N,H")
 OPTIONAL = ("values_by_date",)  # stores written before it have none
 
 
@@ -157,13 +159,7 @@ class MemmapFeatureStore:
             "names": list(names),
             "groups": {k: list(v) for k, v in groups.items()},
             "horizons": H,
-            "layout": {
-                "values": "N,T,F",
-                "values_by_date": "T,N,F",
-                "mask": "T,N",
-                "labelled": "T,N",
-                "labels": "T,N,H",
-            },  # fmt: skip
+            "layout": LAYOUT,
             "written_until": 0,
             "complete": False,
         }
@@ -297,10 +293,8 @@ class MemmapFeatureStore:
 
     def scratch(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
         """A float32 ``shape`` array in a file next to the store, unlinked at once (it lives
-        while mapped: no leftover after a crash, one per process under DDP) and released with
-        the store's maps: a large temporary (Stage3's inputs and targets) off the heap."""
-        import os
-
+        while mapped: no leftover after a crash, one per process under DDP), released with the
+        store's maps: a large temporary (Stage3's inputs and targets) off the heap."""
         path = self.folder / f".{name}.{os.getpid()}.npy"
         array = open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
         os.unlink(path)  # the mapping keeps the data until it is closed
@@ -310,10 +304,8 @@ class MemmapFeatureStore:
     def track(self, array: np.ndarray) -> None:
         """Release ``array``'s memory map with the store's (a memory-mapped array or a view
         of one: the run's panel, Stage3's hybrid inputs)."""
-        while array is not None and getattr(array, "_mmap", None) is None:
-            array = array.base if isinstance(array, np.ndarray) else None
-        if array is not None:
-            self.__dict__.setdefault("_tracked", []).append(array._mmap)
+        if (mapped := memory_map_of(array)) is not None:
+            self.__dict__.setdefault("_tracked", []).append(mapped._mmap)
 
     def start_pager(self, interval: float = 1.0) -> None:
         """Call :meth:`release` every ``interval`` seconds in a daemon thread, for as long as the

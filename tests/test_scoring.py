@@ -119,3 +119,25 @@ def test_scoring_imports_nothing_above_evaluation():
                 names.append(node.module)
             for name in names:
                 assert not name.startswith(above), f"{path.name} imports {name}"
+
+
+def test_interval_metrics_by_blocks_equal_the_whole_window():
+    """Pinball loss and coverage summed a block of dates at a time are those of every finite
+    cell at once (a block of one date, of a few, of all)."""
+    from relcast.evaluation.metrics import interval_coverage, pinball_loss
+    from relcast.evaluation.scoring import interval_metrics
+
+    rng = np.random.default_rng(0)
+    D, N, H, q = 57, 13, 2, [0.1, 0.5, 0.9]
+    pq = np.sort(rng.standard_normal((D, N, H, 3)).astype(np.float32), axis=-1)
+    pq[rng.random((D, N, H)) < 0.1, 1] = np.nan
+    z = rng.standard_normal((D, N, H)).astype(np.float32)
+    z[rng.random((D, N, H)) < 0.1] = np.nan
+    cell = rng.random((D, N)) > 0.2
+    ok = cell[..., None] & np.isfinite(pq).all(-1) & np.isfinite(z)
+    want = pinball_loss(pq[ok], z[ok], q), interval_coverage(pq[ok][:, 0], pq[ok][:, -1], z[ok])
+    for block in (1, 50, 2**22):
+        got = interval_metrics(pq, z, cell, q, block_cells=block)
+        assert got["pinball"] == pytest.approx(want[0], rel=1e-12)
+        assert got["coverage"] == pytest.approx(want[1], rel=1e-12)
+        assert got["coverage_nominal"] == pytest.approx(0.8)

@@ -267,14 +267,28 @@ def paired_rows(name: str, series: dict[str, np.ndarray], lag: int, seeded: bool
     return out
 
 
-def interval_metrics(pq: np.ndarray, z: np.ndarray, cell: np.ndarray, levels) -> dict:
+def interval_metrics(
+    pq: np.ndarray, z: np.ndarray, cell: np.ndarray, levels, block_cells: int = 2**22
+) -> dict:
     """Pinball loss and coverage of quantile forecasts ``pq [D, N, H, Q]`` against the
-    z-scored labels ``z [D, N, H]`` on ``cell [D, N]`` (outer quantiles = the interval)."""
-    q = np.asarray(levels)
-    ok = cell[..., None] & np.isfinite(pq).all(-1) & np.isfinite(z)
+    z-scored labels ``z [D, N, H]`` on ``cell [D, N]`` (outer quantiles = the interval):
+    :func:`pinball_loss` and :func:`interval_coverage` of the cells where all are finite,
+    summed a block of dates at a time (float64 temporaries of a block, not of every cell)."""
+    q = np.asarray(levels, dtype=np.float64)
+    loss = inside = count = 0.0
+    step = max(1, block_cells // max(1, z[0].size))
+    for a in range(0, len(pq), step):
+        p, y = pq[a : a + step], z[a : a + step]
+        ok = cell[a : a + step, :, None] & np.isfinite(p).all(-1) & np.isfinite(y)
+        p, y = p[ok], y[ok]  # (cells, Q), (cells,)
+        if len(y):  # the block's means, weighted by its cells
+            loss += pinball_loss(p, y, q) * len(y) * len(q)
+            inside += interval_coverage(p[:, 0], p[:, -1], y) * len(y)
+            count += len(y)
+    nan = float("nan")
     return {
-        "pinball": float(pinball_loss(pq[ok], z[ok], q)),
-        "coverage": float(interval_coverage(pq[ok][:, 0], pq[ok][:, -1], z[ok])),
+        "pinball": loss / (count * len(q)) if count else nan,
+        "coverage": inside / count if count else nan,
         "coverage_nominal": float(q[-1] - q[0]),
     }
 

@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from relcast.data.panel import release_pages
+
 BLOCK_CELLS = 2**22  # (date, stock) cells read at a time where a whole [T, N] is not needed
 
 # the values evaluation used before the baselines had a config section
@@ -62,11 +64,16 @@ def lightgbm_scores(
         verbose=-1,
         num_threads=2,
     )
+    train = lgb.Dataset(np.nan_to_num(x[tr]), y[tr])  # (rows, F): only the rows used are read
+    valid = lgb.Dataset(np.nan_to_num(x[va]), y[va])
+    # a memory-mapped x: the pages those rows touched leave RSS now (training holds the GIL,
+    # so the store's pager thread cannot drop them while it runs)
+    release_pages(x)
     booster = lgb.train(
         params,
-        lgb.Dataset(np.nan_to_num(x[tr]), y[tr]),  # (rows, F): only the rows used are read
+        train,
         num_boost_round=settings.n_estimators,
-        valid_sets=[lgb.Dataset(np.nan_to_num(x[va]), y[va])],
+        valid_sets=[valid],
         callbacks=[lgb.early_stopping(settings.early_stopping, verbose=False)],
     )
     T, N, F = x.shape
@@ -76,6 +83,7 @@ def lightgbm_scores(
     for a in range(lo, hi, step):  # each row's score is its own: blocks change no value
         b = min(a + step, hi)
         block = np.nan_to_num(x[a:b]).reshape(-1, F)
+        release_pages(x)
         predicted = booster.predict(block, num_iteration=booster.best_iteration)
         out[a - lo : b - lo] = predicted.reshape(-1, N)
     return out

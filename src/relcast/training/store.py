@@ -295,7 +295,7 @@ class MemmapFeatureStore:
         """A float32 ``shape`` array in a file next to the store, unlinked at once (it lives
         while mapped: no leftover after a crash, one per process under DDP), released with the
         store's maps: a large temporary (Stage3's inputs and targets) off the heap."""
-        path = self.folder / f".{name}.{os.getpid()}.npy"
+        path = self.folder / f".{name}.{os.getpid()}.{os.urandom(4).hex()}.npy"  # unique per node
         array = open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
         os.unlink(path)  # the mapping keeps the data until it is closed
         self.track(array)

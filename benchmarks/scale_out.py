@@ -84,6 +84,8 @@ def _memmap_child(argv: list[str]) -> None:
     from relcast.pipeline import STEPS, Pipeline
 
     result_path, out, sets = Path(argv[0]), Path(argv[1]), argv[2:]
+    resume = bool(sets) and sets[0] == "--resume"  # steps already done in ``out`` are kept
+    sets = sets[1:] if resume else sets
     steps: dict[str, dict] = {}
     current = {"step": "start"}
     stop = threading.Event()
@@ -115,7 +117,7 @@ def _memmap_child(argv: list[str]) -> None:
     thread.start()
     start = time.perf_counter()
     pipe = Pipeline(load_config(None, None, sets, {}), out)
-    pipe.run(force=True)
+    pipe.run(force=not resume)
     stop.set()
     thread.join()
     info = json.loads((out / "run.json").read_text())["steps"]
@@ -141,14 +143,21 @@ def _memmap_child(argv: list[str]) -> None:
         "dates": T,
         "symbols": info["prepare"]["symbols"],
         "feature_store_gib": round(store / 2**30, 3),
-        "extract_dates_per_second": round(T / max(rows["extract"]["seconds"], 1e-9), 1),
+        "extract_dates_per_second": (
+            round(T / max(rows["extract"]["seconds"], 1e-9), 1) if "extract" in rows else None
+        ),
         "rank_ic": {k: v.get("rank_ic") for k, v in metrics.items()},
     }
     result_path.write_text(json.dumps(result, indent=1))
 
 
-def memmap_run(stocks: int, bars: int, extra: list[str] | None = None) -> dict:
-    """The whole memory-mapped run in a fresh process: per-step peak RSS (see the docstring)."""
+def memmap_run(
+    stocks: int, bars: int, extra: list[str] | None = None, out: Path | None = None,
+    resume: bool = False,
+) -> dict:  # fmt: skip
+    """The whole memory-mapped run in a fresh process: per-step peak RSS (see the docstring).
+    ``out``: the run folder (kept; a temporary one otherwise); ``resume``: keep its finished
+    steps (their figures are then not in the result)."""
     sets = [*MEMMAP_SETS, f"data.synthetic_stocks={stocks}", f"data.synthetic_days={bars}"]
     sets += list(extra or [])
     commit = subprocess.run(
@@ -157,7 +166,7 @@ def memmap_run(stocks: int, bars: int, extra: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="relcast-memmap-") as tmp:
         result_path = Path(tmp) / "result.json"
         cmd = [sys.executable, "-m", "benchmarks.scale_out", "--memmap-child", str(result_path),
-               str(Path(tmp) / "run"), *sets]  # fmt: skip
+               str(out or Path(tmp) / "run"), *(["--resume"] if resume else []), *sets]  # fmt: skip
         start = time.perf_counter()
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
         if proc.returncode != 0:
@@ -281,9 +290,11 @@ if __name__ == "__main__":
         parser.add_argument("--stocks", type=int, default=1000)
         parser.add_argument("--bars", type=int, default=10_000)
         parser.add_argument("--set", action="append", default=[], help="extra config override")
+        parser.add_argument("--out", type=Path, help="--memmap: keep the run folder here")
+        parser.add_argument("--resume", action="store_true", help="--memmap: resume --out")
         args = parser.parse_args()
         if args.memmap:
-            found = memmap_run(args.stocks, args.bars, args.set)
+            found = memmap_run(args.stocks, args.bars, args.set, args.out, args.resume)
             keys = ("steps", "ru_maxrss_gib", "wall_seconds", "extract_dates_per_second")
             print(json.dumps({k: found[k] for k in keys}, indent=1))
             print(f"-> {save_memmap(found)}")

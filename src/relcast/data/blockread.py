@@ -30,7 +30,6 @@ the format for large data.
 
 from __future__ import annotations
 
-import mmap
 import os
 import shutil
 import tempfile
@@ -42,7 +41,7 @@ import pandas as pd
 from relcast.data.bars import MIN_ROWS, check_structure, clean_bars, count_gaps
 from relcast.data.dates import parse_date_column
 from relcast.data.health import BAD_REASONS, DataHealth
-from relcast.data.panel import OHLCV_FIELDS, Panel, RelcastDataError
+from relcast.data.panel import OHLCV_FIELDS, Panel, RelcastDataError, release_pages
 from relcast.data.readers import (
     PARQUET_SUFFIXES,
     _clean_symbols,
@@ -108,7 +107,7 @@ def _copy_values(panel: Panel, values_path: Path) -> None:
     values = open_memmap(values_path, "w+", np.float32, panel.values.shape)
     for a in range(0, panel.num_dates, DATE_CHUNK):
         values[a : a + DATE_CHUNK] = panel.values[a : a + DATE_CHUNK]
-        _release(values)
+        release_pages(values)
     values.flush()
 
 
@@ -117,13 +116,6 @@ def _release_arrow() -> None:
     import pyarrow as pa
 
     pa.default_memory_pool().release_unused()
-
-
-def _release(values: np.memmap) -> None:
-    """Drop a memory map's pages from this process's RSS. The map is shared, so written pages
-    stay in the page cache (dirty, written back by the kernel): no ``msync`` per block."""
-    if hasattr(values._mmap, "madvise"):
-        values._mmap.madvise(mmap.MADV_DONTNEED)
 
 
 class _ParquetBlocks:
@@ -372,7 +364,7 @@ class _ParquetBlocks:
             mask[t, a:z] = part.mask
             for c in range(0, T, DATE_CHUNK):
                 values[c : c + DATE_CHUNK, a:z] = slab[c : c + DATE_CHUNK]
-                _release(values)
+                release_pages(values)
             for reason, per in health.counts.items():
                 self.health.add_counts(reason, np.array(list(per)), np.array(list(per.values())))
             self.health.rows += len(frame)

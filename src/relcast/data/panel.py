@@ -35,12 +35,13 @@ def memory_map_of(array: np.ndarray) -> np.memmap | None:
 
 def release_pages(array: np.ndarray) -> None:
     """Drop the resident pages of a memory-mapped ``array`` (or a view of one) from this
-    process's RSS, writing dirty ones first; the next read maps them again. No-op otherwise."""
+    process's RSS; the next read maps them again. No-op otherwise. Nothing is lost: written
+    pages of a shared map stay in the page cache (the file), and copy-on-write maps are
+    never written here."""
     import mmap
 
     mapped = memory_map_of(array)
     if mapped is not None and not mapped._mmap.closed:
-        mapped._mmap.flush()
         mapped._mmap.madvise(mmap.MADV_DONTNEED)
 
 

@@ -37,6 +37,7 @@ from relcast.run_data import (  # noqa: F401  (importable from here too)
     RunData,
     _log,
     _writes,
+    return_freed_memory,
 )
 from relcast.source import (  # noqa: F401  (check_universe_file: importable from here too)
     check_universe,
@@ -374,5 +375,6 @@ class Pipeline(RunData):
                 distributed.barrier()  # the step's files are written before anyone reads them
             else:  # rank 0 alone; the others wait, and stop if it fails
                 distributed.on_main(step, getattr(self, step))
+            return_freed_memory()  # one step's temporaries do not raise the next step's RSS
         _log(f"run finished in {time.perf_counter() - total:.0f}s -> {self.dir}")
         return self.folder.load_metrics()

@@ -36,6 +36,23 @@ PANEL_SCRATCH = "feature_store.panel.npy"  # the market's values while prepare w
 NORMALIZATION = "normalization.json"  # training-span feature statistics (features.normalize)
 
 
+def return_freed_memory() -> None:
+    """Give the heap that freed arrays left behind back to the OS (glibc's ``malloc_trim``;
+    a no-op elsewhere): without it, a step's freed temporaries stay in the process's RSS and
+    the next step's peak stands on them (measured at 1,000 x 100,000: report's peak RSS was
+    4.4 GiB after evaluate in the same process, 3.1 GiB in a fresh one)."""
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    name = ctypes.util.find_library("c")
+    try:
+        ctypes.CDLL(name).malloc_trim(0)
+    except (AttributeError, OSError, TypeError):
+        pass  # not glibc
+
+
 def _log(msg: str) -> None:
     if distributed.is_main():  # one voice per run, also under torchrun
         print(f"[relcast] {msg}", flush=True)

@@ -327,7 +327,10 @@ def _prediction_section(predictions: PredictionFile, models, target, plot_dir, d
         if not ranked:
             return note("Skipped: no model predictions to show.")
         model = ranked[0]
-    sub = predictions.rows(model, horizon)  # that model's rows at that horizon only
+    # that model's rows at that horizon only, in the columns the band reads
+    sub = predictions.rows(
+        model, horizon, ["date", "symbol", "model", "horizon", "pred", "label", *qcols]
+    )
     symbols = sub["symbol"].astype(str)
     symbol = target if target in set(symbols) else symbols.value_counts().index[0]
     # labels (and point scores) z-scored across stocks per date: the scale models train on

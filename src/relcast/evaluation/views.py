@@ -130,7 +130,10 @@ def prediction_band(
     Z-scores are taken across all stocks the model predicted at each date, before the one
     stock is picked. Raises ValueError naming what is missing.
     """
-    sub = predictions[(predictions["model"] == model) & (predictions["horizon"] == horizon)].copy()
+    mine = (predictions["model"] == model) & (predictions["horizon"] == horizon)
+    # the rows of one model and horizon (what PredictionFile.rows reads) are taken as they
+    # are: a boolean selection would copy every column of millions of rows
+    sub = predictions.copy(deep=False) if mine.all() else predictions[mine].copy()
     if sub.empty:
         raise ValueError(f"no predictions for model {model!r} at horizon {horizon}")
     qcols = [c for c in quantile_columns(sub) if sub[c].notna().any()]

@@ -65,13 +65,14 @@ def _lightning_module_class():
                 n = n[:, None].expand_as(origin)[origin]  # (M,)
             point = point_forecast(pred, self.quantiles)[:, 0]  # (M,) horizon 1
             y1 = y[:, 0]
-            cols = [t, n, point, y1]
-            row = torch.stack([c.double() for c in cols], dim=1)  # (B, 4)
+            # float32 keeps t and n exact below 2^24 and the forecasts as they are (float32)
+            row = torch.stack([c.float() for c in (t, n, point, y1)], dim=1)  # (B, 4)
             self._val_rows.append(row.detach())
 
         def on_validation_epoch_end(self) -> None:
             rows = torch.cat(self._val_rows) if self._val_rows else torch.zeros(0, 4)
-            rows = rows.to(self.device, torch.float64)
+            self._val_rows = []  # (the rows are held once, not twice)
+            rows = rows.to(self.device)
             if self.trainer.world_size > 1:
                 # shards differ in size by at most one window: pad with NaN rows, gather, drop
                 size = torch.tensor([len(rows)], device=self.device)
@@ -82,12 +83,15 @@ def _lightning_module_class():
             rows = rows.cpu().numpy()
             ic = float("nan")
             if len(rows):
-                dates, t_pos = np.unique(rows[:, 0].astype(np.int64), return_inverse=True)
+                # a dense [dates of the span, N] grid: a date without windows is all NaN,
+                # whose Rank IC is NaN and left out of the mean
+                t_pos = rows[:, 0].astype(np.int64)
+                t_pos -= t_pos.min()
                 n_pos = rows[:, 1].astype(np.int64)
-                N = int(n_pos.max()) + 1
-                pred = np.full((len(dates), N), np.nan)
-                label = np.full((len(dates), N), np.nan)
+                pred = np.full((int(t_pos.max()) + 1, int(n_pos.max()) + 1), np.nan)
+                label = np.full_like(pred, np.nan)
                 pred[t_pos, n_pos], label[t_pos, n_pos] = rows[:, 2], rows[:, 3]
+                del rows, t_pos, n_pos
                 daily = daily_rank_ic(pred, label, np.isfinite(pred) & np.isfinite(label))
                 if np.isfinite(daily).any():
                     ic = float(np.nanmean(daily))

@@ -3,8 +3,6 @@ and the run's predictions equal the in-memory run's."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -492,21 +490,28 @@ def test_stage2_row_cap_samples_training_rows(monkeypatch):
 
 def test_freed_heap_goes_back_to_the_os_between_steps():
     """``return_freed_memory`` (called after every step of ``Pipeline.run``) gives back the
-    heap that many small freed arrays leave in RSS (glibc keeps it otherwise)."""
-    from relcast.run_data import return_freed_memory
+    heap that many small freed arrays leave in RSS (glibc keeps it otherwise). In a fresh
+    process: a test worker's heap already holds free memory from earlier tests."""
+    import subprocess
+    import sys
 
-    def rss_mib() -> float:
-        status = Path("/proc/self/status").read_text()
-        return int(status.split("VmRSS:")[1].split()[0]) / 1024
+    script = """
+import numpy as np
+from relcast.run_data import return_freed_memory
 
-    return_freed_memory()
-    before = rss_mib()
-    parts = [np.ones(1000) for _ in range(40_000)]  # 320 MB of 8 kB arrays: heap, not mmap
-    keep = [np.ones(10) for _ in range(100)]  # allocated after: the heap cannot just shrink
-    del parts
-    held = rss_mib()
-    return_freed_memory()
-    after = rss_mib()
+def rss_mib():
+    status = open("/proc/self/status").read()
+    return int(status.split("VmRSS:")[1].split()[0]) / 1024
+
+before = rss_mib()
+parts = [np.ones(1000) for _ in range(40_000)]  # 320 MB of 8 kB arrays: heap, not mmap
+keep = [np.ones(10) for _ in range(100)]  # allocated after: the heap cannot just shrink
+del parts
+held = rss_mib()
+return_freed_memory()
+print(before, held, rss_mib())
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    before, held, after = map(float, out.stdout.split())
     assert held - before > 250  # the freed arrays were still held
     assert after - before < 0.3 * (held - before), (before, held, after)
-    del keep

@@ -38,7 +38,6 @@ by what a few batches touch plus the loaders' index arrays.
 from __future__ import annotations
 
 import json
-import mmap
 import os
 import shutil
 from collections.abc import Callable, Sequence
@@ -48,7 +47,7 @@ from typing import Any
 import numpy as np
 from numpy.lib.format import open_memmap
 
-from relcast.data.panel import Panel, RelcastDataError, memory_map_of
+from relcast.data.panel import Panel, RelcastDataError, memory_map_of, release_pages
 from relcast.features import DEFAULT_WINDOWS, build_features, forward_returns
 from relcast.features.featureset import FeatureSet
 from relcast.features.labels import normalize_labels_cross_section
@@ -286,10 +285,8 @@ class MemmapFeatureStore:
         Dirty pages are flushed first; the page cache (the kernel's, shared) is untouched.
         """
         self.flush()
-        maps = [getattr(a, "_mmap", None) for a in self._arrays()]
-        for mm in maps + self.__dict__.get("_tracked", []):
-            if mm is not None and hasattr(mm, "madvise") and not mm.closed:
-                mm.madvise(mmap.MADV_DONTNEED)
+        for array in self._arrays() + self.__dict__.get("_tracked", []):
+            release_pages(array)
 
     def scratch(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
         """A float32 ``shape`` array in a file next to the store, unlinked at once (it lives
@@ -305,7 +302,7 @@ class MemmapFeatureStore:
         """Release ``array``'s memory map with the store's (a memory-mapped array or a view
         of one: the run's panel, Stage3's hybrid inputs)."""
         if (mapped := memory_map_of(array)) is not None:
-            self.__dict__.setdefault("_tracked", []).append(mapped._mmap)
+            self.__dict__.setdefault("_tracked", []).append(mapped)
 
     def start_pager(self, interval: float = 1.0) -> None:
         """Call :meth:`release` every ``interval`` seconds in a daemon thread, for as long as the

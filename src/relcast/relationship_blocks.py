@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from relcast.runfolder.base import temp_path
 
 BLOCK_BYTES = 64 << 20
 """Bytes per block: of a block's relationship values, inputs and Stage1 outputs (float32) at
@@ -99,8 +100,7 @@ def write_frame_parquet(
     T, N = store.mask.shape
     own = 0 if store.features is None else store.features.values.shape[2]
     row_bytes = N * 4 * (3 + own + len(store.names))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = temp_path(path)  # relcast's own temporary name (recovery knows it), mode 0644
     writer = None
     try:
         for block in date_blocks(T, row_bytes):

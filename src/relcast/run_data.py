@@ -89,13 +89,15 @@ class RunData:
         from relcast.config import load_config
 
         run_dir = Path(run_dir)
-        info = RunFolder(run_dir).read_json("run.json")
-        RunFolder(run_dir).recover_if_free()  # finish an interrupted update, drop leftovers
-        if info.get("format") != RUN_FORMAT:
+        folder = RunFolder(run_dir)
+        info = folder.read_json("run.json")
+        if folder.format_of() != RUN_FORMAT:  # checked before recovery touches anything
+            found = info.get("format") if isinstance(info, dict) else None
             raise RunFolderError(
-                f"{run_dir} was written by an incompatible relcast (run format "
-                f"{info.get('format')}, this version reads {RUN_FORMAT})"
+                f"{run_dir} is not a run folder of this relcast (its run.json has no relcast "
+                f"format marker, or run format {found}; this version reads {RUN_FORMAT})"
             )
+        folder.recover_if_free()  # finish an interrupted update, drop leftovers
         return cls(load_config(file=run_dir / "config.yaml"), run_dir)
 
     def _info(self) -> dict:

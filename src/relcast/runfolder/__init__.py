@@ -20,11 +20,13 @@ from relcast.runfolder.base import (
     LOCK,
     LOCK_WAIT_ENV,
     RUN_FORMAT,
+    RUN_KIND,
     RUN_MARKERS,
     STAGED,
     RunFolderBusy,
     RunFolderError,
     atomic_write,
+    confined,
     jsonable,
     read_json,
     temp_path,
@@ -32,7 +34,7 @@ from relcast.runfolder.base import (
 from relcast.runfolder.folder import RunFolder
 
 __all__ = [
-    "FILES", "JOURNAL", "LOCK", "LOCK_WAIT_ENV", "RUN_FORMAT", "RUN_MARKERS", "STAGED",
-    "RunFolder", "RunFolderBusy", "RunFolderError", "atomic_write", "data_changes",
+    "FILES", "JOURNAL", "LOCK", "LOCK_WAIT_ENV", "RUN_FORMAT", "RUN_KIND", "RUN_MARKERS", "STAGED",
+    "RunFolder", "RunFolderBusy", "RunFolderError", "atomic_write", "confined", "data_changes",
     "data_fingerprint", "data_paths", "jsonable", "panel_hashes", "read_json", "temp_path",
 ]  # fmt: skip

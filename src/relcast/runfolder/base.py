@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +17,8 @@ LOCK = ".relcast.lock"
 JOURNAL = "update.journal"
 STAGED = ".update"  # suffix of a file staged for a journalled commit
 LOCK_WAIT_ENV = "RELCAST_LOCK_WAIT"
-RUN_MARKERS = ("run.json", LOCK)  # a folder holding one of these is a relcast run folder
+RUN_MARKERS = ("run.json", LOCK)  # the files that can make a folder a relcast run folder
+RUN_KIND = "relcast run folder"  # run.json's "kind": the format marker (with "format")
 
 # What every file of a run folder is (names are relative to the folder).
 FILES = {
@@ -85,43 +87,86 @@ def read_json(path: str | Path) -> Any:
 
 # ----------------------------------------------------------------------------- atomic files
 def temp_path(final: str | Path) -> Path:
-    """A temporary name next to ``final`` that no other process or call uses."""
+    """A temporary name next to ``final`` that no other process or call uses:
+    ``.<name>.<pid>.<8 hex>.tmp``; the pid is what recovery later recognises as its own."""
     final = Path(final)
     return final.with_name(f".{final.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
 
 
+# .<name>.<pid>.<8 hex>.tmp (atomic_write) or .<name>.<pid>.<8 hex>.update (a staged commit)
+_OWN_TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.(?:tmp|update)$")
+
+
+def temp_owner(name: str) -> int | None:
+    """The pid in a temporary name relcast makes (:func:`temp_path`, staged files); None for
+    any other name."""
+    hit = _OWN_TEMP.match(name)
+    return int(hit["pid"]) if hit else None
+
+
+def confined(root: Path, name: str | Path) -> Path:
+    """``root / name`` for a name relative to ``root`` that stays inside it: not absolute,
+    no ``..``, and no symlinked folder on the way that leads out (the last part may be a
+    symlink: writes replace it, never follow it). A :class:`RunFolderError` otherwise."""
+    text = str(name)
+    parts = Path(text).parts
+    if not text or Path(text).is_absolute() or ".." in parts or "\x00" in text:
+        raise RunFolderError(
+            f"{root}: the name {text!r} leads outside the run folder; relcast never reads or "
+            "writes there (a run folder from someone else may be crafted: do not use it)"
+        )
+    path = root / text
+    if len(parts) > 1:
+        inside = os.path.realpath(root)
+        parent = os.path.realpath(path.parent)
+        if parent != inside and not parent.startswith(inside.rstrip(os.sep) + os.sep):
+            raise RunFolderError(
+                f"{path.parent} is a link to {parent}, outside the run folder {root}; relcast "
+                "never writes through it: replace the link by a folder"
+            )
+    return path
+
+
 def atomic_write(path: str | Path, data: bytes | Callable[[Path], Any]) -> Path:
-    """Write ``data`` (bytes, or a function that writes a given path) to ``path`` atomically."""
+    """Write ``data`` (bytes, or a function that writes a given path) to ``path`` atomically.
+
+    The file is created fresh (never through a symlink; mode 0644 less the umask) and renamed
+    over ``path``: a symlink at ``path`` is replaced, the file it pointed to is untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(path)
     try:
         if callable(data):
             data(tmp)
-            fd = os.open(tmp, os.O_RDONLY)
+            fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW)
             try:
                 os.fsync(fd)
             finally:
                 os.close(fd)
         else:
-            with open(tmp, "wb") as fh:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+            with os.fdopen(os.open(tmp, flags, 0o644), "wb") as fh:
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
         os.replace(tmp, path)
     finally:
-        if tmp.exists():  # the write failed: leave nothing behind
+        if tmp.exists() or tmp.is_symlink():  # the write failed: leave nothing behind
             tmp.unlink()
     return path
 
 
-def _is_leftover(name: str) -> bool:
-    """Names only an unfinished write leaves behind (ours, and those of older versions)."""
-    if name == LOCK:
-        return False
-    return (
-        (name.startswith(".") and (name.endswith(".tmp") or name.endswith(STAGED)))
-        or name.startswith(".panel.build")
-        or name.endswith(".parquet.tmp")
-        or name == f"{JOURNAL}.tmp"
-    )
+# names the versions before the lock left behind at the top of a run folder (their exact
+# names: nothing else of the user's can be mistaken for them)
+_LEGACY = re.compile(r"^(?:\.panel\.build[\w.-]*|panel\.parquet\.tmp|\.update\.journal\.tmp)$")
+
+
+def is_leftover(relative: str, owners: set[int]) -> bool:
+    """A file (name relative to the run folder) that relcast recorded as its own and an
+    unfinished write left behind: a temporary or staged name carrying the pid of a holder
+    that died holding the lock (``owners``), or an exact name of an older version at the top."""
+    name = os.path.basename(relative)
+    pid = temp_owner(name)
+    if pid is not None:
+        return pid in owners
+    return relative == name and bool(_LEGACY.match(name))

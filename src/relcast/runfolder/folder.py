@@ -15,17 +15,30 @@ import numpy as np
 
 from relcast.runfolder.base import (
     JOURNAL,
+    LOCK,
     RUN_FORMAT,
-    RUN_MARKERS,
+    RUN_KIND,
     STAGED,
     RunFolderBusy,
     RunFolderError,
-    _is_leftover,
     atomic_write,
+    confined,
+    is_leftover,
     jsonable,
     read_json,
+    temp_owner,
 )
-from relcast.runfolder.lock import _HELD, _lock_wait, _secondary_rank, acquire, holder, release
+from relcast.runfolder.lock import (
+    _HELD,
+    _lock_wait,
+    acquire,
+    holder,
+    job_id,
+    read_info,
+    release,
+    secondary_rank,
+    settled,
+)
 
 
 class RunFolder:
@@ -38,11 +51,40 @@ class RunFolder:
         return f"RunFolder({str(self.path)!r})"
 
     def file(self, name: str) -> Path:
-        """The path of a run file by its name relative to the folder (see :data:`FILES`)."""
-        return self.path / name
+        """The path of a run file by its name relative to the folder (see :data:`FILES`);
+        a name that leads outside the folder is a :class:`RunFolderError`."""
+        return confined(self.path, name)
+
+    def format_of(self) -> int | None:
+        """The run format recorded in run.json (its ``kind`` marker and ``format`` version),
+        None when the folder holds no relcast run.json. run.json of the first format, written
+        before the marker, counts when it has relcast's layout (``format`` 1, ``steps``)."""
+        path = self.path / "run.json"
+        if path.is_symlink() or not path.is_file():
+            return None
+        try:
+            info = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(info, dict) or not isinstance(info.get("format"), int):
+            return None
+        legacy = "kind" not in info and info["format"] == 1 and isinstance(info.get("steps"), dict)
+        return info["format"] if info.get("kind") == RUN_KIND or legacy else None
 
     def is_run_folder(self) -> bool:
-        return self.path.is_dir() and any((self.path / m).exists() for m in RUN_MARKERS)
+        """A folder with relcast's run.json (format marker and version), or one that holds
+        only the lock file and relcast's own temporary files (a first run that stopped early)."""
+        if not self.path.is_dir():
+            return False
+        if self.format_of() is not None:
+            return True
+        names = [p.name for p in self.path.iterdir()]
+        lock = self.path / LOCK
+        return (
+            LOCK in names
+            and not lock.is_symlink()
+            and all(n == LOCK or temp_owner(n) is not None for n in names)
+        )
 
     # ------------------------------------------------------------------ writes
     def write(self, name: str, data: bytes | Callable[[Path], Any]) -> Path:
@@ -60,9 +102,9 @@ class RunFolder:
         return read_json(self.file(name))
 
     def run_info(self) -> dict:
-        """run.json (format, steps done, timings); an empty record before ``prepare``."""
-        return self.read_json("run.json") if self.has("run.json") else {
-            "format": RUN_FORMAT, "steps": {}}  # fmt: skip
+        """run.json (marker, format, steps done, timings); an empty record before ``prepare``."""
+        info = self.read_json("run.json") if self.has("run.json") else {"steps": {}}
+        return {"kind": RUN_KIND, **info, "format": info.get("format", RUN_FORMAT)}
 
     def save_metrics(self, metrics: dict) -> Path:
         return self.write_json("metrics.json", metrics)
@@ -230,36 +272,95 @@ class RunFolder:
                 f"{journal} is damaged (it is written atomically, so it was edited by hand); "
                 "delete it to keep the run as it was before the interrupted update"
             ) from None
-        for staged, final in pairs:
-            if self.file(staged).exists():
-                os.replace(self.file(staged), self.file(final))
+        moves = self._journal_moves(journal, pairs)  # every pair checked before any rename
+        for staged, final in moves:
+            if staged.exists():
+                os.replace(staged, final)
         journal.unlink()
         return True
 
+    def _journal_moves(self, journal: Path, pairs: Any) -> list[tuple[Path, Path]]:
+        """The journal's renames, each a staged file of :meth:`commit` (``.<name>.<pid>.<hex>
+        .update`` beside ``<name>``) inside the folder; anything else refuses the journal."""
+        ok = isinstance(pairs, list) and all(
+            isinstance(p, list) and len(p) == 2 and all(isinstance(x, str) for x in p)
+            for p in pairs
+        )
+        moves = []
+        for staged, final in pairs if ok else []:
+            s, f = Path(staged), Path(final)
+            if (
+                s.parent != f.parent
+                or temp_owner(s.name) is None
+                or not s.name.startswith(f".{f.name}.")
+                or not s.name.endswith(STAGED)
+            ):
+                ok = False
+                break
+            try:
+                moves.append((self.file(staged), self.file(final)))
+            except RunFolderError:
+                ok = False
+                break
+        if not ok:
+            raise RunFolderError(
+                f"{journal} was not written by relcast: it names files that are not staged "
+                "files of this run folder, or paths outside it; nothing was renamed. Delete "
+                "it if you trust the folder, or do not use a run folder from this source"
+            )
+        return moves
+
     # ------------------------------------------------------------------ recovery
-    def leftovers(self) -> list[Path]:
-        """Temporary files of interrupted writes (training logs excluded)."""
-        if not self.path.is_dir():
+    def leftovers(self, owners: set[int] | None = None) -> list[Path]:
+        """Temporary files of interrupted writes that relcast recorded as its own: names made
+        by :func:`~relcast.runfolder.base.temp_path` or :meth:`commit` carrying the pid of a
+        holder that died holding the lock (``owners``; default: those the lock file records),
+        and older versions' exact names at the top. Training logs and links are not walked."""
+        if not self.is_run_folder():
             return []
+        if owners is None:
+            pending = read_info(self.path).get("pending", [])
+            owners = {int(p) for p in pending if str(p).isdigit()}
         found = []
         for root, dirs, names in os.walk(self.path):
             if Path(root) == self.path and "logs" in dirs:
                 dirs.remove("logs")
-            found += [Path(root) / n for n in names if _is_leftover(n)]
+            rel = Path(root).relative_to(self.path)
+            found += [
+                Path(root) / n
+                for n in names
+                if is_leftover(str(rel / n), owners) and not (Path(root) / n).is_symlink()
+            ]
         return sorted(found)
 
-    def recover(self) -> list[Path]:
+    def recover(self, owners: set[int] | None = None) -> list[Path]:
         """Finish an interrupted update, then delete crash leftovers. Hold the lock."""
         self._replay_journal()
-        removed = self.leftovers()
+        removed = self.leftovers(owners)
         for path in removed:
             path.unlink(missing_ok=True)
         return removed
 
+    def _sweep_own(self) -> None:
+        """Before the lock goes: this process's own temporary files (a step that failed
+        half-way), except staged files a journal still needs."""
+        journal = self.file(JOURNAL)
+        keep = set()
+        if journal.exists():
+            with contextlib.suppress(ValueError, OSError, TypeError):
+                keep = {str(self.file(s)) for s, _ in json.loads(journal.read_text())}
+        for path in self.leftovers({os.getpid()}):
+            if str(path) not in keep:
+                path.unlink(missing_ok=True)
+
     def recover_if_free(self) -> bool:
         """Recover now unless another writer holds the folder (it then owns its files)."""
-        if not self.path.is_dir() or self._key() in _HELD or _secondary_rank():
-            return False  # not there, or this thread is the writer (mid-operation)
+        from relcast import distributed
+
+        if not self.path.is_dir() or self._key() in _HELD or not self.is_run_folder():
+            return False  # not there, this thread is the writer (mid-operation), or foreign
+        if job_id() is not None and distributed.rank() > 0:
+            return False  # a real launcher's rank 0 recovers for its job
         try:
             with self.lock("recover", timeout=0.0):
                 pass  # taking the lock recovers
@@ -281,8 +382,15 @@ class RunFolder:
             )
         if p.is_dir() and not self.is_run_folder() and any(p.iterdir()):
             raise RunFolderError(
-                f"{p} is not empty and is not a relcast run folder (no run.json); relcast "
-                "does not write over files it did not create: give a new or empty folder"
+                f"{p} is not empty and is not a relcast run folder (no run.json with relcast's "
+                "format marker); relcast does not write over files it did not create: give a "
+                "new or empty folder"
+            )
+        found = self.format_of()
+        if found is not None and found != RUN_FORMAT:
+            raise RunFolderError(
+                f"{p} was written by another relcast version (run format {found}, this version "
+                f"writes {RUN_FORMAT}); give a new folder"
             )
 
     def holder(self) -> str:
@@ -297,19 +405,24 @@ class RunFolder:
         fail at once). Re-entrant within one thread; recovery runs only on the outer entry.
         """
         key = self._key()
-        if key in _HELD or _secondary_rank():
+        wait = _lock_wait() if timeout is None else timeout
+        if key in _HELD or secondary_rank(self.path, wait):
             yield self
             return
         self.check_writable()
         created = not self.path.exists()
-        fd = acquire(self.path, command, _lock_wait() if timeout is None else timeout)
+        fd, owners = acquire(self.path, command, wait)
         _HELD[key] = fd
         try:
-            self.recover()
+            self.recover(owners)
+            settled(fd)
             yield self
         finally:
             del _HELD[key]
-            release(self.path, fd, remove=created)
+            try:
+                self._sweep_own()
+            finally:
+                release(self.path, fd, remove=created)
 
     # ------------------------------------------------------------------ checkpoints
     def drop_checkpoints(self) -> list[Path]:

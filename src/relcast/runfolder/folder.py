@@ -347,8 +347,8 @@ class RunFolder:
         journal = self.file(JOURNAL)
         keep = set()
         if journal.exists():
-            with contextlib.suppress(ValueError, OSError, TypeError):
-                keep = {str(self.file(s)) for s, _ in json.loads(journal.read_text())}
+            with contextlib.suppress(ValueError, OSError, RunFolderError):
+                keep = {str(s) for s, _ in self._journal_moves(journal, json.loads(journal.read_text()))}
         for path in self.leftovers({os.getpid()}):
             if str(path) not in keep:
                 path.unlink(missing_ok=True)

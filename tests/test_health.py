@@ -105,7 +105,7 @@ def test_too_many_bad_rows_in_one_symbol_is_fatal(tmp_path):
     # CCC has 3 bad rows of 99 (negative volume, stale, spike; a gap is no bad row)
     read_panel(path, max_bad_fraction=0.031)
     with pytest.raises(RelcastDataError, match=r"3 of 99 rows of symbol CCC are bad"):
-        read_panel(path, max_bad_fraction=0.02)
+        read_panel(path, max_bad_fraction=0.02, strict=True)
 
 
 def test_account_round_trip_and_table(tmp_path):
@@ -144,7 +144,11 @@ def test_relcast_check_prints_the_account(tmp_path):
     assert "repaired" in result.output
     result = CliRunner().invoke(
         app, ["check", "--data", str(tmp_path / "bars.csv"), "--set", "data.max_bad_fraction=0"]
-    )
+    )  # every symbol with a bad row is excluded, and each is listed
+    assert result.exit_code == 0, result.output
+    assert "excluded 3 symbol(s)" in result.output
+    strict = ["--set", "data.max_bad_fraction=0", "--set", "data.strict=true"]
+    result = CliRunner().invoke(app, ["check", "--data", str(tmp_path / "bars.csv"), *strict])
     assert result.exit_code == 2 and "max_bad_fraction" in result.output
 
 

@@ -189,7 +189,7 @@ def test_qlib_bad_price_names_bin_folder(tmp_path):
     bars.loc[4, "low"] = -2.0
     write_qlib(tmp_path / "qlib", bars, starts={})
     with pytest.raises(RelcastDataError, match=r"features/sh600000 \(date=2021-03-05"):
-        read_panel(tmp_path / "qlib", max_bad_fraction=0)
+        read_panel(tmp_path / "qlib", max_bad_fraction=0, strict=True)
     panel = read_panel(tmp_path / "qlib")  # by default masked and counted
     assert not panel.mask[4, 0] and panel.health.counts == {"nonpositive_price": {"SH600000": 1}}
 
@@ -284,7 +284,7 @@ def test_bad_long_csv(tmp_path, case, pattern):
     path = write_csv(_corrupt(make_bars(), case), tmp_path / "bars.csv")
     before = digest(path)
     with pytest.raises(RelcastDataError, match=pattern) as err:
-        read_panel(path, max_bad_fraction=0)  # strict: every bad row is an error
+        read_panel(path, max_bad_fraction=0, strict=True)  # every bad row is an error
     assert str(path) in str(err.value)
     assert digest(path) == before  # never modify the user's file
     if case in ("non_positive", "high_low"):  # by default one bad row is masked and counted
@@ -327,7 +327,7 @@ def test_many_bad_rows_show_five_examples(tmp_path):
     bars.loc[:9, "open"] = -1.0  # 10 of symbol AAA's 12 rows
     path = write_csv(bars, tmp_path / "bars.csv")
     with pytest.raises(RelcastDataError) as err:
-        read_panel(path)
+        read_panel(path, strict=True)
     message = str(err.value)
     assert "in 10 row(s)" in message and message.count("line ") == 5
 
@@ -416,20 +416,20 @@ def _with_dates(frame: pd.DataFrame, fmt: str) -> pd.DataFrame:
 
 
 def test_dayfirst_dates_are_detected_not_scrambled(tmp_path):
-    bars = make_bars(symbols=("AAA", "BBB"), num_days=12)  # 2021-03-01 .. 2021-03-16
+    bars = make_bars(symbols=("AAA", "BBB"), num_days=30)  # 2021-03-01 .. 2021-04-09
     a, b = (bars[bars["symbol"] == s] for s in ("AAA", "BBB"))
     # only BBB is day-first: 02/03/2021 must be 2 March, not February 3
     folder = _folder(
         tmp_path, {"AAA.csv": _with_dates(a, "%Y-%m-%d"), "BBB.csv": _with_dates(b, "%d/%m/%Y")}
     )
     panel = read_panel(folder)
-    assert panel.num_dates == 12 and panel.mask.all()
-    assert str(panel.dates[-1])[:10] == "2021-03-16"
+    assert panel.num_dates == 30 and panel.mask.all()
+    assert str(panel.dates[-1])[:10] == "2021-04-09"
     month_first = write_csv(bars, tmp_path / "us.csv")
     frame = pd.read_csv(month_first)
     frame["date"] = pd.to_datetime(frame["date"]).dt.strftime("%m/%d/%Y")
     frame.to_csv(tmp_path / "us.csv", index=False)
-    assert str(read_panel(tmp_path / "us.csv").dates[-1])[:10] == "2021-03-16"
+    assert str(read_panel(tmp_path / "us.csv").dates[-1])[:10] == "2021-04-09"
 
 
 def test_ambiguous_day_month_column_is_refused_with_the_choice(tmp_path):
@@ -505,7 +505,7 @@ def test_inf_prices_are_masked_and_counted_or_refused(tmp_path):
     assert np.isfinite(panel.values[panel.mask]).all()
     assert panel.health.counts["inf"] == {"AAA": 1, "BBB": 1}
     with pytest.raises(RelcastDataError, match=r"column 'close' has infinite values.*line 5"):
-        read_panel(path, max_bad_fraction=0)
+        read_panel(path, max_bad_fraction=0, strict=True)
 
 
 def test_date_only_row_among_datetimes(tmp_path):

@@ -56,7 +56,7 @@ def _journals(run: Path, victim: Path) -> dict[str, list]:
         "absolute final": [[staged, str(victim)]],
         "absolute staged": [[str(victim), "panel.parquet"]],
         "through a symlinked folder": [
-            [f"elsewhere/.victim.txt.77.0badcafe.update", "elsewhere/victim.txt"]
+            ["elsewhere/.victim.txt.77.0badcafe.update", "elsewhere/victim.txt"]
         ],
         "not a staged file": [["config.yaml", "panel.parquet"]],
         "staged for another name": [[".config.yaml.77.0badcafe.update", "panel.parquet"]],

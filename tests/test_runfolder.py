@@ -241,8 +241,8 @@ def test_ddp_workers_neither_lock_nor_recover(tmp_path):
     # a real launcher's rank 1 (torchrun's variables, rank 0 of the same job holding the
     # folder) neither locks nor deletes rank 0's temporary files
     folder = tmp_path / "run"
-    job = {"WORLD_SIZE": "2", "GROUP_RANK": "0", "LOCAL_WORLD_SIZE": "2",
-           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29511", "TORCHELASTIC_RUN_ID": "t1"}  # fmt: skip
+    job = {"WORLD_SIZE": "2", "GROUP_RANK": "0", "LOCAL_WORLD_SIZE": "2", "MASTER_PORT": "29511",
+           "MASTER_ADDR": "127.0.0.1", "TORCHELASTIC_RUN_ID": "t1"}  # fmt: skip
     holder = _hold_lock(folder, "run", env={**job, "RANK": "0", "LOCAL_RANK": "0"})
     try:
         mine = folder / f".x.json.{holder.pid}.0badcafe.tmp"

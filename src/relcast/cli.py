@@ -233,6 +233,7 @@ def check(
         date_format=cfg.date_format,
         symbol_pattern=cfg.symbol_pattern,
         max_bad_fraction=cfg.max_bad_fraction,
+        strict=cfg.strict,
     )
     typer.echo(repr(panel))
     typer.echo(panel.health.table())

@@ -101,7 +101,13 @@ class DataConfig(_Section):
         ge=0,
         le=1,
         description="bad rows (non-positive/inf prices, high < low, ...) are masked and "
-        "counted in data_health.json; a symbol with more than this share of them is an error",
+        "counted in data_health.json; a symbol with more than this share of them (repaired "
+        "rows not counted) is excluded from the run and listed there",
+    )
+    strict: bool = Field(
+        False,
+        description="true: a symbol over max_bad_fraction (or without a usable row) stops the "
+        "run instead of being excluded",
     )
 
     @field_validator("date_format")
@@ -112,6 +118,19 @@ class DataConfig(_Section):
                 f"{value!r} is not a date format: use dayfirst, monthfirst or a strftime "
                 "format such as '%d/%m/%Y'"
             )
+        if value is not None and "%" in value:  # a directive pandas cannot read back
+            import datetime
+
+            import pandas as pd
+
+            sample = datetime.datetime(2024, 1, 31, 9, 30).strftime(value)
+            try:
+                pd.to_datetime(pd.Series([sample]), format=value)
+            except (ValueError, TypeError) as exc:
+                raise ValueError(
+                    f"{value!r} is not a strftime format relcast can read ({exc}); e.g. "
+                    "'%d/%m/%Y' or '%Y-%m-%d %H:%M'"
+                ) from None
         return value
 
 

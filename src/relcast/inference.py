@@ -46,6 +46,7 @@ def _read_market(data: str, config) -> Panel:
         date_format=d.date_format,
         symbol_pattern=d.symbol_pattern,
         max_bad_fraction=d.max_bad_fraction,
+        strict=d.strict,
     )
 
 

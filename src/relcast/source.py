@@ -43,6 +43,7 @@ def load_source(config: RelcastConfig, values_path: str | Path | None = None) ->
             date_format=config.data.date_format,
             symbol_pattern=config.data.symbol_pattern,
             max_bad_fraction=config.data.max_bad_fraction,
+            strict=config.data.strict,
         )
         if values_path is not None:  # a long Parquet file is read a block of symbols at a time
             from relcast.data.blockread import read_panel_to_memmap

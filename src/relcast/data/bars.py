@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from relcast.data.health import BAD_REASONS, DataHealth
+from relcast.data.health import BAD_REASONS, REPAIRED_REASONS, DataHealth
 from relcast.data.panel import OHLCV_FIELDS, PRICE_FIELDS, RelcastDataError
 
 MAX_EXAMPLES = 5
@@ -78,14 +78,18 @@ def clean_bars(
     *,
     max_bad_fraction: float = 0.05,
     jump_factor: float = JUMP_FACTOR,
-    also_broken: int = 0,
+    also_broken: tuple[str, ...] = (),
+    strict: bool = False,
 ) -> pd.DataFrame:
     """Mask (all fields NaN) or repair bad rows in place of a copy; count each in ``health``.
 
-    Raises :class:`RelcastDataError` when one symbol has more than ``max_bad_fraction`` of
-    its rows (at least ``MIN_ROWS`` counted) bad, suspensions not counted: such a file is
-    broken, not noisy. ``max_bad_fraction=0``: every bad row is an error. ``also_broken``:
-    broken symbols of the same source outside ``frame`` (a block reader), for the message.
+    A symbol with more than ``max_bad_fraction`` of its rows (at least ``MIN_ROWS`` counted)
+    bad (suspensions and repaired rows not counted), or with no usable row at all, is broken,
+    not noisy: it is excluded (every row masked, a warning, listed in ``health.excluded``),
+    so one bad symbol never stops a market. ``strict``: raise :class:`RelcastDataError`
+    instead, naming every such symbol. ``max_bad_fraction=0``: every bad row makes its symbol
+    broken. ``also_broken``: broken symbols of the same source outside ``frame`` (a block
+    reader), for the message.
     """
     fields = [c for c in frame.columns if not c.startswith("_") and c not in ("date", "symbol")]
     core = [f for f in OHLCV_FIELDS if f in fields]
@@ -118,9 +122,17 @@ def clean_bars(
         fix_high = ok & (h < np.maximum(o, c))
         fix_low = ok & (l > np.minimum(o, c))
     flag("high_low_range", fix_high | fix_low)
-    _refuse_broken_symbols(
-        frame, source, why, reasons, order, sym, names, max_bad_fraction, also_broken
-    )
+    counted = BAD_REASONS + (REPAIRED_REASONS if strict else ())
+    broken = _broken_symbols(why, reasons, sym, names, max_bad_fraction, counted)
+    if strict and broken:
+        _refuse_broken_symbols(
+            frame, source, why, reasons, order, sym, names, max_bad_fraction, also_broken
+        )
+        raise RelcastDataError(
+            f"{source}: symbol(s) without a usable row: "
+            + "; ".join(f"{k}: {v}" for k, v in sorted(broken.items()))
+            + ". Fix their rows, or set data.strict: false to exclude them."
+        )
 
     masked = (why > 0) & (why != len(reasons))
     out = frame  # built by the reader for this call: changed in place
@@ -134,7 +146,64 @@ def clean_bars(
     for k, reason in enumerate(reasons, start=1):
         counts = np.bincount(sym[why == k], minlength=len(names))
         health.add_counts(reason, names, counts)
+    if broken:  # every row masked: the symbol stays in the market, out of every step
+        exclude_symbols(source, broken, health)
+        gone = out["symbol"].isin(list(broken)).to_numpy()
+        out.iloc[np.flatnonzero(gone), [out.columns.get_loc(f) for f in fields]] = np.nan
     return out
+
+
+def _broken_symbols(
+    why: np.ndarray,
+    reasons: list[str],
+    sym: np.ndarray,
+    names: np.ndarray,
+    max_bad_fraction: float,
+    counted: tuple[str, ...],
+) -> dict[str, str]:
+    """``{symbol: why}`` of the symbols too broken to use: more than ``max_bad_fraction`` of
+    their rows bad (``counted`` reasons), or every row masked."""
+    bad_codes = [k for k, r in enumerate(reasons, start=1) if r in counted]
+    bad = np.isin(why, bad_codes)
+    kept = (why == 0) | (why == reasons.index("high_low_range") + 1)
+    rows_per = np.bincount(sym, minlength=len(names))
+    bad_per = np.bincount(sym[bad], minlength=len(names))
+    kept_per = np.bincount(sym[kept], minlength=len(names))
+    out = {}
+    for n in np.flatnonzero(bad_per > max_bad_fraction * np.maximum(rows_per, MIN_ROWS)):
+        mine = why[bad & (sym == n)]
+        worst = reasons[int(np.bincount(mine).argmax()) - 1]
+        out[str(names[n])] = (
+            f"{bad_per[n]} of {rows_per[n]} rows bad (mostly {worst}), more than "
+            f"data.max_bad_fraction={max_bad_fraction:g}"
+        )
+    masked_per = np.bincount(sym[why > 0], minlength=len(names))
+    suspended_per = np.bincount(
+        sym[why == reasons.index("missing_value") + 1], minlength=len(names)
+    )
+    # no usable row, and not only suspensions (a universe member without bars stays, masked)
+    for n in np.flatnonzero((kept_per == 0) & (masked_per > suspended_per)):
+        if str(names[n]) not in out:
+            codes = why[sym == n]
+            worst = reasons[int(np.bincount(codes[codes > 0]).argmax()) - 1]
+            out[str(names[n])] = f"every one of its {rows_per[n]} rows masked (mostly {worst})"
+    return out
+
+
+def exclude_symbols(source: str, broken: dict[str, str], health: DataHealth) -> None:
+    """Record and announce (a warning) the symbols left out of the run."""
+    import warnings
+
+    health.excluded.update(broken)
+    shown = "; ".join(f"{s}: {w}" for s, w in list(sorted(broken.items()))[:10])
+    more = f" (and {len(broken) - 10} more)" if len(broken) > 10 else ""
+    warnings.warn(
+        f"{source}: {len(broken)} symbol(s) excluded from the run: {shown}{more}. They are "
+        "listed in data_health.json and by `relcast check`; fix their rows, raise "
+        "data.max_bad_fraction, or set data.strict: true to refuse such a market instead",
+        UserWarning,
+        stacklevel=3,
+    )
 
 
 def _spikes(close: np.ndarray, sym: np.ndarray, ok: np.ndarray, factor: float) -> np.ndarray:
@@ -160,10 +229,11 @@ def _refuse_broken_symbols(
     sym: np.ndarray,
     names: np.ndarray,
     max_bad_fraction: float,
-    also_broken: int = 0,
+    also_broken: tuple[str, ...] = (),
 ) -> None:
-    """Raise when a symbol's share of bad rows (``why`` codes into ``reasons``) is too high."""
-    bad_codes = [k for k, r in enumerate(reasons, start=1) if r in BAD_REASONS]
+    """Raise when a symbol's share of bad rows (``why`` codes into ``reasons``; repaired rows
+    count, as ``data.strict`` asks) is too high."""
+    bad_codes = [k for k, r in enumerate(reasons, start=1) if r in BAD_REASONS + REPAIRED_REASONS]
     bad = np.isin(why, bad_codes)
     rows_per = np.bincount(sym, minlength=len(names))
     bad_per = np.bincount(sym[bad], minlength=len(names))
@@ -171,7 +241,7 @@ def _refuse_broken_symbols(
     # last week is noise, not a broken file
     broken = np.flatnonzero(bad_per > max_bad_fraction * np.maximum(rows_per, MIN_ROWS))
     if len(broken) == 0:
-        return
+        return  # the caller names the symbols without a usable row
     worst = broken[np.argmax(bad_per[broken] / rows_per[broken])]
     mine = bad & (sym == worst)
     codes, counts = np.unique(why[mine], return_counts=True)
@@ -187,6 +257,7 @@ def _refuse_broken_symbols(
         column = OHLCV_FIELDS[int(np.argmax(hit.any(axis=0)))]
     name = names[worst]
     share = f"{bad_per[worst]} of {rows_per[worst]} rows of symbol {name} are bad"
+    every = ", ".join(sorted({str(names[k]) for k in broken} | set(also_broken)))
     raise RelcastDataError(
         row_message(
             source,
@@ -197,9 +268,9 @@ def _refuse_broken_symbols(
             ["open", "high", "low", "close", "volume"],
             fix=(
                 f"{share} (more than data.max_bad_fraction={max_bad_fraction:g}; "
-                f"{len(broken) + also_broken} symbol(s) like this). Fix the file, or raise "
-                "data.max_bad_fraction to mask such rows and count them in the data-health "
-                "account."
+                f"{len(broken) + len(also_broken)} symbol(s) like this: {every}). Fix the file, "
+                "raise data.max_bad_fraction to mask such rows and count them in the "
+                "data-health account, or set data.strict: false to exclude these symbols."
             ),
         )
     )

@@ -38,9 +38,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from relcast.data.bars import MIN_ROWS, check_structure, clean_bars, count_gaps
+from relcast.data.bars import MIN_ROWS, check_structure, clean_bars, count_gaps, exclude_symbols
 from relcast.data.dates import parse_date_column
-from relcast.data.health import BAD_REASONS, DataHealth
+from relcast.data.health import BAD_REASONS, REPAIRED_REASONS, DataHealth
 from relcast.data.panel import OHLCV_FIELDS, Panel, RelcastDataError, release_pages
 from relcast.data.readers import (
     PARQUET_SUFFIXES,
@@ -69,6 +69,7 @@ def read_panel_to_memmap(
     symbol_pattern: str | None = None,
     max_bad_fraction: float = 0.05,
     block_rows: int = 4_000_000,
+    strict: bool = False,
 ) -> Panel:
     """:func:`read_panel` (the same arguments and result) with ``values`` a memory map of
     ``values_path`` (a ``.npy`` file, created or overwritten; copy-on-write, so no caller can
@@ -76,7 +77,7 @@ def read_panel_to_memmap(
     ``block_rows`` rows of whole symbols, so memory is bounded by the block, not the table;
     other layouts load whole (see the module docstring)."""
     path, values_path = Path(path), Path(values_path)
-    options = dict(date_format=date_format, max_bad_fraction=max_bad_fraction)
+    options = dict(date_format=date_format, max_bad_fraction=max_bad_fraction, strict=strict)
     values_path.parent.mkdir(parents=True, exist_ok=True)
     # the map and the spill files are written in a folder beside values_path and the map
     # moved into place at the end: a failed read leaves an earlier values_path as it was,
@@ -157,8 +158,9 @@ class _ParquetBlocks:
         self.health = DataHealth(self.source)
 
     # ------------------------------------------------------------------ the passes
-    def read(self, work: Path, universe, *, date_format, max_bad_fraction) -> Panel:
+    def read(self, work: Path, universe, *, date_format, max_bad_fraction, strict) -> Panel:
         """The panel, its values in memory (shared) until written to ``work/values.npy``."""
+        self.counted = BAD_REASONS + (REPAIRED_REASONS if strict else ())
         counts, probe, seen = self._scan()
         self.seen = seen
         days, stamps, late_error = self._parse_dates(probe, date_format)
@@ -175,9 +177,19 @@ class _ParquetBlocks:
                 if late_error is not None:
                     raise late_error
                 final = stamps
+                rule = self.health.date_rule.replace(", daily (by trading date)", ", intraday")
+                self.health.date_rule = rule
         self.final, self.dates = final, np.unique(final)
         mask = self._fill(work / "values.npy", meta, date_format)
-        self._refuse(date_format, max_bad_fraction)
+        broken = self._refuse(date_format, max_bad_fraction, strict)
+        if broken:  # excluded: every cell masked, as read_panel does
+            exclude_symbols(self.source, broken, self.health)
+            n = np.flatnonzero(np.isin(self.symbols, list(broken)))
+            mask[:, n] = False
+            slab = np.load(work / "values.npy", mmap_mode="r+")
+            slab[:, n] = np.nan
+            slab.flush()
+            del slab
         if meta is not None:
             check_universe(meta, self.symbols, universe, self.path)
         values = np.load(work / "values.npy", mmap_mode="r")
@@ -246,7 +258,9 @@ class _ParquetBlocks:
         symbols = probe.pop("_symbol")
         probe.attrs["row_word"] = ROW_WORD
         args = (probe, self.date_col, self.source, date_format, symbols)
-        days = parse_date_column(*args, daily=True)
+        rules: dict[str, str] = {}
+        days = parse_date_column(*args, daily=True, rules=rules)
+        self.health.date_rule = f"{self.date_col}: {rules.get(self.date_col, '')}"
         try:
             return days, parse_date_column(*args, daily=False), None
         except RelcastDataError as err:
@@ -297,13 +311,21 @@ class _ParquetBlocks:
     def _any_intraday_duplicate(self, days: np.ndarray) -> bool:
         """True if a symbol has two rows on one trading date (read_panel keeps clock times)."""
         _, day = np.unique(days, return_inverse=True)
+        shared, rows = 0, 0
         for b in range(len(self.blocks)):
             table = self._spilled(b, ["_pos", "_dcode"])
             pos = table["_pos"].to_numpy().astype(np.int64)  # int32 on disk
             key = pos * (len(days) + 1) + day[table["_dcode"].to_numpy()]
-            if len(np.unique(key)) < len(key):
-                return True
-        return False
+            shared += int(pd.Series(key).duplicated(keep=False).sum())
+            rows += len(key)
+        if 0 < shared < 0.5 * rows:  # read_panel's rule: a few rows never make a file intraday
+            raise RelcastDataError(
+                f"{self.source}: column {self.date_col!r} gives {shared} of {rows} rows a "
+                "trading day shared with another row of their symbol (the rest of the file is "
+                "daily); read as they are, these rows would turn the whole file into intraday "
+                "bars. Remove the extra rows (read_panel names them)."
+            )
+        return shared > 0
 
     def _standardised(self, b: int, date_format, *, whole: bool = False) -> pd.DataFrame:
         """Block ``b`` as read_panel's standardised table (``date, symbol, <fields>, _file,
@@ -367,6 +389,7 @@ class _ParquetBlocks:
                 release_pages(values)
             for reason, per in health.counts.items():
                 self.health.add_counts(reason, np.array(list(per)), np.array(list(per.values())))
+            self.health.excluded.update(health.excluded)
             self.health.rows += len(frame)
         if values is not None:
             values.flush()
@@ -379,11 +402,12 @@ class _ParquetBlocks:
         rows = frame["symbol"].value_counts()
         first = frame.groupby("symbol", observed=True)["_line"].min()
         for sym, n in rows[rows > 0].items():
-            bad = sum(health.counts.get(r, {}).get(str(sym), 0) for r in BAD_REASONS)
+            bad = sum(health.counts.get(r, {}).get(str(sym), 0) for r in self.counted)
             self.stats[str(sym)] = (int(n), int(bad), int(first[sym]), b)
 
-    def _refuse(self, date_format, max_bad_fraction: float) -> None:
-        """Raise what read_panel raises for the whole table, in its order, or nothing."""
+    def _refuse(self, date_format, max_bad_fraction: float, strict: bool) -> dict[str, str]:
+        """Raise what read_panel raises for the whole table, in its order; else the symbols
+        over ``max_bad_fraction`` to exclude (``{symbol: why}``; ``strict`` raises)."""
         if self.empty:  # a core column empty in every block: block 0 says it as read_panel
             self._standardised(0, date_format, whole=True)
         if self.failed:
@@ -394,14 +418,25 @@ class _ParquetBlocks:
         rows_per, bad_per = (np.array([self.stats[s][k] for s in syms]) for k in (0, 1))
         broken = np.flatnonzero(bad_per > max_bad_fraction * np.maximum(rows_per, MIN_ROWS))
         if len(broken) == 0:
-            return
+            return {}
+        if not strict:
+            return {
+                syms[i]: f"{bad_per[i]} of {rows_per[i]} rows bad, more than "
+                f"data.max_bad_fraction={max_bad_fraction:g}"
+                for i in broken
+            }
         worst = syms[broken[np.argmax(bad_per[broken] / rows_per[broken])]]
         b = self.stats[worst][3]
-        elsewhere = sum(self.stats[syms[i]][3] != b for i in broken)
+        elsewhere = tuple(syms[i] for i in broken if self.stats[syms[i]][3] != b)
         health = DataHealth(self.source)
         frame = check_structure(self._standardised(b, date_format), self.source, health)
         clean_bars(
-            frame, self.source, health, max_bad_fraction=max_bad_fraction, also_broken=elsewhere
+            frame,
+            self.source,
+            health,
+            max_bad_fraction=max_bad_fraction,
+            also_broken=elsewhere,
+            strict=True,
         )
         raise AssertionError(f"{worst} has too many bad rows, but its block passed")
 

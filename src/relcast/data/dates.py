@@ -4,10 +4,18 @@ Rules (documented in README "Data health" and :func:`relcast.read_panel`):
 
 * ``2024-01-31`` / ``2024/01/31`` / ``2024.01.31`` (year first, optional time) and
   ``20240131`` are unambiguous.
-* ``31/01/2024`` (day or month first) is read with one order for the whole column: a first
-  number above 12 proves day-first, a second number above 12 proves month-first; a column
-  with both is refused, and a column where every date fits both orders is refused unless
-  ``date_format`` says ``dayfirst``, ``monthfirst`` or gives a ``strftime`` format.
+* ``31/01/2024`` and ``31/01/19`` (day or month first; a two-digit year is 19yy from 69 on,
+  20yy below, as ``%y``) are read with one order for the whole column: a first number above
+  12 proves day-first, a second number above 12 proves month-first; a column with both is
+  refused, a column where every date fits both orders is refused unless ``date_format`` says
+  ``dayfirst``, ``monthfirst`` or gives a ``strftime`` format, and so is a column where the
+  proof is a minority (fewer than a quarter of its distinct dates) that would reorder the rest.
+* One rule per column, chosen from the whole column (never a guess per row): a column that
+  mixes layouts (``2024-01-31`` with ``31/01/2024``, or text dates in two formats) is refused,
+  naming the rows in the minority layout. The rule is stated in the health account.
+* A daily file stays daily: a minority of rows that share a (symbol, day) with another row
+  (a stray ``09:30`` among date-only rows) is refused, naming them, instead of turning the
+  whole file into intraday bars.
 * A UTC offset (``16:00:00-05:00``, ``Z``) is dropped and the wall-clock time kept: the
   time as written is the exchange's local time, so its date is the trading date, also
   when the offset changes with daylight saving.
@@ -29,7 +37,16 @@ _TIME = r"(?:[ T](?P<hour>\d{1,2}):(?P<minute>\d{2})(?::(?P<second>\d{2})(?P<fra
 _OFFSET = r"\s*(?:Z|UTC|[+-]\d{2}:?\d{2})?"
 _YEAR_FIRST = rf"(?P<year>\d{{4}})[-/.](?P<a>\d{{1,2}})[-/.](?P<b>\d{{1,2}}){_TIME}{_OFFSET}"
 _YEAR_LAST = rf"(?P<a>\d{{1,2}})[-/.](?P<b>\d{{1,2}})[-/.](?P<year>\d{{4}}){_TIME}{_OFFSET}"
+_YEAR_LAST2 = rf"(?P<a>\d{{1,2}})[-/.](?P<b>\d{{1,2}})[-/.](?P<year>\d{{2}}){_TIME}{_OFFSET}"
 _COMPACT = r"(?P<year>\d{4})(?P<a>\d{2})(?P<b>\d{2})"
+# (pattern, its name in the health account)
+_LAYOUTS = (
+    (_YEAR_FIRST, "ymd", "year first (2024-01-31)"),
+    (_COMPACT, "ymd", "compact (20240131)"),
+    (_YEAR_LAST, "?", "year last (A/B/2024)"),
+    (_YEAR_LAST2, "?", "two-digit year last (A/B/24)"),
+)
+MINORITY = 0.25  # proof from fewer than this share of a column's distinct dates is no proof
 # an offset right after a clock time (never the "-2018" of "02-01-2018")
 _OFFSET_AFTER_TIME = r"(\d:\d{2}(?::\d{2}(?:\.\d+)?)?)\s*(?:Z|UTC|[+-]\d{2}:?\d{2})$"
 
@@ -48,15 +65,23 @@ def parse_date_text(
     """Date strings -> (``datetime64[ns] [R]`` with NaT where unreadable, ``date_only bool [R]``).
 
     ``date_only`` marks rows written without a clock time. Raises :class:`DateFormatError`
-    for a column whose day/month order is mixed or cannot be told.
+    for a column whose day/month order is mixed or cannot be told, or that mixes layouts.
     """
+    values, only, _ = parse_date_rule(text, date_format)
+    return values, only
+
+
+def parse_date_rule(
+    text: pd.Series, date_format: str | None = None
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """:func:`parse_date_text` and the one rule it read the column with, in words."""
     codes, uniques = pd.factorize(text, use_na_sentinel=True)  # strip the few distinct ones
     stripped = pd.Series(np.asarray(uniques, dtype=object), dtype="string").str.strip()
     again, uniques = pd.factorize(stripped, use_na_sentinel=True)
     codes = np.where(codes >= 0, again[np.maximum(codes, 0)], -1)
     uniques = pd.Series(np.asarray(uniques, dtype=object), dtype="string")
     try:
-        parsed, date_only = _parse_unique(uniques, date_format)
+        parsed, date_only, rule = _parse_unique(uniques, date_format)
     except DateFormatError as err:  # positions among distinct strings -> rows
         err.bad = (codes >= 0) & err.bad[np.maximum(codes, 0)]
         raise
@@ -65,58 +90,110 @@ def parse_date_text(
     ok = codes >= 0
     values[ok] = parsed[codes[ok]]
     only[ok] = date_only[codes[ok]]
-    return values, only
+    return values, only, rule
 
 
-def _parse_unique(text: pd.Series, date_format: str | None) -> tuple[np.ndarray, np.ndarray]:
-    """Parse distinct strings; errors name positions in ``text`` (mapped back by the caller)."""
+def _parse_unique(text: pd.Series, date_format: str | None) -> tuple[np.ndarray, np.ndarray, str]:
+    """Parse distinct strings with one rule; errors name positions in ``text`` (mapped back
+    by the caller)."""
     out = np.full(len(text), np.datetime64("NaT"), dtype="datetime64[ns]")
     date_only = np.zeros(len(text), dtype=bool)
     if len(text) == 0:
-        return out, date_only
+        return out, date_only, "no dates"
     if date_format is not None and date_format not in DATE_FORMAT_CHOICES:
         # an explicit strftime format; offsets are dropped first (wall-clock = local time)
         fmt = date_format.replace("%z", "").replace("%Z", "").strip()
         wall = text.str.replace(_OFFSET_AFTER_TIME, r"\1", regex=True)
         out[:] = pd.to_datetime(wall, format=fmt, errors="coerce").to_numpy("datetime64[ns]")
         date_only[:] = not any(c in fmt for c in ("%H", "%I", "%M"))
-        return out, date_only
+        return out, date_only, f"data.date_format {date_format!r}"
 
-    left = np.ones(len(text), dtype=bool)
-    for pattern, order in ((_YEAR_FIRST, "ymd"), (_COMPACT, "ymd"), (_YEAR_LAST, "?")):
+    layouts = []
+    for pattern, order, name in _LAYOUTS:
         parts = text.str.extract(f"^{pattern}$")
-        hit = parts["year"].notna().to_numpy() & left
-        if not hit.any():
-            continue
-        a = parts["a"].to_numpy()[hit].astype(np.int64)
-        b = parts["b"].to_numpy()[hit].astype(np.int64)
-        if order == "?":
-            order = _day_month_order(text[hit], a, b, date_format, hit)
-        month, day = (a, b) if order in ("ymd", "mdy") else (b, a)
-        clock = {
-            k: pd.to_numeric(parts[k], errors="coerce").to_numpy()[hit] if k in parts else None
-            for k in ("hour", "minute", "second")
-        }
-        frame = {"year": parts["year"].to_numpy()[hit].astype(np.int64), "month": month, "day": day}
-        for k, v in clock.items():
-            frame[k] = np.nan_to_num(v, nan=0.0).astype(np.int64) if v is not None else 0
-        stamp = pd.to_datetime(pd.DataFrame(frame), errors="coerce")
-        if "frac" in parts:
-            frac = pd.to_numeric(parts["frac"].to_numpy()[hit], errors="coerce")
-            stamp = stamp + pd.to_timedelta(np.nan_to_num(np.asarray(frac, float)), unit="s")
-        out[hit] = stamp.to_numpy("datetime64[ns]")
-        date_only[hit] = parts["hour"].isna().to_numpy()[hit] if "hour" in parts else True
-        left &= ~hit
-    if left.any():  # month names and other free text: pandas, with the day-first choice
-        rest = text[left].str.replace(_OFFSET_AFTER_TIME, r"\1", regex=True)
-        stamp = pd.to_datetime(
-            rest, errors="coerce", format="mixed", dayfirst=date_format == "dayfirst"
-        )
+        hit = parts["year"].notna().to_numpy()  # the layouts never match the same string
+        if hit.any():
+            layouts.append((hit, parts, order, name))
+    left = ~np.any([h for h, *_ in layouts], axis=0) if layouts else np.ones(len(text), bool)
+    if layouts and left.any():  # text that reads as no date at all stays NaT (unparseable)
+        from pandas.tseries.api import guess_datetime_format
+
+        left &= np.array([bool(v) and guess_datetime_format(v) is not None for v in
+                          text.fillna("").tolist()])  # fmt: skip
+    _one_layout(text, [(h, n) for h, _, _, n in layouts], left)
+    if left.all():  # month names and other free text: one format for the whole column
+        return _free_text(text, date_format)
+    hit, parts, order, name = layouts[0]
+    a = parts["a"].to_numpy()[hit].astype(np.int64)
+    b = parts["b"].to_numpy()[hit].astype(np.int64)
+    year = parts["year"].to_numpy()[hit].astype(np.int64)
+    if order == "?":
+        order = _day_month_order(text[hit], a, b, date_format, hit)
+        name += ", day first" if order == "dmy" else ", month first"
+    if len(parts["year"].dropna().iloc[0]) == 2:
+        year = np.where(year < 69, 2000 + year, 1900 + year)  # strptime's %y
+    month, day = (a, b) if order in ("ymd", "mdy") else (b, a)
+    frame = {"year": year, "month": month, "day": day}
+    for k in ("hour", "minute", "second"):
+        v = pd.to_numeric(parts[k], errors="coerce").to_numpy()[hit] if k in parts else None
+        frame[k] = np.nan_to_num(v, nan=0.0).astype(np.int64) if v is not None else 0
+    stamp = pd.to_datetime(pd.DataFrame(frame), errors="coerce")
+    if "frac" in parts:
+        frac = pd.to_numeric(parts["frac"].to_numpy()[hit], errors="coerce")
+        stamp = stamp + pd.to_timedelta(np.nan_to_num(np.asarray(frac, float)), unit="s")
+    out[hit] = stamp.to_numpy("datetime64[ns]")
+    date_only[hit] = parts["hour"].isna().to_numpy()[hit] if "hour" in parts else True
+    return out, date_only, name
+
+
+def _one_layout(text: pd.Series, layouts: list[tuple[np.ndarray, str]], left: np.ndarray) -> None:
+    """Refuse a column whose dates come in more than one layout, naming the minority."""
+    groups = [(h, n) for h, n in layouts] + ([(left, "another layout")] if left.any() else [])
+    if len(groups) <= 1:
+        return
+    main = max(range(len(groups)), key=lambda k: groups[k][0].sum())
+    bad = np.any([h for k, (h, _) in enumerate(groups) if k != main], axis=0)
+    others = ", ".join(n for k, (_, n) in enumerate(groups) if k != main)
+    raise DateFormatError(
+        f"mixes date layouts: most dates are {groups[main][1]}, these are {others} "
+        f"(e.g. {text[groups[main][0]].iloc[0]!r} and {text[bad].iloc[0]!r})",
+        bad,
+        "Write one date format in the whole column (best: 2024-01-31), or set "
+        "data.date_format to a strftime format that reads every row.",
+    )
+
+
+def _free_text(text: pd.Series, date_format: str | None) -> tuple[np.ndarray, np.ndarray, str]:
+    """Dates in a layout without digits-only fields (``Jan 31, 2024``): the one format, guessed
+    from up to 50 distinct strings across the column, that reads the most of them."""
+    from pandas.tseries.api import guess_datetime_format
+
+    wall = text.str.replace(_OFFSET_AFTER_TIME, r"\1", regex=True)
+    sample = wall.iloc[np.unique(np.linspace(0, len(wall) - 1, min(50, len(wall))).astype(int))]
+    formats = {guess_datetime_format(v, dayfirst=date_format == "dayfirst") for v in sample}
+    best, best_out = None, None
+    for fmt in sorted(f for f in formats if f):
+        stamp = pd.to_datetime(wall, format=fmt, errors="coerce")
         if isinstance(stamp.dtype, pd.DatetimeTZDtype):
             stamp = stamp.dt.tz_localize(None)
-        out[left] = stamp.to_numpy("datetime64[ns]")
-        date_only[left] = ~rest.str.contains(":", regex=False).fillna(False).to_numpy()
-    return out, date_only
+        if best_out is None or stamp.notna().sum() > best_out.notna().sum():
+            best, best_out = fmt, stamp
+    if best is None:
+        return (
+            np.full(len(text), np.datetime64("NaT"), dtype="datetime64[ns]"),
+            np.zeros(len(text), bool),
+            "no readable format",
+        )
+    missed = best_out.isna().to_numpy()
+    if missed.any() and missed.sum() < len(text):
+        raise DateFormatError(
+            f"mixes date formats: most dates read as {best!r}, these do not",
+            missed,
+            "Write one date format in the whole column (best: 2024-01-31), or set "
+            "data.date_format to a strftime format that reads every row.",
+        )
+    only = ~wall.str.contains(":", regex=False).fillna(False).to_numpy()
+    return best_out.to_numpy("datetime64[ns]"), only, f"the format {best!r}"
 
 
 def _day_month_order(
@@ -135,10 +212,27 @@ def _day_month_order(
             bad,
             "Write one date format in the whole column (best: 2024-01-31).",
         )
-    if date_format == "dayfirst" or (date_format is None and day_first.any()):
+    if date_format == "dayfirst":
         return "dmy"
-    if date_format == "monthfirst" or (date_format is None and month_first.any()):
+    if date_format == "monthfirst":
         return "mdy"
+    proof = day_first if day_first.any() else month_first
+    if proof.any():
+        days = pd.Series(text.to_numpy()).str.split(r"[ T]", n=1, regex=True).str[0].to_numpy()
+        distinct = len(set(days.tolist()))
+        proven = len(set(days[proof].tolist()))
+        if proven < MINORITY * distinct:  # a few rows would reorder all the others
+            bad = np.zeros(len(hit), dtype=bool)
+            bad[where[proof]] = True
+            order = "day-first" if day_first.any() else "month-first"
+            raise DateFormatError(
+                f"reads {order} only because of {proven} of {distinct} distinct dates; every "
+                "other date fits both orders, so these few would decide the calendar",
+                bad,
+                "Check these rows, then say which order: set data.date_format=dayfirst or "
+                "data.date_format=monthfirst (or a format such as '%d/%m/%Y').",
+            )
+        return "dmy" if day_first.any() else "mdy"
     bad = np.zeros(len(hit), dtype=bool)
     bad[where] = True
     return _ambiguous(text.iloc[0], bad)
@@ -162,6 +256,7 @@ def parse_date_column(
     symbols: pd.Series,
     *,
     daily: bool | None = None,
+    rules: dict[str, str] | None = None,
 ) -> np.ndarray:
     """A table's date column -> ``datetime64[ns]``: local wall-clock time, daily data by date.
 
@@ -169,7 +264,10 @@ def parse_date_column(
     day are daily bars, kept by date); True / False = the caller decided (a block reader
     that sees the rows in parts, :mod:`relcast.data.blockread`).
 
-    Raises :class:`RelcastDataError` naming the rows for unparseable, ambiguous or mixed dates.
+    ``rules``: gets ``{column: the rule the column was read with}`` (for the health account).
+
+    Raises :class:`RelcastDataError` naming the rows for unparseable, ambiguous or mixed dates,
+    and for a minority of rows that would turn a daily file into intraday bars.
     """
     from relcast.data.bars import row_message
 
@@ -178,6 +276,7 @@ def parse_date_column(
 
     values = raw[column]
     date_only = None
+    rule = "date/time values of the file"
     if pd.api.types.is_datetime64_any_dtype(values) or _holds_dates(values):
         parsed = pd.to_datetime(values, errors="coerce")
         if isinstance(parsed.dtype, pd.DatetimeTZDtype):
@@ -190,7 +289,12 @@ def parse_date_column(
             if clock.str.contains(":", regex=False).any():  # separate date and clock columns
                 text = text.str.strip() + " " + clock.fillna("")
         try:
-            parsed, date_only = parse_date_text(text, date_format)
+            try:
+                parsed, date_only, rule = parse_date_rule(text, date_format)
+            except DateFormatError:
+                if "_file" not in raw or raw["_file"].nunique() < 2:
+                    raise
+                parsed, date_only, rule = _per_file(text, raw["_file"], date_format)
         except DateFormatError as err:
             rows = shown(text.to_numpy())
             message = row_message(source, rows, err.bad, column, err.problem, [], fix=err.fix)
@@ -210,12 +314,20 @@ def parse_date_column(
             )
         )
     day = parsed.astype("datetime64[D]")
+    if rules is not None:
+        rules[column] = rule
     if (parsed == day).all():
         return parsed
     if daily is None:
         codes = pd.factorize(symbols)[0].astype(np.int64)
         days = day.view(np.int64)
-        daily = not pd.Series(codes * (1 << 24) + (days - days.min())).duplicated().any()
+        shared = pd.Series(codes * (1 << 24) + (days - days.min())).duplicated(keep=False)
+        shared = shared.to_numpy()
+        if shared.any() and shared.mean() < 0.5:  # a few rows would make the file intraday
+            _refuse_stray_times(raw, shown(parsed), shared, column, source)
+        daily = not shared.any()
+    if rules is not None:
+        rules[column] = rule + (", daily (by trading date)" if daily else ", intraday")
     if daily:
         return day.astype("datetime64[ns]")  # daily bars (16:00 and 13:00 half-day closes)
     if date_only is not None and date_only.any():
@@ -231,6 +343,51 @@ def parse_date_column(
             )
         )
     return parsed
+
+
+def _per_file(
+    text: pd.Series, files: pd.Series, date_format: str | None
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """A folder of per-symbol files whose files differ in layout: one rule per file."""
+    codes, names = pd.factorize(files)
+    parsed = np.full(len(text), np.datetime64("NaT"), dtype="datetime64[ns]")
+    only = np.zeros(len(text), dtype=bool)
+    rules = {}
+    for k in range(len(names)):
+        rows = np.flatnonzero(codes == k)
+        try:
+            parsed[rows], only[rows], rule = parse_date_rule(text.iloc[rows], date_format)
+        except DateFormatError as err:
+            bad = np.zeros(len(text), dtype=bool)
+            bad[rows] = err.bad
+            err.bad = bad
+            raise
+        rules.setdefault(rule, []).append(str(names[k]))
+    return parsed, only, "per file: " + "; ".join(
+        f"{rule} ({len(f)} file(s), e.g. {f[0]})" for rule, f in rules.items()
+    )
+
+
+def _refuse_stray_times(
+    raw: pd.DataFrame, rows: pd.DataFrame, shared: np.ndarray, column: str, source: str
+) -> None:
+    """Most rows have a trading day to themselves (daily bars); ``shared`` rows do not."""
+    from relcast.data.bars import row_message
+
+    raise RelcastDataError(
+        row_message(
+            source,
+            rows,
+            shared,
+            column,
+            f"gives {int(shared.sum())} of {len(shared)} rows a trading day shared with another "
+            "row of their symbol (the rest of the file is daily: one row per symbol and day); "
+            "read as they are, these rows would turn the whole file into intraday bars",
+            [],
+            fix="Remove the extra rows (or give every row its time of day if the file really "
+            "holds intraday bars).",
+        )
+    )
 
 
 def _holds_dates(values: pd.Series) -> bool:

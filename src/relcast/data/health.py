@@ -40,9 +40,11 @@ REASONS: dict[str, tuple[str, str]] = {
     "gap": ("missing", "no row on a date the market traded, inside the symbol's first..last row"),
 }
 # reasons that count towards max_bad_fraction: not missing values (suspensions, the
-# source's Open = 0 no-trade bars of illiquid symbols), gaps or identical duplicates
+# source's Open = 0 no-trade bars of illiquid symbols), gaps or identical duplicates, and not
+# rows the reader repairs (high_low_range: the bar is kept, widened)
 MISSING_REASONS = ("missing_open", "missing_value", "gap", "duplicate_bar")
-BAD_REASONS = tuple(r for r in REASONS if r not in MISSING_REASONS)
+REPAIRED_REASONS = ("high_low_range",)
+BAD_REASONS = tuple(r for r in REASONS if r not in MISSING_REASONS + REPAIRED_REASONS)
 
 
 @dataclass
@@ -53,11 +55,16 @@ class DataHealth:
         source: the path that was read.
         rows: rows read (after dropping identical duplicates).
         counts: ``{reason: {symbol: rows}}``, reasons from :data:`REASONS`, zeros left out.
+        date_rule: the one rule the date column was read with (``date: year first ...``).
+        excluded: ``{symbol: why}``: symbols left out of the run (too many bad rows, or no
+            usable row at all); ``data.strict: true`` refuses the market instead.
     """
 
     source: str
     rows: int = 0
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    date_rule: str = ""
+    excluded: dict[str, str] = field(default_factory=dict)
 
     def add(self, reason: str, symbols: np.ndarray) -> None:
         """Count one row per entry of ``symbols`` (the symbols of the affected rows)."""
@@ -95,11 +102,19 @@ class DataHealth:
             "actions": {r: REASONS[r][0] for r in totals},
             "rules": {r: REASONS[r][1] for r in totals},
             "by_symbol": {r: dict(sorted(self.counts[r].items())) for r in totals},
+            "date_rule": self.date_rule,
+            "excluded": dict(sorted(self.excluded.items())),
         }
 
     @classmethod
     def from_dict(cls, data: dict) -> DataHealth:
-        return cls(data["source"], int(data.get("rows", 0)), dict(data.get("by_symbol", {})))
+        return cls(
+            data["source"],
+            int(data.get("rows", 0)),
+            dict(data.get("by_symbol", {})),
+            str(data.get("date_rule", "")),
+            dict(data.get("excluded", {})),
+        )
 
     def save(self, path: str | Path) -> Path:
         """Write ``data_health.json`` atomically."""
@@ -112,9 +127,13 @@ class DataHealth:
     def table(self, top: int = 3) -> str:
         """The account as a text table: reason, action, rows, symbols, top symbols."""
         totals = self.totals()
+        rule = [f"dates read as {self.date_rule}"] if self.date_rule else []
+        out = [f"excluded {len(self.excluded)} symbol(s) from the run:"] if self.excluded else []
+        out += [f"  {s}: {why}" for s, why in sorted(self.excluded.items())]
         if not totals:
-            return f"{self.source}: {self.rows} rows, nothing masked or repaired"
-        lines = [f"{self.source}: {self.rows} rows read", ""]
+            head = f"{self.source}: {self.rows} rows, nothing masked or repaired"
+            return "\n".join([head, *rule, *out])
+        lines = [f"{self.source}: {self.rows} rows read", *rule, *out, ""]
         head = f"{'reason':<18} {'action':<9} {'rows':>8} {'symbols':>8}  most affected"
         lines += [head, "-" * len(head)]
         for reason, n in totals.items():

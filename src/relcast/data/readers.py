@@ -51,6 +51,7 @@ def read_panel(
     date_format: str | None = None,
     symbol_pattern: str | None = None,
     max_bad_fraction: float = 0.05,
+    strict: bool = False,
 ) -> Panel:
     """Read OHLCV bars from ``path`` into a validated :class:`Panel` with a health account.
 
@@ -75,8 +76,10 @@ def read_panel(
             ``"NASDAQ_{symbol}_30Y"`` (``*`` matches anything); default: see
             :func:`symbols_from_files`.
         max_bad_fraction: a symbol with more than this share of bad rows (non-positive or
-            infinite prices, high < low, ...; suspensions not counted) stops the read; below
-            it, bad rows are masked and counted (0 = every bad row is an error).
+            infinite prices, high < low, ...; suspensions and repaired rows not counted), or
+            with no usable row, is excluded: dropped, warned about and listed in
+            ``panel.health.excluded``; below it, bad rows are masked and counted.
+        strict: refuse such a market instead of excluding the symbols (naming every one).
 
     Returns:
         A Panel whose dates are the union of all symbols' dates, with ``panel.health``. A
@@ -100,9 +103,9 @@ def read_panel(
             frame = _read_symbol_folder(path, symbol_pattern, date_format)
     else:
         frame = _read_long_table(path, _has_suffix(path, PARQUET_SUFFIXES), date_format)
-    health = DataHealth(source)
+    health = DataHealth(source, date_rule=frame.attrs.get("date_rule", ""))
     frame = check_structure(frame, source, health)
-    frame = clean_bars(frame, source, health, max_bad_fraction=max_bad_fraction)
+    frame = clean_bars(frame, source, health, max_bad_fraction=max_bad_fraction, strict=strict)
     health.rows = len(frame)
 
     meta = None
@@ -318,7 +321,9 @@ def _standardise(
                 )
             )
         symbols = pd.Series(_clean_symbols(column), index=raw.index)
-    out = pd.DataFrame({"date": parse_date_column(raw, date_col, source, date_format, symbols)})
+    rules: dict[str, str] = {}
+    dates = parse_date_column(raw, date_col, source, date_format, symbols, rules=rules)
+    out = pd.DataFrame({"date": dates})
     out["symbol"] = symbols.to_numpy() if not hasattr(symbols, "cat") else symbols.values
     extras = [
         c
@@ -354,6 +359,7 @@ def _standardise(
     out["_file"] = raw["_file"].to_numpy() if "_file" in raw else ""
     out["_line"] = raw["_line"].to_numpy() if "_line" in raw else 0
     out.attrs["row_word"] = row_word
+    out.attrs["date_rule"] = f"{date_col}: {rules.get(date_col, '')}"
     return out
 
 

@@ -348,7 +348,9 @@ class RunFolder:
         keep = set()
         if journal.exists():
             with contextlib.suppress(ValueError, OSError, RunFolderError):
-                keep = {str(s) for s, _ in self._journal_moves(journal, json.loads(journal.read_text()))}
+                keep = {
+                    str(s) for s, _ in self._journal_moves(journal, json.loads(journal.read_text()))
+                }
         for path in self.leftovers({os.getpid()}):
             if str(path) not in keep:
                 path.unlink(missing_ok=True)

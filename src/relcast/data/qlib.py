@@ -72,7 +72,7 @@ def read_qlib(folder: Path) -> pd.DataFrame:
 def _read_bin(file: Path, name: str, T: int) -> tuple[int, np.ndarray]:
     """``(start index, values)`` of one ``.bin`` file, validated against the calendar size."""
     size = file.stat().st_size
-    if size % 4:
+    if size % 4 or size == 0:  # even an empty series holds its start index
         raise RelcastDataError(
             f"{file}: column {name!r} has {size} bytes, not a whole number of float32 values; "
             "the file is truncated. Re-export it with qlib's dump_bin."

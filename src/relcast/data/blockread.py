@@ -160,6 +160,7 @@ class _ParquetBlocks:
     # ------------------------------------------------------------------ the passes
     def read(self, work: Path, universe, *, date_format, max_bad_fraction, strict) -> Panel:
         """The panel, its values in memory (shared) until written to ``work/values.npy``."""
+        self.strict = strict
         self.counted = BAD_REASONS + (REPAIRED_REASONS if strict else ())
         counts, probe, seen = self._scan()
         self.seen = seen
@@ -372,7 +373,9 @@ class _ParquetBlocks:
                 continue
             if self.failed:
                 continue
-            frame = clean_bars(frame, self.source, health, max_bad_fraction=np.inf)
+            frame = clean_bars(
+                frame, self.source, health, max_bad_fraction=np.inf, strict=self.strict
+            )
             self._count(frame, health, b)
             count_gaps(frame, self.dates, health)
             part = frame_to_panel(frame, meta)  # (T_b, z - a, F)

@@ -515,3 +515,28 @@ print(before, held, rss_mib())
     before, held, after = map(float, out.stdout.split())
     assert held - before > 250  # the freed arrays were still held
     assert after - before < 0.3 * (held - before), (before, held, after)
+
+
+def test_evaluate_and_report_after_an_update_of_a_memmap_run(runs, tmp_path):
+    """`update` on a ``data.store: memmap`` run, then `evaluate` and `report` (issue #27)."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from relcast.cli import app
+
+    run = shutil.copytree(runs["memmap"], tmp_path / "run")
+    old = Pipeline.open(run).panel
+    days = np.busday_offset(old.dates[-1].astype("datetime64[D]"), np.arange(1, 4), roll="forward")
+    dates = days.astype("datetime64[ns]")
+    frame = Panel(
+        dates=dates, symbols=old.symbols, fields=old.fields,
+        values=old.values[-3:] * np.float32(1.01), mask=old.mask[-3:], meta=old.meta,
+    ).to_frame()  # fmt: skip
+    frame.to_csv(tmp_path / "new.csv", index=False)
+    result = CliRunner().invoke(app, ["update", "--run", str(run), "--data", str(tmp_path / "new.csv")])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    for command in ("evaluate", "report"):
+        result = CliRunner().invoke(app, [command, "--run", str(run)])
+        assert result.exit_code == 0, result.output + repr(result.exception)
+    assert Pipeline.open(run).panel.num_dates == old.num_dates + 3

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from relcast.data.continuity import continue_run
 from relcast.data.panel import Panel, RelcastDataError, format_names
 from relcast.runfolder import JOURNAL, RunFolder
 from relcast.runfolder.formats import relationships_npz
@@ -234,6 +235,10 @@ def _update(run_dir, data: str) -> pd.DataFrame:
             "pass only new bars, in order"
         )
     new = _as_trained(new, old)
+    health = (
+        pipe.folder.read_json("data_health.json") if pipe.folder.has("data_health.json") else {}
+    )
+    continue_run(old, new, data, excluded=health.get("excluded", {}))  # or refuse the batch
     combined = Panel(
         dates=np.concatenate([old.dates, new.dates]),
         symbols=old.symbols,

@@ -284,6 +284,8 @@ class Pipeline(RunData):
             if isinstance(values, np.memmap):  # its pages go with the store's
                 self.feature_store.track(values)
                 values = np.asarray(values)  # one ndarray view of the map: Stage3's cache key
+            if self.config.data.store == "memmap":  # `update` appends dates after the store's
+                values = values[: len(self.features.dates)]
             self._cache["relationships"] = (values, stored["names"])
         return self._cache["relationships"]
 

@@ -159,6 +159,8 @@ class RunData:
             self.folder.write("panel.parquet", lambda path: write_panel_parquet(panel, path))
         else:
             self.folder.write("panel.parquet", panel.to_parquet)
+        # forecasts `update` made from the panel this one replaces would mix with the new ones
+        self.folder.file("live_predictions.parquet").unlink(missing_ok=True)
         if panel.health is not None:  # what the reader masked or repaired, by reason and symbol
             self.folder.write_json("data_health.json", panel.health.to_dict())
             if panel.health.totals():

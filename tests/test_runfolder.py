@@ -442,6 +442,32 @@ def test_every_command_recovers_an_interrupted_update_first(
     assert _consistent(work) == DAYS + NEW_DAYS  # the update was finished, not half-applied
 
 
+@pytest.mark.parametrize("case", ["skips a day", "hole inside", "ten years ahead", "intraday"])
+def test_update_refuses_a_batch_that_does_not_continue_the_run(case, run_dir, market, tmp_path):
+    work = _copy(run_dir, tmp_path)
+    frame = market["full"].select(start=market["full"].dates[DAYS]).to_frame()
+    dates = sorted(frame["date"].unique())
+    if case == "skips a day":
+        frame = frame[frame["date"] != dates[0]]
+    elif case == "hole inside":
+        frame = frame[frame["date"] != dates[2]]
+    elif case == "ten years ahead":
+        frame["date"] = frame["date"] + pd.offsets.BDay(2610)
+    else:
+        frame = pd.concat(
+            [frame.assign(date=frame["date"] + pd.Timedelta(minutes=m)) for m in (570, 571)]
+        )
+    frame.to_csv(tmp_path / "batch.csv", index=False)
+    before = {p.name: p.read_bytes() for p in work.iterdir() if p.is_file() and p.name != LOCK}
+    result = CliRunner().invoke(
+        app, ["update", "--run", str(work), "--data", str(tmp_path / "batch.csv")]
+    )
+    assert result.exit_code == 2, result.output + repr(result.exception)
+    assert "Traceback" not in result.output
+    after = {p.name: p.read_bytes() for p in work.iterdir() if p.is_file() and p.name != LOCK}
+    assert after == before
+
+
 # ----------------------------------------------------------------------------- concurrency
 def test_concurrent_updates_lose_nothing(run_dir, market, tmp_path):
     # two `update`s at once (the second waits for the folder): every accepted batch is in
@@ -535,8 +561,10 @@ def test_rerun_on_changed_data_asks_for_force(market, tmp_path):
     assert result.exit_code == 2, result.output
     assert "changed since it was prepared" in result.output and "--force" in result.output
     assert "prices.csv" in result.output and "Traceback" not in result.output
+    (out / "live_predictions.parquet").write_bytes(b"forecasts of the old panel")
     result = CliRunner().invoke(app, _run_args(csv, out, force=True))
     assert result.exit_code == 0, result.output
+    assert not (out / "live_predictions.parquet").exists()  # they belong to the old data
     again = CliRunner().invoke(app, _run_args(csv, out))
     assert again.exit_code == 0 and "done already, skipped" in again.output
 

@@ -465,3 +465,38 @@ def test_build_app_when_gradio_is_installed(tmp_path):
     ids = {getattr(b, "elem_id", None) for b in demo.blocks.values()}
     for key in ("load-data", "apply", "stage1-run", "stage3-cancel", "metrics-table"):
         assert key in ids
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "data.source={secret}",
+        "data.universe={secret}",
+        "data.source={session}/../{name}",
+        "data.source={link}",
+    ],
+    ids=["absolute source", "absolute universe", "dot-dot", "symlink in the session"],
+)
+def test_more_settings_never_read_a_server_path(line, tmp_path):
+    # issue #27: paths in the app come from uploads or the session folder only
+    import relcast
+
+    panel, _ = relcast.synthetic_market(num_stocks=3, num_days=80, seed=0)
+    secret = tmp_path / "server" / "prices.csv"
+    secret.parent.mkdir()
+    panel.to_frame().to_csv(secret, index=False)
+    session = new_session(tmp_path / "runs")
+    upload = tmp_path / "mine.csv"
+    panel.to_frame().to_csv(upload, index=False)
+    overrides, _ = load_data(session, SOURCES[1], str(upload), None, 0, 0)
+    session.update(data=overrides, done=["data"])
+    link = Path(session["dir"]) / "link.csv"
+    link.symlink_to(secret)
+    values = dict(zip(SETTINGS, settings_values(load_config("small")), strict=True))
+    extra = line.format(
+        secret=secret, session=session["dir"], name="../server/prices.csv", link=link
+    )
+    before = sorted(p.name for p in Path(session["dir"]).rglob("*"))
+    with pytest.raises(RelcastDataError, match="not a file of this session"):
+        prepare(session, "small", settings_overrides(*(values[k] for k in SETTINGS), extra=extra))
+    assert sorted(p.name for p in Path(session["dir"]).rglob("*")) == before  # nothing copied

@@ -50,6 +50,24 @@ def user_error(message: str) -> Exception:
     return RelcastDataError(message)
 
 
+def confine_paths(config, session: dict) -> None:
+    """Refuse a configuration whose data paths lead outside the session folder: in the app,
+    data comes from uploads (copied into the session folder) or the bundled sources, never
+    from a server path typed into "More settings" (it would be copied into the downloadable
+    session folder, and its lines would appear in error messages)."""
+    root = os.path.realpath(session["dir"])
+    d = config.data
+    for key, value in (("data.source", d.source), ("data.universe", d.universe)):
+        if value is None or (key == "data.source" and value in ("demo", "synthetic")):
+            continue
+        real = os.path.realpath(value)
+        if not real.startswith(root.rstrip(os.sep) + os.sep):
+            raise user_error(
+                f"{key}={value} is not a file of this session: the app reads only markets "
+                "uploaded in step 1 (or the demo / synthetic market); upload the file instead"
+            )
+
+
 # ---------------------------------------------------------------------------- lifetime
 def runs_base(runs_dir: str | Path | None) -> Path:
     """Where session folders go: ``runs_dir``, else ``<system temp>/relcast-app``."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from relcast.app.session import progress_md, user_error
+from relcast.app.session import confine_paths, progress_md, user_error
 from relcast.app.ui import Shared, friendly
 from relcast.config import (
     EXTRACTORS,
@@ -91,6 +91,7 @@ def prepare(session: dict, preset: str, overrides: list[str]) -> str:
         raise user_error("load a market in step 1 first")
     session["run"], session["done"] = None, ["data"]  # a failed apply leaves no stale run
     cfg = load_config(preset, None, [*session["data"], *overrides])
+    confine_paths(cfg, session)  # uploads and the session folder only, never a server path
     session["runs"] += 1
     run = Path(session["dir"]) / f"run-{session['runs']:02d}"
     Pipeline(cfg, run).prepare()  # bad data or too few dates fail here, before training

@@ -187,7 +187,12 @@ def test_too_many_bad_rows_same_message(tmp_path):
     for fraction in (0.02, 0.011):
         want = raised(read_panel, path, max_bad_fraction=fraction, strict=True)
         got = raised(
-            read_panel_to_memmap, path, values, max_bad_fraction=fraction, block_rows=100, strict=True
+            read_panel_to_memmap,
+            path,
+            values,
+            max_bad_fraction=fraction,
+            block_rows=100,
+            strict=True,
         )
         assert got == want
     assert "3 of 99 rows of symbol CCC are bad" in got and "3 symbol(s) like this" in got

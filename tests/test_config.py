@@ -260,3 +260,26 @@ def test_the_reports_config_summary_reads_keys_that_exist():
             for key in path[:-1]:
                 node = node[key]
             assert path[-1] in node, f"report row {label!r} reads {'.'.join(path)}"
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "data:\n  source: pr\xe9ces.csv\n".encode("latin-1"),  # not UTF-8
+        b"split:\n  train_end: 2024-02-30\n",  # no such date
+        b"data:\n  date_format: '%Q'\n",  # no such strftime directive
+        b"split:\n  valid_end: 2024-13-01\n",
+    ],
+    ids=["latin-1 file", "invalid date", "bad strftime", "month 13"],
+)
+def test_bad_config_inputs_exit_2_without_a_traceback(content, tmp_path):
+    # issue #27: every config input a user can get wrong is a user error (exit 2)
+    from typer.testing import CliRunner
+
+    from relcast.cli import app
+
+    path = tmp_path / "config.yaml"
+    path.write_bytes(content)
+    result = CliRunner().invoke(app, ["check", "--data", "demo", "--config", str(path)])
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert str(path) in result.output or "strftime" in result.output

@@ -534,7 +534,9 @@ def test_evaluate_and_report_after_an_update_of_a_memmap_run(runs, tmp_path):
         values=old.values[-3:] * np.float32(1.01), mask=old.mask[-3:], meta=old.meta,
     ).to_frame()  # fmt: skip
     frame.to_csv(tmp_path / "new.csv", index=False)
-    result = CliRunner().invoke(app, ["update", "--run", str(run), "--data", str(tmp_path / "new.csv")])
+    result = CliRunner().invoke(
+        app, ["update", "--run", str(run), "--data", str(tmp_path / "new.csv")]
+    )
     assert result.exit_code == 0, result.output + repr(result.exception)
     for command in ("evaluate", "report"):
         result = CliRunner().invoke(app, [command, "--run", str(run)])

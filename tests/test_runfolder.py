@@ -463,9 +463,24 @@ def test_update_refuses_a_batch_that_does_not_continue_the_run(case, run_dir, ma
         app, ["update", "--run", str(work), "--data", str(tmp_path / "batch.csv")]
     )
     assert result.exit_code == 2, result.output + repr(result.exception)
-    assert "Traceback" not in result.output
+    why = "trained on daily bars" if case == "intraday" else "weekday(s) without bars"
+    assert why in result.output, result.output
     after = {p.name: p.read_bytes() for p in work.iterdir() if p.is_file() and p.name != LOCK}
     assert after == before
+
+
+def test_update_reads_new_bars_with_date_format(run_dir, market, tmp_path):
+    # issue #27: `update` said "set data.date_format" but had no way to set it
+    work = _copy(run_dir, tmp_path)
+    frame = market["full"].select(start=market["full"].dates[DAYS]).to_frame()
+    frame["date"] = pd.to_datetime(frame["date"]).dt.strftime("%Y|%m|%d")
+    frame.to_csv(tmp_path / "batch.csv", index=False)
+    args = ["update", "--run", str(work), "--data", str(tmp_path / "batch.csv")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and "--date-format" in result.output, result.output
+    result = CliRunner().invoke(app, [*args, "--date-format", "%Y|%m|%d"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert _consistent(work) == DAYS + NEW_DAYS
 
 
 # ----------------------------------------------------------------------------- concurrency

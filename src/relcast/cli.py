@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import os
 import sys
 from pathlib import Path
@@ -259,12 +261,22 @@ def predict(
 def update(
     run: RunDir,
     data: Annotated[str, typer.Option(help="new bars only: dates after the run's last date")],
+    date_format: Annotated[
+        str | None,
+        typer.Option(
+            help="dates of the new bars: dayfirst, monthfirst or e.g. '%d/%m/%y' "
+            "[default: the run's data.date_format]"
+        ),  # fmt: skip
+    ] = None,
 ) -> None:
     """Append new dates: features and Stage1 relationship features for the new dates only,
     then Stage3 forecasts. No retraining; atomic writes."""
+    from relcast.config import load_config
     from relcast.inference import update_run
 
-    frame = update_run(run, data)
+    if date_format is not None:  # checked as the config checks it
+        load_config(None, None, [f"data.date_format={json.dumps(date_format)}"])
+    frame = update_run(run, data, date_format=date_format)
     _emit(frame, None)
 
 

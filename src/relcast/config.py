@@ -202,7 +202,7 @@ def parse_override(item: str) -> dict:
         raise RelcastConfigError(f"--set has an empty key in {item!r}")
     try:
         value: Any = _load_yaml(raw) if raw.strip() else None
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, ValueError) as exc:  # ValueError: a date like 2024-02-30
         problem = str(getattr(exc, "problem", None) or exc).strip()
         raise RelcastConfigError(
             f"--set {key.strip()}: the value {raw!r} is not valid YAML ({problem}); quote "
@@ -222,8 +222,12 @@ def _read_yaml(path: Path) -> dict:
     if not path.exists():
         raise RelcastConfigError(f"config file not found: {path}")
     try:
-        loaded = _load_yaml(path.read_text()) or {}
-    except yaml.YAMLError as exc:
+        loaded = _load_yaml(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        raise RelcastConfigError(
+            f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8"
+        ) from None
+    except (yaml.YAMLError, ValueError) as exc:  # ValueError: a date like 2024-02-30
         raise RelcastConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(loaded, dict):
         raise RelcastConfigError(f"{path}: top level must be a mapping of sections")

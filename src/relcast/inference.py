@@ -35,7 +35,7 @@ def recover_update(run_dir: Path) -> bool:
     return RunFolder(run_dir).recover_if_free()
 
 
-def _read_market(data: str, config) -> Panel:
+def _read_market(data: str, config, date_format: str | None = None) -> Panel:
     """New bars, read with the run's own reader settings (date format, file-name rule, ...)."""
     import relcast
 
@@ -44,7 +44,7 @@ def _read_market(data: str, config) -> Panel:
     d = config.data
     return relcast.read_panel(
         data,
-        date_format=d.date_format,
+        date_format=date_format or d.date_format,
         symbol_pattern=d.symbol_pattern,
         max_bad_fraction=d.max_bad_fraction,
         strict=d.strict,
@@ -215,16 +215,17 @@ def _check_symbols(old: Panel, new: Panel) -> None:
         )
 
 
-def update_run(run_dir, data: str) -> pd.DataFrame:
-    """Append the new dates of ``data`` to the run and forecast them (no retraining)."""
+def update_run(run_dir, data: str, date_format: str | None = None) -> pd.DataFrame:
+    """Append the new dates of ``data`` to the run and forecast them (no retraining);
+    ``date_format``: how the new bars write dates (default: the run's ``data.date_format``)."""
     with RunFolder(run_dir).lock("update"):
-        return _update(run_dir, data)
+        return _update(run_dir, data, date_format)
 
 
-def _update(run_dir, data: str) -> pd.DataFrame:
+def _update(run_dir, data: str, date_format: str | None = None) -> pd.DataFrame:
     pipe = _open(run_dir)
     old = pipe.panel
-    new = _read_market(data, pipe.config)
+    new = _read_market(data, pipe.config, date_format)
     if new.num_dates == 0:
         raise RelcastDataError(f"{data}: no dates to add")
     if new.dates[0] <= old.dates[-1]:

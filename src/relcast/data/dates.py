@@ -230,7 +230,8 @@ def _day_month_order(
                 "other date fits both orders, so these few would decide the calendar",
                 bad,
                 "Check these rows, then say which order: set data.date_format=dayfirst or "
-                "data.date_format=monthfirst (or a format such as '%d/%m/%Y').",
+                "data.date_format=monthfirst (or a format such as '%d/%m/%Y'; relcast "
+                "update: --date-format).",
             )
         return "dmy" if day_first.any() else "mdy"
     bad = np.zeros(len(hit), dtype=bool)
@@ -244,7 +245,7 @@ def _ambiguous(example: str, bad: np.ndarray) -> str:
         bad,
         "Say which: set data.date_format=dayfirst (31/01/2024) or data.date_format=monthfirst "
         "(01/31/2024), or a format such as data.date_format='%d/%m/%Y' "
-        "(read_panel(..., date_format=...)).",
+        "(read_panel(..., date_format=...); relcast update: --date-format).",
     )
 
 
@@ -310,7 +311,7 @@ def parse_date_column(
                 "has unparseable or empty dates",
                 [],
                 fix="Write dates like 2024-01-31 or 2024-01-31 09:30:00 (or set "
-                "data.date_format, e.g. '%d.%m.%Y').",
+                "data.date_format, e.g. '%d.%m.%Y'; relcast update: --date-format).",
             )
         )
     day = parsed.astype("datetime64[D]")
@@ -363,8 +364,11 @@ def _per_file(
             err.bad = bad
             raise
         rules.setdefault(rule, []).append(str(names[k]))
-    return parsed, only, "per file: " + "; ".join(
-        f"{rule} ({len(f)} file(s), e.g. {f[0]})" for rule, f in rules.items()
+    return (
+        parsed,
+        only,
+        "per file: "
+        + "; ".join(f"{rule} ({len(f)} file(s), e.g. {f[0]})" for rule, f in rules.items()),
     )
 
 

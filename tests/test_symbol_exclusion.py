@@ -6,7 +6,6 @@ every such symbol is listed, and ``data.strict: true`` refuses instead. Both rea
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 from test_readers import make_bars, write_qlib
 from typer.testing import CliRunner

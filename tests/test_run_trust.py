@@ -307,6 +307,20 @@ def test_recovery_deletes_only_what_relcast_recorded(tmp_path):
     assert json.loads((run / LOCK).read_text() or "{}").get("pending") is None
 
 
+def test_a_killed_memmap_prepares_spill_folders_are_removed(tmp_path):
+    run = tmp_path / "run"
+    folder = _run_folder(run)
+    spill = {".blockread.4242.0badcafe.tmp": True, ".blockread-k2j4_x9a": True,  # ours
+             ".blockread.4243.0badcafe.tmp": False, "stage1/.blockread-k2j4_x9a": False}  # fmt: skip
+    for name in spill:
+        (run / name).mkdir(parents=True)
+        (run / name / "block0.arrow").write_bytes(b"spilled rows")
+    (run / LOCK).write_text(json.dumps({"pid": 4242, "command": "prepare", "since": "x"}))
+    with folder.lock("run"):
+        pass
+    assert {n: not (run / n).exists() for n in spill} == spill
+
+
 def test_a_killed_holders_temporary_files_are_removed_by_the_next_holder(tmp_path):
     run = tmp_path / "run"
     _run_folder(run)

@@ -31,8 +31,8 @@ the format for large data.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -82,7 +82,10 @@ def read_panel_to_memmap(
     # the map and the spill files are written in a folder beside values_path and the map
     # moved into place at the end: a failed read leaves an earlier values_path as it was,
     # and a panel still mapping that file keeps reading it
-    work = Path(tempfile.mkdtemp(prefix=".blockread-", dir=values_path.parent))
+    # a temporary name of relcast's form (.<name>.<pid>.<8 hex>.tmp): recovery of a run
+    # folder removes it if this process is killed
+    work = values_path.parent / f".blockread.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    work.mkdir()
     try:
         reader = None
         if path.is_file() and _has_suffix(path, PARQUET_SUFFIXES):

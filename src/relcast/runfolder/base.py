@@ -158,7 +158,9 @@ def atomic_write(path: str | Path, data: bytes | Callable[[Path], Any]) -> Path:
 
 # names the versions before the lock left behind at the top of a run folder (their exact
 # names: nothing else of the user's can be mistaken for them)
-_LEGACY = re.compile(r"^(?:\.panel\.build[\w.-]*|panel\.parquet\.tmp|\.update\.journal\.tmp)$")
+_LEGACY = re.compile(
+    r"^(?:\.panel\.build[\w.-]*|panel\.parquet\.tmp|\.update\.journal\.tmp|\.blockread-\w{8})$"
+)
 
 
 def is_leftover(relative: str, owners: set[int]) -> bool:

@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -326,6 +327,9 @@ class RunFolder:
             if Path(root) == self.path and "logs" in dirs:
                 dirs.remove("logs")
             rel = Path(root).relative_to(self.path)
+            gone = [d for d in dirs if is_leftover(str(rel / d), owners)]  # a block reader's
+            found += [Path(root) / d for d in gone if not (Path(root) / d).is_symlink()]
+            dirs[:] = [d for d in dirs if d not in gone]
             found += [
                 Path(root) / n
                 for n in names
@@ -338,7 +342,10 @@ class RunFolder:
         self._replay_journal()
         removed = self.leftovers(owners)
         for path in removed:
-            path.unlink(missing_ok=True)
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
         return removed
 
     def _sweep_own(self) -> None:
@@ -352,7 +359,9 @@ class RunFolder:
                     str(s) for s, _ in self._journal_moves(journal, json.loads(journal.read_text()))
                 }
         for path in self.leftovers({os.getpid()}):
-            if str(path) not in keep:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            elif str(path) not in keep:
                 path.unlink(missing_ok=True)
 
     def recover_if_free(self) -> bool:

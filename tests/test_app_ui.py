@@ -3,8 +3,8 @@
 One tiny synthetic market (6 stocks, 200 days, 1 epoch per stage, lookback 8) goes through
 every step by clicking: load data, settings, Stage1 (cancelled once, then trained), relationship
 features, Stage3 (TFT), evaluate; the attention heatmap, importance plot and metrics table
-must appear. Bad input (a CSV with high < low, an unknown config key) must show relcast's
-message, not a traceback.
+must appear. Bad input (a CSV with a doubled (date, symbol) row, an unknown config key) must
+show relcast's message, not a traceback.
 """
 
 from __future__ import annotations
@@ -62,6 +62,7 @@ def _requirements() -> str | None:
 if (_missing := _requirements()) is not None:
     pytest.skip(_missing, allow_module_level=True)
 
+import pandas as pd  # noqa: E402
 from playwright.sync_api import expect, sync_playwright  # noqa: E402
 
 import relcast  # noqa: E402
@@ -158,7 +159,10 @@ def _image_shown(page, elem_id: str) -> str:
 def test_bad_upload_shows_the_relcast_message(page, tmp_path):
     panel, _ = relcast.synthetic_market(num_stocks=3, num_days=60, seed=0)
     frame = panel.to_frame()
-    frame.loc[5, "high"] = frame.loc[5, "low"] * 0.5  # high < low on one row
+    # one row with high < low is masked and counted, not refused (the reader's rule since
+    # issue #27); a (date, symbol) given twice with different closes stops the read
+    frame.loc[3, "high"] = frame.loc[3, "low"] * 0.5
+    frame = pd.concat([frame, frame.iloc[[5]].assign(close=frame["close"].iloc[5] + 1)])
     bad = tmp_path / "bad_bars.csv"
     frame.to_csv(bad, index=False)
 
@@ -166,7 +170,7 @@ def test_bad_upload_shows_the_relcast_message(page, tmp_path):
     page.locator("#data-file input[type=file]").set_input_files(str(bad))
     expect(page.locator("#data-file")).to_contain_text("bad_bars.csv", timeout=30_000)
     page.get_by_role("button", name="Load data").click()
-    toast = _toast(page, "below column 'low'")
+    toast = _toast(page, "duplicate (date, symbol) rows")
     expect(toast).to_be_visible(timeout=60_000)
     page.wait_for_function(  # toasts fade in
         "() => getComputedStyle(document.querySelector('.toast-body')).opacity === '1'"
@@ -176,7 +180,7 @@ def test_bad_upload_shows_the_relcast_message(page, tmp_path):
     # the message names the file, the column and the row, as the reader wrote it
     text = toast.inner_text()
     assert text.startswith("Error") or "Error" in text.splitlines()[0], text
-    assert "bad_bars.csv: column 'high'" in text and "line 7" in text, text
+    assert "bad_bars.csv: column 'date'" in text and "line 7" in text, text
     assert "relcast-app-" not in text  # the user's file name, not the app's copy
     _no_traceback(page)
     assert page.locator("#data-summary textarea").input_value() == ""

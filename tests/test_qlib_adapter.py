@@ -1,0 +1,193 @@
+"""The qlib adapter (relcast.qlib_adapter) and the qlib folder writer (relcast.data.qlib).
+
+pyqlib 0.9.7 installs in a venv of its own but not beside the lock (its mlflow wants
+pyarrow < 26 and graphene python-dateutil < 3; the lock pins 26.0.1 and 4.0.0), so the
+project's venv has no qlib: these tests use ``tests/qlib_double.py`` (a ``DatasetH`` double
+and the ``qlib.model.base.Model`` base class) for the missing package only. The last test
+runs real qlib on the same demo-derived folder wherever qlib is installed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pickle
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from conftest import TINY_RUN
+from qlib_double import FrameDataset, fake_qlib_modules, frame_from_arrays
+
+import relcast
+from relcast.data.qlib import STOCKS_MARKET, write_qlib
+from relcast.qlib_adapter.forecaster import RelcastForecaster
+
+# the tiny run of the CLI tests, one label column, the hybrid GRU alone
+EXTRA = ["data.horizons=1", "stage2.enabled=false", "stage3.feature_sets=[hybrid]"]
+DEMO_DATES = 500
+
+
+def _settings(items) -> dict:
+    return {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in items)}
+
+
+@pytest.fixture(scope="module")
+def demo_qlib(tmp_path_factory):
+    """The last DEMO_DATES dates of the bundled demo market as a qlib folder + universe."""
+    root = tmp_path_factory.mktemp("qlib_demo")
+    panel = relcast.load_dataset("demo")
+    panel = panel.select(start=panel.dates[-DEMO_DATES])
+    folder = write_qlib(panel, root / "qlib")
+    universe = root / "universe.csv"
+    panel.meta.sort_values("symbol").to_csv(universe, index=False)  # qlib orders by name
+    return {"panel": panel, "folder": folder, "universe": universe}
+
+
+@pytest.fixture(scope="module")
+def relcast_run(demo_qlib, tmp_path_factory):
+    """relcast's own run on the qlib folder (every step) and a qlib-shaped dataset of the
+    very features, labels and spans it used."""
+    from relcast.config import load_config
+    from relcast.pipeline import Pipeline
+
+    config = load_config(
+        "small",
+        overrides=TINY_RUN + EXTRA,
+        values={
+            "data.source": str(demo_qlib["folder"]),
+            "data.universe": str(demo_qlib["universe"]),
+        },
+    )
+    pipe = Pipeline(config, tmp_path_factory.mktemp("run") / "run")
+    for step in ("prepare", "stage1", "stage2", "extract", "stage3", "evaluate"):
+        getattr(pipe, step)()  # `relcast run` without its report (plots take seconds)
+    f, dates = pipe.features, pipe.features.dates
+    # qlib's rows: every listed (date, instrument), NaN features in the warm-up
+    frame = frame_from_arrays(dates, f.symbols, f.values, f.names, pipe.labels, pipe.panel.mask)
+    spans = {k: getattr(pipe.split, k) for k in ("train", "valid", "test")}
+    dataset = FrameDataset(frame, {k: (dates[i[0]], dates[i[-1]]) for k, i in spans.items()})
+    return {"pipe": pipe, "dataset": dataset}
+
+
+@pytest.fixture(scope="module")
+def fitted(relcast_run):
+    pipe = relcast_run["pipe"]
+    model = RelcastForecaster(
+        "small",
+        _settings(TINY_RUN + EXTRA),
+        sectors=dict(zip(pipe.panel.symbols, pipe.panel.sectors, strict=True)),
+        index_instruments=["SPX"],
+    )
+    return model.fit(relcast_run["dataset"])
+
+
+def _daily_rank_ic(table: pd.DataFrame, column: str) -> float:
+    per_date = table.groupby("date")[[column, "label"]].corr(method="spearman")
+    return float(per_date.xs(column, level=1)["label"].mean())
+
+
+# ---------------------------------------------------------------------------- the folder
+def test_write_qlib_is_read_back_and_uses_qlibs_layout(tmp_path):
+    panel = relcast.load_dataset("demo")
+    listed = int(np.flatnonzero(panel.symbols == "GOOG")[0])
+    first = int(panel.mask[:, listed].argmax())  # GOOG lists inside the span written
+    panel = panel.select(start=panel.dates[first - 20], end=panel.dates[first + 80])
+    folder = write_qlib(panel, tmp_path / "q")
+
+    back = relcast.read_panel(folder)
+    traded = panel.mask.any(axis=0)  # NYX lists after the span: left out, as documented
+    assert "NYX" in panel.symbols[~traded] and "NYX" not in back.symbols
+    order = [list(back.symbols).index(s) for s in panel.symbols[traded]]
+    np.testing.assert_array_equal(back.mask[:, order], panel.mask[:, traded])
+    ohlcv = [back.fields.index(n) for n in panel.fields]
+    np.testing.assert_array_equal(back.values[:, order][..., ohlcv], panel.values[:, traded])
+    # qlib's .bin: the calendar index of the first traded date, then one float32 a date
+    goog = np.fromfile(folder / "features" / "goog" / "close.day.bin", dtype="<f4")
+    assert goog[0] == 20 and len(goog) == 1 + panel.num_dates - 20
+    days = (folder / "calendars" / "day.txt").read_text().split()
+    assert days[20] == str(pd.Timestamp(panel.dates[20]).date())
+    stocks = (folder / "instruments" / f"{STOCKS_MARKET}.txt").read_text()
+    assert "SPX" in (folder / "instruments" / "all.txt").read_text() and "SPX" not in stocks
+    assert f"GOOG\t{days[20]}\t{days[-1]}" in stocks
+    with pytest.raises(relcast.RelcastDataError, match="not empty"):
+        write_qlib(panel, folder)
+
+
+# ---------------------------------------------------------------------------- the adapter
+def test_adapter_forecast_is_relcasts_own_run(relcast_run, fitted):
+    """Same features, labels and spans: the adapter's test forecast is the run's hybrid GRU
+    forecast (predictions.parquet) to float32 precision, so its daily Rank IC is the run's."""
+    dataset, pipe = relcast_run["dataset"], relcast_run["pipe"]
+    pred = fitted.predict(dataset, "test")
+    ours = pred.rename("adapter").reset_index()
+    ours = ours.rename(columns={"datetime": "date", "instrument": "symbol"})
+    run = pd.read_parquet(pipe.dir / "predictions.parquet")
+    run = run[(run["model"] == "hybrid_gru") & (run["horizon"] == 1)]
+    both = run.merge(ours, on=["date", "symbol"], how="left")
+    assert len(both) == len(run) > 0 and both["adapter"].notna().all()
+    np.testing.assert_allclose(both["adapter"], both["pred"], rtol=0, atol=1e-5)
+    assert _daily_rank_ic(both, "adapter") == pytest.approx(_daily_rank_ic(both, "pred"), abs=1e-6)
+    # the run's Stage1 early-stopped on the same validation Rank IC
+    assert fitted.stage1_val_rank_ic_ == pytest.approx(
+        pipe.folder.run_info()["steps"]["stage1"]["best_val_rank_ic"], abs=1e-6
+    )
+
+
+def test_predict_is_indexed_like_qlib_and_survives_qlibs_pickle(relcast_run, fitted):
+    dataset = relcast_run["dataset"]
+    pred = fitted.predict(dataset, "test")
+    rows = dataset.prepare("test", col_set="feature", data_key="infer").index
+    assert pred.index.equals(rows) and list(pred.index.names) == ["datetime", "instrument"]
+    is_index = pred.index.get_level_values("instrument") == "SPX"
+    assert pred[is_index].isna().all() and pred[~is_index].notna().all()  # context only
+    # qlib saves the fitted model with pickle (R.save_objects) and predicts with the copy
+    again = pickle.loads(pickle.dumps(fitted)).predict(dataset, "test")
+    pd.testing.assert_series_equal(again, pred)
+    # a later segment given as a slice; an unknown instrument gets NaN, not an error
+    first, last = dataset.segments["test"]
+    rows_of = dataset.frame.index.get_level_values
+    extra = dataset.frame[(rows_of("datetime") >= first) & (rows_of("instrument") == "AAPL")]
+    extra = extra.rename(index={"AAPL": "NEWCO"}, level="instrument")
+    bigger = FrameDataset(pd.concat([dataset.frame, extra]), dataset.segments)
+    out = fitted.predict(bigger, slice(first, last))
+    newco = out.index.get_level_values("instrument") == "NEWCO"
+    assert newco.any() and out[newco].isna().all()
+    pd.testing.assert_series_equal(out[~newco], pred, check_names=False)
+
+
+def test_fit_refuses_a_dataset_without_a_valid_segment(relcast_run):
+    dataset = relcast_run["dataset"]
+    lonely = FrameDataset(dataset.frame, {"train": dataset.segments["train"]})
+    with pytest.raises(relcast.RelcastDataError, match="no segment 'valid'"):
+        RelcastForecaster().fit(lonely)
+
+
+# ---------------------------------------------------------------------------- qlib's Model
+def test_model_without_qlib_says_how_to_install_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "qlib", None)  # as if pyqlib were not installed
+    monkeypatch.delitem(sys.modules, "relcast.qlib_adapter.model", raising=False)
+    with pytest.raises(ImportError, match=r"pip install 'relcast\[qlib\]'"):
+        importlib.import_module("relcast.qlib_adapter.model")
+
+
+def test_relcast_model_is_a_qlib_model(monkeypatch, relcast_run, fitted):
+    if importlib.util.find_spec("qlib") is None:
+        for name, module in fake_qlib_modules().items():
+            monkeypatch.setitem(sys.modules, name, module)
+    monkeypatch.delitem(sys.modules, "relcast.qlib_adapter.model", raising=False)
+    from qlib.model.base import Model
+
+    from relcast.qlib_adapter.model import RelcastModel
+
+    model = RelcastModel(**{k: getattr(fitted, k) for k in ("preset", "settings", "sectors")},
+                         index_instruments=fitted.index_instruments)  # fmt: skip
+    assert isinstance(model, Model)
+    with pytest.raises(RuntimeError, match="not fitted"):
+        model.predict(relcast_run["dataset"])
+    model.__dict__.update({k: v for k, v in vars(fitted).items() if k.endswith("_")})
+    pd.testing.assert_series_equal(
+        model.predict(relcast_run["dataset"]), fitted.predict(relcast_run["dataset"], "test")
+    )
+    monkeypatch.delitem(sys.modules, "relcast.qlib_adapter.model", raising=False)

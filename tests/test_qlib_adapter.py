@@ -191,3 +191,82 @@ def test_relcast_model_is_a_qlib_model(monkeypatch, relcast_run, fitted):
         model.predict(relcast_run["dataset"]), fitted.predict(relcast_run["dataset"], "test")
     )
     monkeypatch.delitem(sys.modules, "relcast.qlib_adapter.model", raising=False)
+
+
+# ---------------------------------------------------------------------------- real qlib
+def _real_qlib():
+    qlib = pytest.importorskip("qlib", reason="pyqlib is not installed beside the lock")
+    if not hasattr(qlib, "init"):
+        pytest.skip("the qlib double is loaded, not qlib")
+    return qlib
+
+
+def test_real_datasetH_gives_the_same_forecast(relcast_run, fitted):
+    """qlib's own DatasetH + DataHandlerLP over the same frame: the same forecast."""
+    _real_qlib()
+    from qlib.data.dataset import DatasetH
+    from qlib.data.dataset.handler import DataHandlerLP
+    from qlib.data.dataset.loader import StaticDataLoader
+    from qlib.data.dataset.processor import DropnaLabel
+
+    from relcast.qlib_adapter.model import RelcastModel
+
+    fake = relcast_run["dataset"]
+    handler = DataHandlerLP(
+        data_loader=StaticDataLoader(config=fake.frame), learn_processors=[DropnaLabel()]
+    )
+    dataset = DatasetH(handler, segments={k: tuple(v) for k, v in fake.segments.items()})
+    model = RelcastModel(fitted.preset, fitted.settings, sectors=fitted.sectors,
+                         index_instruments=fitted.index_instruments)  # fmt: skip
+    model.fit(dataset)
+    pred = model.predict(dataset)  # qlib's default segment: test
+    assert pred.index.equals(dataset.prepare("test", col_set="feature").index)
+    pd.testing.assert_series_equal(pred, fitted.predict(fake, "test"), atol=1e-5)
+
+
+def test_real_qlib_features_from_the_demo_folder(demo_qlib):
+    """The whole qlib path on the demo-derived folder: qlib's expression engine computes
+    features and the label from the .bin files, relcast and qlib's LightGBM fit on the same
+    DatasetH, and qlib's calc_ic scores both (printed; their values are not asserted)."""
+    qlib = _real_qlib()
+    from qlib.contrib.eva.alpha import calc_ic
+    from qlib.contrib.model.gbdt import LGBModel
+    from qlib.data.dataset import DatasetH
+    from qlib.data.dataset.handler import DataHandlerLP
+
+    from relcast.qlib_adapter.model import RelcastModel
+
+    qlib.init(provider_uri=str(demo_qlib["folder"]), region="us")
+    days = [str(pd.Timestamp(d).date()) for d in demo_qlib["panel"].dates]
+    names = ["RET1", "RET5", "MA5", "MA20", "STD20", "VMA5"]
+    exprs = ["$close/Ref($close,1)-1", "$close/Ref($close,5)-1", "Mean($close,5)/$close",
+             "Mean($close,20)/$close", "Std($close/Ref($close,1)-1,20)",
+             "Mean($volume,5)/($volume+1e-12)"]  # fmt: skip
+    handler = DataHandlerLP(
+        instruments=STOCKS_MARKET, start_time=days[0], end_time=days[-1],
+        data_loader={"class": "QlibDataLoader", "kwargs": {"config": {
+            "feature": (exprs, names),
+            "label": (["Ref($close, -2)/Ref($close, -1) - 1"], ["LABEL0"]),
+        }}},
+        infer_processors=[
+            {"class": "RobustZScoreNorm", "kwargs": {"fields_group": "feature",
+             "fit_start_time": days[0], "fit_end_time": days[299], "clip_outlier": True}},
+            {"class": "Fillna", "kwargs": {"fields_group": "feature"}},
+        ],
+        learn_processors=[{"class": "DropnaLabel"},
+                          {"class": "CSRankNorm", "kwargs": {"fields_group": "label"}}],
+    )  # fmt: skip
+    segments = {"train": (days[0], days[299]), "valid": (days[302], days[399]),
+                "test": (days[402], days[-3])}  # fmt: skip
+    dataset = DatasetH(handler, segments=segments)
+    label = dataset.prepare("test", col_set="label", data_key=DataHandlerLP.DK_R).iloc[:, 0]
+    settings = {**_settings(TINY_RUN), "data.label_delay": 1}
+    relcast_pred = RelcastModel("small", settings).fit(dataset).predict(dataset)
+    lgb = LGBModel(num_boost_round=50, early_stopping_rounds=10, num_threads=1)
+    lgb.fit(dataset)
+    lgb_pred = lgb.predict(dataset)
+    assert relcast_pred.index.equals(lgb_pred.index)
+    assert relcast_pred.notna().mean() > 0.95  # every stock once its window is complete
+    for name, pred in (("relcast", relcast_pred), ("lightgbm", lgb_pred)):
+        ic, ric = calc_ic(pred, label.reindex(pred.index))
+        print(f"{name}: test IC {ic.mean():.4f}, Rank IC {ric.mean():.4f} ({len(ic)} dates)")

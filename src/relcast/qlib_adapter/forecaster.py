@@ -55,6 +55,10 @@ INFER, LEARN = "infer", "learn"
 FORECASTS = ("hybrid", "stage1")
 
 
+def _log(msg: str) -> None:
+    print(f"[relcast] {msg}", flush=True)  # the pipeline's voice, inside qlib's log
+
+
 @dataclass(eq=False)
 class QlibData:
     """A span of a qlib dataset as relcast reads it: ``features`` (a one-group
@@ -273,6 +277,10 @@ class RelcastForecaster:
             self.dates_ = f.dates
             self.target_ = target
             self.stage1_val_rank_ic_ = result.best_val_rank_ic
+            _log(
+                f"Stage1 on {len(instruments)} instruments x {len(f.names)} features: best "
+                f"val rank IC {result.best_val_rank_ic:.4f} in {result.train_seconds:.0f}s"
+            )
             if self.forecast == "hybrid":
                 self._fit_hybrid(f, labels, stage1_labels, split, Path(work), result.history)
         return self
@@ -338,6 +346,10 @@ class RelcastForecaster:
         )
         self.stage3_ = result.model
         self.stage3_val_rank_ic_ = result.best_val_rank_ic
+        _log(
+            f"Stage3 {model} on {inputs.num_features} inputs ({len(store.names)} relationship "
+            f"columns): best val rank IC {result.best_val_rank_ic:.4f}"
+        )
 
     # ------------------------------------------------------------------ predict
     def predict(self, dataset: Any, segment: Any = "test") -> pd.Series:

@@ -26,7 +26,7 @@ from relcast.qlib_adapter.forecaster import RelcastForecaster
 
 # the tiny run of the CLI tests, one label column, the hybrid GRU alone
 EXTRA = ["data.horizons=1", "stage2.enabled=false", "stage3.feature_sets=[hybrid]"]
-DEMO_DATES = 500
+DEMO_DATES = 400
 
 
 def _settings(items) -> dict:
@@ -116,23 +116,39 @@ def test_write_qlib_is_read_back_and_uses_qlibs_layout(tmp_path):
 
 
 # ---------------------------------------------------------------------------- the adapter
-def test_adapter_forecast_is_relcasts_own_run(relcast_run, fitted):
-    """Same features, labels and spans: the adapter's test forecast is the run's hybrid GRU
-    forecast (predictions.parquet) to float32 precision, so its daily Rank IC is the run's."""
-    dataset, pipe = relcast_run["dataset"], relcast_run["pipe"]
-    pred = fitted.predict(dataset, "test")
+def _beside_the_run(pred: pd.Series, pipe, model: str) -> pd.DataFrame:
+    """The run's horizon-1 forecasts of ``model`` (predictions.parquet) with ``pred`` beside
+    them as column ``adapter``."""
     ours = pred.rename("adapter").reset_index()
     ours = ours.rename(columns={"datetime": "date", "instrument": "symbol"})
     run = pd.read_parquet(pipe.dir / "predictions.parquet")
-    run = run[(run["model"] == "hybrid_gru") & (run["horizon"] == 1)]
+    run = run[(run["model"] == model) & (run["horizon"] == 1)]
     both = run.merge(ours, on=["date", "symbol"], how="left")
     assert len(both) == len(run) > 0 and both["adapter"].notna().all()
+    return both
+
+
+def test_adapter_forecast_is_relcasts_own_run(relcast_run, fitted):
+    """Same features, labels and spans: the adapter's test forecast is the run's hybrid GRU
+    forecast (predictions.parquet) to float32 precision, so its daily Rank IC is the run's."""
+    pipe = relcast_run["pipe"]
+    both = _beside_the_run(fitted.predict(relcast_run["dataset"], "test"), pipe, "hybrid_gru")
     np.testing.assert_allclose(both["adapter"], both["pred"], rtol=0, atol=1e-5)
     assert _daily_rank_ic(both, "adapter") == pytest.approx(_daily_rank_ic(both, "pred"), abs=1e-6)
     # the run's Stage1 early-stopped on the same validation Rank IC
     assert fitted.stage1_val_rank_ic_ == pytest.approx(
         pipe.folder.run_info()["steps"]["stage1"]["best_val_rank_ic"], abs=1e-6
     )
+
+
+def test_stage1_forecast_is_the_runs_stage1(relcast_run, fitted):
+    model = RelcastForecaster(fitted.preset, fitted.settings, forecast="stage1",
+                              sectors=fitted.sectors, index_instruments=["SPX"])  # fmt: skip
+    model.fit(relcast_run["dataset"])
+    assert not hasattr(model, "stage3_")  # no store, no Stage3 for a Stage1 forecast
+    pred = model.predict(relcast_run["dataset"], "test")
+    both = _beside_the_run(pred, relcast_run["pipe"], "stage1")
+    np.testing.assert_allclose(both["adapter"], both["pred"], rtol=0, atol=1e-5)
 
 
 def test_predict_is_indexed_like_qlib_and_survives_qlibs_pickle(relcast_run, fitted):
@@ -224,7 +240,7 @@ def test_real_datasetH_gives_the_same_forecast(relcast_run, fitted):
     pd.testing.assert_series_equal(pred, fitted.predict(fake, "test"), atol=1e-5)
 
 
-def test_real_qlib_features_from_the_demo_folder(demo_qlib):
+def test_real_qlib_features_from_the_demo_folder(demo_qlib, tmp_path, monkeypatch):
     """The whole qlib path on the demo-derived folder: qlib's expression engine computes
     features and the label from the .bin files, relcast and qlib's LightGBM fit on the same
     DatasetH, and qlib's calc_ic scores both (printed; their values are not asserted)."""
@@ -233,11 +249,19 @@ def test_real_qlib_features_from_the_demo_folder(demo_qlib):
     from qlib.contrib.model.gbdt import LGBModel
     from qlib.data.dataset import DatasetH
     from qlib.data.dataset.handler import DataHandlerLP
+    from qlib.workflow import R
 
     from relcast.qlib_adapter.model import RelcastModel
 
-    qlib.init(provider_uri=str(demo_qlib["folder"]), region="us")
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # mlflow 3 refuses ./mlruns else
+    experiments = {
+        "class": "MLflowExpManager",
+        "module_path": "qlib.workflow.expm",
+        "kwargs": {"uri": f"file:{tmp_path / 'mlruns'}", "default_exp_name": "t"},
+    }
+    qlib.init(provider_uri=str(demo_qlib["folder"]), region="us", exp_manager=experiments)
     days = [str(pd.Timestamp(d).date()) for d in demo_qlib["panel"].dates]
+    a, b = int(0.7 * len(days)), int(0.85 * len(days))  # 2 dates apart: the label's reach
     names = ["RET1", "RET5", "MA5", "MA20", "STD20", "VMA5"]
     exprs = ["$close/Ref($close,1)-1", "$close/Ref($close,5)-1", "Mean($close,5)/$close",
              "Mean($close,20)/$close", "Std($close/Ref($close,1)-1,20)",
@@ -250,21 +274,22 @@ def test_real_qlib_features_from_the_demo_folder(demo_qlib):
         }}},
         infer_processors=[
             {"class": "RobustZScoreNorm", "kwargs": {"fields_group": "feature",
-             "fit_start_time": days[0], "fit_end_time": days[299], "clip_outlier": True}},
+             "fit_start_time": days[0], "fit_end_time": days[a - 1], "clip_outlier": True}},
             {"class": "Fillna", "kwargs": {"fields_group": "feature"}},
         ],
         learn_processors=[{"class": "DropnaLabel"},
                           {"class": "CSRankNorm", "kwargs": {"fields_group": "label"}}],
     )  # fmt: skip
-    segments = {"train": (days[0], days[299]), "valid": (days[302], days[399]),
-                "test": (days[402], days[-3])}  # fmt: skip
+    segments = {"train": (days[0], days[a - 1]), "valid": (days[a + 2], days[b - 1]),
+                "test": (days[b + 2], days[-3])}  # fmt: skip
     dataset = DatasetH(handler, segments=segments)
     label = dataset.prepare("test", col_set="label", data_key=DataHandlerLP.DK_R).iloc[:, 0]
     settings = {**_settings(TINY_RUN), "data.label_delay": 1}
-    relcast_pred = RelcastModel("small", settings).fit(dataset).predict(dataset)
-    lgb = LGBModel(num_boost_round=50, early_stopping_rounds=10, num_threads=1)
-    lgb.fit(dataset)
-    lgb_pred = lgb.predict(dataset)
+    with R.start(experiment_name="relcast_beside_lightgbm"):  # LGBModel logs to a recorder
+        relcast_pred = RelcastModel("small", settings).fit(dataset).predict(dataset)
+        lgb = LGBModel(num_boost_round=50, early_stopping_rounds=10, num_threads=1)
+        lgb.fit(dataset)
+        lgb_pred = lgb.predict(dataset)
     assert relcast_pred.index.equals(lgb_pred.index)
     assert relcast_pred.notna().mean() > 0.95  # every stock once its window is complete
     for name, pred in (("relcast", relcast_pred), ("lightgbm", lgb_pred)):

@@ -254,6 +254,7 @@ def test_real_qlib_features_from_the_demo_folder(demo_qlib, tmp_path, monkeypatc
     from relcast.qlib_adapter.model import RelcastModel
 
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # mlflow 3 refuses ./mlruns else
+    monkeypatch.chdir(tmp_path)  # qlib's experiment lock lands under the cwd, whatever the uri
     experiments = {
         "class": "MLflowExpManager",
         "module_path": "qlib.workflow.expm",

@@ -12,7 +12,7 @@ ROOT = Path(relcast.__file__).parent
 # low to high; modules not named here (config, runfolder, distributed, ...) have no floor
 FLOORS = {"data": 1, "features": 2, "store": 2, "models": 3, "training": 4, "relationships": 5,
           "relationship_folds": 5, "evaluation": 6, "run": 7,
-          "app": 8, "cli": 9, "demo": 9, "__main__": 9}  # fmt: skip
+          "app": 8, "qlib_adapter": 8, "cli": 9, "demo": 9, "__main__": 9}  # fmt: skip
 
 
 def _modules() -> dict[str, Path]:

@@ -50,7 +50,7 @@ def relcast_run(demo_qlib, tmp_path_factory):
     """relcast's own run on the qlib folder (every step) and a qlib-shaped dataset of the
     very features, labels and spans it used."""
     from relcast.config import load_config
-    from relcast.pipeline import Pipeline
+    from relcast.run.pipeline import Pipeline
 
     config = load_config(
         "small",
@@ -62,11 +62,13 @@ def relcast_run(demo_qlib, tmp_path_factory):
     )
     pipe = Pipeline(config, tmp_path_factory.mktemp("run") / "run")
     for step in ("prepare", "stage1", "stage2", "extract", "stage3", "evaluate"):
-        getattr(pipe, step)()  # `relcast run` without its report (plots take seconds)
-    f, dates = pipe.features, pipe.features.dates
+        pipe.step(step)  # `relcast run` without its report (plots take seconds)
+    f, dates = pipe.ctx.features, pipe.ctx.features.dates
     # qlib's rows: every listed (date, instrument), NaN features in the warm-up
-    frame = frame_from_arrays(dates, f.symbols, f.values, f.names, pipe.labels, pipe.panel.mask)
-    spans = {k: getattr(pipe.split, k) for k in ("train", "valid", "test")}
+    frame = frame_from_arrays(
+        dates, f.symbols, f.values, f.names, pipe.ctx.labels, pipe.ctx.panel.mask
+    )
+    spans = {k: getattr(pipe.ctx.split, k) for k in ("train", "valid", "test")}
     dataset = FrameDataset(frame, {k: (dates[i[0]], dates[i[-1]]) for k, i in spans.items()})
     return {"pipe": pipe, "dataset": dataset}
 
@@ -77,7 +79,7 @@ def fitted(relcast_run):
     model = RelcastForecaster(
         "small",
         _settings(TINY_RUN + EXTRA),
-        sectors=dict(zip(pipe.panel.symbols, pipe.panel.sectors, strict=True)),
+        sectors=dict(zip(pipe.ctx.panel.symbols, pipe.ctx.panel.sectors, strict=True)),
         index_instruments=["SPX"],
     )
     return model.fit(relcast_run["dataset"])
@@ -137,7 +139,7 @@ def test_adapter_forecast_is_relcasts_own_run(relcast_run, fitted):
     assert _daily_rank_ic(both, "adapter") == pytest.approx(_daily_rank_ic(both, "pred"), abs=1e-6)
     # the run's Stage1 early-stopped on the same validation Rank IC
     assert fitted.stage1_val_rank_ic_ == pytest.approx(
-        pipe.folder.run_info()["steps"]["stage1"]["best_val_rank_ic"], abs=1e-6
+        pipe.ctx.folder.run_info()["steps"]["stage1"]["best_val_rank_ic"], abs=1e-6
     )
 
 

@@ -4,6 +4,6 @@ qlib's own models and scores it with qlib's records (``examples/qlib/``).
 
 The adapter sits above the pipeline's floors: it gathers qlib's frames into relcast's arrays
 (:mod:`~relcast.qlib_adapter.frames`) and calls the same fit functions as
-:class:`relcast.pipeline.Pipeline` (:mod:`~relcast.qlib_adapter.forecaster`). Only
+:func:`relcast.run.pipeline.run_steps` (:mod:`~relcast.qlib_adapter.forecaster`). Only
 :mod:`~relcast.qlib_adapter.model` imports qlib (``pip install 'relcast[qlib]'``).
 """

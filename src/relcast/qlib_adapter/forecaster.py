@@ -2,7 +2,7 @@
 
 :class:`RelcastForecaster` reads any object that speaks ``DatasetH``'s interface (a
 ``segments`` dict of ``(start, end)`` and ``prepare(segments, col_set, data_key)`` returning
-frames indexed by (datetime, instrument)) and runs what :class:`relcast.pipeline.Pipeline`
+frames indexed by (datetime, instrument)) and runs what :func:`relcast.run.pipeline.run_steps`
 runs, with the same fit functions and the same settings (a preset plus overrides):
 
 1. Stage1 (cross-sectional Transformer) on the ``train`` segment, early-stopped on ``valid``;
@@ -187,49 +187,42 @@ class RelcastForecaster:
             return None
         return np.array([str(self.sectors.get(s, "unknown")) for s in instruments])
 
-    def _fit_kwargs(self, config, instruments: np.ndarray, target: np.ndarray) -> dict:
-        """How each Stage1 is trained: :meth:`relcast.pipeline.Pipeline._stage1_fit_kwargs`'
-        settings, for one process."""
+    def _stage1_fit(self, config, stage1_config, target: np.ndarray, out_dir: Path):
+        """How each Stage1 is trained: the run's specs (as the pipeline reads them from the
+        config), for one process, logging under ``out_dir``."""
         from relcast import distributed
+        from relcast.relationships import Stage1Fit
+        from relcast.training.specs import Stage1Spec, TrainerSpec
 
-        s, t = config.stage1, distributed.trainer_settings(config.trainer)
-        return dict(
-            sector_ids=self._sector_labels(instruments),
-            loss=s.loss,
-            label_norm=s.label_norm,
-            rank_mse_weight=s.rank_mse_weight,
-            max_epochs=s.max_epochs,
-            batch_dates=s.batch_dates,
-            lr=s.lr,
-            patience=s.patience,
-            seed=config.trainer.seed,
+        trainer = TrainerSpec.from_settings(distributed.trainer_settings(config.trainer))
+        return Stage1Fit(
+            config=stage1_config,
+            spec=Stage1Spec.from_settings(config.stage1, config.trainer.seed),
+            trainer=trainer.logging_to(out_dir),
+            sector_ids=self._sector_labels(self.instruments_),
             target=target,
-            progress=bool(config.trainer.progress),
-            accelerator=t.accelerator,
-            devices=t.devices,
-            strategy=t.strategy,
-            precision=t.precision,
         )
 
     def _extractor(self, config, instruments: np.ndarray, target: np.ndarray):
-        """The config's relationship extractor (as :meth:`Pipeline.make_extractor` builds it)."""
+        """The config's relationship extractor (as the run context builds it)."""
         from relcast.relationships import make_extractor
+        from relcast.training.specs import ExtractorSpec
         from relcast.training.stage1 import encode_sectors
 
-        r = config.relationships
+        e = ExtractorSpec.from_config(config)
         labels = self._sector_labels(instruments)
         sector_ids = None if labels is None else encode_sectors(labels, len(instruments))[0]
         return make_extractor(
-            r.extractor,
+            e.kind,
             is_index=~target,
             sector_ids=sector_ids,
-            method=r.v2.method,
-            n_components=config.stage1.relationship_dim,
-            stage1_score=r.stage1_score,
-            neighbours=r.neighbours,
-            label_delay=config.data.label_delay,
-            seed=config.trainer.seed,
-            **r.v3.model_dump(),
+            method=e.method,
+            n_components=e.n_components,
+            stage1_score=e.stage1_score,
+            neighbours=e.neighbours,
+            label_delay=e.label_delay,
+            seed=e.seed,
+            **e.v3,
         )
 
     # ------------------------------------------------------------------ fit
@@ -265,14 +258,15 @@ class RelcastForecaster:
             num_sectors=num_sectors,
             horizons=stage1_labels.shape[2],
         )
-        fit_kwargs = self._fit_kwargs(config, instruments, target)
+        self.instruments_ = instruments
         with tempfile.TemporaryDirectory(prefix="relcast-qlib-") as work:
+            fit = self._stage1_fit(config, stage1_config, target, Path(work) / "stage1")
             result = fit_stage1(
-                f, stage1_labels, split, stage1_config, out_dir=Path(work) / "stage1", **fit_kwargs
-            )
+                f, stage1_labels, split, fit.config, fit.spec, fit.trainer,
+                sector_ids=fit.sector_ids, target=fit.target,
+            )  # fmt: skip
             self.config_ = config
             self.stage1_ = result.model
-            self.instruments_ = instruments
             self.feature_names_ = list(f.names)
             self.dates_ = f.dates
             self.target_ = target
@@ -287,7 +281,9 @@ class RelcastForecaster:
 
     def _fit_hybrid(self, f: FeatureSet, labels, stage1_labels, split, work: Path, history):
         """The relationship store and Stage3 (what ``Pipeline.extract`` and ``stage3`` do)."""
-        from relcast.relationships import best_epoch_count, build_relationship_store
+        from relcast import distributed
+        from relcast.relationships import StorePlan, best_epoch_count, build_relationship_store
+        from relcast.training.specs import Stage3Spec, TrainerSpec
         from relcast.training.stage3 import assemble_inputs, fit_stage3
 
         config, target = self.config_, self.target_
@@ -301,15 +297,15 @@ class RelcastForecaster:
             f,
             stage1_labels,
             split,
-            self.stage1_.config,
             self._extractor(config, self.instruments_, target),
-            n_folds=r.oof_folds,
-            oof=r.oof_folds > 0,
-            embargo=split.embargo,
-            out_dir=work / "stage1_folds",
+            self._stage1_fit(config, self.stage1_.config, target, work / "stage1_folds"),
+            StorePlan(
+                n_folds=r.oof_folds,
+                oof=r.oof_folds > 0,
+                embargo=split.embargo,
+                fold_epochs=fold_epochs,
+            ),
             full_model=self.stage1_,
-            fold_epochs=fold_epochs,
-            **self._fit_kwargs(config, self.instruments_, target),
         )
         self.extractor_ = store.full_extractor
         self.relationship_names_ = list(store.names)
@@ -322,29 +318,19 @@ class RelcastForecaster:
             "hybrid",
             sectors=self._sector_labels(self.instruments_),
         )
-        kw = self._fit_kwargs(config, self.instruments_, target)
+        spec = Stage3Spec.from_settings(s, model, config.trainer.seed)
+        trainer = TrainerSpec.from_settings(distributed.trainer_settings(config.trainer))
         result = fit_stage3(
             model,
             inputs,
             labels,
             split,
-            lookback=s.lookback,
-            hparams=s.hparams(model),
-            quantiles=s.quantiles,
-            max_epochs=s.max_epochs,
-            batch_size=s.batch_size,
-            chunk_length=s.chunk_length,
-            lr=s.lr,
-            patience=s.patience,
-            label_norm=s.label_norm,
-            seed=config.trainer.seed,
-            out_dir=work / "stage3",
+            spec,
+            trainer.logging_to(work / "stage3"),
             stocks=list(self.instruments_[target]),
-            progress=kw["progress"],
             index_symbols=list(self.instruments_[~target]),
-            **{k: kw[k] for k in ("accelerator", "devices", "strategy", "precision")},
         )
-        self.stage3_ = result.model
+        self.stage3_, self.stage3_spec_ = result.model, spec
         self.stage3_val_rank_ic_ = result.best_val_rank_ic
         _log(
             f"Stage3 {model} on {inputs.num_features} inputs ({len(store.names)} relationship "
@@ -404,5 +390,7 @@ class RelcastForecaster:
             "hybrid",
             sectors=self._sector_labels(self.instruments_),
         )
-        out = predict_stage3(self.stage3_, inputs, wanted)
+        out = predict_stage3(
+            self.stage3_, inputs, wanted, chunk_length=self.stage3_spec_.chunk_length
+        )
         return out["point"][..., 0]  # (T, N), NaN where no window ends

@@ -396,16 +396,25 @@ def test_help_reads_well():
 @pytest.fixture(scope="module")
 def chunk_run_dir(market, tmp_path_factory):
     out = tmp_path_factory.mktemp("chunk") / "run"
-    result = _run_tiny(market, out, ["stage3.chunk_length=20"], seeds=1)
+    extra = ["stage3.chunk_length=20", "relationships.extractor=v3", "relationships.v3.steps=5"]
+    result = _run_tiny(market, out, extra, seeds=1)
     assert result.exit_code == 0, result.output + repr(result.exception)
     return out
 
 
 def test_chunk_length_reaches_training_evaluation_predict_and_update(
-    chunk_run_dir, market, tmp_path
+    chunk_run_dir, market, tmp_path, monkeypatch
 ):
     """stage3.chunk_length is saved with each Stage3 model (its spec) and every later use
-    tiles as training did: evaluation, `predict` and `update` give one forecast per date."""
+    tiles as training did: evaluation, `predict` and `update` give one forecast per date.
+    The fitted extractor (V3's trained encoder) is saved too: they never fit it again."""
+    from relcast.training.contrastive import ContrastiveExtractor
+
+    def refit(*args, **kwargs):
+        raise AssertionError("the saved V3 extractor was trained again")
+
+    assert (chunk_run_dir / "extractor.safetensors").exists()
+    monkeypatch.setattr(ContrastiveExtractor, "fit", refit)
     from relcast.run.context import RunContext
     from relcast.training.stage3 import predict_stage3
 

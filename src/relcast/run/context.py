@@ -263,7 +263,12 @@ class RunContext:
 
     @cached_property
     def extractor(self):
-        """The extractor fitted on the full Stage1 model (refitted deterministically)."""
+        """The extractor fitted on the full Stage1 model, as ``extract`` saved it (a run from
+        before it was saved: fitted again, deterministically)."""
+        saved = self.folder.load_extractor()
+        if saved is not None:
+            arrays, spec = saved
+            return self.make_extractor(ExtractorSpec.from_dict(spec)).load_fitted_state(arrays)
         from relcast.training.common import seed_everything
 
         seed_everything(self.config.trainer.seed)

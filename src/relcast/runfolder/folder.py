@@ -203,6 +203,22 @@ class RunFolder:
         spec = info.get("spec") if isinstance(info, dict) else None
         return spec if isinstance(spec, dict) else None
 
+    def save_extractor(self, extractor, spec: dict) -> Path:
+        """``extractor.safetensors``: what the fitted extractor learned, and in
+        ``extractor.json`` the spec it was made with."""
+        from relcast.runfolder.formats import EXTRACTOR, save_arrays
+
+        return save_arrays(self.file(EXTRACTOR), extractor.fitted_state(), "extractor", spec=spec)
+
+    def load_extractor(self) -> tuple[dict, dict] | None:
+        """``(arrays, spec)`` of the saved extractor; None for a run from before it was kept."""
+        from relcast.runfolder.formats import EXTRACTOR, load_arrays
+
+        if not self.has(EXTRACTOR):
+            return None
+        arrays, info = load_arrays(self.file(EXTRACTOR))
+        return arrays, info.get("spec") or {}
+
     def save_booster(self, booster) -> Path:
         """stage2/booster.json (LightGBM's text format inside JSON), written atomically."""
         return self.write("stage2/booster.json", booster.save)

@@ -61,6 +61,7 @@ def extract(ctx: RunContext) -> None:
         return
     dates = ctx.panel.dates[: len(store.values)]
     ctx.folder.save_relationships(store.names, store.values, store.mask, store.fold_of, dates)
+    ctx.folder.save_extractor(store.full_extractor, ctx.extractor_spec.to_dict())
     ctx.forget("relationships")
     ctx.folder.drop_checkpoints()  # fold models were only needed to extract
     ctx.mark("extract", store.build_seconds, columns=len(store.names), folds=folds)

@@ -304,7 +304,7 @@ class RunContext:
         return self._stage3[name]
 
     def has_stage3(self, name: str) -> bool:
-        return self.folder.has(f"stage3/{name}/model.safetensors")
+        return self.folder.has_stage3(name)
 
 
 def writes(step: str):

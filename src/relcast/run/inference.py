@@ -165,7 +165,7 @@ def predict_date(run_dir, data: str, date: str | None = None) -> pd.DataFrame:
 def _check_stage3_weights(ctx: RunContext) -> None:
     """Every Stage3 model of the run's config has its weights (else say how to get them)."""
     missing = [
-        ctx.dir / "stage3" / name / "model.safetensors"
+        ctx.folder.file(ctx.folder.stage3_weights(name))
         for name, _, _ in ctx.stage3_names()
         if not ctx.has_stage3(name)
     ]

@@ -64,8 +64,8 @@ def stage3(ctx: RunContext, *, resume: bool = True) -> None:
         distributed.barrier()  # every rank has read the best checkpoint before it goes
         if not distributed.is_main():
             continue  # rank 0 owns the run folder
-        ctx.folder.save_weights(
-            f"stage3/{name}/model.safetensors",
+        ctx.folder.save_stage3(
+            name,
             result.model,
             asdict(result.model.config),
             model,

@@ -311,7 +311,8 @@ def test_a_killed_memmap_prepares_spill_folders_are_removed(tmp_path):
     run = tmp_path / "run"
     folder = _run_folder(run)
     spill = {".blockread.4242.0badcafe.tmp": True, ".blockread-k2j4_x9a": True,  # ours
-             ".blockread.4243.0badcafe.tmp": False, "stage1/.blockread-k2j4_x9a": False}  # fmt: skip
+             ".blockread.4243.0badcafe.tmp": False,  # a pid relcast did not record
+             "stage1/.blockread-k2j4_x9a": False}  # fmt: skip
     for name in spill:
         (run / name).mkdir(parents=True)
         (run / name / "block0.arrow").write_bytes(b"spilled rows")

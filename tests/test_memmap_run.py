@@ -528,7 +528,7 @@ def test_evaluate_and_report_after_an_update_of_a_memmap_run(runs, tmp_path):
     from relcast.cli import app
 
     run = shutil.copytree(runs["memmap"], tmp_path / "run")
-    old = Pipeline.open(run).panel
+    old = Pipeline.open(run).ctx.panel
     days = np.busday_offset(old.dates[-1].astype("datetime64[D]"), np.arange(1, 4), roll="forward")
     dates = days.astype("datetime64[ns]")
     frame = Panel(
@@ -543,4 +543,4 @@ def test_evaluate_and_report_after_an_update_of_a_memmap_run(runs, tmp_path):
     for command in ("evaluate", "report"):
         result = CliRunner().invoke(app, [command, "--run", str(run)])
         assert result.exit_code == 0, result.output + repr(result.exception)
-    assert Pipeline.open(run).panel.num_dates == old.num_dates + 3
+    assert Pipeline.open(run).ctx.panel.num_dates == old.num_dates + 3

@@ -239,9 +239,11 @@ class RunContext:
 
     @cached_property
     def relationships(self) -> tuple[np.ndarray, list[str]]:
-        """``(values [T, N, K], names)`` from ``relationships.npz``."""
+        """``(values [T, N, K], names)`` from ``relationships.npz``, on the features' dates
+        (a memory-mapped store ends where ``prepare`` ended; ``update`` appends after it)."""
         stored = self.folder.load_relationships()
-        return self.store.track(stored["values"]), stored["names"]
+        values = self.store.track(stored["values"])
+        return values[: len(self.features.dates)], stored["names"]
 
     def make_extractor(self, spec: ExtractorSpec | None = None):
         """An unfitted extractor of the run's kind (relcast.relationships.make_extractor)."""

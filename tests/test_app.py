@@ -216,7 +216,10 @@ def tab_run(run_dir, tmp_path) -> Path:
 
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)
-    (run / "run.json").write_text(json.dumps({"steps": {}}))  # a run folder: the report writes
+    from relcast.runfolder import RUN_FORMAT, RUN_KIND
+
+    # a run folder (relcast's marker): the report writes there
+    (run / "run.json").write_text(json.dumps({"kind": RUN_KIND, "format": RUN_FORMAT, "steps": {}}))
     _write_predictions(run / "predictions.parquet", TAB_MODELS)
     return run
 

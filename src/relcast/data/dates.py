@@ -41,10 +41,10 @@ _YEAR_LAST2 = rf"(?P<a>\d{{1,2}})[-/.](?P<b>\d{{1,2}})[-/.](?P<year>\d{{2}}){_TI
 _COMPACT = r"(?P<year>\d{4})(?P<a>\d{2})(?P<b>\d{2})"
 # (pattern, its name in the health account)
 _LAYOUTS = (
-    (_YEAR_FIRST, "ymd", "year first (2024-01-31)"),
-    (_COMPACT, "ymd", "compact (20240131)"),
-    (_YEAR_LAST, "?", "year last (A/B/2024)"),
-    (_YEAR_LAST2, "?", "two-digit year last (A/B/24)"),
+    (_YEAR_FIRST, "ymd", "year first (YYYY-MM-DD)"),
+    (_COMPACT, "ymd", "compact (YYYYMMDD)"),
+    (_YEAR_LAST, "?", "year last (A/B/YYYY)"),
+    (_YEAR_LAST2, "?", "two-digit year last (A/B/YY)"),
 )
 MINORITY = 0.25  # proof from fewer than this share of a column's distinct dates is no proof
 # an offset right after a clock time (never the "-2018" of "02-01-2018")

@@ -26,9 +26,9 @@ from relcast.evaluation.scoring import (
     scored_span,
     scoring_window,
 )
+from relcast.features.factors import FACTORS, momentum
 from relcast.run_evaluation import zscored_h1
 from relcast.runfolder import jsonable
-from relcast.features.factors import FACTORS, momentum
 from relcast.training.baselines import sample_rows, sampled_cells
 
 

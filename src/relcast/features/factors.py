@@ -6,13 +6,13 @@ read from bars up to and including ``t`` (no look-ahead, ``tests/test_factors.py
 prices carried forward over days a stock did not trade (never back-filled), like the
 features. The sign is chosen so that a higher score is the textbook's better stock:
 
-| name | kind | score at ``t`` (``c``: carried close, ``w``: window) |
-|---|---|---|
-| ``reversal_1d`` | reversal | ``-(c[t] / c[t-1] - 1)``: yesterday's losers bounce |
-| ``reversal_5d`` | reversal | ``-(c[t] / c[t-5] - 1)`` |
-| ``momentum_20d`` | momentum | ``c[t] / c[t-20] - 1`` (relcast's former ``naive_momentum``) |
-| ``low_volatility_20d`` | low_volatility | ``-std(r[t-19..t])`` of the traded days' returns, at least half of ``w`` of them |
-| ``liquidity_20d`` | liquidity | ``-log(mean(close * volume)[t-19..t])``; a day without a trade counts 0 |
+| name | score at ``t`` (``c``: close carried forward, ``r``: a traded day's return) |
+|---|---|
+| ``reversal_1d`` | ``-(c[t] / c[t-1] - 1)``: yesterday's losers bounce |
+| ``reversal_5d`` | ``-(c[t] / c[t-5] - 1)`` |
+| ``momentum_20d`` | ``c[t] / c[t-20] - 1`` (relcast's former ``naive_momentum``) |
+| ``low_volatility_20d`` | ``-std(r[t-19..t])``, from at least 10 traded days |
+| ``liquidity_20d`` | ``-log(mean(close * volume)[t-19..t])``, a day without a trade 0 |
 
 The windows are settings (``baselines.<name>.window``); a row keeps its name when its
 window changes. NaN where the history is too short (before ``w`` dates, or before listing).

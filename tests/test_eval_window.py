@@ -25,6 +25,7 @@ from relcast.evaluation.scoring import (
     score,
     scored_span,
     scoring_window,
+    seed_ensemble,
 )
 from relcast.features.factors import FACTORS, momentum
 from relcast.run_evaluation import zscored_h1
@@ -59,7 +60,9 @@ def market():
         "stage3_own_gru": rng.normal(size=(T, N, H)).astype(np.float32),
     }
     quant = np.sort(rng.normal(size=(T, N, H, 3)), axis=-1).astype(np.float32)
-    seeds = [pred["hybrid_gru"], rng.normal(size=(T, N, H)).astype(np.float32)]
+    first = pred["hybrid_gru"]
+    seeds = [first, first + rng.normal(size=(T, N, H)).astype(np.float32)]
+    pred["hybrid_gru"] = seed_ensemble(seeds)  # a seeded model's reported forecast
     return SimpleNamespace(labels=labels, mask=mask, pred=pred, quant=quant, seeds=seeds)
 
 

@@ -102,7 +102,9 @@ def test_run_writes_every_artefact(run_dir):
         "hybrid_gru",
         "stage3_own_gru",
         "lightgbm",
-        "naive_momentum",
+        "reversal_1d",
+        "momentum_20d",
+        "liquidity_20d",
         "naive_zero",
         "control_shuffled_lightgbm",
     ):
@@ -156,7 +158,22 @@ def test_metrics_carry_newey_west_statistics(run_dir):
     assert hybrid["vs_own"]["baseline"] == "stage3_own_gru"
     assert hybrid["vs_own"]["forecasts"] == "seed_average" and np.isfinite(hybrid["vs_own"]["t"])
     assert np.isfinite(hybrid["seeds"]["rank_ic_t_std"])
-    assert np.isfinite(hybrid["seeds"]["average"]["rank_ic_t"])
+    assert np.isfinite(hybrid["seeds"]["rank_ic_t_mean"])
+    # the row is the seeds' ensemble, and predictions.parquet holds that forecast
+    hybrid_ic = daily_ic_series(preds, "hybrid_gru")
+    assert hybrid["rank_ic_t"] == pytest.approx(newey_west_test(hybrid_ic.values, lag)["t"])
+    cw = hybrid["vs_own"]["clark_west"]
+    assert np.isfinite(cw["t"]) and 0 <= cw["p"] <= 1
+    lo, hi = hybrid["vs_own"]["ci95"]
+    assert lo <= hybrid["vs_own"]["mean_diff"] <= hi
+    for name, row in models.items():  # every model but the constant has its neutral scores
+        if name != "naive_zero":
+            assert "rank_ic" in row["neutral"], name
+        if name not in ("naive_zero", "reversal_1d"):
+            assert row["vs_reversal"]["baseline"] == "reversal_1d", name
+    # 6 stocks cannot be regressed on 5 factors and an intercept: no neutral IC, not a fake one
+    assert metrics["statistics"]["neutral_factors"][0] == "reversal_1d"
+    assert hybrid["neutral"]["rank_ic"] is None  # NaN, written as null
 
 
 def test_shuffled_label_control_scores_near_zero(run_dir):

@@ -259,6 +259,7 @@ def _check_update_matches_full_extraction(run_dir, market, tmp_path) -> Path:
     """``update`` on the new dates equals the same weights applied to the whole market."""
     import shutil
 
+    from relcast.evaluation.scoring import seed_ensemble
     from relcast.inference import update_run
     from relcast.pipeline import Pipeline
     from relcast.training.stage3 import predict_stage3
@@ -280,7 +281,10 @@ def _check_update_matches_full_extraction(run_dir, market, tmp_path) -> Path:
     values[: len(stored)] = stored  # training span keeps its out-of-fold values
     added = np.arange(DAYS, DAYS + NEW_DAYS)
     inputs = pipe.stage3_inputs("hybrid", features=features, relationships=(values, names))
-    ref = predict_stage3(pipe.stage3_model("hybrid_gru"), inputs, index=added)["point"]
+    seeds = pipe.seed_folders("hybrid_gru")  # with --seeds 2 the forecast is their ensemble
+    ref = seed_ensemble(
+        [predict_stage3(pipe.stage3_model(s), inputs, index=added)["point"] for s in seeds]
+    )
     got = forecasts[forecasts["model"] == "hybrid_gru"]
     t = np.searchsorted(full.dates, got["date"].to_numpy(dtype="datetime64[ns]"))
     n = pd.Index(full.symbols).get_indexer(got["symbol"])

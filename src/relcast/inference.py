@@ -74,6 +74,7 @@ def _relationships_for(pipe, features, index: np.ndarray, stored: np.ndarray, st
 
 
 def _forecast_frame(pipe, features, rel, index: np.ndarray) -> pd.DataFrame:
+    from relcast.evaluation.scoring import seed_ensemble
     from relcast.training.stage3 import predict_stage3
 
     frames = []
@@ -82,9 +83,13 @@ def _forecast_frame(pipe, features, rel, index: np.ndarray) -> pd.DataFrame:
             continue
         model = pipe.stage3_model(name)
         inputs = pipe.stage3_inputs(feature_set, features=features, relationships=rel)
-        out = predict_stage3(
-            model, inputs, index=index, stocks=list(pipe.panel.symbols[pipe.target])
-        )
+        stocks = list(pipe.panel.symbols[pipe.target])
+        runs = [  # with evaluation.seeds K: the seeds' ensemble, the forecast evaluate scored
+            predict_stage3(pipe.stage3_model(folder), inputs, index=index, stocks=stocks)
+            for folder in pipe.seed_folders(name)
+            if (pipe.dir / "stage3" / folder / "model.safetensors").exists()
+        ]
+        out = {key: seed_ensemble([r[key] for r in runs]) for key in ("point", "pred")}
         q = model.config.quantiles
         for h in range(out["point"].shape[2]):
             t, n = np.nonzero(np.isfinite(out["point"][index, :, h]))

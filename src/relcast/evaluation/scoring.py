@@ -59,7 +59,9 @@ REVERSAL = "reversal_1d"  # the one-line factor every model is compared with
 @dataclass(frozen=True)
 class ScoreSettings:
     """How to score: portfolio settings (config ``evaluation:``), quantile levels of the
-    quantile forecasts (``stage3.quantiles``) and the label delay (``data.label_delay``)."""
+    quantile forecasts (``stage3.quantiles``), the label delay (``data.label_delay``), the
+    factor baselines the neutral scores regress on (``baselines:``, those switched on) and
+    the bootstrap's draws and seed (``trainer.seed``)."""
 
     topk: int = 5
     n_drop: int = 1
@@ -70,7 +72,7 @@ class ScoreSettings:
     label_delay: int = 0
     factors: tuple[str, ...] = tuple(FACTORS)  # the rows the neutral scores regress on
     bootstrap_draws: int = 2000  # block-bootstrap draws per paired difference
-    bootstrap_seed: int = 0
+    bootstrap_seed: int = 0  # the same intervals on a rerun
 
     @classmethod
     def from_config(cls, config) -> ScoreSettings:

@@ -28,7 +28,7 @@ from relcast.evaluation.scoring import (
     seed_ensemble,
 )
 from relcast.features.factors import FACTORS, momentum
-from relcast.run_evaluation import zscored_h1
+from relcast.run.steps.evaluate import zscored_h1
 from relcast.runfolder import jsonable
 from relcast.training.baselines import sample_rows, sampled_cells
 
@@ -169,7 +169,7 @@ def test_sampled_cells_equal_sampling_every_cell(cap, monkeypatch):
 
 
 def test_horizon1_zscores_by_blocks_equal_the_whole(market, monkeypatch):
-    import relcast.run_evaluation as run_evaluation
+    import relcast.run.steps.evaluate as run_evaluation
     from relcast.features import normalize_labels_cross_section
 
     monkeypatch.setattr(run_evaluation, "BLOCK_CELLS", 13 * 9)

@@ -233,7 +233,7 @@ def test_pipeline_v3_correlation_positives_respect_label_delay(tmp_path):
     correlates at date t must not change when prices after t change (the run's extractor
     once ignored the delay and read one day ahead)."""
     from relcast.config import load_config
-    from relcast.pipeline import Pipeline
+    from relcast.run.pipeline import Pipeline
 
     config = load_config(
         overrides=[
@@ -245,11 +245,11 @@ def test_pipeline_v3_correlation_positives_respect_label_delay(tmp_path):
         ]
     )
     pipe = Pipeline(config, tmp_path / "run")
-    pipe.prepare()
-    ext = pipe.make_extractor()
+    pipe.step("prepare")
+    ext = pipe.ctx.make_extractor()
     ext.positives = "corr"  # only the return-based positives can see the future
-    panel, H = pipe.panel, config.data.horizons
-    features = build_features(panel, train_end=int(pipe.split.train[-1]))
+    panel, H = pipe.ctx.panel, config.data.horizons
+    features = build_features(panel, train_end=int(pipe.ctx.split.train[-1]))
     dates = np.arange(100, 300, 20)
     base = ext.positive_pairs(None, features, forward_returns(panel, H, delay=1), dates)
     assert base.any()
@@ -294,14 +294,14 @@ def test_make_extractor_appends_the_stage1_score(market):
 def test_pipeline_extractor_carries_the_stage1_score(tmp_path):
     from relcast.config import load_config
     from relcast.models.extractors import ScoreExtractor
-    from relcast.pipeline import Pipeline
+    from relcast.run.pipeline import Pipeline
 
     overrides = ["data.source=synthetic", "data.synthetic_stocks=6", "data.synthetic_days=200"]
     for on in (False, True):
         cfg = load_config(overrides=[*overrides, f"relationships.stage1_score={str(on).lower()}"])
         pipe = Pipeline(cfg, tmp_path / str(on))
-        pipe.prepare()
-        ext = pipe.make_extractor()
+        pipe.step("prepare")
+        ext = pipe.ctx.make_extractor()
         parts = getattr(ext, "extractors", [ext])
         assert any(isinstance(p, ScoreExtractor) for p in parts) == on
 

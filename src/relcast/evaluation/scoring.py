@@ -1,9 +1,9 @@
 """Score forecasts on the test span: ``score(predictions, labels, mask, split, settings)``.
 
 Pure functions over arrays: nothing here trains, reads or writes a file. The pipeline gathers
-every model's forecast (:mod:`relcast.run_evaluation`) and calls :func:`score`; the tests call
-it on planted arrays. Any span of test dates works: ``split.test`` names them (a walk-forward
-run passes its pooled test blocks).
+every model's forecast (:mod:`relcast.run.steps.evaluate`) and calls :func:`score`; the tests
+call it on planted arrays. Any span of test dates works: ``split.test`` names them (a
+walk-forward run passes its pooled test blocks).
 
 Rows of ``metrics["models"]`` (one per entry of ``predictions``, in its order):
 ``ic, rank_ic, icir, rank_icir, mse, direction_acc`` (:func:`~relcast.evaluation.metrics.

@@ -196,6 +196,13 @@ class RunFolder:
 
         return load_stage3(self.file(f"stage3/{name}/model.safetensors"))
 
+    def stage3_spec(self, name: str) -> dict | None:
+        """The spec a Stage3 model was trained with (its sidecar's ``spec``; None: a model
+        saved before specs were kept)."""
+        info = self.read_json(f"stage3/{name}/model.json")
+        spec = info.get("spec") if isinstance(info, dict) else None
+        return spec if isinstance(spec, dict) else None
+
     def save_booster(self, booster) -> Path:
         """stage2/booster.json (LightGBM's text format inside JSON), written atomically."""
         return self.write("stage2/booster.json", booster.save)

@@ -51,7 +51,7 @@ from relcast.data.panel import Panel, RelcastDataError, memory_map_of, release_p
 from relcast.features import DEFAULT_WINDOWS, build_features, forward_returns
 from relcast.features.featureset import FeatureSet
 from relcast.features.labels import normalize_labels_cross_section
-from relcast.training.store_sources import (  # noqa: F401  (panel_slices: importable from here too)
+from relcast.store.sources import (  # noqa: F401  (panel_slices: importable from here too)
     index_context,
     panel_slices,
 )
@@ -235,33 +235,15 @@ class MemmapFeatureStore:
         Its ``mask`` is read into memory (``T * N`` bytes). Use it for Stage1
         (``fit_stage1`` reads one date per item, never the whole array).
         """
-        features = FeatureSet(
+        return FeatureSet(
             dates=self.dates,
             symbols=self.symbols,
             names=list(self.names),
             values=self.values,
             mask=np.array(self.mask),
             groups={k: list(v) for k, v in self.groups.items()},
+            store=self,  # assemble_inputs then reads Stage3 inputs from the store
         )
-        features.store = self  # assemble_inputs then reads Stage3 inputs from the store
-        return features
-
-    def stage3_inputs(self, feature_set: str = "own", relationships: Any = None) -> Any:
-        """Stage3 inputs (``own``: every stored column; ``hybrid``: plus ``relationships``)
-        read from the memmap (:func:`relcast.training.stage3_inputs.store_inputs`).
-
-        Train with ``fit_stage3(..., inputs, store.targets, split, label_norm="none")``: the
-        targets are already the cross-sectional z-scores ``fit_stage3`` would compute, and
-        computing them again would build a float64 ``[T, N, H]`` array in memory.
-        """
-        from relcast.training.stage3_inputs import store_inputs
-
-        order = [g for g in ("own", "index", "calendar") if self.groups.get(g)]
-        if [n for g in order for n in self.groups[g]] != self.names:
-            raise RelcastDataError(
-                f"{self.folder}: stored columns are not in the order own, index, calendar"
-            )
-        return store_inputs(self, feature_set, relationships)
 
     def holds(self, array: Any) -> bool:
         """True if ``array`` is (a view of the whole of) the store's labels or targets."""
@@ -421,26 +403,3 @@ def build_feature_store(
         store.write(a, values, mask, labels)
         store.release()  # written pages leave this process's RSS (they are in the file)
     return store.finish()
-
-
-# ----------------------------------------------------------------------------- training
-def release_pages_callback(store: MemmapFeatureStore, every_n_batches: int = 1) -> Any:
-    """A Lightning callback that calls ``store.release()`` every few training batches.
-
-    Pages a batch reads through the memory map stay in the process's RSS until the kernel
-    needs the memory; releasing them keeps RSS at what ``every_n_batches`` batches touch.
-    """
-    import lightning
-
-    class ReleaseMappedPages(lightning.Callback):
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-            if (batch_idx + 1) % every_n_batches == 0:
-                store.release()
-
-        def on_train_start(self, trainer, pl_module) -> None:
-            store.release()  # what building the loaders read (labels, mask)
-
-        def on_validation_end(self, trainer, pl_module) -> None:
-            store.release()
-
-    return ReleaseMappedPages()

@@ -62,6 +62,7 @@ def make_trainer(
     devices: int | str = 1,
     strategy: str = "auto",
     progress: bool = True,
+    label: str = "training",
     gradient_clip_val: float | None = 1.0,
     log_every_n_steps: int = 10,
     num_sanity_val_steps: int = 0,
@@ -83,7 +84,9 @@ def make_trainer(
         patience: epochs without improvement before stopping.
         max_epochs: hard limit on epochs.
         accelerator, devices, strategy: passed to Lightning (``"ddp"`` works unchanged).
-        progress: show the progress bar.
+        progress: show progress: Lightning's bar on a terminal, one line per epoch when the
+            output is a file or a pipe (:mod:`relcast.progress`); False shows nothing.
+        label: the training's name in the per-epoch lines (``"Stage1"``, ``"Stage3 tft"``).
         gradient_clip_val: clip the gradient norm (None to disable).
         callbacks: extra Lightning callbacks, run after the built-in ones.
         trainer_kwargs: any other ``lightning.Trainer`` argument.
@@ -91,6 +94,9 @@ def make_trainer(
     import lightning
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
+
+    from relcast.progress import progress_style
+    from relcast.training.progress_log import epoch_log_callback
 
     if mode not in ("max", "min"):
         raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
@@ -107,15 +113,17 @@ def make_trainer(
     )
     # check_finite=False: an undefined IC early in training must not abort the run.
     stopping = EarlyStopping(monitor=monitor, mode=mode, patience=patience, check_finite=False)
+    style = progress_style() if progress else None
+    extra = [epoch_log_callback(label, monitor, mode)] if style == "log" else []
     trainer = lightning.Trainer(
         default_root_dir=str(out_dir),
         max_epochs=max_epochs,
         accelerator=accelerator,
         devices=devices,
         strategy=strategy,
-        callbacks=[stopping, checkpoint, history, *(callbacks or [])],
+        callbacks=[stopping, checkpoint, history, *extra, *(callbacks or [])],
         logger=CSVLogger(save_dir=str(out_dir), name="logs"),
-        enable_progress_bar=progress,
+        enable_progress_bar=style == "bar",
         enable_model_summary=False,
         gradient_clip_val=gradient_clip_val,
         log_every_n_steps=log_every_n_steps,

@@ -274,8 +274,10 @@ def fit_stage1(
         target: ``bool [N]``, symbols that count in losses and metrics, e.g.
             ``~panel.is_index`` (default all).
         accelerator, devices, strategy: Lightning's (``strategy="ddp"`` works unchanged).
-        progress: show a progress bar.
-        trainer_kwargs: other ``lightning.Trainer`` arguments.
+        progress: show progress (a bar on a terminal, a line per epoch in a log).
+        trainer_kwargs: other :func:`~relcast.training.common.make_trainer` arguments
+            (``label``: the name in the per-epoch log lines, default ``"Stage1"``) and
+            ``lightning.Trainer`` arguments.
     """
     from relcast.training.common import load_best_state_dict, make_trainer, seed_everything
 
@@ -330,7 +332,7 @@ def fit_stage1(
         strategy=strategy,
         progress=progress,
         log_every_n_steps=max(1, min(10, len(train_set) // batch_dates)),
-        **trainer_kwargs,
+        **{"label": "Stage1", **trainer_kwargs},
     )
     # batches of dates sharded by rank under DDP: each date once per epoch, equal step counts
     train_loader = DataLoader(

@@ -47,6 +47,7 @@ from relcast.features.labels import (
     normalize_labels_cross_section,
     rank_normalize_labels_cross_section,
 )
+from relcast.progress import PassProgress
 from relcast.training.stage3_inputs import (  # noqa: F401  (importable from here too)
     FEATURE_SETS,
     Stage3Inputs,
@@ -200,7 +201,7 @@ def fit_stage3(
             stock, early stopping and the checkpoint watch ``val_loss`` (no Rank IC exists).
         label_norm: ``"cross_section"`` (default), ``"cs_rank"`` (qlib's CSRankNorm) or
             ``"none"``, see the module docstring.
-        progress: show the progress bar.
+        progress: show progress (a bar on a terminal, a line per epoch in a log).
         regime_gate: wrap the model in a :class:`relcast.models.regime.RegimeGatedModel`
             that scales the index vs sector relationship columns by the regime of each
             step, with the scales learned along with the model. Needs ``inputs`` with the
@@ -272,7 +273,7 @@ def fit_stage3(
         devices=devices,
         strategy=strategy,
         progress=progress,
-        **trainer_kwargs,
+        **{"label": f"Stage3 {model_name}", **trainer_kwargs},
     )
     trainer.callbacks.append(timer)
     trainer.fit(module, train_dataloaders=train.dataloader(), val_dataloaders=valid.dataloader())
@@ -382,13 +383,16 @@ def predict_stage3(
     model.eval()
     T, N = inputs.valid.shape
     pred = np.full((hi - lo, N, config.horizons, config.num_quantiles), np.nan, dtype=np.float32)
-    for batch in loader:
+    progress = PassProgress("Stage3 predict", len(loader), unit="batches")  # logs only
+    for done, batch in enumerate(loader, start=1):
         out = model(batch)["pred"]  # (B, H, Q) or (B, C, H, Q)
         t, n = batch["t"], batch["n"]
         if "origin" in batch:  # the forecasts at the chunks' origin steps
             origin = batch["origin"]
             out, t, n = out[origin], t[origin], n[:, None].expand_as(origin)[origin]
         pred[t.numpy() - lo, n.numpy()] = out.float().numpy()
+        progress.update(done)
+    progress.finish()
     model.train(was_training)
     point = point_forecast(torch.from_numpy(pred), config.quantiles).numpy()
     return {"pred": pred, "point": point}

@@ -78,6 +78,7 @@ class Pipeline(RunData):
             rank_mse_weight=s.rank_mse_weight,
             max_epochs=s.max_epochs,
             batch_dates=distributed.per_rank(s.batch_dates),  # global batch / ranks
+            max_stocks=s.max_stocks,  # random cross-sections for training dates only
             lr=s.lr,
             patience=s.patience,
             seed=self.config.trainer.seed,

@@ -109,8 +109,11 @@ def _define_stage1_module() -> type:
             self.has_sectors = sector_list is not None and config.num_sectors > 0
 
         def forward(self, batch: dict[str, torch.Tensor], need_weights: bool = False) -> dict:
-            """Model outputs for a batch of dates."""
-            return self.model(batch["x"], batch["mask"], need_weights=need_weights)
+            """Model outputs for a batch of dates (of random cross-sections: ``stock_ids``)."""
+            return self.model(
+                batch["x"], batch["mask"], stock_ids=batch.get("stock_ids"),
+                need_weights=need_weights,
+            )  # fmt: skip
 
         def _losses(self, batch: dict[str, torch.Tensor], out: dict) -> dict[str, torch.Tensor]:
             pred, y = out["pred"], batch["y"]  # (B, N, H) each
@@ -129,7 +132,9 @@ def _define_stage1_module() -> type:
                     total = total + self.config.corr_weight * losses["corr"]
                 if "sector_logits" in out and self.has_sectors:
                     m = batch["mask"]  # (B, N)
-                    sectors = self.model.sector_ids.expand_as(m)
+                    ids = batch.get("stock_ids")  # (B, K) when a cross-section was drawn
+                    all_ids = self.model.sector_ids
+                    sectors = all_ids.expand_as(m) if ids is None else all_ids[ids]
                     losses["sector"] = F.cross_entropy(out["sector_logits"][m], sectors[m])
                     total = total + self.config.sector_weight * losses["sector"]
             losses["total"] = total
@@ -253,6 +258,7 @@ def fit_stage1(
     devices: int | str = 1,
     strategy: str = "auto",
     progress: bool = True,
+    max_stocks: int | None = None,
     **trainer_kwargs: Any,
 ) -> Stage1Result:
     """Train Stage1 on the training dates, early-stopping on the validation Rank IC.
@@ -275,6 +281,10 @@ def fit_stage1(
             ``~panel.is_index`` (default all).
         accelerator, devices, strategy: Lightning's (``strategy="ddp"`` works unchanged).
         progress: show progress (a bar on a terminal, a line per epoch in a log).
+        max_stocks: each training date attends over a random subset of at most this many of
+            its traded target stocks, drawn anew every epoch (seeded by ``seed``); validation
+            reads every stock. None (default), or at least the number of target stocks, is
+            full attention. See :mod:`relcast.training.cross_section_data`.
         trainer_kwargs: other :func:`~relcast.training.common.make_trainer` arguments
             (``label``: the name in the per-epoch log lines, default ``"Stage1"``) and
             ``lightning.Trainer`` arguments.
@@ -336,8 +346,12 @@ def fit_stage1(
     )
     # batches of dates sharded by rank under DDP: each date once per epoch, equal step counts
     train_loader = DataLoader(
-        DateBatches(train_set, batch_dates, shuffle=True, generator=shuffle_rng), batch_size=None
-    )
+        DateBatches(
+            train_set, batch_dates, shuffle=True, seed=seed, generator=shuffle_rng,
+            max_stocks=max_stocks,
+        ),
+        batch_size=None,
+    )  # fmt: skip
     valid_loader = DataLoader(DateBatches(valid_set, batch_dates), batch_size=None)
     start = time.perf_counter()
     trainer.fit(module, train_loader, valid_loader)

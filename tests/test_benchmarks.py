@@ -97,3 +97,24 @@ def test_quick_mode_writes_every_result(tmp_path):
     for scales in regime["gates"].values():
         assert set(scales) == {"bull", "bear", "sideways"}
     assert sum(regime["regime_share"].values()) == pytest.approx(1.0)
+
+
+def test_stage1_max_stocks_quick_mode(tmp_path):
+    """The max_stocks benchmark (not part of run_all): both variants, per-epoch Rank ICs, the
+    machine-load caveat, ratios from the rows."""
+    from benchmarks import stage1_max_stocks
+
+    stage1_max_stocks.run(quick=True, results_dir=tmp_path)
+    saved = json.loads((tmp_path / "stage1_max_stocks.json").read_text())
+    assert MACHINE_KEYS <= set(saved["machine"]) and "shared" in saved["caveat"]
+    full, sub = saved["rows"]
+    assert (full["variant"], sub["variant"]) == ("full", "max_stocks")
+    assert full["max_stocks"] is None and sub["max_stocks"] < sub["stocks"]
+    for row in (full, sub):
+        assert len(row["val_rank_ic_per_epoch"]) == row["epochs"]
+        assert row["epochs"] == saved["config"]["epochs"][row["variant"]]
+        _positive(
+            row, ["train_cpu_s_per_epoch", "train_wall_s_per_epoch", "valid_wall_s_per_epoch"]
+        )
+    speedup = full["train_cpu_s_per_epoch"] / sub["train_cpu_s_per_epoch"]
+    assert saved["ratios"]["train_cpu_speedup"] == pytest.approx(speedup, abs=1e-3)

@@ -183,3 +183,16 @@ def test_setting_and_multitask_sectors_follow_the_drawn_stocks(market):
     logits.scatter_(2, torch.as_tensor(sectors)[batch["stock_ids"]][..., None], 20.0)
     out = {**module(batch), "sector_logits": logits}
     assert module._losses(batch, out)["sector"] < 1e-6
+
+
+def test_the_run_trains_stage1_with_the_configured_max_stocks(tmp_path):
+    from relcast.config import load_config
+    from relcast.pipeline import Pipeline
+
+    overrides = ["data.source=synthetic", "data.synthetic_stocks=6", "data.synthetic_days=200"]
+    pipe = Pipeline(load_config(overrides=[*overrides, "stage1.max_stocks=3"]), tmp_path / "a")
+    pipe.prepare()
+    assert pipe._stage1_fit_kwargs()["max_stocks"] == 3  # full model and fold models alike
+    pipe = Pipeline(load_config(overrides=overrides), tmp_path / "b")
+    pipe.prepare()
+    assert pipe._stage1_fit_kwargs()["max_stocks"] is None

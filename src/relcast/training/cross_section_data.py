@@ -5,8 +5,11 @@ realised-correlation target of the multi-task loss.
 Why random cross-sections (``stage1.max_stocks``): full attention costs N^2 per date and the
 model is equivariant to the order of the stocks (a token is its features plus its identity
 embedding, read through ``stock_ids``), so a training date can attend over a random subset of
-its traded stocks: an unbiased, cheaper view of the same set function. Each epoch draws anew;
-validation, extraction and prediction read every stock.
+its traded stocks at (K/N)^2 of the attention cost. Each epoch draws anew; validation,
+extraction and prediction read every stock. It is not free: a subset trains attention over K
+keys that later normalises over N (a kind of key dropout), and a relationship between two
+given stocks is seen only on the dates both are drawn (a quarter of them at K = N / 2);
+``benchmarks/stage1_max_stocks.py`` measures what that costs.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 The same Stage1 (small preset: d_model 64, 4 heads, 2 layers; IC loss; 32 dates per batch;
 seed 0, no early stopping) is trained with full attention and with ``max_stocks=512`` (each
 training date attends over a random 512 of its ~2,000 traded stocks, a new draw per epoch),
-the subset for 3x the epochs, about the CPU time of the full run (same seed and draws: its
+the subset for 3x the epochs, less CPU time than the full run's (same seed and draws: its
 first epochs are the equal-epoch comparison). Both validate on every stock after every epoch.
 Each variant runs in a fresh process. Two synthetic markets of 2,000 stocks x 600 dates:
 

@@ -150,6 +150,7 @@ def measure(market: str, variant: str, cfg: dict) -> dict[str, Any]:
 
     from relcast.config import load_config
     from relcast.models.cross_sectional import Stage1Config
+    from relcast.training.specs import Stage1Spec, TrainerSpec
     from relcast.training.stage1 import encode_sectors, fit_stage1
 
     load_before = os.getloadavg()[0]
@@ -176,11 +177,14 @@ def measure(market: str, variant: str, cfg: dict) -> dict[str, Any]:
     epochs = cfg["epochs"][market][variant]
     with tempfile.TemporaryDirectory(prefix="relcast-bench-") as tmp:
         result = fit_stage1(
-            features, labels, split, config, out_dir=tmp, sector_ids=sectors,
-            loss=settings.loss, max_epochs=epochs, patience=epochs + 1,
-            batch_dates=cfg["batch_dates"], lr=settings.lr, seed=0, target=~is_index,
-            accelerator="cpu", progress=False, callbacks=[clock],
-            max_stocks=cfg["max_stocks"] if variant == "max_stocks" else None,
+            features, labels, split, config,
+            Stage1Spec(
+                loss=settings.loss, max_epochs=epochs, patience=epochs + 1,
+                batch_dates=cfg["batch_dates"], lr=settings.lr, seed=0,
+                max_stocks=cfg["max_stocks"] if variant == "max_stocks" else None,
+            ),
+            TrainerSpec(out_dir=tmp, progress=False, callbacks=(clock,)),
+            sector_ids=sectors, target=~is_index,
         )  # fmt: skip
 
     def mean(key: str) -> float:

@@ -14,6 +14,7 @@ from relcast.training.cross_section_data import (
     DateBatches,
     draw_cross_sections,
 )
+from relcast.training.specs import Stage1Spec, TrainerSpec
 from relcast.training.stage1 import Stage1Module, fit_stage1, predict_stage1
 
 B, N, F_ = 4, 12, 3
@@ -125,10 +126,11 @@ def test_date_batches_redraw_every_epoch_reproducibly(market):
 
 def fit(market, tmp_path, max_stocks, epochs=2):
     m, config = market
+    spec = Stage1Spec(max_epochs=epochs, patience=10, batch_dates=32, seed=7, max_stocks=max_stocks)
     return fit_stage1(
-        m.features, m.labels, m.split, config, out_dir=tmp_path, max_epochs=epochs,
-        patience=10, batch_dates=32, seed=7, progress=False, accelerator="cpu",
-        target=~m.panel.is_index, max_stocks=max_stocks, sector_ids=m.panel.sectors,
+        m.features, m.labels, m.split, config, spec,
+        TrainerSpec(out_dir=tmp_path, progress=False, accelerator="cpu"),
+        target=~m.panel.is_index, sector_ids=m.panel.sectors,
     )  # fmt: skip
 
 
@@ -186,13 +188,11 @@ def test_setting_and_multitask_sectors_follow_the_drawn_stocks(market):
 
 
 def test_the_run_trains_stage1_with_the_configured_max_stocks(tmp_path):
-    from relcast.config import load_config
-    from relcast.pipeline import Pipeline
+    from relcast.run.context import RunContext
 
-    overrides = ["data.source=synthetic", "data.synthetic_stocks=6", "data.synthetic_days=200"]
-    pipe = Pipeline(load_config(overrides=[*overrides, "stage1.max_stocks=3"]), tmp_path / "a")
-    pipe.prepare()
-    assert pipe._stage1_fit_kwargs()["max_stocks"] == 3  # full model and fold models alike
-    pipe = Pipeline(load_config(overrides=overrides), tmp_path / "b")
-    pipe.prepare()
-    assert pipe._stage1_fit_kwargs()["max_stocks"] is None
+    overrides = ["data.source=synthetic", "data.synthetic_stocks=6"]
+    ctx = RunContext(load_config(overrides=[*overrides, "stage1.max_stocks=3"]), tmp_path / "a")
+    assert ctx.stage1_spec.max_stocks == 3  # the full model and the fold models alike
+    assert Stage1Spec.from_dict(ctx.stage1_spec.to_dict()).max_stocks == 3  # saved with it
+    ctx = RunContext(load_config(overrides=overrides), tmp_path / "b")
+    assert ctx.stage1_spec.max_stocks is None

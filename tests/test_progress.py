@@ -11,9 +11,10 @@ import pytest
 from relcast import progress
 from relcast.models.cross_sectional import CrossSectionalTransformer, Stage1Config, predict_stage1
 from relcast.progress import PassProgress, format_duration, progress_style
-from relcast.relationships import build_relationship_store, make_extractor
+from relcast.relationships import Stage1Fit, StorePlan, build_relationship_store, make_extractor
 from relcast.training.common import make_trainer
 from relcast.training.progress_log import epoch_log_callback
+from relcast.training.specs import Stage1Spec, TrainerSpec
 from relcast.training.stage1 import fit_stage1
 
 EPOCH_LINE = re.compile(
@@ -57,8 +58,9 @@ def epoch_lines(text: str, label: str) -> list[re.Match]:
 def test_stage1_prints_one_line_per_epoch_with_its_fields(market, tmp_path, capsys):
     m, config = market
     fit_stage1(
-        m.features, m.labels, m.split, config, out_dir=tmp_path, max_epochs=3, patience=10,
-        batch_dates=64, accelerator="cpu",
+        m.features, m.labels, m.split, config,
+        Stage1Spec(max_epochs=3, patience=10, batch_dates=64),
+        TrainerSpec(out_dir=tmp_path, accelerator="cpu"),  # progress on (the default)
     )  # fmt: skip
     out = capsys.readouterr().out
     lines = epoch_lines(out, "Stage1")
@@ -72,14 +74,15 @@ def test_stage1_prints_one_line_per_epoch_with_its_fields(market, tmp_path, caps
 def test_a_terminal_keeps_the_bar_and_gets_no_lines(tmp_path, monkeypatch):
     monkeypatch.setattr("sys.stdout", Terminal())
     assert progress_style() == "bar"
-    trainer = make_trainer(tmp_path, accelerator="cpu", label="Stage1")
+    spec = TrainerSpec(out_dir=tmp_path, label="Stage1")
+    trainer = make_trainer(spec)
     assert trainer.progress_bar_callback is not None
     assert not any(type(c).__name__ == "EpochLog" for c in trainer.callbacks)
     monkeypatch.setattr("sys.stdout", io.StringIO())  # a file or a pipe
-    trainer = make_trainer(tmp_path, accelerator="cpu", label="Stage1")
+    trainer = make_trainer(spec)
     assert trainer.progress_bar_callback is None
     assert sum(type(c).__name__ == "EpochLog" for c in trainer.callbacks) == 1
-    quiet = make_trainer(tmp_path, accelerator="cpu", progress=False)
+    quiet = make_trainer(TrainerSpec(out_dir=tmp_path, progress=False))
     assert quiet.progress_bar_callback is None
     assert not any(type(c).__name__ == "EpochLog" for c in quiet.callbacks)
     monkeypatch.setenv("RELCAST_PROGRESS", "bar")  # forced, whatever the output is
@@ -110,11 +113,13 @@ def test_epoch_line_marks_epochs_without_validation():
 
 def test_out_of_fold_prints_one_line_per_fold(market, tmp_path, capsys):
     m, config = market
+    fit = Stage1Fit(
+        config, Stage1Spec(max_epochs=1), TrainerSpec(out_dir=tmp_path), target=~m.panel.is_index
+    )
+    extractor = make_extractor("v2", method="pca", n_components=2)
     build_relationship_store(
-        m.features, m.labels, m.split, config, make_extractor("v2", method="pca", n_components=2),
-        n_folds=2, out_dir=tmp_path, max_epochs=1, fold_epochs=1, accelerator="cpu",
-        target=~m.panel.is_index,
-    )  # fmt: skip
+        m.features, m.labels, m.split, extractor, fit, StorePlan(n_folds=2, fold_epochs=1)
+    )
     out = capsys.readouterr().out
     folds = re.findall(r"^\[relcast\] out-of-fold fold (\d)/2 done: .* (\S+) left$", out, re.M)
     assert [k for k, _ in folds] == ["1", "2"]

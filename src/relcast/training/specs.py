@@ -95,6 +95,9 @@ class Stage1Spec:
     seed: int = 0
     validate_every: int = 1
     """epochs between validation passes (fold models with fixed epochs: their count)."""
+    init: str | None = None
+    """weights (a safetensors file) training starts from instead of a random draw: a
+    walk-forward block's warm start from the block before; None: from scratch."""
 
     @classmethod
     def from_settings(
@@ -136,6 +139,8 @@ class Stage3Spec:
     label_norm: str = "cross_section"
     seed: int = 0
     regime_gate: bool = False
+    init: str | None = None
+    """weights (a safetensors file) training starts from (a walk-forward warm start)."""
 
     @classmethod
     def from_settings(cls, settings: Any, model: str, seed: int, **changes: Any) -> Stage3Spec:

@@ -125,6 +125,21 @@ def make_trainer(
     return fit
 
 
+def load_initial_weights(module, path: str | Path) -> None:
+    """Start ``module`` from the weights saved at ``path`` (safetensors; a warm start):
+    every parameter must be there with its shape, or the error names the file."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(path))
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ValueError(
+            f"cannot warm-start from {path}: its weights do not fit this model ({exc}); "
+            "the universe or the inputs changed since it was trained"
+        ) from None
+
+
 def load_best_state_dict(trainer, prefix: str = "model.") -> dict | None:
     """The best checkpoint's weights of the submodule named by ``prefix`` (None if none saved).
 

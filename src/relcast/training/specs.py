@@ -105,6 +105,9 @@ class Stage1Spec:
     max_stocks: int | None = None
     """each training date attends over a random subset of at most this many of its traded
     target stocks, drawn anew every epoch (None: all; validation always reads all)."""
+    init: str | None = None
+    """weights (a safetensors file) training starts from instead of a random draw: a
+    walk-forward block's warm start from the block before; None: from scratch."""
 
     @classmethod
     def from_settings(
@@ -147,6 +150,8 @@ class Stage3Spec:
     label_norm: str = "cross_section"
     seed: int = 0
     regime_gate: bool = False
+    init: str | None = None
+    """weights (a safetensors file) training starts from (a walk-forward warm start)."""
 
     @classmethod
     def from_settings(cls, settings: Any, model: str, seed: int, **changes: Any) -> Stage3Spec:

@@ -271,7 +271,12 @@ def fit_stage1(
         target: ``bool [N]``, symbols that count in losses and metrics, e.g.
             ``~panel.is_index`` (default all).
     """
-    from relcast.training.common import load_best_state_dict, make_trainer, seed_everything
+    from relcast.training.common import (
+        load_best_state_dict,
+        load_initial_weights,
+        make_trainer,
+        seed_everything,
+    )
 
     labels = _check_inputs(features, labels)
     T, N, F_ = features.values.shape
@@ -311,6 +316,8 @@ def fit_stage1(
         label_norm=spec.label_norm,
         rank_mse_weight=spec.rank_mse_weight,
     )
+    if spec.init is not None:  # a warm start (walk-forward): the previous block's weights
+        load_initial_weights(module.model, spec.init)
     shuffle_rng = torch.Generator()
     shuffle_rng.set_state(torch.get_rng_state())  # seeded above; immune to later RNG use
     batch_dates = spec.batch_dates

@@ -192,7 +192,12 @@ def fit_stage3(
         index_symbols: the market index symbols (their ``attn_``/``ctr_sim_`` columns are
             index columns for the gate).
     """
-    from relcast.training.common import load_best_state_dict, make_trainer, seed_everything
+    from relcast.training.common import (
+        load_best_state_dict,
+        load_initial_weights,
+        make_trainer,
+        seed_everything,
+    )
 
     labels = np.asarray(labels, dtype=np.float32)
     if labels.ndim == 2:
@@ -240,6 +245,8 @@ def fit_stage3(
         from relcast.models.regime import RegimeGatedModel
 
         model = RegimeGatedModel.wrap(model, inputs.names, index_symbols)
+    if spec.init is not None:  # a warm start (walk-forward): the previous block's weights
+        load_initial_weights(model, spec.init)
     module = _lightning_module_class()(model, quantiles, lr=spec.lr, weight_decay=spec.weight_decay)
     timer = _epoch_timer_class()()
     # a Rank IC needs >= 2 stocks per date; one target stock is judged by its loss instead

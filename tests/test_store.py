@@ -26,6 +26,7 @@ from relcast.features import (
 )
 from relcast.models.cross_sectional import Stage1Config
 from relcast.store.memmap import MemmapFeatureStore, build_feature_store
+from relcast.store.settings import StoreSettings
 from relcast.store.sources import panel_slices
 from relcast.training.common import release_pages_callback
 from relcast.training.cross_section_data import CrossSectionDataset
@@ -59,8 +60,8 @@ def store(market, tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("store") / "features"
     built = build_feature_store(
-        folder, source, panel.dates, horizons=H, train_end=TRAIN_END, chunk_dates=97,
-        overlap=300,
+        folder, source, panel.dates, StoreSettings(horizons=H, train_end=TRAIN_END),
+        chunk_dates=97, overlap=300,
     )  # fmt: skip
     built.requests = requests
     return built
@@ -90,8 +91,8 @@ def test_chunked_build_equals_in_memory_features(market, store):
 def test_short_overlap_shows_in_the_mask(market, tmp_path):
     panel, features, _ = market
     short = build_feature_store(
-        tmp_path / "s", panel_slices(panel), panel.dates, horizons=H, train_end=TRAIN_END,
-        chunk_dates=97, overlap=0,
+        tmp_path / "s", panel_slices(panel), panel.dates,
+        StoreSettings(horizons=H, train_end=TRAIN_END), chunk_dates=97, overlap=0,
     )  # fmt: skip
     # without history every chunk restarts the indicators' warm-up: rows go missing
     assert short.mask.sum() < features.mask.sum()
@@ -103,8 +104,9 @@ def test_chunked_labels_follow_label_delay(market, tmp_path):
     of the chunks (each needs delay + H dates after it)."""
     panel, _, _ = market
     delayed = build_feature_store(
-        tmp_path / "d", panel_slices(panel), panel.dates, horizons=H, train_end=TRAIN_END,
-        label_delay=1, chunk_dates=97, overlap=300,
+        tmp_path / "d", panel_slices(panel), panel.dates,
+        StoreSettings(horizons=H, train_end=TRAIN_END, label_delay=1), chunk_dates=97,
+        overlap=300,
     )  # fmt: skip
     want = forward_returns(panel, H, delay=1)
     np.testing.assert_array_equal(np.asarray(delayed.labels), want)

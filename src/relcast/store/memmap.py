@@ -51,6 +51,7 @@ from relcast.data.panel import Panel, RelcastDataError, memory_map_of, release_p
 from relcast.features import DEFAULT_WINDOWS, build_features, forward_returns
 from relcast.features.featureset import FeatureSet
 from relcast.features.labels import normalize_labels_cross_section
+from relcast.store.settings import StoreSettings
 from relcast.store.sources import (  # noqa: F401  (panel_slices: importable from here too)
     index_context,
     panel_slices,
@@ -334,14 +335,11 @@ def build_feature_store(
     folder: str | Path,
     source: Callable[[int, int], Panel],
     dates: np.ndarray,
+    settings: StoreSettings,
     *,
-    horizons: int,
-    train_end: int,
-    label_delay: int = 0,
     chunk_dates: int = 2048,
     overlap: int = 1024,
     windows: Sequence[int] | None = None,
-    sector_ids: np.ndarray | None = None,
     overwrite: bool = False,
 ) -> MemmapFeatureStore:
     """Build the features and labels of a panel into a store, one chunk of dates at a time.
@@ -353,20 +351,21 @@ def build_feature_store(
             :func:`panel_slices` wraps an in-memory panel. It must include at least one
             market index (``is_index``).
         dates: all T dates of the source.
-        horizons: H of the labels.
-        label_delay: the labels' delay (``data.label_delay``; ``forward_returns(delay=...)``).
-        train_end: last date index of the training span (index features' statistics).
+        settings: ``horizons`` (H of the labels), ``label_delay`` (``data.label_delay``;
+            ``forward_returns(delay=...)``), ``train_end`` (last date index of the training
+            span: index features' statistics) and ``sector_ids`` (``int [N]`` sector per
+            symbol for the store).
         chunk_dates: dates written per chunk; memory grows with ``chunk_dates + overlap``.
         overlap: earlier dates loaded with each chunk to warm up the indicators. It must
             exceed the longest indicator window in traded bars; EMAs converge geometrically
             (after 300 bars the seed's weight in a 26-bar EMA is ~1e-10).
         windows: indicator windows (``build_features``'s default if None).
-        sector_ids: ``int [N]`` sector per symbol for the store.
         overwrite: replace an existing store in ``folder``.
 
     Returns the finished store, opened read-only.
     """
     windows = DEFAULT_WINDOWS if windows is None else tuple(windows)
+    horizons, train_end, label_delay = settings.horizons, settings.train_end, settings.label_delay
     dates = np.asarray(dates, dtype="datetime64[ns]")
     T = len(dates)
     if chunk_dates < 1 or overlap < 0:
@@ -398,7 +397,7 @@ def build_feature_store(
             groups = {"own": own.groups["own"], **context_groups}
             store = MemmapFeatureStore.create(
                 folder, dates, panel.symbols, [n for g in groups.values() for n in g], groups,
-                horizons, sector_ids=sector_ids, overwrite=overwrite,
+                horizons, sector_ids=settings.sector_ids, overwrite=overwrite,
             )  # fmt: skip
         store.write(a, values, mask, labels)
         store.release()  # written pages leave this process's RSS (they are in the file)

@@ -24,7 +24,7 @@ import numpy as np
 
 from relcast.data.panel import Panel
 from relcast.features.featureset import FeatureSet
-from relcast.store.build import StoreSettings
+from relcast.store.settings import StoreSettings
 
 FEATURE_STORE = "feature_store"
 """The memory-mapped store's folder in the run folder."""

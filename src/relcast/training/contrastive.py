@@ -26,6 +26,7 @@ from relcast.models.extractors import (
     stage1_outputs,
     trailing_returns_from_labels,
 )
+from relcast.progress import PassProgress
 
 
 def train_contrastive_encoder(
@@ -60,7 +61,8 @@ def train_contrastive_encoder(
     opt = torch.optim.AdamW(encoder.parameters(), lr=lr, weight_decay=1e-4)
     history: list[float] = []
     encoder.train()
-    for _ in range(steps):
+    progress = PassProgress("V3 contrastive training", steps, unit="steps")  # logs only
+    for step in range(steps):
         b = torch.randint(0, T, (min(batch_dates, T),), generator=gen)
         z = encoder(x_t[b])  # (B, N, P)
         loss = info_nce_loss(z, pos[b], ok[b], temperature)
@@ -68,6 +70,8 @@ def train_contrastive_encoder(
         loss.backward()
         opt.step()
         history.append(float(loss.detach()))
+        progress.update(step + 1)
+    progress.finish()
     encoder.eval()
     return encoder, history
 
@@ -211,6 +215,33 @@ class ContrastiveExtractor(RelationshipExtractor):
             temperature=self.temperature,
             seed=self.seed,
         )
+        return self
+
+    def fitted_state(self) -> dict[str, np.ndarray]:
+        """The trained encoder's weights (``encoder.<name>``)."""
+        if not hasattr(self, "encoder_"):
+            return {}
+        return {
+            f"encoder.{k}": v.detach().cpu().numpy() for k, v in self.encoder_.state_dict().items()
+        }
+
+    def load_fitted_state(self, state: dict[str, np.ndarray]) -> ContrastiveExtractor:
+        """The encoder rebuilt from its weights (sizes read from their shapes)."""
+        weights = {
+            k.removeprefix("encoder."): torch.from_numpy(np.asarray(v)) for k, v in state.items()
+        }
+        first, last = weights["mlp.0.weight"], weights["mlp.4.weight"]  # (hidden, in), (P, hidden)
+        identity = weights.get("identity.weight")
+        identity_dim = 0 if identity is None else identity.shape[1]
+        encoder = ContrastiveEncoder(
+            num_inputs=first.shape[1] - identity_dim,
+            num_stocks=0 if identity is None else identity.shape[0],
+            hidden=first.shape[0],
+            proj_dim=last.shape[0],
+            identity_dim=identity_dim,
+        )
+        encoder.load_state_dict(weights)
+        self.encoder_ = encoder.eval()
         return self
 
     def extract(self, model, features, dates_index=None):

@@ -12,7 +12,7 @@ from relcast.features.normalize import scalers_to_dict
 from relcast.run.context import NORMALIZATION, RunContext, log, writes
 from relcast.run.source import check_universe, load_source
 from relcast.runfolder import data_fingerprint, data_paths
-from relcast.store.build import StoreSettings
+from relcast.store.settings import StoreSettings
 from relcast.training.specs import WARMUP_BARS
 
 

@@ -141,7 +141,9 @@ def assemble_inputs(
     if "own" not in features.groups:
         raise ValueError(f"the feature set has no 'own' group; groups: {list(features.groups)}")
     T, N = features.mask.shape
-    context = [g for g in ("alpha158", "index", "calendar", "regime") if features.groups.get(g)]
+    context = [
+        g for g in ("alpha158", "industry", "index", "calendar", "regime") if features.groups.get(g)
+    ]
     groups = {g: list(features.groups[g]) for g in ("own", *context)}
     if sectors is None:
         sector_ids = np.zeros(N, dtype=np.int64)

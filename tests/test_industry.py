@@ -6,12 +6,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from test_lookahead import TRAIN_END, make_panel, rewrite_future
 
 from relcast.features import build_features
 from relcast.features.featureset import FeatureSet
 from relcast.features.industry import add_industry_features, industry_codes
-
-from test_lookahead import TRAIN_END, make_panel, rewrite_future
 
 SECTORS = ["tech", "tech", "bank", "unknown", "tech", "bank", "", "energy"]
 OWN = ["ret1", "ret5", "ma20"]

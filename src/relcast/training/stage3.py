@@ -47,6 +47,7 @@ from relcast.features.labels import (
     normalize_labels_cross_section,
     rank_normalize_labels_cross_section,
 )
+from relcast.models.temporal.registry import is_cross_section_model
 from relcast.training.stage3_inputs import (  # noqa: F401  (importable from here too)
     FEATURE_SETS,
     Stage3Inputs,
@@ -227,6 +228,20 @@ def fit_stage3(
     store = inputs.store if isinstance(inputs, StockMajorInputs) else None
     target = _target(labels, inputs.valid, label_norm, store)
     stock_idx = inputs.stock_index(stocks)
+    if is_cross_section_model(model_name):  # whole-date models: their own data path
+        if regime_gate:
+            raise ValueError(f"{model_name} has no regime gate; set relationships.regime=false")
+        from relcast.training.cross_section_stage3 import CrossSectionSpec, fit_cross_section
+
+        spec = CrossSectionSpec(
+            lookback=lookback, out_dir=out_dir, hparams=dict(hparams or {}),
+            quantiles=None if quantiles is None else tuple(quantiles), max_epochs=max_epochs,
+            batch_size=batch_size, lr=lr, weight_decay=weight_decay, patience=patience, seed=seed,
+            stocks=stock_idx, label_norm=label_norm, progress=progress,
+            trainer_kwargs=dict(accelerator=accelerator, devices=devices, strategy=strategy,
+                                **trainer_kwargs),
+        )  # fmt: skip
+        return Stage3Result(**fit_cross_section(model_name, inputs, target, split, spec))
     train = inputs.loader(
         lookback, target, index=split.train, stocks=stock_idx, batch_size=batch_size,
         shuffle=True, seed=seed, chunk_length=chunk_length,
@@ -365,6 +380,11 @@ def predict_stage3(
 
     if isinstance(model, Stage3Result):
         model = model.model
+    if getattr(model, "cross_section", False):  # a whole-date model reads every stock at once
+        from relcast.training.cross_section_stage3 import predict_cross_section
+
+        stock_idx = inputs.stock_index(stocks)
+        return predict_cross_section(model, inputs, index, stocks=stock_idx, span=span)
     config = model.config
     lookback = config.lookback if lookback is None else lookback
     # rank 0 of 1: a prediction covers every window, even in a process that trained with DDP

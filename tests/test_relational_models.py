@@ -12,6 +12,7 @@ from conftest import cli_sets
 from typer.testing import CliRunner
 
 import relcast
+from relcast.cli import app
 from relcast.models.temporal import create_model
 from relcast.models.temporal.registry import is_cross_section_model
 from relcast.training.cross_section_stage3 import DateBatches, cross_section_loss
@@ -221,14 +222,16 @@ def test_pipeline_trains_and_scores_the_three(tmp_path):
     panel, _ = relcast.synthetic_market(num_stocks=8, num_days=220, seed=2)
     data = tmp_path / "bars.csv"
     panel.to_frame().to_csv(data, index=False)
+    panel.meta.to_csv(tmp_path / "universe.csv", index=False)  # its sectors: the industries
     extra = [
         "stage3.models=[stockmixer,rsr,master]",
         "stage3.feature_sets=[hybrid]",
         "stage3.stockmixer.market_num=4",
         "data.industry_relative=true",
     ]
-    args = ["run", "--data", str(data), "--out", str(tmp_path / "run"), "--seeds", "1"]
-    result = CliRunner().invoke(relcast.cli.app, [*args, *cli_sets(extra)])
+    args = ["run", "--data", str(data), "--universe", str(tmp_path / "universe.csv")]
+    args += ["--out", str(tmp_path / "run"), "--seeds", "1"]
+    result = CliRunner().invoke(app, [*args, *cli_sets(extra)])
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())["models"]
     for name in ("hybrid_stockmixer", "hybrid_rsr", "hybrid_master"):

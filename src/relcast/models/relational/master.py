@@ -49,13 +49,17 @@ class MASTERConfig(RelationalConfig):
                 raise ValueError(f"hidden_size {self.hidden_size} must divide into {heads} heads")
         if self.beta <= 0:
             raise ValueError(f"beta must be > 0, got {self.beta}")
+
+    def market_and_stock_columns(self) -> tuple[list[int], list[int]]:
+        """Positions of the market columns and of the stock columns among the inputs."""
         market = market_columns(self.feature_names, self.market_prefixes)
         if not market or len(market) == self.num_features:
             raise ValueError(
                 "MASTER needs market columns (names starting with "
                 f"{list(self.market_prefixes)}, relcast's 'index' group) and stock columns "
-                "among feature_names; keep the index features on (they are on by default)"
+                "among its inputs' feature_names; keep the index features on (the default)"
             )
+        return market, [k for k in range(self.num_features) if k not in set(market)]
 
 
 def market_columns(names: tuple[str, ...] | None, prefixes: tuple[str, ...]) -> list[int]:
@@ -101,8 +105,7 @@ class MASTER(nn.Module):
     def __init__(self, config: MASTERConfig) -> None:
         super().__init__()
         self.config = c = config
-        market = market_columns(c.feature_names, c.market_prefixes)
-        stock = [k for k in range(c.num_features) if k not in set(market)]
+        market, stock = c.market_and_stock_columns()
         self.register_buffer("market_idx", torch.tensor(market, dtype=torch.long))
         self.register_buffer("stock_idx", torch.tensor(stock, dtype=torch.long))
         d = c.hidden_size

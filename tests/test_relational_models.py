@@ -193,6 +193,18 @@ def test_date_batches_hold_complete_windows_and_score_only_labelled_targets():
     assert batches.num_scored == int(sum(b["scored"].sum() for b in batches))
 
 
+def test_a_stock_major_store_gives_the_same_batches():
+    inputs = tiny_inputs()
+    target = np.random.default_rng(1).normal(size=(30, N, H)).astype(np.float32)
+    stored = tiny_inputs()
+    stored.by_stock = np.ascontiguousarray(stored.values.transpose(1, 0, 2))  # (N, T, F)
+    stored.values = np.full_like(stored.values, np.nan)  # read from by_stock only
+    dates = np.arange(10, 30)
+    for a, b in zip(DateBatches(inputs, L, dates, target), DateBatches(stored, L, dates, target)):
+        for key in ("x", "mask", "scored", "t"):
+            torch.testing.assert_close(a[key], b[key])
+
+
 @pytest.mark.parametrize("name", MODELS)
 def test_no_look_ahead_in_prediction(name):
     model = make_model(name)

@@ -200,7 +200,10 @@ def test_a_stock_major_store_gives_the_same_batches():
     stored.by_stock = np.ascontiguousarray(stored.values.transpose(1, 0, 2))  # (N, T, F)
     stored.values = np.full_like(stored.values, np.nan)  # read from by_stock only
     dates = np.arange(10, 30)
-    for a, b in zip(DateBatches(inputs, L, dates, target), DateBatches(stored, L, dates, target)):
+    pairs = zip(
+        DateBatches(inputs, L, dates, target), DateBatches(stored, L, dates, target), strict=True
+    )
+    for a, b in pairs:
         for key in ("x", "mask", "scored", "t"):
             torch.testing.assert_close(a[key], b[key])
 

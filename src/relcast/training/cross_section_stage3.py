@@ -19,6 +19,9 @@ Loss: the pinball loss (squared error in point mode) on the scored cells plus th
 ``round(batch_size / target stocks)`` dates (one date at 1,026 stocks and 1,024, as the
 papers train). :func:`predict_cross_section` forecasts every (date, stock) with a complete
 window, as :func:`~relcast.training.stage3.predict_stage3` does for the other models.
+Not yet: DDP sharding of the dates (under ``torchrun`` every rank reads every date), the
+regime gate, and ``rawconcat`` inputs (these models read every stock already); the last two
+are refused with a message.
 """
 
 from __future__ import annotations
@@ -243,9 +246,12 @@ def _module_classes():
 
 
 def eval_dates_per_batch(inputs: Any, lookback: int) -> int:
-    """Dates per evaluation batch: at most :data:`EVAL_FLOATS` input floats."""
+    """Dates per evaluation batch: at most :data:`EVAL_FLOATS` input floats, and at most
+    that many stock-pair scores of an attention across stocks at every step (MASTER's
+    ``L x N x N`` per date: one date a batch at 1,026 stocks)."""
     N = inputs.valid.shape[1]
-    return max(1, EVAL_FLOATS // max(1, N * lookback * inputs.num_features))
+    per_date = max(N * lookback * inputs.num_features, lookback * N * N)
+    return max(1, EVAL_FLOATS // max(1, per_date))
 
 
 def fit_cross_section(model_name: str, inputs: Any, target: np.ndarray, split: Any,

@@ -94,7 +94,7 @@ def interrupt_update(work, data, monkeypatch) -> None:
     """An update that dies after its journal, during the renames."""
     import os
 
-    from relcast.inference import JOURNAL, update_run
+    from relcast.run.inference import JOURNAL, update_run
 
     real = os.replace
     calls = {"n": 0}

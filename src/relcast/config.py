@@ -294,9 +294,9 @@ def check_trainer(settings: TrainerSettings) -> None:
     import lightning
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
-    from relcast.training.common import _quiet_lightning
+    from relcast.training.common import quiet_lightning
 
-    _quiet_lightning()
+    quiet_lightning()
     try:
         lightning.Trainer(
             accelerator=settings.accelerator,

@@ -35,7 +35,7 @@ def purged_folds(
     return out
 
 
-def _alignable_blocks(names: Sequence[str]) -> list[np.ndarray]:
+def alignable_blocks(names: Sequence[str]) -> list[np.ndarray]:
     blocks = []
     for prefix in ALIGNABLE_PREFIXES:
         cols = [

@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,32 +35,11 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from relcast.features.industry import NO_INDUSTRY
+from relcast.training.specs import Stage3Spec, TrainerSpec
 from relcast.training.windows import window_end_mask
 
 EVAL_FLOATS = 2**25
 """Input floats per evaluation batch at most (128 MB)."""
-
-
-@dataclass
-class CrossSectionSpec:
-    """The settings :func:`fit_cross_section` trains with (those of ``fit_stage3``)."""
-
-    lookback: int
-    out_dir: str | Path
-    hparams: dict[str, Any] = field(default_factory=dict)
-    quantiles: tuple[float, ...] | None = (0.1, 0.5, 0.9)
-    max_epochs: int = 20
-    batch_size: int = 1024
-    """Scored samples per step: dates per step = round(batch_size / target stocks), >= 1."""
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    patience: int = 5
-    seed: int = 0
-    stocks: np.ndarray | None = None
-    """Target stock positions (scored in the loss and the metric); all stocks if None."""
-    label_norm: str = "cross_section"
-    progress: bool = True
-    trainer_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 def industry_ids(inputs: Any) -> np.ndarray:
@@ -254,15 +231,27 @@ def eval_dates_per_batch(inputs: Any, lookback: int) -> int:
     return max(1, EVAL_FLOATS // max(1, per_date))
 
 
-def fit_cross_section(model_name: str, inputs: Any, target: np.ndarray, split: Any,
-                      spec: CrossSectionSpec):  # fmt: skip
+def fit_cross_section(
+    model_name: str,
+    inputs: Any,
+    target: np.ndarray,
+    split: Any,
+    spec: Stage3Spec,
+    trainer: TrainerSpec,
+    stocks: np.ndarray | None = None,
+) -> dict[str, Any]:
     """Train the whole-date model ``model_name`` on ``inputs`` and the normalised ``target``
-    ``[T, N, H]`` (as ``fit_stage3`` builds it); returns the fields of the
-    :class:`~relcast.training.stage3.Stage3Result` that ``fit_stage3`` returns."""
+    ``[T, N, H]`` (as ``fit_stage3`` builds it) with ``fit_stage3``'s ``spec`` and
+    ``trainer``; ``stocks``: the target stock positions (all if None). Returns the fields of
+    the :class:`~relcast.training.stage3.Stage3Result` that ``fit_stage3`` returns.
+    ``spec.chunk_length`` does not apply (a batch is whole dates); ``spec.batch_size`` counts
+    scored samples (dates per step = round(batch_size / target stocks), at least 1)."""
     from relcast.models.temporal import create_model
     from relcast.models.temporal.losses import QuantileHead
     from relcast.training.common import load_best_state_dict, make_trainer, seed_everything
 
+    if spec.regime_gate:
+        raise ValueError(f"{model_name} has no regime gate; set relationships.regime=false")
     if inputs.cross_width:
         raise ValueError(
             f"{model_name} reads every stock of a date already; the rawconcat feature set adds "
@@ -270,13 +259,13 @@ def fit_cross_section(model_name: str, inputs: Any, target: np.ndarray, split: A
             "stage3.baseline_models"
         )
     T, N = inputs.valid.shape
-    targets = N if spec.stocks is None else len(np.unique(spec.stocks))
+    targets = N if stocks is None else len(np.unique(stocks))
     train = DateBatches(
-        inputs, spec.lookback, split.train, target, spec.stocks,
+        inputs, spec.lookback, split.train, target, stocks,
         dates_per_batch=round(spec.batch_size / max(1, targets)), shuffle_seed=spec.seed,
     )  # fmt: skip
     valid = DateBatches(
-        inputs, spec.lookback, split.valid, target, spec.stocks,
+        inputs, spec.lookback, split.valid, target, stocks,
         dates_per_batch=eval_dates_per_batch(inputs, spec.lookback),
     )  # fmt: skip
     if train.num_scored == 0 or valid.num_scored == 0:
@@ -305,22 +294,20 @@ def fit_cross_section(model_name: str, inputs: Any, target: np.ndarray, split: A
     module_class, timer_class = _module_classes()
     module, timer = module_class(model, quantiles, spec.lr, spec.weight_decay), timer_class()
     single = targets == 1
-    trainer = make_trainer(
-        spec.out_dir,
+    fit = make_trainer(
+        trainer,
         monitor="val_loss" if single else "val_rank_ic",
         mode="min" if single else "max",
         patience=spec.patience,
         max_epochs=spec.max_epochs,
-        progress=spec.progress,
-        **spec.trainer_kwargs,
     )
-    trainer.callbacks.append(timer)
-    trainer.fit(module, train_dataloaders=train.dataloader(), val_dataloaders=valid.dataloader())
-    best = load_best_state_dict(trainer, prefix="model.")
+    fit.callbacks.append(timer)
+    fit.fit(module, train_dataloaders=train.dataloader(), val_dataloaders=valid.dataloader())
+    best = load_best_state_dict(fit, prefix="model.")
     if best is not None:
         model.load_state_dict(best)
     model.eval()
-    history = list(trainer.epoch_history)
+    history = list(fit.epoch_history)
     ics = [r["val_rank_ic"] for r in history if np.isfinite(r.get("val_rank_ic", np.nan))]
     seconds = float(np.mean(timer.seconds)) if timer.seconds else float("nan")
     return dict(
@@ -334,7 +321,7 @@ def fit_cross_section(model_name: str, inputs: Any, target: np.ndarray, split: A
         quantiles=quantiles,
         label_norm=spec.label_norm,
         feature_set=inputs.feature_set,
-        checkpoint=str(trainer.checkpoint_callback.best_model_path or ""),
+        checkpoint=str(fit.checkpoint_callback.best_model_path or ""),
         chunk_length=None,
     )
 

@@ -93,7 +93,7 @@ class WindowLoader(IterableDataset):
         labelled: ``bool [T, N]``, True where ``labels`` is finite for every horizon, if
             known already (a memory-mapped store keeps it): then ``labels`` is not scanned.
         stock_major: ``inputs`` is laid out ``[N, T, F]`` (each stock's history contiguous,
-            as in :class:`relcast.training.store.MemmapFeatureStore`): a window is then one
+            as in :class:`relcast.store.memmap.MemmapFeatureStore`): a window is then one
             contiguous block of ``L * F`` floats instead of L rows far apart, which matters
             when ``inputs`` is memory-mapped from disk. ``valid``/``labels`` stay ``[T, N, ...]``.
         rank, world_size: shard of this process under DDP; read from ``torch.distributed``

@@ -248,7 +248,12 @@ def fit_cross_section(
     scored samples (dates per step = round(batch_size / target stocks), at least 1)."""
     from relcast.models.temporal import create_model
     from relcast.models.temporal.losses import QuantileHead
-    from relcast.training.common import load_best_state_dict, make_trainer, seed_everything
+    from relcast.training.common import (
+        load_best_state_dict,
+        load_initial_weights,
+        make_trainer,
+        seed_everything,
+    )
 
     if spec.regime_gate:
         raise ValueError(f"{model_name} has no regime gate; set relationships.regime=false")
@@ -291,11 +296,13 @@ def fit_cross_section(
         for head in model.modules():
             if isinstance(head, QuantileHead):
                 head.init_interval(scale)
+    if spec.init is not None:  # a warm start (walk-forward): the previous block's weights
+        load_initial_weights(model, spec.init)
     module_class, timer_class = _module_classes()
     module, timer = module_class(model, quantiles, spec.lr, spec.weight_decay), timer_class()
     single = targets == 1
     fit = make_trainer(
-        trainer,
+        trainer.named(f"Stage3 {model_name}"),
         monitor="val_loss" if single else "val_rank_ic",
         mode="min" if single else "max",
         patience=spec.patience,

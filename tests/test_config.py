@@ -36,7 +36,10 @@ def test_file_then_overrides_win(tmp_path: Path):
     "override, expected",
     [
         ("stage1.dmodel=3", "stage1.dmodel: unknown key (allowed here: d_model"),
-        ("stage3.models=[xgb]", "registered: ['gru', 'lstm', 'tcn', 'tft']"),
+        (
+            "stage3.models=[xgb]",
+            "registered: ['gru', 'lstm', 'master', 'rsr', 'stockmixer', 'tcn', 'tft']",
+        ),
         ("relationships.extractor=v9", "relationships.extractor"),
         ("split.embargo=1", "must be >= data.horizons"),
         ("stage1.num_heads=5", "divisible"),
@@ -66,7 +69,7 @@ def test_yaml_round_trip(tmp_path):
 
 
 def test_baseline_models_limit_the_comparisons(tmp_path):
-    from relcast.run.pipeline import Pipeline
+    from relcast.run.runner import Pipeline
 
     cfg = load_config(
         "small",
@@ -228,7 +231,7 @@ def test_a_registered_model_is_accepted_everywhere():
 # ------------------------------------------------------- every documented setting is reachable
 def test_settings_reach_stage1_and_the_extractors(tmp_path):
     from relcast.models.cross_sectional import Stage1Config
-    from relcast.run.pipeline import Pipeline
+    from relcast.run.runner import Pipeline
     from relcast.training.specs import ExtractorSpec
 
     cfg = load_config(

@@ -344,3 +344,14 @@ def test_a_killed_holders_temporary_files_are_removed_by_the_next_holder(tmp_pat
     with RunFolder(run).lock("run", timeout=0):
         pass
     assert not list(run.glob(".panel.parquet.*.tmp"))
+
+
+@pytest.mark.parametrize("name", ["../../home", "../run2", "x/../../../home"])
+def test_a_walk_forward_block_name_cannot_lead_outside(name, tmp_path):
+    from relcast.run.walk_forward import last_block
+
+    folder = _run_folder(tmp_path / "run")
+    info = {**folder.run_info(), "walk_forward": True, "steps": {"blocks": {"names": [name]}}}
+    folder.write_json("run.json", info)
+    with pytest.raises(RunFolderError, match="outside the run folder"):
+        last_block(tmp_path / "run")

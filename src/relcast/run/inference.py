@@ -53,7 +53,11 @@ def _read_market(data: str, config, date_format: str | None = None) -> Panel:
 
 
 def _open(run_dir) -> RunContext:
-    return RunContext.open(run_dir)  # opening recovers an interrupted update
+    """The run's context (a walk-forward run's: its last block's); opening recovers an
+    interrupted update."""
+    from relcast.run.walk_forward import last_block
+
+    return RunContext.open(last_block(run_dir) or run_dir)
 
 
 def _relationships_for(ctx: RunContext, features, index: np.ndarray, stored: dict):
@@ -76,18 +80,25 @@ def _relationships_for(ctx: RunContext, features, index: np.ndarray, stored: dic
 
 
 def _forecast_frame(ctx: RunContext, features, rel, index: np.ndarray) -> pd.DataFrame:
+    from relcast.evaluation.scoring import seed_ensemble
     from relcast.training.stage3 import predict_stage3
 
     frames = []
     for name, _, feature_set in ctx.stage3_names():
         if not ctx.has_stage3(name):
             continue
-        model, spec = ctx.stage3_model(name)
+        model, _ = ctx.stage3_model(name)
         inputs = ctx.stage3_inputs(feature_set, features=features, relationships=rel)
-        out = predict_stage3(
-            model, inputs, index=index, stocks=list(ctx.panel.symbols[ctx.target]),
-            chunk_length=spec.chunk_length,
-        )  # fmt: skip
+        stocks = list(ctx.panel.symbols[ctx.target])
+        runs = []  # with evaluation.seeds K: the seeds' ensemble, the forecast evaluate scored
+        for folder in ctx.seed_folders(name):
+            if ctx.has_stage3(folder):
+                seeded, seeded_spec = ctx.stage3_model(folder)
+                runs.append(
+                    predict_stage3(seeded, inputs, index=index, stocks=stocks,
+                                   chunk_length=seeded_spec.chunk_length)
+                )  # fmt: skip
+        out = {key: seed_ensemble([r[key] for r in runs]) for key in ("point", "pred")}
         q = model.config.quantiles
         for h in range(out["point"].shape[2]):
             t, n = np.nonzero(np.isfinite(out["point"][index, :, h]))
@@ -217,8 +228,12 @@ def _check_symbols(old: Panel, new: Panel) -> None:
 
 
 def update_run(run_dir, data: str, date_format: str | None = None) -> pd.DataFrame:
-    """Append the new dates of ``data`` to the run and forecast them (no retraining);
-    ``date_format``: how the new bars write dates (default: the run's ``data.date_format``)."""
+    """Append the new dates of ``data`` to the run (a walk-forward run: its last block) and
+    forecast them (no retraining); ``date_format``: how the new bars write dates (default:
+    the run's ``data.date_format``)."""
+    from relcast.run.walk_forward import last_block
+
+    run_dir = last_block(run_dir) or run_dir
     with RunFolder(run_dir).lock("update"):
         return _update(run_dir, data, date_format)
 

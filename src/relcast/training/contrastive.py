@@ -26,6 +26,7 @@ from relcast.models.extractors import (
     stage1_outputs,
     trailing_returns_from_labels,
 )
+from relcast.progress import PassProgress
 
 
 def train_contrastive_encoder(
@@ -60,7 +61,8 @@ def train_contrastive_encoder(
     opt = torch.optim.AdamW(encoder.parameters(), lr=lr, weight_decay=1e-4)
     history: list[float] = []
     encoder.train()
-    for _ in range(steps):
+    progress = PassProgress("V3 contrastive training", steps, unit="steps")  # logs only
+    for step in range(steps):
         b = torch.randint(0, T, (min(batch_dates, T),), generator=gen)
         z = encoder(x_t[b])  # (B, N, P)
         loss = info_nce_loss(z, pos[b], ok[b], temperature)
@@ -68,6 +70,8 @@ def train_contrastive_encoder(
         loss.backward()
         opt.step()
         history.append(float(loss.detach()))
+        progress.update(step + 1)
+    progress.finish()
     encoder.eval()
     return encoder, history
 

@@ -4,6 +4,7 @@ The contract every model follows (config fields, batch keys, outputs) is written
 :mod:`relcast.models.temporal.registry`.
 """
 
+from relcast.models.relational import master, rsr, stockmixer  # noqa: F401  (whole-date models)
 from relcast.models.temporal import lstm, tcn, tft  # noqa: F401  (imports register the models)
 from relcast.models.temporal.losses import QuantileHead, pinball_loss, point_forecast
 from relcast.models.temporal.registry import (

@@ -11,10 +11,12 @@
    predictions.parquet (written piece by piece), backtest.parquet, importance.json and
    attention.npz.
 
-Rows of ``metrics.json["models"]``: ``naive_zero``, ``naive_momentum``, ``lightgbm``,
+Rows of ``metrics.json["models"]``: ``naive_zero``, the factor baselines (``reversal_1d``,
+``reversal_5d``, ``momentum_20d``, ``low_volatility_20d``, ``liquidity_20d``), ``lightgbm``,
 ``control_shuffled_lightgbm`` (LightGBM on labels shuffled within each date: its IC must be
 near zero), ``stage1``, ``stage1+stage2``, ``hybrid_<model>``, ``stage3_own_<model>``,
-``stage3_rawconcat_<model>``. Stage3 rows also carry ``seconds_per_epoch``,
+``stage3_rawconcat_<model>`` (with ``--seeds K``: the mean forecast of the K seeds, also in
+predictions.parquet and backtest.parquet). Stage3 rows also carry ``seconds_per_epoch``,
 ``windows_per_second`` and ``num_inputs`` from run.json.
 """
 
@@ -41,6 +43,7 @@ from relcast.evaluation.scoring import (
     score,
     scored_span,
     scoring_window,
+    seed_ensemble,
 )
 from relcast.run.context import RunContext, writes
 
@@ -120,8 +123,13 @@ def gather_forecasts(ctx: RunContext, cell: np.ndarray, window: slice | None = N
                     chunk_length=seeded_spec.chunk_length,
                 )  # fmt: skip
                 runs.append(seeded["point"])
-        if len(runs) > 1:
+                if name in out.quantiles:  # summed here, averaged below
+                    out.quantiles[name] = out.quantiles[name] + seeded["pred"]
+        if len(runs) > 1:  # the reported forecast is the seeds' ensemble (their mean)
             out.seed_runs[name] = runs
+            out.point[name] = seed_ensemble(runs)
+            if name in out.quantiles:
+                out.quantiles[name] /= len(runs)
     return out
 
 
@@ -152,13 +160,24 @@ def evaluate(ctx: RunContext) -> dict[str, Any]:
 
 def evaluate_run(ctx: RunContext) -> dict[str, Any]:
     """:func:`evaluate`'s work, without the lock and the mark in ``run.json``."""
-    cfg, panel, split = ctx.config, ctx.panel, ctx.split
-    labels = ctx.labels  # (T, N, H) raw forward returns (a memory map with data.store: memmap)
     cell = ctx.features.mask & ctx.target[None, :]  # (T, N) stocks, indices excluded
-    window = scoring_window(split)
+    window = scoring_window(ctx.split)
     forecasts = gather_forecasts(ctx, cell, window)
+    metrics, days = score_and_save(ctx, forecasts, ctx.split, ctx.folder)
+    del forecasts  # before Stage1's attention pass
+    save_attention(ctx, days)
+    return metrics
+
+
+def score_and_save(ctx: RunContext, forecasts: Forecasts, split, folder) -> tuple[dict, np.ndarray]:
+    """Score ``forecasts`` (over ``forecasts.window``) on ``split``'s test dates with the
+    run's labels and cells, and save metrics.json, predictions.parquet, backtest.parquet and
+    importance.json through ``folder`` (the run's, or a walk-forward's pooled one). Returns
+    the metrics and the scored days (indices of the run's dates)."""
+    cfg, panel, window = ctx.config, ctx.panel, forecasts.window
+    cell = ctx.features.mask & ctx.target[None, :]  # (T, N) stocks, indices excluded
     # everything below reads the window's dates only: (W, ...) arrays, days within them
-    labels_w, cell_w = np.asarray(labels[window]), cell[window]
+    labels_w, cell_w = np.asarray(ctx.labels[window]), cell[window]
     span = scored_span(labels_w, cell_w, split, window.start)
     settings = ScoreSettings.from_config(cfg)
     mask_w = np.asarray(panel.mask[window])
@@ -188,16 +207,12 @@ def evaluate_run(ctx: RunContext) -> dict[str, Any]:
         ],
         ignore_index=True,
     )
-    folder = ctx.folder
     folder.save_metrics(metrics)
     folder.write("predictions.parquet", partial(write_frames, frames=pieces, columns=columns))
     folder.save_table("backtest.parquet", backtest)
     if forecasts.importance:
         folder.write_json("importance.json", forecasts.importance)
-    days = span.days + window.start
-    del forecasts, span, pieces, backtest, labels_w  # before Stage1's attention pass
-    save_attention(ctx, days)
-    return metrics
+    return metrics, span.days + window.start
 
 
 def tft_importance(model, inputs, index) -> dict[str, float]:

@@ -68,7 +68,7 @@ QUICK = dict(
     horizons=5,
     memmap=dict(stocks=20, bars=1500, features=30, steps=2, batch_size=32),
 )
-LOOKBACK = 120  # the large preset's Stage3 lookback (src/relcast/configs/large.yaml)
+LOOKBACK = 120  # the large preset's Stage3 lookback (src/relcast/config/presets/large.yaml)
 
 
 def _status_kib(field: str) -> int:

@@ -8,12 +8,11 @@ from pathlib import Path
 from relcast.app.session import progress_md, user_error
 from relcast.app.ui import Shared, friendly
 from relcast.config import (
-    EXTRACTORS,
-    FEATURE_SETS,
     PRESETS,
     RelcastConfig,
     RelcastConfigError,
 )
+from relcast.config.stages import EXTRACTORS, FEATURE_SETS
 from relcast.runfolder import RunFolder
 
 # Each settings widget and the one config key it sets, in the order settings_values returns

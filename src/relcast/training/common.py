@@ -40,7 +40,7 @@ def _history_callback_class():
     return EpochHistory
 
 
-def _quiet_lightning() -> None:
+def quiet_lightning() -> None:
     """Keep Lightning's start-up chatter (device summary, tips) out of users' terminals."""
     import logging
     import warnings
@@ -94,7 +94,7 @@ def make_trainer(
 
     if mode not in ("max", "min"):
         raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
-    _quiet_lightning()
+    quiet_lightning()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     history = _history_callback_class()()

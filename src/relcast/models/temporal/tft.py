@@ -62,8 +62,8 @@ STATIC_NAMES = ("stock", "sector")
 
 @dataclass
 class TFTConfig(TemporalConfig):
-    """TFT hyperparameters beyond the common ones (presets live in ``relcast/configs/*.yaml``;
-    the config section ``stage3.tft`` sets these fields)."""
+    """TFT hyperparameters beyond the common ones (presets live in
+    ``relcast/config/presets/*.yaml``; the config section ``stage3.tft`` sets these fields)."""
 
     num_heads: int = 4
     """Attention heads; hidden_size must be divisible by it."""

@@ -18,7 +18,7 @@ from relcast.models.extractors import (
     info_nce_loss,
     trailing_returns_from_labels,
 )
-from relcast.relationships import make_extractor
+from relcast.relationships.store import make_extractor
 from relcast.training.contrastive import ContrastiveExtractor
 from relcast.training.stage1 import encode_sectors
 

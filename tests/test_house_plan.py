@@ -11,7 +11,6 @@ import relcast
 ROOT = Path(relcast.__file__).parent
 # low to high; modules not named here (config, runfolder, persist, ...) have no floor
 FLOORS = {"data": 1, "features": 2, "models": 3, "training": 4, "relationships": 5,
-          "relationship_folds": 5,
           "evaluation": 6, "pipeline": 7, "run_data": 7, "run_evaluation": 7, "source": 7,
           "stage3_step": 7,
           "inference": 8, "app": 8, "cli": 9, "demo": 9, "__main__": 9}  # fmt: skip

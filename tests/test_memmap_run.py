@@ -9,8 +9,8 @@ import pytest
 
 import relcast.data.synthetic
 import relcast.features
-import relcast.relationship_blocks
-import relcast.relationships
+import relcast.relationships.blocks
+import relcast.relationships.store
 from relcast.config import load_config
 from relcast.data.panel import Panel
 from relcast.data.synthetic import synthetic_market
@@ -54,7 +54,7 @@ EXTRACTED: dict[str, list] = {"memory": [], "memmap": []}
 
 
 def _recording_blocks(store: str):
-    blocks = relcast.relationship_blocks.extract_blocks
+    blocks = relcast.relationships.blocks.extract_blocks
 
     def record(extractor, model, features, index, block_bytes=None):
         for chunk, rel in blocks(extractor, model, features, index, block_bytes):
@@ -71,15 +71,17 @@ def runs(tmp_path_factory):
     for store in ("memory", "memmap"):
         config = load_config(None, None, [*SETS, f"data.store={store}"], {})
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(relcast.relationships, "extract_blocks", _recording_blocks(store))
+            patch.setattr(relcast.relationships.store, "extract_blocks", _recording_blocks(store))
             if store == "memmap":  # every step: features come from the store, block by block
                 patch.setattr(relcast.features, "build_features", _no_full_features)
                 # the market is written to a file by blocks, never drawn whole in memory
                 patch.setattr(relcast.data.synthetic, "synthetic_market", _no_full_market)
                 # blocks of ~20 dates (6 stocks + index, 4 + 1 relationship columns) for the
                 # extraction and of ~3 dates for the Parquet frame (~ 7 x 50 values a date)
-                patch.setattr(relcast.relationships, "BLOCK_BYTES", 20 * 7 * 4 * (5 + 44 + 64))
-                patch.setattr(relcast.relationship_blocks, "BLOCK_BYTES", 3 * 7 * 50 * 4)
+                patch.setattr(
+                    relcast.relationships.store, "BLOCK_BYTES", 20 * 7 * 4 * (5 + 44 + 64)
+                )
+                patch.setattr(relcast.relationships.blocks, "BLOCK_BYTES", 3 * 7 * 50 * 4)
             Pipeline(config, root / store).run()
         out[store] = root / store
     return out

@@ -7,14 +7,16 @@ import torch
 
 from relcast.models.cross_sectional import CrossSectionalTransformer, Stage1Config
 from relcast.models.extractors import EmbeddingExtractor
-from relcast.relationships import (
-    RelationshipStore,
+from relcast.relationships.folds import (
     best_epoch_count,
-    build_relationship_store,
     label_dates_used,
-    make_extractor,
     procrustes_rotation,
     purged_folds,
+)
+from relcast.relationships.store import (
+    RelationshipStore,
+    build_relationship_store,
+    make_extractor,
 )
 
 H = 3

@@ -288,7 +288,7 @@ def test_run_leaves_no_lightning_pickles(run_dir):
 
 def test_update_extends_data_with_relationships(run_dir, market, tmp_path):
     from relcast.inference import update_run
-    from relcast.relationships import RelationshipStore
+    from relcast.relationships.store import RelationshipStore
 
     work = _copy(run_dir, tmp_path)
     before = RelationshipStore.read_parquet(work / "data_with_relationships.parquet")

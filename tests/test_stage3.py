@@ -192,7 +192,7 @@ def test_hybrid_beats_own_out_of_fold_fast(tmp_path):
     from relcast.features import build_features, chronological_split, forward_returns
     from relcast.models.cross_sectional import Stage1Config
     from relcast.models.extractors import EmbeddingExtractor
-    from relcast.relationships import build_relationship_store
+    from relcast.relationships.store import build_relationship_store
 
     panel, truth = synthetic_market(
         num_stocks=10, num_days=600, seed=0, lead_lag_pairs=5, lead_lag_strength=1.2
@@ -245,7 +245,7 @@ def test_hybrid_beats_own_on_planted_lead_lag(tmp_path, oof):
     from relcast.features import build_features, chronological_split, forward_returns
     from relcast.models.cross_sectional import Stage1Config
     from relcast.models.extractors import EmbeddingExtractor
-    from relcast.relationships import build_relationship_store
+    from relcast.relationships.store import build_relationship_store
 
     panel, truth = synthetic_market(
         num_stocks=20, num_days=2000, seed=0, lead_lag_pairs=10, lead_lag_strength=0.6

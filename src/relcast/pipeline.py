@@ -89,7 +89,7 @@ class Pipeline(RunData):
     @_writes("stage1")
     def stage1(self) -> None:
         from relcast.models.cross_sectional import Stage1Config
-        from relcast.relationships import best_epoch_count
+        from relcast.relationships.folds import best_epoch_count
         from relcast.training.stage1 import encode_sectors, fit_stage1
 
         f = self.features
@@ -194,7 +194,7 @@ class Pipeline(RunData):
 
     # ------------------------------------------------------------------ extraction
     def make_extractor(self):
-        from relcast.relationships import make_extractor
+        from relcast.relationships.store import make_extractor
         from relcast.training.stage1 import encode_sectors
 
         r = self.config.relationships
@@ -230,7 +230,7 @@ class Pipeline(RunData):
     @_writes("extract")
     def extract(self) -> None:
         """Relationship features for every date, out-of-fold on the training span."""
-        from relcast.relationships import build_relationship_store
+        from relcast.relationships.store import build_relationship_store
 
         folds, table = self.config.relationships.oof_folds, self.config.relationships.table
         _log(

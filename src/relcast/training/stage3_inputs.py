@@ -165,7 +165,7 @@ def assemble_inputs(
         if relationships is None:
             raise ValueError(
                 "feature_set='hybrid' needs relationship features: pass the Stage1 "
-                "relationship store (relcast.relationships.build_relationship_store)"
+                "relationship store (relcast.relationships.store.build_relationship_store)"
             )
         rel, rel_names = _relationship_arrays(relationships, features)
         valid &= np.isfinite(rel).all(axis=-1)

@@ -62,22 +62,14 @@ from relcast.models.extractors import (
     RelationshipFeatures,
     ScoreExtractor,
 )
-from relcast.relationship_blocks import (
+from relcast.relationships.blocks import (
     BLOCK_BYTES,
     extract_blocks,
     open_values,
     release,
     write_frame_parquet,
 )
-from relcast.relationship_folds import (  # noqa: F401  (importable from here too)
-    ALIGNABLE_PREFIXES,
-    NOT_ALIGNABLE_PREFIXES,
-    _alignable_blocks,
-    best_epoch_count,
-    label_dates_used,
-    procrustes_rotation,
-    purged_folds,
-)
+from relcast.relationships.folds import alignable_blocks, procrustes_rotation, purged_folds
 from relcast.training.contrastive import ContrastiveExtractor
 
 FULL_MODEL = -1
@@ -149,7 +141,7 @@ class RelationshipStore:
         self, path: str | Path, feature_groups: Sequence[str] = ("own", "calendar")
     ) -> Path:
         """Write ``data_with_relationships`` a block of dates at a time, atomically
-        (:func:`~relcast.relationship_blocks.write_frame_parquet`)."""
+        (:func:`~relcast.relationships.blocks.write_frame_parquet`)."""
         return write_frame_parquet(self, path, feature_groups)
 
     @classmethod
@@ -319,7 +311,7 @@ def build_relationship_store(
         models = []
 
         if oof and n_folds > 0:
-            blocks = _alignable_blocks(names) if align else []
+            blocks = alignable_blocks(names) if align else []
             for k, (fit_index, fold_index) in enumerate(purged_folds(train, n_folds, embargo)):
                 model_k, ext_k, record = fit_and_extract(
                     f"fold_{k}", fit_index, fixed_epochs=fold_epochs

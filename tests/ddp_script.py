@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 import relcast
-from relcast.evaluation.metrics import daily_rank_ic
 from relcast.features import build_features, chronological_split, forward_returns
+from relcast.metrics import daily_rank_ic
 from relcast.models.cross_sectional import Stage1Config
 from relcast.training.cross_section_data import CrossSectionDataset
 from relcast.training.stage1 import fit_stage1, predict_stage1

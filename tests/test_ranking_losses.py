@@ -10,17 +10,17 @@ import torch
 import torch.nn.functional as F
 
 from relcast import synthetic_market
-from relcast.evaluation.metrics import daily_rank_ic
 from relcast.features import FeatureSet, chronological_split, forward_returns
 from relcast.features.labels import rank_normalize_labels_cross_section
+from relcast.metrics import daily_rank_ic
 from relcast.models.cross_sectional import Stage1Config
-from relcast.training.metrics import rank_ic_torch
 from relcast.training.ranking_losses import (
     cross_sectional_rank_norm,
     listnet_loss,
     pairwise_rank_loss,
 )
 from relcast.training.stage1 import fit_stage1, predict_stage1
+from relcast.training.torch_metrics import rank_ic_torch
 
 
 def labels_with_gaps(T=6, N=9, H=2, seed=0):

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from relcast import synthetic_market
-from relcast.evaluation.metrics import daily_rank_ic
 from relcast.features import FeatureSet, chronological_split, forward_returns
+from relcast.metrics import daily_rank_ic
 from relcast.models.cross_sectional import CrossSectionalTransformer, Stage1Config
 from relcast.training.cross_section_data import CrossSectionDataset, pairwise_correlation
 from relcast.training.ranking_losses import cross_sectional_zscore

@@ -274,7 +274,7 @@ def _follower_test_rank_ic(
     features, store, panel, labels, split, stocks, truth, *, hidden_size, out
 ):
     """Test Rank IC (horizon 1, followers only) of a small GRU on ``own`` and ``hybrid``."""
-    from relcast.evaluation.metrics import daily_rank_ic
+    from relcast.metrics import daily_rank_ic
 
     followers = np.flatnonzero(truth.leader_of >= 0)
     test_ic = {}

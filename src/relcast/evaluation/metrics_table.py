@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from relcast.evaluation.metrics import daily_rank_ic
+from relcast.metrics import daily_rank_ic
 
 __all__ = [
     "COLUMNS",

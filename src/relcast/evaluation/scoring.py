@@ -5,7 +5,7 @@ every model's forecast (:mod:`relcast.run_evaluation`) and calls :func:`score`; 
 it on planted arrays.
 
 Rows of ``metrics["models"]`` (one per entry of ``predictions``, in its order):
-``ic, rank_ic, icir, rank_icir, mse, direction_acc`` (:func:`~relcast.evaluation.metrics.
+``ic, rank_ic, icir, rank_icir, mse, direction_acc`` (:func:`~relcast.metrics.
 signal_metrics`), ``rank_ic_by_horizon``, Newey-West ``ic_t, ic_p, rank_ic_t, rank_ic_p``,
 paired tests ``vs_lightgbm`` / ``vs_own`` (:mod:`relcast.evaluation.stats`), ``pinball``,
 ``coverage``, ``coverage_nominal`` for quantile forecasts, ``backtest`` (top-k dropout and
@@ -26,14 +26,14 @@ from typing import Any
 import numpy as np
 
 from relcast.evaluation.backtest import long_short_backtest, topk_dropout_backtest
-from relcast.evaluation.metrics import (
+from relcast.evaluation.stats import newey_west_lag, newey_west_test, paired_test, seed_mean_std
+from relcast.metrics import (
     daily_ic,
     daily_rank_ic,
     interval_coverage,
     pinball_loss,
     signal_metrics,
 )
-from relcast.evaluation.stats import newey_west_lag, newey_west_test, paired_test, seed_mean_std
 
 STAT_KEYS = ("ic_t", "ic_p", "rank_ic_t", "rank_ic_p")
 CONSTANT = "naive_zero"  # the one forecast without a direction or a backtest

@@ -197,7 +197,7 @@ class ResidualBooster:
         self.n_features_in_ = x_tr.shape[-1]
 
         # Report: Stage1 alone vs Stage1+Stage2 on the validation span.
-        from relcast.models.metrics import signal_metrics
+        from relcast.metrics import signal_metrics
 
         valid = np.asarray(valid_index)
         vmask = usable[valid]

@@ -46,8 +46,8 @@ from relcast.models.cross_sectional import (  # predict_stage1: re-exported, its
     predict_stage1,  # noqa: F401
 )
 from relcast.training.cross_section_data import CrossSectionDataset, DateBatches
-from relcast.training.metrics import ic_torch, rank_ic_torch
 from relcast.training.ranking_losses import LABEL_NORMS, LOSSES, return_loss
+from relcast.training.torch_metrics import ic_torch, rank_ic_torch
 
 
 def _define_stage1_module() -> type:

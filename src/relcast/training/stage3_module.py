@@ -14,7 +14,7 @@ import torch
 def _lightning_module_class():
     import lightning
 
-    from relcast.models.metrics import daily_rank_ic
+    from relcast.metrics import daily_rank_ic
     from relcast.models.temporal.losses import pinball_loss, point_forecast
 
     class Stage3Module(lightning.LightningModule):

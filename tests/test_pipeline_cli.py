@@ -274,7 +274,8 @@ def _check_update_matches_full_extraction(run_dir, market, tmp_path) -> Path:
 
 
 def test_regime_run_trains_saves_and_reuses_the_gate(regime_run_dir, market, tmp_path):
-    from relcast.models.regime import REGIME_COLUMNS, REGIME_NAMES, RegimeGatedModel
+    from relcast.features.regime_detection import REGIME_COLUMNS, REGIME_NAMES
+    from relcast.models.regime_gate import RegimeGatedModel
     from relcast.pipeline import Pipeline
 
     pipe = Pipeline.open(regime_run_dir)

@@ -200,7 +200,8 @@ def test_tft_interpretation_on_chunks_matches_windows_where_the_state_does():
 
 
 def test_regime_gated_model_takes_sequence_batches():
-    from relcast.models.regime import REGIME_COLUMNS, RegimeGatedModel
+    from relcast.features.regime_detection import REGIME_COLUMNS
+    from relcast.models.regime_gate import RegimeGatedModel
 
     names = ["f0", "attention_to_index", "attention_to_sector", *REGIME_COLUMNS]
     model = create_model("gru", num_features=len(names), horizons=H, hidden_size=8, lookback=L)

@@ -291,7 +291,7 @@ def app_command(
             "the app needs gradio, which is not installed; install with: pip install 'relcast[app]'"
         )
     try:
-        from relcast.app import launch
+        from relcast.app.main import launch
     except ImportError as exc:
         _fail(f"the app needs the 'app' extra ({exc}); install with: pip install 'relcast[app]'")
     launch(port=port)

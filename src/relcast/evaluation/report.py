@@ -56,8 +56,8 @@ from relcast.evaluation.metrics_table import (  # noqa: F401  (public here too)
     metrics_table_text,
     simple_table_html,
 )
+from relcast.evaluation.plot_data import PredictionFile, backtest_series, prediction_band
 from relcast.evaluation.report_html import data_health_html, figure_html, note, page_html
-from relcast.evaluation.views import PredictionFile, backtest_series, prediction_band
 from relcast.runfolder import RunFolder, read_json
 
 __all__ = [

@@ -8,7 +8,7 @@
    z-scored with statistics of the training span only.
 3. ``"calendar"``: day of week, month end, ... with fixed scaling (:mod:`.calendar`).
 4. ``"regime"`` (optional): one-hot bull / bear / sideways of the market index at each date
-   (:func:`relcast.features.regime.detect_regime`, past data only).
+   (:func:`relcast.features.regime_detection.detect_regime`, past data only).
 5. ``"alpha158"`` (optional): qlib's Alpha158 set (:mod:`.alpha158`), normalised like ``"own"``.
 
 Labels (:func:`forward_returns`) and chronological splits (:func:`chronological_split`)
@@ -76,7 +76,8 @@ def build_features(
         regime_window: add the ``"regime"`` group, columns ``regime_bull``,
             ``regime_bear``, ``regime_sideways`` (one-hot, the same for every stock at a
             date): the regime of the first index symbol (or of the equal-weight index),
-            from :func:`~relcast.features.regime.detect_regime` over this many trailing bars.
+            from :func:`~relcast.features.regime_detection.detect_regime` over this many
+            trailing bars.
             ``None`` (default) adds no regime group.
         alpha158: add the ``"alpha158"`` group (:func:`~relcast.features.alpha158.
             alpha158_features`: KBAR, PRICE and 29 rolling operators over 5/10/20/30/60 bars;
@@ -205,7 +206,7 @@ def _regime_features(
     labels: list[str], level: np.ndarray, traded: np.ndarray, seen: np.ndarray, window: int
 ) -> tuple[list[str], np.ndarray]:
     """One-hot regime ``[T, 3]`` of the first market index (past data only)."""
-    from relcast.features.regime import REGIME_NAMES, detect_regime, regime_features
+    from relcast.features.regime_detection import REGIME_NAMES, detect_regime, regime_features
 
     # a date the index did not trade keeps its last close (detect_regime carries it forward)
     regime = detect_regime(np.where(traded[:, 0], level[:, 0], np.nan), window=window)

@@ -165,7 +165,7 @@ def load_stage3(path: Path):
         cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in info["config"].items()}
         model = create_model(info["kind"], **cfg)
         if "regime_gate" in info:
-            from relcast.models.regime import RegimeGatedModel
+            from relcast.models.regime_gate import RegimeGatedModel
 
             model = RegimeGatedModel(model, **info["regime_gate"])
         if "cross_input" in info:  # rawconcat: the every-stock block's projection

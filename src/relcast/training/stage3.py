@@ -91,7 +91,8 @@ class Stage3Result:
 
     Attributes:
         model: the registry model with the best-validation weights, in eval mode (inside a
-            :class:`~relcast.models.regime.RegimeGatedModel` when trained with ``regime_gate``).
+            :class:`~relcast.models.regime_gate.RegimeGatedModel` when trained with
+            ``regime_gate``).
         history: one dict per epoch (``train_loss``, ``val_loss``, ``val_rank_ic``, ...).
         best_val_rank_ic: the best mean daily Rank IC (horizon 1) on the valid split.
         seconds_per_epoch: mean wall time of a training epoch (validation excluded).
@@ -201,7 +202,7 @@ def fit_stage3(
         label_norm: ``"cross_section"`` (default), ``"cs_rank"`` (qlib's CSRankNorm) or
             ``"none"``, see the module docstring.
         progress: show the progress bar.
-        regime_gate: wrap the model in a :class:`relcast.models.regime.RegimeGatedModel`
+        regime_gate: wrap the model in a :class:`relcast.models.regime_gate.RegimeGatedModel`
             that scales the index vs sector relationship columns by the regime of each
             step, with the scales learned along with the model. Needs ``inputs`` with the
             ``regime`` group and V1/V3 relationship columns.
@@ -255,7 +256,7 @@ def fit_stage3(
             if isinstance(head, QuantileHead):
                 head.init_interval(scale)
     if regime_gate:
-        from relcast.models.regime import RegimeGatedModel
+        from relcast.models.regime_gate import RegimeGatedModel
 
         model = RegimeGatedModel.wrap(model, inputs.names, index_symbols)
     module = _lightning_module_class()(model, quantiles, lr=lr, weight_decay=weight_decay)

@@ -61,7 +61,7 @@ VARIANTS = {"hybrid+gate": ("hybrid", True), "hybrid": ("hybrid", False), "own":
 def measure(seeds: list[int], overrides: list[str]) -> dict[str, Any]:
     """Shared Stage1 + store, then every variant and seed; rows of scores."""
     from relcast.config import load_config
-    from relcast.features import normalize_labels_cross_section
+    from relcast.features.labels import normalize_labels_cross_section
     from relcast.metrics import signal_metrics
     from relcast.pipeline import Pipeline
     from relcast.training.stage3 import predict_stage3

@@ -187,7 +187,7 @@ def train_from_store(folder: str, steps: int, batch_size: int) -> dict[str, Any]
     import lightning
     import torch
 
-    from relcast.features import chronological_split
+    from relcast.features.splits import chronological_split
     from relcast.training.stage3 import fit_stage3
     from relcast.training.store import MemmapFeatureStore, release_pages_callback
 

@@ -61,13 +61,10 @@ QUICK = dict(num_stocks=20, num_days=220, lookback=20, horizons=2, hidden_size=1
 def build_data(cfg: dict[str, Any], folder: Path) -> dict[str, Any]:
     """Synthetic market -> Stage3 ``own`` inputs and z-scored labels, saved as .npy files."""
     import relcast
-    from relcast.features import (
-        build_features,
-        chronological_split,
-        forward_returns,
-        normalize_labels_cross_section,
-    )
-    from relcast.training.stage3 import assemble_inputs
+    from relcast.features.build import build_features
+    from relcast.features.labels import forward_returns, normalize_labels_cross_section
+    from relcast.features.splits import chronological_split
+    from relcast.training.stage3_inputs import assemble_inputs
 
     panel, _ = relcast.synthetic_market(cfg["num_stocks"], cfg["num_days"], seed=0)
     split = chronological_split(panel.dates, embargo=cfg["horizons"])

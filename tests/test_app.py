@@ -26,8 +26,8 @@ from relcast.app.session import (
 from relcast.app.settings_tab import SETTINGS, prepare, settings_overrides, settings_values
 from relcast.config import RelcastConfigError, load_config
 from relcast.data.panel import RelcastDataError
+from relcast.evaluation.metrics_table import COLUMNS, metrics_table_text
 from relcast.evaluation.plot_data import backtest_series, prediction_band
-from relcast.evaluation.report import COLUMNS, metrics_table_text
 
 PNG = b"\x89PNG\r\n\x1a\n"
 SYMBOLS = ["AAA", "BBB", "CCC", "DDD", "IDX"]

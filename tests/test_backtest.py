@@ -240,7 +240,7 @@ def test_long_short_random_score_has_zero_mean_and_planted_signal_is_found():
 
 def test_planted_lead_lag_pays_on_synthetic_market():
     from relcast import synthetic_market
-    from relcast.features import forward_returns
+    from relcast.features.labels import forward_returns
 
     panel, truth = synthetic_market(num_stocks=40, num_days=300, seed=1)
     fwd = forward_returns(panel, 1)[:-1, :, 0]  # (T-1, N) return over (t, t+1]

@@ -165,7 +165,7 @@ def test_sampled_cells_equal_sampling_every_cell(cap, monkeypatch):
 
 def test_horizon1_zscores_by_blocks_equal_the_whole(market, monkeypatch):
     import relcast.run_evaluation as run_evaluation
-    from relcast.features import normalize_labels_cross_section
+    from relcast.features.labels import normalize_labels_cross_section
 
     monkeypatch.setattr(run_evaluation, "BLOCK_CELLS", 13 * 9)
     want = normalize_labels_cross_section(market.labels, market.mask)[..., 0]

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from relcast.features import build_features, forward_returns
+from relcast.features.build import build_features
+from relcast.features.labels import forward_returns
 from relcast.models.cross_sectional import CrossSectionalTransformer, Stage1Config
 from relcast.models.extractors import (
     AttentionExtractor,

@@ -5,11 +5,8 @@ import pandas as pd
 import pytest
 
 from relcast.data.panel import Panel
-from relcast.features import (
-    chronological_split,
-    forward_returns,
-    normalize_labels_cross_section,
-)
+from relcast.features.labels import forward_returns, normalize_labels_cross_section
+from relcast.features.splits import chronological_split
 
 
 def small_panel(T=30, N=4, seed=0) -> Panel:

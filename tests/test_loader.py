@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from relcast.training.loader import WindowLoader, valid_window_ends
+from relcast.training.loader import WindowLoader
+from relcast.training.windows import valid_window_ends
 
 T, N, F, L, H = 12, 3, 2, 4, 2
 

@@ -8,13 +8,13 @@ import pandas as pd
 import pytest
 
 import relcast.data.synthetic
-import relcast.features
+import relcast.features.build
 import relcast.relationships.blocks
 import relcast.relationships.store
 from relcast.config import load_config
 from relcast.data.panel import Panel
 from relcast.data.synthetic import synthetic_market
-from relcast.features import build_features
+from relcast.features.build import build_features
 from relcast.features.chunked import ChunkedFeatures
 from relcast.pipeline import FEATURE_STORE, Pipeline
 from relcast.run_data import PANEL_SCRATCH
@@ -73,7 +73,7 @@ def runs(tmp_path_factory):
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(relcast.relationships.store, "extract_blocks", _recording_blocks(store))
             if store == "memmap":  # every step: features come from the store, block by block
-                patch.setattr(relcast.features, "build_features", _no_full_features)
+                patch.setattr(relcast.features.build, "build_features", _no_full_features)
                 # the market is written to a file by blocks, never drawn whole in memory
                 patch.setattr(relcast.data.synthetic, "synthetic_market", _no_full_market)
                 # blocks of ~20 dates (6 stocks + index, 4 + 1 relationship columns) for the

@@ -135,7 +135,7 @@ def test_run_writes_every_artefact(run_dir):
 def test_metrics_carry_newey_west_statistics(run_dir):
     """Every row has its IC / Rank IC t and p; the paired tests compare the reported forecasts
     (recomputed here from predictions.parquet); seeded Stage3 rows compare their seed means."""
-    from relcast.evaluation.report import daily_ic_series
+    from relcast.evaluation.metrics_table import daily_ic_series
     from relcast.evaluation.stats import newey_west_test, paired_test
 
     metrics = json.loads((run_dir / "metrics.json").read_text())

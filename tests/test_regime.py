@@ -106,7 +106,7 @@ def test_regime_agrees_with_synthetic_market_truth_better_than_chance():
 
 def test_build_features_adds_the_index_regime_as_one_hot_columns():
     from relcast.data.synthetic import synthetic_market
-    from relcast.features import build_features
+    from relcast.features.build import build_features
     from relcast.features.regime_detection import REGIME_COLUMNS
 
     panel, _ = synthetic_market(num_stocks=6, num_days=500, seed=2)
@@ -198,7 +198,7 @@ def test_gated_model_refuses_inputs_without_regime_or_gated_columns():
 
 
 def test_gate_learns_at_its_own_rate_without_decay():
-    from relcast.training.stage3 import Stage3Module
+    from relcast.training.stage3_module import Stage3Module
 
     model = _gated_gru(NAMES)
     opt = Stage3Module(model, quantiles=None, lr=1e-3, weight_decay=0.1).configure_optimizers()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from relcast.evaluation.scoring import ScoreSettings, score, scored_span
-from relcast.features import Split
+from relcast.features.splits import Split
 
 T, N, H = 120, 30, 2
 

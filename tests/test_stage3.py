@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from relcast.features.featureset import FeatureSet
-from relcast.training.stage3 import assemble_inputs, fit_stage3, predict_stage3
+from relcast.training.stage3 import fit_stage3, predict_stage3
+from relcast.training.stage3_inputs import assemble_inputs
 
 
 def planted_features(T=300, N=8, seed=0, noise=0.5):
@@ -189,7 +190,9 @@ def test_hybrid_beats_own_out_of_fold_fast(tmp_path):
     data seeds 0/1/2: follower test Rank IC own 0.04/-0.04/0.01, hybrid 0.38/0.50/0.65.
     """
     from relcast.data.synthetic import synthetic_market
-    from relcast.features import build_features, chronological_split, forward_returns
+    from relcast.features.build import build_features
+    from relcast.features.labels import forward_returns
+    from relcast.features.splits import chronological_split
     from relcast.models.cross_sectional import Stage1Config
     from relcast.models.extractors import EmbeddingExtractor
     from relcast.relationships.store import build_relationship_store
@@ -242,7 +245,9 @@ def test_hybrid_beats_own_on_planted_lead_lag(tmp_path, oof):
     relationship features then carry nothing for Stage3 to use.
     """
     from relcast.data.synthetic import synthetic_market
-    from relcast.features import build_features, chronological_split, forward_returns
+    from relcast.features.build import build_features
+    from relcast.features.labels import forward_returns
+    from relcast.features.splits import chronological_split
     from relcast.models.cross_sectional import Stage1Config
     from relcast.models.extractors import EmbeddingExtractor
     from relcast.relationships.store import build_relationship_store

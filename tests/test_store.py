@@ -17,17 +17,15 @@ import pytest
 import torch
 
 import relcast
-from relcast.features import (
-    build_features,
-    chronological_split,
-    forward_returns,
-    normalize_labels_cross_section,
-)
+from relcast.features.build import build_features
+from relcast.features.labels import forward_returns, normalize_labels_cross_section
+from relcast.features.splits import chronological_split
 from relcast.models.cross_sectional import Stage1Config
 from relcast.training.cross_section_data import CrossSectionDataset
 from relcast.training.loader import WindowLoader
 from relcast.training.stage1 import fit_stage1
-from relcast.training.stage3 import assemble_inputs, fit_stage3
+from relcast.training.stage3 import fit_stage3
+from relcast.training.stage3_inputs import assemble_inputs
 from relcast.training.store import (
     MemmapFeatureStore,
     build_feature_store,

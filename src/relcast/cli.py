@@ -149,7 +149,7 @@ def run(
     pipe = Pipeline(cfg, out)
     metrics = pipe.run(force=force)
     from relcast import distributed
-    from relcast.evaluation.report import metrics_table_text
+    from relcast.evaluation.metrics_table import metrics_table_text
 
     if not distributed.is_main():
         return  # under torchrun, rank 0 speaks for the run
@@ -190,7 +190,7 @@ def stage3(run: RunDir) -> None:
 @_guard
 def evaluate(run: RunDir) -> None:
     """Score every model and baseline on the test span (metrics.json, backtests)."""
-    from relcast.evaluation.report import metrics_table_text
+    from relcast.evaluation.metrics_table import metrics_table_text
     from relcast.pipeline import Pipeline
 
     typer.echo(metrics_table_text(Pipeline.open(run).evaluate()))

@@ -133,7 +133,7 @@ class Pipeline(RunData):
 
     def stage1_outputs(self, features=None) -> dict[str, np.ndarray]:
         """Stage1 predictions and embeddings for every date (cached for the run's features)."""
-        from relcast.training.stage1 import predict_stage1
+        from relcast.models.cross_sectional import predict_stage1
 
         if features is not None:
             return predict_stage1(self.stage1_model, features)
@@ -144,7 +144,7 @@ class Pipeline(RunData):
     # ------------------------------------------------------------------ Stage2
     @_writes("stage2")
     def stage2(self) -> None:
-        from relcast.features import normalize_labels_cross_section
+        from relcast.features.labels import normalize_labels_cross_section
         from relcast.models.residual import ResidualBooster
 
         s = self.config.stage2
@@ -305,7 +305,7 @@ class Pipeline(RunData):
         return stage3_step.stage3_names(self.config.stage3)
 
     def stage3_inputs(self, feature_set: str, features=None, relationships=None):
-        from relcast.training.stage3 import assemble_inputs
+        from relcast.training.stage3_inputs import assemble_inputs
 
         features = self.features if features is None else features
         rel = None

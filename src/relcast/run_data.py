@@ -113,7 +113,7 @@ class RunData:
     @_writes("prepare")
     def prepare(self) -> None:
         """Load the market, split it chronologically and write the panel + split."""
-        from relcast.features import chronological_split
+        from relcast.features.splits import chronological_split
 
         start = time.perf_counter()
         memmap = self.config.data.store == "memmap"
@@ -228,7 +228,7 @@ class RunData:
     def features_for(self, panel: Panel, scalers: dict | None = None):
         """Features of any panel on the run's symbols, scaled with the statistics of the
         training span (:attr:`feature_scalers`); ``scalers={}`` fits them (and fills it)."""
-        from relcast.features import build_features
+        from relcast.features.build import build_features
 
         r = self.config.relationships
         return build_features(
@@ -308,7 +308,7 @@ class RunData:
             if (self.dir / FEATURE_STORE / "meta.json").exists():
                 self._cache["labels"] = self.feature_store.labels
         if "labels" not in self._cache:
-            from relcast.features import forward_returns
+            from relcast.features.labels import forward_returns
 
             self._cache["labels"] = forward_returns(
                 self.panel, self.config.data.horizons, delay=self.config.data.label_delay

@@ -121,9 +121,9 @@ def gather_forecasts(pipe, cell: np.ndarray, window: slice | None = None) -> For
 
 def zscored_h1(labels: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """``float32 [T, N]``: horizon-1 labels z-scored across the stocks of ``mask`` at each
-    date (:func:`relcast.features.normalize_labels_cross_section`), a block of dates at a
+    date (:func:`relcast.features.labels.normalize_labels_cross_section`), a block of dates at a
     time (it is per date: the same values, without its float64 ``[T, N, H]`` temporaries)."""
-    from relcast.features import normalize_labels_cross_section
+    from relcast.features.labels import normalize_labels_cross_section
 
     T, N = mask.shape
     out = np.empty((T, N), dtype=np.float32)
@@ -206,7 +206,7 @@ def _stage1_outputs(pipe, window: slice, booster: bool) -> dict[str, np.ndarray]
     if pipe.config.data.store != "memmap":
         full = pipe.stage1_outputs()
         return {k: full[k][window] for k in keep}  # views of the run's cached outputs
-    from relcast.training.stage1 import predict_stage1
+    from relcast.models.cross_sectional import predict_stage1
 
     T = pipe.features.values.shape[0]
     first = window.start - window.start % STAGE1_BATCH
@@ -219,7 +219,7 @@ def _stage1_outputs(pipe, window: slice, booster: bool) -> dict[str, np.ndarray]
 
 
 def _save_attention(pipe, days: np.ndarray) -> None:
-    from relcast.training.stage1 import predict_stage1
+    from relcast.models.cross_sectional import predict_stage1
 
     batch = {}
     if pipe.config.data.store == "memmap":  # [D, N, N] floats: the last days that fit

@@ -38,7 +38,7 @@ def metrics_frame(metrics: Mapping) -> pd.DataFrame:
     """metrics.json -> the report's metrics table as strings, one row per model.
 
     Same columns, formats, ``± std`` over seeds and ``*`` on the best value per column
-    (controls excluded) as :func:`relcast.evaluation.report.metrics_table_text`.
+    (controls excluded) as :func:`relcast.evaluation.metrics_table.metrics_table_text`.
     """
     return pd.DataFrame(metrics_table_rows(metrics), columns=["model", *(c.label for c in COLUMNS)])
 

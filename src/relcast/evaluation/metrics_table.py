@@ -18,9 +18,12 @@ __all__ = [
     "COLUMNS",
     "Column",
     "daily_ic_series",
+    "format_cell",
+    "metric_value",
     "metrics_table_html",
     "metrics_table_rows",
     "metrics_table_text",
+    "model_rows",
     "simple_table_html",
 ]
 
@@ -67,7 +70,8 @@ COLUMNS: tuple[Column, ...] = (
 )
 
 
-def _lookup(row: Mapping, path: tuple[str, ...]) -> float:
+def metric_value(row: Mapping, path: tuple[str, ...]) -> float:
+    """The number at ``path`` in a model's metrics row, NaN where it is missing or not a number."""
     value: Any = row
     for key in path:
         if not isinstance(value, Mapping) or key not in value:
@@ -79,7 +83,8 @@ def _lookup(row: Mapping, path: tuple[str, ...]) -> float:
         return math.nan
 
 
-def _fmt(value: float, kind: str) -> str:
+def format_cell(value: float, kind: str) -> str:
+    """A metrics-table cell as text: ``"-"`` for NaN, else by the column's kind."""
     if not math.isfinite(value):
         return "-"
     if kind == "signed":
@@ -95,7 +100,7 @@ def _fmt(value: float, kind: str) -> str:
     return f"{value:.4f}"
 
 
-def _models(metrics: Mapping) -> Mapping[str, Mapping]:
+def model_rows(metrics: Mapping) -> Mapping[str, Mapping]:
     """Accept the whole metrics.json dict or just its ``"models"`` part."""
     models = metrics.get("models", metrics)
     if not isinstance(models, Mapping):
@@ -108,9 +113,9 @@ def _table_values(models: Mapping[str, Mapping]) -> tuple[dict, dict, dict]:
 
     Controls (``control_*``, trained on shuffled labels) never count as best.
     """
-    value = {(m, c.key): _lookup(row, c.path) for m, row in models.items() for c in COLUMNS}
+    value = {(m, c.key): metric_value(row, c.path) for m, row in models.items() for c in COLUMNS}
     std = {
-        (m, c.key): _lookup(row, ("seeds", f"{c.key}_std"))
+        (m, c.key): metric_value(row, ("seeds", f"{c.key}_std"))
         for m, row in models.items()
         for c in COLUMNS
     }
@@ -131,9 +136,9 @@ def _table_values(models: Mapping[str, Mapping]) -> tuple[dict, dict, dict]:
 
 
 def _cell_text(value: float, std: float, kind: str) -> str:
-    text = _fmt(value, kind)
+    text = format_cell(value, kind)
     if math.isfinite(std) and math.isfinite(value):
-        text += " ± " + _fmt(std, kind).lstrip("+")
+        text += " ± " + format_cell(std, kind).lstrip("+")
     return text
 
 
@@ -141,7 +146,7 @@ def metrics_table_rows(metrics: Mapping) -> list[list[str]]:
     """The metrics table as text cells, one row per model: its name, then one cell per
     :data:`COLUMNS` entry (``value ± seed std``, ``*`` on the best per column, controls
     excluded). Takes metrics.json's dict (or its ``"models"`` part)."""
-    models = _models(metrics)
+    models = model_rows(metrics)
     value, std, best = _table_values(models)
     return [
         [

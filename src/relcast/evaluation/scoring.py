@@ -92,7 +92,7 @@ def scored_span(labels: np.ndarray, mask: np.ndarray, split, start: int = 0) -> 
 
     ``labels [T, N, H]`` and ``mask [T, N]`` cover the split's dates ``start .. start+T-1``
     (e.g. :func:`scoring_window`); every test date must lie inside them."""
-    from relcast.features import normalize_labels_cross_section
+    from relcast.features.labels import normalize_labels_cross_section
 
     T = labels.shape[0]
     leak = np.intersect1d(split.test, np.concatenate([split.train, split.valid]))

@@ -47,13 +47,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from relcast.training.windows import (  # noqa: F401  (importable from the loader too)
+from relcast.training.windows import (
     BLOCK_CELLS,
-    _distributed_rank,
+    distributed_rank,
     ends_by_date,
     num_shard_batches,
     shard_batches,
-    valid_window_ends,
     window_end_mask,
 )
 
@@ -262,7 +261,7 @@ class WindowLoader(IterableDataset):
     def _shard(self) -> tuple[int, int]:
         if self.rank is not None:
             return self.rank, self.world_size or 1
-        return _distributed_rank()
+        return distributed_rank()
 
     def order(self) -> torch.Tensor:
         """Positions into ``t_idx/n_idx`` this rank visits in the current epoch, in order."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from relcast.data.panel import Panel
-from relcast.features import forward_returns
+from relcast.features.labels import forward_returns
 from relcast.training.store import MemmapFeatureStore
 from relcast.training.store_sources import save_panel_memmap
 

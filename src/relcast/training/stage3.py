@@ -2,8 +2,8 @@
 
 Read top to bottom:
 
-1. :func:`assemble_inputs` picks the input columns of the three feature sets the design
-   compares:
+1. :func:`~relcast.training.stage3_inputs.assemble_inputs` picks the input columns of the
+   three feature sets the design compares:
 
    - ``own``: the stock's own indicators + index features + calendar (+ regime one-hots if
      the features have them),
@@ -17,7 +17,7 @@ Read top to bottom:
    a plain ``nn.Module`` from the registry and never knows it is being trained.
    Loss: pinball loss over the quantiles (squared error in point mode) on labels that are
    **cross-sectionally normalised** per date and horizon (z-score over the stocks with a
-   label, :func:`relcast.features.normalize_labels_cross_section`), the field's default: it
+   label, :func:`relcast.features.labels.normalize_labels_cross_section`), the field's default: it
    removes the market-wide move that no stock-ranking model
    can use and keeps the loss scale stable across calm and volatile dates. Pass
    ``label_norm="none"`` to train on raw forward returns (quantiles are then in return units).
@@ -47,14 +47,8 @@ from relcast.features.labels import (
     normalize_labels_cross_section,
     rank_normalize_labels_cross_section,
 )
-from relcast.training.stage3_inputs import (  # noqa: F401  (importable from here too)
-    FEATURE_SETS,
-    Stage3Inputs,
-    StockMajorInputs,
-    _relationship_arrays,
-    assemble_inputs,
-)
-from relcast.training.stage3_module import _epoch_timer_class, _lightning_module_class
+from relcast.training.stage3_inputs import Stage3Inputs, StockMajorInputs
+from relcast.training.stage3_module import epoch_timer_class, lightning_module_class
 
 CHUNK_LENGTH = 128
 """Default chunk length of sequence training and prediction (burn-in included)."""
@@ -76,13 +70,6 @@ def eval_batch_size(want: int, num_features: int, lookback: int, chunk_length: i
 
 
 LABEL_NORMS = ("cross_section", "cs_rank", "none")
-
-
-def __getattr__(name: str):
-    # Stage3Module lives behind a function so that importing this module stays cheap.
-    if name == "Stage3Module":
-        return _lightning_module_class()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(eq=False)
@@ -188,7 +175,7 @@ def fit_stage3(
     Args:
         model_name: a registered model (``"tft"``, ``"lstm"``, ``"gru"``, ``"tcn"``).
         inputs: from :func:`assemble_inputs`.
-        labels: raw forward returns ``[T, N, H]`` (``relcast.features.forward_returns``).
+        labels: raw forward returns ``[T, N, H]`` (``relcast.features.labels.forward_returns``).
         split: has ``train`` and ``valid`` date-index arrays (``chronological_split``).
         lookback: window length L.
         hparams: model hyperparameters beyond the data-given ones (``hidden_size``,
@@ -259,8 +246,8 @@ def fit_stage3(
         from relcast.models.regime_gate import RegimeGatedModel
 
         model = RegimeGatedModel.wrap(model, inputs.names, index_symbols)
-    module = _lightning_module_class()(model, quantiles, lr=lr, weight_decay=weight_decay)
-    timer = _epoch_timer_class()()
+    module = lightning_module_class()(model, quantiles, lr=lr, weight_decay=weight_decay)
+    timer = epoch_timer_class()()
     # a Rank IC needs >= 2 stocks per date; one target stock is judged by its loss instead
     single = stock_idx is not None and len(np.unique(stock_idx)) == 1
     trainer = make_trainer(

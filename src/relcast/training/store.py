@@ -10,7 +10,7 @@ brought in from disk:
     values_by_date.npy  float32 [T, N, F]   the same, time-major (Stage1, extraction, LightGBM)
     mask.npy        bool    [T, N]      True where every feature is defined
     labelled.npy    bool    [T, N]      mask and a finite label for every horizon
-    labels.npy      float32 [T, N, H]   forward returns (relcast.features.forward_returns)
+    labels.npy      float32 [T, N, H]   forward returns (relcast.features.labels.forward_returns)
     targets.npy     float32 [T, N, H]   labels z-scored across the valid stocks of each date
     sector_ids.npy  int64   [N]
 
@@ -48,9 +48,9 @@ import numpy as np
 from numpy.lib.format import open_memmap
 
 from relcast.data.panel import Panel, RelcastDataError, memory_map_of, release_pages
-from relcast.features import DEFAULT_WINDOWS, build_features, forward_returns
+from relcast.features.build import DEFAULT_WINDOWS, build_features
 from relcast.features.featureset import FeatureSet
-from relcast.features.labels import normalize_labels_cross_section
+from relcast.features.labels import forward_returns, normalize_labels_cross_section
 from relcast.training.store_sources import (  # noqa: F401  (panel_slices: importable from here too)
     index_context,
     panel_slices,

@@ -87,20 +87,24 @@ def build_data(cfg: dict[str, Any], folder: Path) -> dict[str, Any]:
 
 def _loader(folder: Path, cfg, index, stocks, path: str, *, shuffle: bool, batch_size: int,
             seed: int = 0):  # fmt: skip
-    from relcast.training.loader import WindowLoader
+    from relcast.training.loader import Batching, WindowLoader, WindowSource
 
     return WindowLoader(
-        np.load(folder / "values.npy", mmap_mode="r"),
-        np.load(folder / "valid.npy"),
+        WindowSource(
+            np.load(folder / "values.npy", mmap_mode="r"),
+            np.load(folder / "valid.npy"),
+            np.load(folder / "target.npy", mmap_mode="r"),
+            sector_ids=np.load(folder / "sector_ids.npy"),
+        ),
         cfg["lookback"],
-        np.load(folder / "target.npy", mmap_mode="r"),
         index=index,
         stocks=stocks,
-        batch_size=batch_size,
-        shuffle=shuffle,
-        seed=seed,
-        sector_ids=np.load(folder / "sector_ids.npy"),
-        chunk_length=cfg["chunk_length"] if path == "sequence" else None,
+        batching=Batching(
+            batch_size=batch_size,
+            shuffle=shuffle,
+            seed=seed,
+            chunk_length=cfg["chunk_length"] if path == "sequence" else None,
+        ),
     )
 
 

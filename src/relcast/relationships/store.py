@@ -70,7 +70,7 @@ from relcast.relationships.blocks import (
     write_frame_parquet,
 )
 from relcast.relationships.folds import alignable_blocks, procrustes_rotation, purged_folds
-from relcast.training.contrastive import ContrastiveExtractor
+from relcast.training.contrastive import ContrastiveExtractor, ContrastiveSettings
 
 FULL_MODEL = -1
 ALIGN_DATES = 64
@@ -420,7 +420,10 @@ def _extractor_by_name(
     if name == "v2":
         return EmbeddingExtractor(method=method, n_components=n_components)
     if name == "v3":
-        return ContrastiveExtractor(sector_ids=sector_ids, **kwargs)
+        label_delay = kwargs.pop("label_delay", 0)
+        return ContrastiveExtractor(
+            ContrastiveSettings(**kwargs), label_delay=label_delay, sector_ids=sector_ids
+        )
     if name == "v1+v2":
         return CombinedExtractor(
             [

@@ -192,15 +192,17 @@ def build(shared: Shared) -> None:
     preset.change(lambda name: settings_values(load_config(name)), preset, widgets)
 
     @friendly
-    def on_apply(session, preset_name, dm, nh, e1, hz, ms, fs, lb, e3, ex, s2, rg, more):
-        overrides = settings_overrides(dm, nh, e1, hz, ms, fs, lb, e3, ex, s2, rg, extra=more)
+    def on_apply(form: dict):
+        # the inputs are given as a set, so Gradio passes one dict: component -> value
+        overrides = settings_overrides(*(form[w] for w in widgets), extra=form[extra])
+        session = form[shared.state]
         if session is None:
             raise user_error("load a market in step 1 first")
-        text = prepare(session, preset_name, overrides)
+        text = prepare(session, form[preset], overrides)
         return session, text, progress_md(session)
 
     apply_btn.click(
         on_apply,
-        [shared.state, preset, *widgets, extra],
+        {shared.state, preset, *widgets, extra},
         [shared.state, run_info, shared.progress],
     )

@@ -193,7 +193,7 @@ def test_memmap_run_extracts_relationships_by_date_blocks(runs):
 def _scored_on_every_date(pipe) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
     """metrics, predictions and backtest as evaluate built them before it kept the scoring
     window only: every model's forecast of every date ``[T, N, H]``, scored over all of them."""
-    from relcast.evaluation.frames import backtest_table, prediction_table
+    from relcast.evaluation.frames import PredictionRows, backtest_table, prediction_table
     from relcast.evaluation.scoring import ScoreSettings, benchmark_returns, score, scored_span
     from relcast.training.baselines import baseline_predictions
     from relcast.training.stage3 import predict_stage3
@@ -220,11 +220,9 @@ def _scored_on_every_date(pipe) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
     bench = benchmark_returns(labels[..., 0], panel.mask, panel.is_index)
     metrics = score(point, labels, cell, split, settings, quantiles=quantiles, benchmark=bench)
     dates, symbols, levels = panel.dates, panel.symbols, settings.quantiles
+    rows = PredictionRows(labels, span, dates, symbols, levels)
     predictions = pd.concat(
-        [
-            prediction_table(n, p, quantiles.get(n), labels, span, dates, symbols, levels)
-            for n, p in point.items()
-        ],
+        [prediction_table(n, p, quantiles.get(n), rows) for n, p in point.items()],
         ignore_index=True,
     )
     backtest = pd.concat(

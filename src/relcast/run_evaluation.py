@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from relcast.evaluation.frames import (
+    PredictionRows,
     backtest_table,
     prediction_columns,
     prediction_frames,
@@ -157,12 +158,11 @@ def evaluate_run(pipe) -> dict[str, Any]:
 
     levels = settings.quantiles
     dates, symbols = panel.dates[window], panel.symbols
+    rows = PredictionRows(labels_w, span, dates, symbols, levels)
     pieces = (
         piece
         for name, pred in forecasts.point.items()
-        for piece in prediction_frames(
-            name, pred, forecasts.quantiles.get(name), labels_w, span, dates, symbols, levels
-        )
+        for piece in prediction_frames(name, pred, forecasts.quantiles.get(name), rows)
     )
     columns = prediction_columns(levels if forecasts.quantiles else None)
     backtest = pd.concat(

@@ -25,7 +25,11 @@ from typing import Any
 
 import numpy as np
 
-from relcast.evaluation.backtest import long_short_backtest, topk_dropout_backtest
+from relcast.evaluation.backtest import (
+    TradingCosts,
+    long_short_backtest,
+    topk_dropout_backtest,
+)
 from relcast.evaluation.stats import newey_west_lag, newey_west_test, paired_test, seed_mean_std
 from relcast.metrics import (
     daily_ic,
@@ -300,12 +304,12 @@ def backtests(score, ret1, cell, days, benchmark, settings: ScoreSettings):
     r = np.where(cell, ret1, np.nan)[days]
     m = cell[days] & np.isfinite(s)
     topk = min(settings.topk, max(1, int(m.sum(axis=1).min()) // 2))
-    costs = dict(buy_cost=settings.buy_cost, sell_cost=settings.sell_cost)
+    costs = TradingCosts(settings.buy_cost, settings.sell_cost)
     tk = topk_dropout_backtest(
-        s, r, m, topk=topk, n_drop=min(settings.n_drop, topk), benchmark=benchmark[days],
-        periods_per_year=settings.periods_per_year, **costs,
+        s, r, m, topk=topk, n_drop=min(settings.n_drop, topk), costs=costs,
+        benchmark=benchmark[days], periods_per_year=settings.periods_per_year,
     )  # fmt: skip
     ls = long_short_backtest(
-        s, r, m, quantile=0.2, periods_per_year=settings.periods_per_year, **costs
+        s, r, m, quantile=0.2, costs=costs, periods_per_year=settings.periods_per_year
     )
     return {"topk": {"k": topk, **tk.metrics}, "long_short": ls.metrics}, (tk, ls)

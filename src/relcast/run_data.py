@@ -113,7 +113,7 @@ class RunData:
     @_writes("prepare")
     def prepare(self) -> None:
         """Load the market, split it chronologically and write the panel + split."""
-        from relcast.features.splits import chronological_split
+        from relcast.features.splits import chronological_split, split_by_end_dates
 
         start = time.perf_counter()
         memmap = self.config.data.store == "memmap"
@@ -133,15 +133,18 @@ class RunData:
         # a device this machine lacks fails now, not later (as Lightning sees it under torchrun)
         check_trainer(distributed.trainer_settings(self.config.trainer))
         ends = {k: getattr(self.config.split, k) for k in ("train_end", "valid_end", "test_end")}
+        # a label at t reads close[t + delay + H]: that many dates separate the spans
+        embargo = self.config.embargo + self.config.data.label_delay
         try:
-            split = chronological_split(
-                panel.dates,
-                valid_frac=self.config.split.valid_frac,
-                test_frac=self.config.split.test_frac,
-                # a label at t reads close[t + delay + H]: that many dates separate the spans
-                embargo=self.config.embargo + self.config.data.label_delay,
-                **ends,  # dates win over the fractions when given
-            )
+            if ends["train_end"] is not None or ends["valid_end"] is not None:
+                split = split_by_end_dates(panel.dates, **ends, embargo=embargo)  # dates win
+            else:
+                split = chronological_split(
+                    panel.dates,
+                    valid_frac=self.config.split.valid_frac,
+                    test_frac=self.config.split.test_frac,
+                    embargo=embargo,
+                )
         except ValueError as exc:
             if any(ends.values()):
                 from relcast.config import RelcastConfigError  # noqa: F811 (a config mistake)

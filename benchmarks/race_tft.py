@@ -126,7 +126,8 @@ def run_relcast(cfg: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from relcast.features.featureset import FeatureSet
-    from relcast.models.temporal import create_model, pinball_loss
+    from relcast.models.temporal.losses import pinball_loss
+    from relcast.models.temporal.registry import create_model
     from relcast.training.stage3_inputs import assemble_inputs
     from relcast.training.stage3_module import lightning_module_class
 
@@ -188,7 +189,7 @@ def run_pytorch_forecasting(cfg: dict[str, Any]) -> dict[str, Any]:
     from pytorch_forecasting.data.encoders import TorchNormalizer
     from pytorch_forecasting.metrics import QuantileLoss
 
-    from relcast.models.temporal import pinball_loss
+    from relcast.models.temporal.losses import pinball_loss
 
     data = make_data(cfg)
     torch.manual_seed(0)

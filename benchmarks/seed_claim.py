@@ -106,7 +106,7 @@ def train_steps(model, batches, quantiles, steps: int) -> tuple[float, float, in
     """``steps`` AdamW steps on the next batches: (wall s, CPU s, windows seen)."""
     import torch
 
-    from relcast.models.temporal import pinball_loss
+    from relcast.models.temporal.losses import pinball_loss
 
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     model.train()
@@ -126,7 +126,8 @@ def measure(model_name: str, feature_set: str, cfg: dict[str, Any]) -> dict[str,
     """One configuration: timing, peak RSS, activation bytes, parameters."""
     import torch
 
-    from relcast.models.temporal import create_model, pinball_loss
+    from relcast.models.temporal.losses import pinball_loss
+    from relcast.models.temporal.registry import create_model
 
     torch.manual_seed(0)
     data = make_inputs(cfg["num_days"], cfg["horizons"])

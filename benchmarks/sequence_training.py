@@ -123,7 +123,8 @@ def measure(
 
     import torch
 
-    from relcast.models.temporal import create_model, pinball_loss
+    from relcast.models.temporal.losses import pinball_loss
+    from relcast.models.temporal.registry import create_model
 
     folder = Path(folder)
     train = _loader(folder, cfg, data["train"], data["stocks"], path, shuffle=True,

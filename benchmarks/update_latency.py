@@ -59,7 +59,7 @@ def measure_steps(cfg: dict[str, Any]) -> dict[str, Any]:
         Stage1Config,
         predict_stage1,
     )
-    from relcast.models.temporal import create_model
+    from relcast.models.temporal.registry import create_model
     from relcast.training.stage1 import encode_sectors
     from relcast.training.stage3 import predict_stage3
     from relcast.training.stage3_inputs import assemble_inputs

@@ -129,7 +129,7 @@ def test_build_features_adds_the_index_regime_as_one_hot_columns():
 
 def _gated_gru(names, index_symbols=("IDX",)):
     from relcast.models.regime_gate import RegimeGatedModel
-    from relcast.models.temporal import create_model
+    from relcast.models.temporal.registry import create_model
 
     torch.manual_seed(0)
     inner = create_model(

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from relcast.models.temporal import create_model, pinball_loss
+from relcast.models.temporal.losses import pinball_loss
+from relcast.models.temporal.registry import create_model
 from relcast.models.temporal.tcn import receptive_field
 from relcast.training.loader import Batching, WindowLoader, WindowSource
 from relcast.training.stage3 import Stage3Inputs, predict_stage3

@@ -300,7 +300,7 @@ def _follower_test_rank_ic(
 def test_a_rawconcat_model_of_the_old_layout_is_refused_for_retraining(tmp_path):
     """A rawconcat GRU saved before the every-stock projection reads x of another width:
     loading it is a RunFolderError (which `relcast stage3` answers by retraining)."""
-    from relcast.models.temporal import create_model
+    from relcast.models.temporal.registry import create_model
     from relcast.runfolder.base import RunFolderError
     from relcast.runfolder.formats import load_stage3, save_module
 

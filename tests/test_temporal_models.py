@@ -12,13 +12,11 @@ import pytest
 import torch
 from torch import nn
 
-from relcast.models.temporal import (
-    QuantileHead,
+from relcast.models.temporal.losses import QuantileHead, pinball_loss, point_forecast
+from relcast.models.temporal.registry import (
     TemporalConfig,
     available_models,
     create_model,
-    pinball_loss,
-    point_forecast,
     register_model,
 )
 

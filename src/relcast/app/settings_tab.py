@@ -34,7 +34,7 @@ SETTINGS = {
 
 def stage3_model_names() -> list[str]:
     """The Stage3 models the app offers: the registry's (the config accepts the same)."""
-    from relcast.models.temporal import available_models
+    from relcast.models.temporal.registry import available_models
 
     return available_models()
 

@@ -90,7 +90,7 @@ class RegimeGatedModel(nn.Module):
     (``config``, outputs, :meth:`interpret`) is unchanged.
 
     Args:
-        model: a registry model (``relcast.models.temporal.create_model``).
+        model: a registry model (``relcast.models.temporal.registry.create_model``).
         regime_columns: positions in ``x`` of the bull, bear and sideways columns.
         index_columns, sector_columns: positions in ``x`` the gate scales.
     """

@@ -153,7 +153,7 @@ def load_stage1(path: Path):
 def load_stage3(path: Path):
     """A Stage3 model (registry kind; with its regime gate or rawconcat projection if it had
     one), in eval mode."""
-    from relcast.models.temporal import create_model
+    from relcast.models.temporal.registry import create_model
 
     state, info = load_state(path)
     if path.parent.name.startswith("stage3_rawconcat_") and "cross_input" not in info:

@@ -299,8 +299,8 @@ def build_model(
     """A fresh registry model for ``inputs``; on ``rawconcat`` inputs inside a
     :class:`~relcast.models.temporal.cross_input.CrossSectionInput` that projects each date's
     every-stock block to ``hidden_size`` features (once per date of a batch)."""
-    from relcast.models.temporal import create_model
     from relcast.models.temporal.cross_input import CrossSectionInput, market_names
+    from relcast.models.temporal.registry import create_model
 
     hparams = dict(hparams or {})
     width = int(hparams.get("hidden_size", 64)) if inputs.cross_width else 0

@@ -108,7 +108,8 @@ def start_from(base: Path, out: Path, steps: tuple[str, ...], wait: float = 0.0)
     """
     import shutil
 
-    from relcast.persist import read_json, write_json
+    from relcast.runfolder import read_json
+    from relcast.runfolder.formats import write_json
 
     while True:
         done = read_json(base / "run.json")["steps"] if (base / "run.json").exists() else {}
@@ -149,9 +150,9 @@ def measure(
     import psutil
 
     from relcast.config import load_config
-    from relcast.persist import read_json, write_json
-    from relcast.pipeline import STEPS, Pipeline
-    from relcast.runfolder import atomic_write
+    from relcast.run.pipeline import STEP_NAMES, Pipeline
+    from relcast.runfolder import atomic_write, read_json
+    from relcast.runfolder.formats import write_json
 
     cfg = load_config("small", overrides=[*PROTOCOL, *overrides])
     out = RUNS / tag
@@ -162,26 +163,26 @@ def measure(
         shutil.rmtree(out)
     pipe = Pipeline(cfg, out)
     steps = {}
-    if not fresh and pipe.done("prepare"):
-        done = pipe._info()["steps"]
+    if not fresh and pipe.ctx.done("prepare"):
+        done = pipe.ctx.info()["steps"]
         for step in REUSABLE:
             if step not in done:
                 break
             steps[step] = {"seconds": done[step]["seconds"], "peak_rss_mb": None, "resumed": True}
         atomic_write(out / "config.yaml", cfg.to_yaml().encode())  # the settings now used
-    for step in STEPS:
+    for step in STEP_NAMES:
         if step in steps:
             continue
         with PeakRSS() as peak:
             start = time.perf_counter()
             if step == "stage3":  # resuming keeps the Stage3 models (seeds) already saved
-                pipe.stage3(resume=not fresh and base is None)
+                pipe.step("stage3", resume=not fresh and base is None)
             else:
-                getattr(pipe, step)()
+                pipe.step(step)
             seconds = time.perf_counter() - start
         steps[step] = {"seconds": round(seconds, 1), "peak_rss_mb": round(peak.peak / MB)}
         if step == "stage3":  # training time of every model, those kept by a resume included
-            models = pipe._info()["steps"]["stage3"]["models"].values()
+            models = pipe.ctx.info()["steps"]["stage3"]["models"].values()
             total = sum(m["seconds_per_epoch"] * m["epochs"] for m in models)
             steps[step]["training_seconds_all_models"] = round(total, 1)
         print(f"[{tag}] {step}: {seconds:.0f}s, peak RSS {peak.peak / MB:.0f} MB", flush=True)
@@ -189,7 +190,7 @@ def measure(
             return None
     metrics = read_json(out / "metrics.json")
     health = out / "data_health.json"
-    info = pipe._info()["steps"]
+    info = pipe.ctx.info()["steps"]
     got = {
         "tag": tag,
         "overrides": overrides,
@@ -200,7 +201,7 @@ def measure(
         "validation": validation(info),
         "metrics": metrics,
         "data_health": read_json(health) if health.exists() else None,
-        "panel": {"dates": pipe.panel.num_dates, "symbols": pipe.panel.num_symbols},
+        "panel": {"dates": pipe.ctx.panel.num_dates, "symbols": pipe.ctx.panel.num_symbols},
     }
     write_json(out / "bench.json", got)  # --collect assembles the JSON from these
     return got
@@ -297,7 +298,7 @@ def collect(results_dir=None) -> dict[str, Any]:
     import json
 
     from benchmarks.common import RESULTS_DIR
-    from relcast.persist import read_json
+    from relcast.runfolder import read_json
 
     results = {p.parent.name: read_json(p) for p in sorted(RUNS.glob("*/bench.json"))}
     earlier = Path(results_dir or RESULTS_DIR) / f"{NAME}.json"

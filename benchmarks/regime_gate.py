@@ -63,7 +63,7 @@ def measure(seeds: list[int], overrides: list[str]) -> dict[str, Any]:
     from relcast.config import load_config
     from relcast.features.labels import normalize_labels_cross_section
     from relcast.metrics import signal_metrics
-    from relcast.pipeline import Pipeline
+    from relcast.run.pipeline import Pipeline
     from relcast.training.stage3 import predict_stage3
 
     cfg = load_config("small", overrides=[*BASE, *overrides])
@@ -72,9 +72,9 @@ def measure(seeds: list[int], overrides: list[str]) -> dict[str, Any]:
         pipe = Pipeline(cfg, tmp)
         for step in ("prepare", "stage1", "extract"):
             getattr(pipe, step)()
-        f, split = pipe.features, pipe.split
-        cell = f.mask & pipe.target[None, :]
-        z = normalize_labels_cross_section(pipe.labels, cell)[..., 0]  # (T, N)
+        f, split = pipe.ctx.features, pipe.ctx.split
+        cell = f.mask & pipe.ctx.target[None, :]
+        z = normalize_labels_cross_section(pipe.ctx.labels, cell)[..., 0]  # (T, N)
         spans = {}
         for span in ("valid", "test"):
             on = np.zeros(len(f.dates), dtype=bool)
@@ -82,7 +82,7 @@ def measure(seeds: list[int], overrides: list[str]) -> dict[str, Any]:
             spans[span] = cell & on[:, None]
         for seed in seeds:
             for variant, (feature_set, gated) in VARIANTS.items():
-                inputs = pipe.stage3_inputs(feature_set)
+                inputs = pipe.ctx.stage3_inputs(feature_set)
                 result = pipe.fit_stage3_model(
                     "gru", inputs, seed_offset=seed, regime_gate=gated, name=f"{variant}-{seed}"
                 )

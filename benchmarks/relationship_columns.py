@@ -69,20 +69,20 @@ def column_scores(
 def run(folder: Path = DEFAULT_RUN, results_dir=None) -> dict[str, Any]:
     from relcast.config import load_config
     from relcast.evaluation.stats import newey_west_lag
-    from relcast.pipeline import Pipeline
+    from relcast.run.pipeline import Pipeline
 
     folder = Path(folder)
     if not (folder / "relationships.npz").exists():
         raise SystemExit(f"{folder} has no relationship features: run its extract step first")
     pipe = Pipeline(load_config(file=folder / "config.yaml"), folder)
-    rel, rel_names = pipe.relationships
-    features = pipe.features
+    rel, rel_names = pipe.ctx.relationships
+    features = pipe.ctx.features
     own_names = list(features.groups["own"])
     own = features.group("own")  # (T, N, F_own)
-    label = pipe.labels[..., 0]  # horizon 1
+    label = pipe.ctx.labels[..., 0]  # horizon 1
     valid = features.mask & np.isfinite(rel).all(-1) & np.isfinite(own).all(-1)
     valid &= np.isfinite(label)
-    split = pipe.split
+    split = pipe.ctx.split
     spans = {"valid": np.asarray(split.valid), "test": np.asarray(split.test)}
     lag = newey_west_lag(1)
     rel_rows = column_scores(rel, rel_names, label, valid, spans, lag)

@@ -48,6 +48,7 @@ from benchmarks.common import (
     saved_activation_bytes,
     write_result,
 )
+from relcast.training.specs import Stage3Spec, TrainerSpec
 
 NAME = "scale_large"
 GIB = 1024.0**3
@@ -154,7 +155,7 @@ def build_synthetic_store(
     Labels carry a weak planted signal (horizon h loads on feature 0), so the loss can fall.
     """
     from relcast.data.synthetic import _dates
-    from relcast.training.store import MemmapFeatureStore
+    from relcast.store.memmap import MemmapFeatureStore
 
     rng = np.random.default_rng(0)
     names = [f"f{k:02d}" for k in range(features)]
@@ -188,8 +189,9 @@ def train_from_store(folder: str, steps: int, batch_size: int) -> dict[str, Any]
     import torch
 
     from relcast.features.splits import chronological_split
+    from relcast.store.memmap import MemmapFeatureStore
+    from relcast.training.common import release_pages_callback
     from relcast.training.stage3 import fit_stage3
-    from relcast.training.store import MemmapFeatureStore, release_pages_callback
 
     class BatchTimer(lightning.Callback):
         """Wall time of each training batch (loading + forward + backward + step)."""
@@ -212,12 +214,25 @@ def train_from_store(folder: str, steps: int, batch_size: int) -> dict[str, Any]
     start = time.perf_counter()
     try:
         result = fit_stage3(
-            "tcn", inputs, store.targets, split, lookback=LOOKBACK, label_norm="none",
-            hparams={"hidden_size": 64, "dropout": 0.1}, batch_size=batch_size, max_epochs=1,
-            out_dir=out_dir, progress=False, callbacks=[release_pages_callback(store, 1), timer],
-            limit_train_batches=steps, limit_val_batches=1, num_sanity_val_steps=0,
+            "tcn",
+            inputs,
+            store.targets,
+            split,
+            Stage3Spec(
+                lookback=LOOKBACK,
+                label_norm="none",
+                hparams={"hidden_size": 64, "dropout": 0.1},
+                batch_size=batch_size,
+                max_epochs=1,
+            ),
+            TrainerSpec(
+                out_dir=out_dir, progress=False, callbacks=[release_pages_callback(store, 1), timer]
+            ),
+            limit_train_batches=steps,
+            limit_val_batches=1,
+            num_sanity_val_steps=0,
             enable_checkpointing=True,
-        )  # fmt: skip
+        )
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)
     seconds = time.perf_counter() - start

@@ -84,9 +84,11 @@ def _status() -> dict[str, int]:
 def _memmap_child(argv: list[str]) -> None:
     """One memory-mapped run in this process; per-step peaks of RSS to ``argv[0]`` (JSON)."""
     import threading
+    from dataclasses import replace
 
     from relcast.config import load_config
-    from relcast.pipeline import STEPS, Pipeline
+    from relcast.run import pipeline as run_pipeline
+    from relcast.run.pipeline import STEP_NAMES, Pipeline
 
     result_path, out, sets = Path(argv[0]), Path(argv[1]), argv[2:]
     resume = bool(sets) and sets[0] == "--resume"  # steps already done in ``out`` are kept
@@ -116,8 +118,7 @@ def _memmap_child(argv: list[str]) -> None:
 
         return run
 
-    for name in STEPS:
-        setattr(Pipeline, name, timed(name, getattr(Pipeline, name)))
+    run_pipeline.STEPS = tuple(replace(s, run=timed(s.name, s.run)) for s in run_pipeline.STEPS)
     thread = threading.Thread(target=sample, daemon=True)
     thread.start()
     start = time.perf_counter()
@@ -138,7 +139,7 @@ def _memmap_child(argv: list[str]) -> None:
             "ru_maxrss_gib_after": v.get("ru_maxrss_gib_after"),
         }
         for step, v in steps.items()
-        if step in STEPS
+        if step in STEP_NAMES
     }
     T = info["prepare"]["dates"]
     result = {

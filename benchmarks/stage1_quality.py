@@ -60,7 +60,7 @@ def measure(market: str, seed: int, overrides: list[str]) -> dict[str, Any]:
     from relcast.config import load_config
     from relcast.features.labels import normalize_labels_cross_section
     from relcast.metrics import signal_metrics
-    from relcast.pipeline import Pipeline
+    from relcast.run.pipeline import Pipeline
     from relcast.training.baselines import lightgbm_scores
 
     cfg = load_config(
@@ -69,28 +69,28 @@ def measure(market: str, seed: int, overrides: list[str]) -> dict[str, Any]:
     )
     with tempfile.TemporaryDirectory() as tmp:
         pipe = Pipeline(cfg, tmp)
-        pipe.prepare()
+        pipe.step("prepare")
         with PeakRSS() as peak1:
             start = time.perf_counter()
-            pipe.stage1()
+            pipe.step("stage1")
             stage1_seconds = time.perf_counter() - start
         with PeakRSS() as peak2:
             start = time.perf_counter()
-            pipe.stage2()
+            pipe.step("stage2")
             stage2_seconds = time.perf_counter() - start
-        f, split = pipe.features, pipe.split
-        cell = f.mask & pipe.target[None, :]
-        z = normalize_labels_cross_section(pipe.labels, cell)[..., 0]  # (T, N)
-        out = pipe.stage1_outputs()
+        f, split = pipe.ctx.features, pipe.ctx.split
+        cell = f.mask & pipe.ctx.target[None, :]
+        z = normalize_labels_cross_section(pipe.ctx.labels, cell)[..., 0]  # (T, N)
+        out = pipe.ctx.stage1_outputs
         raw = np.nan_to_num(f.values)
         scores = {
             "stage1": out["pred"][..., 0],
-            "stage1+stage2": pipe.stage2_booster.predict(
+            "stage1+stage2": pipe.ctx.stage2_booster.predict(
                 raw, out["embeddings"], out["pred"][..., 0], f.mask
             ),
             "lightgbm": lightgbm_scores(raw, z, cell, split, seed),
         }
-        info = pipe._info()["steps"]
+        info = pipe.ctx.info()["steps"]
         rows = []
         for span in ("valid", "test"):
             on_span = np.zeros(len(f.dates), dtype=bool)
@@ -107,7 +107,7 @@ def measure(market: str, seed: int, overrides: list[str]) -> dict[str, Any]:
             "cost": {
                 "market": market,
                 "seed": seed,
-                "stocks": int(pipe.target.sum()),
+                "stocks": int(pipe.ctx.target.sum()),
                 "dates": len(f.dates),
                 "train_dates": len(split.train),
                 "stage1_seconds": stage1_seconds,

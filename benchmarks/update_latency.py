@@ -1,6 +1,6 @@
 """Latency of the incremental daily update for one new date on a 500-stock universe.
 
-The steps of :func:`relcast.inference.update_run` for one new date, each timed (median of
+The steps of :func:`relcast.run.inference.update_run` for one new date, each timed (median of
 a few repetitions after a warm-up), on **untrained** models, since latency does not depend on
 the weights:
 
@@ -13,7 +13,7 @@ the weights:
    preset: hidden 64, 4 heads, lookback 90) and the GRU (small preset: hidden 64, 2 layers,
    lookback 60), on hybrid inputs (own + index + calendar + 16 relationship dims).
 
-Then, end to end, :func:`relcast.inference.update_run` on a small trained run folder
+Then, end to end, :func:`relcast.run.inference.update_run` on a small trained run folder
 (full mode only: ``relcast run`` with a tiny GRU config on 30 stocks, then one new date).
 """
 
@@ -118,7 +118,7 @@ def measure_update_run(num_stocks: int = 30, days: int = 260) -> dict[str, Any]:
 
     import relcast
     from relcast.cli import app
-    from relcast.inference import update_run
+    from relcast.run.inference import update_run
 
     tiny = ["data.horizons=2", "stage1.d_model=16", "stage1.num_heads=2", "stage1.num_layers=1",
             "stage1.relationship_dim=4", "stage1.max_epochs=1", "stage2.n_estimators=10",

@@ -96,7 +96,8 @@ def interrupt_update(work, data, monkeypatch) -> None:
     """An update that dies after its journal, during the renames."""
     import os
 
-    from relcast.inference import JOURNAL, update_run
+    from relcast.run.inference import update_run
+    from relcast.runfolder import JOURNAL
 
     real = os.replace
     calls = {"n": 0}

@@ -29,6 +29,7 @@ from relcast.features.splits import chronological_split
 from relcast.metrics import daily_rank_ic
 from relcast.models.cross_sectional import Stage1Config, predict_stage1
 from relcast.training.cross_section_data import CrossSectionDataset
+from relcast.training.specs import Stage1Spec, Stage3Spec, TrainerSpec
 from relcast.training.stage1 import fit_stage1
 from relcast.training.stage3 import fit_stage3, predict_stage3
 from relcast.training.stage3_inputs import assemble_inputs
@@ -90,11 +91,27 @@ def run_stage1(out: Path, devices: int, panel, features, labels, split) -> dict:
     # tiny (0.02-std output layer), so float rounding is amplified ~10x: still DDP-exact in
     # expectation, but the 1e-5 comparison is made on the better-conditioned loss.
     result = fit_stage1(
-        features, labels, split, config, out_dir=out, target=target, seed=0, loss="mse",
-        batch_dates=PER_RANK_BATCH["stage1"] * (2 // devices), max_epochs=EPOCHS, patience=50,
-        accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto",
-        progress=False, callbacks=[recorder_class()(out)],
-    )  # fmt: skip
+        features,
+        labels,
+        split,
+        config,
+        Stage1Spec(
+            seed=0,
+            loss="mse",
+            batch_dates=PER_RANK_BATCH["stage1"] * (2 // devices),
+            max_epochs=EPOCHS,
+            patience=50,
+        ),
+        TrainerSpec(
+            out_dir=out,
+            accelerator="cpu",
+            devices=devices,
+            strategy="ddp" if devices > 1 else "auto",
+            progress=False,
+            callbacks=[recorder_class()(out)],
+        ),
+        target=target,
+    )
     if int(os.environ.get("LOCAL_RANK", 0)) != 0:
         return {}
     # the last epoch's validation ran on the final weights: recompute it here, in one process
@@ -118,16 +135,29 @@ def run_stage3(out: Path, devices: int, panel, features, labels, split) -> dict:
     inputs = assemble_inputs(features, feature_set="own", sectors=panel.sectors)
     stocks = list(np.flatnonzero(~panel.is_index))  # 8 stocks: an even number of windows
     result = fit_stage3(
-        "tcn", inputs, labels, split, lookback=LOOKBACK,
-        hparams={"hidden_size": 16, "dropout": 0.0},
-        batch_size=PER_RANK_BATCH["stage3"] * (2 // devices), max_epochs=EPOCHS, patience=50,
-        seed=0, out_dir=out, stocks=stocks, accelerator="cpu", devices=devices,
-        strategy="ddp" if devices > 1 else "auto", progress=False,
-        callbacks=[recorder_class()(out)],
-        # windows: the recorder and the one-process comparison count samples per batch;
-        # chunk batches are sharded by the same shard_batches (tests/test_sequence.py)
-        chunk_length=None,
-    )  # fmt: skip
+        "tcn",
+        inputs,
+        labels,
+        split,
+        Stage3Spec(
+            lookback=LOOKBACK,
+            hparams={"hidden_size": 16, "dropout": 0.0},
+            batch_size=PER_RANK_BATCH["stage3"] * (2 // devices),
+            max_epochs=EPOCHS,
+            patience=50,
+            seed=0,
+            chunk_length=None,
+        ),
+        TrainerSpec(
+            out_dir=out,
+            accelerator="cpu",
+            devices=devices,
+            strategy="ddp" if devices > 1 else "auto",
+            progress=False,
+            callbacks=[recorder_class()(out)],
+        ),
+        stocks=stocks,
+    )
     if int(os.environ.get("LOCAL_RANK", 0)) != 0:
         return {}
     model = result.model

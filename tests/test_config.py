@@ -66,14 +66,14 @@ def test_yaml_round_trip(tmp_path):
 
 
 def test_baseline_models_limit_the_comparisons(tmp_path):
-    from relcast.pipeline import Pipeline
+    from relcast.run.pipeline import Pipeline
 
     cfg = load_config(
         "small",
         overrides=["stage3.models=[gru,tft]", "stage3.feature_sets=[hybrid,own,rawconcat]",
                    "stage3.baseline_models=[gru]"],
     )  # fmt: skip
-    names = [n for n, _, _ in Pipeline(cfg, tmp_path).stage3_names()]
+    names = [n for n, _, _ in Pipeline(cfg, tmp_path).ctx.stage3_names()]
     assert names == ["hybrid_gru", "stage3_own_gru", "stage3_rawconcat_gru", "hybrid_tft"]
 
 
@@ -228,7 +228,8 @@ def test_a_registered_model_is_accepted_everywhere():
 # ------------------------------------------------------- every documented setting is reachable
 def test_settings_reach_stage1_and_the_extractors(tmp_path):
     from relcast.models.cross_sectional import Stage1Config
-    from relcast.pipeline import Pipeline
+    from relcast.run.pipeline import Pipeline
+    from relcast.training.specs import ExtractorSpec
 
     cfg = load_config(
         overrides=["data.source=synthetic", "data.synthetic_stocks=6", "data.synthetic_days=200",
@@ -238,15 +239,15 @@ def test_settings_reach_stage1_and_the_extractors(tmp_path):
                    "stage1.dim_feedforward=40", "stage1.sector_weight=0.5"],
     )  # fmt: skip
     pipe = Pipeline(cfg, tmp_path / "run")
-    pipe.prepare()
-    ext = pipe.make_extractor()
+    pipe.step("prepare")
+    ext = pipe.ctx.make_extractor()
     s = ext.settings
     assert (s.top_k, s.positives, s.hidden_size, s.steps) == (2, "corr", 16, 7)
     assert (ext.label_delay, s.seed) == (1, 3)
     stage1 = Stage1Config.from_settings(cfg.stage1, num_features=4, num_stocks=6)
     assert (stage1.dim_feedforward, stage1.sector_weight) == (40, 0.5)
-    pipe.config = load_config(overrides=["relationships.v2.method=pca"])
-    v2 = pipe.make_extractor()
+    pca = load_config(overrides=["relationships.v2.method=pca"])
+    v2 = pipe.ctx.make_extractor(ExtractorSpec.from_config(pca))
     assert (v2.method, v2.n_components) == ("pca", 16)
 
 

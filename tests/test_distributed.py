@@ -62,11 +62,12 @@ def test_precision_reaches_lightning_and_bf16_mixed_trains_on_cpu(tmp_path, no_l
     from relcast.features.labels import forward_returns
     from relcast.features.splits import chronological_split
     from relcast.models.cross_sectional import Stage1Config
-    from relcast.pipeline import Pipeline
+    from relcast.run.context import RunContext
+    from relcast.training.specs import Stage1Spec, TrainerSpec
     from relcast.training.stage1 import fit_stage1
 
     cfg = load_config(None, None, ["trainer.precision=bf16-mixed", "trainer.accelerator=cpu"], {})
-    kwargs = Pipeline(cfg, tmp_path / "run")._trainer_kwargs()
+    kwargs = RunContext(cfg, tmp_path / "run").trainer.lightning_kwargs()
     assert kwargs["precision"] == "bf16-mixed"
 
     panel, _ = relcast.synthetic_market(num_stocks=6, num_days=120, seed=1)
@@ -82,9 +83,11 @@ def test_precision_reaches_lightning_and_bf16_mixed_trains_on_cpu(tmp_path, no_l
     for precision in ("32-true", "bf16-mixed"):
         torch.manual_seed(0)
         result = fit_stage1(
-            features, labels, split, config, out_dir=tmp_path / precision, max_epochs=2,
-            batch_dates=16, seed=0, progress=False, loss="mse", precision=precision,
-            callbacks=[_dtype_recorder(dtypes, precision)], **{"accelerator": "cpu"},
+            features, labels, split, config, Stage1Spec(max_epochs=2, batch_dates=16, loss="mse"),
+            TrainerSpec(
+                out_dir=tmp_path / precision, progress=False, precision=precision,
+                callbacks=(_dtype_recorder(dtypes, precision),), accelerator="cpu",
+            ),
         )  # fmt: skip
         results[precision] = result
         assert all(np.isfinite(row["train_loss"]) for row in result.history)

@@ -26,7 +26,7 @@ from relcast.evaluation.scoring import (
     scored_span,
     scoring_window,
 )
-from relcast.run_evaluation import zscored_h1
+from relcast.run.steps.evaluate import zscored_h1
 from relcast.runfolder import jsonable
 from relcast.training.baselines import momentum, sample_rows, sampled_cells
 
@@ -165,7 +165,7 @@ def test_sampled_cells_equal_sampling_every_cell(cap, monkeypatch):
 
 
 def test_horizon1_zscores_by_blocks_equal_the_whole(market, monkeypatch):
-    import relcast.run_evaluation as run_evaluation
+    import relcast.run.steps.evaluate as run_evaluation
     from relcast.features.labels import normalize_labels_cross_section
 
     monkeypatch.setattr(run_evaluation, "BLOCK_CELLS", 13 * 9)

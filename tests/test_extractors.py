@@ -231,7 +231,7 @@ def test_pipeline_v3_correlation_positives_respect_label_delay(tmp_path):
     correlates at date t must not change when prices after t change (the run's extractor
     once ignored the delay and read one day ahead)."""
     from relcast.config import load_config
-    from relcast.pipeline import Pipeline
+    from relcast.run.pipeline import Pipeline
 
     config = load_config(
         overrides=[
@@ -243,11 +243,11 @@ def test_pipeline_v3_correlation_positives_respect_label_delay(tmp_path):
         ]
     )
     pipe = Pipeline(config, tmp_path / "run")
-    pipe.prepare()
-    ext = pipe.make_extractor()
+    pipe.step("prepare")
+    ext = pipe.ctx.make_extractor()
     ext.positives = "corr"  # only the return-based positives can see the future
-    panel, H = pipe.panel, config.data.horizons
-    features = build_features(panel, train_end=int(pipe.split.train[-1]))
+    panel, H = pipe.ctx.panel, config.data.horizons
+    features = build_features(panel, train_end=int(pipe.ctx.split.train[-1]))
     dates = np.arange(100, 300, 20)
     base = ext.positive_pairs(None, features, forward_returns(panel, H, delay=1), dates)
     assert base.any()
@@ -292,14 +292,14 @@ def test_make_extractor_appends_the_stage1_score(market):
 def test_pipeline_extractor_carries_the_stage1_score(tmp_path):
     from relcast.config import load_config
     from relcast.models.extractors import ScoreExtractor
-    from relcast.pipeline import Pipeline
+    from relcast.run.pipeline import Pipeline
 
     overrides = ["data.source=synthetic", "data.synthetic_stocks=6", "data.synthetic_days=200"]
     for on in (False, True):
         cfg = load_config(overrides=[*overrides, f"relationships.stage1_score={str(on).lower()}"])
         pipe = Pipeline(cfg, tmp_path / str(on))
-        pipe.prepare()
-        ext = pipe.make_extractor()
+        pipe.step("prepare")
+        ext = pipe.ctx.make_extractor()
         parts = getattr(ext, "extractors", [ext])
         assert any(isinstance(p, ScoreExtractor) for p in parts) == on
 
@@ -340,3 +340,37 @@ def test_neighbour_features_ignore_masked_stocks_values(market):
     np.testing.assert_allclose(a[np.isfinite(a)], b[np.isfinite(b)], atol=1e-5)
     both = make_extractor("v2", neighbours=True).extract(model, f, np.arange(30, 40))
     assert both.names[-len(f.groups["own"]) :] == [f"nbr_{n}" for n in f.groups["own"]]
+
+
+@pytest.mark.parametrize("kind", ["v1", "v2-pca", "v3", "v1+v2-pca+score"])
+def test_a_saved_extractor_extracts_as_the_fitted_one(market, kind, tmp_path):
+    """What fit learned goes to the run folder (safetensors) and comes back: a fresh
+    extractor loaded from it extracts the same values without fitting (no refit on open)."""
+    from relcast.runfolder import RunFolder
+
+    f, model, labels, split = market["features"], market["model"], market["labels"], market["split"]
+    method = "pca" if "pca" in kind else "bottleneck"
+    name = kind.split("-")[0]
+    args = dict(method=method, n_components=3, stage1_score="score" in kind)
+    if name == "v3":
+        args.update(steps=5, sector_ids=market["sectors"], identity_dim=2)
+    fitted = make_extractor(name, **args).fit(model, f, labels, split)
+    state = fitted.fitted_state()
+    assert bool(state) == (kind != "v1")  # V1 and the score learn nothing
+    folder = RunFolder(tmp_path)
+    folder.save_extractor(fitted, {"kind": name})
+    arrays, spec = folder.load_extractor()
+    assert spec == {"kind": name} and sorted(arrays) == sorted(state)
+    fresh = make_extractor(name, **args)
+    if name == "v3":  # a fit would train the encoder again: the load must not
+        fresh.fit = lambda *a, **k: pytest.fail("the saved extractor was fitted again")
+    loaded = fresh.load_fitted_state(arrays)
+    idx = np.arange(200, 260)
+    want, got = fitted.extract(model, f, idx), loaded.extract(model, f, idx)
+    assert got.names == want.names
+    np.testing.assert_array_equal(got.values, want.values)
+    if kind != "v1":  # an unfitted extractor does not extract these values
+        with pytest.raises((RuntimeError, AssertionError)):
+            np.testing.assert_array_equal(
+                make_extractor(name, **args).extract(model, f, idx).values, want.values
+            )

@@ -151,7 +151,7 @@ def test_relcast_check_prints_the_account(tmp_path):
 def test_run_prepare_writes_data_health_and_date_split(tmp_path):
     from relcast.config import load_config
     from relcast.evaluation.report import _data_health_html
-    from relcast.pipeline import Pipeline
+    from relcast.run.pipeline import Pipeline
 
     bars, _ = plant(clean_bars(num_days=260))
     bars.to_csv(tmp_path / "bars.csv", index=False)
@@ -164,11 +164,11 @@ def test_run_prepare_writes_data_health_and_date_split(tmp_path):
         "evaluation.n_drop=0",
     ]
     pipe = Pipeline(load_config("small", overrides=sets), tmp_path / "run")
-    pipe.prepare()
+    pipe.step("prepare")
     health = json.loads((tmp_path / "run" / "data_health.json").read_text())
     assert health["totals"]["stale_bar"] == 1 and health["by_symbol"]["stale_bar"] == {"CCC": 1}
-    dates = pd.DatetimeIndex(pipe.panel.dates)
-    split, gap = pipe.split, pipe.config.embargo + pipe.config.data.label_delay
+    dates = pd.DatetimeIndex(pipe.ctx.panel.dates)
+    split, gap = pipe.ctx.split, pipe.config.embargo + pipe.config.data.label_delay
     assert dates[split.train[-1] + gap] == pd.Timestamp("2020-08-31")
     assert dates[split.valid[0]] == pd.Timestamp("2020-09-01")
     assert dates[split.test[0]] == pd.Timestamp("2020-11-02")

@@ -10,11 +10,10 @@ import relcast
 
 ROOT = Path(relcast.__file__).parent
 # low to high (metrics.py: numpy only, the ground floor); modules not named here (config,
-# runfolder, persist, ...) have no floor
-FLOORS = {"metrics": 0, "data": 1, "features": 2, "models": 3, "training": 4, "relationships": 5,
-          "evaluation": 6, "pipeline": 7, "run_data": 7, "run_evaluation": 7, "source": 7,
-          "stage3_step": 7,
-          "inference": 8, "app": 8, "cli": 9, "demo": 9, "__main__": 9}  # fmt: skip
+# runfolder, distributed, ...) have no floor
+FLOORS = {"metrics": 0, "data": 1, "features": 2, "store": 2, "models": 3, "training": 4,
+          "relationships": 5, "evaluation": 6, "run": 7,
+          "app": 8, "qlib_adapter": 8, "cli": 9, "demo": 9, "__main__": 9}  # fmt: skip
 
 
 def _modules() -> dict[str, Path]:
@@ -94,10 +93,10 @@ def test_no_import_circle_between_files():
 
 def test_the_planted_violations_are_found(tmp_path):
     # the checks above can fail: an upward edge and a circle planted in a copy are reported
-    mods = {"relcast.data.x": tmp_path / "x.py", "relcast.pipeline": tmp_path / "p.py"}
-    mods["relcast.data.x"].write_text("from relcast.pipeline import Pipeline\n")
-    mods["relcast.pipeline"].write_text("from relcast.data.x import thing\n")
+    mods = {"relcast.data.x": tmp_path / "x.py", "relcast.run.pipeline": tmp_path / "p.py"}
+    mods["relcast.data.x"].write_text("from relcast.run.pipeline import Pipeline\n")
+    mods["relcast.run.pipeline"].write_text("from relcast.data.x import thing\n")
     edges = _edges(mods)
-    assert edges["relcast.data.x"] == {"relcast.pipeline"}
-    assert _floor("relcast.pipeline") > _floor("relcast.data.x")
-    assert "relcast.data.x" in edges["relcast.pipeline"]  # and back: a circle
+    assert edges["relcast.data.x"] == {"relcast.run.pipeline"}
+    assert _floor("relcast.run.pipeline") > _floor("relcast.data.x")
+    assert "relcast.data.x" in edges["relcast.run.pipeline"]  # and back: a circle

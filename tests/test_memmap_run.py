@@ -16,11 +16,11 @@ from relcast.data.panel import Panel
 from relcast.data.synthetic import synthetic_market
 from relcast.features.build import build_features
 from relcast.features.chunked import ChunkedFeatures
-from relcast.pipeline import FEATURE_STORE, Pipeline
-from relcast.run_data import PANEL_SCRATCH
+from relcast.run.pipeline import Pipeline
+from relcast.store.run_store import FEATURE_STORE, PANEL_SCRATCH
+from relcast.store.sources import write_panel_parquet
 from relcast.training.baselines import lightgbm_scores, sample_rows, shuffle_within_dates
 from relcast.training.stage3_inputs import StockMajorInputs
-from relcast.training.store_sources import write_panel_parquet
 
 SETS = [
     "data.source=synthetic", "data.synthetic_stocks=6", "data.synthetic_days=262",
@@ -91,14 +91,14 @@ def test_memmap_store_is_what_the_steps_read(runs):
     assert not (runs["memory"] / FEATURE_STORE).exists()
     assert (runs["memmap"] / FEATURE_STORE / "meta.json").exists()
     pipe = Pipeline.open(runs["memmap"])
-    assert _memmapped(pipe.features.values) and _memmapped(pipe.labels)
+    assert _memmapped(pipe.ctx.features.values) and _memmapped(pipe.ctx.labels)
     memory = Pipeline.open(runs["memory"])
-    assert not _memmapped(memory.features.values)
+    assert not _memmapped(memory.ctx.features.values)
     # the store holds the run's features (NaN where masked) and labels, not an approximation
-    ok = memory.features.mask
-    np.testing.assert_array_equal(pipe.features.mask, ok)
-    np.testing.assert_array_equal(pipe.features.values[ok], memory.features.values[ok])
-    np.testing.assert_array_equal(pipe.labels, memory.labels)
+    ok = memory.ctx.features.mask
+    np.testing.assert_array_equal(pipe.ctx.features.mask, ok)
+    np.testing.assert_array_equal(pipe.ctx.features.values[ok], memory.ctx.features.values[ok])
+    np.testing.assert_array_equal(pipe.ctx.labels, memory.ctx.labels)
 
 
 def test_memmap_run_predicts_as_the_in_memory_run(runs):
@@ -114,17 +114,17 @@ def test_memmap_run_keeps_panel_and_stage3_inputs_in_the_store(runs):
     """Nothing [T, N, F]-sized is handed to Stage3 from memory: own inputs are the store's
     file, hybrid inputs a memory map; both equal what the in-memory run assembles."""
     pipe, memory = Pipeline.open(runs["memmap"]), Pipeline.open(runs["memory"])
-    assert _memmapped(pipe.panel.values)
+    assert _memmapped(pipe.ctx.panel.values)
     assert not (runs["memmap"] / PANEL_SCRATCH).exists()  # moved into the store
     # Stage1 reads whole cross-sections: from the time-major file, one block per date
-    assert pipe.features.values is pipe.feature_store.values_by_date
-    assert pipe.features.values.flags.c_contiguous
-    np.testing.assert_array_equal(pipe.panel.values, memory.panel.values)
-    np.testing.assert_array_equal(pipe.panel.mask, memory.panel.mask)
-    assert list(pipe.panel.meta.columns) == list(memory.panel.meta.columns)
-    assert (pipe.panel.meta.to_numpy() == memory.panel.meta.to_numpy()).all()
+    assert pipe.ctx.features.values is pipe.ctx.store.maps.values_by_date
+    assert pipe.ctx.features.values.flags.c_contiguous
+    np.testing.assert_array_equal(pipe.ctx.panel.values, memory.ctx.panel.values)
+    np.testing.assert_array_equal(pipe.ctx.panel.mask, memory.ctx.panel.mask)
+    assert list(pipe.ctx.panel.meta.columns) == list(memory.ctx.panel.meta.columns)
+    assert (pipe.ctx.panel.meta.to_numpy() == memory.ctx.panel.meta.to_numpy()).all()
     for feature_set in ("own", "hybrid"):
-        got, want = pipe.stage3_inputs(feature_set), memory.stage3_inputs(feature_set)
+        got, want = pipe.ctx.stage3_inputs(feature_set), memory.ctx.stage3_inputs(feature_set)
         assert isinstance(got, StockMajorInputs) and isinstance(got.by_stock, np.memmap)
         assert _memmapped(got.values) and not isinstance(want, StockMajorInputs)
         assert got.names == want.names and got.groups == want.groups
@@ -135,19 +135,19 @@ def test_memmap_run_keeps_panel_and_stage3_inputs_in_the_store(runs):
         b = next(iter(want.loader(8, batch_size=64)))
         for key in ("x", "t", "n", "sector_id"):  # the loader gathers the same windows
             np.testing.assert_array_equal(a[key].numpy(), b[key].numpy())
-    assert pipe.stage3_inputs("hybrid") is pipe.stage3_inputs("hybrid")  # built once
+    assert pipe.ctx.stage3_inputs("hybrid") is pipe.ctx.stage3_inputs("hybrid")  # built once
     # evaluation predicts Stage1 on the scoring window's dates only and, without Stage2,
     # keeps only `pred`
     from relcast.evaluation.scoring import scoring_window
-    from relcast.run_evaluation import _stage1_outputs
+    from relcast.run.steps.evaluate import stage1_window_outputs
 
-    window = scoring_window(pipe.split)
+    window = scoring_window(pipe.ctx.split)
     assert window.start > 0
-    blocks = _stage1_outputs(pipe, window, booster=False)
+    blocks = stage1_window_outputs(pipe.ctx, window, booster=False)
     assert list(blocks) == ["pred"]
-    want = memory.stage1_outputs()["pred"][window]
+    want = memory.ctx.stage1_outputs["pred"][window]
     np.testing.assert_allclose(blocks["pred"], want, atol=1e-6)
-    both = _stage1_outputs(pipe, window, booster=True)
+    both = stage1_window_outputs(pipe.ctx, window, booster=True)
     assert both["embeddings"].shape[0] == want.shape[0]
     np.testing.assert_array_equal(both["pred"], blocks["pred"])
 
@@ -159,8 +159,8 @@ def test_memmap_run_extracts_relationships_by_date_blocks(runs):
     import pyarrow.parquet as pq
 
     pipe, memory = Pipeline.open(runs["memmap"]), Pipeline.open(runs["memory"])
-    (got, names), (want, want_names) = pipe.relationships, memory.relationships
-    T = pipe.features.mask.shape[0]
+    (got, names), (want, want_names) = pipe.ctx.relationships, memory.ctx.relationships
+    T = pipe.ctx.features.mask.shape[0]
     assert names == want_names and got.shape == want.shape and got.shape[0] == T
     assert _memmapped(got) and not _memmapped(want)
     assert (runs["memmap"] / "relationships_values.npy").exists()
@@ -168,7 +168,7 @@ def test_memmap_run_extracts_relationships_by_date_blocks(runs):
     with np.load(runs["memmap"] / "relationships.npz") as z:
         assert "values" not in z.files  # the archive holds no copy of the map
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)  # NaN where masked, both
-    stored, kept = pipe.folder.load_relationships(), memory.folder.load_relationships()
+    stored, kept = pipe.ctx.folder.load_relationships(), memory.ctx.folder.load_relationships()
     for key in ("mask", "fold_of", "dates"):
         np.testing.assert_array_equal(stored[key], kept[key])
     assert set(stored["fold_of"]) == {-1, 0, 1}  # out-of-fold dates went through the blocks
@@ -198,23 +198,25 @@ def _scored_on_every_date(pipe) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
     from relcast.training.baselines import baseline_predictions
     from relcast.training.stage3 import predict_stage3
 
-    cfg, f, split, panel = pipe.config, pipe.features, pipe.split, pipe.panel
-    labels = np.asarray(pipe.labels)
-    cell = f.mask & pipe.target[None, :]
+    cfg, f, split, panel = pipe.config, pipe.ctx.features, pipe.ctx.split, pipe.ctx.panel
+    labels = np.asarray(pipe.ctx.labels)
+    cell = f.mask & pipe.ctx.target[None, :]
     span, H = scored_span(labels, cell, split), labels.shape[2]
     point = baseline_predictions(
         panel, f, span.z[..., 0], cell, split, H, cfg.trainer.seed, cfg.baselines
     )
-    s1 = pipe.stage1_outputs()
+    s1 = pipe.ctx.stage1_outputs
     point["stage1"] = np.pad(s1["pred"], ((0, 0), (0, 0), (0, H - s1["pred"].shape[2])), "edge")
-    corrected = pipe.stage2_booster.predict(
+    corrected = pipe.ctx.stage2_booster.predict(
         np.nan_to_num(f.values), s1["embeddings"], s1["pred"][..., 0], f.mask
     )
     point["stage1+stage2"] = point["stage1"].copy()
     point["stage1+stage2"][..., 0] = corrected
     quantiles = {}
-    for name, _, feature_set in pipe.stage3_names():
-        out = predict_stage3(pipe.stage3_model(name), pipe.stage3_inputs(feature_set), split.test)
+    for name, _, feature_set in pipe.ctx.stage3_names():
+        out = predict_stage3(
+            pipe.ctx.stage3_model(name)[0], pipe.ctx.stage3_inputs(feature_set), split.test
+        )
         point[name], quantiles[name] = out["point"], out["pred"]
     settings = ScoreSettings.from_config(cfg)
     bench = benchmark_returns(labels[..., 0], panel.mask, panel.is_index)
@@ -243,12 +245,12 @@ def test_evaluate_keeps_the_scoring_window_and_scores_as_every_date(runs, store,
     those of scoring every date's forecasts (the computation evaluate did before)."""
     import json
 
-    import relcast.run_evaluation as run_evaluation
+    import relcast.run.steps.evaluate as run_evaluation
     from relcast.evaluation.scoring import scoring_window
     from relcast.runfolder import jsonable
 
     pipe = Pipeline.open(runs[store])
-    T, window = pipe.features.mask.shape[0], scoring_window(pipe.split)
+    T, window = pipe.ctx.features.mask.shape[0], scoring_window(pipe.ctx.split)
     W = window.stop - window.start
     assert W < T / 4
     real_score, shapes = run_evaluation.score, []
@@ -260,7 +262,7 @@ def test_evaluate_keeps_the_scoring_window_and_scores_as_every_date(runs, store,
         return real_score(predictions, labels, mask, split, settings, **kw)
 
     monkeypatch.setattr(run_evaluation, "score", recording)
-    pipe.evaluate()  # again, over the files the run wrote: the same values
+    pipe.step("evaluate")  # again, over the files the run wrote: the same values
     assert len(shapes) > 10 and set(shapes) == {W}
 
     want, predictions, backtest = _scored_on_every_date(Pipeline.open(runs[store]))
@@ -282,7 +284,7 @@ def test_panel_after_update_is_read_from_parquet(runs, tmp_path):
     import shutil
 
     run = shutil.copytree(runs["memmap"], tmp_path / "run")
-    old = Pipeline.open(run).panel
+    old = Pipeline.open(run).ctx.panel
     extra = Panel(
         dates=np.concatenate([old.dates, old.dates[-1:] + np.timedelta64(1, "D")]),
         symbols=old.symbols, fields=old.fields,
@@ -291,8 +293,8 @@ def test_panel_after_update_is_read_from_parquet(runs, tmp_path):
     )  # fmt: skip
     extra.to_parquet(run / "panel.parquet")
     pipe = Pipeline.open(run)
-    assert pipe.panel.num_dates == old.num_dates + 1 and not _memmapped(pipe.panel.values)
-    np.testing.assert_array_equal(pipe.panel.values[:-1], old.values)
+    assert pipe.ctx.panel.num_dates == old.num_dates + 1 and not _memmapped(pipe.ctx.panel.values)
+    np.testing.assert_array_equal(pipe.ctx.panel.values[:-1], old.values)
 
 
 def test_memmap_prepare_reads_a_parquet_market_by_blocks(tmp_path, monkeypatch):
@@ -315,15 +317,15 @@ def test_memmap_prepare_reads_a_parquet_market_by_blocks(tmp_path, monkeypatch):
             monkeypatch.setattr(relcast, "read_panel", _no_full_market)
         pipes[store] = Pipeline(load_config(None, None, [*sets, f"data.store={store}"], {}),
                                 tmp_path / store)  # fmt: skip
-        pipes[store].prepare()
+        pipes[store].step("prepare")
     assert calls == [None]  # prepare of the memmap run, in blocks of 500 rows here
     got, want = Pipeline.open(tmp_path / "memmap"), Pipeline.open(tmp_path / "memory")
-    assert _memmapped(got.panel.values)
-    np.testing.assert_array_equal(got.panel.values, want.panel.values)
-    np.testing.assert_array_equal(got.panel.mask, want.panel.mask)
-    ok = want.features.mask
-    np.testing.assert_array_equal(got.features.mask, ok)
-    np.testing.assert_array_equal(got.features.values[ok], want.features.values[ok])
+    assert _memmapped(got.ctx.panel.values)
+    np.testing.assert_array_equal(got.ctx.panel.values, want.ctx.panel.values)
+    np.testing.assert_array_equal(got.ctx.panel.mask, want.ctx.panel.mask)
+    ok = want.ctx.features.mask
+    np.testing.assert_array_equal(got.ctx.features.mask, ok)
+    np.testing.assert_array_equal(got.ctx.features.values[ok], want.ctx.features.values[ok])
     assert not (tmp_path / "memmap" / PANEL_SCRATCH).exists()
 
 
@@ -497,7 +499,7 @@ def test_freed_heap_goes_back_to_the_os_between_steps():
 
     script = """
 import numpy as np
-from relcast.run_data import return_freed_memory
+from relcast.run.pipeline import return_freed_memory
 
 def rss_mib():
     status = open("/proc/self/status").read()

@@ -20,6 +20,7 @@ from relcast.features.build import build_features
 from relcast.features.labels import forward_returns
 from relcast.features.splits import chronological_split
 from relcast.models.cross_sectional import Stage1Config, predict_stage1
+from relcast.training.specs import Stage1Spec, Stage3Spec, TrainerSpec
 from relcast.training.stage1 import fit_stage1
 from relcast.training.stage3 import fit_stage3, predict_stage3
 from relcast.training.stage3_inputs import assemble_inputs
@@ -131,9 +132,14 @@ def test_stage1_and_stage3_fit_on_minute_bars(minute_panel, tmp_path):
         num_layers=1, relationship_dim=4, dropout=0.0,
     )  # fmt: skip
     stage1 = fit_stage1(
-        features, labels, split, config, out_dir=tmp_path / "stage1", target=target,
-        max_epochs=1, batch_dates=64, progress=False, accelerator="cpu",
-    )  # fmt: skip
+        features,
+        labels,
+        split,
+        config,
+        Stage1Spec(max_epochs=1, batch_dates=64),
+        TrainerSpec(out_dir=tmp_path / "stage1", progress=False, accelerator="cpu"),
+        target=target,
+    )
     assert np.isfinite(stage1.history[-1]["val_rank_ic"])
     out = predict_stage1(stage1.model, features)
     assert out["relationship"].shape == (panel.num_dates, N, 4)
@@ -143,10 +149,19 @@ def test_stage1_and_stage3_fit_on_minute_bars(minute_panel, tmp_path):
     )
     lookback = 30
     stage3 = fit_stage3(
-        "tcn", inputs, labels, split, lookback=lookback, max_epochs=1, batch_size=512,
-        hparams={"hidden_size": 8, "dropout": 0.0}, out_dir=tmp_path / "stage3",
-        stocks=list(np.flatnonzero(target)), progress=False,
-    )  # fmt: skip
+        "tcn",
+        inputs,
+        labels,
+        split,
+        Stage3Spec(
+            lookback=lookback,
+            max_epochs=1,
+            batch_size=512,
+            hparams={"hidden_size": 8, "dropout": 0.0},
+        ),
+        TrainerSpec(out_dir=tmp_path / "stage3", progress=False),
+        stocks=list(np.flatnonzero(target)),
+    )
     assert np.isfinite(stage3.best_val_rank_ic)
     pred = predict_stage3(stage3, inputs, split.test)["point"]  # (T, N, H)
     test_ok = np.zeros(panel.num_dates, bool)

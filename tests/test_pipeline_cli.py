@@ -110,9 +110,9 @@ def test_run_writes_every_artefact(run_dir):
     for key in ("ic", "rank_ic", "icir", "rank_icir", "mse", "direction_acc"):
         assert key in models["hybrid_gru"]
     # Stage1 learns the next-bar label only (stage1.horizons=1); its later horizons repeat it
-    from relcast.pipeline import Pipeline
+    from relcast.run.pipeline import Pipeline
 
-    assert Pipeline.open(run_dir).stage1_model.config.horizons == 1
+    assert Pipeline.open(run_dir).ctx.stage1_model.config.horizons == 1
     s1 = pd.read_parquet(run_dir / "predictions.parquet").query("model == 'stage1'")
     wide = s1.pivot_table(index=["date", "symbol"], columns="horizon", values="pred")
     np.testing.assert_array_equal(wide[1].to_numpy(), wide[2].to_numpy())
@@ -190,7 +190,7 @@ def regime_run_dir(market, tmp_path_factory):
 
 
 def test_predict_latest_and_given_date(run_dir, market):
-    from relcast.inference import predict_date
+    from relcast.run.inference import predict_date
 
     frame = predict_date(run_dir, str(market["history"]))
     assert set(frame["date"]) == {pd.Timestamp(market["full"].dates[DAYS - 1])}
@@ -213,7 +213,7 @@ def test_force_retrains_every_step(run_dir, market, tmp_path):
 
 def _check_predict_matches_evaluation(run_dir, market):
     """The run's own evaluation forecast its last labelled test date with the same weights."""
-    from relcast.inference import predict_date
+    from relcast.run.inference import predict_date
 
     stored = pd.read_parquet(run_dir / "predictions.parquet")
     stored = stored[stored["model"] == "hybrid_gru"]
@@ -228,12 +228,12 @@ def _check_predict_matches_evaluation(run_dir, market):
 
 
 def test_update_matches_a_full_extraction(run_dir, market, tmp_path):
-    from relcast.inference import update_run
-    from relcast.pipeline import Pipeline
+    from relcast.run.inference import update_run
+    from relcast.run.pipeline import Pipeline
 
     work = _check_update_matches_full_extraction(run_dir, market, tmp_path)
     # the run now holds the new dates, and refuses them a second time
-    assert Pipeline.open(work).panel.num_dates == DAYS + NEW_DAYS
+    assert Pipeline.open(work).ctx.panel.num_dates == DAYS + NEW_DAYS
     with pytest.raises(relcast.RelcastDataError, match="not after the run's last date"):
         update_run(work, str(market["new"]))
 
@@ -242,8 +242,8 @@ def _check_update_matches_full_extraction(run_dir, market, tmp_path) -> Path:
     """``update`` on the new dates equals the same weights applied to the whole market."""
     import shutil
 
-    from relcast.inference import update_run
-    from relcast.pipeline import Pipeline
+    from relcast.run.inference import update_run
+    from relcast.run.pipeline import Pipeline
     from relcast.training.stage3 import predict_stage3
 
     work = tmp_path / "run"
@@ -255,15 +255,16 @@ def _check_update_matches_full_extraction(run_dir, market, tmp_path) -> Path:
     # Reference: the same weights applied to the whole market at once (features over all
     # dates, Stage1 extraction of every post-training date in one batch).
     pipe = Pipeline.open(run_dir)
-    full = market["full"].select(symbols=list(pipe.panel.symbols))
-    features = pipe.features_for(full)
-    stored, names = pipe.relationships
-    rel = pipe.extractor.extract(pipe.stage1_model, features, np.arange(full.num_dates))
+    full = market["full"].select(symbols=list(pipe.ctx.panel.symbols))
+    features = pipe.ctx.features_for(full)
+    stored, names = pipe.ctx.relationships
+    rel = pipe.ctx.extractor.extract(pipe.ctx.stage1_model, features, np.arange(full.num_dates))
     values = rel.values.copy()
     values[: len(stored)] = stored  # training span keeps its out-of-fold values
     added = np.arange(DAYS, DAYS + NEW_DAYS)
-    inputs = pipe.stage3_inputs("hybrid", features=features, relationships=(values, names))
-    ref = predict_stage3(pipe.stage3_model("hybrid_gru"), inputs, index=added)["point"]
+    inputs = pipe.ctx.stage3_inputs("hybrid", features=features, relationships=(values, names))
+    model, spec = pipe.ctx.stage3_model("hybrid_gru")  # tiled as it was trained
+    ref = predict_stage3(model, inputs, index=added, chunk_length=spec.chunk_length)["point"]
     got = forecasts[forecasts["model"] == "hybrid_gru"]
     t = np.searchsorted(full.dates, got["date"].to_numpy(dtype="datetime64[ns]"))
     n = pd.Index(full.symbols).get_indexer(got["symbol"])
@@ -276,13 +277,13 @@ def _check_update_matches_full_extraction(run_dir, market, tmp_path) -> Path:
 def test_regime_run_trains_saves_and_reuses_the_gate(regime_run_dir, market, tmp_path):
     from relcast.features.regime_detection import REGIME_COLUMNS, REGIME_NAMES
     from relcast.models.regime_gate import RegimeGatedModel
-    from relcast.pipeline import Pipeline
+    from relcast.run.pipeline import Pipeline
 
     pipe = Pipeline.open(regime_run_dir)
-    assert pipe.features.groups["regime"] == list(REGIME_COLUMNS)
-    model = pipe.stage3_model("hybrid_gru")
+    assert pipe.ctx.features.groups["regime"] == list(REGIME_COLUMNS)
+    model = pipe.ctx.stage3_model("hybrid_gru")[0]
     assert isinstance(model, RegimeGatedModel)
-    names = pipe.stage3_inputs("hybrid").names
+    names = pipe.ctx.stage3_inputs("hybrid").names
     assert [names[i] for i in model.spec()["sector_columns"]] == ["attention_to_sector"]
     assert "attention_to_index" in [names[i] for i in model.spec()["index_columns"]]
     # the gate was trained (moved off its identity start) and reloads with its weights
@@ -291,7 +292,7 @@ def test_regime_run_trains_saves_and_reuses_the_gate(regime_run_dir, market, tmp
     assert set(scales) == set(REGIME_NAMES)
     for regime, s in model.scales().items():
         assert s == pytest.approx(scales[regime], abs=1e-6)
-    f = pipe.features
+    f = pipe.ctx.features
     assert len(np.unique(f.group("regime")[f.mask].argmax(-1))) == 3  # every regime occurs
     assert (np.abs(model.gate.logit.detach().numpy()) > 1e-6).all()  # every scale trained
     # the report shows the learned scales
@@ -306,7 +307,7 @@ def test_regime_run_trains_saves_and_reuses_the_gate(regime_run_dir, market, tmp
 def test_interrupted_update_leaves_the_run_usable(run_dir, market, tmp_path, monkeypatch):
     import shutil
 
-    from relcast import inference
+    from relcast.run import inference
 
     work = tmp_path / "run"
     shutil.copytree(run_dir, work)
@@ -335,7 +336,7 @@ def test_interrupted_update_leaves_the_run_usable(run_dir, market, tmp_path, mon
 def test_crash_during_renames_is_finished_on_next_open(run_dir, market, tmp_path, monkeypatch):
     import shutil
 
-    from relcast import inference
+    from relcast.run import inference
 
     work = tmp_path / "run"
     shutil.copytree(run_dir, work)
@@ -343,10 +344,10 @@ def test_crash_during_renames_is_finished_on_next_open(run_dir, market, tmp_path
     frame = inference.predict_date(work, str(market["all"]))  # opening finishes the update
     assert not (work / inference.JOURNAL).exists()
     assert pd.Timestamp(market["full"].dates[-1]) in set(frame["date"])
-    from relcast.pipeline import Pipeline
+    from relcast.run.pipeline import Pipeline
 
     pipe = Pipeline.open(work)
-    assert pipe.panel.num_dates == DAYS + NEW_DAYS == len(pipe.relationships[0])
+    assert pipe.ctx.panel.num_dates == DAYS + NEW_DAYS == len(pipe.ctx.relationships[0])
 
 
 @pytest.mark.parametrize(
@@ -391,3 +392,55 @@ def test_help_reads_well():
     assert result.exit_code == 0
     for cmd in ("run", "stage1", "extract", "stage3", "predict", "update", "report", "app"):
         assert cmd in result.output
+
+
+@pytest.fixture(scope="module")
+def chunk_run_dir(market, tmp_path_factory):
+    out = tmp_path_factory.mktemp("chunk") / "run"
+    extra = ["stage3.chunk_length=20", "relationships.extractor=v3", "relationships.v3.steps=5"]
+    result = _run_tiny(market, out, extra, seeds=1)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return out
+
+
+def test_chunk_length_reaches_training_evaluation_predict_and_update(
+    chunk_run_dir, market, tmp_path, monkeypatch
+):
+    """stage3.chunk_length is saved with each Stage3 model (its spec) and every later use
+    tiles as training did: evaluation, `predict` and `update` give one forecast per date.
+    The fitted extractor (V3's trained encoder) is saved too: they never fit it again."""
+    from relcast.training.contrastive import ContrastiveExtractor
+
+    def refit(*args, **kwargs):
+        raise AssertionError("the saved V3 extractor was trained again")
+
+    assert (chunk_run_dir / "extractor.safetensors").exists()
+    monkeypatch.setattr(ContrastiveExtractor, "fit", refit)
+    from relcast.run.context import RunContext
+    from relcast.training.stage3 import predict_stage3
+
+    run = chunk_run_dir
+    saved = json.loads((run / "stage3" / "hybrid_gru" / "model.json").read_text())["spec"]
+    assert (saved["chunk_length"], saved["lookback"]) == (20, 8)
+    ctx = RunContext.open(run)
+    model, spec = ctx.stage3_model("hybrid_gru")
+    assert spec.chunk_length == 20 and spec.chunk_steps == 20
+    # evaluation scored the chunks of training: its forecasts equal a prediction tiled by 20
+    # and differ from one tiled by the default 128 (a GRU's state depends on where its chunk
+    # starts, so the tiling is visible in the forecast)
+    inputs = ctx.stage3_inputs("hybrid")
+    test = ctx.split.test
+    tiled = {
+        c: predict_stage3(model, inputs, index=test, chunk_length=c)["point"] for c in (20, 128)
+    }
+    stored = pd.read_parquet(run / "predictions.parquet")
+    stored = stored[(stored["model"] == "hybrid_gru") & (stored["horizon"] == 1)]
+    t = np.searchsorted(ctx.panel.dates, stored["date"].to_numpy(dtype="datetime64[ns]"))
+    n = pd.Index(ctx.panel.symbols).get_indexer(stored["symbol"])
+    np.testing.assert_allclose(stored["pred"], tiled[20][t, n, 0], atol=1e-6)
+    assert np.max(np.abs(stored["pred"].to_numpy() - tiled[128][t, n, 0])) > 1e-4
+    # predict and update read the saved spec, not the config, and agree with evaluation
+    config = (run / "config.yaml").read_text()
+    assert "chunk_length: 20" in config
+    _check_predict_matches_evaluation(run, market)
+    _check_update_matches_full_extraction(run, market, tmp_path)

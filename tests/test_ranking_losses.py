@@ -20,6 +20,7 @@ from relcast.training.ranking_losses import (
     listnet_loss,
     pairwise_rank_loss,
 )
+from relcast.training.specs import Stage1Spec, Stage3Spec, TrainerSpec
 from relcast.training.stage1 import fit_stage1
 from relcast.training.torch_metrics import rank_ic_torch
 
@@ -227,10 +228,23 @@ def fit(loss, label_norm, tmp_path, days, epochs, **size):
         num_features=2, num_stocks=len(panel.symbols), horizons=1, dropout=0.0, **size
     )
     result = fit_stage1(
-        features, labels, split, config, out_dir=tmp_path, loss=loss, label_norm=label_norm,
-        rank_mse_weight=0.1, max_epochs=epochs, batch_dates=16, lr=3e-3, weight_decay=0.05,
-        patience=epochs, progress=False, accelerator="cpu", target=~panel.is_index,
-    )  # fmt: skip
+        features,
+        labels,
+        split,
+        config,
+        Stage1Spec(
+            loss=loss,
+            label_norm=label_norm,
+            rank_mse_weight=0.1,
+            max_epochs=epochs,
+            batch_dates=16,
+            lr=3e-3,
+            weight_decay=0.05,
+            patience=epochs,
+        ),
+        TrainerSpec(out_dir=tmp_path, progress=False, accelerator="cpu"),
+        target=~panel.is_index,
+    )
     return result, features, labels, split
 
 
@@ -283,10 +297,23 @@ def test_stage3_trains_on_cs_rank_targets(tmp_path: Path):
     inputs = assemble_inputs(features, feature_set="own")
     split = thirds(len(features.dates))
     result = fit_stage3(
-        "gru", inputs, labels, split, lookback=5, hparams={"hidden_size": 16, "num_layers": 1,
-        "dropout": 0.0}, quantiles=None, max_epochs=10, batch_size=128, lr=1e-2, patience=10,
-        seed=0, out_dir=tmp_path, label_norm="cs_rank", progress=False,
-    )  # fmt: skip
+        "gru",
+        inputs,
+        labels,
+        split,
+        Stage3Spec(
+            lookback=5,
+            hparams={"hidden_size": 16, "num_layers": 1, "dropout": 0.0},
+            quantiles=None,
+            max_epochs=10,
+            batch_size=128,
+            lr=1e-2,
+            patience=10,
+            seed=0,
+            label_norm="cs_rank",
+        ),
+        TrainerSpec(out_dir=tmp_path, progress=False),
+    )
     assert result.label_norm == "cs_rank"
     point = predict_stage3(result, inputs, split.test)["point"][..., 0]  # (T, N)
     have = np.isfinite(point)
@@ -300,7 +327,8 @@ def test_config_switches_reach_the_stages(tmp_path: Path, monkeypatch):
     on by the pipeline (the stages' own tests check what they do with them)."""
     import relcast.training.stage3 as stage3
     from relcast.config import load_config
-    from relcast.pipeline import Pipeline
+    from relcast.run.pipeline import Pipeline
+    from relcast.run.steps.stage3 import fit_stage3_model
 
     overrides = [
         "data.source=synthetic", "data.synthetic_stocks=6", "data.synthetic_days=200",
@@ -308,15 +336,12 @@ def test_config_switches_reach_the_stages(tmp_path: Path, monkeypatch):
         "stage1.rank_mse_weight=0.5", "stage3.label_norm=cs_rank",
     ]  # fmt: skip
     pipe = Pipeline(load_config(overrides=overrides), tmp_path)
-    pipe.prepare()
-    assert "alpha158" in pipe.features.groups
-    kw = pipe._stage1_fit_kwargs()
-    assert (kw["loss"], kw["label_norm"], kw["rank_mse_weight"]) == (
-        "pairwise_hinge",
-        "cs_rank",
-        0.5,
-    )
+    pipe.step("prepare")
+    assert "alpha158" in pipe.ctx.features.groups
+    spec = pipe.ctx.stage1_spec
+    assert (spec.loss, spec.label_norm, spec.rank_mse_weight) == ("pairwise_hinge", "cs_rank", 0.5)
     seen = {}
-    monkeypatch.setattr(stage3, "fit_stage3", lambda *a, **k: seen.update(k))
-    pipe.fit_stage3_model("gru", None, regime_gate=False, name="x")
-    assert seen["label_norm"] == "cs_rank"
+    monkeypatch.setattr(stage3, "fit_stage3", lambda *a, **k: seen.update(spec=a[4]))
+    spec3 = pipe.ctx.stage3_spec("gru", regime_gate=False)
+    fit_stage3_model(pipe.ctx, "gru", None, spec3, name="x")
+    assert seen["spec"].label_norm == "cs_rank"

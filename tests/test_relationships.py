@@ -15,9 +15,12 @@ from relcast.relationships.folds import (
 )
 from relcast.relationships.store import (
     RelationshipStore,
+    Stage1Fit,
+    StorePlan,
     build_relationship_store,
     make_extractor,
 )
+from relcast.training.specs import Stage1Spec, TrainerSpec
 
 H = 3
 
@@ -51,16 +54,16 @@ def fake_stage1(monkeypatch):
 
     trained = _Trained()  # (model, train_index)
 
-    def fake_fit(features, labels, split, config, *, train_index=None, **kw):
-        fake_fit.kwargs.append(kw)
+    def fake_fit(features, labels, split, config, spec, trainer, **kw):
+        fake_fit.kwargs.append(spec)
         torch.manual_seed(len(trained))
         model = CrossSectionalTransformer(config).eval()
         with torch.no_grad():
             model.stock_embedding.weight.normal_()
-        trained.append((model, np.asarray(split.train if train_index is None else train_index)))
+        trained.append((model, np.asarray(split.train)))
         return _Result(model)
 
-    fake_fit.kwargs = []  # the training arguments of each model, in training order
+    fake_fit.kwargs = []  # the training spec of each model, in training order
     monkeypatch.setattr(stage1, "fit_stage1", fake_fit)
     trained.fit_kwargs = fake_fit.kwargs
     return trained
@@ -110,14 +113,13 @@ def test_no_training_row_comes_from_a_model_that_saw_its_label(
         f,
         labels,
         split,
-        market["config"],
         EmbeddingExtractor("bottleneck"),
-        n_folds=3,
-        oof=oof,
-        align=False,
-        fold_epochs=fold_epochs,
-        max_epochs=7,
-        patience=3,
+        Stage1Fit(
+            config=market["config"],
+            spec=Stage1Spec(max_epochs=7, patience=3),
+            trainer=TrainerSpec(),
+        ),
+        StorePlan(n_folds=3, oof=oof, align=False, fold_epochs=fold_epochs),
     )
     assert store.values.shape == (T, len(f.symbols), 4)
     assert len(fake_stage1) == (4 if oof else 1)
@@ -139,19 +141,32 @@ def test_fold_epochs_fix_the_fold_models_epochs_only(market, fake_stage1):
     full model keeps early stopping."""
     f, labels, split = market["features"], market["labels"], market["split"]
     build_relationship_store(
-        f, labels, split, market["config"], EmbeddingExtractor("bottleneck"), n_folds=2,
-        fold_epochs=4, max_epochs=9, patience=3,
-    )  # fmt: skip
+        f,
+        labels,
+        split,
+        EmbeddingExtractor("bottleneck"),
+        Stage1Fit(
+            config=market["config"],
+            spec=Stage1Spec(max_epochs=9, patience=3),
+            trainer=TrainerSpec(),
+        ),
+        StorePlan(n_folds=2, fold_epochs=4),
+    )
     full, *folds = fake_stage1.fit_kwargs  # the full model is trained first
-    assert (full["max_epochs"], full["patience"]) == (9, 3)
-    assert "check_val_every_n_epoch" not in full
+    assert (full.max_epochs, full.patience) == (9, 3)
+    assert full.validate_every == 1
     assert len(folds) == 2
     for kw in folds:
-        assert (kw["max_epochs"], kw["check_val_every_n_epoch"]) == (4, 4)
-        assert kw["patience"] > 4  # early stopping cannot end it first
+        assert (kw.max_epochs, kw.validate_every) == (4, 4)
+        assert kw.patience > 4  # early stopping cannot end it first
     with pytest.raises(ValueError, match="fold_epochs"):
         build_relationship_store(
-            f, labels, split, market["config"], EmbeddingExtractor("bottleneck"), fold_epochs=0
+            f,
+            labels,
+            split,
+            EmbeddingExtractor("bottleneck"),
+            Stage1Fit(config=market["config"], spec=Stage1Spec(), trainer=TrainerSpec()),
+            StorePlan(fold_epochs=0),
         )
 
 
@@ -165,7 +180,12 @@ def test_fold_extractors_see_only_their_models_labels(market, fake_stage1):
     f, labels, split = market["features"], market["labels"], market["split"]
     RecordingPCA.seen_labels = []
     store = build_relationship_store(
-        f, labels, split, market["config"], RecordingPCA("pca", n_components=3), n_folds=2
+        f,
+        labels,
+        split,
+        RecordingPCA("pca", n_components=3),
+        Stage1Fit(config=market["config"], spec=Stage1Spec(), trainer=TrainerSpec()),
+        StorePlan(n_folds=2),
     )
     assert store.names == ["rel_emb_0", "rel_emb_1", "rel_emb_2"]
     assert len(RecordingPCA.seen_labels) == 3
@@ -202,15 +222,14 @@ def test_real_stage1_store_and_parquet_round_trip(market, tmp_path):
         f,
         labels,
         split,
-        market["config"],
         make_extractor("v2", method="pca", n_components=3),
-        n_folds=2,
-        out_dir=tmp_path / "runs",
-        out_path=tmp_path / "rel.parquet",
-        max_epochs=2,
-        fold_epochs=1,
-        progress=False,
-        target=~market["panel"].is_index,
+        Stage1Fit(
+            config=market["config"],
+            spec=Stage1Spec(max_epochs=2),
+            trainer=TrainerSpec(out_dir=tmp_path / "runs", progress=False),
+            target=~market["panel"].is_index,
+        ),
+        StorePlan(n_folds=2, table_path=tmp_path / "rel.parquet", fold_epochs=1),
     )
     assert len(store.models) == 3 and store.build_seconds > 0
     assert [rec["epochs"] for rec in store.models[:-1]] == [1, 1]  # fold models: fold_epochs
@@ -242,9 +261,9 @@ def test_full_model_can_be_reused(market, fake_stage1):
         f,
         labels,
         split,
-        market["config"],
         EmbeddingExtractor("bottleneck"),
-        n_folds=2,
+        Stage1Fit(config=market["config"], spec=Stage1Spec(), trainer=TrainerSpec()),
+        StorePlan(n_folds=2),
         full_model=full,
     )
     assert len(fake_stage1) == 2  # only the fold models were trained

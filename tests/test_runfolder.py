@@ -124,14 +124,14 @@ def _copy(run_dir: Path, tmp_path: Path, name: str = "run") -> Path:
 
 def _consistent(folder: Path) -> int:
     """The panel and the relationship store of ``folder`` cover the same dates; how many."""
-    from relcast.pipeline import Pipeline
+    from relcast.run.pipeline import Pipeline
 
     pipe = Pipeline.open(folder)
     with np.load(folder / "relationships.npz", allow_pickle=False) as z:
         rel_dates = z["dates"].astype("datetime64[ns]")
         assert len(z["fold_of"]) == len(rel_dates)
-    np.testing.assert_array_equal(rel_dates, pipe.panel.dates)
-    return pipe.panel.num_dates
+    np.testing.assert_array_equal(rel_dates, pipe.ctx.panel.dates)
+    return pipe.ctx.panel.num_dates
 
 
 # ----------------------------------------------------------------------------- atomic writes
@@ -287,8 +287,8 @@ def test_run_leaves_no_lightning_pickles(run_dir):
 
 
 def test_update_extends_data_with_relationships(run_dir, market, tmp_path):
-    from relcast.inference import update_run
     from relcast.relationships.store import RelationshipStore
+    from relcast.run.inference import update_run
 
     work = _copy(run_dir, tmp_path)
     before = RelationshipStore.read_parquet(work / "data_with_relationships.parquet")
@@ -315,8 +315,8 @@ def test_a_run_without_the_table_extracts_and_updates_without_it(run_dir, market
     relationships in relationships.npz and write no data_with_relationships.parquet."""
     import yaml
 
-    from relcast.inference import update_run
-    from relcast.pipeline import Pipeline
+    from relcast.run.inference import update_run
+    from relcast.run.pipeline import Pipeline
 
     work = _copy(run_dir, tmp_path)
     config = yaml.safe_load((work / "config.yaml").read_text())
@@ -324,7 +324,7 @@ def test_a_run_without_the_table_extracts_and_updates_without_it(run_dir, market
     (work / "config.yaml").write_text(yaml.safe_dump(config))
     (work / "data_with_relationships.parquet").unlink()
     pipe = Pipeline.open(work)
-    pipe.extract()
+    pipe.step("extract")
     assert not (work / "data_with_relationships.parquet").exists()
     with np.load(run_dir / "relationships.npz") as a, np.load(work / "relationships.npz") as b:
         np.testing.assert_array_equal(a["values"], b["values"])  # the same extraction
@@ -521,14 +521,14 @@ def test_rerun_on_changed_data_asks_for_force(market, tmp_path):
 
 
 def test_a_folder_raises_run_folder_errors_for_missing_files(tmp_path):
-    from relcast.pipeline import Pipeline
+    from relcast.run.pipeline import Pipeline
 
     with pytest.raises(RunFolderError, match="run.json"):
         Pipeline.open(tmp_path / "nothing")
 
 
 def test_relationship_store_round_trip_and_damage(tmp_path):
-    from relcast.persist import read_relationships, relationships_npz
+    from relcast.runfolder.formats import read_relationships, relationships_npz
 
     T, N, K = 4, 3, 2
     dates = np.arange("2020-01-01", "2020-01-05", dtype="datetime64[D]").astype("datetime64[ns]")

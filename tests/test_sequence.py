@@ -13,7 +13,8 @@ from relcast.models.temporal.losses import pinball_loss
 from relcast.models.temporal.registry import create_model
 from relcast.models.temporal.tcn import receptive_field
 from relcast.training.loader import Batching, WindowLoader, WindowSource
-from relcast.training.stage3 import Stage3Inputs, predict_stage3
+from relcast.training.stage3 import predict_stage3
+from relcast.training.stage3_inputs import Stage3Inputs
 
 T, N, F_IN, H, L = 160, 4, 3, 2, 13
 
@@ -184,7 +185,7 @@ def test_chunk_forecasts_are_causal(name):
 
 
 def test_banded_attention_equals_windowed_causal_attention():
-    from relcast.models.temporal.tft import InterpretableMultiHeadAttention
+    from relcast.models.temporal.tft_parts import InterpretableMultiHeadAttention
 
     torch.manual_seed(0)
     attention = InterpretableMultiHeadAttention(8, 2).double().eval()
@@ -284,6 +285,9 @@ def test_sequence_loss_is_the_windowed_loss_over_the_same_samples():
 
 
 def test_fit_stage3_trains_on_chunks_by_default(tmp_path):
+    from dataclasses import replace
+
+    from relcast.training.specs import Stage3Spec, TrainerSpec
     from relcast.training.stage3 import fit_stage3
 
     x, valid, labels = market(6)
@@ -293,11 +297,10 @@ def test_fit_stage3_trains_on_chunks_by_default(tmp_path):
         groups={"own": [f"f{i}" for i in range(F_IN)]}, sector_ids=np.zeros(N, dtype=np.int64),
     )  # fmt: skip
     split = SimpleNamespace(train=np.arange(0, 110), valid=np.arange(115, T))
-    kw = dict(
-        lookback=L, hparams={"hidden_size": 8}, max_epochs=1, out_dir=tmp_path, progress=False
-    )
-    seq = fit_stage3("gru", inputs, labels, split, batch_size=64, **kw)
-    win = fit_stage3("gru", inputs, labels, split, batch_size=64, chunk_length=None, **kw)
+    spec = Stage3Spec(lookback=L, hparams={"hidden_size": 8}, max_epochs=1, batch_size=64)
+    trainer = TrainerSpec(out_dir=tmp_path, progress=False)
+    seq = fit_stage3("gru", inputs, labels, split, spec, trainer)
+    win = fit_stage3("gru", inputs, labels, split, replace(spec, chunk_length=None), trainer)
     assert seq.chunk_length == 128 and win.chunk_length is None
     assert seq.num_train_windows == win.num_train_windows
     assert np.isfinite(seq.history[-1]["val_loss"]) and np.isfinite(seq.history[-1]["val_rank_ic"])

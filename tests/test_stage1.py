@@ -16,6 +16,7 @@ from relcast.metrics import daily_rank_ic
 from relcast.models.cross_sectional import CrossSectionalTransformer, Stage1Config, predict_stage1
 from relcast.training.cross_section_data import CrossSectionDataset, pairwise_correlation
 from relcast.training.ranking_losses import cross_sectional_zscore
+from relcast.training.specs import Stage1Spec, TrainerSpec
 from relcast.training.stage1 import fit_stage1
 
 
@@ -80,15 +81,9 @@ def test_stage1_recovers_planted_lead_lag(market, tmp_path: Path):
         labels,
         split,
         config,
-        out_dir=tmp_path,
-        target=~panel.is_index,  # the default loss ("ic"), see relcast.training.stage1
-        max_epochs=30,
-        batch_dates=16,
-        lr=3e-3,
-        weight_decay=0.05,
-        patience=10,
-        progress=False,
-        accelerator="cpu",
+        Stage1Spec(max_epochs=30, batch_dates=16, lr=3e-3, weight_decay=0.05, patience=10),
+        TrainerSpec(out_dir=tmp_path, progress=False, accelerator="cpu"),
+        target=~panel.is_index,
     )
     # run files: best checkpoint and the CSV log with the monitored metric
     assert list((tmp_path / "checkpoints").glob("best-*.ckpt"))
@@ -185,12 +180,9 @@ def test_multitask_fit_runs_and_logs_task_losses(market, tmp_path: Path):
             multitask=True,
             use_sector_embedding=False,
         ),
-        out_dir=tmp_path,
+        Stage1Spec(max_epochs=2, batch_dates=64),
+        TrainerSpec(out_dir=tmp_path, progress=False, accelerator="cpu"),
         sector_ids=panel.sectors,
-        max_epochs=2,
-        batch_dates=64,
-        progress=False,
-        accelerator="cpu",
     )
     assert len(result.history) == 2
     for key in ("train_loss", "train_corr_loss", "train_sector_loss", "val_rank_ic"):

@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from relcast.features.featureset import FeatureSet
+from relcast.relationships.store import Stage1Fit, StorePlan
+from relcast.training.specs import Stage1Spec, Stage3Spec, TrainerSpec
 from relcast.training.stage3 import fit_stage3, predict_stage3
 from relcast.training.stage3_inputs import assemble_inputs
 
@@ -57,10 +59,22 @@ def test_quantiles_ordered_and_cover_80_percent(tmp_path):
     inputs = assemble_inputs(features, feature_set="own")
     split = thirds(len(features.dates))
     result = fit_stage3(
-        "gru", inputs, labels, split, lookback=5, hparams={"hidden_size": 16, "num_layers": 1,
-        "dropout": 0.0}, max_epochs=25, batch_size=128, lr=1e-2, patience=25, seed=0,
-        out_dir=tmp_path, label_norm="none", progress=False,
-    )  # fmt: skip
+        "gru",
+        inputs,
+        labels,
+        split,
+        Stage3Spec(
+            lookback=5,
+            hparams={"hidden_size": 16, "num_layers": 1, "dropout": 0.0},
+            max_epochs=25,
+            batch_size=128,
+            lr=1e-2,
+            patience=25,
+            seed=0,
+            label_norm="none",
+        ),
+        TrainerSpec(out_dir=tmp_path, progress=False),
+    )
     out = predict_stage3(result, inputs, split.test)
     pred, point = out["pred"], out["point"]  # (T, N, H, 3), (T, N, H)
     have = np.isfinite(pred).all(axis=(-1, -2))
@@ -89,9 +103,15 @@ def test_same_seed_same_predictions(tmp_path, model_name):
 
     def run(seed, sub):
         result = fit_stage3(
-            model_name, inputs, labels, split, lookback=6, hparams={"hidden_size": 8},
-            max_epochs=2, batch_size=32, seed=seed, out_dir=tmp_path / sub, progress=False,
-        )  # fmt: skip
+            model_name,
+            inputs,
+            labels,
+            split,
+            Stage3Spec(
+                lookback=6, hparams={"hidden_size": 8}, max_epochs=2, batch_size=32, seed=seed
+            ),
+            TrainerSpec(out_dir=tmp_path / sub, progress=False),
+        )
         return predict_stage3(result, inputs, split.test)["pred"]
 
     first, again, other = run(1, "a"), run(1, "b"), run(2, "c")
@@ -120,9 +140,13 @@ def test_rawconcat_width_and_layout(tmp_path):
     np.testing.assert_array_equal(x[:, -1], features.values[t, n])
     # and a model trains and predicts on it, saved and loaded with its projection
     result = fit_stage3(
-        "gru", raw, labels, thirds(60), lookback=4, hparams={"hidden_size": 8}, max_epochs=1,
-        batch_size=64, out_dir=tmp_path, progress=False,
-    )  # fmt: skip
+        "gru",
+        raw,
+        labels,
+        thirds(60),
+        Stage3Spec(lookback=4, hparams={"hidden_size": 8}, max_epochs=1, batch_size=64),
+        TrainerSpec(out_dir=tmp_path, progress=False),
+    )
     assert result.model.config.num_features == 8 + raw.num_features
     point = predict_stage3(result, raw)["point"]
     assert np.isfinite(point).any()
@@ -155,9 +179,16 @@ def test_single_target_stock(tmp_path):
     features, labels, _ = planted_features(T=80, N=4)
     inputs = assemble_inputs(features, feature_set="own")
     result = fit_stage3(
-        "gru", inputs, labels, thirds(80), lookback=5, hparams={"hidden_size": 8}, max_epochs=1,
-        batch_size=32, out_dir=tmp_path, stocks=["S2"], label_norm="none", progress=False,
-    )  # fmt: skip
+        "gru",
+        inputs,
+        labels,
+        thirds(80),
+        Stage3Spec(
+            lookback=5, hparams={"hidden_size": 8}, max_epochs=1, batch_size=32, label_norm="none"
+        ),
+        TrainerSpec(out_dir=tmp_path, progress=False),
+        stocks=["S2"],
+    )
     assert result.num_train_windows == len(thirds(80).train) - 4
     point = predict_stage3(result, inputs, stocks=["S2"])["point"]
     assert np.isfinite(point[:, 2]).any() and np.isnan(np.delete(point, 2, axis=1)).all()
@@ -218,10 +249,18 @@ def test_hybrid_beats_own_out_of_fold_fast(tmp_path):
         num_heads=4, num_layers=2, relationship_dim=8, dropout=0.1,
     )  # fmt: skip
     store = build_relationship_store(
-        features, labels, split, config, EmbeddingExtractor("bottleneck"), n_folds=3,
-        out_dir=tmp_path / "stage1", max_epochs=20, patience=8, lr=3e-3, weight_decay=0.01,
-        target=stocks, progress=False, accelerator="cpu",
-    )  # fmt: skip
+        features,
+        labels,
+        split,
+        EmbeddingExtractor("bottleneck"),
+        Stage1Fit(
+            config=config,
+            spec=Stage1Spec(max_epochs=20, patience=8, lr=3e-3, weight_decay=0.01),
+            trainer=TrainerSpec(out_dir=tmp_path / "stage1", progress=False, accelerator="cpu"),
+            target=stocks,
+        ),
+        StorePlan(n_folds=3),
+    )
     # out of fold: Stage3's training dates carry features from models that never saw them
     assert (store.fold_of[split.train] >= 0).all()
     assert (store.fold_of[split.test] == -1).all()
@@ -264,10 +303,18 @@ def test_hybrid_beats_own_on_planted_lead_lag(tmp_path, oof):
         d_model=32, num_heads=4, num_layers=1, relationship_dim=8, dropout=0.1,
     )  # fmt: skip
     store = build_relationship_store(
-        features, labels, split, config, EmbeddingExtractor("bottleneck"), oof=oof,
-        n_folds=3, out_dir=tmp_path / "stage1", max_epochs=40, patience=10, lr=3e-3,
-        weight_decay=0.01, target=stocks, progress=False,
-    )  # fmt: skip
+        features,
+        labels,
+        split,
+        EmbeddingExtractor("bottleneck"),
+        Stage1Fit(
+            config=config,
+            spec=Stage1Spec(max_epochs=40, patience=10, lr=3e-3, weight_decay=0.01),
+            trainer=TrainerSpec(out_dir=tmp_path / "stage1", progress=False),
+            target=stocks,
+        ),
+        StorePlan(oof=oof, n_folds=3),
+    )
     test_ic = _follower_test_rank_ic(
         features, store, panel, labels, split, stocks, truth, hidden_size=32, out=tmp_path
     )
@@ -286,10 +333,22 @@ def _follower_test_rank_ic(
     for feature_set in ("own", "hybrid"):
         inputs = assemble_inputs(features, store, feature_set, sectors=panel.sectors)
         result = fit_stage3(
-            "gru", inputs, labels, split, lookback=5, quantiles=None, max_epochs=8,
-            hparams={"hidden_size": hidden_size, "num_layers": 1}, batch_size=256, lr=3e-3,
-            patience=4, out_dir=out / feature_set, stocks=np.flatnonzero(stocks), progress=False,
-        )  # fmt: skip
+            "gru",
+            inputs,
+            labels,
+            split,
+            Stage3Spec(
+                lookback=5,
+                quantiles=None,
+                max_epochs=8,
+                hparams={"hidden_size": hidden_size, "num_layers": 1},
+                batch_size=256,
+                lr=3e-3,
+                patience=4,
+            ),
+            TrainerSpec(out_dir=out / feature_set, progress=False),
+            stocks=np.flatnonzero(stocks),
+        )
         point = predict_stage3(result, inputs, split.test)["point"][:, followers, 0]
         y = labels[:, followers, 0]
         daily = daily_rank_ic(point, y, np.isfinite(point) & np.isfinite(y))[split.test]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,17 +22,16 @@ from relcast.features.build import build_features
 from relcast.features.labels import forward_returns, normalize_labels_cross_section
 from relcast.features.splits import chronological_split
 from relcast.models.cross_sectional import Stage1Config
+from relcast.store.memmap import MemmapFeatureStore, build_feature_store
+from relcast.store.settings import StoreSettings
+from relcast.store.sources import panel_slices
+from relcast.training.common import release_pages_callback
 from relcast.training.cross_section_data import CrossSectionDataset
 from relcast.training.loader import Batching, WindowLoader, WindowSource
+from relcast.training.specs import Stage1Spec, Stage3Spec, TrainerSpec
 from relcast.training.stage1 import fit_stage1
 from relcast.training.stage3 import fit_stage3
-from relcast.training.stage3_inputs import assemble_inputs
-from relcast.training.store import (
-    MemmapFeatureStore,
-    build_feature_store,
-    panel_slices,
-    release_pages_callback,
-)
+from relcast.training.stage3_inputs import assemble_inputs, store_inputs
 
 H = 3
 TRAIN_END = 400
@@ -57,8 +57,8 @@ def store(market, tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("store") / "features"
     built = build_feature_store(
-        folder, source, panel.dates, horizons=H, train_end=TRAIN_END, chunk_dates=97,
-        overlap=300,
+        folder, source, panel.dates, StoreSettings(horizons=H, train_end=TRAIN_END),
+        chunk_dates=97, overlap=300,
     )  # fmt: skip
     built.requests = requests
     return built
@@ -88,8 +88,8 @@ def test_chunked_build_equals_in_memory_features(market, store):
 def test_short_overlap_shows_in_the_mask(market, tmp_path):
     panel, features, _ = market
     short = build_feature_store(
-        tmp_path / "s", panel_slices(panel), panel.dates, horizons=H, train_end=TRAIN_END,
-        chunk_dates=97, overlap=0,
+        tmp_path / "s", panel_slices(panel), panel.dates,
+        StoreSettings(horizons=H, train_end=TRAIN_END), chunk_dates=97, overlap=0,
     )  # fmt: skip
     # without history every chunk restarts the indicators' warm-up: rows go missing
     assert short.mask.sum() < features.mask.sum()
@@ -101,8 +101,9 @@ def test_chunked_labels_follow_label_delay(market, tmp_path):
     of the chunks (each needs delay + H dates after it)."""
     panel, _, _ = market
     delayed = build_feature_store(
-        tmp_path / "d", panel_slices(panel), panel.dates, horizons=H, train_end=TRAIN_END,
-        label_delay=1, chunk_dates=97, overlap=300,
+        tmp_path / "d", panel_slices(panel), panel.dates,
+        StoreSettings(horizons=H, train_end=TRAIN_END, label_delay=1), chunk_dates=97,
+        overlap=300,
     )  # fmt: skip
     want = forward_returns(panel, H, delay=1)
     np.testing.assert_array_equal(np.asarray(delayed.labels), want)
@@ -126,7 +127,7 @@ def test_store_refuses_to_clobber_and_to_open_unfinished(tmp_path, store):
 
 def test_window_loader_reads_the_memmap_without_copying(market, store):
     _, features, labels = market
-    inputs = store.stage3_inputs()
+    inputs = store_inputs(store)
     loader = inputs.loader(20, store.targets, batch_size=64, shuffle=True, seed=1)
     # zero-copy: the loader's tensor is the mapped file's memory
     assert loader.inputs.data_ptr() == store.values_by_stock.ctypes.data
@@ -164,16 +165,19 @@ def test_stage1_dataset_reads_one_date_at_a_time(market, store):
 def test_stage3_trained_from_the_store_equals_in_memory(market, store, tmp_path):
     panel, features, labels = market
     split = chronological_split(panel.dates, 0.2, 0.2, embargo=H)
-    common = dict(
+    spec = Stage3Spec(
         lookback=20, hparams={"hidden_size": 8, "dropout": 0.0}, max_epochs=1, batch_size=256,
-        progress=False, seed=0,
+        seed=0,
     )  # fmt: skip
     in_memory = fit_stage3(
-        "tcn", assemble_inputs(features), labels, split, out_dir=tmp_path / "a", **common
-    )
+        "tcn", assemble_inputs(features), labels, split, spec,
+        TrainerSpec(out_dir=tmp_path / "a", progress=False),
+    )  # fmt: skip
     from_store = fit_stage3(
-        "tcn", store.stage3_inputs(), store.targets, split, out_dir=tmp_path / "b",
-        label_norm="none", callbacks=[release_pages_callback(store)], **common,
+        "tcn", store_inputs(store), store.targets, split, replace(spec, label_norm="none"),
+        TrainerSpec(
+            out_dir=tmp_path / "b", progress=False, callbacks=(release_pages_callback(store),)
+        ),
     )  # fmt: skip
     assert from_store.num_train_windows == in_memory.num_train_windows
     for (name, a), b in zip(
@@ -190,13 +194,14 @@ def test_stage1_trained_from_the_store_equals_in_memory(market, store, tmp_path)
         num_heads=2, num_layers=1, relationship_dim=4, dropout=0.0,
     )  # fmt: skip
     # "mse": the "ic" loss amplifies the features' 2e-6 float differences (see ddp_script.py)
-    common = dict(
-        max_epochs=1, batch_dates=32, progress=False, accelerator="cpu", seed=0, loss="mse"
+    spec = Stage1Spec(max_epochs=1, batch_dates=32, seed=0, loss="mse")
+    in_memory = fit_stage1(
+        features, labels, split, config, spec, TrainerSpec(out_dir=tmp_path / "a", progress=False)
     )
-    in_memory = fit_stage1(features, labels, split, config, out_dir=tmp_path / "a", **common)
     from_store = fit_stage1(
-        store.feature_set(), store.labels, split, config, out_dir=tmp_path / "b", **common
-    )
+        store.feature_set(), store.labels, split, config, spec,
+        TrainerSpec(out_dir=tmp_path / "b", progress=False),
+    )  # fmt: skip
     for (name, a), b in zip(
         in_memory.model.state_dict().items(), from_store.model.state_dict().values(), strict=True
     ):

@@ -295,7 +295,7 @@ def test_stage3_retrains_corrupt_weights(run_dir, files, tmp_path):
 
 
 def test_missing_index_bars_warn(run_dir, files):
-    from relcast.inference import predict_date
+    from relcast.run.inference import predict_date
 
     with pytest.warns(UserWarning, match=r"index symbol\(s\) \['INDEX'\] have no bar on 3"):
         predict_date(run_dir, str(files["index_gap"]))
@@ -307,13 +307,13 @@ def test_missing_index_bars_warn(run_dir, files):
 def test_forecast_depends_only_on_the_window_it_reads(run_dir, files):
     """Same run, same date: 200 or 2,000 dates of history give the same forecast. The
     200-date file starts long after the training end, so it holds no training date at all."""
-    from relcast.inference import predict_date
-    from relcast.pipeline import Pipeline
+    from relcast.run.inference import predict_date
+    from relcast.run.pipeline import Pipeline
 
     pipe = Pipeline.open(run_dir)
     assert (run_dir / "normalization.json").exists()
     first_200 = files["panel"].dates[-200]
-    assert first_200 > pipe.train_end
+    assert first_200 > pipe.ctx.train_end
     long = predict_date(run_dir, str(files["last2000"]))
     short = predict_date(run_dir, str(files["last200"]))
     assert len(long) == len(short) > 0
@@ -329,12 +329,12 @@ def test_saved_statistics_are_the_training_spans(run_dir, files):
     run's features are scaled with them."""
     from relcast.features.build import build_features
     from relcast.features.normalize import TrainSpanScaler
-    from relcast.pipeline import Pipeline
+    from relcast.run.pipeline import Pipeline
 
     pipe = Pipeline.open(run_dir)
-    names, saved = pipe.feature_scalers["index"]
+    names, saved = pipe.ctx.feature_scalers["index"]
     refit: dict = {}
-    build_features(pipe.panel, train_end=pipe.train_end, scalers=refit)
+    build_features(pipe.ctx.panel, train_end=pipe.ctx.train_end, scalers=refit)
     np.testing.assert_array_equal(saved.mean_, refit["index"][1].mean_)
     np.testing.assert_array_equal(saved.std_, refit["index"][1].std_)
     # fitting on a longer file (more dates before its training end) gives other numbers:
@@ -342,7 +342,7 @@ def test_saved_statistics_are_the_training_spans(run_dir, files):
     longer: dict = {}
     build_features(files["panel"], train_end=files["panel"].dates[-1], scalers=longer)
     assert not np.allclose(longer["index"][1].mean_, saved.mean_)
-    assert isinstance(saved, TrainSpanScaler) and names == pipe.features.groups["index"]
+    assert isinstance(saved, TrainSpanScaler) and names == pipe.ctx.features.groups["index"]
 
 
 def test_check_names_a_bad_universe_file(files):
@@ -354,8 +354,8 @@ def test_check_names_a_bad_universe_file(files):
 def test_predict_and_update_read_new_bars_with_the_runs_reader_settings(monkeypatch):
     """A run on day-first files must read its new bars day-first too (not the defaults)."""
     import relcast
-    from relcast import inference
     from relcast.config import load_config
+    from relcast.run import inference
 
     cfg = load_config(
         overrides=["data.date_format=dayfirst", "data.symbol_pattern=NASDAQ_{symbol}_30Y"]

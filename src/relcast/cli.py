@@ -52,7 +52,7 @@ def user_error_message(exc: BaseException) -> str | None:
     """
     from relcast.config import RelcastConfigError
     from relcast.data.panel import RelcastDataError
-    from relcast.persist import RunFolderError
+    from relcast.runfolder import RunFolderError
 
     ours = (RelcastConfigError, RelcastDataError, RunFolderError)
     files = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
@@ -136,7 +136,7 @@ def run(
 ) -> None:
     """Run the whole pipeline: prepare, Stage1, Stage2, extract, Stage3, evaluate, report."""
     from relcast.config import load_config
-    from relcast.pipeline import Pipeline
+    from relcast.run.pipeline import Pipeline
 
     # flags given on the command line win over the file and --set; flags not given change
     # nothing (the file's data.source holds). Their values are taken literally, not as YAML.
@@ -158,10 +158,9 @@ def run(
 
 
 def _step(run_dir: Path, step: str) -> None:
-    from relcast.pipeline import Pipeline
+    from relcast.run.pipeline import Pipeline
 
-    pipe = Pipeline.open(run_dir)
-    getattr(pipe, step)()
+    Pipeline.open(run_dir).step(step)
 
 
 @app.command()
@@ -191,9 +190,9 @@ def stage3(run: RunDir) -> None:
 def evaluate(run: RunDir) -> None:
     """Score every model and baseline on the test span (metrics.json, backtests)."""
     from relcast.evaluation.metrics_table import metrics_table_text
-    from relcast.pipeline import Pipeline
+    from relcast.run.pipeline import Pipeline
 
-    typer.echo(metrics_table_text(Pipeline.open(run).evaluate()))
+    typer.echo(metrics_table_text(Pipeline.open(run).step("evaluate")))
 
 
 @app.command()
@@ -224,7 +223,7 @@ def check(
 
     cfg = load_config(None, config, set_ or []).data
     if universe is not None:
-        from relcast.pipeline import check_universe_file
+        from relcast.run.source import check_universe_file
 
         check_universe_file(str(universe))
     panel = relcast.read_panel(
@@ -247,7 +246,7 @@ def predict(
     out: Annotated[Path | None, typer.Option(help="write predictions to this CSV/Parquet")] = None,
 ) -> None:
     """Forecasts for the latest (or a given) date from the saved models; no training."""
-    from relcast.inference import predict_date
+    from relcast.run.inference import predict_date
 
     frame = predict_date(run, data, date)
     _emit(frame, out)
@@ -261,7 +260,7 @@ def update(
 ) -> None:
     """Append new dates: features and Stage1 relationship features for the new dates only,
     then Stage3 forecasts. No retraining; atomic writes."""
-    from relcast.inference import update_run
+    from relcast.run.inference import update_run
 
     frame = update_run(run, data)
     _emit(frame, None)

@@ -84,7 +84,7 @@ def settings_overrides(*values, extra: str = "") -> list[str]:
 def prepare(session: dict, preset: str, overrides: list[str]) -> str:
     """Validate the config, create a fresh run folder and split the market into it."""
     from relcast.config import load_config
-    from relcast.pipeline import Pipeline
+    from relcast.run.pipeline import Pipeline
 
     if not session.get("data"):
         raise user_error("load a market in step 1 first")
@@ -92,7 +92,7 @@ def prepare(session: dict, preset: str, overrides: list[str]) -> str:
     cfg = load_config(preset, None, [*session["data"], *overrides])
     session["runs"] += 1
     run = Path(session["dir"]) / f"run-{session['runs']:02d}"
-    Pipeline(cfg, run).prepare()  # bad data or too few dates fail here, before training
+    Pipeline(cfg, run).step("prepare")  # bad data or too few dates fail here, before training
     session["run"], session["done"] = str(run), ["data", "settings"]
     split = RunFolder(run).read_json("split.json")
     d = split["dates"]

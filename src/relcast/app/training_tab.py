@@ -6,11 +6,9 @@ its log, and can be cancelled. Redoing a step makes the later ones stale.
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-
 from relcast.app.session import STEP_NAMES, check_order, progress_md, run_step, step_summary
 from relcast.app.ui import Shared, friendly, log_box, step_buttons
+from relcast.runfolder import RunFolder
 
 # (step, tab title, what it does, button label)
 TRAINING_STEPS = (
@@ -73,7 +71,7 @@ def _runner(shared: Shared, step: str, status, logbox):
         check_order(session, step)
         forget_from(session, step)
         if step == "stage3":  # Stage3 skips models already saved: retrain them all
-            shutil.rmtree(Path(session["run"]) / "stage3", ignore_errors=True)
+            RunFolder(session["run"]).drop_stage3()
         yield {
             status: f"Running {STEP_NAMES[step]} ...",
             progress: progress_md(session, running=step),

@@ -51,7 +51,7 @@ def friendly(fn: Callable) -> Callable:
 
     from relcast.config import RelcastConfigError
     from relcast.data.panel import RelcastDataError
-    from relcast.persist import RunFolderError
+    from relcast.runfolder import RunFolderError
 
     expected = (RelcastDataError, RelcastConfigError, RunFolderError, FileNotFoundError)
 

@@ -1,5 +1,6 @@
 """Read a qlib data folder (``calendars/day.txt``, ``instruments/*.txt``,
-``features/<symbol>/<field>.day.bin``) into a long bar table.
+``features/<symbol>/<field>.day.bin``) into a long bar table, and write one from a panel
+(:func:`write_qlib`, e.g. the bundled demo market for qlib's own workflows).
 
 A ``.bin`` file is little-endian float32: the calendar index of the first value, then one
 value per calendar date. qlib writes every field of a symbol over the same span, so a field
@@ -14,10 +15,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from relcast.data.panel import OHLCV_FIELDS, RelcastDataError
+from relcast.data.panel import OHLCV_FIELDS, Panel, RelcastDataError
 
 QLIB_OPTIONAL_FIELDS = ("factor", "amount", "vwap", "change")
 MAX_EXAMPLES = 5
+STOCKS_MARKET = "stocks"
+"""``instruments/stocks.txt``: the written panel's non-index symbols (a qlib ``market``)."""
 
 
 def is_qlib_folder(path: Path) -> bool:
@@ -130,3 +133,57 @@ def _read_instruments(folder: Path) -> list[str]:
     if not symbols:  # no instruments file: every features/ sub-folder is a symbol
         symbols = sorted(p.name.upper() for p in (folder / "features").iterdir() if p.is_dir())
     return symbols
+
+
+def write_qlib(panel: Panel, folder: str | Path) -> Path:
+    """Write ``panel`` as a qlib data folder in qlib's own layout (what its ``dump_bin``
+    writes), so qlib's expression engine, handlers and backtest read it.
+
+    * ``calendars/day.txt``: the panel's dates, one ``YYYY-MM-DD`` a line;
+    * ``instruments/all.txt``: ``SYMBOL<TAB>first<TAB>last`` traded date of every symbol, and
+      ``instruments/stocks.txt`` the same for the non-index symbols (qlib's ``market: stocks``);
+    * ``features/<symbol lower>/<field>.day.bin``: little-endian float32, the calendar index
+      of the symbol's first traded date, then one value per date to its last (NaN where it
+      did not trade in between). Fields: the panel's, plus ``factor`` = 1 (the bars are
+      already adjusted, which is what qlib's factor 1 means) and ``change`` (close over the
+      previous traded close, minus 1), which qlib's exchange reads.
+
+    A symbol that never traded is left out. The folder must be empty or not exist: nothing
+    there is overwritten. Returns the folder.
+    """
+    folder = Path(folder)
+    if folder.exists() and any(folder.iterdir()):
+        raise RelcastDataError(f"{folder}: not empty; write_qlib writes into a new folder")
+    if "close" not in panel.fields:
+        raise RelcastDataError(f"write_qlib needs a close field, the panel has {panel.fields}")
+    days = pd.DatetimeIndex(panel.dates).strftime("%Y-%m-%d")
+    (folder / "calendars").mkdir(parents=True)
+    (folder / "instruments").mkdir()
+    (folder / "calendars" / "day.txt").write_text("\n".join(days) + "\n")
+    close = panel.field("close")
+    listed: dict[str, list[str]] = {"all": [], STOCKS_MARKET: []}
+    for n, symbol in enumerate(panel.symbols):
+        traded = np.flatnonzero(panel.mask[:, n])
+        if len(traded) == 0:
+            continue
+        first, last = int(traded[0]), int(traded[-1])
+        span = slice(first, last + 1)
+        columns = {name: panel.values[span, n, k] for k, name in enumerate(panel.fields)}
+        own_close = pd.Series(close[span, n]).ffill().to_numpy()
+        columns["change"] = np.where(
+            panel.mask[span, n], close[span, n] / np.r_[np.nan, own_close[:-1]] - 1, np.nan
+        )
+        columns["factor"] = np.where(panel.mask[span, n], 1.0, np.nan)
+        target = folder / "features" / symbol.lower()
+        target.mkdir(parents=True)
+        for name, values in columns.items():
+            values = np.where(panel.mask[span, n], values, np.nan)  # NaN where not traded
+            data = np.concatenate([[first], values]).astype("<f4")
+            data.tofile(target / f"{name}.day.bin")
+        line = f"{symbol}\t{days[first]}\t{days[last]}"
+        listed["all"].append(line)
+        if not panel.is_index[n]:
+            listed[STOCKS_MARKET].append(line)
+    for market, lines in listed.items():
+        (folder / "instruments" / f"{market}.txt").write_text("\n".join(lines) + "\n")
+    return folder

@@ -21,7 +21,7 @@ masked (NaN values, ``mask=False``); the latent price path continues underneath.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from functools import partial
 from pathlib import Path
 
@@ -81,19 +81,40 @@ class SyntheticTruth:
         return np.stack([self.leader_of[followers], followers], axis=1)
 
 
+@dataclass(frozen=True)
+class MarketShape:
+    """What a synthetic market plants and how it trades: the arguments of
+    :func:`synthetic_market` beyond its size, seed and first day."""
+
+    num_sectors: int = 4
+    lead_lag_pairs: int | None = None
+    lead_lag_strength: float = 0.35
+    regime_switch_prob: float = 0.02
+    missing_prob: float = 0.0
+    late_listing: int = 0
+    freq: str = "D"
+
+    @classmethod
+    def of(cls, shape: MarketShape | None = None, **changes) -> MarketShape:
+        """``shape`` (default: the defaults) with ``changes``; an unknown name is an error
+        naming the known ones."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise TypeError(
+                f"synthetic_market() got unknown argument(s) {unknown}; known: {sorted(known)}"
+            )
+        return replace(shape or cls(), **changes)
+
+
 def synthetic_market(
     num_stocks: int = 20,
     num_days: int = 600,
     seed: int = 0,
     *,
-    num_sectors: int = 4,
-    lead_lag_pairs: int | None = None,
-    lead_lag_strength: float = 0.35,
-    regime_switch_prob: float = 0.02,
-    missing_prob: float = 0.0,
-    late_listing: int = 0,
-    freq: str = "D",
+    shape: MarketShape | None = None,
     start: str = "2018-01-01",
+    **changes,
 ) -> tuple[Panel, SyntheticTruth]:
     """Generate a panel of ``num_stocks`` stocks plus one index, and the structure planted in it.
 
@@ -101,6 +122,8 @@ def synthetic_market(
         num_stocks: stocks (symbols ``S000``, ``S001``, ...); the index ``INDEX`` comes on top.
         num_days: number of bars T: business days for ``freq="D"``, minutes for ``"1min"``.
         seed: everything is a deterministic function of the arguments.
+        shape: the market's :class:`MarketShape`; any of its fields can also be given by
+            name (``missing_prob=0.05``), on top of ``shape``:
         num_sectors: sectors ``sector_0``..; stocks are assigned round-robin, then shuffled.
         lead_lag_pairs: number of (leader, follower) pairs; default ``num_stocks // 4``.
         lead_lag_strength: coefficient of the follower's return on the leader's previous one.
@@ -115,11 +138,8 @@ def synthetic_market(
         ``(panel, truth)``: a :class:`Panel` with fields ``open, high, low, close, volume`` and
         the :class:`SyntheticTruth`.
     """
-    plan = _Plan(
-        num_stocks, num_days, seed, num_sectors=num_sectors, lead_lag_pairs=lead_lag_pairs,
-        lead_lag_strength=lead_lag_strength, regime_switch_prob=regime_switch_prob,
-        missing_prob=missing_prob, late_listing=late_listing, freq=freq, block_dates=num_days,
-    )  # fmt: skip
+    shape = MarketShape.of(shape, **changes)
+    plan = _Plan(num_stocks, num_days, seed, shape, block_dates=num_days)
     T, N = num_days, num_stocks
     values = np.empty((T, N + 1, len(OHLCV_FIELDS)), dtype=np.float32)
     mask = np.empty((T, N + 1), dtype=bool)
@@ -129,7 +149,7 @@ def synthetic_market(
         betas=np.append(plan.betas, 1.0),
         sector_of=np.append(plan.sector_of, -1),
         leader_of=np.append(plan.leader_of, -1),
-        lead_lag_strength=float(lead_lag_strength),
+        lead_lag_strength=float(shape.lead_lag_strength),
         regime=plan.regime,
         market_returns=plan.market,
         returns=returns,
@@ -147,7 +167,7 @@ def synthetic_market_file(
     *,
     block_dates: int = 4096,
     start: str = "2018-01-01",
-    **kwargs,
+    **changes,
 ) -> Panel:
     """The panel of :func:`synthetic_market` (the same arguments, the same values bit for bit)
     written a block of ``block_dates`` dates at a time into ``values_path`` (a ``.npy`` file),
@@ -156,7 +176,7 @@ def synthetic_market_file(
     truth is not returned (its ``returns`` would be a ``[T, N]`` array)."""
     from numpy.lib.format import open_memmap
 
-    plan = _Plan(num_stocks, num_days, seed, block_dates=block_dates, **kwargs)
+    plan = _Plan(num_stocks, num_days, seed, MarketShape.of(**changes), block_dates=block_dates)
     T, N = num_days, num_stocks
     values = open_memmap(values_path, "w+", np.float32, (T, N + 1, len(OHLCV_FIELDS)))
     mask = np.empty((T, N + 1), dtype=bool)
@@ -173,20 +193,11 @@ class _Plan:
     the big arrays are drawn once here to step over them, keeping only the states)."""
 
     def __init__(
-        self,
-        num_stocks: int,
-        num_days: int,
-        seed: int,
-        *,
-        num_sectors: int = 4,
-        lead_lag_pairs: int | None = None,
-        lead_lag_strength: float = 0.35,
-        regime_switch_prob: float = 0.02,
-        missing_prob: float = 0.0,
-        late_listing: int = 0,
-        freq: str = "D",
-        block_dates: int = 4096,
+        self, num_stocks: int, num_days: int, seed: int, shape: MarketShape, block_dates: int
     ) -> None:
+        num_sectors, freq, late_listing = shape.num_sectors, shape.freq, shape.late_listing
+        lead_lag_pairs, missing_prob = shape.lead_lag_pairs, shape.missing_prob
+        lead_lag_strength, regime_switch_prob = shape.lead_lag_strength, shape.regime_switch_prob
         num_pairs = num_stocks // 4 if lead_lag_pairs is None else int(lead_lag_pairs)
         _check_args(num_stocks, num_days, num_sectors, num_pairs, missing_prob, late_listing, freq)
         regime_switch_prob = float(np.clip(regime_switch_prob, 0.0, 1.0))

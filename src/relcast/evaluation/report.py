@@ -1,6 +1,7 @@
 """Turn a run folder into plots and one self-contained ``report.html`` (opens offline).
 
-The run folder (written by :mod:`relcast.pipeline` and :mod:`relcast.run_evaluation`, read and
+The run folder (written by :mod:`relcast.run.pipeline` and
+:mod:`relcast.run.steps.evaluate`, read and
 written here through :class:`relcast.runfolder.RunFolder`)::
 
     config.yaml          resolved configuration

@@ -1,7 +1,7 @@
 """Score forecasts on the test span: ``score(predictions, labels, mask, split, settings)``.
 
 Pure functions over arrays: nothing here trains, reads or writes a file. The pipeline gathers
-every model's forecast (:mod:`relcast.run_evaluation`) and calls :func:`score`; the tests call
+every model's forecast (:mod:`relcast.run.steps.evaluate`) and calls :func:`score`; the tests call
 it on planted arrays.
 
 Rows of ``metrics["models"]`` (one per entry of ``predictions``, in its order):

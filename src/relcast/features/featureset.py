@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -21,6 +22,8 @@ class FeatureSet:
             (warm-up after listing is over).
         groups: named column groups, e.g. ``{"own": [...], "index": [...], "calendar": [...]}``;
             every name in ``names`` is in exactly one group.
+        store: the memory-mapped store the values map (``relcast.store.memmap``), whose
+            stock-major copy Stage3 then reads; None for features held in memory.
     """
 
     dates: np.ndarray
@@ -29,6 +32,7 @@ class FeatureSet:
     values: np.ndarray
     mask: np.ndarray
     groups: dict[str, list[str]] = field(default_factory=dict)
+    store: Any = None
 
     def __post_init__(self) -> None:
         T, N, F = self.values.shape

@@ -156,6 +156,19 @@ class RelationshipExtractor:
         """An unfitted copy with the same parameters (one per Stage1 model in the OOF store)."""
         return copy.deepcopy(self)
 
+    def fitted_state(self) -> dict[str, np.ndarray]:
+        """What ``fit`` learned, as named arrays (a run folder keeps them as safetensors, so
+        ``relcast predict``/``update`` never fit again); ``{}`` when there is nothing to learn."""
+        return {}
+
+    def load_fitted_state(self, state: dict[str, np.ndarray]) -> RelationshipExtractor:
+        """This extractor as ``fit`` left it, from :meth:`fitted_state`'s arrays."""
+        if state:
+            raise ValueError(
+                f"{type(self).__name__} learns nothing, but the saved state holds {sorted(state)}"
+            )
+        return self
+
 
 # ----------------------------------------------------------------------------- V1
 class AttentionExtractor(RelationshipExtractor):
@@ -244,6 +257,23 @@ class EmbeddingExtractor(RelationshipExtractor):
         signs = np.sign(vt[np.arange(len(vt)), np.abs(vt).argmax(1)])
         self.components_ = (vt * signs[:, None])[:k]  # (k, d)
         self.explained_variance_ratio_ = (s[:k] ** 2) / max((s**2).sum(), 1e-12)
+        return self
+
+    FITTED = ("mean_", "components_", "explained_variance_ratio_")
+
+    def fitted_state(self) -> dict[str, np.ndarray]:
+        if self.method == "bottleneck" or not hasattr(self, "components_"):
+            return {}
+        return {name: np.asarray(getattr(self, name)) for name in self.FITTED}
+
+    def load_fitted_state(self, state: dict[str, np.ndarray]) -> EmbeddingExtractor:
+        if self.method == "bottleneck":
+            return super().load_fitted_state(state)
+        missing = [name for name in self.FITTED if name not in state]
+        if missing:
+            raise ValueError(f"the saved PCA state lacks {missing}")
+        for name in self.FITTED:
+            setattr(self, name, np.asarray(state[name]))
         return self
 
     def extract(self, model, features, dates_index=None):
@@ -405,6 +435,25 @@ class CombinedExtractor(RelationshipExtractor):
     def fit(self, model, features, labels, split, **kwargs):
         for e in self.extractors:
             e.fit(model, features, labels, split, **kwargs)
+        return self
+
+    def fitted_state(self) -> dict[str, np.ndarray]:
+        """Each part's arrays under ``<its position>/``."""
+        return {
+            f"{i}/{k}": v
+            for i, e in enumerate(self.extractors)
+            for k, v in e.fitted_state().items()
+        }
+
+    def load_fitted_state(self, state: dict[str, np.ndarray]) -> CombinedExtractor:
+        for i, e in enumerate(self.extractors):
+            prefix = f"{i}/"
+            e.load_fitted_state(
+                {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+            )
+        unknown = [k for k in state if int(k.split("/", 1)[0]) >= len(self.extractors)]
+        if unknown:
+            raise ValueError(f"the saved state has parts this extractor lacks: {unknown}")
         return self
 
     def extract(self, model, features, dates_index=None):

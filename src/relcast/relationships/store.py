@@ -71,6 +71,7 @@ from relcast.relationships.blocks import (
 )
 from relcast.relationships.folds import alignable_blocks, procrustes_rotation, purged_folds
 from relcast.training.contrastive import ContrastiveExtractor, ContrastiveSettings
+from relcast.training.specs import Stage1Spec, TrainerSpec
 
 FULL_MODEL = -1
 ALIGN_DATES = 64
@@ -179,63 +180,78 @@ def _with_train(split: Any, train_index: np.ndarray) -> Any:
     return SimpleNamespace(**{**vars(split), "train": train_index})
 
 
-def build_relationship_store(
-    features: FeatureSet,
-    labels: np.ndarray,
-    split: Any,
-    stage1_config: Any,
-    extractor: RelationshipExtractor,
-    *,
-    n_folds: int = 3,
-    embargo: int | None = None,
-    oof: bool = True,
-    align: bool = True,
-    sector_ids: Any = None,
-    out_dir: str | Path | None = None,
-    out_path: str | Path | None = None,
-    seed: int = 0,
-    full_model: Any = None,
-    fold_epochs: int | None = None,
-    values_path: str | Path | None = None,
-    extract: bool = True,
-    **fit_kwargs: Any,
-) -> RelationshipStore:
-    """Train Stage1 model(s) and extract relationship features for every date.
+@dataclass(frozen=True)
+class Stage1Fit:
+    """How every Stage1 of a store is trained: the model's sizes (``config``, None for
+    :func:`~relcast.training.stage1.fit_stage1`'s default), the training ``spec``, the
+    ``trainer`` (its ``out_dir``: the folder of the models' checkpoints and logs,
+    ``fold_<k>/`` and ``full/``; a temporary folder, deleted afterwards, when None), the
+    per-stock ``sector_ids`` and the ``target`` stocks that count in losses."""
 
-    Out-of-fold by default (see the module docstring for why): fold k of the training span is
-    extracted by a Stage1 trained on the other folds with ``embargo`` dates purged around fold
-    k; every other date by the Stage1 trained on the full training span (``fold_of = -1``).
+    config: Any
+    spec: Stage1Spec
+    trainer: TrainerSpec
+    sector_ids: Any = None
+    target: np.ndarray | None = None
 
-    Args:
-        features: the feature set (Stage1 reads all its columns).
-        labels: ``[T, N, H]`` forward returns.
-        split: chronological split with ``train`` and ``valid`` (for Stage1's early stopping).
-        stage1_config: a :class:`~relcast.models.cross_sectional.Stage1Config` (or None for
-            :func:`~relcast.training.stage1.fit_stage1`'s preset default).
-        extractor: an unfitted extractor; a fresh copy is fitted per Stage1 model.
+
+@dataclass(frozen=True)
+class StorePlan:
+    """What :func:`build_relationship_store` builds.
+
+    Attributes:
         n_folds: folds over the training span.
         embargo: dates purged on each side of a fold; default H (pass H + label delay when
             labels are delayed).
         oof: False uses the full model for every date (leaky; for comparisons).
         align: rotate fold models' learned-embedding blocks onto the full model's basis.
-        sector_ids: per-stock sectors for Stage1 (and extractors that read the model's).
-        out_dir: folder for Stage1 checkpoints and logs (``fold_<k>/``, ``full/``); a
-            temporary folder, deleted afterwards, when None.
-        out_path: also write ``data_with_relationships`` Parquet there.
-        seed: Stage1 seed (the same for every model).
-        full_model: an already trained Stage1 on the full training span (``split.train``) to
-            reuse instead of training it again; fold models are still trained here.
         fold_epochs: train each fold model for exactly this many epochs, validating once at
             the end (e.g. the full model's best epoch count); None: early stopping on the
-            validation Rank IC like the full model (``max_epochs``/``patience`` of
-            ``fit_kwargs``), with a validation pass every epoch.
+            validation Rank IC like the full model, with a validation pass every epoch.
         values_path: extract by blocks of dates into a ``float32 [T, N, K]`` ``.npy`` memory
             map written there (``data.store: memmap``; the store's ``values`` is that map);
             None: in memory, every date at once.
+        table_path: also write ``data_with_relationships`` Parquet there.
         extract: False fits the models and their extractors but extracts no date (the
             store's ``values``/``mask`` None, ``names`` empty): a rank other than 0 under
             DDP, which joins every fit but keeps no features.
-        fit_kwargs: passed to ``fit_stage1`` (``max_epochs``, ``loss``, ``target``, ...).
+    """
+
+    n_folds: int = 3
+    embargo: int | None = None
+    oof: bool = True
+    align: bool = True
+    fold_epochs: int | None = None
+    values_path: str | Path | None = None
+    table_path: str | Path | None = None
+    extract: bool = True
+
+
+def build_relationship_store(
+    features: FeatureSet,
+    labels: np.ndarray,
+    split: Any,
+    extractor: RelationshipExtractor,
+    fit: Stage1Fit,
+    plan: StorePlan = StorePlan(),
+    *,
+    full_model: Any = None,
+) -> RelationshipStore:
+    """Train Stage1 model(s) and extract relationship features for every date.
+
+    Out-of-fold by default (see the module docstring for why): fold k of the training span is
+    extracted by a Stage1 trained on the other folds with ``plan.embargo`` dates purged around
+    fold k; every other date by the Stage1 trained on the full training span (``fold_of = -1``).
+
+    Args:
+        features: the feature set (Stage1 reads all its columns).
+        labels: ``[T, N, H]`` forward returns.
+        split: chronological split with ``train`` and ``valid`` (for Stage1's early stopping).
+        extractor: an unfitted extractor; a fresh copy is fitted per Stage1 model.
+        fit: how each Stage1 is trained (:class:`Stage1Fit`; one seed for every model).
+        plan: folds, alignment and where the values go (:class:`StorePlan`).
+        full_model: an already trained Stage1 on the full training span (``split.train``) to
+            reuse instead of training it again; fold models are still trained here.
     """
     from relcast.training import stage1 as stage1_training
 
@@ -243,14 +259,16 @@ def build_relationship_store(
     if labels.ndim == 2:
         labels = labels[..., None]
     H = labels.shape[2]
-    embargo = H if embargo is None else int(embargo)
+    embargo = H if plan.embargo is None else int(plan.embargo)
+    fold_epochs, extract, n_folds = plan.fold_epochs, plan.extract, plan.n_folds
     if fold_epochs is not None and int(fold_epochs) < 1:
         raise ValueError(f"fold_epochs must be >= 1 (None: early stopping), got {fold_epochs}")
     T, N = features.mask.shape
     train = np.sort(np.asarray(split.train, dtype=np.int64))
-    block = None if values_path is None else BLOCK_BYTES
+    block = None if plan.values_path is None else BLOCK_BYTES
     start = time.perf_counter()
 
+    out_dir = fit.trainer.out_dir
     tmp_dir = tempfile.TemporaryDirectory(prefix="relcast-store-") if out_dir is None else None
     root = Path(tmp_dir.name if tmp_dir is not None else out_dir)
     try:
@@ -258,22 +276,22 @@ def build_relationship_store(
         def fit_and_extract(
             name: str, fit_index: np.ndarray, model: Any = None, fixed_epochs: int | None = None
         ) -> tuple[Any, Any, dict]:
-            kwargs = dict(fit_kwargs)
+            spec = fit.spec
             if fixed_epochs is not None:  # no early stopping: one validation, after the last
                 epochs = int(fixed_epochs)
-                kwargs.update(max_epochs=epochs, patience=epochs + 1)
-                kwargs["check_val_every_n_epoch"] = epochs
+                spec = dataclasses.replace(
+                    spec, max_epochs=epochs, patience=epochs + 1, validate_every=epochs
+                )
             if model is None:
                 result = stage1_training.fit_stage1(
                     features,
                     labels,
-                    split,
-                    stage1_config,
-                    out_dir=root / name,
-                    sector_ids=sector_ids,
-                    seed=seed,
-                    train_index=fit_index,
-                    **kwargs,
+                    _with_train(split, fit_index),
+                    fit.config,
+                    spec,
+                    fit.trainer.logging_to(root / name),
+                    sector_ids=fit.sector_ids,
+                    target=fit.target,
                 )
             else:  # reuse the caller's full-span model
                 result = SimpleNamespace(
@@ -300,7 +318,7 @@ def build_relationship_store(
         for chunk, rel in extract_blocks(full_ext, full_model, features, everything, block):
             if values is None:
                 names = list(rel.names)
-                values = open_values(values_path, (T, N, len(names)))  # (T, N, K)
+                values = open_values(plan.values_path, (T, N, len(names)))  # (T, N, K)
                 mask = np.zeros((T, N), dtype=bool)
             if block is None:  # in memory: one block, kept as the alignment reference
                 full_ref = rel
@@ -310,8 +328,8 @@ def build_relationship_store(
         fold_of = np.full(T, FULL_MODEL, dtype=np.int64)
         models = []
 
-        if oof and n_folds > 0:
-            blocks = alignable_blocks(names) if align else []
+        if plan.oof and n_folds > 0:
+            blocks = alignable_blocks(names) if plan.align else []
             for k, (fit_index, fold_index) in enumerate(purged_folds(train, n_folds, embargo)):
                 model_k, ext_k, record = fit_and_extract(
                     f"fold_{k}", fit_index, fixed_epochs=fold_epochs
@@ -373,8 +391,8 @@ def build_relationship_store(
         full_extractor=full_ext,
         build_seconds=time.perf_counter() - start,
     )
-    if out_path is not None:
-        store.write_parquet(out_path)
+    if plan.table_path is not None:
+        store.write_parquet(plan.table_path)
     return store
 
 

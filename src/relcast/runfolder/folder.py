@@ -197,11 +197,47 @@ class RunFolder:
 
         return load_stage1(self.file("stage1/model.safetensors"))
 
+    @staticmethod
+    def stage3_weights(name: str) -> str:
+        """The weights file of the Stage3 model ``name`` (``stage3/<name>/model.safetensors``;
+        its sidecar ``model.json`` beside it): the one place that path is written."""
+        return f"stage3/{name}/model.safetensors"
+
+    def has_stage3(self, name: str) -> bool:
+        return self.has(self.stage3_weights(name))
+
+    def save_stage3(self, name: str, module, config: Any, kind: str, **extra: Any) -> Path:
+        """A Stage3 model's weights and sidecar (config, kind, spec, wrapper)."""
+        return self.save_weights(self.stage3_weights(name), module, config, kind, **extra)
+
     def load_stage3(self, name: str):
-        """A Stage3 model (eval mode) from stage3/<name>/model.safetensors."""
+        """A Stage3 model (eval mode) from its weights file."""
         from relcast.runfolder.formats import load_stage3
 
-        return load_stage3(self.file(f"stage3/{name}/model.safetensors"))
+        return load_stage3(self.file(self.stage3_weights(name)))
+
+    def stage3_spec(self, name: str) -> dict | None:
+        """The spec a Stage3 model was trained with (its sidecar's ``spec``; None: a model
+        saved before specs were kept)."""
+        info = self.read_json(str(Path(self.stage3_weights(name)).with_suffix(".json")))
+        spec = info.get("spec") if isinstance(info, dict) else None
+        return spec if isinstance(spec, dict) else None
+
+    def save_extractor(self, extractor, spec: dict) -> Path:
+        """``extractor.safetensors``: what the fitted extractor learned, and in
+        ``extractor.json`` the spec it was made with."""
+        from relcast.runfolder.formats import EXTRACTOR, save_arrays
+
+        return save_arrays(self.file(EXTRACTOR), extractor.fitted_state(), "extractor", spec=spec)
+
+    def load_extractor(self) -> tuple[dict, dict] | None:
+        """``(arrays, spec)`` of the saved extractor; None for a run from before it was kept."""
+        from relcast.runfolder.formats import EXTRACTOR, load_arrays
+
+        if not self.has(EXTRACTOR):
+            return None
+        arrays, info = load_arrays(self.file(EXTRACTOR))
+        return arrays, info.get("spec") or {}
 
     def save_booster(self, booster) -> Path:
         """stage2/booster.json (LightGBM's text format inside JSON), written atomically."""
@@ -319,6 +355,14 @@ class RunFolder:
             release(self.path, fd, remove=created)
 
     # ------------------------------------------------------------------ checkpoints
+    def drop_stage3(self) -> None:
+        """Delete every saved Stage3 model (so that ``relcast stage3`` trains them all again),
+        holding the lock."""
+        import shutil
+
+        with self.lock("stage3"):
+            shutil.rmtree(self.file("stage3"), ignore_errors=True)
+
     def drop_checkpoints(self) -> list[Path]:
         """Delete Lightning's ``.ckpt`` files (pickles) under ``logs/``: call once the weights
         they hold are saved as safetensors (or were only needed during the step)."""

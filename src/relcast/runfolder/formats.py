@@ -60,6 +60,40 @@ def load_state(path: Path) -> tuple[dict, dict]:
         ) from None
 
 
+EXTRACTOR = "extractor.safetensors"
+
+
+def save_arrays(path: Path, arrays: dict[str, np.ndarray], kind: str, **extra: Any) -> Path:
+    """Named arrays (safetensors) + ``<path>.json`` with the kind and ``extra`` entries."""
+    from safetensors.numpy import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+    atomic_write(path, lambda tmp: save_file(arrays, str(tmp)))
+    write_json(path.with_suffix(".json"), {"kind": kind, "format": RUN_FORMAT, **extra})
+    return path
+
+
+def load_arrays(path: Path) -> tuple[dict[str, np.ndarray], dict]:
+    """``(arrays, info)`` written by :func:`save_arrays`; a damaged pair is a
+    :class:`RunFolderError` naming the file."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    path = Path(path)
+    info = read_json(path.with_suffix(".json"))
+    if not isinstance(info, dict) or info.get("format") != RUN_FORMAT:
+        raise RunFolderError(
+            f"{path.with_suffix('.json')} was not written by this relcast; "
+            "run `relcast extract` again"
+        )
+    try:
+        return load_file(str(path)), info
+    except (SafetensorError, OSError) as exc:
+        raise RunFolderError(f"{path} is damaged ({exc}); run `relcast extract` again") from None
+
+
 def dataclass_from_dict(cls: type, data: dict) -> Any:
     """Rebuild a config dataclass, turning JSON lists back into tuples where declared."""
     names = {f.name for f in fields(cls)}

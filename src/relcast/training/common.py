@@ -52,41 +52,33 @@ def quiet_lightning() -> None:
 
 
 def make_trainer(
-    out_dir: str | Path,
+    trainer: Any,
     *,
     monitor: str = "val_rank_ic",
     mode: str = "max",
     patience: int = 5,
     max_epochs: int = 30,
-    accelerator: str = "auto",
-    devices: int | str = 1,
-    strategy: str = "auto",
-    progress: bool = True,
-    gradient_clip_val: float | None = 1.0,
     log_every_n_steps: int = 10,
-    num_sanity_val_steps: int = 0,
+    validate_every: int = 1,
     callbacks: list | None = None,
-    **trainer_kwargs: Any,
 ):
     """A ``lightning.Trainer`` with early stopping, a best checkpoint and a CSV log.
 
-    Everything is written under ``out_dir``: ``checkpoints/best-*.ckpt`` and
+    Everything is written under ``trainer.out_dir``: ``checkpoints/best-*.ckpt`` and
     ``logs/version_*/metrics.csv``. The returned trainer has an ``epoch_history`` attribute
     (list of per-epoch metric dicts) and its ``checkpoint_callback.best_model_path`` names the
     best checkpoint after ``fit``. The checkpoint is a pickle: the pipeline deletes it
     (``RunFolder.drop_checkpoints``) as soon as the weights are saved as safetensors.
 
     Args:
-        out_dir: run folder for checkpoints and logs (never the repository).
+        trainer: devices, strategy, precision, progress bar and ``out_dir`` (a run folder,
+            never the repository): :class:`~relcast.training.specs.TrainerSpec`.
         monitor: the logged validation metric that early stopping and checkpointing watch.
         mode: ``"max"`` for IC-like metrics, ``"min"`` for losses.
         patience: epochs without improvement before stopping.
         max_epochs: hard limit on epochs.
-        accelerator, devices, strategy: passed to Lightning (``"ddp"`` works unchanged).
-        progress: show the progress bar.
-        gradient_clip_val: clip the gradient norm (None to disable).
+        validate_every: epochs between validation passes.
         callbacks: extra Lightning callbacks, run after the built-in ones.
-        trainer_kwargs: any other ``lightning.Trainer`` argument.
     """
     import lightning
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
@@ -95,7 +87,9 @@ def make_trainer(
     if mode not in ("max", "min"):
         raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
     quiet_lightning()
-    out_dir = Path(out_dir)
+    if trainer.out_dir is None:
+        raise ValueError("make_trainer: the TrainerSpec has no out_dir (use .logging_to(dir))")
+    out_dir = Path(trainer.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     history = _history_callback_class()()
     checkpoint = ModelCheckpoint(
@@ -107,23 +101,21 @@ def make_trainer(
     )
     # check_finite=False: an undefined IC early in training must not abort the run.
     stopping = EarlyStopping(monitor=monitor, mode=mode, patience=patience, check_finite=False)
-    trainer = lightning.Trainer(
+    fit = lightning.Trainer(
         default_root_dir=str(out_dir),
         max_epochs=max_epochs,
-        accelerator=accelerator,
-        devices=devices,
-        strategy=strategy,
-        callbacks=[stopping, checkpoint, history, *(callbacks or [])],
+        callbacks=[stopping, checkpoint, history, *trainer.callbacks, *(callbacks or [])],
         logger=CSVLogger(save_dir=str(out_dir), name="logs"),
-        enable_progress_bar=progress,
+        enable_progress_bar=trainer.progress,
         enable_model_summary=False,
-        gradient_clip_val=gradient_clip_val,
+        gradient_clip_val=1.0,
         log_every_n_steps=log_every_n_steps,
-        num_sanity_val_steps=num_sanity_val_steps,
-        **trainer_kwargs,
+        num_sanity_val_steps=0,
+        check_val_every_n_epoch=validate_every,
+        **trainer.lightning_kwargs(),
     )
-    trainer.epoch_history = history.history
-    return trainer
+    fit.epoch_history = history.history
+    return fit
 
 
 def load_best_state_dict(trainer, prefix: str = "model.") -> dict | None:
@@ -138,3 +130,25 @@ def load_best_state_dict(trainer, prefix: str = "model.") -> dict | None:
         return None
     state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
     return {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+
+
+def release_pages_callback(store: Any, every_n_batches: int = 1) -> Any:
+    """A Lightning callback that calls ``store.release()`` every few training batches.
+
+    Pages a batch reads through the memory map stay in the process's RSS until the kernel
+    needs the memory; releasing them keeps RSS at what ``every_n_batches`` batches touch.
+    """
+    import lightning
+
+    class ReleaseMappedPages(lightning.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            if (batch_idx + 1) % every_n_batches == 0:
+                store.release()
+
+        def on_train_start(self, trainer, pl_module) -> None:
+            store.release()  # what building the loaders read (labels, mask)
+
+        def on_validation_end(self, trainer, pl_module) -> None:
+            store.release()
+
+    return ReleaseMappedPages()

@@ -215,6 +215,33 @@ class ContrastiveExtractor(RelationshipExtractor):
         )
         return self
 
+    def fitted_state(self) -> dict[str, np.ndarray]:
+        """The trained encoder's weights (``encoder.<name>``)."""
+        if not hasattr(self, "encoder_"):
+            return {}
+        return {
+            f"encoder.{k}": v.detach().cpu().numpy() for k, v in self.encoder_.state_dict().items()
+        }
+
+    def load_fitted_state(self, state: dict[str, np.ndarray]) -> ContrastiveExtractor:
+        """The encoder rebuilt from its weights (sizes read from their shapes)."""
+        weights = {
+            k.removeprefix("encoder."): torch.from_numpy(np.asarray(v)) for k, v in state.items()
+        }
+        first, last = weights["mlp.0.weight"], weights["mlp.4.weight"]  # (hidden, in), (P, hidden)
+        identity = weights.get("identity.weight")
+        identity_dim = 0 if identity is None else identity.shape[1]
+        encoder = ContrastiveEncoder(
+            num_inputs=first.shape[1] - identity_dim,
+            num_stocks=0 if identity is None else identity.shape[0],
+            hidden=first.shape[0],
+            proj_dim=last.shape[0],
+            identity_dim=identity_dim,
+        )
+        encoder.load_state_dict(weights)
+        self.encoder_ = encoder.eval()
+        return self
+
     def extract(self, model, features, dates_index=None):
         """``[T', N, proj_dim + N]``: projection and cosine similarity to every stock."""
         if not hasattr(self, "encoder_"):

@@ -41,7 +41,7 @@ class CrossSectionDataset(Dataset):
         target = np.ones(N, dtype=bool) if target is None else np.asarray(target, dtype=bool)
         index = np.unique(np.asarray(index, dtype=np.int64))  # sorted, no duplicates
         # The arrays are only referenced, never copied: an item reads its own date, so
-        # ``values``/``labels`` may be memory-mapped (relcast.training.store) and larger than RAM.
+        # ``values``/``labels`` may be memory-mapped (relcast.store.memmap) and larger than RAM.
         self.values, self.labels, self.target = values, labels, target
         self.mask = torch.from_numpy(np.asarray(mask, dtype=bool))  # (T, N)
         mask_np = self.mask.numpy()

@@ -75,7 +75,7 @@ class WindowSource:
         concat_valid_flag: with ``concat_inputs``, also append each stock's valid flag to
             ``cross`` (``[U, N]``) so the model can tell a masked stock from a zero feature.
         stock_major: ``inputs`` is laid out ``[N, T, F]`` (each stock's history contiguous,
-            as in :class:`relcast.training.store.MemmapFeatureStore`): a window is then one
+            as in :class:`relcast.store.memmap.MemmapFeatureStore`): a window is then one
             contiguous block of ``L * F`` floats instead of L rows far apart, which matters
             when ``inputs`` is memory-mapped from disk. ``valid``/``labels`` stay ``[T, N, ...]``.
     """

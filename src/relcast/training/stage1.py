@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -43,6 +42,7 @@ from relcast.features.featureset import FeatureSet
 from relcast.models.cross_sectional import CrossSectionalTransformer, Stage1Config
 from relcast.training.cross_section_data import CrossSectionDataset, DateBatches
 from relcast.training.ranking_losses import LABEL_NORMS, LOSSES, return_loss
+from relcast.training.specs import Stage1Spec, TrainerSpec
 from relcast.training.torch_metrics import ic_torch, rank_ic_torch
 
 
@@ -230,48 +230,32 @@ def fit_stage1(
     features: FeatureSet,
     labels: np.ndarray,
     split: Any,
-    config: Stage1Config | None = None,
+    config: Stage1Config | None,
+    spec: Stage1Spec,
+    trainer: TrainerSpec,
     *,
-    out_dir: str | Path,
     sector_ids: Any = None,
-    loss: str = "ic",
-    label_norm: str = "cross_section",
-    rank_mse_weight: float = 0.0,
-    max_epochs: int = 30,
-    batch_dates: int = 32,
-    lr: float = 1e-3,
-    weight_decay: float = 1e-4,
-    patience: int = 5,
-    seed: int = 0,
-    train_index: np.ndarray | None = None,
     target: np.ndarray | None = None,
-    accelerator: str = "auto",
-    devices: int | str = 1,
-    strategy: str = "auto",
-    progress: bool = True,
-    **trainer_kwargs: Any,
 ) -> Stage1Result:
     """Train Stage1 on the training dates, early-stopping on the validation Rank IC.
 
     Args:
         features: the feature set; all its columns are Stage1 inputs.
         labels: ``[T, N, H]`` forward returns (NaN where undefined).
-        split: an object with ``train`` and ``valid`` date-index arrays.
+        split: an object with ``train`` and ``valid`` date-index arrays (an out-of-fold
+            model gets a split whose ``train`` holds its fold's fitting dates).
         config: model config (e.g. ``Stage1Config.from_settings(load_config(preset).stage1,
-            ...)``); default: :class:`Stage1Config`'s defaults sized from the data.
-        out_dir: run folder for checkpoints and the CSV log.
+            ...)``); None: :class:`Stage1Config`'s defaults sized from the data.
+        spec: how to train (:class:`~relcast.training.specs.Stage1Spec`): ``loss``
+            (``"ic"``, ``"mse"``, ``"listnet"``, ``"pairwise"``, see the module docstring),
+            ``label_norm`` (``"cross_section"`` or ``"cs_rank"``), ``rank_mse_weight``
+            (the MSE added to the ``listnet``/``pairwise`` loss), ``max_epochs``,
+            ``batch_dates``, ``lr``, ``weight_decay``, ``patience``, ``seed``.
+        trainer: Lightning's devices (``strategy="ddp"`` works unchanged), the progress bar
+            and ``out_dir`` (checkpoints and the CSV log).
         sector_ids: per-stock sector (ints or labels such as ``panel.sectors``), or None.
-        loss: ``"ic"`` (default), ``"mse"``, ``"listnet"`` or ``"pairwise"``, see the module
-            docstring.
-        label_norm: ``"cross_section"`` (default) or ``"cs_rank"``: the labels the losses
-            read, see the module docstring.
-        rank_mse_weight: weight of the MSE added to the ``listnet``/``pairwise`` loss.
-        train_index: train on these dates instead of ``split.train`` (out-of-fold runs).
         target: ``bool [N]``, symbols that count in losses and metrics, e.g.
             ``~panel.is_index`` (default all).
-        accelerator, devices, strategy: Lightning's (``strategy="ddp"`` works unchanged).
-        progress: show a progress bar.
-        trainer_kwargs: other ``lightning.Trainer`` arguments.
     """
     from relcast.training.common import load_best_state_dict, make_trainer, seed_everything
 
@@ -290,7 +274,7 @@ def fit_stage1(
     if sectors is not None and config.num_sectors < num_sectors:
         raise ValueError(f"config.num_sectors={config.num_sectors} < {num_sectors} sectors given")
 
-    train_index = np.asarray(split.train if train_index is None else train_index)
+    train_index = np.asarray(split.train)
     corr_window = config.corr_window if config.multitask else 0
     common = dict(target=target, corr_window=corr_window)
     train_set = CrossSectionDataset(features.values, features.mask, labels, train_index, **common)
@@ -303,30 +287,27 @@ def fit_stage1(
             f"{len(valid_set)} valid dates with >= 2 labelled stocks; check the split and labels"
         )
 
-    seed_everything(seed)
+    seed_everything(spec.seed)
     module = _stage1_module_class()(
         config,
         sector_ids=sectors,
-        loss=loss,
-        lr=lr,
-        weight_decay=weight_decay,
-        label_norm=label_norm,
-        rank_mse_weight=rank_mse_weight,
+        loss=spec.loss,
+        lr=spec.lr,
+        weight_decay=spec.weight_decay,
+        label_norm=spec.label_norm,
+        rank_mse_weight=spec.rank_mse_weight,
     )
     shuffle_rng = torch.Generator()
     shuffle_rng.set_state(torch.get_rng_state())  # seeded above; immune to later RNG use
-    trainer = make_trainer(
-        out_dir,
+    batch_dates = spec.batch_dates
+    fit = make_trainer(
+        trainer,
         monitor="val_rank_ic",
         mode="max",
-        patience=patience,
-        max_epochs=max_epochs,
-        accelerator=accelerator,
-        devices=devices,
-        strategy=strategy,
-        progress=progress,
+        patience=spec.patience,
+        max_epochs=spec.max_epochs,
         log_every_n_steps=max(1, min(10, len(train_set) // batch_dates)),
-        **trainer_kwargs,
+        validate_every=spec.validate_every,
     )
     # batches of dates sharded by rank under DDP: each date once per epoch, equal step counts
     train_loader = DataLoader(
@@ -334,19 +315,19 @@ def fit_stage1(
     )
     valid_loader = DataLoader(DateBatches(valid_set, batch_dates), batch_size=None)
     start = time.perf_counter()
-    trainer.fit(module, train_loader, valid_loader)
+    fit.fit(module, train_loader, valid_loader)
     seconds = time.perf_counter() - start
 
-    best = load_best_state_dict(trainer, prefix="model.")
+    best = load_best_state_dict(fit, prefix="model.")
     if best is not None:
         module.model.load_state_dict(best)
-    score = trainer.checkpoint_callback.best_model_score
+    score = fit.checkpoint_callback.best_model_score
     return Stage1Result(
         model=module.model.cpu().eval(),
-        history=list(trainer.epoch_history),
+        history=list(fit.epoch_history),
         best_val_rank_ic=float(score) if score is not None else float("nan"),
         train_seconds=seconds,
-        checkpoint_path=trainer.checkpoint_callback.best_model_path,
+        checkpoint_path=fit.checkpoint_callback.best_model_path,
         config=config,
     )
 

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -47,11 +46,10 @@ from relcast.features.labels import (
     normalize_labels_cross_section,
     rank_normalize_labels_cross_section,
 )
+from relcast.training.specs import CHUNK_LENGTH, Stage3Spec, TrainerSpec, chunk_steps
 from relcast.training.stage3_inputs import Stage3Inputs, StockMajorInputs
 from relcast.training.stage3_module import epoch_timer_class, lightning_module_class
 
-CHUNK_LENGTH = 128
-"""Default chunk length of sequence training and prediction (burn-in included)."""
 EVAL_BATCH_FLOATS = 2**25
 """Input floats per evaluation batch at most (128 MB): ``rawconcat`` on a large universe is
 N * F_own wide, and an evaluation batch must not grow with it."""
@@ -64,7 +62,7 @@ def eval_batch_size(want: int, num_features: int, lookback: int, chunk_length: i
     if chunk_length is None:
         steps = float(lookback)
     else:
-        C = max(chunk_length, 2 * lookback)
+        C = chunk_steps(chunk_length, lookback)
         steps = C / (C - lookback + 1)
     return max(1, min(int(want), int(EVAL_BATCH_FLOATS / (num_features * steps))))
 
@@ -143,32 +141,16 @@ def fit_stage3(
     inputs: Stage3Inputs,
     labels: np.ndarray,
     split: Any,
+    spec: Stage3Spec,
+    trainer: TrainerSpec,
     *,
-    lookback: int,
-    hparams: dict[str, Any] | None = None,
-    quantiles: Sequence[float] | None = (0.1, 0.5, 0.9),
-    max_epochs: int = 20,
-    batch_size: int = 1024,
-    lr: float = 1e-3,
-    weight_decay: float = 0.0,
-    patience: int = 5,
-    seed: int = 0,
-    out_dir: str | Path,
     stocks: Sequence[str | int] | None = None,
-    label_norm: str = "cross_section",
-    progress: bool = True,
-    regime_gate: bool = False,
     index_symbols: Sequence[str] = (),
-    accelerator: str = "cpu",
-    devices: int | str = 1,
-    strategy: str = "auto",
-    chunk_length: int | None = CHUNK_LENGTH,
-    **trainer_kwargs: Any,
 ) -> Stage3Result:
     """Train the Stage3 model ``model_name`` on the windows ending in ``split.train``.
 
-    By default on sequence batches: chunks of ``chunk_length`` steps of each stock's span,
-    scored at every window end after a burn-in of ``lookback - 1`` steps (see
+    By default on sequence batches: chunks of ``spec.chunk_length`` steps of each stock's
+    span, scored at every window end after a burn-in of ``lookback - 1`` steps (see
     :mod:`relcast.training.loader`); each window end is scored once per epoch, as in
     windowed training, for a fraction of the cost.
 
@@ -177,28 +159,23 @@ def fit_stage3(
         inputs: from :func:`assemble_inputs`.
         labels: raw forward returns ``[T, N, H]`` (``relcast.features.labels.forward_returns``).
         split: has ``train`` and ``valid`` date-index arrays (``chronological_split``).
-        lookback: window length L.
-        hparams: model hyperparameters beyond the data-given ones (``hidden_size``,
-            ``num_layers``, ``dropout``, ``kernel_size``, ...).
-        quantiles: predicted quantiles, or None for a point forecast trained with MSE.
-        max_epochs, batch_size, lr, weight_decay, patience: the optimisation.
-        seed: seeds the weights, dropout and the window shuffle: same seed, same model.
-        out_dir: run folder for checkpoints and the CSV log.
+        spec: how to train (:class:`~relcast.training.specs.Stage3Spec`): ``lookback``,
+            the model's ``hparams`` beyond the data-given sizes, ``quantiles`` (None: a
+            point forecast trained with MSE), the optimisation (``max_epochs``,
+            ``batch_size``, ``lr``, ``weight_decay``, ``patience``), ``label_norm``
+            (``"cross_section"``, ``"cs_rank"`` (qlib's CSRankNorm) or ``"none"``, see the
+            module docstring), ``seed`` (weights, dropout, shuffle: same seed, same model),
+            ``chunk_length`` (C of sequence training, ``batch_size`` then counts scored
+            steps; None trains on one window per sample) and ``regime_gate`` (wrap the
+            model in a :class:`relcast.models.regime_gate.RegimeGatedModel` that scales the
+            index vs sector relationship columns by the regime of each step; needs inputs
+            with the ``regime`` group and V1/V3 relationship columns).
+        trainer: Lightning's devices (``strategy="ddp"`` shards the windows across
+            processes), the progress bar and ``out_dir`` (checkpoints and the CSV log).
         stocks: train (and validate) on these target stocks only; all if None. With one
             stock, early stopping and the checkpoint watch ``val_loss`` (no Rank IC exists).
-        label_norm: ``"cross_section"`` (default), ``"cs_rank"`` (qlib's CSRankNorm) or
-            ``"none"``, see the module docstring.
-        progress: show the progress bar.
-        regime_gate: wrap the model in a :class:`relcast.models.regime_gate.RegimeGatedModel`
-            that scales the index vs sector relationship columns by the regime of each
-            step, with the scales learned along with the model. Needs ``inputs`` with the
-            ``regime`` group and V1/V3 relationship columns.
         index_symbols: the market index symbols (their ``attn_``/``ctr_sim_`` columns are
             index columns for the gate).
-        accelerator, devices, strategy: passed to Lightning (``strategy="ddp"`` shards the
-            windows across processes).
-        chunk_length: the chunk length C of sequence training (``batch_size`` then counts
-            scored steps); None trains on one window per sample (kept for comparisons).
     """
     from relcast.training.common import load_best_state_dict, make_trainer, seed_everything
 
@@ -209,6 +186,7 @@ def fit_stage3(
         raise ValueError(
             f"labels have shape {labels.shape}, expected {inputs.valid.shape + ('H',)}"
         )
+    lookback, label_norm, chunk_length = spec.lookback, spec.label_norm, spec.chunk_length
     if label_norm not in LABEL_NORMS:
         raise ValueError(f"label_norm must be one of {LABEL_NORMS}, got {label_norm!r}")
     # z-scores over every stock with valid inputs, also when training on one target stock
@@ -216,13 +194,13 @@ def fit_stage3(
     target = _target(labels, inputs.valid, label_norm, store)
     stock_idx = inputs.stock_index(stocks)
     train = inputs.loader(
-        lookback, target, index=split.train, stocks=stock_idx, batch_size=batch_size,
-        shuffle=True, seed=seed, chunk_length=chunk_length,
+        lookback, target, index=split.train, stocks=stock_idx, batch_size=spec.batch_size,
+        shuffle=True, seed=spec.seed, chunk_length=chunk_length,
     )  # fmt: skip
     valid = inputs.loader(
         lookback, target, index=split.valid, stocks=stock_idx, chunk_length=chunk_length,
         batch_size=eval_batch_size(
-            max(batch_size, 4096), inputs.num_features, lookback, chunk_length
+            max(spec.batch_size, 4096), inputs.num_features, lookback, chunk_length
         ),
     )  # fmt: skip
     if train.num_windows == 0:
@@ -233,8 +211,9 @@ def fit_stage3(
     if valid.num_windows == 0:
         raise ValueError("no validation windows: the valid split is shorter than needed")
 
-    seed_everything(seed)
-    model = build_model(model_name, inputs, labels.shape[-1], quantiles, lookback, hparams)
+    seed_everything(spec.seed)
+    quantiles = spec.quantiles
+    model = build_model(model_name, inputs, labels.shape[-1], quantiles, lookback, spec.hparams)
     if label_norm == "none":  # quantile heads start at unit scale; raw returns are smaller
         from relcast.models.temporal.losses import QuantileHead
 
@@ -242,34 +221,29 @@ def fit_stage3(
         for head in model.modules():
             if isinstance(head, QuantileHead):
                 head.init_interval(scale)
-    if regime_gate:
+    if spec.regime_gate:
         from relcast.models.regime_gate import RegimeGatedModel
 
         model = RegimeGatedModel.wrap(model, inputs.names, index_symbols)
-    module = lightning_module_class()(model, quantiles, lr=lr, weight_decay=weight_decay)
+    module = lightning_module_class()(model, quantiles, lr=spec.lr, weight_decay=spec.weight_decay)
     timer = epoch_timer_class()()
     # a Rank IC needs >= 2 stocks per date; one target stock is judged by its loss instead
     single = stock_idx is not None and len(np.unique(stock_idx)) == 1
-    trainer = make_trainer(
-        out_dir,
+    fit = make_trainer(
+        trainer,
         monitor="val_loss" if single else "val_rank_ic",
         mode="min" if single else "max",
-        patience=patience,
-        max_epochs=max_epochs,
-        accelerator=accelerator,
-        devices=devices,
-        strategy=strategy,
-        progress=progress,
-        **trainer_kwargs,
+        patience=spec.patience,
+        max_epochs=spec.max_epochs,
     )
-    trainer.callbacks.append(timer)
-    trainer.fit(module, train_dataloaders=train.dataloader(), val_dataloaders=valid.dataloader())
+    fit.callbacks.append(timer)
+    fit.fit(module, train_dataloaders=train.dataloader(), val_dataloaders=valid.dataloader())
 
-    best = load_best_state_dict(trainer, prefix="model.")
+    best = load_best_state_dict(fit, prefix="model.")
     if best is not None:
         model.load_state_dict(best)
     model.eval()
-    history = list(trainer.epoch_history)
+    history = list(fit.epoch_history)
     ics = [row["val_rank_ic"] for row in history if np.isfinite(row.get("val_rank_ic", np.nan))]
     seconds = float(np.mean(timer.seconds)) if timer.seconds else float("nan")
     return Stage3Result(
@@ -283,7 +257,7 @@ def fit_stage3(
         quantiles=None if quantiles is None else tuple(quantiles),
         label_norm=label_norm,
         feature_set=inputs.feature_set,
-        checkpoint=str(trainer.checkpoint_callback.best_model_path or ""),
+        checkpoint=str(fit.checkpoint_callback.best_model_path or ""),
         chunk_length=train.chunk_length,
     )
 

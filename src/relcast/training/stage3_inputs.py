@@ -164,7 +164,7 @@ def assemble_inputs(
         _, sector_ids = np.unique(np.asarray(sectors).astype(str), return_inverse=True)
         if len(sector_ids) != N:
             raise ValueError(f"sectors has {len(sector_ids)} entries, expected {N} stocks")
-    store = getattr(features, "store", None)  # a MemmapFeatureStore's feature set
+    store = features.store  # a MemmapFeatureStore's feature set, or None
     names = [n for g in ("own", *context) for n in groups[g]]
     if store is not None and feature_set != "rawconcat" and names == list(features.names):
         return store_inputs(store, feature_set, relationships, sector_ids=sector_ids)
@@ -231,7 +231,7 @@ def store_inputs(
     store: Any, feature_set: str = "own", relationships: Any = None, *,
     sector_ids: np.ndarray | None = None, block_dates: int = 2048,
 ) -> StockMajorInputs:  # fmt: skip
-    """``own`` or ``hybrid`` inputs of a :class:`~relcast.training.store.MemmapFeatureStore`,
+    """``own`` or ``hybrid`` inputs of a :class:`~relcast.store.memmap.MemmapFeatureStore`,
     equal to :func:`assemble_inputs` on its features, without a ``[T, N, F]`` array in memory.
 
     ``own`` reads the store's file itself (every stored column: own, then the per-date

@@ -1,4 +1,4 @@
-"""The pipeline's evaluate step: gather every model's forecast, score them, save the results.
+"""evaluate: gather every model's forecast, score them, save the results (rank 0).
 
 1. Forecasts ``[W, N, H]`` of every model of the run over the scoring window (first to last
    test date, :func:`relcast.evaluation.scoring.scoring_window`: all that scoring, the
@@ -20,6 +20,7 @@ near zero), ``stage1``, ``stage1+stage2``, ``hybrid_<model>``, ``stage3_own_<mod
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -42,6 +43,7 @@ from relcast.evaluation.scoring import (
     scored_span,
     scoring_window,
 )
+from relcast.run.context import RunContext, writes
 
 TIMINGS = ("seconds_per_epoch", "windows_per_second", "num_inputs")
 BLOCK_CELLS = 2**22  # (date, stock) cells z-scored at a time
@@ -59,29 +61,29 @@ class Forecasts:
     window: slice = field(default_factory=lambda: slice(None))  # the dates the arrays cover
 
 
-def gather_forecasts(pipe, cell: np.ndarray, window: slice | None = None) -> Forecasts:
+def gather_forecasts(ctx: RunContext, cell: np.ndarray, window: slice | None = None) -> Forecasts:
     """Forecasts of the baselines, Stage1, Stage1+Stage2 and every saved Stage3 model over
     ``window`` (default: :func:`scoring_window` of the run's split); ``cell [T, N]``: the
     stocks scored on every date."""
     from relcast.training.baselines import baseline_predictions
     from relcast.training.stage3 import predict_stage3
 
-    cfg, f, split = pipe.config, pipe.features, pipe.split
+    cfg, f, split = ctx.config, ctx.features, ctx.split
     window = scoring_window(split) if window is None else window
-    H = pipe.labels.shape[2]
+    H = ctx.labels.shape[2]
     out = Forecasts(window=window)
     # LightGBM is fitted on the horizon-1 z-scores of the training and validation dates:
     # those up to the last of them are all it reads (and its shuffled control draws them)
     fitted = int(max(np.max(split.train), np.max(split.valid))) + 1
-    z1 = zscored_h1(pipe.labels[:fitted], cell[:fitted])  # (fitted, N)
+    z1 = zscored_h1(ctx.labels[:fitted], cell[:fitted])  # (fitted, N)
     out.point.update(
         baseline_predictions(
-            pipe.panel, f, z1, cell, split, H, cfg.trainer.seed, cfg.baselines, dates=window
+            ctx.panel, f, z1, cell, split, H, cfg.trainer.seed, cfg.baselines, dates=window
         )
     )
     del z1
-    booster = pipe.stage2_booster if cfg.stage2.enabled else None
-    s1 = _stage1_outputs(pipe, window, booster=booster is not None)
+    booster = ctx.stage2_booster if cfg.stage2.enabled else None
+    s1 = stage1_window_outputs(ctx, window, booster=booster is not None)
     # Stage1 predicts stage1.horizons (default 1); later horizons repeat its last one, as
     # LightGBM's single forecast is repeated
     pad = ((0, 0), (0, 0), (0, H - s1["pred"].shape[2]))
@@ -95,25 +97,29 @@ def gather_forecasts(pipe, cell: np.ndarray, window: slice | None = None) -> For
         out.point["stage1+stage2"] = s12
     del s1
 
-    trained = pipe.folder.run_info()["steps"].get("stage3", {}).get("models", {})
-    for name, model_name, feature_set in pipe.stage3_names():
-        if not pipe.folder.has(f"stage3/{name}/model.safetensors"):
+    trained = ctx.info()["steps"].get("stage3", {}).get("models", {})
+    for name, model_name, feature_set in ctx.stage3_names():
+        if not ctx.has_stage3(name):
             continue
-        model = pipe.stage3_model(name)
-        inputs = pipe.stage3_inputs(feature_set)
-        pred = predict_stage3(model, inputs, index=split.test, span=window)
+        model, spec = ctx.stage3_model(name)
+        inputs = ctx.stage3_inputs(feature_set)
+        pred = predict_stage3(
+            model, inputs, index=split.test, span=window, chunk_length=spec.chunk_length
+        )
         out.point[name] = pred["point"]
         if model.config.quantiles is not None:
             out.quantiles[name] = pred["pred"]
         if model_name == "tft":
-            out.importance[name] = _tft_importance(model, inputs, split.test)
+            out.importance[name] = tft_importance(model, inputs, split.test)
         out.extra[name] = {k: v for k, v in trained.get(name, {}).items() if k in TIMINGS}
         runs = [pred["point"]]  # --seeds K: every Stage3 model is trained K times
-        for folder in pipe.seed_folders(name)[1:]:
-            if pipe.folder.has(f"stage3/{folder}/model.safetensors"):
+        for folder in ctx.seed_folders(name)[1:]:
+            if ctx.has_stage3(folder):
+                seeded_model, seeded_spec = ctx.stage3_model(folder)
                 seeded = predict_stage3(
-                    pipe.stage3_model(folder), inputs, index=split.test, span=window
-                )
+                    seeded_model, inputs, index=split.test, span=window,
+                    chunk_length=seeded_spec.chunk_length,
+                )  # fmt: skip
                 runs.append(seeded["point"])
         if len(runs) > 1:
             out.seed_runs[name] = runs
@@ -135,14 +141,23 @@ def zscored_h1(labels: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def evaluate_run(pipe) -> dict[str, Any]:
-    """Score every model of the run (a :class:`relcast.pipeline.Pipeline`) on the test span;
-    save metrics, predictions, backtests, importance and attention; return the metrics."""
-    cfg, panel, split = pipe.config, pipe.panel, pipe.split
-    labels = pipe.labels  # (T, N, H) raw forward returns (a memory map with data.store: memmap)
-    cell = pipe.features.mask & pipe.target[None, :]  # (T, N) stocks, indices excluded
+@writes("evaluate")
+def evaluate(ctx: RunContext) -> dict[str, Any]:
+    """Score every model of the run on the test span; save metrics, predictions,
+    backtests, importance and attention; return the metrics."""
+    start = time.perf_counter()
+    metrics = evaluate_run(ctx)
+    ctx.mark("evaluate", time.perf_counter() - start)
+    return metrics
+
+
+def evaluate_run(ctx: RunContext) -> dict[str, Any]:
+    """:func:`evaluate`'s work, without the lock and the mark in ``run.json``."""
+    cfg, panel, split = ctx.config, ctx.panel, ctx.split
+    labels = ctx.labels  # (T, N, H) raw forward returns (a memory map with data.store: memmap)
+    cell = ctx.features.mask & ctx.target[None, :]  # (T, N) stocks, indices excluded
     window = scoring_window(split)
-    forecasts = gather_forecasts(pipe, cell, window)
+    forecasts = gather_forecasts(ctx, cell, window)
     # everything below reads the window's dates only: (W, ...) arrays, days within them
     labels_w, cell_w = np.asarray(labels[window]), cell[window]
     span = scored_span(labels_w, cell_w, split, window.start)
@@ -173,7 +188,7 @@ def evaluate_run(pipe) -> dict[str, Any]:
         ],
         ignore_index=True,
     )
-    folder = pipe.folder
+    folder = ctx.folder
     folder.save_metrics(metrics)
     folder.write("predictions.parquet", partial(write_frames, frames=pieces, columns=columns))
     folder.save_table("backtest.parquet", backtest)
@@ -181,11 +196,11 @@ def evaluate_run(pipe) -> dict[str, Any]:
         folder.write_json("importance.json", forecasts.importance)
     days = span.days + window.start
     del forecasts, span, pieces, backtest, labels_w  # before Stage1's attention pass
-    _save_attention(pipe, days)
+    save_attention(ctx, days)
     return metrics
 
 
-def _tft_importance(model, inputs, index) -> dict[str, float]:
+def tft_importance(model, inputs, index) -> dict[str, float]:
     loader = inputs.loader(model.config.lookback, index=index, batch_size=2048)
     result = model.interpret(iter(loader), feature_names=inputs.names)
     return {k: float(v) for k, v in result["variable_importance"].items()}
@@ -196,41 +211,41 @@ MEMMAP_ATTENTION_BATCH = 2**25  # and computes them with at most this much weigh
 STAGE1_BATCH = 64  # predict_stage1's default batch of dates
 
 
-def _stage1_outputs(pipe, window: slice, booster: bool) -> dict[str, np.ndarray]:
+def stage1_window_outputs(ctx: RunContext, window: slice, booster: bool) -> dict[str, np.ndarray]:
     """Stage1's ``pred`` (and with ``booster`` its ``embeddings``) on the window's dates.
 
     A memory-mapped run runs Stage1 on those dates only (widened to whole batches of
     ``STAGE1_BATCH`` dates: the batches of a run over every date, so the same values); an
     in-memory run cuts the outputs it caches for every date."""
     keep = ("pred", "embeddings") if booster else ("pred",)
-    if pipe.config.data.store != "memmap":
-        full = pipe.stage1_outputs()
+    if not ctx.store.by_blocks:
+        full = ctx.stage1_outputs
         return {k: full[k][window] for k in keep}  # views of the run's cached outputs
     from relcast.models.cross_sectional import predict_stage1
 
-    T = pipe.features.values.shape[0]
+    T = ctx.features.values.shape[0]
     first = window.start - window.start % STAGE1_BATCH
     last = min(T, -(-window.stop // STAGE1_BATCH) * STAGE1_BATCH)  # the batch's end
     out = predict_stage1(
-        pipe.stage1_model, pipe.features, dates_index=np.arange(first, last),
+        ctx.stage1_model, ctx.features, dates_index=np.arange(first, last),
         batch_dates=STAGE1_BATCH, outputs=keep,
     )  # fmt: skip
     return {k: out[k][window.start - first : window.stop - first] for k in keep}  # (W, N, ..)
 
 
-def _save_attention(pipe, days: np.ndarray) -> None:
+def save_attention(ctx: RunContext, days: np.ndarray) -> None:
     from relcast.models.cross_sectional import predict_stage1
 
     batch = {}
-    if pipe.config.data.store == "memmap":  # [D, N, N] floats: the last days that fit
-        N, cfg = pipe.panel.num_symbols, pipe.stage1_model.config
+    if ctx.store.by_blocks:  # [D, N, N] floats: the last days that fit
+        N, cfg = ctx.panel.num_symbols, ctx.stage1_model.config
         days = days[-max(1, MEMMAP_ATTENTION_BYTES // (4 * N * N)) :]
         # and batches of dates whose every layer's and head's weights fit in this
         per_date = 4 * cfg.num_layers * cfg.num_heads * N * N
         batch = {"batch_dates": max(1, min(STAGE1_BATCH, MEMMAP_ATTENTION_BATCH // per_date))}
     out = predict_stage1(
-        pipe.stage1_model, pipe.features, dates_index=days, need_weights=True,
+        ctx.stage1_model, ctx.features, dates_index=days, need_weights=True,
         average_heads=True, last_layer=True, **batch,
     )  # fmt: skip
     attention = out["attention"][:, 0]  # (D, N, N): last layer, head-averaged
-    pipe.folder.save_attention(pipe.panel.dates[days], pipe.panel.symbols, attention)
+    ctx.folder.save_attention(ctx.panel.dates[days], ctx.panel.symbols, attention)

@@ -51,10 +51,8 @@ from relcast.data.panel import Panel, RelcastDataError, memory_map_of, release_p
 from relcast.features.build import DEFAULT_WINDOWS, build_features
 from relcast.features.featureset import FeatureSet
 from relcast.features.labels import forward_returns, normalize_labels_cross_section
-from relcast.training.store_sources import (  # noqa: F401  (panel_slices: importable from here too)
-    index_context,
-    panel_slices,
-)
+from relcast.store.settings import StoreSettings
+from relcast.store.sources import index_context
 
 STORE_VERSION = 1
 ARRAYS = ("values", "values_by_date", "mask", "labelled", "labels", "targets")
@@ -235,33 +233,15 @@ class MemmapFeatureStore:
         Its ``mask`` is read into memory (``T * N`` bytes). Use it for Stage1
         (``fit_stage1`` reads one date per item, never the whole array).
         """
-        features = FeatureSet(
+        return FeatureSet(
             dates=self.dates,
             symbols=self.symbols,
             names=list(self.names),
             values=self.values,
             mask=np.array(self.mask),
             groups={k: list(v) for k, v in self.groups.items()},
+            store=self,  # assemble_inputs then reads Stage3 inputs from the store
         )
-        features.store = self  # assemble_inputs then reads Stage3 inputs from the store
-        return features
-
-    def stage3_inputs(self, feature_set: str = "own", relationships: Any = None) -> Any:
-        """Stage3 inputs (``own``: every stored column; ``hybrid``: plus ``relationships``)
-        read from the memmap (:func:`relcast.training.stage3_inputs.store_inputs`).
-
-        Train with ``fit_stage3(..., inputs, store.targets, split, label_norm="none")``: the
-        targets are already the cross-sectional z-scores ``fit_stage3`` would compute, and
-        computing them again would build a float64 ``[T, N, H]`` array in memory.
-        """
-        from relcast.training.stage3_inputs import store_inputs
-
-        order = [g for g in ("own", "index", "calendar") if self.groups.get(g)]
-        if [n for g in order for n in self.groups[g]] != self.names:
-            raise RelcastDataError(
-                f"{self.folder}: stored columns are not in the order own, index, calendar"
-            )
-        return store_inputs(self, feature_set, relationships)
 
     def holds(self, array: Any) -> bool:
         """True if ``array`` is (a view of the whole of) the store's labels or targets."""
@@ -352,14 +332,11 @@ def build_feature_store(
     folder: str | Path,
     source: Callable[[int, int], Panel],
     dates: np.ndarray,
+    settings: StoreSettings,
     *,
-    horizons: int,
-    train_end: int,
-    label_delay: int = 0,
     chunk_dates: int = 2048,
     overlap: int = 1024,
     windows: Sequence[int] | None = None,
-    sector_ids: np.ndarray | None = None,
     overwrite: bool = False,
 ) -> MemmapFeatureStore:
     """Build the features and labels of a panel into a store, one chunk of dates at a time.
@@ -368,23 +345,24 @@ def build_feature_store(
         folder: the store's folder (created).
         source: ``source(start, stop)`` returns the bars of dates ``start .. stop - 1`` as a
             Panel with the same symbols every time (e.g. read from partitioned Parquet);
-            :func:`panel_slices` wraps an in-memory panel. It must include at least one
-            market index (``is_index``).
+            :func:`relcast.store.sources.panel_slices` wraps an in-memory panel. It must
+            include at least one market index (``is_index``).
         dates: all T dates of the source.
-        horizons: H of the labels.
-        label_delay: the labels' delay (``data.label_delay``; ``forward_returns(delay=...)``).
-        train_end: last date index of the training span (index features' statistics).
+        settings: ``horizons`` (H of the labels), ``label_delay`` (``data.label_delay``;
+            ``forward_returns(delay=...)``), ``train_end`` (last date index of the training
+            span: index features' statistics) and ``sector_ids`` (``int [N]`` sector per
+            symbol for the store).
         chunk_dates: dates written per chunk; memory grows with ``chunk_dates + overlap``.
         overlap: earlier dates loaded with each chunk to warm up the indicators. It must
             exceed the longest indicator window in traded bars; EMAs converge geometrically
             (after 300 bars the seed's weight in a 26-bar EMA is ~1e-10).
         windows: indicator windows (``build_features``'s default if None).
-        sector_ids: ``int [N]`` sector per symbol for the store.
         overwrite: replace an existing store in ``folder``.
 
     Returns the finished store, opened read-only.
     """
     windows = DEFAULT_WINDOWS if windows is None else tuple(windows)
+    horizons, train_end, label_delay = settings.horizons, settings.train_end, settings.label_delay
     dates = np.asarray(dates, dtype="datetime64[ns]")
     T = len(dates)
     if chunk_dates < 1 or overlap < 0:
@@ -416,31 +394,8 @@ def build_feature_store(
             groups = {"own": own.groups["own"], **context_groups}
             store = MemmapFeatureStore.create(
                 folder, dates, panel.symbols, [n for g in groups.values() for n in g], groups,
-                horizons, sector_ids=sector_ids, overwrite=overwrite,
+                horizons, sector_ids=settings.sector_ids, overwrite=overwrite,
             )  # fmt: skip
         store.write(a, values, mask, labels)
         store.release()  # written pages leave this process's RSS (they are in the file)
     return store.finish()
-
-
-# ----------------------------------------------------------------------------- training
-def release_pages_callback(store: MemmapFeatureStore, every_n_batches: int = 1) -> Any:
-    """A Lightning callback that calls ``store.release()`` every few training batches.
-
-    Pages a batch reads through the memory map stay in the process's RSS until the kernel
-    needs the memory; releasing them keeps RSS at what ``every_n_batches`` batches touch.
-    """
-    import lightning
-
-    class ReleaseMappedPages(lightning.Callback):
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-            if (batch_idx + 1) % every_n_batches == 0:
-                store.release()
-
-        def on_train_start(self, trainer, pl_module) -> None:
-            store.release()  # what building the loaders read (labels, mask)
-
-        def on_validation_end(self, trainer, pl_module) -> None:
-            store.release()
-
-    return ReleaseMappedPages()

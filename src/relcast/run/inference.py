@@ -21,7 +21,8 @@ import numpy as np
 import pandas as pd
 
 from relcast.data.panel import Panel, RelcastDataError, format_names
-from relcast.runfolder import JOURNAL, RunFolder
+from relcast.run.context import RunContext
+from relcast.runfolder import JOURNAL, RunFolder, RunFolderError
 from relcast.runfolder.formats import relationships_npz
 
 __all__ = ["JOURNAL", "predict_date", "recover_update", "update_run"]
@@ -49,42 +50,42 @@ def _read_market(data: str, config) -> Panel:
     )
 
 
-def _open(run_dir):
-    from relcast.pipeline import Pipeline
-
-    return Pipeline.open(run_dir)  # opening recovers an interrupted update
+def _open(run_dir) -> RunContext:
+    return RunContext.open(run_dir)  # opening recovers an interrupted update
 
 
-def _relationships_for(pipe, features, index: np.ndarray, stored: np.ndarray, stored_dates):
-    """Relationship values ``[T, N, K]`` on the features' dates: stored where the store has
-    the date, extracted by the full Stage1 model for the dates in ``index`` it lacks."""
+def _relationships_for(ctx: RunContext, features, index: np.ndarray, stored: dict):
+    """Relationship values ``[T, N, K]`` on the features' dates: ``stored`` (the run's
+    ``relationships.npz``) where it has the date, extracted by the full Stage1 model for the
+    dates in ``index`` it lacks."""
+    stored_dates, names = stored["dates"], stored["names"]
     T, N = features.mask.shape
-    names = pipe.relationships[1]
     values = np.full((T, N, len(names)), np.nan, dtype=np.float32)
     pos = {int(d): i for i, d in enumerate(stored_dates.astype("int64"))}
     have = np.array([pos.get(int(d), -1) for d in features.dates.astype("int64")])
-    values[have >= 0] = stored[have[have >= 0]]
+    values[have >= 0] = stored["values"][have[have >= 0]]
     missing = np.intersect1d(index, np.flatnonzero(have < 0))
     if missing.size:
-        rel = pipe.extractor.extract(pipe.stage1_model, features, missing)
+        rel = ctx.extractor.extract(ctx.stage1_model, features, missing)
         if rel.names != names:
             raise RuntimeError("the extractor's columns differ from the stored ones")
         values[missing] = rel.values
     return values, names, missing
 
 
-def _forecast_frame(pipe, features, rel, index: np.ndarray) -> pd.DataFrame:
+def _forecast_frame(ctx: RunContext, features, rel, index: np.ndarray) -> pd.DataFrame:
     from relcast.training.stage3 import predict_stage3
 
     frames = []
-    for name, _, feature_set in pipe.stage3_names():
-        if not (pipe.dir / "stage3" / name / "model.safetensors").exists():
+    for name, _, feature_set in ctx.stage3_names():
+        if not ctx.has_stage3(name):
             continue
-        model = pipe.stage3_model(name)
-        inputs = pipe.stage3_inputs(feature_set, features=features, relationships=rel)
+        model, spec = ctx.stage3_model(name)
+        inputs = ctx.stage3_inputs(feature_set, features=features, relationships=rel)
         out = predict_stage3(
-            model, inputs, index=index, stocks=list(pipe.panel.symbols[pipe.target])
-        )
+            model, inputs, index=index, stocks=list(ctx.panel.symbols[ctx.target]),
+            chunk_length=spec.chunk_length,
+        )  # fmt: skip
         q = model.config.quantiles
         for h in range(out["point"].shape[2]):
             t, n = np.nonzero(np.isfinite(out["point"][index, :, h]))
@@ -108,16 +109,15 @@ def _forecast_frame(pipe, features, rel, index: np.ndarray) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def _stored_relationships(pipe) -> tuple[np.ndarray, np.ndarray]:
-    stored = pipe.folder.load_relationships()
-    return stored["values"], stored["dates"]
+def _stored_relationships(ctx: RunContext) -> dict:
+    return ctx.folder.load_relationships()
 
 
 def predict_date(run_dir, data: str, date: str | None = None) -> pd.DataFrame:
     """Stage3 forecasts at ``date`` (default: the last date of ``data``) from saved models."""
-    pipe = _open(run_dir)
-    panel = _read_market(data, pipe.config)
-    panel = _as_trained(panel, pipe.panel)
+    ctx = _open(run_dir)
+    panel = _read_market(data, ctx.config)
+    panel = _as_trained(panel, ctx.panel)
     if date is None:
         t = panel.num_dates - 1
     else:
@@ -130,25 +130,28 @@ def predict_date(run_dir, data: str, date: str | None = None) -> pd.DataFrame:
         t = int(np.searchsorted(panel.dates, when))
         if t >= panel.num_dates or panel.dates[t] != when:
             raise RelcastDataError(f"{data}: date {date} is not a trading date of the data")
-    _check_stage3_weights(pipe)
-    lookback = pipe.config.stage3.lookback
+    _check_stage3_weights(ctx)
+    lookback = ctx.config.stage3.lookback
     if t + 1 < lookback:
         raise RelcastDataError(
             f"{data}: {t + 1} date(s) up to {pd.Timestamp(panel.dates[t]).date()}, but the "
             f"run's Stage3 models read a window of stage3.lookback={lookback} dates (plus "
             "the indicators' warm-up before it); pass more history"
         )
-    features = pipe.features_for(panel)
+    features = ctx.features_for(panel)
     window = np.arange(max(0, t - lookback + 1), t + 1)
     _warn_missing_index(panel, window, data)
-    # the Stage3 chunk that forecasts t may start up to chunk_length - 1 dates back (the
+    # the Stage3 chunk that forecasts t may start up to its chunk's steps - 1 dates back (the
     # recurrent state runs from there): relationships for those dates as well, so that the
-    # forecast equals the one of the run's evaluation or of an update
-    chunk = max(pipe.config.stage3.chunk_length, 2 * lookback)
+    # forecast equals the one of the run's evaluation or of an update. Each model tiles as
+    # it was trained (its saved spec)
+    chunk = max(
+        [ctx.stage3_model(name)[1].chunk_steps or lookback for name, _, _ in ctx.stage3_names()]
+    )
     context = np.arange(max(0, t - chunk + 1), t + 1)
-    stored, stored_dates = _stored_relationships(pipe)
-    rel, names, _ = _relationships_for(pipe, features, context, stored, stored_dates)
-    frame = _forecast_frame(pipe, features, (rel, names), np.array([t]))
+    stored = _stored_relationships(ctx)
+    rel, names, _ = _relationships_for(ctx, features, context, stored)
+    frame = _forecast_frame(ctx, features, (rel, names), np.array([t]))
     if frame.empty:
         raise RelcastDataError(
             f"{data}: no forecast for {pd.Timestamp(panel.dates[t]).date()}: no stock has "
@@ -159,19 +162,17 @@ def predict_date(run_dir, data: str, date: str | None = None) -> pd.DataFrame:
     return frame
 
 
-def _check_stage3_weights(pipe) -> None:
+def _check_stage3_weights(ctx: RunContext) -> None:
     """Every Stage3 model of the run's config has its weights (else say how to get them)."""
-    from relcast.persist import RunFolderError
-
     missing = [
-        pipe.dir / "stage3" / name / "model.safetensors"
-        for name, _, _ in pipe.stage3_names()
-        if not (pipe.dir / "stage3" / name / "model.safetensors").exists()
+        ctx.folder.file(ctx.folder.stage3_weights(name))
+        for name, _, _ in ctx.stage3_names()
+        if not ctx.has_stage3(name)
     ]
     if missing:
         raise RunFolderError(
             f"missing Stage3 weights {[str(p) for p in missing]}: the run's config lists "
-            f"these models; train them again with `relcast stage3 --run {pipe.dir}`"
+            f"these models; train them again with `relcast stage3 --run {ctx.dir}`"
         )
 
 
@@ -220,9 +221,9 @@ def update_run(run_dir, data: str) -> pd.DataFrame:
 
 
 def _update(run_dir, data: str) -> pd.DataFrame:
-    pipe = _open(run_dir)
-    old = pipe.panel
-    new = _read_market(data, pipe.config)
+    ctx = _open(run_dir)
+    old = ctx.panel
+    new = _read_market(data, ctx.config)
     if new.num_dates == 0:
         raise RelcastDataError(f"{data}: no dates to add")
     if new.dates[0] <= old.dates[-1]:
@@ -241,18 +242,18 @@ def _update(run_dir, data: str) -> pd.DataFrame:
         mask=np.concatenate([old.mask, new.mask]),
         meta=old.meta,
     )
-    features = pipe.features_for(combined)
+    features = ctx.features_for(combined)
     added = np.arange(old.num_dates, combined.num_dates)
-    _check_stage3_weights(pipe)
+    _check_stage3_weights(ctx)
     _warn_missing_index(combined, added, data)
-    stored, stored_dates = _stored_relationships(pipe)
-    rel, names, _ = _relationships_for(pipe, features, added, stored, stored_dates)
-    forecasts = _forecast_frame(pipe, features, (rel, names), added)
+    stored = _stored_relationships(ctx)  # read once
+    rel, names, _ = _relationships_for(ctx, features, added, stored)
+    forecasts = _forecast_frame(ctx, features, (rel, names), added)
 
-    fold_of = pipe.folder.load_relationships()["fold_of"]
+    fold_of = stored["fold_of"]
     fold_of = np.concatenate([fold_of, np.full(len(added), -1, dtype=fold_of.dtype)])
     mask = np.isfinite(rel).all(axis=-1) & features.mask
-    live = pipe.dir / LIVE_PREDICTIONS
+    live = ctx.dir / LIVE_PREDICTIONS
     history = pd.read_parquet(live) if live.exists() else None
     table = forecasts if history is None else pd.concat([history, forecasts], ignore_index=True)
     out = io.BytesIO()
@@ -268,9 +269,9 @@ def _update(run_dir, data: str) -> pd.DataFrame:
         "data_with_relationships.parquet": store.write_parquet,
         LIVE_PREDICTIONS: out.getvalue(),
     }
-    if not pipe.config.relationships.table:  # the run keeps no table to bring up to date
+    if not ctx.config.relationships.table:  # the run keeps no table to bring up to date
         del files["data_with_relationships.parquet"]
-    pipe.folder.commit(files)
+    ctx.folder.commit(files)
     return forecasts
 
 

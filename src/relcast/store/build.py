@@ -3,43 +3,32 @@ features, labels and panel of a run block by block, with the values of the in-me
 
 from __future__ import annotations
 
-import numpy as np
-
 from relcast.data.panel import Panel
 from relcast.features.labels import forward_returns
-from relcast.training.store import MemmapFeatureStore
-from relcast.training.store_sources import save_panel_memmap
+from relcast.store.memmap import MemmapFeatureStore
+from relcast.store.settings import StoreSettings
+from relcast.store.sources import save_panel_memmap
 
 
-def build_run_store(
-    folder,
-    panel: Panel,
-    *,
-    train_end: int,
-    horizons: int,
-    label_delay: int,
-    sector_ids: np.ndarray,
-    scalers: dict,
-    regime_window: int | None = None,
-    alpha158: bool = False,
-    block_bytes: int | None = None,
-):
+def build_run_store(folder, panel: Panel, settings: StoreSettings, scalers: dict):
     """The run's feature store (``data.store: memmap``), written block by block with the values
-    of :meth:`relcast.run_data.RunData.features_for` (:class:`~relcast.features.chunked.
+    of :meth:`relcast.run.context.RunContext.features_for` (:class:`~relcast.features.chunked.
     ChunkedFeatures`: raw indicators by symbol block straight into the store's time-major
     file, then
     normalised by date block), the labels by date block, and the panel as float32 memory maps
-    (:func:`~relcast.training.store_sources.load_panel_memmap`). ``scalers`` (``{}``: fitted
+    (:func:`~relcast.store.sources.load_panel_memmap`). ``scalers`` (``{}``: fitted
     here) gets the training-span statistics. Returns the finished store, opened read-only."""
     from relcast.features.chunked import BLOCK_BYTES, ChunkedFeatures
 
+    s = settings
+    horizons, label_delay = s.horizons, s.label_delay
     chunked = ChunkedFeatures(
-        panel, train_end, regime_window=regime_window, alpha158=alpha158, scalers=scalers,
-        block_bytes=block_bytes or BLOCK_BYTES,
+        panel, s.train_end, regime_window=s.regime_window, alpha158=s.alpha158, scalers=scalers,
+        block_bytes=s.block_bytes or BLOCK_BYTES,
     )  # fmt: skip
     store = MemmapFeatureStore.create(
         folder, panel.dates, panel.symbols, chunked.names, chunked.groups, horizons,
-        sector_ids=sector_ids,
+        sector_ids=s.sector_ids,
     )  # fmt: skip
     scratch = store.values_by_date.transpose(1, 0, 2)  # (N, T, F) view of the time-major file
     store.track(panel.values)  # a memory-mapped market's pages go with the store's

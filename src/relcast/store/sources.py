@@ -1,4 +1,4 @@
-"""What :func:`relcast.training.store.build_feature_store` reads: a source of bars by date range
+"""What :func:`relcast.store.memmap.build_feature_store` reads: a source of bars by date range
 (:func:`panel_slices` for an in-memory panel) and the index / calendar columns, computed once over
 all dates (:func:`index_context`), since they are a few columns per date."""
 

@@ -150,7 +150,8 @@ def measure(
     import psutil
 
     from relcast.config import load_config
-    from relcast.run.pipeline import STEP_NAMES, Pipeline
+    from relcast.run.pipeline import STEP_NAMES
+    from relcast.run.runner import Pipeline
     from relcast.runfolder import atomic_write, read_json
     from relcast.runfolder.formats import write_json
 

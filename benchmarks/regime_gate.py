@@ -63,7 +63,7 @@ def measure(seeds: list[int], overrides: list[str]) -> dict[str, Any]:
     from relcast.config import load_config
     from relcast.features.labels import normalize_labels_cross_section
     from relcast.metrics import signal_metrics
-    from relcast.run.pipeline import Pipeline
+    from relcast.run.runner import Pipeline
     from relcast.training.stage3 import predict_stage3
 
     cfg = load_config("small", overrides=[*BASE, *overrides])

@@ -69,7 +69,7 @@ def column_scores(
 def run(folder: Path = DEFAULT_RUN, results_dir=None) -> dict[str, Any]:
     from relcast.config import load_config
     from relcast.evaluation.stats import newey_west_lag
-    from relcast.run.pipeline import Pipeline
+    from relcast.run.runner import Pipeline
 
     folder = Path(folder)
     if not (folder / "relationships.npz").exists():

@@ -88,7 +88,8 @@ def _memmap_child(argv: list[str]) -> None:
 
     from relcast.config import load_config
     from relcast.run import pipeline as run_pipeline
-    from relcast.run.pipeline import STEP_NAMES, Pipeline
+    from relcast.run.pipeline import STEP_NAMES
+    from relcast.run.runner import Pipeline
 
     result_path, out, sets = Path(argv[0]), Path(argv[1]), argv[2:]
     resume = bool(sets) and sets[0] == "--resume"  # steps already done in ``out`` are kept

@@ -60,7 +60,7 @@ def measure(market: str, seed: int, overrides: list[str]) -> dict[str, Any]:
     from relcast.config import load_config
     from relcast.features.labels import normalize_labels_cross_section
     from relcast.metrics import signal_metrics
-    from relcast.run.pipeline import Pipeline
+    from relcast.run.runner import Pipeline
     from relcast.training.baselines import lightgbm_scores
 
     cfg = load_config(

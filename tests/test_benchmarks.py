@@ -97,3 +97,32 @@ def test_quick_mode_writes_every_result(tmp_path):
     for scales in regime["gates"].values():
         assert set(scales) == {"bull", "bear", "sideways"}
     assert sum(regime["regime_share"].values()) == pytest.approx(1.0)
+
+
+def test_stage1_max_stocks_quick_mode(tmp_path):
+    """The max_stocks benchmark (not part of run_all): both variants on both markets,
+    per-epoch Rank ICs, the machine-load caveat, ratios from the rows; a run of one market
+    keeps the other market's rows."""
+    from benchmarks import stage1_max_stocks as bench
+
+    bench.run(quick=True, results_dir=tmp_path)
+    saved = json.loads((tmp_path / "stage1_max_stocks.json").read_text())
+    assert MACHINE_KEYS <= set(saved["machine"]) and "shared" in saved["caveat"]
+    assert [(r["market"], r["variant"]) for r in saved["rows"]] == [
+        (m, v) for m in bench.MARKETS for v in ("full", "max_stocks")
+    ]
+    for row in saved["rows"]:
+        assert len(row["val_rank_ic_per_epoch"]) == row["epochs"]
+        assert row["epochs"] == saved["config"]["epochs"][row["market"]][row["variant"]]
+        assert (row["max_stocks"] is None) == (row["variant"] == "full")
+        assert row["max_stocks"] is None or row["max_stocks"] < row["stocks"]
+        _positive(
+            row, ["train_cpu_s_per_epoch", "train_wall_s_per_epoch", "valid_wall_s_per_epoch"]
+        )
+    full, sub = saved["rows"][:2]
+    speedup = full["train_cpu_s_per_epoch"] / sub["train_cpu_s_per_epoch"]
+    assert saved["ratios"]["lead_lag"]["train_cpu_speedup"] == pytest.approx(speedup, abs=1e-3)
+    bench.run(quick=True, results_dir=tmp_path, markets=("sector_signal",))
+    again = json.loads((tmp_path / "stage1_max_stocks.json").read_text())
+    assert again["rows"][:2] == saved["rows"][:2]  # lead_lag kept as measured
+    assert again["rows"][2]["measured_at"] >= saved["rows"][2]["measured_at"]

@@ -66,7 +66,7 @@ def test_yaml_round_trip(tmp_path):
 
 
 def test_baseline_models_limit_the_comparisons(tmp_path):
-    from relcast.run.pipeline import Pipeline
+    from relcast.run.runner import Pipeline
 
     cfg = load_config(
         "small",
@@ -228,7 +228,7 @@ def test_a_registered_model_is_accepted_everywhere():
 # ------------------------------------------------------- every documented setting is reachable
 def test_settings_reach_stage1_and_the_extractors(tmp_path):
     from relcast.models.cross_sectional import Stage1Config
-    from relcast.run.pipeline import Pipeline
+    from relcast.run.runner import Pipeline
     from relcast.training.specs import ExtractorSpec
 
     cfg = load_config(

@@ -231,7 +231,7 @@ def test_pipeline_v3_correlation_positives_respect_label_delay(tmp_path):
     correlates at date t must not change when prices after t change (the run's extractor
     once ignored the delay and read one day ahead)."""
     from relcast.config import load_config
-    from relcast.run.pipeline import Pipeline
+    from relcast.run.runner import Pipeline
 
     config = load_config(
         overrides=[
@@ -292,7 +292,7 @@ def test_make_extractor_appends_the_stage1_score(market):
 def test_pipeline_extractor_carries_the_stage1_score(tmp_path):
     from relcast.config import load_config
     from relcast.models.extractors import ScoreExtractor
-    from relcast.run.pipeline import Pipeline
+    from relcast.run.runner import Pipeline
 
     overrides = ["data.source=synthetic", "data.synthetic_stocks=6", "data.synthetic_days=200"]
     for on in (False, True):

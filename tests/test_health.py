@@ -151,7 +151,7 @@ def test_relcast_check_prints_the_account(tmp_path):
 def test_run_prepare_writes_data_health_and_date_split(tmp_path):
     from relcast.config import load_config
     from relcast.evaluation.report import _data_health_html
-    from relcast.run.pipeline import Pipeline
+    from relcast.run.runner import Pipeline
 
     bars, _ = plant(clean_bars(num_days=260))
     bars.to_csv(tmp_path / "bars.csv", index=False)

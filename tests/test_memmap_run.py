@@ -16,7 +16,7 @@ from relcast.data.panel import Panel
 from relcast.data.synthetic import synthetic_market
 from relcast.features.build import build_features
 from relcast.features.chunked import ChunkedFeatures
-from relcast.run.pipeline import Pipeline
+from relcast.run.runner import Pipeline
 from relcast.store.run_store import FEATURE_STORE, PANEL_SCRATCH
 from relcast.store.sources import write_panel_parquet
 from relcast.training.baselines import lightgbm_scores, sample_rows, shuffle_within_dates

@@ -110,7 +110,7 @@ def test_run_writes_every_artefact(run_dir):
     for key in ("ic", "rank_ic", "icir", "rank_icir", "mse", "direction_acc"):
         assert key in models["hybrid_gru"]
     # Stage1 learns the next-bar label only (stage1.horizons=1); its later horizons repeat it
-    from relcast.run.pipeline import Pipeline
+    from relcast.run.runner import Pipeline
 
     assert Pipeline.open(run_dir).ctx.stage1_model.config.horizons == 1
     s1 = pd.read_parquet(run_dir / "predictions.parquet").query("model == 'stage1'")
@@ -229,7 +229,7 @@ def _check_predict_matches_evaluation(run_dir, market):
 
 def test_update_matches_a_full_extraction(run_dir, market, tmp_path):
     from relcast.run.inference import update_run
-    from relcast.run.pipeline import Pipeline
+    from relcast.run.runner import Pipeline
 
     work = _check_update_matches_full_extraction(run_dir, market, tmp_path)
     # the run now holds the new dates, and refuses them a second time
@@ -243,7 +243,7 @@ def _check_update_matches_full_extraction(run_dir, market, tmp_path) -> Path:
     import shutil
 
     from relcast.run.inference import update_run
-    from relcast.run.pipeline import Pipeline
+    from relcast.run.runner import Pipeline
     from relcast.training.stage3 import predict_stage3
 
     work = tmp_path / "run"
@@ -277,7 +277,7 @@ def _check_update_matches_full_extraction(run_dir, market, tmp_path) -> Path:
 def test_regime_run_trains_saves_and_reuses_the_gate(regime_run_dir, market, tmp_path):
     from relcast.features.regime_detection import REGIME_COLUMNS, REGIME_NAMES
     from relcast.models.regime_gate import RegimeGatedModel
-    from relcast.run.pipeline import Pipeline
+    from relcast.run.runner import Pipeline
 
     pipe = Pipeline.open(regime_run_dir)
     assert pipe.ctx.features.groups["regime"] == list(REGIME_COLUMNS)
@@ -344,7 +344,7 @@ def test_crash_during_renames_is_finished_on_next_open(run_dir, market, tmp_path
     frame = inference.predict_date(work, str(market["all"]))  # opening finishes the update
     assert not (work / inference.JOURNAL).exists()
     assert pd.Timestamp(market["full"].dates[-1]) in set(frame["date"])
-    from relcast.run.pipeline import Pipeline
+    from relcast.run.runner import Pipeline
 
     pipe = Pipeline.open(work)
     assert pipe.ctx.panel.num_dates == DAYS + NEW_DAYS == len(pipe.ctx.relationships[0])

@@ -50,7 +50,7 @@ def relcast_run(demo_qlib, tmp_path_factory):
     """relcast's own run on the qlib folder (every step) and a qlib-shaped dataset of the
     very features, labels and spans it used."""
     from relcast.config import load_config
-    from relcast.run.pipeline import Pipeline
+    from relcast.run.runner import Pipeline
 
     config = load_config(
         "small",

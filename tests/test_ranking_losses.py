@@ -327,7 +327,7 @@ def test_config_switches_reach_the_stages(tmp_path: Path, monkeypatch):
     on by the pipeline (the stages' own tests check what they do with them)."""
     import relcast.training.stage3 as stage3
     from relcast.config import load_config
-    from relcast.run.pipeline import Pipeline
+    from relcast.run.runner import Pipeline
     from relcast.run.steps.stage3 import fit_stage3_model
 
     overrides = [

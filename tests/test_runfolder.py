@@ -124,7 +124,7 @@ def _copy(run_dir: Path, tmp_path: Path, name: str = "run") -> Path:
 
 def _consistent(folder: Path) -> int:
     """The panel and the relationship store of ``folder`` cover the same dates; how many."""
-    from relcast.run.pipeline import Pipeline
+    from relcast.run.runner import Pipeline
 
     pipe = Pipeline.open(folder)
     with np.load(folder / "relationships.npz", allow_pickle=False) as z:
@@ -316,7 +316,7 @@ def test_a_run_without_the_table_extracts_and_updates_without_it(run_dir, market
     import yaml
 
     from relcast.run.inference import update_run
-    from relcast.run.pipeline import Pipeline
+    from relcast.run.runner import Pipeline
 
     work = _copy(run_dir, tmp_path)
     config = yaml.safe_load((work / "config.yaml").read_text())
@@ -521,7 +521,7 @@ def test_rerun_on_changed_data_asks_for_force(market, tmp_path):
 
 
 def test_a_folder_raises_run_folder_errors_for_missing_files(tmp_path):
-    from relcast.run.pipeline import Pipeline
+    from relcast.run.runner import Pipeline
 
     with pytest.raises(RunFolderError, match="run.json"):
         Pipeline.open(tmp_path / "nothing")

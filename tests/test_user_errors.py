@@ -308,7 +308,7 @@ def test_forecast_depends_only_on_the_window_it_reads(run_dir, files):
     """Same run, same date: 200 or 2,000 dates of history give the same forecast. The
     200-date file starts long after the training end, so it holds no training date at all."""
     from relcast.run.inference import predict_date
-    from relcast.run.pipeline import Pipeline
+    from relcast.run.runner import Pipeline
 
     pipe = Pipeline.open(run_dir)
     assert (run_dir / "normalization.json").exists()
@@ -329,7 +329,7 @@ def test_saved_statistics_are_the_training_spans(run_dir, files):
     run's features are scaled with them."""
     from relcast.features.build import build_features
     from relcast.features.normalize import TrainSpanScaler
-    from relcast.run.pipeline import Pipeline
+    from relcast.run.runner import Pipeline
 
     pipe = Pipeline.open(run_dir)
     names, saved = pipe.ctx.feature_scalers["index"]

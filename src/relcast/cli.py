@@ -136,7 +136,7 @@ def run(
 ) -> None:
     """Run the whole pipeline: prepare, Stage1, Stage2, extract, Stage3, evaluate, report."""
     from relcast.config import load_config
-    from relcast.run.pipeline import Pipeline
+    from relcast.run.runner import Pipeline
 
     # flags given on the command line win over the file and --set; flags not given change
     # nothing (the file's data.source holds). Their values are taken literally, not as YAML.
@@ -158,7 +158,7 @@ def run(
 
 
 def _step(run_dir: Path, step: str) -> None:
-    from relcast.run.pipeline import Pipeline
+    from relcast.run.runner import Pipeline
 
     Pipeline.open(run_dir).step(step)
 
@@ -190,7 +190,7 @@ def stage3(run: RunDir) -> None:
 def evaluate(run: RunDir) -> None:
     """Score every model and baseline on the test span (metrics.json, backtests)."""
     from relcast.evaluation.metrics_table import metrics_table_text
-    from relcast.run.pipeline import Pipeline
+    from relcast.run.runner import Pipeline
 
     typer.echo(metrics_table_text(Pipeline.open(run).step("evaluate")))
 

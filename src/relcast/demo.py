@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     from relcast.config import load_config
     from relcast.data.datasets import describe_panel
     from relcast.evaluation.metrics_table import metrics_table_text
-    from relcast.run.pipeline import Pipeline
+    from relcast.run.runner import Pipeline
 
     argv = sys.argv[1:] if argv is None else argv
     paths = [a for a in argv if not a.startswith("--")]

@@ -144,8 +144,10 @@ def run_step(session: dict, command: str) -> Iterator[str]:
     logs.mkdir(parents=True, exist_ok=True)
     path = logs / f"app_{command}.log"
     header = f"$ relcast {command} --run {run}"
-    # library deprecation warnings are noise to the user reading the log
+    # library deprecation warnings are noise to the user reading the log; the log is a file,
+    # but the app shows it as a terminal would (render_log), so it keeps Lightning's live bar
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONWARNINGS": "ignore"}
+    env["RELCAST_PROGRESS"] = "bar"
     with open(path, "wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "relcast.cli", command, "--run", str(run)],

@@ -84,7 +84,7 @@ def settings_overrides(*values, extra: str = "") -> list[str]:
 def prepare(session: dict, preset: str, overrides: list[str]) -> str:
     """Validate the config, create a fresh run folder and split the market into it."""
     from relcast.config import load_config
-    from relcast.run.pipeline import Pipeline
+    from relcast.run.runner import Pipeline
 
     if not session.get("data"):
         raise user_error("load a market in step 1 first")

@@ -115,7 +115,45 @@ class DataConfig(Section):
         return value
 
 
+class WalkForwardSettings(Section):
+    """Walk-forward evaluation: test blocks of ``block_years`` calendar years from
+    ``first_test`` to the data's end; each block trains on every date before the block
+    before it (expanding window) and validates on that block (embargoes as for one split);
+    every stage is retrained per block and the test blocks are scored pooled
+    (:mod:`relcast.run.walk_forward`)."""
+
+    first_test: str | None = Field(
+        None, description="first day of the first test block, e.g. 2015-01-01 (null: one split)"
+    )
+    block_years: int = Field(1, ge=1, description="calendar years per test block")
+    warm_start: bool = Field(
+        True,
+        description="each block's networks start from the block before's weights (fold models "
+        "of the out-of-fold store excepted: they would leak)",
+    )
+
+    @field_validator("first_test", mode="before")
+    @classmethod
+    def _first_as_text(cls, value: Any) -> Any:
+        return _as_text(value)
+
+    @field_validator("first_test")
+    @classmethod
+    def _a_date(cls, value: str | None) -> str | None:
+        import pandas as pd
+
+        if value is not None:
+            try:
+                pd.Timestamp(value)
+            except (ValueError, TypeError):
+                raise ValueError(
+                    f"split.walk_forward.first_test={value!r} is not a date; write YYYY-MM-DD"
+                ) from None
+        return value
+
+
 class SplitConfig(Section):
+    walk_forward: WalkForwardSettings = Field(default_factory=WalkForwardSettings)
     valid_frac: float = Field(0.15, gt=0, lt=0.5, description="fraction of dates for validation")
     test_frac: float = Field(0.15, gt=0, lt=0.5, description="fraction of dates for test")
     embargo: int | None = Field(None, ge=0, description="dates dropped between spans (>= horizons)")
@@ -148,6 +186,11 @@ class SplitConfig(Section):
             raise ValueError(
                 "date splits need both split.train_end and split.valid_end "
                 f"(got {sorted(stamps)}); split.test_end is optional"
+            )
+        if stamps and self.walk_forward.first_test is not None:
+            raise ValueError(
+                "split.walk_forward.first_test sets every block's spans: leave out "
+                f"{', '.join('split.' + k for k in sorted(stamps))}"
             )
         order = [stamps[k] for k in ("train_end", "valid_end", "test_end") if k in stamps]
         if order != sorted(order) or len(set(order)) != len(order):

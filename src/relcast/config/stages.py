@@ -86,6 +86,13 @@ class Stage1Settings(Section):
     )
     max_epochs: int = Field(30, ge=1)
     batch_dates: int = Field(32, ge=1, description="dates per batch (each with all stocks)")
+    max_stocks: int | None = Field(
+        None,
+        ge=2,
+        description="train each date on a random subset of at most this many of its traded "
+        "stocks, a new draw every epoch (e.g. 512: attention costs N^2 per date); validation, "
+        "extraction and prediction read every stock; null: all stocks",
+    )
     lr: float = Field(1e-3, gt=0)
     patience: int = Field(5, ge=1, description="early-stopping patience on val rank IC")
 

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from relcast.progress import PassProgress
+
 if TYPE_CHECKING:
     from relcast.features.featureset import FeatureSet
 
@@ -330,6 +332,7 @@ def predict_stage1(
     mask = torch.from_numpy(np.asarray(features.mask, dtype=bool))
     chunks: dict[str, list[np.ndarray]] = {}
     attention = None
+    progress = PassProgress("Stage1 predict", len(index))  # a line now and then, in logs only
     if need_weights:
         cfg = model.config
         per_date = 4 * cfg.num_layers * cfg.num_heads * values.shape[1] ** 2
@@ -350,6 +353,8 @@ def predict_stage1(
             if attention is None:  # filled in place: no list of batches + concatenated copy
                 attention = np.empty((len(index), *att.shape[1:]), dtype=np.float32)
             attention[start : start + len(att)] = att
+        progress.update(start + len(idx))
+    progress.finish()
     model.train(was_training)
     result = {key: np.concatenate(parts) for key, parts in chunks.items()}
     if attention is not None:

@@ -34,18 +34,23 @@ def extract_blocks(
     """``(dates, RelationshipFeatures)`` of ``index`` a block of dates at a time; one block of
     every date when ``block_bytes`` is None (the in-memory store). The extractors read each date
     on its own (Stage1 in eval mode), so the blocks hold the values of one extraction."""
+    from relcast.progress import PassProgress
+
     index = np.asarray(index, dtype=np.int64)
     N = len(features.symbols)
     step = len(index) if block_bytes is None else FIRST_BLOCK
+    progress = PassProgress("relationship extraction", len(index))
     a = 0
     while a < len(index):
         chunk = index[a : a + step]
         rel = extractor.extract(model, features, chunk)  # (t, N, K)
         yield chunk, rel
         a += len(chunk)
+        progress.update(a)
         if block_bytes is not None:  # a date: its K values, its F inputs, Stage1's outputs
             per_date = N * 4 * (len(rel.names) + features.values.shape[-1] + STAGE1_FLOATS)
             step = max(1, int(block_bytes) // per_date)
+    progress.finish()
 
 
 def open_values(path: str | Path | None, shape: tuple[int, int, int]) -> np.ndarray:

@@ -70,3 +70,20 @@ def label_dates_used(train_index: np.ndarray, horizons: int, num_dates: int) -> 
     for h in range(horizons + 1):  # H + 1 shifted copies, not a loop over dates
         used[s + h] = True
     return used[:num_dates]
+
+
+def log_fold(k: int, n_folds: int, record: dict, elapsed: float) -> None:
+    """One log line when out-of-fold fold ``k`` (0-based) is trained and extracted:
+    ``elapsed`` seconds since the first fold began, the rest estimated at the mean so far."""
+    from relcast.progress import format_duration, is_rank_zero, log_line
+
+    if not is_rank_zero():
+        return
+    done = k + 1
+    left = (n_folds - done) * elapsed / done
+    log_line(
+        f"out-of-fold fold {done}/{n_folds} done: Stage1 trained on "
+        f"{len(record['train_index']):,} dates, {record['epochs']} epochs in "
+        f"{format_duration(record['train_seconds'])}; {format_duration(elapsed)} for the folds "
+        f"so far, ~{format_duration(left)} left"
+    )

@@ -69,7 +69,12 @@ from relcast.relationships.blocks import (
     release,
     write_frame_parquet,
 )
-from relcast.relationships.folds import alignable_blocks, procrustes_rotation, purged_folds
+from relcast.relationships.folds import (
+    alignable_blocks,
+    log_fold,
+    procrustes_rotation,
+    purged_folds,
+)
 from relcast.training.contrastive import ContrastiveExtractor, ContrastiveSettings
 from relcast.training.specs import Stage1Spec, TrainerSpec
 
@@ -274,8 +279,9 @@ def build_relationship_store(
     try:
 
         def fit_and_extract(
-            name: str, fit_index: np.ndarray, model: Any = None, fixed_epochs: int | None = None
-        ) -> tuple[Any, Any, dict]:
+            name: str, fit_index: np.ndarray, model: Any = None, fixed_epochs: int | None = None,
+            label: str = "Stage1 full span",
+        ) -> tuple[Any, Any, dict]:  # fmt: skip
             spec = fit.spec
             if fixed_epochs is not None:  # no early stopping: one validation, after the last
                 epochs = int(fixed_epochs)
@@ -289,7 +295,7 @@ def build_relationship_store(
                     _with_train(split, fit_index),
                     fit.config,
                     spec,
-                    fit.trainer.logging_to(root / name),
+                    dataclasses.replace(fit.trainer.logging_to(root / name), label=label),
                     sector_ids=fit.sector_ids,
                     target=fit.target,
                 )
@@ -330,10 +336,12 @@ def build_relationship_store(
 
         if plan.oof and n_folds > 0:
             blocks = alignable_blocks(names) if plan.align else []
+            folds_start = time.perf_counter()
             for k, (fit_index, fold_index) in enumerate(purged_folds(train, n_folds, embargo)):
                 model_k, ext_k, record = fit_and_extract(
-                    f"fold_{k}", fit_index, fixed_epochs=fold_epochs
-                )
+                    f"fold_{k}", fit_index, fixed_epochs=fold_epochs,
+                    label=f"Stage1 fold {k + 1}/{n_folds}",
+                )  # fmt: skip
                 rotations = []
                 if blocks:
                     # Rotation fitted on the fold model's own training dates (not fold k's).
@@ -364,6 +372,8 @@ def build_relationship_store(
                     release(values)
                 fold_of[fold_index] = k
                 models.append({"fold": k, "extracted_index": fold_index, **record})
+                if fit.trainer.progress:
+                    log_fold(k, n_folds, record, time.perf_counter() - folds_start)
 
         models.append(
             {

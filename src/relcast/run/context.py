@@ -61,11 +61,16 @@ class RunContext:
     """One run folder and what its steps share. Build it with ``RunContext(config, dir)``
     for a new run, or :meth:`open` for a finished one (the config it was run with)."""
 
-    def __init__(self, config: RelcastConfig, run_dir: str | Path) -> None:
+    def __init__(
+        self, config: RelcastConfig, run_dir: str | Path, *, warm_from: Path | None = None
+    ) -> None:
         self.config = config
         self.dir = Path(run_dir)
         self.folder = RunFolder(self.dir)
         self.store: RunStore = open_run_store(config.data.store, self.dir)
+        self.warm_from = None if warm_from is None else RunFolder(warm_from)
+        """A run folder whose networks this run's start from (a walk-forward block's warm
+        start from the block before); None: from scratch."""
         self._stage3: dict[str, tuple[Any, Stage3Spec]] = {}
 
     @classmethod
@@ -116,17 +121,28 @@ class RunContext:
 
     @cached_property
     def stage1_spec(self) -> Stage1Spec:
+        """How the full Stage1 is trained (fold models start from scratch: see extract)."""
         batch = distributed.per_rank(self.config.stage1.batch_dates)  # global batch / ranks
-        return Stage1Spec.from_settings(
+        spec = Stage1Spec.from_settings(
             self.config.stage1, self.config.trainer.seed, batch_dates=batch
         )
+        return replace(spec, init=self._warm("stage1/model.safetensors"))
+
+    def _warm(self, name: str) -> str | None:
+        """The warm-start weights ``name`` of :attr:`warm_from`, if it has them."""
+        if self.warm_from is None or not self.warm_from.has(name):
+            return None
+        return str(self.warm_from.file(name))
 
     @cached_property
     def extractor_spec(self) -> ExtractorSpec:
         return ExtractorSpec.from_config(self.config)
 
-    def stage3_spec(self, model: str, *, seed_offset: int = 0, regime_gate: bool) -> Stage3Spec:
-        """How the Stage3 ``model`` of this run is trained (a seed of the run's seeds)."""
+    def stage3_spec(
+        self, model: str, *, seed_offset: int = 0, regime_gate: bool, name: str | None = None
+    ) -> Stage3Spec:
+        """How the Stage3 ``model`` of this run is trained (a seed of the run's seeds); with
+        its run ``name``, warm-started from that model of :attr:`warm_from` if it has one."""
         s = self.config.stage3
         return Stage3Spec.from_settings(
             s,
@@ -134,6 +150,7 @@ class RunContext:
             self.config.trainer.seed + seed_offset,
             batch_size=distributed.per_rank(s.batch_size),  # global batch / ranks
             regime_gate=regime_gate,
+            init=None if name is None else self._warm(RunFolder.stage3_weights(name)),
         )
 
     def stage3_names(self) -> list[tuple[str, str, str]]:

@@ -51,7 +51,11 @@ def _read_market(data: str, config) -> Panel:
 
 
 def _open(run_dir) -> RunContext:
-    return RunContext.open(run_dir)  # opening recovers an interrupted update
+    """The run's context (a walk-forward run's: its last block's); opening recovers an
+    interrupted update."""
+    from relcast.run.walk_forward import last_block
+
+    return RunContext.open(last_block(run_dir) or run_dir)
 
 
 def _relationships_for(ctx: RunContext, features, index: np.ndarray, stored: dict):
@@ -215,7 +219,11 @@ def _check_symbols(old: Panel, new: Panel) -> None:
 
 
 def update_run(run_dir, data: str) -> pd.DataFrame:
-    """Append the new dates of ``data`` to the run and forecast them (no retraining)."""
+    """Append the new dates of ``data`` to the run (a walk-forward run: its last block) and
+    forecast them (no retraining)."""
+    from relcast.run.walk_forward import last_block
+
+    run_dir = last_block(run_dir) or run_dir
     with RunFolder(run_dir).lock("update"):
         return _update(run_dir, data)
 

@@ -25,13 +25,11 @@ time, recovery after a crash: docs/reliability.md).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 from relcast import distributed
-from relcast.config import RelcastConfig
 from relcast.run.context import RunContext, log, writes
 from relcast.run.steps.evaluate import evaluate
 from relcast.run.steps.extract import extract
@@ -91,47 +89,16 @@ def step(name: str) -> Step:
     raise KeyError(f"no step {name!r}; steps: {', '.join(STEP_NAMES)}")
 
 
-class Pipeline:
-    """One run of relcast in one folder: ``run()`` does every step in order, resuming.
-    Its data and models are :attr:`ctx`'s (:class:`~relcast.run.context.RunContext`)."""
-
-    def __init__(self, config: RelcastConfig, run_dir: str | Path) -> None:
-        self.ctx = RunContext(config, run_dir)
-
-    @classmethod
-    def open(cls, run_dir: str | Path) -> Self:
-        """An existing run folder, with the configuration it was run with."""
-        pipe = cls.__new__(cls)
-        pipe.ctx = RunContext.open(run_dir)
-        return pipe
-
-    @property
-    def config(self) -> RelcastConfig:
-        return self.ctx.config
-
-    @property
-    def dir(self) -> Path:
-        return self.ctx.dir
-
-    def step(self, name: str, **kwargs: Any) -> Any:
-        """Run one step now (holding the run folder's lock), whether done or not."""
-        return step(name).run(self.ctx, **kwargs)
-
-    def run(self, *, force: bool = False) -> dict:
-        """Every step in order; steps already done are skipped unless ``force``."""
-        return run_steps(self.ctx, force=force)
-
-
 @writes("run")
-def run_steps(ctx: RunContext, *, force: bool = False) -> dict:
-    """Every step of :data:`STEPS` in order on ``ctx``; steps done are skipped unless
-    ``force``. Under torchrun/srun: rank 0 reads the run folder, decides and writes; every
-    rank trains."""
+def run_steps(ctx: RunContext, *, force: bool = False, steps: Sequence[Step] = STEPS) -> dict:
+    """``steps`` (default: every step of :data:`STEPS`) in order on ``ctx``; steps done are
+    skipped unless ``force``. Under torchrun/srun: rank 0 reads the run folder, decides and
+    writes; every rank trains."""
     distributed.init(ctx.config.trainer.accelerator)
     total = time.perf_counter()
     if not force:
         distributed.on_main("resume", lambda: ctx.done("prepare") and check_resumable(ctx))
-    for s in STEPS:
+    for s in steps:
         # rank 0 reads the run folder and decides; every rank follows the same plan
         skip = distributed.broadcast(not force and distributed.is_main() and ctx.done(s.name))
         if skip:

@@ -71,8 +71,10 @@ def make_trainer(
     (``RunFolder.drop_checkpoints``) as soon as the weights are saved as safetensors.
 
     Args:
-        trainer: devices, strategy, precision, progress bar and ``out_dir`` (a run folder,
-            never the repository): :class:`~relcast.training.specs.TrainerSpec`.
+        trainer: devices, strategy, precision, progress, ``label`` and ``out_dir`` (a run
+            folder, never the repository): :class:`~relcast.training.specs.TrainerSpec`.
+            Progress is Lightning's bar on a terminal and one line per epoch, named by
+            ``label``, when the output is a file or a pipe (:mod:`relcast.progress`).
         monitor: the logged validation metric that early stopping and checkpointing watch.
         mode: ``"max"`` for IC-like metrics, ``"min"`` for losses.
         patience: epochs without improvement before stopping.
@@ -83,6 +85,9 @@ def make_trainer(
     import lightning
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
+
+    from relcast.progress import progress_style
+    from relcast.training.progress_log import epoch_log_callback
 
     if mode not in ("max", "min"):
         raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
@@ -101,12 +106,14 @@ def make_trainer(
     )
     # check_finite=False: an undefined IC early in training must not abort the run.
     stopping = EarlyStopping(monitor=monitor, mode=mode, patience=patience, check_finite=False)
+    style = progress_style() if trainer.progress else None
+    lines = [epoch_log_callback(trainer.label, monitor, mode)] if style == "log" else []
     fit = lightning.Trainer(
         default_root_dir=str(out_dir),
         max_epochs=max_epochs,
-        callbacks=[stopping, checkpoint, history, *trainer.callbacks, *(callbacks or [])],
+        callbacks=[stopping, checkpoint, history, *lines, *trainer.callbacks, *(callbacks or [])],
         logger=CSVLogger(save_dir=str(out_dir), name="logs"),
-        enable_progress_bar=trainer.progress,
+        enable_progress_bar=style == "bar",
         enable_model_summary=False,
         gradient_clip_val=1.0,
         log_every_n_steps=log_every_n_steps,
@@ -116,6 +123,21 @@ def make_trainer(
     )
     fit.epoch_history = history.history
     return fit
+
+
+def load_initial_weights(module, path: str | Path) -> None:
+    """Start ``module`` from the weights saved at ``path`` (safetensors; a warm start):
+    every parameter must be there with its shape, or the error names the file."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(path))
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ValueError(
+            f"cannot warm-start from {path}: its weights do not fit this model ({exc}); "
+            "the universe or the inputs changed since it was trained"
+        ) from None
 
 
 def load_best_state_dict(trainer, prefix: str = "model.") -> dict | None:

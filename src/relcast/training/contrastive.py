@@ -26,6 +26,7 @@ from relcast.models.extractors import (
     stage1_outputs,
     trailing_returns_from_labels,
 )
+from relcast.progress import PassProgress
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,8 @@ def train_contrastive_encoder(
     opt = torch.optim.AdamW(encoder.parameters(), lr=s.lr, weight_decay=1e-4)
     history: list[float] = []
     encoder.train()
-    for _ in range(s.steps):
+    progress = PassProgress("V3 contrastive training", s.steps, unit="steps")  # logs only
+    for step in range(s.steps):
         b = torch.randint(0, T, (min(s.batch_dates, T),), generator=gen)
         z = encoder(x_t[b])  # (B, N, P)
         loss = info_nce_loss(z, pos[b], ok[b], s.temperature)
@@ -106,6 +108,8 @@ def train_contrastive_encoder(
         loss.backward()
         opt.step()
         history.append(float(loss.detach()))
+        progress.update(step + 1)
+    progress.finish()
     encoder.eval()
     return encoder, history
 

@@ -1,5 +1,16 @@
 """Stage1's data: one item per date (all stocks), batches of dates sharded across DDP ranks,
-and the realised-correlation target of the multi-task loss."""
+random cross-sections of at most ``max_stocks`` stocks per training date, and the
+realised-correlation target of the multi-task loss.
+
+Why random cross-sections (``stage1.max_stocks``): full attention costs N^2 per date and the
+model is equivariant to the order of the stocks (a token is its features plus its identity
+embedding, read through ``stock_ids``), so a training date can attend over a random subset of
+its traded stocks at (K/N)^2 of the attention cost. Each epoch draws anew; validation,
+extraction and prediction read every stock. It is not free: a subset trains attention over K
+keys that later normalises over N (a kind of key dropout), and a relationship between two
+given stocks is seen only on the dates both are drawn (a quarter of them at K = N / 2);
+``benchmarks/stage1_max_stocks.py`` measures what that costs.
+"""
 
 from __future__ import annotations
 
@@ -132,6 +143,10 @@ class DateBatches(IterableDataset):
             the order a plain shuffled DataLoader would give, and DDP ranks (which Lightning
             re-seeds while it sets up the process group) see that same order too.
         rank, world_size: this process's shard; read from ``torch.distributed`` if None.
+        max_stocks: each date of a batch keeps a random subset of at most this many of its
+            traded target stocks (:func:`draw_cross_sections`, drawn anew every epoch from
+            ``seed``, the epoch and the rank); None, or at least the number of target stocks,
+            passes the batches through unchanged.
     """
 
     def __init__(
@@ -144,11 +159,19 @@ class DateBatches(IterableDataset):
         generator: torch.Generator | None = None,
         rank: int | None = None,
         world_size: int | None = None,
+        max_stocks: int | None = None,
     ) -> None:
         super().__init__()
         self.dataset, self.batch_dates = dataset, int(batch_dates)
         self.shuffle, self.seed, self.generator, self.epoch = shuffle, int(seed), generator, 0
         self.rank, self.world_size = rank, world_size
+        if max_stocks is not None and int(max_stocks) < 1:
+            raise ValueError(f"max_stocks must be >= 1 (None: every stock), got {max_stocks}")
+        target = torch.from_numpy(np.asarray(dataset.target, dtype=bool))
+        # At least every target stock: nothing to draw, the batches stay as they are (bit for
+        # bit the full-attention run, no random numbers used).
+        self.max_stocks = None if max_stocks is None or max_stocks >= target.sum() else max_stocks
+        self.target = target
 
     def _shard(self) -> tuple[int, int]:
         return distributed_rank() if self.rank is None else (self.rank, self.world_size or 1)
@@ -168,10 +191,67 @@ class DateBatches(IterableDataset):
         return len(shard_batches(torch.arange(len(self.dataset)), self.batch_dates, *self._shard()))
 
     def __iter__(self):
-        batches = shard_batches(self._permutation(), self.batch_dates, *self._shard())
+        rank, world_size = self._shard()
+        batches = shard_batches(self._permutation(), self.batch_dates, rank, world_size)
+        draws = None
+        if self.max_stocks is not None:  # a seed per (seed, epoch, rank): reproducible draws
+            state = np.random.SeedSequence([self.seed, self.epoch, rank]).generate_state(1)
+            draws = torch.Generator().manual_seed(int(state[0]))
         self.epoch += 1
         for pos in batches:
-            yield self.dataset.batch(pos)
+            batch = self.dataset.batch(pos)
+            if draws is not None:
+                batch = draw_cross_sections(batch, self.max_stocks, self.target, draws)
+            yield batch
+
+
+def draw_cross_sections(
+    batch: dict[str, torch.Tensor],
+    max_stocks: int,
+    target: torch.Tensor,
+    generator: torch.Generator,
+) -> dict[str, torch.Tensor]:
+    """A batch of dates narrowed to a random cross-section of each date.
+
+    Each date keeps ``min(max_stocks, its traded target stocks)`` of its traded target stocks,
+    drawn uniformly without replacement, plus all its traded non-target columns (the market
+    indices, a few tokens every date reads). Masked stocks are never drawn. The columns are
+    the chosen stocks in ascending order, padded with masked columns up to the widest date of
+    the batch, and ``stock_ids (B, K)`` says which stock each column is, so the model reads the
+    same identities (and sectors) as in the full cross-section.
+
+    Args:
+        batch: ``x (B, N, F)``, ``mask (B, N)``, ``y (B, N, H)``, ``t (B,)`` and optionally
+            ``corr (B, N, N)`` (:meth:`CrossSectionDataset.batch`).
+        max_stocks: target stocks kept per date.
+        target: ``bool [N]`` the stocks that count in losses (drawn from).
+        generator: the source of the draws.
+
+    Returns:
+        the same keys with ``N`` replaced by ``K``, plus ``stock_ids (B, K)``.
+    """
+    mask = batch["mask"]  # (B, N)
+    B, N = mask.shape
+    pool = mask & target[None, :]  # traded target stocks: drawn from
+    always = mask & ~target[None, :]  # traded index columns: always kept
+    keys = torch.rand((B, N), generator=generator)
+    keys = torch.where(pool, keys, 2.0)  # untraded stocks sort last, never chosen
+    keys = torch.where(always, -1.0, keys)  # index columns sort first
+    n_keep = always.sum(dim=1) + pool.sum(dim=1).clamp(max=max_stocks)  # (B,)
+    K = max(1, int(n_keep.max()))
+    order = keys.argsort(dim=1)[:, :K]  # (B, K) chosen first, then fillers
+    chosen = torch.arange(K)[None, :] < n_keep[:, None]  # (B, K)
+    cols, perm = order.sort(dim=1)  # ascending stock order, as in the full batch
+    chosen = chosen.gather(1, perm)
+    out = {"t": batch["t"], "stock_ids": cols, "mask": mask.gather(1, cols) & chosen}
+    for key in ("x", "y"):
+        value = batch[key]  # (B, N, D)
+        out[key] = value.gather(1, cols[..., None].expand(-1, -1, value.shape[-1]))  # (B, K, D)
+    out["y"] = torch.where(out["mask"][..., None], out["y"], torch.nan)  # fillers: no label
+    if "corr" in batch:
+        rows = batch["corr"].gather(1, cols[..., None].expand(-1, -1, N))  # (B, K, N)
+        out["corr"] = rows.gather(2, cols[:, None, :].expand(-1, K, -1))  # (B, K, K)
+    return out
 
 
 def pairwise_correlation(r: torch.Tensor, min_count: int = 5) -> torch.Tensor:

@@ -50,6 +50,9 @@ class TrainerSpec:
     out_dir: Path | None = None
     callbacks: tuple[Any, ...] = ()
     """extra Lightning callbacks (e.g. :func:`relcast.training.common.release_pages_callback`)."""
+    label: str = "training"
+    """the training's name in the per-epoch log lines (``"Stage1 fold 2/3"``); the fit
+    functions name their own (``"Stage1"``, ``"Stage3 tft"``) while it is the default."""
 
     @classmethod
     def from_settings(cls, t: Any) -> TrainerSpec:
@@ -66,6 +69,10 @@ class TrainerSpec:
 
     def logging_to(self, out_dir: str | Path) -> TrainerSpec:
         return replace(self, out_dir=Path(out_dir))
+
+    def named(self, label: str) -> TrainerSpec:
+        """This spec with ``label`` (the name in the log lines) unless one was already set."""
+        return self if self.label != TrainerSpec.label else replace(self, label=label)
 
     def lightning_kwargs(self) -> dict[str, Any]:
         """``lightning.Trainer`` arguments (``num_nodes`` only when > 1)."""
@@ -95,6 +102,12 @@ class Stage1Spec:
     seed: int = 0
     validate_every: int = 1
     """epochs between validation passes (fold models with fixed epochs: their count)."""
+    max_stocks: int | None = None
+    """each training date attends over a random subset of at most this many of its traded
+    target stocks, drawn anew every epoch (None: all; validation always reads all)."""
+    init: str | None = None
+    """weights (a safetensors file) training starts from instead of a random draw: a
+    walk-forward block's warm start from the block before; None: from scratch."""
 
     @classmethod
     def from_settings(
@@ -110,6 +123,7 @@ class Stage1Spec:
             lr=settings.lr,
             patience=settings.patience,
             seed=seed,
+            max_stocks=settings.max_stocks,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -136,6 +150,8 @@ class Stage3Spec:
     label_norm: str = "cross_section"
     seed: int = 0
     regime_gate: bool = False
+    init: str | None = None
+    """weights (a safetensors file) training starts from (a walk-forward warm start)."""
 
     @classmethod
     def from_settings(cls, settings: Any, model: str, seed: int, **changes: Any) -> Stage3Spec:

@@ -105,8 +105,11 @@ def _define_stage1_module() -> type:
             self.has_sectors = sector_list is not None and config.num_sectors > 0
 
         def forward(self, batch: dict[str, torch.Tensor], need_weights: bool = False) -> dict:
-            """Model outputs for a batch of dates."""
-            return self.model(batch["x"], batch["mask"], need_weights=need_weights)
+            """Model outputs for a batch of dates (of random cross-sections: ``stock_ids``)."""
+            return self.model(
+                batch["x"], batch["mask"], stock_ids=batch.get("stock_ids"),
+                need_weights=need_weights,
+            )  # fmt: skip
 
         def _losses(self, batch: dict[str, torch.Tensor], out: dict) -> dict[str, torch.Tensor]:
             pred, y = out["pred"], batch["y"]  # (B, N, H) each
@@ -125,7 +128,9 @@ def _define_stage1_module() -> type:
                     total = total + self.config.corr_weight * losses["corr"]
                 if "sector_logits" in out and self.has_sectors:
                     m = batch["mask"]  # (B, N)
-                    sectors = self.model.sector_ids.expand_as(m)
+                    ids = batch.get("stock_ids")  # (B, K) when a cross-section was drawn
+                    all_ids = self.model.sector_ids
+                    sectors = all_ids.expand_as(m) if ids is None else all_ids[ids]
                     losses["sector"] = F.cross_entropy(out["sector_logits"][m], sectors[m])
                     total = total + self.config.sector_weight * losses["sector"]
             losses["total"] = total
@@ -250,14 +255,24 @@ def fit_stage1(
             (``"ic"``, ``"mse"``, ``"listnet"``, ``"pairwise"``, see the module docstring),
             ``label_norm`` (``"cross_section"`` or ``"cs_rank"``), ``rank_mse_weight``
             (the MSE added to the ``listnet``/``pairwise`` loss), ``max_epochs``,
-            ``batch_dates``, ``lr``, ``weight_decay``, ``patience``, ``seed``.
-        trainer: Lightning's devices (``strategy="ddp"`` works unchanged), the progress bar
-            and ``out_dir`` (checkpoints and the CSV log).
+            ``batch_dates``, ``lr``, ``weight_decay``, ``patience``, ``seed`` and
+            ``max_stocks`` (each training date attends over a random subset of at most that
+            many of its traded target stocks, drawn anew every epoch from ``seed``; validation
+            reads every stock; None, or at least the number of target stocks, is full
+            attention: :mod:`relcast.training.cross_section_data`).
+        trainer: Lightning's devices (``strategy="ddp"`` works unchanged), the progress (a
+            bar on a terminal, a line per epoch in a log, named by ``label``, default
+            ``"Stage1"``) and ``out_dir`` (checkpoints and the CSV log).
         sector_ids: per-stock sector (ints or labels such as ``panel.sectors``), or None.
         target: ``bool [N]``, symbols that count in losses and metrics, e.g.
             ``~panel.is_index`` (default all).
     """
-    from relcast.training.common import load_best_state_dict, make_trainer, seed_everything
+    from relcast.training.common import (
+        load_best_state_dict,
+        load_initial_weights,
+        make_trainer,
+        seed_everything,
+    )
 
     labels = _check_inputs(features, labels)
     T, N, F_ = features.values.shape
@@ -297,11 +312,13 @@ def fit_stage1(
         label_norm=spec.label_norm,
         rank_mse_weight=spec.rank_mse_weight,
     )
+    if spec.init is not None:  # a warm start (walk-forward): the previous block's weights
+        load_initial_weights(module.model, spec.init)
     shuffle_rng = torch.Generator()
     shuffle_rng.set_state(torch.get_rng_state())  # seeded above; immune to later RNG use
     batch_dates = spec.batch_dates
     fit = make_trainer(
-        trainer,
+        trainer.named("Stage1"),
         monitor="val_rank_ic",
         mode="max",
         patience=spec.patience,
@@ -311,8 +328,12 @@ def fit_stage1(
     )
     # batches of dates sharded by rank under DDP: each date once per epoch, equal step counts
     train_loader = DataLoader(
-        DateBatches(train_set, batch_dates, shuffle=True, generator=shuffle_rng), batch_size=None
-    )
+        DateBatches(
+            train_set, batch_dates, shuffle=True, seed=spec.seed, generator=shuffle_rng,
+            max_stocks=spec.max_stocks,
+        ),
+        batch_size=None,
+    )  # fmt: skip
     valid_loader = DataLoader(DateBatches(valid_set, batch_dates), batch_size=None)
     start = time.perf_counter()
     fit.fit(module, train_loader, valid_loader)

@@ -46,6 +46,7 @@ from relcast.features.labels import (
     normalize_labels_cross_section,
     rank_normalize_labels_cross_section,
 )
+from relcast.progress import PassProgress
 from relcast.training.specs import CHUNK_LENGTH, Stage3Spec, TrainerSpec, chunk_steps
 from relcast.training.stage3_inputs import Stage3Inputs, StockMajorInputs
 from relcast.training.stage3_module import epoch_timer_class, lightning_module_class
@@ -171,13 +172,20 @@ def fit_stage3(
             index vs sector relationship columns by the regime of each step; needs inputs
             with the ``regime`` group and V1/V3 relationship columns).
         trainer: Lightning's devices (``strategy="ddp"`` shards the windows across
-            processes), the progress bar and ``out_dir`` (checkpoints and the CSV log).
+            processes), the progress (a bar on a terminal, a line per epoch in a log, named by
+            ``label``, default ``"Stage3 <model_name>"``) and ``out_dir`` (checkpoints and
+            the CSV log).
         stocks: train (and validate) on these target stocks only; all if None. With one
             stock, early stopping and the checkpoint watch ``val_loss`` (no Rank IC exists).
         index_symbols: the market index symbols (their ``attn_``/``ctr_sim_`` columns are
             index columns for the gate).
     """
-    from relcast.training.common import load_best_state_dict, make_trainer, seed_everything
+    from relcast.training.common import (
+        load_best_state_dict,
+        load_initial_weights,
+        make_trainer,
+        seed_everything,
+    )
 
     labels = np.asarray(labels, dtype=np.float32)
     if labels.ndim == 2:
@@ -225,12 +233,14 @@ def fit_stage3(
         from relcast.models.regime_gate import RegimeGatedModel
 
         model = RegimeGatedModel.wrap(model, inputs.names, index_symbols)
+    if spec.init is not None:  # a warm start (walk-forward): the previous block's weights
+        load_initial_weights(model, spec.init)
     module = lightning_module_class()(model, quantiles, lr=spec.lr, weight_decay=spec.weight_decay)
     timer = epoch_timer_class()()
     # a Rank IC needs >= 2 stocks per date; one target stock is judged by its loss instead
     single = stock_idx is not None and len(np.unique(stock_idx)) == 1
     fit = make_trainer(
-        trainer,
+        trainer.named(f"Stage3 {model_name}"),
         monitor="val_loss" if single else "val_rank_ic",
         mode="min" if single else "max",
         patience=spec.patience,
@@ -344,13 +354,16 @@ def predict_stage3(
     model.eval()
     T, N = inputs.valid.shape
     pred = np.full((hi - lo, N, config.horizons, config.num_quantiles), np.nan, dtype=np.float32)
-    for batch in loader:
+    progress = PassProgress("Stage3 predict", len(loader), unit="batches")  # logs only
+    for done, batch in enumerate(loader, start=1):
         out = model(batch)["pred"]  # (B, H, Q) or (B, C, H, Q)
         t, n = batch["t"], batch["n"]
         if "origin" in batch:  # the forecasts at the chunks' origin steps
             origin = batch["origin"]
             out, t, n = out[origin], t[origin], n[:, None].expand_as(origin)[origin]
         pred[t.numpy() - lo, n.numpy()] = out.float().numpy()
+        progress.update(done)
+    progress.finish()
     model.train(was_training)
     point = point_forecast(torch.from_numpy(pred), config.quantiles).numpy()
     return {"pred": pred, "point": point}

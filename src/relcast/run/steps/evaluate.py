@@ -153,13 +153,24 @@ def evaluate(ctx: RunContext) -> dict[str, Any]:
 
 def evaluate_run(ctx: RunContext) -> dict[str, Any]:
     """:func:`evaluate`'s work, without the lock and the mark in ``run.json``."""
-    cfg, panel, split = ctx.config, ctx.panel, ctx.split
-    labels = ctx.labels  # (T, N, H) raw forward returns (a memory map with data.store: memmap)
     cell = ctx.features.mask & ctx.target[None, :]  # (T, N) stocks, indices excluded
-    window = scoring_window(split)
+    window = scoring_window(ctx.split)
     forecasts = gather_forecasts(ctx, cell, window)
+    metrics, days = score_and_save(ctx, forecasts, ctx.split, ctx.folder)
+    del forecasts  # before Stage1's attention pass
+    save_attention(ctx, days)
+    return metrics
+
+
+def score_and_save(ctx: RunContext, forecasts: Forecasts, split, folder) -> tuple[dict, np.ndarray]:
+    """Score ``forecasts`` (over ``forecasts.window``) on ``split``'s test dates with the
+    run's labels and cells, and save metrics.json, predictions.parquet, backtest.parquet and
+    importance.json through ``folder`` (the run's, or a walk-forward's pooled one). Returns
+    the metrics and the scored days (indices of the run's dates)."""
+    cfg, panel, window = ctx.config, ctx.panel, forecasts.window
+    cell = ctx.features.mask & ctx.target[None, :]  # (T, N) stocks, indices excluded
     # everything below reads the window's dates only: (W, ...) arrays, days within them
-    labels_w, cell_w = np.asarray(labels[window]), cell[window]
+    labels_w, cell_w = np.asarray(ctx.labels[window]), cell[window]
     span = scored_span(labels_w, cell_w, split, window.start)
     settings = ScoreSettings.from_config(cfg)
     mask_w = np.asarray(panel.mask[window])
@@ -188,16 +199,12 @@ def evaluate_run(ctx: RunContext) -> dict[str, Any]:
         ],
         ignore_index=True,
     )
-    folder = ctx.folder
     folder.save_metrics(metrics)
     folder.write("predictions.parquet", partial(write_frames, frames=pieces, columns=columns))
     folder.save_table("backtest.parquet", backtest)
     if forecasts.importance:
         folder.write_json("importance.json", forecasts.importance)
-    days = span.days + window.start
-    del forecasts, span, pieces, backtest, labels_w  # before Stage1's attention pass
-    save_attention(ctx, days)
-    return metrics
+    return metrics, span.days + window.start
 
 
 def tft_importance(model, inputs, index) -> dict[str, float]:

@@ -50,7 +50,13 @@ def extract(ctx: RunContext) -> None:
         extract=mine,  # the other ranks join the fold models' fits, then wait
     )
     fit = stage1_fit(ctx, ctx.stage1_model.config)
-    fit = replace(fit, trainer=fit.trainer.logging_to(ctx.dir / "logs" / "stage1_folds"))
+    # fold models start from scratch: a warm start from the block before would carry its
+    # full model, which trained on labels of the dates a fold extracts (the stacking leak)
+    fit = replace(
+        fit,
+        spec=replace(fit.spec, init=None),
+        trainer=fit.trainer.logging_to(ctx.dir / "logs" / "stage1_folds"),
+    )
     store = build_relationship_store(
         ctx.features, ctx.stage1_labels, ctx.split, ctx.make_extractor(), fit, plan,
         full_model=ctx.stage1_model,

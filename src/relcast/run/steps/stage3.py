@@ -52,7 +52,7 @@ def stage3(ctx: RunContext, *, resume: bool = True) -> None:
         inputs = ctx.stage3_inputs(feature_set)
         num_inputs = inputs.num_features + inputs.cross_width  # rawconcat: + every stock's
         gated = ctx.config.relationships.regime and feature_set == "hybrid"
-        spec = ctx.stage3_spec(model, seed_offset=k, regime_gate=gated)
+        spec = ctx.stage3_spec(model, seed_offset=k, regime_gate=gated, name=name)
         log(
             f"Stage3 {name}: {num_inputs} inputs, lookback {spec.lookback}"
             + (", regime gate" if gated else "")

@@ -64,6 +64,7 @@ def measure(seeds: list[int], overrides: list[str]) -> dict[str, Any]:
     from relcast.features.labels import normalize_labels_cross_section
     from relcast.metrics import signal_metrics
     from relcast.run.runner import Pipeline
+    from relcast.run.steps.stage3 import fit_stage3_model
     from relcast.training.stage3 import predict_stage3
 
     cfg = load_config("small", overrides=[*BASE, *overrides])
@@ -71,7 +72,7 @@ def measure(seeds: list[int], overrides: list[str]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         pipe = Pipeline(cfg, tmp)
         for step in ("prepare", "stage1", "extract"):
-            getattr(pipe, step)()
+            pipe.step(step)
         f, split = pipe.ctx.features, pipe.ctx.split
         cell = f.mask & pipe.ctx.target[None, :]
         z = normalize_labels_cross_section(pipe.ctx.labels, cell)[..., 0]  # (T, N)
@@ -83,9 +84,8 @@ def measure(seeds: list[int], overrides: list[str]) -> dict[str, Any]:
         for seed in seeds:
             for variant, (feature_set, gated) in VARIANTS.items():
                 inputs = pipe.ctx.stage3_inputs(feature_set)
-                result = pipe.fit_stage3_model(
-                    "gru", inputs, seed_offset=seed, regime_gate=gated, name=f"{variant}-{seed}"
-                )
+                spec = pipe.ctx.stage3_spec("gru", seed_offset=seed, regime_gate=gated)
+                result = fit_stage3_model(pipe.ctx, "gru", inputs, spec, name=f"{variant}-{seed}")
                 point = predict_stage3(result.model, inputs)["point"][..., 0]  # (T, N)
                 row = {"variant": variant, "seed": seed, "inputs": inputs.num_features,
                        "seconds_per_epoch": result.seconds_per_epoch,

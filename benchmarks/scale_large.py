@@ -192,6 +192,7 @@ def train_from_store(folder: str, steps: int, batch_size: int) -> dict[str, Any]
     from relcast.store.memmap import MemmapFeatureStore
     from relcast.training.common import release_pages_callback
     from relcast.training.stage3 import fit_stage3
+    from relcast.training.stage3_inputs import store_inputs
 
     class BatchTimer(lightning.Callback):
         """Wall time of each training batch (loading + forward + backward + step)."""
@@ -209,7 +210,7 @@ def train_from_store(folder: str, steps: int, batch_size: int) -> dict[str, Any]
     timer = BatchTimer()
     store = MemmapFeatureStore(folder)
     split = chronological_split(store.dates, 0.15, 0.15, embargo=store.horizons)
-    inputs = store.stage3_inputs()
+    inputs = store_inputs(store)
     out_dir = tempfile.mkdtemp(prefix="relcast_memmap_")
     start = time.perf_counter()
     try:
@@ -226,12 +227,11 @@ def train_from_store(folder: str, steps: int, batch_size: int) -> dict[str, Any]
                 max_epochs=1,
             ),
             TrainerSpec(
-                out_dir=out_dir, progress=False, callbacks=[release_pages_callback(store, 1), timer]
+                out_dir=out_dir,
+                progress=False,
+                callbacks=(release_pages_callback(store, 1), timer),
+                options=dict(limit_train_batches=steps, limit_val_batches=1),
             ),
-            limit_train_batches=steps,
-            limit_val_batches=1,
-            num_sanity_val_steps=0,
-            enable_checkpointing=True,
         )
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)

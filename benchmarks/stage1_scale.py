@@ -208,23 +208,25 @@ def measure_oof(cfg: dict, variants: tuple[str, ...]) -> list[dict[str, Any]]:
     """The 3-fold store built the old way and the new way, from one full model."""
     from relcast.models.extractors import EmbeddingExtractor
     from relcast.relationships import store as relationships
+    from relcast.training.specs import Stage1Spec, TrainerSpec
     from relcast.training.stage1 import fit_stage1
 
     fs, labels, sector, split = synthetic(
         cfg["stocks"], cfg["features"], cfg["sectors"], cfg["oof_dates"]
     )
     config = _config("small", fs, cfg["sectors"], 0.0)
-    fit = dict(
-        sector_ids=sector,
+    spec = Stage1Spec(
         max_epochs=cfg["oof_max_epochs"],
         patience=cfg["oof_patience"],
         batch_dates=cfg["oof_batch_dates"],
-        progress=False,
     )
+    trainer = TrainerSpec(progress=False)
     rows = []
     with tempfile.TemporaryDirectory(prefix="relcast-bench-") as tmp:
         start = time.perf_counter()
-        full = fit_stage1(fs, labels, split, config, out_dir=f"{tmp}/full", **fit)
+        full = fit_stage1(
+            fs, labels, split, config, spec, trainer.logging_to(f"{tmp}/full"), sector_ids=sector
+        )
         full_s = time.perf_counter() - start
         ics = [h.get("val_rank_ic", np.nan) for h in full.history]
         best_epochs = int(np.nanargmax(ics)) + 1
@@ -239,11 +241,16 @@ def measure_oof(cfg: dict, variants: tuple[str, ...]) -> list[dict[str, Any]]:
                 relationships.ALIGN_DATES = 10**9  # every training date, as before
             try:
                 with PeakRSS() as peak:
-                    store = relationships.build_relationship_store(
-                        fs, labels, split, config, EmbeddingExtractor("bottleneck"),
-                        n_folds=cfg["n_folds"], full_model=full.model,
+                    fit = relationships.Stage1Fit(
+                        config, spec, trainer.logging_to(f"{tmp}/{variant}"), sector_ids=sector
+                    )
+                    plan = relationships.StorePlan(
+                        n_folds=cfg["n_folds"],
                         fold_epochs=None if variant == "before" else best_epochs,
-                        out_dir=f"{tmp}/{variant}", **fit,
+                    )
+                    store = relationships.build_relationship_store(
+                        fs, labels, split, EmbeddingExtractor("bottleneck"), fit, plan,
+                        full_model=full.model,
                     )  # fmt: skip
             finally:
                 relationships.ALIGN_DATES = old_align

@@ -261,9 +261,10 @@ def test_every_step_by_clicking(page):
     page.get_by_role("button", name="Evaluate on the test span").click()
     _wait_for_text(page, "evaluate-status", "scored on the test span")
     table = page.locator("#metrics-table")
-    for name in ("hybrid_tft", "stage1", "lightgbm", "naive_momentum"):
+    for name in ("hybrid_tft", "stage1", "lightgbm", "reversal_1d", "momentum_20d"):
         expect(table).to_contain_text(name)
     expect(table).to_contain_text("Rank IC")
+    expect(table).to_contain_text("Neutral Rank IC")
     first_src = _image_shown(page, "attention-plot")
     _image_shown(page, "importance-plot")
     _image_shown(page, "prediction-plot")

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 
 from relcast.config import load_config
+from relcast.features.factors import FACTORS, momentum
 from relcast.features.splits import Split
 from relcast.training.baselines import (
     DEFAULTS,
     baseline_predictions,
     lightgbm_scores,
-    momentum,
     shuffle_within_dates,
 )
 
@@ -69,17 +69,19 @@ def test_lightgbm_learns_a_planted_signal_and_the_shuffled_control_does_not():
 def test_baseline_predictions_shapes_and_switch():
     T, N, H = 80, 6, 3
     rng = np.random.default_rng(1)
-    panel = SimpleNamespace(
-        field=lambda name: np.cumprod(1 + rng.normal(0, 0.01, (T, N)), axis=0),
-        mask=np.ones((T, N), bool),
-    )
+    close, mask = np.cumprod(1 + rng.normal(0, 0.01, (T, N)), axis=0), np.ones((T, N), bool)
+    panel = SimpleNamespace(field=lambda name: close, mask=mask)
     features = SimpleNamespace(values=rng.normal(size=(T, N, 4)))
     split = Split(np.arange(0, 50), np.arange(52, 65), np.arange(67, T), 2,
                   np.arange(T).astype("datetime64[D]"))  # fmt: skip
     z1, cell = rng.normal(size=(T, N)), np.ones((T, N), bool)
     off = SimpleNamespace(**{**vars(DEFAULTS), "lightgbm": False})
     out = baseline_predictions(panel, features, z1, cell, split, H, seed=0, settings=off)
-    assert list(out) == ["naive_zero", "naive_momentum"]
+    assert list(out) == ["naive_zero", *FACTORS]  # every factor is on by default
     assert all(v.shape == (T, N, H) for v in out.values())
-    assert np.array_equal(out["naive_momentum"][..., 0], out["naive_momentum"][..., 2],
+    assert np.array_equal(out["momentum_20d"][..., 0], out["momentum_20d"][..., 2],
                           equal_nan=True)  # fmt: skip
+    np.testing.assert_array_equal(out["reversal_1d"][..., 0], -momentum(close, mask, 1))
+    fewer = SimpleNamespace(**vars(off), reversal_5d=SimpleNamespace(enabled=False, window=5))
+    out = baseline_predictions(panel, features, z1, cell, split, H, seed=0, settings=fewer)
+    assert "reversal_5d" not in out and "reversal_1d" in out

@@ -36,7 +36,10 @@ def test_file_then_overrides_win(tmp_path: Path):
     "override, expected",
     [
         ("stage1.dmodel=3", "stage1.dmodel: unknown key (allowed here: d_model"),
-        ("stage3.models=[xgb]", "registered: ['gru', 'lstm', 'tcn', 'tft']"),
+        (
+            "stage3.models=[xgb]",
+            "registered: ['gru', 'lstm', 'master', 'rsr', 'stockmixer', 'tcn', 'tft']",
+        ),
         ("relationships.extractor=v9", "relationships.extractor"),
         ("split.embargo=1", "must be >= data.horizons"),
         ("stage1.num_heads=5", "divisible"),

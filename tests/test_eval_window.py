@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import relcast.features.factors as factors
 import relcast.training.baselines as baselines
 from relcast.evaluation.frames import (
     PredictionRows,
@@ -25,10 +26,12 @@ from relcast.evaluation.scoring import (
     score,
     scored_span,
     scoring_window,
+    seed_ensemble,
 )
+from relcast.features.factors import FACTORS, momentum
 from relcast.run.steps.evaluate import zscored_h1
 from relcast.runfolder import jsonable
-from relcast.training.baselines import momentum, sample_rows, sampled_cells
+from relcast.training.baselines import sample_rows, sampled_cells
 
 
 def _split(T: int, embargo: int = 2):
@@ -58,7 +61,9 @@ def market():
         "stage3_own_gru": rng.normal(size=(T, N, H)).astype(np.float32),
     }
     quant = np.sort(rng.normal(size=(T, N, H, 3)), axis=-1).astype(np.float32)
-    seeds = [pred["hybrid_gru"], rng.normal(size=(T, N, H)).astype(np.float32)]
+    first = pred["hybrid_gru"]
+    seeds = [first, first + rng.normal(size=(T, N, H)).astype(np.float32)]
+    pred["hybrid_gru"] = seed_ensemble(seeds)  # a seeded model's reported forecast
     return SimpleNamespace(labels=labels, mask=mask, pred=pred, quant=quant, seeds=seeds)
 
 
@@ -139,7 +144,7 @@ def test_momentum_of_a_window_equals_momentum_of_every_date(monkeypatch):
     mask[40:200, 1] = False  # a long suspension: its price is carried over many blocks
     mask[:150, 2] = False  # listed late: NaN until then
     mask[:, 3] = False  # never traded
-    monkeypatch.setattr(baselines, "BLOCK_CELLS", 7 * N)  # blocks of 7 dates
+    monkeypatch.setattr(factors, "BLOCK_CELLS", 7 * N)  # blocks of 7 dates
     whole = momentum(close, mask, 20)
     for lo, hi in [(0, T), (5, 60), (180, 260), (250, T), (19, 21)]:
         np.testing.assert_array_equal(momentum(close, mask, 20, slice(lo, hi)), whole[lo:hi])
@@ -185,8 +190,8 @@ def test_window_baselines_allocate_with_the_window_not_every_date(monkeypatch):
     values = np.exp(np.cumsum(rng.normal(0, 0.01, (T, N)), axis=0)).astype(np.float32)
     panel = SimpleNamespace(field=lambda name: values, mask=rng.random((T, N)) > 0.1)
     features = SimpleNamespace(values=np.zeros((T, N, 1), np.float32))
-    monkeypatch.setattr(baselines, "BLOCK_CELLS", 500 * N)
-    settings = SimpleNamespace(momentum_window=20, lightgbm=False)
+    monkeypatch.setattr(factors, "BLOCK_CELLS", 500 * N)
+    settings = SimpleNamespace(lightgbm=False)  # every factor, at its default window
     window = slice(T - 600, T - 100)
     tracemalloc.start()
     try:
@@ -197,9 +202,9 @@ def test_window_baselines_allocate_with_the_window_not_every_date(monkeypatch):
     finally:
         tracemalloc.stop()
     assert {k: v.shape for k, v in out.items()} == {
-        "naive_zero": (500, N, H), "naive_momentum": (500, N, H)
+        name: (500, N, H) for name in ("naive_zero", *FACTORS)
     }  # fmt: skip
     whole = momentum(values, panel.mask, 20)
-    np.testing.assert_array_equal(out["naive_momentum"][..., 1], whole[window])
+    np.testing.assert_array_equal(out["momentum_20d"][..., 1], whole[window])
     one_float_per_cell = T * N * 4  # a single float32 [T, N]: 3.2 MB
     assert peak < one_float_per_cell / 4, peak

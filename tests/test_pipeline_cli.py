@@ -102,7 +102,9 @@ def test_run_writes_every_artefact(run_dir):
         "hybrid_gru",
         "stage3_own_gru",
         "lightgbm",
-        "naive_momentum",
+        "reversal_1d",
+        "momentum_20d",
+        "liquidity_20d",
         "naive_zero",
         "control_shuffled_lightgbm",
     ):
@@ -156,7 +158,22 @@ def test_metrics_carry_newey_west_statistics(run_dir):
     assert hybrid["vs_own"]["baseline"] == "stage3_own_gru"
     assert hybrid["vs_own"]["forecasts"] == "seed_average" and np.isfinite(hybrid["vs_own"]["t"])
     assert np.isfinite(hybrid["seeds"]["rank_ic_t_std"])
-    assert np.isfinite(hybrid["seeds"]["average"]["rank_ic_t"])
+    assert np.isfinite(hybrid["seeds"]["rank_ic_t_mean"])
+    # the row is the seeds' ensemble, and predictions.parquet holds that forecast
+    hybrid_ic = daily_ic_series(preds, "hybrid_gru")
+    assert hybrid["rank_ic_t"] == pytest.approx(newey_west_test(hybrid_ic.values, lag)["t"])
+    cw = hybrid["vs_own"]["clark_west"]
+    assert np.isfinite(cw["t"]) and 0 <= cw["p"] <= 1
+    lo, hi = hybrid["vs_own"]["ci95"]
+    assert lo <= hybrid["vs_own"]["mean_diff"] <= hi
+    for name, row in models.items():  # every model but the constant has its neutral scores
+        if name != "naive_zero":
+            assert "rank_ic" in row["neutral"], name
+        if name not in ("naive_zero", "reversal_1d"):
+            assert row["vs_reversal"]["baseline"] == "reversal_1d", name
+    # 6 stocks cannot be regressed on 5 factors and an intercept: no neutral IC, not a fake one
+    assert metrics["statistics"]["neutral_factors"][0] == "reversal_1d"
+    assert hybrid["neutral"]["rank_ic"] is None  # NaN, written as null
 
 
 def test_shuffled_label_control_scores_near_zero(run_dir):
@@ -242,6 +259,7 @@ def _check_update_matches_full_extraction(run_dir, market, tmp_path) -> Path:
     """``update`` on the new dates equals the same weights applied to the whole market."""
     import shutil
 
+    from relcast.evaluation.scoring import seed_ensemble
     from relcast.run.inference import update_run
     from relcast.run.runner import Pipeline
     from relcast.training.stage3 import predict_stage3
@@ -263,8 +281,11 @@ def _check_update_matches_full_extraction(run_dir, market, tmp_path) -> Path:
     values[: len(stored)] = stored  # training span keeps its out-of-fold values
     added = np.arange(DAYS, DAYS + NEW_DAYS)
     inputs = pipe.ctx.stage3_inputs("hybrid", features=features, relationships=(values, names))
-    model, spec = pipe.ctx.stage3_model("hybrid_gru")  # tiled as it was trained
-    ref = predict_stage3(model, inputs, index=added, chunk_length=spec.chunk_length)["point"]
+    runs = []  # with --seeds 2 the forecast is the seeds' ensemble
+    for folder in pipe.ctx.seed_folders("hybrid_gru"):
+        model, spec = pipe.ctx.stage3_model(folder)  # tiled as it was trained
+        runs.append(predict_stage3(model, inputs, index=added, chunk_length=spec.chunk_length))
+    ref = seed_ensemble([r["point"] for r in runs])
     got = forecasts[forecasts["model"] == "hybrid_gru"]
     t = np.searchsorted(full.dates, got["date"].to_numpy(dtype="datetime64[ns]"))
     n = pd.Index(full.symbols).get_indexer(got["symbol"])

@@ -45,6 +45,14 @@ def _model_metrics(rng: np.random.Generator) -> dict:
             row.update(rank_ic_t=0.5 * i, rank_ic_p=0.0004 if i == 3 else 0.2, ic_t=1.0, ic_p=0.3)
             if m != "lightgbm":
                 row["vs_lightgbm"] = {"baseline": "lightgbm", "t": 0.4 * i, "p": 0.5}
+            row["vs_reversal"] = {
+                "baseline": "reversal_1d",
+                "t": 0.3 * i,
+                "p": 0.6,
+                "mean_diff": 0.002 * i,
+                "ci95": [-0.01, 0.002 * i + 0.01],
+            }
+            row["neutral"] = {"rank_ic": 0.004 * i, "rank_ic_t": 0.2 * i, "ic": 0.003 * i}
             row["backtest"] = {
                 "topk": {
                     "k": 2,
@@ -60,7 +68,13 @@ def _model_metrics(rng: np.random.Generator) -> dict:
             row.update(
                 pinball=0.3, coverage=0.78, coverage_nominal=0.8, seeds={"rank_ic_std": 0.0123}
             )
-            row["vs_own"] = {"baseline": "stage3_own_gru", "t": 2.345, "p": 0.019}
+            row["vs_own"] = {
+                "baseline": "stage3_own_gru",
+                "t": 2.345,
+                "p": 0.019,
+                "clark_west": {"t": 1.804, "p": 0.0356},
+            }
+            row["neutral"]["vs_own"] = {"baseline": "stage3_own_gru", "t": 1.25, "p": 0.2}
         models[m] = row
     return models
 
@@ -291,6 +305,13 @@ def test_metrics_table_lists_every_model_with_its_numbers(report):
     assert parser.rows["stage1"]["vs_own_t"][1] == "-"
     assert parser.rows["lightgbm"]["vs_lightgbm_t"][1] == "-"
     assert "Newey-West" in text  # the legend says what the t columns are
+    assert parser.rows["hybrid_gru"]["neutral_vs_own_t"][1] == "+1.25"
+    # the paired tests' table: interval and Clark-West beside the Newey-West t
+    paired = text[text.index('id="paired-table"') :]
+    paired = paired[: paired.index("</table>")]
+    assert "[-0.0100, +0.0160]" in paired  # hybrid_gru (i = 3) vs reversal_1d
+    assert re.search(r"stage3_own_gru</td><td>raw</td>.*?\+2\.35.*?\+1\.80.*?0\.036", paired)
+    assert re.search(r"stage3_own_gru</td><td>neutral</td>.*?\+1\.25", paired)
 
 
 def test_training_logs_keep_each_fit_apart(report):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from relcast.evaluation.scoring import ScoreSettings, score, scored_span
+from relcast.evaluation.scoring import ScoreSettings, score, scored_span, seed_ensemble
 from relcast.features.splits import Split
 
 T, N, H = 120, 30, 2
@@ -68,7 +68,7 @@ def test_statistics_paired_tests_seeds_and_intervals(planted):
     q = np.stack([good - 5, good, good + 5], axis=-1)  # very wide: covers every label
     seeds = [good, good + rng.normal(0, 0.01, labels.shape)]
     metrics = score(
-        {"lightgbm": noise, "stage3_own_gru": noise, "hybrid_gru": good},
+        {"lightgbm": noise, "stage3_own_gru": noise, "hybrid_gru": seed_ensemble(seeds)},
         labels, mask, split, ScoreSettings(topk=5, quantiles=(0.1, 0.5, 0.9)),
         quantiles={"hybrid_gru": q}, seed_runs={"hybrid_gru": seeds},
     )  # fmt: skip
@@ -84,6 +84,35 @@ def test_statistics_paired_tests_seeds_and_intervals(planted):
     assert row["coverage"] == pytest.approx(1.0) and row["coverage_nominal"] == pytest.approx(0.8)
     assert "vs_lightgbm" not in metrics["models"]["lightgbm"]
     assert set(row["backtest"]) == {"topk", "long_short"}
+    lo, hi = row["vs_lightgbm"]["ci95"]  # the bootstrap interval holds the mean difference
+    assert lo < row["vs_lightgbm"]["mean_diff"] < hi and lo > 0
+    cw = row["vs_own"]["clark_west"]  # the planted signal forecasts better than noise
+    assert cw["t"] > 3 and cw["p"] < 0.01
+
+
+def test_a_seeded_row_scores_the_seeds_ensemble(planted):
+    """Several seeds: the row is the mean forecast's (as if it were one model), ``seeds``
+    the single seeds' spread; a forecast that is not their mean is refused."""
+    labels, mask, split = planted
+    rng = np.random.default_rng(4)
+    signal = labels + rng.normal(0, 0.02, labels.shape)
+    seeds = [signal + rng.normal(0, 0.04, labels.shape) for _ in range(3)]
+    ensemble = seed_ensemble(seeds)
+    np.testing.assert_allclose(ensemble, np.mean(seeds, axis=0))
+    got = score({"hybrid_gru": ensemble}, labels, mask, split, _settings(),
+                seed_runs={"hybrid_gru": seeds})["models"]["hybrid_gru"]  # fmt: skip
+    alone = score({"hybrid_gru": ensemble}, labels, mask, split, _settings())
+    singles = [score({"m": r}, labels, mask, split, _settings())["models"]["m"] for r in seeds]
+    for key in ("rank_ic", "ic", "mse", "rank_ic_t"):
+        assert got[key] == pytest.approx(alone["models"]["hybrid_gru"][key]), key
+    assert got["seeds"]["n"] == 3
+    ranks = [r["rank_ic"] for r in singles]
+    assert got["seeds"]["rank_ic_mean"] == pytest.approx(np.mean(ranks))
+    assert got["seeds"]["rank_ic_std"] == pytest.approx(np.std(ranks, ddof=1))
+    assert got["rank_ic"] > max(ranks)  # averaging seeds' noise sharpens the forecast
+    with pytest.raises(ValueError, match="seeds' mean"):
+        score({"hybrid_gru": seeds[0]}, labels, mask, split, _settings(),
+              seed_runs={"hybrid_gru": seeds})  # fmt: skip
 
 
 def test_naive_zero_has_no_direction_or_backtest(planted):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
@@ -51,11 +51,35 @@ class EvaluationSettings(Section):
         return self
 
 
-class BaselineSettings(Section):
-    """The reference models scored beside relcast's (relcast.training.baselines): LightGBM
-    on the raw features, and the same LightGBM on labels shuffled within each date."""
+class FactorSettings(Section):
+    """One factor baseline (relcast.features.factors), scored like every model."""
 
-    momentum_window: int = Field(20, ge=1, description="bars of past return (naive_momentum)")
+    enabled: bool = Field(True, description="score this factor as a model")
+    window: int | None = Field(
+        None, ge=1, description="bars it looks back (default: the one in its name)"
+    )
+
+
+class BaselineSettings(Section):
+    """The reference models scored beside relcast's (relcast.training.baselines): the factor
+    baselines, LightGBM on the raw features, and the same LightGBM on labels shuffled within
+    each date."""
+
+    RENAMED: ClassVar[dict[str, str]] = {"momentum_window": "baselines.momentum_20d.window"}
+
+    reversal_1d: FactorSettings = Field(FactorSettings(), description="minus the last bar's return")
+    reversal_5d: FactorSettings = Field(
+        FactorSettings(), description="minus the return over the last 5 bars"
+    )
+    momentum_20d: FactorSettings = Field(
+        FactorSettings(), description="the return over the last 20 bars"
+    )
+    low_volatility_20d: FactorSettings = Field(
+        FactorSettings(), description="minus the std of the last 20 bars' returns"
+    )
+    liquidity_20d: FactorSettings = Field(
+        FactorSettings(), description="minus log of the 20-bar mean dollar volume"
+    )
     lightgbm: bool = Field(True, description="fit lightgbm and control_shuffled_lightgbm")
     num_leaves: int = Field(31, ge=2, description="LightGBM leaves per tree")
     n_estimators: int = Field(500, ge=1, description="LightGBM rounds (early stopping on valid)")

@@ -86,6 +86,12 @@ class DataConfig(Section):
         False,
         description="add qlib's Alpha158 features (group 'alpha158') to every stage's inputs",
     )
+    industry_relative: bool = Field(
+        False,
+        description="add industry-relative own features (group 'industry': each own column "
+        "minus its industry's mean that date, and the industry's mean returns); industries "
+        "from the universe file's sector column",
+    )
     date_format: str | None = Field(
         None,
         description="null: detect (a column whose day/month order cannot be told is refused); "
@@ -113,6 +119,15 @@ class DataConfig(Section):
                 "format such as '%d/%m/%Y'"
             )
         return value
+
+    @model_validator(mode="after")
+    def _industry_in_memory(self) -> DataConfig:
+        if self.industry_relative and self.store == "memmap":
+            raise ValueError(
+                "data.industry_relative needs every stock of a date at once and is built in "
+                "memory only; set data.store=memory or data.industry_relative=false"
+            )
+        return self
 
 
 class WalkForwardSettings(Section):

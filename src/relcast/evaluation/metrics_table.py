@@ -24,8 +24,14 @@ __all__ = [
     "metrics_table_rows",
     "metrics_table_text",
     "model_rows",
+    "paired_table_html",
+    "paired_table_rows",
     "simple_table_html",
 ]
+
+PAIRED = ("vs_lightgbm", "vs_reversal", "vs_own")  # metrics.json's paired tests, in order
+PAIRED_HEADER = ("model", "versus", "scores", "mean diff", "t", "p", "95% interval",
+                 "Clark-West t", "CW p")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -46,9 +52,15 @@ COLUMNS: tuple[Column, ...] = (
     Column("rank_ic_t", "Rank IC t", ("rank_ic_t",), "ratio", True),
     Column("rank_ic_p", "p", ("rank_ic_p",), "pvalue", None),
     Column("vs_lightgbm_t", "vs LGBM t", ("vs_lightgbm", "t"), "ratio", True),
+    Column("vs_reversal_t", "vs rev1d t", ("vs_reversal", "t"), "ratio", True),
     Column("vs_own_t", "vs own t", ("vs_own", "t"), "ratio", True),
+    # the same of the forecast's residual on the factor baselines (neutral.py)
+    Column("neutral_rank_ic", "Neutral Rank IC", ("neutral", "rank_ic"), "signed", True),
+    Column("neutral_rank_ic_t", "Neutral t", ("neutral", "rank_ic_t"), "ratio", True),
+    Column("neutral_vs_own_t", "Neutral vs own t", ("neutral", "vs_own", "t"), "ratio", True),
     Column("ic", "IC", ("ic",), "signed", True),
     Column("ic_t", "IC t", ("ic_t",), "ratio", True),
+    Column("neutral_ic", "Neutral IC", ("neutral", "ic"), "signed", True),
     Column("rank_icir", "Rank ICIR", ("rank_icir",), "ratio", True),
     Column("icir", "ICIR", ("icir",), "ratio", True),
     Column("mse", "MSE", ("mse",), "plain", False),
@@ -179,7 +191,12 @@ def metrics_table_text(metrics: Mapping) -> str:
     out.append("* best per column (controls excluded); Top-k columns: top-k dropout portfolio")
     out.append(
         "t: Newey-West t of the mean daily Rank IC / IC, p its two-sided p-value; vs LGBM t / "
-        "vs own t: paired t of the daily Rank IC minus lightgbm's / stage3_own's (|t| > 2: signal)"
+        "vs rev1d t / vs own t: paired t of the daily Rank IC minus lightgbm's / reversal_1d's / "
+        "stage3_own's (|t| > 2: signal)"
+    )
+    out.append(
+        "Neutral: the same scores of the forecast's residual on the factor baselines (per date,"
+        " least squares with an intercept); ±: std over single seeds (the row is their mean)"
     )
     return "\n".join(out)
 
@@ -201,6 +218,53 @@ def metrics_table_html(models: Mapping[str, Mapping]) -> str:
     return (
         '<table class="metrics" id="metrics-table"><thead><tr><th>model</th>'
         f"{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    )
+
+
+def paired_table_rows(metrics: Mapping) -> list[list[str]]:
+    """Every paired test of metrics.json as text cells (:data:`PAIRED_HEADER`): per model and
+    baseline, on the raw forecasts and on their factor-neutral residuals, the mean daily Rank
+    IC difference, its Newey-West t and p, the block-bootstrap 95% interval and, for
+    ``vs_own``, Clark-West's t and one-sided p. Takes metrics.json's dict (or its models)."""
+    rows = []
+    for m, row in model_rows(metrics).items():
+        for scores, tests in (("raw", row), ("neutral", row.get("neutral") or {})):
+            for key in PAIRED:
+                test = tests.get(key)
+                if not isinstance(test, Mapping):
+                    continue
+                ci = test.get("ci95") or [math.nan, math.nan]
+                lo, hi = (
+                    format_cell(float(v) if v is not None else math.nan, "signed") for v in ci
+                )
+                cw = test.get("clark_west") or {}
+                fmt, at = format_cell, metric_value
+                rows.append([
+                    m, str(test.get("baseline", key)), scores,
+                    fmt(at(test, ("mean_diff",)), "signed"),
+                    fmt(at(test, ("t",)), "ratio"), fmt(at(test, ("p",)), "pvalue"),
+                    f"[{lo}, {hi}]" if "-" not in (lo, hi) else "-",
+                    fmt(at(cw, ("t",)), "ratio"), fmt(at(cw, ("p",)), "pvalue"),
+                ])  # fmt: skip
+    return rows
+
+
+def paired_table_html(models: Mapping[str, Mapping]) -> str:
+    """:func:`paired_table_rows` as an HTML table (empty text when there is no paired test)."""
+    rows = paired_table_rows(models)
+    if not rows:
+        return ""
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in PAIRED_HEADER)
+    body = "".join(
+        f'<tr><th class="model">{html.escape(r[0])}</th><td>{html.escape(r[1])}</td>'
+        f"<td>{html.escape(r[2])}</td>"
+        + "".join(f'<td class="num">{html.escape(c)}</td>' for c in r[3:])
+        + "</tr>"
+        for r in rows
+    )
+    return (
+        f'<table class="metrics" id="paired-table"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{body}</tbody></table>"
     )
 
 

@@ -12,12 +12,13 @@ written here through :class:`relcast.runfolder.RunFolder`)::
                                             "direction_acc", "rank_ic_by_horizon"?,
                                             "ic_t", "ic_p", "rank_ic_t", "rank_ic_p",
                                             "vs_lightgbm"?: {"t", "p", "mean_diff", ..},
-                                            "vs_own"?: {...},
+                                            "vs_reversal"?, "vs_own"?: {...},
+                                            "neutral"?: {"rank_ic", "ic", .., "vs_own"?},
                                             "pinball"?, "coverage"?, "coverage_nominal"?,
                                             "backtest": {"topk": {...}, "long_short": {...}},
                                             "seeds"?: {"<column>_std": float}, ...}}}
-                         (NAME: naive_zero, naive_momentum, lightgbm, stage1, stage1+stage2,
-                          stage3_own_gru, hybrid_gru, control_shuffled_lightgbm, ...)
+                         (NAME: naive_zero, reversal_1d, momentum_20d, ..., lightgbm, stage1,
+                          stage1+stage2, stage3_own_gru, hybrid_gru, ...)
     predictions.parquet  date, symbol, model, horizon, pred, label [, q0.1, q0.5, q0.9]
     backtest.parquet     date, model, strategy ("topk" | "long_short"), daily_return,
                          benchmark_return, excess_return, turnover
@@ -55,6 +56,7 @@ from relcast.evaluation.metrics_table import (
 )
 from relcast.evaluation.plot_data import PredictionFile, backtest_series, prediction_band
 from relcast.evaluation.report_html import data_health_html, figure_html, note, page_html
+from relcast.features.factors import FACTORS
 from relcast.runfolder import RunFolder, read_json
 
 __all__ = ["build_report"]
@@ -312,7 +314,11 @@ def _prediction_section(predictions: PredictionFile, models, target, plot_dir, d
     if with_q:
         model = sorted(with_q, key=lambda m: not m.startswith("hybrid"))[0]
     else:
-        ranked = [m for m in models if m in set(at_h) and not m.startswith(("control_", "naive_"))]
+        ranked = [
+            m
+            for m in models
+            if m in set(at_h) and not m.startswith(("control_", "naive_")) and m not in FACTORS
+        ]
         ranked.sort(
             key=lambda m: -np.nan_to_num(metric_value(models[m], ("rank_ic",)), nan=-np.inf)
         )

@@ -16,6 +16,7 @@ from relcast.evaluation.metrics_table import (
     format_cell,
     metric_value,
     metrics_table_html,
+    paired_table_html,
     simple_table_html,
 )
 
@@ -172,14 +173,20 @@ def page_html(run_dir, metrics, models, config_text, health, sections) -> str:
             "no information). Top-k: top-k dropout portfolio, excess return over the benchmark "
             "(arithmetic, annualised), information ratio, max drawdown, mean daily two-sided "
             "turnover. <i>control_*</i> rows are trained on shuffled labels: their IC must be "
-            "near zero. Values with ± are mean ± std over seeds. <b>Rank IC t</b> and <b>IC t</b>: "
+            "near zero. <b>Rank IC t</b> and <b>IC t</b>: "
             "mean daily (rank) IC divided by its Newey-West standard error (Bartlett kernel, "
             "lag = label horizon + 4, which allows for autocorrelated days), <b>p</b> its "
             "two-sided p-value (normal); |t| above 2 (p below 0.05) means the IC is unlikely to "
             "be luck. <b>vs LGBM t</b> / <b>vs own t</b>: the same t for the daily difference "
             "between this model's rank IC and lightgbm's / stage3_own_&lt;same model&gt;'s, on "
-            "the dates both are defined (seed-averaged forecasts with several seeds); positive = "
-            "this model is better. metrics.json has the mean differences and p-values.</p>"
+            "the dates both are defined; <b>vs rev1d t</b> the same against reversal_1d (minus "
+            "the last bar's return); positive = this model is better. <b>Neutral</b>: the same "
+            "scores of the forecast's residual after a per-date regression on the factor "
+            "baselines (reversal, momentum, low volatility, liquidity): what the model adds "
+            "beyond them. A model with several seeds is scored by the mean forecast of its "
+            "seeds; ± gives the std over single seeds. The paired tests below add a "
+            "block-bootstrap 95% interval of each mean difference and Clark-West's test of "
+            "own history nested in the model (docs/statistics.md).</p>"
         )
     else:
         parts.append(note("metrics.json lists no models."))
@@ -189,6 +196,17 @@ def page_html(run_dir, metrics, models, config_text, health, sections) -> str:
         frame = pd.DataFrame(by_h).T.astype(float)
         parts.append("<h3>Rank IC by horizon</h3>")
         parts.append(simple_table_html(frame, lambda v: format_cell(v, "signed"), "horizon-table"))
+    paired = paired_table_html(models)
+    if paired:
+        parts.append("<h3>Paired tests</h3>")
+        parts.append(paired)
+        parts.append(
+            '<p class="legend">Mean daily Rank IC difference (model minus versus), its '
+            "Newey-West t and two-sided p; the 95% interval of that mean from a circular "
+            "moving-block bootstrap over dates; for own history (nested in the model) "
+            "Clark-West's MSPE-adjusted t on the forecasts, one-sided p. <i>neutral</i>: the "
+            "same on the factor-neutral residuals.</p>"
+        )
     intervals = {
         m: {
             "pinball": metric_value(row, ("pinball",)),

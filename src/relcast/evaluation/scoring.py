@@ -1,15 +1,20 @@
 """Score forecasts on the test span: ``score(predictions, labels, mask, split, settings)``.
 
 Pure functions over arrays: nothing here trains, reads or writes a file. The pipeline gathers
-every model's forecast (:mod:`relcast.run.steps.evaluate`) and calls :func:`score`; the tests call
-it on planted arrays.
+every model's forecast (:mod:`relcast.run.steps.evaluate`) and calls :func:`score`; the tests
+call it on planted arrays. Any span of test dates works: ``split.test`` names them (a
+walk-forward run passes its pooled test blocks).
 
 Rows of ``metrics["models"]`` (one per entry of ``predictions``, in its order):
 ``ic, rank_ic, icir, rank_icir, mse, direction_acc`` (:func:`~relcast.metrics.
 signal_metrics`), ``rank_ic_by_horizon``, Newey-West ``ic_t, ic_p, rank_ic_t, rank_ic_p``,
-paired tests ``vs_lightgbm`` / ``vs_own`` (:mod:`relcast.evaluation.stats`), ``pinball``,
-``coverage``, ``coverage_nominal`` for quantile forecasts, ``backtest`` (top-k dropout and
-long-short), and ``seeds`` when a model has several seeds.
+paired tests ``vs_lightgbm`` / ``vs_reversal`` / ``vs_own`` (:mod:`relcast.evaluation.stats`:
+Newey-West t, a block-bootstrap interval ``ci95`` and, for ``vs_own``, Clark-West),
+``neutral`` (the same scores of the forecast's residual on the factor baselines,
+:mod:`relcast.evaluation.neutral`), ``pinball``, ``coverage``, ``coverage_nominal`` for
+quantile forecasts, ``backtest`` (top-k dropout and long-short), and ``seeds`` when a model
+has several seeds: its row scores the seeds' ensemble (mean forecast), ``seeds`` the spread
+of the single seeds. docs/statistics.md says which number answers which question.
 
 Units: every model is scored against the horizon-1 label. IC / rank IC are scale-free. MSE
 and direction accuracy use cross-sectionally z-scored labels (what Stage1/Stage3 are trained
@@ -30,7 +35,17 @@ from relcast.evaluation.backtest import (
     long_short_backtest,
     topk_dropout_backtest,
 )
-from relcast.evaluation.stats import newey_west_lag, newey_west_test, paired_test, seed_mean_std
+from relcast.evaluation.neutral import neutralize
+from relcast.evaluation.stats import (
+    block_bootstrap_interval,
+    clark_west_daily,
+    clark_west_test,
+    newey_west_lag,
+    newey_west_test,
+    paired_test,
+    seed_mean_std,
+)
+from relcast.features.factors import FACTORS, enabled_factors
 from relcast.metrics import (
     daily_ic,
     daily_rank_ic,
@@ -40,13 +55,17 @@ from relcast.metrics import (
 )
 
 STAT_KEYS = ("ic_t", "ic_p", "rank_ic_t", "rank_ic_p")
+SEED_KEYS = ("ic", "rank_ic", "icir", "rank_icir", "mse", "direction_acc", *STAT_KEYS)
 CONSTANT = "naive_zero"  # the one forecast without a direction or a backtest
+REVERSAL = "reversal_1d"  # the one-line factor every model is compared with
 
 
 @dataclass(frozen=True)
 class ScoreSettings:
     """How to score: portfolio settings (config ``evaluation:``), quantile levels of the
-    quantile forecasts (``stage3.quantiles``) and the label delay (``data.label_delay``)."""
+    quantile forecasts (``stage3.quantiles``), the label delay (``data.label_delay``), the
+    factor baselines the neutral scores regress on (``baselines:``, those switched on) and
+    the bootstrap's draws and seed (``trainer.seed``)."""
 
     topk: int = 5
     n_drop: int = 1
@@ -55,6 +74,9 @@ class ScoreSettings:
     periods_per_year: int = 252
     quantiles: tuple[float, ...] | None = (0.1, 0.5, 0.9)
     label_delay: int = 0
+    factors: tuple[str, ...] = tuple(FACTORS)  # the rows the neutral scores regress on
+    bootstrap_draws: int = 2000  # block-bootstrap draws per paired difference
+    bootstrap_seed: int = 0  # the same intervals on a rerun
 
     @classmethod
     def from_config(cls, config) -> ScoreSettings:
@@ -68,6 +90,8 @@ class ScoreSettings:
             periods_per_year=ev.periods_per_year,
             quantiles=tuple(q) if q is not None else None,
             label_delay=config.data.label_delay,
+            factors=tuple(enabled_factors(config.baselines)),
+            bootstrap_seed=config.trainer.seed,
         )
 
 
@@ -134,6 +158,15 @@ def split_dates(split) -> dict:
     return {**out, "embargo": int(split.embargo)}
 
 
+def seed_ensemble(runs: list[np.ndarray]) -> np.ndarray:
+    """The seeds' ensemble: the mean of their forecasts (any shape, the first one's dtype)."""
+    out = np.array(runs[0], copy=True)
+    for r in runs[1:]:
+        out += r
+    out /= len(runs)
+    return out
+
+
 def score(
     predictions: dict[str, np.ndarray],
     labels: np.ndarray,
@@ -152,14 +185,15 @@ def score(
     default; :func:`scoring_window` is all that is read, and gives the same metrics).
 
     Args:
-        predictions: model name -> point forecast ``[T, N, H]``.
+        predictions: model name -> point forecast ``[T, N, H]``, the one reported: for a
+            model with seeds, their ensemble (:func:`seed_ensemble` of ``seed_runs``).
         labels: raw forward returns ``[T, N, H]`` (NaN where unknown).
         mask: ``[T, N]`` the cells scored (stocks with features; indices excluded).
         split: ``train, valid, test`` date indices, ``embargo`` and ``dates [T]``.
-        settings: portfolio, quantile and label settings.
+        settings: portfolio, quantile, label, factor and bootstrap settings.
         quantiles: model name -> ``[T, N, H, Q]`` quantile forecasts (levels in settings).
-        seed_runs: model name -> the forecasts of each seed (the first one is in
-            ``predictions``): the row's metrics become means over seeds.
+        seed_runs: model name -> the forecasts of each seed: the row's ``seeds`` gives their
+            spread (mean and std over seeds of each metric).
         benchmark: ``[T]`` benchmark return of the top-k portfolio (default: equal-weight
             mean of the horizon-1 labels over ``mask``).
         start: the split's index of the arrays' first date.
@@ -172,26 +206,24 @@ def score(
         benchmark = benchmark_returns(labels[..., 0], mask, np.zeros(mask.shape[1], bool))
     lag = newey_west_lag(1)  # every model is scored against the horizon-1 label
     z1, cell_d = z[days, :, 0], cell[days]
-
-    # Newey-West t of each model's daily IC / Rank IC; paired tests of daily Rank IC against
-    # lightgbm and stage3_own_<model>, on the seed-averaged forecasts where there are seeds
-    ic_stats, series = {}, {}
+    factors = [f for f in settings.factors if f in predictions]
+    factor_scores = [predictions[f][..., 0] for f in factors]  # views, (T, N) each
+    # Newey-West t of each model's daily IC / Rank IC and of its factor-neutral residual's;
+    # the daily Rank IC series (raw and neutral) that the paired tests compare
+    ic_stats, series, neutral, neutral_series = {}, {}, {}, {}
     for name, pred in predictions.items():
         ic_stats[name], series[name] = ic_statistics(pred[days, :, 0], z1, cell_d, lag)
-    seed_rows, seed_average = {}, {}
-    for name, runs in seed_runs.items():
-        if len(runs) < 2:
-            continue
-        seed_rows[name] = [
-            {**signal_metrics(r[days, :, 0], z1, cell_d), **ic_statistics(r[days, :, 0], z1,
-                                                                          cell_d, lag)[0]}
-            for r in runs
-        ]  # fmt: skip
-        avg = np.mean([r[days, :, 0] for r in runs], axis=0)  # (D, N) seed-mean forecast
-        avg_stats, series[name] = ic_statistics(avg, z1, cell_d, lag)
-        sm_avg = signal_metrics(avg, z1, cell_d)
-        seed_average[name] = {"ic": sm_avg["ic"], "rank_ic": sm_avg["rank_ic"], **avg_stats}
+        if factors and name != CONSTANT:
+            resid = neutralize(pred[..., 0], factor_scores, cell, days)  # (D, N)
+            neutral[name], neutral_series[name] = neutral_statistics(resid, z1, cell_d, lag)
+    neutral_series = {k: v for k, v in neutral_series.items() if np.isfinite(v).any()}
+    seed_rows = {
+        name: seed_spread(runs, predictions[name], z1, cell_d, days, lag)
+        for name, runs in seed_runs.items()
+        if len(runs) > 1
+    }
 
+    pairs = PairSettings(lag, settings.bootstrap_draws, settings.bootstrap_seed)
     rows: dict[str, dict] = {}
     for name, pred in predictions.items():
         sm = signal_metrics(pred[days, :, 0], z1, cell_d)
@@ -205,16 +237,15 @@ def score(
             sm["direction_acc"] = float("nan")  # a zero forecast has no direction
         sm.update(ic_stats[name])
         if name in seed_rows:
-            per_seed = seed_rows[name]
-            keys = ("ic", "rank_ic", "icir", "rank_icir", "mse", "direction_acc", *STAT_KEYS)
-            means, stds = seed_mean_std(per_seed, keys)
-            sm = {**sm, **means}
-            sm["seeds"] = {
-                "n": len(per_seed),
-                **{f"{k}_std": v for k, v in stds.items()},
-                "average": seed_average[name],
-            }
-        sm.update(paired_rows(name, series, lag, seeded=name in seed_average))
+            sm["seeds"] = seed_rows[name]
+        sm.update(paired_rows(name, series, pairs, seeded=name in seed_rows))
+        if "vs_own" in sm:  # own history is nested in this model: Clark-West on forecasts
+            own = predictions[sm["vs_own"]["baseline"]][days, :, 0]
+            adjusted = clark_west_daily(z1, own, pred[days, :, 0], cell_d)
+            sm["vs_own"]["clark_west"] = clark_west_test(adjusted, lag)
+        if name in neutral:
+            paired = paired_rows(name, neutral_series, pairs, seeded=name in seed_rows)
+            sm["neutral"] = {**neutral[name], **paired}
         row: dict[str, Any] = {**sm, "rank_ic_by_horizon": by_h}
         if name in quantiles and settings.quantiles is not None:
             row.update(interval_metrics(quantiles[name][days], z[days], cell_d, settings.quantiles))
@@ -237,6 +268,15 @@ def score(
             "kernel": "bartlett",
             "p_value": "two-sided, standard normal",
             "paired": "daily Rank IC minus the baseline's, on dates where both are defined",
+            "bootstrap": {
+                "interval": "ci95: percentile interval of the mean paired difference",
+                "method": "circular moving-block bootstrap over dates",
+                "draws": settings.bootstrap_draws,
+                "seed": settings.bootstrap_seed,
+            },
+            "clark_west": "vs_own: MSPE-adjusted (own history nested), one-sided p",
+            "neutral_factors": factors,
+            "seeds": "a seeded model's row scores the mean forecast of its seeds",
         },
         "models": rows,
     }
@@ -254,18 +294,70 @@ def ic_statistics(
     return dict(zip(STAT_KEYS, values, strict=True)), rank_ic
 
 
-def paired_rows(name: str, series: dict[str, np.ndarray], lag: int, seeded: bool) -> dict:
-    """``vs_lightgbm`` for every model but lightgbm; ``vs_own`` for hybrid_* and
-    stage3_rawconcat_* rows (against stage3_own_<same model>)."""
-    baselines = {"vs_lightgbm": "lightgbm"}
+def neutral_statistics(
+    resid: np.ndarray, z: np.ndarray, cell: np.ndarray, lag: int
+) -> tuple[dict[str, float], np.ndarray]:
+    """Rank IC, IC (means over dates), their Newey-West t and p and ``n_dates`` of a factor-
+    neutral residual ``[D, N]`` (NaN on dates it has none), and its daily Rank IC ``[D]``."""
+    rank_ic, ic = daily_rank_ic(resid, z, cell), daily_ic(resid, z, cell)
+    stats, _ = ic_statistics(resid, z, cell, lag)
+    nan = float("nan")
+    means = {
+        "ic": float(np.nanmean(ic)) if np.isfinite(ic).any() else nan,
+        "rank_ic": float(np.nanmean(rank_ic)) if np.isfinite(rank_ic).any() else nan,
+        "n_dates": int(np.isfinite(rank_ic).sum()),
+    }
+    return {**means, **stats}, rank_ic
+
+
+def seed_spread(runs, reported, z1, cell_d, days, lag) -> dict[str, Any]:
+    """``{"n", "<key>_mean", "<key>_std"}``: the spread over single seeds of each SEED_KEYS
+    metric; ValueError when the reported forecast is not the seeds' ensemble."""
+    got = reported[days, :, 0]
+    want = seed_ensemble([r[days, :, 0] for r in runs])
+    if not np.allclose(got, want, rtol=1e-5, atol=1e-6, equal_nan=True):
+        raise ValueError("a seeded model's forecast must be its seeds' mean (seed_ensemble)")
+    per_seed = []
+    for r in runs:
+        one = r[days, :, 0]
+        per_seed.append({**signal_metrics(one, z1, cell_d), **ic_statistics(one, z1, cell_d,
+                                                                            lag)[0]})  # fmt: skip
+    means, stds = seed_mean_std(per_seed, SEED_KEYS)
+    return {
+        "n": len(runs),
+        **{f"{k}_mean": v for k, v in means.items()},
+        **{f"{k}_std": v for k, v in stds.items()},
+    }
+
+
+@dataclass(frozen=True)
+class PairSettings:
+    """How paired differences are tested: Newey-West lag and the bootstrap's draws and seed."""
+
+    lag: int
+    draws: int = 2000
+    seed: int = 0
+
+
+def paired_rows(
+    name: str, series: dict[str, np.ndarray], pairs: PairSettings, seeded: bool
+) -> dict:
+    """``vs_lightgbm`` and ``vs_reversal`` (reversal_1d) for every other model; ``vs_own``
+    for hybrid_* and stage3_rawconcat_* rows (against stage3_own_<same model>): each the
+    paired Newey-West test of the daily Rank IC difference and its block-bootstrap ``ci95``."""
+    baselines = {"vs_lightgbm": "lightgbm", "vs_reversal": REVERSAL}
     for prefix in ("hybrid_", "stage3_rawconcat_"):
         if name.startswith(prefix):
             baselines["vs_own"] = "stage3_own_" + name.removeprefix(prefix)
     out = {}
     for key, base in baselines.items():
-        if base == name or base not in series:
+        if base == name or base not in series or name not in series:
             continue
-        out[key] = {"baseline": base, **paired_test(series[name], series[base], lag)}
+        a, b = series[name], series[base]
+        both = np.isfinite(a) & np.isfinite(b)
+        ci = block_bootstrap_interval(a[both] - b[both], pairs.lag, pairs.draws, pairs.seed)
+        out[key] = {"baseline": base, **paired_test(a, b, pairs.lag),
+                    "ci95": [ci["lo"], ci["hi"]], "bootstrap_block": ci["block"]}  # fmt: skip
         if seeded:  # Stage3 models (this one and stage3_own) compared by their seed means
             out[key]["forecasts"] = "seed_average"
     return out

@@ -12,6 +12,13 @@ with a Bartlett kernel account for that autocorrelation up to ``lag`` days.
   common day-to-day swings, so it is much sharper than comparing two means and two standard
   errors.
 - :func:`newey_west_lag` is relcast's lag rule: the label horizon + 4.
+- :func:`clark_west_daily` and :func:`clark_west_test`: Clark and West's (2007) MSPE-adjusted
+  test of a small model nested in a larger one (own history in the hybrid), on the forecasts
+  themselves rather than their ICs; one-sided, larger model better.
+- :func:`block_bootstrap_interval`: a percentile interval for the mean of a daily series (a
+  paired Rank IC difference) by the circular moving-block bootstrap over dates, seeded.
+
+docs/statistics.md says which test answers which question.
 
 Conventions (docs/formulas.md): no small-sample correction and two-sided p-values from the
 standard normal distribution, which is what statsmodels reports for
@@ -31,6 +38,10 @@ import numpy as np
 from scipy.stats import norm
 
 __all__ = [
+    "block_bootstrap_interval",
+    "block_length",
+    "clark_west_daily",
+    "clark_west_test",
     "newey_west_lag",
     "newey_west_se",
     "newey_west_test",
@@ -137,3 +148,70 @@ def seed_mean_std(
         means[k] = float(v.mean()) if v.size else float("nan")
         stds[k] = float(v.std(ddof=1)) if v.size > 1 else float("nan")
     return means, stds
+
+
+def clark_west_daily(
+    y: np.ndarray, small: np.ndarray, large: np.ndarray, mask: np.ndarray
+) -> np.ndarray:
+    """Clark-West's adjusted MSPE difference per date ``[D]`` from ``[D, N]`` arrays: the mean
+    over the cells where ``mask`` holds and all three are finite of
+
+        (y - small)^2 - [(y - large)^2 - (small - large)^2]  =  2 (y - small)(large - small)
+
+    ``small``: the forecasts of the nested (restricted) model, ``large``: the model that nests
+    it. Under the null that the large model's extra inputs are worthless its mean is zero;
+    NaN on a date without such a cell."""
+    y, small, large = (np.asarray(a, dtype=np.float64) for a in (y, small, large))
+    ok = np.asarray(mask, dtype=bool) & np.isfinite(y) & np.isfinite(small) & np.isfinite(large)
+    adj = np.where(ok, (y - small) ** 2 - ((y - large) ** 2 - (small - large) ** 2), 0.0)
+    n = ok.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n > 0, adj.sum(axis=1) / n, np.nan)
+
+
+def clark_west_test(adjusted: np.ndarray, lag: int) -> dict[str, float]:
+    """Clark-West test from the daily adjusted differences ``[D]`` (:func:`clark_west_daily`):
+    ``mean_adjusted, se, t`` (Newey-West, as :func:`newey_west_test`), ``n``, ``lag`` and the
+    one-sided ``p = 1 - Phi(t)``: small when the larger model forecasts better."""
+    res = newey_west_test(adjusted, lag)
+    p = float(norm.sf(res["t"])) if np.isfinite(res["t"]) else float("nan")
+    return {"mean_adjusted": res["mean"], "se": res["se"], "t": res["t"], "p": p,
+            "n": res["n"], "lag": lag}  # fmt: skip
+
+
+def block_length(n: int, lag: int) -> int:
+    """relcast's bootstrap block: ``max(lag + 1, ceil(n ** (1/3)))`` dates (the Newey-West
+    window, or the usual ``n^(1/3)`` rate when the series is long), at most ``n``."""
+    return int(min(max(n, 1), max(lag + 1, int(np.ceil(n ** (1.0 / 3.0))))))
+
+
+def block_bootstrap_interval(
+    x: np.ndarray, lag: int, draws: int = 2000, seed: int = 0, level: float = 0.95
+) -> dict[str, float]:
+    """Percentile interval of the mean of the finite values of a daily series ``x [D]`` by
+    the circular moving-block bootstrap: each draw glues ``ceil(n / b)`` blocks of ``b``
+    consecutive dates (:func:`block_length`), started at uniform random dates (wrapping
+    around), and takes the mean of the first ``n`` values; seeded, so a rerun gives the same
+    interval. Returns ``lo, hi, level, block, draws`` (NaN bounds with fewer than 2 values)."""
+    v = _finite(x)
+    n = v.size
+    b = block_length(n, lag)
+    out = {"lo": float("nan"), "hi": float("nan"), "level": level, "block": b, "draws": draws}
+    if n < 2:
+        return out
+    k = -(-n // b)  # blocks per draw
+    wrapped = np.concatenate([v, v[: b - 1]])
+    sums = np.cumsum(np.concatenate([[0.0], wrapped]))
+    block_sums = sums[b : b + n] - sums[:n]  # (n,) the sum of the block starting at each date
+    tail = n - (k - 1) * b  # values the last block contributes
+    tail_sums = sums[tail : tail + n] - sums[:n]
+    rng = np.random.default_rng(seed)
+    means = np.empty(draws)
+    step = max(1, 2**20 // k)  # draws at a time: bounded memory on long series
+    for a in range(0, draws, step):
+        starts = rng.integers(0, n, size=(min(step, draws - a), k))  # (draws, k)
+        total = block_sums[starts[:, :-1]].sum(axis=1) + tail_sums[starts[:, -1]]
+        means[a : a + len(starts)] = total / n
+    alpha = (1.0 - level) / 2.0
+    out["lo"], out["hi"] = (float(q) for q in np.quantile(means, [alpha, 1.0 - alpha]))
+    return out

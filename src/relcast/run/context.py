@@ -184,13 +184,18 @@ class RunContext:
         from relcast.features.build import build_features
 
         r = self.config.relationships
-        return build_features(
+        features = build_features(
             panel,
             train_end=self.train_end,
             regime_window=r.regime_window if r.regime else None,
             alpha158=self.config.data.alpha158,
             scalers=dict(self.feature_scalers) if scalers is None else scalers,
         )
+        if self.config.data.industry_relative:  # group "industry" (features/industry.py)
+            from relcast.features.industry import add_industry_features
+
+            features = add_industry_features(features, panel.sectors)
+        return features
 
     @cached_property
     def feature_scalers(self) -> dict:

@@ -78,18 +78,25 @@ def _relationships_for(ctx: RunContext, features, index: np.ndarray, stored: dic
 
 
 def _forecast_frame(ctx: RunContext, features, rel, index: np.ndarray) -> pd.DataFrame:
+    from relcast.evaluation.scoring import seed_ensemble
     from relcast.training.stage3 import predict_stage3
 
     frames = []
     for name, _, feature_set in ctx.stage3_names():
         if not ctx.has_stage3(name):
             continue
-        model, spec = ctx.stage3_model(name)
+        model, _ = ctx.stage3_model(name)
         inputs = ctx.stage3_inputs(feature_set, features=features, relationships=rel)
-        out = predict_stage3(
-            model, inputs, index=index, stocks=list(ctx.panel.symbols[ctx.target]),
-            chunk_length=spec.chunk_length,
-        )  # fmt: skip
+        stocks = list(ctx.panel.symbols[ctx.target])
+        runs = []  # with evaluation.seeds K: the seeds' ensemble, the forecast evaluate scored
+        for folder in ctx.seed_folders(name):
+            if ctx.has_stage3(folder):
+                seeded, seeded_spec = ctx.stage3_model(folder)
+                runs.append(
+                    predict_stage3(seeded, inputs, index=index, stocks=stocks,
+                                   chunk_length=seeded_spec.chunk_length)
+                )  # fmt: skip
+        out = {key: seed_ensemble([r[key] for r in runs]) for key in ("point", "pred")}
         q = model.config.quantiles
         for h in range(out["point"].shape[2]):
             t, n = np.nonzero(np.isfinite(out["point"][index, :, h]))

@@ -1,7 +1,9 @@
 """Baselines: reference models that produce predictions ``[T, N, H]`` like any other model.
 
 - ``naive_zero``: predicts 0 (the MSE reference; its IC is undefined),
-- ``naive_momentum``: the past ``momentum_window``-bar return,
+- the factor baselines ``reversal_1d``, ``reversal_5d``, ``momentum_20d``,
+  ``low_volatility_20d``, ``liquidity_20d`` (:mod:`relcast.features.factors`, each switched
+  and windowed by ``baselines.<name>``),
 - ``lightgbm``: LightGBM regression on the raw features (horizon-1 z-scored labels), fitted
   on at most ``max_rows`` (date, stock) rows of the training span (and as many of the
   validation span), a seeded uniform sample when there are more,
@@ -20,12 +22,13 @@ from typing import Any
 import numpy as np
 
 from relcast.data.panel import release_pages
+from relcast.features.factors import enabled_factors, factor_scores
 
 BLOCK_CELLS = 2**22  # (date, stock) cells read at a time where a whole [T, N] is not needed
 
 # the values evaluation used before the baselines had a config section
+# (the factors' defaults are relcast.features.factors.FACTORS)
 DEFAULTS = SimpleNamespace(
-    momentum_window=20,
     lightgbm=True,
     num_leaves=31,
     n_estimators=500,
@@ -154,45 +157,6 @@ def shuffle_within_dates(y: np.ndarray, mask: np.ndarray, seed: int) -> np.ndarr
     return out
 
 
-def momentum(
-    close: np.ndarray, mask: np.ndarray, window: int = 20, dates: slice | None = None
-) -> np.ndarray:
-    """Past ``window``-bar return ``close[t] / close[t - window] - 1`` ``[T, N]`` (prices
-    carried forward over masked cells; NaN for the first ``window`` dates); ``dates``: only
-    those dates ``[W, N]`` (the same values, from ``window`` earlier dates and the last
-    price before them, found block by block)."""
-    T = close.shape[0]
-    lo, hi, _ = (dates or slice(0, T)).indices(T)
-    first = max(0, lo - window)
-    filled = carried_prices(close, mask, first, hi)  # (hi - first, N): dates first..hi-1
-    past = np.full((hi - lo, close.shape[1]), np.nan, dtype=filled.dtype)
-    a = max(lo, window)  # the first date with a price ``window`` dates earlier
-    if a < hi:
-        past[a - lo :] = (
-            filled[a - first :] / filled[a - window - first : hi - window - first] - 1.0
-        )
-    return past
-
-
-def carried_prices(close: np.ndarray, mask: np.ndarray, lo: int, hi: int) -> np.ndarray:
-    """``close`` of the dates ``lo..hi-1`` with masked cells carried forward from the last
-    price before them (of any earlier date): ``ffill(where(mask, close, nan))[lo:hi]``,
-    reading ``[T, N]`` ``BLOCK_CELLS`` at a time."""
-    from relcast.features.indicators import ffill
-
-    step = max(1, BLOCK_CELLS // max(1, close.shape[1]))
-    last = None  # (N,) the last price before the block (NaN: none yet)
-    for a in range(0, lo, step):  # dates before the window: only their last price is kept
-        b = min(a + step, lo)
-        block = ffill(np.where(mask[a:b], close[a:b], np.nan))
-        last = block[-1] if last is None else np.where(np.isnan(block[-1]), last, block[-1])
-    block = np.where(mask[lo:hi], close[lo:hi], np.nan)
-    if last is not None and len(block):
-        block = np.concatenate([last[None], block])  # carried in, then dropped
-        return ffill(block)[1:]
-    return ffill(block)
-
-
 def baseline_predictions(
     panel, features, z1: np.ndarray, cell: np.ndarray, split, horizons: int, seed: int,
     settings: Any = DEFAULTS, dates: slice | None = None,
@@ -210,13 +174,12 @@ def baseline_predictions(
     def repeat(score: np.ndarray) -> np.ndarray:
         return np.repeat(score[..., None], H, axis=2)
 
-    close = panel.field("close")
-    out = {
-        "naive_zero": np.zeros((hi - lo, N, H), dtype=np.float32),
-        "naive_momentum": repeat(
-            momentum(close, panel.mask, settings.momentum_window, slice(lo, hi))
-        ),
-    }
+    out = {"naive_zero": np.zeros((hi - lo, N, H), dtype=np.float32)}
+    for name, factor in enabled_factors(settings).items():
+        try:
+            out[name] = repeat(factor_scores(panel, factor, slice(lo, hi)))
+        except KeyError:  # a panel without volume has no liquidity factor
+            continue
     if settings.lightgbm:  # NaN -> 0 on the rows read (features.values may be a memory map)
         raw, window = features.values, slice(lo, hi)
         out["lightgbm"] = repeat(lightgbm_scores(raw, z1, cell, split, seed, settings, window))

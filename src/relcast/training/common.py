@@ -108,7 +108,7 @@ def make_trainer(
     stopping = EarlyStopping(monitor=monitor, mode=mode, patience=patience, check_finite=False)
     style = progress_style() if trainer.progress else None
     lines = [epoch_log_callback(trainer.label, monitor, mode)] if style == "log" else []
-    fit = lightning.Trainer(
+    arguments = dict(
         default_root_dir=str(out_dir),
         max_epochs=max_epochs,
         callbacks=[stopping, checkpoint, history, *lines, *trainer.callbacks, *(callbacks or [])],
@@ -121,6 +121,7 @@ def make_trainer(
         check_val_every_n_epoch=validate_every,
         **trainer.lightning_kwargs(),
     )
+    fit = lightning.Trainer(**{**arguments, **trainer.options})
     fit.epoch_history = history.history
     return fit
 

@@ -49,6 +49,8 @@ class TrainerSpec:
     progress: bool = True
     out_dir: Path | None = None
     callbacks: tuple[Any, ...] = ()
+    options: dict[str, Any] = field(default_factory=dict)
+    """any other ``lightning.Trainer`` argument (e.g. ``limit_train_batches`` in a benchmark)."""
     """extra Lightning callbacks (e.g. :func:`relcast.training.common.release_pages_callback`)."""
     label: str = "training"
     """the training's name in the per-epoch log lines (``"Stage1 fold 2/3"``); the fit

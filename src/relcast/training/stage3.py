@@ -46,6 +46,7 @@ from relcast.features.labels import (
     normalize_labels_cross_section,
     rank_normalize_labels_cross_section,
 )
+from relcast.models.temporal.registry import is_cross_section_model
 from relcast.progress import PassProgress
 from relcast.training.specs import CHUNK_LENGTH, Stage3Spec, TrainerSpec, chunk_steps
 from relcast.training.stage3_inputs import Stage3Inputs, StockMajorInputs
@@ -201,6 +202,11 @@ def fit_stage3(
     store = inputs.store if isinstance(inputs, StockMajorInputs) else None
     target = _target(labels, inputs.valid, label_norm, store)
     stock_idx = inputs.stock_index(stocks)
+    if is_cross_section_model(model_name):  # whole-date models: their own data path
+        from relcast.training.cross_section_stage3 import fit_cross_section
+
+        fitted = fit_cross_section(model_name, inputs, target, split, spec, trainer, stock_idx)
+        return Stage3Result(**fitted)
     train = inputs.loader(
         lookback, target, index=split.train, stocks=stock_idx, batch_size=spec.batch_size,
         shuffle=True, seed=spec.seed, chunk_length=chunk_length,
@@ -337,6 +343,11 @@ def predict_stage3(
 
     if isinstance(model, Stage3Result):
         model = model.model
+    if getattr(model, "cross_section", False):  # a whole-date model reads every stock at once
+        from relcast.training.cross_section_stage3 import predict_cross_section
+
+        stock_idx = inputs.stock_index(stocks)
+        return predict_cross_section(model, inputs, index, stocks=stock_idx, span=span)
     config = model.config
     lookback = config.lookback if lookback is None else lookback
     # rank 0 of 1: a prediction covers every window, even in a process that trained with DDP

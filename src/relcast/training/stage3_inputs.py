@@ -33,6 +33,8 @@ class Stage3Inputs:
         sector_ids: ``int [N]`` sector index of every stock.
         concat: ``float32 [T, N, F_own]`` every stock's own indicators (``rawconcat`` only),
             0 where the stock is not valid.
+        sector_labels: the label of each sector id (``sector_labels[sector_ids[n]]``), if
+            known: a relational model reads which stocks have no industry from it.
     """
 
     feature_set: str
@@ -44,6 +46,7 @@ class Stage3Inputs:
     groups: dict[str, list[str]]
     sector_ids: np.ndarray
     concat: np.ndarray | None = None
+    sector_labels: tuple[str, ...] | None = None
 
     @property
     def num_features(self) -> int:
@@ -156,18 +159,24 @@ def assemble_inputs(
     if "own" not in features.groups:
         raise ValueError(f"the feature set has no 'own' group; groups: {list(features.groups)}")
     T, N = features.mask.shape
-    context = [g for g in ("alpha158", "index", "calendar", "regime") if features.groups.get(g)]
+    context = [
+        g for g in ("alpha158", "industry", "index", "calendar", "regime") if features.groups.get(g)
+    ]
     groups = {g: list(features.groups[g]) for g in ("own", *context)}
+    sector_labels = None
     if sectors is None:
         sector_ids = np.zeros(N, dtype=np.int64)
     else:
-        _, sector_ids = np.unique(np.asarray(sectors).astype(str), return_inverse=True)
+        sector_labels, sector_ids = np.unique(np.asarray(sectors).astype(str), return_inverse=True)
+        sector_labels = tuple(str(s) for s in sector_labels)
         if len(sector_ids) != N:
             raise ValueError(f"sectors has {len(sector_ids)} entries, expected {N} stocks")
     store = features.store  # a MemmapFeatureStore's feature set, or None
     names = [n for g in ("own", *context) for n in groups[g]]
     if store is not None and feature_set != "rawconcat" and names == list(features.names):
-        return store_inputs(store, feature_set, relationships, sector_ids=sector_ids)
+        inputs = store_inputs(store, feature_set, relationships, sector_ids=sector_ids)
+        inputs.sector_labels = sector_labels
+        return inputs
     valid = features.mask.copy()
     concat = None
     values = features.group("own", *context)  # (T, N, F_own + F_index + F_calendar)
@@ -204,6 +213,7 @@ def assemble_inputs(
         groups=groups,
         sector_ids=sector_ids.astype(np.int64),
         concat=None if concat is None else np.ascontiguousarray(concat, dtype=np.float32),
+        sector_labels=sector_labels,
     )
 
 

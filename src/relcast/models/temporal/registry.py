@@ -65,6 +65,7 @@ __all__ = [
     "available_models",
     "create_model",
     "get_model_class",
+    "is_cross_section_model",
     "is_sequence_batch",
     "model_hyperparameters",
     "register_model",
@@ -182,6 +183,14 @@ def get_model_class(name: str) -> type[nn.Module]:
     if name not in _REGISTRY:
         raise KeyError(f"unknown Stage3 model {name!r}; available: {available_models()}")
     return _REGISTRY[name]
+
+
+def is_cross_section_model(name: str) -> bool:
+    """True for a model that reads every stock of a date in one pass (class attribute
+    ``cross_section = True``, :mod:`relcast.models.relational`): it takes cross-section
+    batches, not the window/sequence batches above, and is trained by
+    :mod:`relcast.training.cross_section_stage3`."""
+    return bool(getattr(get_model_class(name), "cross_section", False))
 
 
 def model_hyperparameters(name: str) -> dict[str, tuple[Any, Any]]:

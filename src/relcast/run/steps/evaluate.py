@@ -11,10 +11,12 @@
    predictions.parquet (written piece by piece), backtest.parquet, importance.json and
    attention.npz.
 
-Rows of ``metrics.json["models"]``: ``naive_zero``, ``naive_momentum``, ``lightgbm``,
+Rows of ``metrics.json["models"]``: ``naive_zero``, the factor baselines (``reversal_1d``,
+``reversal_5d``, ``momentum_20d``, ``low_volatility_20d``, ``liquidity_20d``), ``lightgbm``,
 ``control_shuffled_lightgbm`` (LightGBM on labels shuffled within each date: its IC must be
 near zero), ``stage1``, ``stage1+stage2``, ``hybrid_<model>``, ``stage3_own_<model>``,
-``stage3_rawconcat_<model>``. Stage3 rows also carry ``seconds_per_epoch``,
+``stage3_rawconcat_<model>`` (with ``--seeds K``: the mean forecast of the K seeds, also in
+predictions.parquet and backtest.parquet). Stage3 rows also carry ``seconds_per_epoch``,
 ``windows_per_second`` and ``num_inputs`` from run.json.
 """
 
@@ -42,6 +44,7 @@ from relcast.evaluation.scoring import (
     score,
     scored_span,
     scoring_window,
+    seed_ensemble,
 )
 from relcast.run.context import RunContext, writes
 
@@ -121,8 +124,13 @@ def gather_forecasts(ctx: RunContext, cell: np.ndarray, window: slice | None = N
                     chunk_length=seeded_spec.chunk_length,
                 )  # fmt: skip
                 runs.append(seeded["point"])
-        if len(runs) > 1:
+                if name in out.quantiles:  # summed here, averaged below
+                    out.quantiles[name] = out.quantiles[name] + seeded["pred"]
+        if len(runs) > 1:  # the reported forecast is the seeds' ensemble (their mean)
             out.seed_runs[name] = runs
+            out.point[name] = seed_ensemble(runs)
+            if name in out.quantiles:
+                out.quantiles[name] /= len(runs)
     return out
 
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from relcast.config import load_config
-from relcast.features import Split
 from relcast.features.factors import FACTORS, momentum
+from relcast.features.splits import Split
 from relcast.training.baselines import (
     DEFAULTS,
     baseline_predictions,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from relcast.evaluation.scoring import ScoreSettings, score, scored_span, seed_ensemble
-from relcast.features import Split
+from relcast.features.splits import Split
 
 T, N, H = 120, 30, 2
 
@@ -153,8 +153,8 @@ def test_scoring_imports_nothing_above_evaluation():
 def test_interval_metrics_by_blocks_equal_the_whole_window():
     """Pinball loss and coverage summed a block of dates at a time are those of every finite
     cell at once (a block of one date, of a few, of all)."""
-    from relcast.evaluation.metrics import interval_coverage, pinball_loss
     from relcast.evaluation.scoring import interval_metrics
+    from relcast.metrics import interval_coverage, pinball_loss
 
     rng = np.random.default_rng(0)
     D, N, H, q = 57, 13, 2, [0.1, 0.5, 0.9]

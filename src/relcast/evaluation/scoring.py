@@ -6,7 +6,7 @@ call it on planted arrays. Any span of test dates works: ``split.test`` names th
 walk-forward run passes its pooled test blocks).
 
 Rows of ``metrics["models"]`` (one per entry of ``predictions``, in its order):
-``ic, rank_ic, icir, rank_icir, mse, direction_acc`` (:func:`~relcast.evaluation.metrics.
+``ic, rank_ic, icir, rank_icir, mse, direction_acc`` (:func:`~relcast.metrics.
 signal_metrics`), ``rank_ic_by_horizon``, Newey-West ``ic_t, ic_p, rank_ic_t, rank_ic_p``,
 paired tests ``vs_lightgbm`` / ``vs_reversal`` / ``vs_own`` (:mod:`relcast.evaluation.stats`:
 Newey-West t, a block-bootstrap interval ``ci95`` and, for ``vs_own``, Clark-West),
@@ -30,13 +30,10 @@ from typing import Any
 
 import numpy as np
 
-from relcast.evaluation.backtest import long_short_backtest, topk_dropout_backtest
-from relcast.evaluation.metrics import (
-    daily_ic,
-    daily_rank_ic,
-    interval_coverage,
-    pinball_loss,
-    signal_metrics,
+from relcast.evaluation.backtest import (
+    TradingCosts,
+    long_short_backtest,
+    topk_dropout_backtest,
 )
 from relcast.evaluation.neutral import neutralize
 from relcast.evaluation.stats import (
@@ -49,6 +46,13 @@ from relcast.evaluation.stats import (
     seed_mean_std,
 )
 from relcast.features.factors import FACTORS, enabled_factors
+from relcast.metrics import (
+    daily_ic,
+    daily_rank_ic,
+    interval_coverage,
+    pinball_loss,
+    signal_metrics,
+)
 
 STAT_KEYS = ("ic_t", "ic_p", "rank_ic_t", "rank_ic_p")
 SEED_KEYS = ("ic", "rank_ic", "icir", "rank_icir", "mse", "direction_acc", *STAT_KEYS)
@@ -116,7 +120,7 @@ def scored_span(labels: np.ndarray, mask: np.ndarray, split, start: int = 0) -> 
 
     ``labels [T, N, H]`` and ``mask [T, N]`` cover the split's dates ``start .. start+T-1``
     (e.g. :func:`scoring_window`); every test date must lie inside them."""
-    from relcast.features import normalize_labels_cross_section
+    from relcast.features.labels import normalize_labels_cross_section
 
     T = labels.shape[0]
     leak = np.intersect1d(split.test, np.concatenate([split.train, split.valid]))
@@ -392,12 +396,12 @@ def backtests(score, ret1, cell, days, benchmark, settings: ScoreSettings):
     r = np.where(cell, ret1, np.nan)[days]
     m = cell[days] & np.isfinite(s)
     topk = min(settings.topk, max(1, int(m.sum(axis=1).min()) // 2))
-    costs = dict(buy_cost=settings.buy_cost, sell_cost=settings.sell_cost)
+    costs = TradingCosts(settings.buy_cost, settings.sell_cost)
     tk = topk_dropout_backtest(
-        s, r, m, topk=topk, n_drop=min(settings.n_drop, topk), benchmark=benchmark[days],
-        periods_per_year=settings.periods_per_year, **costs,
+        s, r, m, topk=topk, n_drop=min(settings.n_drop, topk), costs=costs,
+        benchmark=benchmark[days], periods_per_year=settings.periods_per_year,
     )  # fmt: skip
     ls = long_short_backtest(
-        s, r, m, quantile=0.2, periods_per_year=settings.periods_per_year, **costs
+        s, r, m, quantile=0.2, costs=costs, periods_per_year=settings.periods_per_year
     )
     return {"topk": {"k": topk, **tk.metrics}, "long_short": ls.metrics}, (tk, ls)

@@ -181,7 +181,7 @@ class RunContext:
     def features_for(self, panel: Panel, scalers: dict | None = None) -> FeatureSet:
         """Features of any panel on the run's symbols, scaled with the statistics of the
         training span (:attr:`feature_scalers`); ``scalers={}`` fits them (and fills it)."""
-        from relcast.features import build_features
+        from relcast.features.build import build_features
 
         r = self.config.relationships
         features = build_features(
@@ -248,7 +248,7 @@ class RunContext:
     @cached_property
     def stage1_outputs(self) -> dict[str, np.ndarray]:
         """Stage1 predictions and embeddings for every date of the run's features."""
-        from relcast.training.stage1 import predict_stage1
+        from relcast.models.cross_sectional import predict_stage1
 
         return predict_stage1(self.stage1_model, self.features)
 
@@ -264,8 +264,8 @@ class RunContext:
         return self.store.track(stored["values"]), stored["names"]
 
     def make_extractor(self, spec: ExtractorSpec | None = None):
-        """An unfitted extractor of the run's kind (relcast.relationships.make_extractor)."""
-        from relcast.relationships import make_extractor
+        """An unfitted extractor of the run's kind (relcast.relationships.store.make_extractor)."""
+        from relcast.relationships.store import make_extractor
         from relcast.training.stage1 import encode_sectors
 
         e = self.extractor_spec if spec is None else spec

@@ -116,7 +116,7 @@ def atomic_write(path: str | Path, data: bytes | Callable[[Path], Any]) -> Path:
     return path
 
 
-def _is_leftover(name: str) -> bool:
+def is_leftover(name: str) -> bool:
     """Names only an unfinished write leaves behind (ours, and those of older versions)."""
     if name == LOCK:
         return False

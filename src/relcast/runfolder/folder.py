@@ -20,12 +20,19 @@ from relcast.runfolder.base import (
     STAGED,
     RunFolderBusy,
     RunFolderError,
-    _is_leftover,
     atomic_write,
+    is_leftover,
     jsonable,
     read_json,
 )
-from relcast.runfolder.lock import _HELD, _lock_wait, _secondary_rank, acquire, holder, release
+from relcast.runfolder.lock import (
+    HELD_LOCKS,
+    acquire,
+    holder,
+    is_secondary_rank,
+    lock_wait_seconds,
+    release,
+)
 
 
 class RunFolder:
@@ -281,7 +288,7 @@ class RunFolder:
         for root, dirs, names in os.walk(self.path):
             if Path(root) == self.path and "logs" in dirs:
                 dirs.remove("logs")
-            found += [Path(root) / n for n in names if _is_leftover(n)]
+            found += [Path(root) / n for n in names if is_leftover(n)]
         return sorted(found)
 
     def recover(self) -> list[Path]:
@@ -294,7 +301,7 @@ class RunFolder:
 
     def recover_if_free(self) -> bool:
         """Recover now unless another writer holds the folder (it then owns its files)."""
-        if not self.path.is_dir() or self._key() in _HELD or _secondary_rank():
+        if not self.path.is_dir() or self._key() in HELD_LOCKS or is_secondary_rank():
             return False  # not there, or this thread is the writer (mid-operation)
         try:
             with self.lock("recover", timeout=0.0):
@@ -333,18 +340,18 @@ class RunFolder:
         fail at once). Re-entrant within one thread; recovery runs only on the outer entry.
         """
         key = self._key()
-        if key in _HELD or _secondary_rank():
+        if key in HELD_LOCKS or is_secondary_rank():
             yield self
             return
         self.check_writable()
         created = not self.path.exists()
-        fd = acquire(self.path, command, _lock_wait() if timeout is None else timeout)
-        _HELD[key] = fd
+        fd = acquire(self.path, command, lock_wait_seconds() if timeout is None else timeout)
+        HELD_LOCKS[key] = fd
         try:
             self.recover()
             yield self
         finally:
-            del _HELD[key]
+            del HELD_LOCKS[key]
             release(self.path, fd, remove=created)
 
     # ------------------------------------------------------------------ checkpoints

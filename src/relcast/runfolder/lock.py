@@ -13,16 +13,17 @@ from pathlib import Path
 from relcast.runfolder.base import LOCK, LOCK_WAIT_ENV, RunFolderBusy, RunFolderError
 
 # (resolved path, thread) -> lock file descriptor: a thread holding a folder may take it again
-_HELD: dict[tuple[str, int], int] = {}
+HELD_LOCKS: dict[tuple[str, int], int] = {}
 
 
-def _secondary_rank() -> bool:
+def is_secondary_rank() -> bool:
     """A DDP worker other than global rank 0 (Lightning re-runs the command in each worker):
     rank 0 holds the folder for all of them, so the others neither lock nor recover."""
     return any(int(os.environ.get(k, "0") or 0) > 0 for k in ("RANK", "LOCAL_RANK", "NODE_RANK"))
 
 
-def _lock_wait() -> float:
+def lock_wait_seconds() -> float:
+    """Seconds to wait for another writer: ``RELCAST_LOCK_WAIT`` (default 0, fail at once)."""
     raw = os.environ.get(LOCK_WAIT_ENV, "0") or "0"
     try:
         return max(0.0, float(raw))

@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from relcast.evaluation.frames import (
+    PredictionRows,
     backtest_table,
     prediction_columns,
     prediction_frames,
@@ -135,9 +136,9 @@ def gather_forecasts(ctx: RunContext, cell: np.ndarray, window: slice | None = N
 
 def zscored_h1(labels: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """``float32 [T, N]``: horizon-1 labels z-scored across the stocks of ``mask`` at each
-    date (:func:`relcast.features.normalize_labels_cross_section`), a block of dates at a
+    date (:func:`relcast.features.labels.normalize_labels_cross_section`), a block of dates at a
     time (it is per date: the same values, without its float64 ``[T, N, H]`` temporaries)."""
-    from relcast.features import normalize_labels_cross_section
+    from relcast.features.labels import normalize_labels_cross_section
 
     T, N = mask.shape
     out = np.empty((T, N), dtype=np.float32)
@@ -191,12 +192,11 @@ def score_and_save(ctx: RunContext, forecasts: Forecasts, split, folder) -> tupl
 
     levels = settings.quantiles
     dates, symbols = panel.dates[window], panel.symbols
+    rows = PredictionRows(labels_w, span, dates, symbols, levels)
     pieces = (
         piece
         for name, pred in forecasts.point.items()
-        for piece in prediction_frames(
-            name, pred, forecasts.quantiles.get(name), labels_w, span, dates, symbols, levels
-        )
+        for piece in prediction_frames(name, pred, forecasts.quantiles.get(name), rows)
     )
     columns = prediction_columns(levels if forecasts.quantiles else None)
     backtest = pd.concat(
@@ -236,7 +236,7 @@ def stage1_window_outputs(ctx: RunContext, window: slice, booster: bool) -> dict
     if not ctx.store.by_blocks:
         full = ctx.stage1_outputs
         return {k: full[k][window] for k in keep}  # views of the run's cached outputs
-    from relcast.training.stage1 import predict_stage1
+    from relcast.models.cross_sectional import predict_stage1
 
     T = ctx.features.values.shape[0]
     first = window.start - window.start % STAGE1_BATCH
@@ -249,7 +249,7 @@ def stage1_window_outputs(ctx: RunContext, window: slice, booster: bool) -> dict
 
 
 def save_attention(ctx: RunContext, days: np.ndarray) -> None:
-    from relcast.training.stage1 import predict_stage1
+    from relcast.models.cross_sectional import predict_stage1
 
     batch = {}
     if ctx.store.by_blocks:  # [D, N, N] floats: the last days that fit

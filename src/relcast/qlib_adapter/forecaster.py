@@ -205,25 +205,13 @@ class RelcastForecaster:
 
     def _extractor(self, config, instruments: np.ndarray, target: np.ndarray):
         """The config's relationship extractor (as the run context builds it)."""
-        from relcast.relationships.store import make_extractor
+        from relcast.relationships.store import extractor_from_spec
         from relcast.training.specs import ExtractorSpec
         from relcast.training.stage1 import encode_sectors
 
-        e = ExtractorSpec.from_config(config)
         labels = self._sector_labels(instruments)
         sector_ids = None if labels is None else encode_sectors(labels, len(instruments))[0]
-        return make_extractor(
-            e.kind,
-            is_index=~target,
-            sector_ids=sector_ids,
-            method=e.method,
-            n_components=e.n_components,
-            stage1_score=e.stage1_score,
-            neighbours=e.neighbours,
-            label_delay=e.label_delay,
-            seed=e.seed,
-            **e.v3,
-        )
+        return extractor_from_spec(ExtractorSpec.from_config(config), ~target, sector_ids)
 
     # ------------------------------------------------------------------ fit
     def fit(self, dataset: Any) -> RelcastForecaster:

@@ -76,7 +76,7 @@ from relcast.relationships.folds import (
     purged_folds,
 )
 from relcast.training.contrastive import ContrastiveExtractor, ContrastiveSettings
-from relcast.training.specs import Stage1Spec, TrainerSpec
+from relcast.training.specs import ExtractorSpec, Stage1Spec, TrainerSpec
 
 FULL_MODEL = -1
 ALIGN_DATES = 64
@@ -438,6 +438,25 @@ def make_extractor(
     extra = [ScoreExtractor()] if stage1_score else []
     extra += [NeighbourExtractor()] if neighbours else []
     return CombinedExtractor([extractor, *extra]) if extra else extractor
+
+
+def extractor_from_spec(
+    spec: ExtractorSpec, is_index: np.ndarray | None, sector_ids: np.ndarray | None
+) -> RelationshipExtractor:
+    """An unfitted extractor as ``spec`` describes it, for a universe whose index symbols
+    and encoded sectors are given (:func:`make_extractor`)."""
+    return make_extractor(
+        spec.kind,
+        is_index=is_index,
+        sector_ids=sector_ids,
+        method=spec.method,
+        n_components=spec.n_components,
+        stage1_score=spec.stage1_score,
+        neighbours=spec.neighbours,
+        label_delay=spec.label_delay,
+        seed=spec.seed,
+        **spec.v3,  # V3's settings (the other extractors take none)
+    )
 
 
 def _extractor_by_name(

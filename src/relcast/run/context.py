@@ -264,24 +264,13 @@ class RunContext:
         return self.store.track(stored["values"]), stored["names"]
 
     def make_extractor(self, spec: ExtractorSpec | None = None):
-        """An unfitted extractor of the run's kind (relcast.relationships.store.make_extractor)."""
-        from relcast.relationships.store import make_extractor
+        """An unfitted extractor of the run's kind (default: the config's spec)."""
+        from relcast.relationships.store import extractor_from_spec
         from relcast.training.stage1 import encode_sectors
 
-        e = self.extractor_spec if spec is None else spec
         sector_ids, _ = encode_sectors(self.panel.sectors, self.panel.num_symbols)
-        return make_extractor(
-            e.kind,
-            is_index=self.panel.is_index,
-            sector_ids=sector_ids,
-            method=e.method,
-            n_components=e.n_components,
-            stage1_score=e.stage1_score,
-            neighbours=e.neighbours,
-            label_delay=e.label_delay,
-            seed=e.seed,
-            **e.v3,  # V3's settings (the other extractors take none)
-        )
+        spec = self.extractor_spec if spec is None else spec
+        return extractor_from_spec(spec, self.panel.is_index, sector_ids)
 
     @cached_property
     def extractor(self):

@@ -22,6 +22,7 @@ from relcast.evaluation.frames import (
 )
 from relcast.evaluation.scoring import (
     ScoreSettings,
+    Spread,
     benchmark_returns,
     score,
     scored_span,
@@ -77,14 +78,14 @@ def test_score_on_the_window_equals_score_on_every_date(market):
     settings = ScoreSettings(topk=2, n_drop=1)
     bench = benchmark_returns(m.labels[..., 0], m.mask, np.eye(9, dtype=bool)[0])
     full = score(
-        m.pred, m.labels, m.mask, split, settings, quantiles={"hybrid_gru": m.quant},
-        seed_runs={"hybrid_gru": m.seeds}, benchmark=bench,
+        m.pred, m.labels, m.mask, split, settings,
+        spread=Spread({"hybrid_gru": m.quant}, {"hybrid_gru": m.seeds}), benchmark=bench,
     )  # fmt: skip
     w = scoring_window(split)
     assert (w.start, w.stop) == (split.test[0], split.test[-1] + 1)
     cut = score(
         {k: v[w] for k, v in m.pred.items()}, m.labels[w], m.mask[w], split, settings,
-        quantiles={"hybrid_gru": m.quant[w]}, seed_runs={"hybrid_gru": [s[w] for s in m.seeds]},
+        spread=Spread({"hybrid_gru": m.quant[w]}, {"hybrid_gru": [s[w] for s in m.seeds]}),
         benchmark=bench[w], start=w.start,
     )  # fmt: skip
     assert _json(cut) == _json(full)
@@ -196,7 +197,7 @@ def test_window_baselines_allocate_with_the_window_not_every_date(monkeypatch):
     tracemalloc.start()
     try:
         out = baselines.baseline_predictions(
-            panel, features, None, None, None, H, 0, settings, dates=window
+            panel, features, baselines.LightgbmFit(None, None, None), H, settings, dates=window
         )
         _, peak = tracemalloc.get_traced_memory()
     finally:

@@ -194,8 +194,14 @@ def _scored_on_every_date(pipe) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
     """metrics, predictions and backtest as evaluate built them before it kept the scoring
     window only: every model's forecast of every date ``[T, N, H]``, scored over all of them."""
     from relcast.evaluation.frames import PredictionRows, backtest_table, prediction_table
-    from relcast.evaluation.scoring import ScoreSettings, benchmark_returns, score, scored_span
-    from relcast.training.baselines import baseline_predictions
+    from relcast.evaluation.scoring import (
+        ScoreSettings,
+        Spread,
+        benchmark_returns,
+        score,
+        scored_span,
+    )
+    from relcast.training.baselines import LightgbmFit, baseline_predictions
     from relcast.training.stage3 import predict_stage3
 
     cfg, f, split, panel = pipe.config, pipe.ctx.features, pipe.ctx.split, pipe.ctx.panel
@@ -203,7 +209,7 @@ def _scored_on_every_date(pipe) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
     cell = f.mask & pipe.ctx.target[None, :]
     span, H = scored_span(labels, cell, split), labels.shape[2]
     point = baseline_predictions(
-        panel, f, span.z[..., 0], cell, split, H, cfg.trainer.seed, cfg.baselines
+        panel, f, LightgbmFit(span.z[..., 0], cell, split, cfg.trainer.seed), H, cfg.baselines
     )
     s1 = pipe.ctx.stage1_outputs
     point["stage1"] = np.pad(s1["pred"], ((0, 0), (0, 0), (0, H - s1["pred"].shape[2])), "edge")
@@ -220,7 +226,7 @@ def _scored_on_every_date(pipe) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
         point[name], quantiles[name] = out["point"], out["pred"]
     settings = ScoreSettings.from_config(cfg)
     bench = benchmark_returns(labels[..., 0], panel.mask, panel.is_index)
-    metrics = score(point, labels, cell, split, settings, quantiles=quantiles, benchmark=bench)
+    metrics = score(point, labels, cell, split, settings, spread=Spread(quantiles), benchmark=bench)
     dates, symbols, levels = panel.dates, panel.symbols, settings.quantiles
     rows = PredictionRows(labels, span, dates, symbols, levels)
     predictions = pd.concat(
@@ -257,7 +263,7 @@ def test_evaluate_keeps_the_scoring_window_and_scores_as_every_date(runs, store,
 
     def recording(predictions, labels, mask, split, settings, **kw):
         shapes.extend(a.shape[0] for a in (labels, mask, *predictions.values()))
-        shapes.extend(a.shape[0] for a in kw["quantiles"].values())
+        shapes.extend(a.shape[0] for a in kw["spread"].quantiles.values())
         assert kw["start"] == window.start
         return real_score(predictions, labels, mask, split, settings, **kw)
 

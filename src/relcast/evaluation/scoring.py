@@ -25,7 +25,7 @@ A model named ``naive_zero`` (a constant) has no direction, horizon table or bac
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -167,6 +167,17 @@ def seed_ensemble(runs: list[np.ndarray]) -> np.ndarray:
     return out
 
 
+@dataclass(frozen=True)
+class Spread:
+    """What surrounds a model's point forecast: ``quantiles``, model name -> ``[T, N, H, Q]``
+    quantile forecasts (levels in the settings); ``seed_runs``, model name -> the forecasts
+    of each seed (the row's ``seeds`` gives their spread: mean and std over seeds of each
+    metric)."""
+
+    quantiles: dict[str, np.ndarray] = field(default_factory=dict)
+    seed_runs: dict[str, list[np.ndarray]] = field(default_factory=dict)
+
+
 def score(
     predictions: dict[str, np.ndarray],
     labels: np.ndarray,
@@ -174,8 +185,7 @@ def score(
     split,
     settings: ScoreSettings = ScoreSettings(),
     *,
-    quantiles: dict[str, np.ndarray] | None = None,
-    seed_runs: dict[str, list[np.ndarray]] | None = None,
+    spread: Spread | None = None,
     benchmark: np.ndarray | None = None,
     start: int = 0,
 ) -> dict[str, Any]:
@@ -191,9 +201,7 @@ def score(
         mask: ``[T, N]`` the cells scored (stocks with features; indices excluded).
         split: ``train, valid, test`` date indices, ``embargo`` and ``dates [T]``.
         settings: portfolio, quantile, label, factor and bootstrap settings.
-        quantiles: model name -> ``[T, N, H, Q]`` quantile forecasts (levels in settings).
-        seed_runs: model name -> the forecasts of each seed: the row's ``seeds`` gives their
-            spread (mean and std over seeds of each metric).
+        spread: quantile forecasts and the seeds' forecasts (:class:`Spread`).
         benchmark: ``[T]`` benchmark return of the top-k portfolio (default: equal-weight
             mean of the horizon-1 labels over ``mask``).
         start: the split's index of the arrays' first date.
@@ -201,7 +209,8 @@ def score(
     span = scored_span(labels, mask, split, start)
     days, z, cell = span.days, span.z, span.mask
     H = labels.shape[2]
-    quantiles, seed_runs = quantiles or {}, seed_runs or {}
+    spread = spread or Spread()
+    quantiles, seed_runs = spread.quantiles, spread.seed_runs
     if benchmark is None:
         benchmark = benchmark_returns(labels[..., 0], mask, np.zeros(mask.shape[1], bool))
     lag = newey_west_lag(1)  # every model is scored against the horizon-1 label

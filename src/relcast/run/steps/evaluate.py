@@ -40,6 +40,7 @@ from relcast.evaluation.frames import (
 from relcast.evaluation.scoring import (
     CONSTANT,
     ScoreSettings,
+    Spread,
     benchmark_returns,
     score,
     scored_span,
@@ -68,7 +69,7 @@ def gather_forecasts(ctx: RunContext, cell: np.ndarray, window: slice | None = N
     """Forecasts of the baselines, Stage1, Stage1+Stage2 and every saved Stage3 model over
     ``window`` (default: :func:`scoring_window` of the run's split); ``cell [T, N]``: the
     stocks scored on every date."""
-    from relcast.training.baselines import baseline_predictions
+    from relcast.training.baselines import LightgbmFit, baseline_predictions
     from relcast.training.stage3 import predict_stage3
 
     cfg, f, split = ctx.config, ctx.features, ctx.split
@@ -81,8 +82,13 @@ def gather_forecasts(ctx: RunContext, cell: np.ndarray, window: slice | None = N
     z1 = zscored_h1(ctx.labels[:fitted], cell[:fitted])  # (fitted, N)
     out.point.update(
         baseline_predictions(
-            ctx.panel, f, z1, cell, split, H, cfg.trainer.seed, cfg.baselines, dates=window
-        )
+            ctx.panel,
+            f,
+            LightgbmFit(z1, cell, split, cfg.trainer.seed),
+            H,
+            cfg.baselines,
+            dates=window,
+        )  # fmt: skip
     )
     del z1
     booster = ctx.stage2_booster if cfg.stage2.enabled else None
@@ -184,8 +190,9 @@ def score_and_save(ctx: RunContext, forecasts: Forecasts, split, folder) -> tupl
     mask_w = np.asarray(panel.mask[window])
     benchmark = benchmark_returns(labels_w[..., 0], mask_w, panel.is_index)  # (W,)
     metrics = score(
-        forecasts.point, labels_w, cell_w, split, settings, quantiles=forecasts.quantiles,
-        seed_runs=forecasts.seed_runs, benchmark=benchmark, start=window.start,
+        forecasts.point, labels_w, cell_w, split, settings,
+        spread=Spread(forecasts.quantiles, forecasts.seed_runs), benchmark=benchmark,
+        start=window.start,
     )  # fmt: skip
     for name, extra in forecasts.extra.items():
         metrics["models"][name].update(extra)

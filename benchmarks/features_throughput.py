@@ -1,4 +1,4 @@
-"""Feature building: ``relcast.features.build_features`` vs a pandas groupby/rolling version.
+"""Feature building: ``relcast.features.build.build_features`` vs a pandas groupby/rolling version.
 
 Two shapes: a broad daily universe (500 stocks x 2500 days) and intraday bars (50 stocks x
 60,000 one-minute bars, ``synthetic_market(..., freq="1min")``). The peer is what one
@@ -45,7 +45,7 @@ def _panel(case: dict[str, Any]):
 
 def run_relcast(case: dict[str, Any]) -> dict[str, Any]:
     """``build_features`` on the panel."""
-    from relcast.features import build_features
+    from relcast.features.build import build_features
 
     panel = _panel(case)
     with PeakRSS() as peak:

@@ -58,8 +58,9 @@ GRAD_CLIP, LR, DROPOUT, INFER_BATCH = 1.0, 1e-3, 0.1, 1024
 def make_data(cfg: dict[str, Any], seed: int = 0) -> dict[str, Any]:
     """Features of the stocks, the shared target, and the train / test origins."""
     import relcast
-    from relcast.features import build_features, chronological_split
+    from relcast.features.build import build_features
     from relcast.features.labels import normalize_labels_cross_section
+    from relcast.features.splits import chronological_split
 
     panel, _ = relcast.synthetic_market(cfg["num_stocks"], cfg["num_days"], seed=seed)
     H, L = cfg["horizons"], cfg["lookback"]
@@ -124,9 +125,11 @@ def run_relcast(cfg: dict[str, Any]) -> dict[str, Any]:
     """Build, train and test relcast's TFT; timings, memory and test loss."""
     import torch
 
-    from relcast.features import FeatureSet
-    from relcast.models.temporal import create_model, pinball_loss
-    from relcast.training.stage3 import _lightning_module_class, assemble_inputs
+    from relcast.features.featureset import FeatureSet
+    from relcast.models.temporal.losses import pinball_loss
+    from relcast.models.temporal.registry import create_model
+    from relcast.training.stage3_inputs import assemble_inputs
+    from relcast.training.stage3_module import lightning_module_class
 
     data = make_data(cfg)
     torch.manual_seed(0)
@@ -149,7 +152,7 @@ def run_relcast(cfg: dict[str, Any]) -> dict[str, Any]:
             lookback=cfg["lookback"], hidden_size=cfg["hidden_size"], num_heads=cfg["num_heads"],
             variable_hidden_size=cfg["var_size"], dropout=DROPOUT,
         )  # fmt: skip
-        module = _lightning_module_class()(model, QUANTILES, lr=LR)
+        module = lightning_module_class()(model, QUANTILES, lr=LR)
         with tempfile.TemporaryDirectory() as root:
             t0, c0 = time.perf_counter(), time.process_time()
             _trainer(cfg["epochs"], root).fit(module, train_dataloaders=train.dataloader())
@@ -186,7 +189,7 @@ def run_pytorch_forecasting(cfg: dict[str, Any]) -> dict[str, Any]:
     from pytorch_forecasting.data.encoders import TorchNormalizer
     from pytorch_forecasting.metrics import QuantileLoss
 
-    from relcast.models.temporal import pinball_loss
+    from relcast.models.temporal.losses import pinball_loss
 
     data = make_data(cfg)
     torch.manual_seed(0)

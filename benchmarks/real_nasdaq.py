@@ -108,7 +108,8 @@ def start_from(base: Path, out: Path, steps: tuple[str, ...], wait: float = 0.0)
     """
     import shutil
 
-    from relcast.runfolder import read_json, write_json
+    from relcast.runfolder import read_json
+    from relcast.runfolder.formats import write_json
 
     while True:
         done = read_json(base / "run.json")["steps"] if (base / "run.json").exists() else {}
@@ -151,7 +152,8 @@ def measure(
     from relcast.config import load_config
     from relcast.run.pipeline import STEP_NAMES
     from relcast.run.runner import Pipeline
-    from relcast.runfolder import atomic_write, read_json, write_json
+    from relcast.runfolder import atomic_write, read_json
+    from relcast.runfolder.formats import write_json
 
     cfg = load_config("small", overrides=[*PROTOCOL, *overrides])
     out = RUNS / tag

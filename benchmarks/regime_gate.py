@@ -61,8 +61,8 @@ VARIANTS = {"hybrid+gate": ("hybrid", True), "hybrid": ("hybrid", False), "own":
 def measure(seeds: list[int], overrides: list[str]) -> dict[str, Any]:
     """Shared Stage1 + store, then every variant and seed; rows of scores."""
     from relcast.config import load_config
-    from relcast.evaluation.metrics import signal_metrics
-    from relcast.features import normalize_labels_cross_section
+    from relcast.features.labels import normalize_labels_cross_section
+    from relcast.metrics import signal_metrics
     from relcast.run.runner import Pipeline
     from relcast.run.steps.stage3 import fit_stage3_model
     from relcast.training.stage3 import predict_stage3

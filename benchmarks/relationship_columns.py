@@ -52,7 +52,7 @@ def column_scores(
 ) -> list[dict[str, Any]]:
     """One row per column: mean daily Rank IC and its Newey-West t on each span."""
     from relcast.evaluation.stats import newey_west_test
-    from relcast.models.metrics import daily_rank_ic
+    from relcast.metrics import daily_rank_ic
 
     rows = []
     for k, name in enumerate(names):

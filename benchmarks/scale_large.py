@@ -69,7 +69,7 @@ QUICK = dict(
     horizons=5,
     memmap=dict(stocks=20, bars=1500, features=30, steps=2, batch_size=32),
 )
-LOOKBACK = 120  # the large preset's Stage3 lookback (src/relcast/configs/large.yaml)
+LOOKBACK = 120  # the large preset's Stage3 lookback (src/relcast/config/presets/large.yaml)
 
 
 def _status_kib(field: str) -> int:
@@ -188,7 +188,7 @@ def train_from_store(folder: str, steps: int, batch_size: int) -> dict[str, Any]
     import lightning
     import torch
 
-    from relcast.features import chronological_split
+    from relcast.features.splits import chronological_split
     from relcast.store.memmap import MemmapFeatureStore
     from relcast.training.common import release_pages_callback
     from relcast.training.stage3 import fit_stage3

@@ -57,14 +57,11 @@ QUANTILES = (0.1, 0.5, 0.9)
 def make_inputs(num_days: int, horizons: int, seed: int = 0) -> dict[str, Any]:
     """Both Stage3 input sets (600 and 46 dims), normalised labels and the split."""
     import relcast
-    from relcast.features import (
-        FeatureSet,
-        build_features,
-        chronological_split,
-        forward_returns,
-        normalize_labels_cross_section,
-    )
-    from relcast.training.stage3 import assemble_inputs
+    from relcast.features.build import build_features
+    from relcast.features.featureset import FeatureSet
+    from relcast.features.labels import forward_returns, normalize_labels_cross_section
+    from relcast.features.splits import chronological_split
+    from relcast.training.stage3_inputs import assemble_inputs
 
     panel, _ = relcast.synthetic_market(NUM_STOCKS, num_days, seed=seed)
     split = chronological_split(panel.dates, embargo=horizons)
@@ -109,7 +106,7 @@ def train_steps(model, batches, quantiles, steps: int) -> tuple[float, float, in
     """``steps`` AdamW steps on the next batches: (wall s, CPU s, windows seen)."""
     import torch
 
-    from relcast.models.temporal import pinball_loss
+    from relcast.models.temporal.losses import pinball_loss
 
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     model.train()
@@ -129,7 +126,8 @@ def measure(model_name: str, feature_set: str, cfg: dict[str, Any]) -> dict[str,
     """One configuration: timing, peak RSS, activation bytes, parameters."""
     import torch
 
-    from relcast.models.temporal import create_model, pinball_loss
+    from relcast.models.temporal.losses import pinball_loss
+    from relcast.models.temporal.registry import create_model
 
     torch.manual_seed(0)
     data = make_inputs(cfg["num_days"], cfg["horizons"])

@@ -61,13 +61,10 @@ QUICK = dict(num_stocks=20, num_days=220, lookback=20, horizons=2, hidden_size=1
 def build_data(cfg: dict[str, Any], folder: Path) -> dict[str, Any]:
     """Synthetic market -> Stage3 ``own`` inputs and z-scored labels, saved as .npy files."""
     import relcast
-    from relcast.features import (
-        build_features,
-        chronological_split,
-        forward_returns,
-        normalize_labels_cross_section,
-    )
-    from relcast.training.stage3 import assemble_inputs
+    from relcast.features.build import build_features
+    from relcast.features.labels import forward_returns, normalize_labels_cross_section
+    from relcast.features.splits import chronological_split
+    from relcast.training.stage3_inputs import assemble_inputs
 
     panel, _ = relcast.synthetic_market(cfg["num_stocks"], cfg["num_days"], seed=0)
     split = chronological_split(panel.dates, embargo=cfg["horizons"])
@@ -90,20 +87,24 @@ def build_data(cfg: dict[str, Any], folder: Path) -> dict[str, Any]:
 
 def _loader(folder: Path, cfg, index, stocks, path: str, *, shuffle: bool, batch_size: int,
             seed: int = 0):  # fmt: skip
-    from relcast.training.loader import WindowLoader
+    from relcast.training.loader import Batching, WindowLoader, WindowSource
 
     return WindowLoader(
-        np.load(folder / "values.npy", mmap_mode="r"),
-        np.load(folder / "valid.npy"),
+        WindowSource(
+            np.load(folder / "values.npy", mmap_mode="r"),
+            np.load(folder / "valid.npy"),
+            np.load(folder / "target.npy", mmap_mode="r"),
+            sector_ids=np.load(folder / "sector_ids.npy"),
+        ),
         cfg["lookback"],
-        np.load(folder / "target.npy", mmap_mode="r"),
         index=index,
         stocks=stocks,
-        batch_size=batch_size,
-        shuffle=shuffle,
-        seed=seed,
-        sector_ids=np.load(folder / "sector_ids.npy"),
-        chunk_length=cfg["chunk_length"] if path == "sequence" else None,
+        batching=Batching(
+            batch_size=batch_size,
+            shuffle=shuffle,
+            seed=seed,
+            chunk_length=cfg["chunk_length"] if path == "sequence" else None,
+        ),
     )
 
 
@@ -122,7 +123,8 @@ def measure(
 
     import torch
 
-    from relcast.models.temporal import create_model, pinball_loss
+    from relcast.models.temporal.losses import pinball_loss
+    from relcast.models.temporal.registry import create_model
 
     folder = Path(folder)
     train = _loader(folder, cfg, data["train"], data["stocks"], path, shuffle=True,

@@ -68,7 +68,9 @@ CAVEAT = (
 def lead_lag_market(cfg: dict) -> SimpleNamespace:
     """``synthetic_market`` with the pipeline's features and its lead-lag oracle."""
     from relcast.data.synthetic import synthetic_market
-    from relcast.features import build_features, chronological_split, forward_returns
+    from relcast.features.build import build_features
+    from relcast.features.labels import forward_returns
+    from relcast.features.splits import chronological_split
 
     panel, truth = synthetic_market(num_stocks=cfg["stocks"], num_days=cfg["days"], seed=0)
     split = chronological_split(panel.dates, embargo=1)
@@ -105,7 +107,7 @@ def sector_signal_market(cfg: dict) -> SimpleNamespace:
 
 def oracle_rank_ic(m: SimpleNamespace) -> float:
     """The oracle's mean daily Rank IC over the validation dates (every traded stock)."""
-    from relcast.models.metrics import daily_rank_ic
+    from relcast.metrics import daily_rank_ic
 
     v = np.asarray(m.split.valid)
     y = m.labels[v, :, 0]

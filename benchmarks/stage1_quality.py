@@ -58,8 +58,8 @@ MODELS = ("stage1", "stage1+stage2", "lightgbm")
 def measure(market: str, seed: int, overrides: list[str]) -> dict[str, Any]:
     """One market and seed in this process: train, score, time, measure memory."""
     from relcast.config import load_config
-    from relcast.evaluation.metrics import signal_metrics
-    from relcast.features import normalize_labels_cross_section
+    from relcast.features.labels import normalize_labels_cross_section
+    from relcast.metrics import signal_metrics
     from relcast.run.runner import Pipeline
     from relcast.training.baselines import lightgbm_scores
 

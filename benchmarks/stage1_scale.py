@@ -13,7 +13,7 @@ features with a planted cross-sectional signal (a stock's next return follows it
    now, PyTorch's fused attention kernel), plus peak RSS above the process's baseline.
 2. **Out-of-fold store** (small preset, ``oof_dates`` dates, 8 per batch): the full Stage1 is
    trained once with early stopping and reused (as the pipeline does); then
-   :func:`relcast.relationships.build_relationship_store` builds the 3-fold store
+   :func:`relcast.relationships.store.build_relationship_store` builds the 3-fold store
 
    - ``before``: fold models early-stop like the full model (a validation pass every epoch,
      ``patience`` epochs past their best) and Procrustes alignment extracts every training
@@ -206,8 +206,8 @@ def hybrid_quality(store, fs, labels, split) -> dict[str, float]:
 
 def measure_oof(cfg: dict, variants: tuple[str, ...]) -> list[dict[str, Any]]:
     """The 3-fold store built the old way and the new way, from one full model."""
-    from relcast import relationships
     from relcast.models.extractors import EmbeddingExtractor
+    from relcast.relationships import store as relationships
     from relcast.training.specs import Stage1Spec, TrainerSpec
     from relcast.training.stage1 import fit_stage1
 

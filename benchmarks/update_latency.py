@@ -53,11 +53,16 @@ def measure_steps(cfg: dict[str, Any]) -> dict[str, Any]:
 
     import relcast
     from relcast.config import load_config
-    from relcast.features import build_features
-    from relcast.models.cross_sectional import CrossSectionalTransformer, Stage1Config
-    from relcast.models.temporal import create_model
-    from relcast.training.stage1 import encode_sectors, predict_stage1
-    from relcast.training.stage3 import assemble_inputs, predict_stage3
+    from relcast.features.build import build_features
+    from relcast.models.cross_sectional import (
+        CrossSectionalTransformer,
+        Stage1Config,
+        predict_stage1,
+    )
+    from relcast.models.temporal.registry import create_model
+    from relcast.training.stage1 import encode_sectors
+    from relcast.training.stage3 import predict_stage3
+    from relcast.training.stage3_inputs import assemble_inputs
 
     torch.manual_seed(0)
     panel, _ = relcast.synthetic_market(cfg["num_stocks"], cfg["history"], seed=0)

@@ -42,7 +42,9 @@ def _tiny_market(
     num_stocks: int, num_days: int, seed: int, horizons: int, **synthetic: float
 ) -> TinyMarket:
     from relcast.data.synthetic import synthetic_market
-    from relcast.features import build_features, chronological_split, forward_returns
+    from relcast.features.build import build_features
+    from relcast.features.labels import forward_returns
+    from relcast.features.splits import chronological_split
 
     panel, truth = synthetic_market(
         num_stocks=num_stocks, num_days=num_days, seed=seed, **synthetic
@@ -94,7 +96,8 @@ def interrupt_update(work, data, monkeypatch) -> None:
     """An update that dies after its journal, during the renames."""
     import os
 
-    from relcast.run.inference import JOURNAL, update_run
+    from relcast.run.inference import update_run
+    from relcast.runfolder import JOURNAL
 
     real = os.replace
     calls = {"n": 0}

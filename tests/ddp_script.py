@@ -23,13 +23,16 @@ import numpy as np
 import torch
 
 import relcast
-from relcast.evaluation.metrics import daily_rank_ic
-from relcast.features import build_features, chronological_split, forward_returns
-from relcast.models.cross_sectional import Stage1Config
+from relcast.features.build import build_features
+from relcast.features.labels import forward_returns
+from relcast.features.splits import chronological_split
+from relcast.metrics import daily_rank_ic
+from relcast.models.cross_sectional import Stage1Config, predict_stage1
 from relcast.training.cross_section_data import CrossSectionDataset
 from relcast.training.specs import Stage1Spec, Stage3Spec, TrainerSpec
-from relcast.training.stage1 import fit_stage1, predict_stage1
-from relcast.training.stage3 import assemble_inputs, fit_stage3, predict_stage3
+from relcast.training.stage1 import fit_stage1
+from relcast.training.stage3 import fit_stage3, predict_stage3
+from relcast.training.stage3_inputs import assemble_inputs
 
 PER_RANK_BATCH = {"stage1": 4, "stage3": 32}  # single process: twice this
 EPOCHS = 2

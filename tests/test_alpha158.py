@@ -5,9 +5,9 @@ import pandas as pd
 import pytest
 
 from relcast.data.panel import Panel
-from relcast.features import build_features
 from relcast.features.alpha158 import WINDOWS, alpha158_features, alpha158_names
-from relcast.training.stage3 import assemble_inputs
+from relcast.features.build import build_features
+from relcast.training.stage3_inputs import assemble_inputs
 
 FIELDS = ("open", "high", "low", "close", "volume")
 

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from relcast.app import views
+from relcast.app import run_plots
 from relcast.app.data_tab import SOURCES, load_data
 from relcast.app.evaluate_tab import evaluate_choices
 from relcast.app.session import (
@@ -26,8 +26,8 @@ from relcast.app.session import (
 from relcast.app.settings_tab import SETTINGS, prepare, settings_overrides, settings_values
 from relcast.config import RelcastConfigError, load_config
 from relcast.data.panel import RelcastDataError
-from relcast.evaluation.report import COLUMNS, metrics_table_text
-from relcast.evaluation.views import backtest_series, prediction_band
+from relcast.evaluation.metrics_table import COLUMNS, metrics_table_text
+from relcast.evaluation.plot_data import backtest_series, prediction_band
 
 PNG = b"\x89PNG\r\n\x1a\n"
 SYMBOLS = ["AAA", "BBB", "CCC", "DDD", "IDX"]
@@ -91,7 +91,7 @@ def _metrics() -> dict:
 
 
 def test_metrics_frame_is_the_reports_table():
-    frame = views.metrics_frame(_metrics())
+    frame = run_plots.metrics_frame(_metrics())
     assert list(frame.columns) == ["model", *(c.label for c in COLUMNS)]
     assert list(frame["model"]) == ["lightgbm", "hybrid_tft", "control_shuffled_lightgbm"]
     rank = frame.set_index("model")["Rank IC"]
@@ -146,19 +146,19 @@ def run_dir(tmp_path_factory) -> Path:
 
 def test_plots_are_drawn_from_the_run_folder(run_dir, tmp_path):
     paths = [
-        views.attention_plot(run_dir, "AAA", tmp_path),
-        views.importance_plot(run_dir, "hybrid_tft", tmp_path),
-        views.prediction_plot(run_dir, "hybrid_tft", "BBB", tmp_path),
-        views.prediction_plot(run_dir, "lightgbm", "BBB", tmp_path),
-        views.backtest_plot(run_dir, "topk", tmp_path),
-        views.backtest_plot(run_dir, "long_short", tmp_path),
+        run_plots.attention_plot(run_dir, "AAA", tmp_path),
+        run_plots.importance_plot(run_dir, "hybrid_tft", tmp_path),
+        run_plots.prediction_plot(run_dir, "hybrid_tft", "BBB", tmp_path),
+        run_plots.prediction_plot(run_dir, "lightgbm", "BBB", tmp_path),
+        run_plots.backtest_plot(run_dir, "topk", tmp_path),
+        run_plots.backtest_plot(run_dir, "long_short", tmp_path),
     ]
     for path in paths:
         assert path.read_bytes()[:8] == PNG, path
     assert len({p.name for p in paths}) == len(paths)  # no plot overwrites another
-    assert views.importance_plot(run_dir, "lightgbm", tmp_path) is None  # not a TFT
+    assert run_plots.importance_plot(run_dir, "lightgbm", tmp_path) is None  # not a TFT
     with pytest.raises(ValueError, match="no predictions for 'ZZZ'"):
-        views.prediction_plot(run_dir, "hybrid_tft", "ZZZ", tmp_path)
+        run_plots.prediction_plot(run_dir, "hybrid_tft", "ZZZ", tmp_path)
 
 
 def test_evaluate_choices(run_dir):
@@ -261,7 +261,7 @@ def test_evaluate_tab_shows_what_the_whole_file_gives(tab_run, tmp_path, monkeyp
     assert list(out["table"]["model"]) == list(_metrics()["models"])
 
     for model in c["models"]:  # what choosing each model for stock CCC draws
-        views.prediction_plot(tab_run, model, "CCC", tmp_path)
+        run_plots.prediction_plot(tab_run, model, "CCC", tmp_path)
     for model, symbol in [("hybrid_tft", "DDD"), *((m, "CCC") for m in c["models"])]:
         got = drawn[f"pred_{model}_{symbol}.png"]
         sub = whole[(whole["model"] == model) & (whole["horizon"] == 1)]
@@ -325,7 +325,7 @@ def test_evaluate_tab_never_reads_the_whole_predictions_file(tab_run, tmp_path, 
         out = evaluate_outputs(tab_run, tmp_path)
         c = evaluate_choices(tab_run)
         for model in c["models"]:
-            views.prediction_plot(tab_run, model, "BBB", tmp_path)
+            run_plots.prediction_plot(tab_run, model, "BBB", tmp_path)
     assert bad == []
     assert [str(w.message) for w in caught if "could not" in str(w.message)] == []
     assert rows_read and max(rows_read) <= one_view
@@ -462,7 +462,7 @@ def test_an_upload_error_names_the_users_file(tmp_path):
 
 def test_build_app_when_gradio_is_installed(tmp_path):
     pytest.importorskip("gradio")
-    from relcast.app import build_app
+    from relcast.app.main import build_app
 
     demo = build_app(tmp_path)
     ids = {getattr(b, "elem_id", None) for b in demo.blocks.values()}

@@ -66,7 +66,7 @@ import pandas as pd  # noqa: E402
 from playwright.sync_api import expect, sync_playwright  # noqa: E402
 
 import relcast  # noqa: E402
-import relcast.app  # noqa: E402
+import relcast.app.main  # noqa: E402
 import relcast.app.session  # noqa: E402
 
 
@@ -80,7 +80,7 @@ def _free_port() -> int:
 def app_url(tmp_path_factory):
     runs = tmp_path_factory.mktemp("app_runs")
     port = _free_port()
-    demo = relcast.app.launch(port=port, runs_dir=runs, block=False)
+    demo = relcast.app.main.launch(port=port, runs_dir=runs, block=False)
     yield f"http://127.0.0.1:{port}/"
     demo.close()
 

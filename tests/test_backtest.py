@@ -8,6 +8,7 @@ import pytest
 
 from relcast.data.panel import RelcastDataError
 from relcast.evaluation.backtest import (
+    TradingCosts,
     long_short_backtest,
     max_drawdown,
     portfolio_metrics,
@@ -94,7 +95,7 @@ def test_costs_on_known_turnover_sequence():
     # day 0 buys {0, 1} from cash, day 1 rotates fully to {2, 3}, day 2 keeps {2, 3}
     score = np.array([[4, 3, 2, 1], [1, 2, 3, 4], [1, 2, 3, 4]], dtype=float)
     zero = np.zeros_like(score)
-    res = topk_dropout_backtest(score, zero, topk=2, n_drop=2, buy_cost=BUY, sell_cost=SELL)
+    res = topk_dropout_backtest(score, zero, topk=2, n_drop=2, costs=TradingCosts(BUY, SELL))
     np.testing.assert_array_equal(res.holdings, [[1, 1, 0, 0], [0, 0, 1, 1], [0, 0, 1, 1]])
     np.testing.assert_allclose(res.turnover, [1.0, 2.0, 0.0])
     np.testing.assert_allclose(res.cost, [BUY, BUY + SELL, 0.0], atol=1e-15)
@@ -102,7 +103,7 @@ def test_costs_on_known_turnover_sequence():
     assert res.metrics["mean_turnover"] == pytest.approx(1.0)
 
     # with n_drop=1 only the worst holding is swapped per day
-    res = topk_dropout_backtest(score, zero, topk=2, n_drop=1, buy_cost=BUY, sell_cost=SELL)
+    res = topk_dropout_backtest(score, zero, topk=2, n_drop=1, costs=TradingCosts(BUY, SELL))
     np.testing.assert_array_equal(res.holdings, [[1, 1, 0, 0], [0, 1, 0, 1], [0, 0, 1, 1]])
     np.testing.assert_allclose(res.cost, [BUY, (BUY + SELL) / 2, (BUY + SELL) / 2], atol=1e-15)
 
@@ -111,7 +112,7 @@ def test_perfect_predictor_earns_realised_topk_mean_minus_costs():
     rng = np.random.default_rng(0)
     returns = rng.normal(0, 0.02, size=(40, 25))
     k = 5
-    res = topk_dropout_backtest(returns, returns, topk=k, n_drop=k, buy_cost=BUY, sell_cost=SELL)
+    res = topk_dropout_backtest(returns, returns, topk=k, n_drop=k, costs=TradingCosts(BUY, SELL))
     top = np.sort(returns, axis=1)[:, -k:]
     sets = [set(np.argsort(-row)[:k]) for row in returns]
     bought = [len(sets[0])] + [len(sets[t] - sets[t - 1]) for t in range(1, 40)]
@@ -193,7 +194,7 @@ def test_bad_inputs_get_clear_errors():
 def test_long_short_costs_on_known_reversal():
     score = np.array([[4.0, 3.0, 2.0, 1.0], [1.0, 2.0, 3.0, 4.0]])
     returns = np.array([[0.02, 0.0, 0.0, -0.01], [0.0, 0.0, 0.0, 0.0]])
-    res = long_short_backtest(score, returns, quantile=1, buy_cost=BUY, sell_cost=SELL)
+    res = long_short_backtest(score, returns, quantile=1, costs=TradingCosts(BUY, SELL))
     np.testing.assert_array_equal(res.weights, [[1, 0, 0, -1], [-1, 0, 0, 1]])
     # day 0: buy the long, sell short the short; day 1: both flip, twice the weight each way
     np.testing.assert_allclose(res.turnover, [2.0, 4.0])
@@ -223,13 +224,13 @@ def test_long_short_random_score_has_zero_mean_and_planted_signal_is_found():
     T, N = 400, 100
     returns = rng.normal(0, 0.01, size=(T, N))
     noise = rng.normal(size=(T, N))
-    res = long_short_backtest(noise, returns, quantile=0.2, buy_cost=0.0, sell_cost=0.0)
+    res = long_short_backtest(noise, returns, quantile=0.2, costs=TradingCosts(0.0, 0.0))
     r = res.daily_return
     se = r.std(ddof=1) / math.sqrt(T)
     # score independent of returns: mean is N(0, se^2); 4 se fails with probability 6e-5
     assert abs(r.mean()) < 4 * se
     # a score correlated with the realised return earns a clearly positive spread
-    planted = long_short_backtest(returns * 100 + noise, returns, buy_cost=0.0, sell_cost=0.0)
+    planted = long_short_backtest(returns * 100 + noise, returns, costs=TradingCosts(0.0, 0.0))
     p = planted.daily_return
     assert p.mean() > 4 * p.std(ddof=1) / math.sqrt(T)
     # costs only ever lower the return, by exactly the cost series
@@ -240,7 +241,7 @@ def test_long_short_random_score_has_zero_mean_and_planted_signal_is_found():
 
 def test_planted_lead_lag_pays_on_synthetic_market():
     from relcast import synthetic_market
-    from relcast.features import forward_returns
+    from relcast.features.labels import forward_returns
 
     panel, truth = synthetic_market(num_stocks=40, num_days=300, seed=1)
     fwd = forward_returns(panel, 1)[:-1, :, 0]  # (T-1, N) return over (t, t+1]
@@ -252,11 +253,11 @@ def test_planted_lead_lag_pays_on_synthetic_market():
     score = np.full(fwd.shape, np.nan)
     score[:, followers] = past[:-1, truth.leader_of[followers]]
     mask = panel.mask[:-1] & ~panel.is_index
-    ls = long_short_backtest(score, fwd, mask, quantile=2, buy_cost=0.0, sell_cost=0.0)
+    ls = long_short_backtest(score, fwd, mask, quantile=2, costs=TradingCosts(0.0, 0.0))
     r = ls.daily_return
     t_stat = r.mean() / r.std(ddof=1) * math.sqrt(r.size)
     assert t_stat > 4  # measured 13.9 on this seed (lead-lag strength 0.35)
-    flipped = long_short_backtest(-score, fwd, mask, quantile=2, buy_cost=0.0, sell_cost=0.0)
+    flipped = long_short_backtest(-score, fwd, mask, quantile=2, costs=TradingCosts(0.0, 0.0))
     np.testing.assert_allclose(flipped.daily_return, -r, atol=1e-12)  # legs swap exactly
     bench = fwd[:, np.flatnonzero(panel.is_index)[0]]
     top = topk_dropout_backtest(score, fwd, mask, topk=3, n_drop=3, benchmark=bench)

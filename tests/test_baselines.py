@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 from relcast.config import load_config
-from relcast.features import Split
 from relcast.features.factors import FACTORS, momentum
+from relcast.features.splits import Split
 from relcast.training.baselines import (
     DEFAULTS,
+    LightgbmFit,
     baseline_predictions,
     lightgbm_scores,
     shuffle_within_dates,
@@ -76,12 +77,12 @@ def test_baseline_predictions_shapes_and_switch():
                   np.arange(T).astype("datetime64[D]"))  # fmt: skip
     z1, cell = rng.normal(size=(T, N)), np.ones((T, N), bool)
     off = SimpleNamespace(**{**vars(DEFAULTS), "lightgbm": False})
-    out = baseline_predictions(panel, features, z1, cell, split, H, seed=0, settings=off)
+    out = baseline_predictions(panel, features, LightgbmFit(z1, cell, split), H, off)
     assert list(out) == ["naive_zero", *FACTORS]  # every factor is on by default
     assert all(v.shape == (T, N, H) for v in out.values())
     assert np.array_equal(out["momentum_20d"][..., 0], out["momentum_20d"][..., 2],
                           equal_nan=True)  # fmt: skip
     np.testing.assert_array_equal(out["reversal_1d"][..., 0], -momentum(close, mask, 1))
     fewer = SimpleNamespace(**vars(off), reversal_5d=SimpleNamespace(enabled=False, window=5))
-    out = baseline_predictions(panel, features, z1, cell, split, H, seed=0, settings=fewer)
+    out = baseline_predictions(panel, features, LightgbmFit(z1, cell, split), H, fewer)
     assert "reversal_5d" not in out and "reversal_1d" in out

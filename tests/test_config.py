@@ -244,8 +244,9 @@ def test_settings_reach_stage1_and_the_extractors(tmp_path):
     pipe = Pipeline(cfg, tmp_path / "run")
     pipe.step("prepare")
     ext = pipe.ctx.make_extractor()
-    assert (ext.top_k, ext.positives, ext.hidden_size, ext.steps) == (2, "corr", 16, 7)
-    assert (ext.label_delay, ext.seed) == (1, 3)
+    s = ext.settings
+    assert (s.top_k, s.positives, s.hidden_size, s.steps) == (2, "corr", 16, 7)
+    assert (ext.label_delay, s.seed) == (1, 3)
     stage1 = Stage1Config.from_settings(cfg.stage1, num_features=4, num_stocks=6)
     assert (stage1.dim_feedforward, stage1.sector_weight) == (40, 0.5)
     pca = load_config(overrides=["relationships.v2.method=pca"])

@@ -8,14 +8,14 @@ import pytest
 import torch
 
 from relcast.config import load_config
-from relcast.models.cross_sectional import CrossSectionalTransformer, Stage1Config
+from relcast.models.cross_sectional import CrossSectionalTransformer, Stage1Config, predict_stage1
 from relcast.training.cross_section_data import (
     CrossSectionDataset,
     DateBatches,
     draw_cross_sections,
 )
 from relcast.training.specs import Stage1Spec, TrainerSpec
-from relcast.training.stage1 import Stage1Module, fit_stage1, predict_stage1
+from relcast.training.stage1 import Stage1Module, fit_stage1
 
 B, N, F_ = 4, 12, 3
 

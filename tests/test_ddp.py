@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 import torch
 
-from relcast.training.loader import shard_batches
+from relcast.training.windows import shard_batches
 
 SCRIPT = Path(__file__).with_name("ddp_script.py")
 STAGES = ("stage1", "stage3")

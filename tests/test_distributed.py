@@ -58,7 +58,9 @@ def test_under_torchrun_every_process_is_one_ddp_device(torchrun_env):
 
 
 def test_precision_reaches_lightning_and_bf16_mixed_trains_on_cpu(tmp_path, no_launcher):
-    from relcast.features import build_features, chronological_split, forward_returns
+    from relcast.features.build import build_features
+    from relcast.features.labels import forward_returns
+    from relcast.features.splits import chronological_split
     from relcast.models.cross_sectional import Stage1Config
     from relcast.run.context import RunContext
     from relcast.training.specs import Stage1Spec, TrainerSpec

@@ -13,6 +13,7 @@ import pytest
 import relcast.features.factors as factors
 import relcast.training.baselines as baselines
 from relcast.evaluation.frames import (
+    PredictionRows,
     backtest_table,
     prediction_columns,
     prediction_frames,
@@ -21,6 +22,7 @@ from relcast.evaluation.frames import (
 )
 from relcast.evaluation.scoring import (
     ScoreSettings,
+    Spread,
     benchmark_returns,
     score,
     scored_span,
@@ -76,14 +78,14 @@ def test_score_on_the_window_equals_score_on_every_date(market):
     settings = ScoreSettings(topk=2, n_drop=1)
     bench = benchmark_returns(m.labels[..., 0], m.mask, np.eye(9, dtype=bool)[0])
     full = score(
-        m.pred, m.labels, m.mask, split, settings, quantiles={"hybrid_gru": m.quant},
-        seed_runs={"hybrid_gru": m.seeds}, benchmark=bench,
+        m.pred, m.labels, m.mask, split, settings,
+        spread=Spread({"hybrid_gru": m.quant}, {"hybrid_gru": m.seeds}), benchmark=bench,
     )  # fmt: skip
     w = scoring_window(split)
     assert (w.start, w.stop) == (split.test[0], split.test[-1] + 1)
     cut = score(
         {k: v[w] for k, v in m.pred.items()}, m.labels[w], m.mask[w], split, settings,
-        quantiles={"hybrid_gru": m.quant[w]}, seed_runs={"hybrid_gru": [s[w] for s in m.seeds]},
+        spread=Spread({"hybrid_gru": m.quant[w]}, {"hybrid_gru": [s[w] for s in m.seeds]}),
         benchmark=bench[w], start=w.start,
     )  # fmt: skip
     assert _json(cut) == _json(full)
@@ -98,11 +100,10 @@ def test_score_on_the_window_equals_score_on_every_date(market):
     dates, symbols = split.dates, np.array([f"S{i}" for i in range(9)], dtype=object)
     for name, pred in m.pred.items():
         q = m.quant if name == "hybrid_gru" else None
-        a = prediction_table(name, pred, q, m.labels, span, dates, symbols, (0.1, 0.5, 0.9))
-        b = prediction_table(
-            name, pred[w], None if q is None else q[w], m.labels[w], span_w, dates[w], symbols,
-            (0.1, 0.5, 0.9),
-        )  # fmt: skip
+        rows = PredictionRows(m.labels, span, dates, symbols, (0.1, 0.5, 0.9))
+        rows_w = PredictionRows(m.labels[w], span_w, dates[w], symbols, (0.1, 0.5, 0.9))
+        a = prediction_table(name, pred, q, rows)
+        b = prediction_table(name, pred[w], None if q is None else q[w], rows_w)
         pd.testing.assert_frame_equal(a, b, check_exact=True)
         pd.testing.assert_frame_equal(
             backtest_table(name, pred, m.labels, span, bench, dates, settings),
@@ -124,8 +125,9 @@ def test_predictions_written_in_pieces_read_back_as_one_table(market, tmp_path):
     tables, pieces = [], []
     for name, pred in m.pred.items():  # naive_zero first: no quantile columns in its rows
         q = m.quant if name == "hybrid_gru" else None
-        tables.append(prediction_table(name, pred, q, m.labels, span, dates, symbols, levels))
-        pieces += list(prediction_frames(name, pred, q, m.labels, span, dates, symbols, levels, 37))
+        rows = PredictionRows(m.labels, span, dates, symbols, levels)
+        tables.append(prediction_table(name, pred, q, rows))
+        pieces += list(prediction_frames(name, pred, q, rows, 37))
     assert len(pieces) > 4 * 2  # several pieces per model and horizon
     whole = pd.concat(tables, ignore_index=True)
     once, parts = tmp_path / "once.parquet", tmp_path / "parts.parquet"
@@ -170,7 +172,7 @@ def test_sampled_cells_equal_sampling_every_cell(cap, monkeypatch):
 
 def test_horizon1_zscores_by_blocks_equal_the_whole(market, monkeypatch):
     import relcast.run.steps.evaluate as run_evaluation
-    from relcast.features import normalize_labels_cross_section
+    from relcast.features.labels import normalize_labels_cross_section
 
     monkeypatch.setattr(run_evaluation, "BLOCK_CELLS", 13 * 9)
     want = normalize_labels_cross_section(market.labels, market.mask)[..., 0]
@@ -195,7 +197,7 @@ def test_window_baselines_allocate_with_the_window_not_every_date(monkeypatch):
     tracemalloc.start()
     try:
         out = baselines.baseline_predictions(
-            panel, features, None, None, None, H, 0, settings, dates=window
+            panel, features, baselines.LightgbmFit(None, None, None), H, settings, dates=window
         )
         _, peak = tracemalloc.get_traced_memory()
     finally:

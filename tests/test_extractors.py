@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from relcast.features import build_features, forward_returns
+from relcast.features.build import build_features
+from relcast.features.labels import forward_returns
 from relcast.models.cross_sectional import CrossSectionalTransformer, Stage1Config
 from relcast.models.extractors import (
     AttentionExtractor,
@@ -18,8 +19,8 @@ from relcast.models.extractors import (
     info_nce_loss,
     trailing_returns_from_labels,
 )
-from relcast.relationships import make_extractor
-from relcast.training.contrastive import ContrastiveExtractor
+from relcast.relationships.store import make_extractor
+from relcast.training.contrastive import ContrastiveExtractor, ContrastiveSettings
 from relcast.training.stage1 import encode_sectors
 
 H = 2
@@ -183,12 +184,9 @@ def test_correlation_positives_use_past_returns_only():
 def test_v3_contrastive_recovers_sectors(market, positives):
     f, split, labels, truth = market["features"], market["split"], market["labels"], market["truth"]
     ext = ContrastiveExtractor(
-        proj_dim=8,
-        hidden_size=32,
-        positives=positives,
-        steps=150,
-        corr_window=40,
-        top_k=2,
+        ContrastiveSettings(
+            proj_dim=8, hidden_size=32, positives=positives, steps=150, corr_window=40, top_k=2
+        ),
         sector_ids=market["sectors"] if positives == "sector" else None,
     )
     ext.fit(None, f, labels, split)

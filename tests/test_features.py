@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from relcast.data.panel import Panel
-from relcast.features import build_features
+from relcast.features.build import build_features
 from relcast.features.calendar import calendar_features
 from relcast.features.indicators import compute_indicators, ffill
 from relcast.features.normalize import cross_sectional_robust_zscore

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from test_lookahead import TRAIN_END, make_panel, rewrite_future
 
-from relcast.features import build_features
+from relcast.features.build import build_features
 from relcast.features.featureset import FeatureSet
 from relcast.features.industry import add_industry_features, industry_codes
 

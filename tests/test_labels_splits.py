@@ -5,11 +5,8 @@ import pandas as pd
 import pytest
 
 from relcast.data.panel import Panel
-from relcast.features import (
-    chronological_split,
-    forward_returns,
-    normalize_labels_cross_section,
-)
+from relcast.features.labels import forward_returns, normalize_labels_cross_section
+from relcast.features.splits import chronological_split, split_by_end_dates
 
 
 def small_panel(T=30, N=4, seed=0) -> Panel:
@@ -124,21 +121,17 @@ def test_split_errors_name_the_problem(kwargs):
 
 def test_split_by_end_dates_benchmark_protocol_with_embargo_at_each_boundary():
     dates = pd.bdate_range("2012-11-19", "2017-12-08").to_numpy()
-    split = chronological_split(
-        dates, embargo=3, train_end="2015-12-31", valid_end="2016-12-31", valid_frac=0.3
-    )
+    split = split_by_end_dates(dates, "2015-12-31", "2016-12-31", embargo=3)
     day = [pd.Timestamp(d) for d in dates]
     tr, va, te = split.train, split.valid, split.test
     assert tr[0] == 0 and va[0] == tr[-1] + 1 + 3 and te[0] == va[-1] + 1 + 3
     assert day[va[0]] == pd.Timestamp("2016-01-01") and day[te[0]] == pd.Timestamp("2017-01-02")
     assert day[tr[-1] + 3] == pd.Timestamp("2015-12-31")  # the embargo ends train's span
     assert day[va[-1] + 3] == pd.Timestamp("2016-12-30")  # last business day of 2016
-    assert day[te[-1]] == pd.Timestamp("2017-12-08")  # fractions ignored when dates given
+    assert day[te[-1]] == pd.Timestamp("2017-12-08")  # no test_end: the last date
     # labels of a span never read the next span: t + embargo < first date of the next span
     assert tr[-1] + 3 < va[0] and va[-1] + 3 < te[0]
-    trimmed = chronological_split(
-        dates, embargo=3, train_end="2015-12-31", valid_end="2016-12-31", test_end="2017-06-30"
-    )
+    trimmed = split_by_end_dates(dates, "2015-12-31", "2016-12-31", "2017-06-30", embargo=3)
     assert pd.Timestamp(dates[trimmed.test[-1]]) == pd.Timestamp("2017-06-30")
     np.testing.assert_array_equal(trimmed.valid, va)
 
@@ -150,10 +143,10 @@ def test_split_by_end_dates_benchmark_protocol_with_embargo_at_each_boundary():
         ({"train_end": "2016-06-30", "valid_end": "2016-01-01"}, "train_end < valid_end"),
         ({"train_end": "2016-06-30", "valid_end": "2016-07-01"}, "valid span"),
         ({"train_end": "2016-06-30", "valid_end": "2016-10-31"}, "test span"),
-        ({"train_end": "2016-06-30"}, "together"),
+        ({"train_end": "2016-06-30", "valid_end": None}, "together"),
     ],
 )
 def test_split_by_end_dates_errors_name_the_date(ends, pattern):
     dates = pd.bdate_range("2015-01-01", "2016-10-31").to_numpy()
     with pytest.raises(ValueError, match=pattern):
-        chronological_split(dates, embargo=2, **ends)
+        split_by_end_dates(dates, **ends, embargo=2)

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from relcast.training.loader import WindowLoader, valid_window_ends
+from relcast.training.loader import Batching, WindowLoader, WindowSource
+from relcast.training.windows import valid_window_ends
 
 T, N, F, L, H = 12, 3, 2, 4, 2
 
@@ -64,7 +65,12 @@ def collect(loader):
 )
 def test_loader_matches_reference(tiny, kwargs):
     inputs, valid, labels = tiny
-    loader = WindowLoader(inputs, valid, L, labels, batch_size=5, shuffle=True, seed=3, **kwargs)
+    loader = WindowLoader(
+        WindowSource(inputs, valid, labels),
+        L,
+        **kwargs,
+        batching=Batching(batch_size=5, shuffle=True, seed=3),
+    )
     got = collect(loader)
     want = reference_windows(inputs, valid, labels, L, **kwargs)
     assert set(got) == set(want) and len(want) > 0
@@ -87,7 +93,12 @@ def test_windows_touching_masked_dates_are_absent(tiny):
 
 def test_inference_keeps_windows_without_labels(tiny):
     inputs, valid, labels = tiny
-    loader = WindowLoader(inputs, valid, L, labels, require_labels=False, batch_size=100)
+    loader = WindowLoader(
+        WindowSource(inputs, valid, labels),
+        L,
+        require_labels=False,
+        batching=Batching(batch_size=100),
+    )
     got = collect(loader)
     want = reference_windows(inputs, valid, labels, L, need_labels=False)
     assert set(got) == set(want)
@@ -98,7 +109,11 @@ def test_shuffle_is_deterministic_per_seed_and_epoch(tiny):
     inputs, valid, labels = tiny
 
     def order(seed, epoch):
-        loader = WindowLoader(inputs, valid, L, labels, shuffle=True, seed=seed, batch_size=4)
+        loader = WindowLoader(
+            WindowSource(inputs, valid, labels),
+            L,
+            batching=Batching(shuffle=True, seed=seed, batch_size=4),
+        )
         loader.set_epoch(epoch)
         return torch.cat([b["t"] * N + b["n"] for b in loader])
 
@@ -107,7 +122,11 @@ def test_shuffle_is_deterministic_per_seed_and_epoch(tiny):
     assert not torch.equal(order(1, 0), order(1, 1))
     assert torch.equal(order(1, 0).sort().values, order(2, 0).sort().values)
     # consecutive passes without set_epoch reshuffle, deterministically
-    loader = WindowLoader(inputs, valid, L, labels, shuffle=True, seed=1, batch_size=4)
+    loader = WindowLoader(
+        WindowSource(inputs, valid, labels),
+        L,
+        batching=Batching(shuffle=True, seed=1, batch_size=4),
+    )
     first, second = ([torch.cat([b["t"] * N + b["n"] for b in loader])] for _ in range(2))
     assert torch.equal(first[0], order(1, 0)) and torch.equal(second[0], order(1, 1))
 
@@ -118,9 +137,10 @@ def test_ddp_shards_cover_every_window_once(tiny, world_size):
     seen, batch_counts = [], set()
     for rank in range(world_size):
         loader = WindowLoader(
-            inputs, valid, L, labels, shuffle=True, seed=5, batch_size=3,
-            rank=rank, world_size=world_size,
-        )  # fmt: skip
+            WindowSource(inputs, valid, labels),
+            L,
+            batching=Batching(shuffle=True, seed=5, batch_size=3, rank=rank, world_size=world_size),
+        )
         batches = list(loader)
         keys = [k for b in batches for k in zip(b["t"].tolist(), b["n"].tolist(), strict=True)]
         assert len(loader) == len(batches)
@@ -128,7 +148,7 @@ def test_ddp_shards_cover_every_window_once(tiny, world_size):
         seen += keys
     # every rank takes the same number of steps, or DDP's gradient all-reduce would hang
     assert len(batch_counts) == 1
-    full = WindowLoader(inputs, valid, L, labels, batch_size=1000)
+    full = WindowLoader(WindowSource(inputs, valid, labels), L, batching=Batching(batch_size=1000))
     assert len(seen) == len(set(seen)) == full.num_windows
     assert set(seen) == set(zip(full.t_idx.tolist(), full.n_idx.tolist(), strict=True))
 
@@ -138,9 +158,10 @@ def test_rawconcat_gathers_every_stock_with_zeros_for_masked(tiny):
     context = np.arange(T * N, dtype=np.float32).reshape(T, N, 1)  # stands in for calendar
     for chunk_length in (None, 2 * L):
         loader = WindowLoader(
-            context, valid, L, labels, concat_inputs=inputs, concat_valid_flag=True,
-            batch_size=64, chunk_length=chunk_length,
-        )  # fmt: skip
+            WindowSource(context, valid, labels, concat_inputs=inputs, concat_valid_flag=True),
+            L,
+            batching=Batching(batch_size=64, chunk_length=chunk_length),
+        )
         assert loader.num_features == 1 and loader.cross_width == N * F + N
         for batch in loader:
             x, cross, index = batch["x"].numpy(), batch["cross"].numpy(), batch["cross_index"]
@@ -164,5 +185,5 @@ def test_rawconcat_gathers_every_stock_with_zeros_for_masked(tiny):
 
 def test_lookback_longer_than_panel_gives_no_windows(tiny):
     inputs, valid, labels = tiny
-    loader = WindowLoader(inputs, valid, T + 1, labels)
+    loader = WindowLoader(WindowSource(inputs, valid, labels), T + 1)
     assert loader.num_windows == 0 and len(loader) == 0 and list(loader) == []

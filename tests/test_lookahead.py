@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 from relcast.data.panel import Panel
-from relcast.features import build_features, forward_returns
+from relcast.features.build import build_features
+from relcast.features.labels import forward_returns
 
 T, N = 240, 12
 TRAIN_END = 120

@@ -8,13 +8,13 @@ import pandas as pd
 import pytest
 
 import relcast.data.synthetic
-import relcast.features
-import relcast.relationship_blocks
-import relcast.relationships
+import relcast.features.build
+import relcast.relationships.blocks
+import relcast.relationships.store
 from relcast.config import load_config
 from relcast.data.panel import Panel
 from relcast.data.synthetic import synthetic_market
-from relcast.features import build_features
+from relcast.features.build import build_features
 from relcast.features.chunked import ChunkedFeatures
 from relcast.run.runner import Pipeline
 from relcast.store.run_store import FEATURE_STORE, PANEL_SCRATCH
@@ -54,7 +54,7 @@ EXTRACTED: dict[str, list] = {"memory": [], "memmap": []}
 
 
 def _recording_blocks(store: str):
-    blocks = relcast.relationship_blocks.extract_blocks
+    blocks = relcast.relationships.blocks.extract_blocks
 
     def record(extractor, model, features, index, block_bytes=None):
         for chunk, rel in blocks(extractor, model, features, index, block_bytes):
@@ -71,15 +71,17 @@ def runs(tmp_path_factory):
     for store in ("memory", "memmap"):
         config = load_config(None, None, [*SETS, f"data.store={store}"], {})
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(relcast.relationships, "extract_blocks", _recording_blocks(store))
+            patch.setattr(relcast.relationships.store, "extract_blocks", _recording_blocks(store))
             if store == "memmap":  # every step: features come from the store, block by block
-                patch.setattr(relcast.features, "build_features", _no_full_features)
+                patch.setattr(relcast.features.build, "build_features", _no_full_features)
                 # the market is written to a file by blocks, never drawn whole in memory
                 patch.setattr(relcast.data.synthetic, "synthetic_market", _no_full_market)
                 # blocks of ~20 dates (6 stocks + index, 4 + 1 relationship columns) for the
                 # extraction and of ~3 dates for the Parquet frame (~ 7 x 50 values a date)
-                patch.setattr(relcast.relationships, "BLOCK_BYTES", 20 * 7 * 4 * (5 + 44 + 64))
-                patch.setattr(relcast.relationship_blocks, "BLOCK_BYTES", 3 * 7 * 50 * 4)
+                patch.setattr(
+                    relcast.relationships.store, "BLOCK_BYTES", 20 * 7 * 4 * (5 + 44 + 64)
+                )
+                patch.setattr(relcast.relationships.blocks, "BLOCK_BYTES", 3 * 7 * 50 * 4)
             Pipeline(config, root / store).run()
         out[store] = root / store
     return out
@@ -191,9 +193,15 @@ def test_memmap_run_extracts_relationships_by_date_blocks(runs):
 def _scored_on_every_date(pipe) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
     """metrics, predictions and backtest as evaluate built them before it kept the scoring
     window only: every model's forecast of every date ``[T, N, H]``, scored over all of them."""
-    from relcast.evaluation.frames import backtest_table, prediction_table
-    from relcast.evaluation.scoring import ScoreSettings, benchmark_returns, score, scored_span
-    from relcast.training.baselines import baseline_predictions
+    from relcast.evaluation.frames import PredictionRows, backtest_table, prediction_table
+    from relcast.evaluation.scoring import (
+        ScoreSettings,
+        Spread,
+        benchmark_returns,
+        score,
+        scored_span,
+    )
+    from relcast.training.baselines import LightgbmFit, baseline_predictions
     from relcast.training.stage3 import predict_stage3
 
     cfg, f, split, panel = pipe.config, pipe.ctx.features, pipe.ctx.split, pipe.ctx.panel
@@ -201,7 +209,7 @@ def _scored_on_every_date(pipe) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
     cell = f.mask & pipe.ctx.target[None, :]
     span, H = scored_span(labels, cell, split), labels.shape[2]
     point = baseline_predictions(
-        panel, f, span.z[..., 0], cell, split, H, cfg.trainer.seed, cfg.baselines
+        panel, f, LightgbmFit(span.z[..., 0], cell, split, cfg.trainer.seed), H, cfg.baselines
     )
     s1 = pipe.ctx.stage1_outputs
     point["stage1"] = np.pad(s1["pred"], ((0, 0), (0, 0), (0, H - s1["pred"].shape[2])), "edge")
@@ -218,13 +226,11 @@ def _scored_on_every_date(pipe) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
         point[name], quantiles[name] = out["point"], out["pred"]
     settings = ScoreSettings.from_config(cfg)
     bench = benchmark_returns(labels[..., 0], panel.mask, panel.is_index)
-    metrics = score(point, labels, cell, split, settings, quantiles=quantiles, benchmark=bench)
+    metrics = score(point, labels, cell, split, settings, spread=Spread(quantiles), benchmark=bench)
     dates, symbols, levels = panel.dates, panel.symbols, settings.quantiles
+    rows = PredictionRows(labels, span, dates, symbols, levels)
     predictions = pd.concat(
-        [
-            prediction_table(n, p, quantiles.get(n), labels, span, dates, symbols, levels)
-            for n, p in point.items()
-        ],
+        [prediction_table(n, p, quantiles.get(n), rows) for n, p in point.items()],
         ignore_index=True,
     )
     backtest = pd.concat(
@@ -257,7 +263,7 @@ def test_evaluate_keeps_the_scoring_window_and_scores_as_every_date(runs, store,
 
     def recording(predictions, labels, mask, split, settings, **kw):
         shapes.extend(a.shape[0] for a in (labels, mask, *predictions.values()))
-        shapes.extend(a.shape[0] for a in kw["quantiles"].values())
+        shapes.extend(a.shape[0] for a in kw["spread"].quantiles.values())
         assert kw["start"] == window.start
         return real_score(predictions, labels, mask, split, settings, **kw)
 

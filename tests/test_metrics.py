@@ -5,17 +5,16 @@ import pytest
 import torch
 from scipy import stats
 
-from relcast.evaluation.metrics import (
+from relcast.metrics import (
     average_ranks,
     daily_ic,
     daily_rank_ic,
-    ic_torch,
     interval_coverage,
     pinball_loss,
-    rank_ic_torch,
     signal_metrics,
     summarize_ic,
 )
+from relcast.training.torch_metrics import ic_torch, rank_ic_torch
 
 
 def _reference(pred, label, mask, fn):

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 import relcast.evaluation.neutral as neutral
-from relcast.evaluation.metrics import daily_rank_ic
 from relcast.evaluation.neutral import neutralize
 from relcast.evaluation.scoring import ScoreSettings, score
-from relcast.features import Split
+from relcast.features.splits import Split
+from relcast.metrics import daily_rank_ic
 
 D, N, K = 120, 80, 3
 

@@ -137,7 +137,7 @@ def test_run_writes_every_artefact(run_dir):
 def test_metrics_carry_newey_west_statistics(run_dir):
     """Every row has its IC / Rank IC t and p; the paired tests compare the reported forecasts
     (recomputed here from predictions.parquet); seeded Stage3 rows compare their seed means."""
-    from relcast.evaluation.report import daily_ic_series
+    from relcast.evaluation.metrics_table import daily_ic_series
     from relcast.evaluation.stats import newey_west_test, paired_test
 
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -296,7 +296,8 @@ def _check_update_matches_full_extraction(run_dir, market, tmp_path) -> Path:
 
 
 def test_regime_run_trains_saves_and_reuses_the_gate(regime_run_dir, market, tmp_path):
-    from relcast.models.regime import REGIME_COLUMNS, REGIME_NAMES, RegimeGatedModel
+    from relcast.features.regime_detection import REGIME_COLUMNS, REGIME_NAMES
+    from relcast.models.regime_gate import RegimeGatedModel
     from relcast.run.runner import Pipeline
 
     pipe = Pipeline.open(regime_run_dir)

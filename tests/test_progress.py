@@ -11,7 +11,12 @@ import pytest
 from relcast import progress
 from relcast.models.cross_sectional import CrossSectionalTransformer, Stage1Config, predict_stage1
 from relcast.progress import PassProgress, format_duration, progress_style
-from relcast.relationships import Stage1Fit, StorePlan, build_relationship_store, make_extractor
+from relcast.relationships.store import (
+    Stage1Fit,
+    StorePlan,
+    build_relationship_store,
+    make_extractor,
+)
 from relcast.training.common import make_trainer
 from relcast.training.progress_log import epoch_log_callback
 from relcast.training.specs import Stage1Spec, TrainerSpec

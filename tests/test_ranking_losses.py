@@ -10,18 +10,19 @@ import torch
 import torch.nn.functional as F
 
 from relcast import synthetic_market
-from relcast.evaluation.metrics import daily_rank_ic
-from relcast.features import FeatureSet, chronological_split, forward_returns
-from relcast.features.labels import rank_normalize_labels_cross_section
-from relcast.models.cross_sectional import Stage1Config
-from relcast.training.metrics import rank_ic_torch
+from relcast.features.featureset import FeatureSet
+from relcast.features.labels import forward_returns, rank_normalize_labels_cross_section
+from relcast.features.splits import chronological_split
+from relcast.metrics import daily_rank_ic
+from relcast.models.cross_sectional import Stage1Config, predict_stage1
 from relcast.training.ranking_losses import (
     cross_sectional_rank_norm,
     listnet_loss,
     pairwise_rank_loss,
 )
 from relcast.training.specs import Stage1Spec, Stage3Spec, TrainerSpec
-from relcast.training.stage1 import fit_stage1, predict_stage1
+from relcast.training.stage1 import fit_stage1
+from relcast.training.torch_metrics import rank_ic_torch
 
 
 def labels_with_gaps(T=6, N=9, H=2, seed=0):
@@ -287,7 +288,8 @@ def test_stage3_trains_on_cs_rank_targets(tmp_path: Path):
     and its forecasts are in CSRankNorm units (within +-1.73)."""
     from test_stage3 import planted_features, thirds
 
-    from relcast.training.stage3 import assemble_inputs, fit_stage3, predict_stage3
+    from relcast.training.stage3 import fit_stage3, predict_stage3
+    from relcast.training.stage3_inputs import assemble_inputs
 
     features, labels, signal = planted_features()
     labels = labels.copy()

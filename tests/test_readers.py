@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 
 from relcast.data.panel import RelcastDataError
-from relcast.data.readers import read_panel, read_universe
+from relcast.data.readers import read_panel
+from relcast.data.universe import read_universe
 
 FIELDS = ["open", "high", "low", "close", "volume"]
 

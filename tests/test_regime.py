@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from relcast.features.regime import BEAR, BULL, SIDEWAYS, detect_regime, regime_features
-from relcast.models.regime import RegimeGate, gate_columns
+from relcast.features.regime_detection import BEAR, BULL, SIDEWAYS, detect_regime, regime_features
+from relcast.models.regime_gate import RegimeGate, gate_columns
 
 
 def _planted_index(seed=0, T=900, seg=150):
@@ -106,8 +106,8 @@ def test_regime_agrees_with_synthetic_market_truth_better_than_chance():
 
 def test_build_features_adds_the_index_regime_as_one_hot_columns():
     from relcast.data.synthetic import synthetic_market
-    from relcast.features import build_features
-    from relcast.features.regime import REGIME_COLUMNS
+    from relcast.features.build import build_features
+    from relcast.features.regime_detection import REGIME_COLUMNS
 
     panel, _ = synthetic_market(num_stocks=6, num_days=500, seed=2)
     plain = build_features(panel, train_end=300)
@@ -128,8 +128,8 @@ def test_build_features_adds_the_index_regime_as_one_hot_columns():
 
 
 def _gated_gru(names, index_symbols=("IDX",)):
-    from relcast.models.regime import RegimeGatedModel
-    from relcast.models.temporal import create_model
+    from relcast.models.regime_gate import RegimeGatedModel
+    from relcast.models.temporal.registry import create_model
 
     torch.manual_seed(0)
     inner = create_model(
@@ -186,7 +186,7 @@ def test_gated_model_scales_every_step_by_that_steps_regime():
 
 
 def test_gated_model_refuses_inputs_without_regime_or_gated_columns():
-    from relcast.models.regime import RegimeGatedModel
+    from relcast.models.regime_gate import RegimeGatedModel
 
     with pytest.raises(ValueError, match="regime feature columns"):
         _gated_gru([n for n in NAMES if n != "regime_bear"])
@@ -198,7 +198,7 @@ def test_gated_model_refuses_inputs_without_regime_or_gated_columns():
 
 
 def test_gate_learns_at_its_own_rate_without_decay():
-    from relcast.training.stage3 import Stage3Module
+    from relcast.training.stage3_module import Stage3Module
 
     model = _gated_gru(NAMES)
     opt = Stage3Module(model, quantiles=None, lr=1e-3, weight_decay=0.1).configure_optimizers()

@@ -13,10 +13,10 @@ from typer.testing import CliRunner
 
 import relcast
 from relcast.cli import app
-from relcast.models.temporal import create_model
-from relcast.models.temporal.registry import is_cross_section_model
+from relcast.models.temporal.registry import create_model, is_cross_section_model
 from relcast.training.cross_section_stage3 import DateBatches, cross_section_loss
-from relcast.training.stage3 import Stage3Inputs, predict_stage3
+from relcast.training.stage3 import predict_stage3
+from relcast.training.stage3_inputs import Stage3Inputs
 
 D, N, L, H = 2, 7, 8, 2
 NAMES = ("f0", "f1", "f2", "f3", "idx_EW_ret1", "idx_EW_vol20")

@@ -7,16 +7,18 @@ import torch
 
 from relcast.models.cross_sectional import CrossSectionalTransformer, Stage1Config
 from relcast.models.extractors import EmbeddingExtractor
-from relcast.relationships import (
+from relcast.relationships.folds import (
+    best_epoch_count,
+    label_dates_used,
+    procrustes_rotation,
+    purged_folds,
+)
+from relcast.relationships.store import (
     RelationshipStore,
     Stage1Fit,
     StorePlan,
-    best_epoch_count,
     build_relationship_store,
-    label_dates_used,
     make_extractor,
-    procrustes_rotation,
-    purged_folds,
 )
 from relcast.training.specs import Stage1Spec, TrainerSpec
 

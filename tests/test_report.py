@@ -15,13 +15,8 @@ import pytest
 from scipy.stats import spearmanr
 
 from relcast.evaluation import plots
-from relcast.evaluation.report import (
-    COLUMNS,
-    _read_logs,
-    build_report,
-    daily_ic_series,
-    metrics_table_text,
-)
+from relcast.evaluation.metrics_table import COLUMNS, daily_ic_series, metrics_table_text
+from relcast.evaluation.report import _read_logs, build_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SYMBOLS = ["AAA", "BBB", "CCC", "DDD", "EEE", "FFF"]

@@ -152,7 +152,7 @@ def test_written_files_are_readable_by_others(tmp_path):
     import numpy as np
     import pandas as pd
 
-    from relcast.relationships import RelationshipStore
+    from relcast.relationships.store import RelationshipStore
 
     old = os.umask(0o022)
     try:

@@ -302,7 +302,7 @@ def test_run_leaves_no_lightning_pickles(run_dir):
 
 
 def test_update_extends_data_with_relationships(run_dir, market, tmp_path):
-    from relcast.relationships import RelationshipStore
+    from relcast.relationships.store import RelationshipStore
     from relcast.run.inference import update_run
 
     work = _copy(run_dir, tmp_path)

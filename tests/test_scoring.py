@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from relcast.evaluation.scoring import ScoreSettings, score, scored_span, seed_ensemble
-from relcast.features import Split
+from relcast.evaluation.scoring import ScoreSettings, Spread, score, scored_span, seed_ensemble
+from relcast.features.splits import Split
 
 T, N, H = 120, 30, 2
 
@@ -70,7 +70,7 @@ def test_statistics_paired_tests_seeds_and_intervals(planted):
     metrics = score(
         {"lightgbm": noise, "stage3_own_gru": noise, "hybrid_gru": seed_ensemble(seeds)},
         labels, mask, split, ScoreSettings(topk=5, quantiles=(0.1, 0.5, 0.9)),
-        quantiles={"hybrid_gru": q}, seed_runs={"hybrid_gru": seeds},
+        spread=Spread({"hybrid_gru": q}, {"hybrid_gru": seeds}),
     )  # fmt: skip
     assert metrics["statistics"]["newey_west_lag"] >= 1
     assert set(metrics["split"]) == {"train", "valid", "test", "embargo"}
@@ -100,7 +100,7 @@ def test_a_seeded_row_scores_the_seeds_ensemble(planted):
     ensemble = seed_ensemble(seeds)
     np.testing.assert_allclose(ensemble, np.mean(seeds, axis=0))
     got = score({"hybrid_gru": ensemble}, labels, mask, split, _settings(),
-                seed_runs={"hybrid_gru": seeds})["models"]["hybrid_gru"]  # fmt: skip
+                spread=Spread(seed_runs={"hybrid_gru": seeds}))["models"]["hybrid_gru"]  # fmt: skip
     alone = score({"hybrid_gru": ensemble}, labels, mask, split, _settings())
     singles = [score({"m": r}, labels, mask, split, _settings())["models"]["m"] for r in seeds]
     for key in ("rank_ic", "ic", "mse", "rank_ic_t"):
@@ -112,7 +112,7 @@ def test_a_seeded_row_scores_the_seeds_ensemble(planted):
     assert got["rank_ic"] > max(ranks)  # averaging seeds' noise sharpens the forecast
     with pytest.raises(ValueError, match="seeds' mean"):
         score({"hybrid_gru": seeds[0]}, labels, mask, split, _settings(),
-              seed_runs={"hybrid_gru": seeds})  # fmt: skip
+              spread=Spread(seed_runs={"hybrid_gru": seeds}))  # fmt: skip
 
 
 def test_naive_zero_has_no_direction_or_backtest(planted):
@@ -153,8 +153,8 @@ def test_scoring_imports_nothing_above_evaluation():
 def test_interval_metrics_by_blocks_equal_the_whole_window():
     """Pinball loss and coverage summed a block of dates at a time are those of every finite
     cell at once (a block of one date, of a few, of all)."""
-    from relcast.evaluation.metrics import interval_coverage, pinball_loss
     from relcast.evaluation.scoring import interval_metrics
+    from relcast.metrics import interval_coverage, pinball_loss
 
     rng = np.random.default_rng(0)
     D, N, H, q = 57, 13, 2, [0.1, 0.5, 0.9]

@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from relcast.models.temporal import create_model, pinball_loss
+from relcast.models.temporal.losses import pinball_loss
+from relcast.models.temporal.registry import create_model
 from relcast.models.temporal.tcn import receptive_field
-from relcast.training.loader import WindowLoader
-from relcast.training.stage3 import Stage3Inputs, predict_stage3
+from relcast.training.loader import Batching, WindowLoader, WindowSource
+from relcast.training.stage3 import predict_stage3
+from relcast.training.stage3_inputs import Stage3Inputs
 
 T, N, F_IN, H, L = 160, 4, 3, 2, 13
 
@@ -42,8 +44,15 @@ def scored_cells(loader: WindowLoader) -> list[tuple[int, int]]:
 def test_chunks_score_every_window_end_once_with_its_whole_window():
     x, valid, labels = market()
     index = np.arange(20, 150)
-    chunks = WindowLoader(x, valid, L, labels, index=index, batch_size=40, chunk_length=30)
-    windows = WindowLoader(x, valid, L, labels, index=index, batch_size=1000)
+    chunks = WindowLoader(
+        WindowSource(x, valid, labels),
+        L,
+        index=index,
+        batching=Batching(batch_size=40, chunk_length=30),
+    )
+    windows = WindowLoader(
+        WindowSource(x, valid, labels), L, index=index, batching=Batching(batch_size=1000)
+    )
     assert chunks.chunk_length == 30 and chunks.num_windows == windows.num_windows
     cells = scored_cells(chunks)
     assert len(cells) == len(set(cells)) == windows.num_windows  # each end scored once
@@ -69,7 +78,9 @@ def test_chunk_order_is_seeded_and_ddp_shards_are_even():
 
     def make(**kw):
         return WindowLoader(
-            x, valid, L, labels, batch_size=30, chunk_length=26, shuffle=True, seed=5, **kw
+            WindowSource(x, valid, labels),
+            L,
+            batching=Batching(batch_size=30, chunk_length=26, shuffle=True, seed=5, **kw),
         )
 
     first = [b["n"].tolist() + b["t"][:, 0].tolist() for b in make()]
@@ -98,7 +109,9 @@ def as_double(batch):
 
 def window_preds(model, x, valid, t, n):
     """The windowed model's forecasts for the window ends ``(t, n)``."""
-    loader = WindowLoader(x, valid, L, batch_size=10_000, require_labels=False)
+    loader = WindowLoader(
+        WindowSource(x, valid), L, require_labels=False, batching=Batching(batch_size=10_000)
+    )
     batch = loader.gather(torch.as_tensor(t), torch.as_tensor(n))
     with torch.no_grad():
         return model(as_double(batch))["pred"]  # (M, H, Q)
@@ -124,7 +137,11 @@ def test_tcn_chunk_outputs_equal_windowed_outputs_when_receptive_field_is_the_lo
     x, valid, labels = market()
     model = tiny("tcn", kernel_size=3, num_levels=2)
     assert model.config.receptive_field == receptive_field(3, 2) == L
-    loader = WindowLoader(np.nan_to_num(x), valid, L, labels, batch_size=64, chunk_length=32)
+    loader = WindowLoader(
+        WindowSource(np.nan_to_num(x), valid, labels),
+        L,
+        batching=Batching(batch_size=64, chunk_length=32),
+    )
     pred, t, n, _ = chunk_preds(model, loader)
     ref = window_preds(model, np.nan_to_num(x), valid, t, n)
     torch.testing.assert_close(pred, ref, rtol=0, atol=1e-12)
@@ -135,7 +152,11 @@ def test_first_scored_step_of_a_chunk_is_the_windowed_forecast(name):
     # later steps differ by design: the recurrent state has run from the chunk start
     x, valid, labels = market(1)
     model = tiny(name, **({"num_heads": 2} if name == "tft" else {}))
-    loader = WindowLoader(np.nan_to_num(x), valid, L, labels, batch_size=64, chunk_length=40)
+    loader = WindowLoader(
+        WindowSource(np.nan_to_num(x), valid, labels),
+        L,
+        batching=Batching(batch_size=64, chunk_length=40),
+    )
     pred, t, n, first = chunk_preds(model, loader)
     assert first.sum() >= 10
     ref = window_preds(model, np.nan_to_num(x), valid, t[first], n[first])
@@ -164,7 +185,7 @@ def test_chunk_forecasts_are_causal(name):
 
 
 def test_banded_attention_equals_windowed_causal_attention():
-    from relcast.models.temporal.tft import InterpretableMultiHeadAttention
+    from relcast.models.temporal.tft_parts import InterpretableMultiHeadAttention
 
     torch.manual_seed(0)
     attention = InterpretableMultiHeadAttention(8, 2).double().eval()
@@ -186,11 +207,21 @@ def test_tft_interpretation_on_chunks_matches_windows_where_the_state_does():
     # scored step of their tile, so their LSTM state starts where their window does
     ends, stocks = np.array([L - 1 + 3 * (L + 1), L - 1 + 6 * (L + 1)]), [0, 3]
     chunks = WindowLoader(
-        x, valid, L, labels, batch_size=1, chunk_length=2 * L, index=ends, stocks=stocks
+        WindowSource(x, valid, labels),
+        L,
+        index=ends,
+        stocks=stocks,
+        batching=Batching(batch_size=1, chunk_length=2 * L),
     )
     assert (chunks.chunk_len == L).all()  # each chunk is exactly its end's window
     seq = model.interpret(iter(chunks))
-    windows = WindowLoader(x, valid, L, labels, batch_size=1000, index=ends, stocks=stocks)
+    windows = WindowLoader(
+        WindowSource(x, valid, labels),
+        L,
+        index=ends,
+        stocks=stocks,
+        batching=Batching(batch_size=1000),
+    )
     ref = model.interpret(iter(windows))
     assert seq["attention"].shape == ref["attention"].shape == (L,)
     np.testing.assert_allclose(seq["attention"], ref["attention"], atol=1e-5)
@@ -200,7 +231,8 @@ def test_tft_interpretation_on_chunks_matches_windows_where_the_state_does():
 
 
 def test_regime_gated_model_takes_sequence_batches():
-    from relcast.models.regime import REGIME_COLUMNS, RegimeGatedModel
+    from relcast.features.regime_detection import REGIME_COLUMNS
+    from relcast.models.regime_gate import RegimeGatedModel
 
     names = ["f0", "attention_to_index", "attention_to_sector", *REGIME_COLUMNS]
     model = create_model("gru", num_features=len(names), horizons=H, hidden_size=8, lookback=L)
@@ -240,8 +272,10 @@ def test_sequence_loss_is_the_windowed_loss_over_the_same_samples():
     x = np.nan_to_num(x)
     model = tiny("tcn", kernel_size=3, num_levels=2)
     q = model.config.quantiles
-    chunks = WindowLoader(x, valid, L, labels, batch_size=10_000, chunk_length=60)
-    windows = WindowLoader(x, valid, L, labels, batch_size=10_000)
+    chunks = WindowLoader(
+        WindowSource(x, valid, labels), L, batching=Batching(batch_size=10_000, chunk_length=60)
+    )
+    windows = WindowLoader(WindowSource(x, valid, labels), L, batching=Batching(batch_size=10_000))
     (cb,), (wb,) = list(chunks), list(windows)
     with torch.no_grad():
         seq = pinball_loss(model(as_double(cb))["pred"], cb["y"].double(), q, cb["origin"])
@@ -285,12 +319,14 @@ def test_rawconcat_block_is_shared_by_loaders_not_copied():
     x, valid, labels = market(7)
     own = np.nan_to_num(x)
     own[~valid] = 0.0  # as assemble_inputs leaves it
-    train = WindowLoader(own, valid, L, labels, concat_inputs=own, chunk_length=30)
-    check = WindowLoader(own, valid, L, labels, concat_inputs=own)
+    train = WindowLoader(
+        WindowSource(own, valid, labels, concat_inputs=own), L, batching=Batching(chunk_length=30)
+    )
+    check = WindowLoader(WindowSource(own, valid, labels, concat_inputs=own), L)
     assert train.concat.data_ptr() == check.concat.data_ptr() == own.ctypes.data
     batch = next(iter(train))
     assert batch["x"].shape[-1] == F_IN and batch["cross"].shape[-1] == N * F_IN  # per date
-    dirty = WindowLoader(x, valid, L, labels, concat_inputs=x)  # NaN at masked cells
+    dirty = WindowLoader(WindowSource(x, valid, labels, concat_inputs=x), L)  # NaN at masked cells
     assert dirty.concat.data_ptr() != x.ctypes.data and torch.isfinite(dirty.concat).all()
     assert (dirty.concat[torch.from_numpy(~valid)] == 0).all()
 

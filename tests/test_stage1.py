@@ -9,13 +9,15 @@ import pytest
 import torch
 
 from relcast import synthetic_market
-from relcast.evaluation.metrics import daily_rank_ic
-from relcast.features import FeatureSet, chronological_split, forward_returns
-from relcast.models.cross_sectional import CrossSectionalTransformer, Stage1Config
+from relcast.features.featureset import FeatureSet
+from relcast.features.labels import forward_returns
+from relcast.features.splits import chronological_split
+from relcast.metrics import daily_rank_ic
+from relcast.models.cross_sectional import CrossSectionalTransformer, Stage1Config, predict_stage1
 from relcast.training.cross_section_data import CrossSectionDataset, pairwise_correlation
 from relcast.training.ranking_losses import cross_sectional_zscore
 from relcast.training.specs import Stage1Spec, TrainerSpec
-from relcast.training.stage1 import fit_stage1, predict_stage1
+from relcast.training.stage1 import fit_stage1
 
 
 def _zscore(a: np.ndarray, valid: np.ndarray) -> np.ndarray:

@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from relcast.features.featureset import FeatureSet
-from relcast.relationships import Stage1Fit, StorePlan
+from relcast.relationships.store import Stage1Fit, StorePlan
 from relcast.training.specs import Stage1Spec, Stage3Spec, TrainerSpec
-from relcast.training.stage3 import assemble_inputs, fit_stage3, predict_stage3
+from relcast.training.stage3 import fit_stage3, predict_stage3
+from relcast.training.stage3_inputs import assemble_inputs
 
 
 def planted_features(T=300, N=8, seed=0, noise=0.5):
@@ -220,10 +221,12 @@ def test_hybrid_beats_own_out_of_fold_fast(tmp_path):
     data seeds 0/1/2: follower test Rank IC own 0.04/-0.04/0.01, hybrid 0.38/0.50/0.65.
     """
     from relcast.data.synthetic import synthetic_market
-    from relcast.features import build_features, chronological_split, forward_returns
+    from relcast.features.build import build_features
+    from relcast.features.labels import forward_returns
+    from relcast.features.splits import chronological_split
     from relcast.models.cross_sectional import Stage1Config
     from relcast.models.extractors import EmbeddingExtractor
-    from relcast.relationships import build_relationship_store
+    from relcast.relationships.store import build_relationship_store
 
     panel, truth = synthetic_market(
         num_stocks=10, num_days=600, seed=0, lead_lag_pairs=5, lead_lag_strength=1.2
@@ -281,10 +284,12 @@ def test_hybrid_beats_own_on_planted_lead_lag(tmp_path, oof):
     relationship features then carry nothing for Stage3 to use.
     """
     from relcast.data.synthetic import synthetic_market
-    from relcast.features import build_features, chronological_split, forward_returns
+    from relcast.features.build import build_features
+    from relcast.features.labels import forward_returns
+    from relcast.features.splits import chronological_split
     from relcast.models.cross_sectional import Stage1Config
     from relcast.models.extractors import EmbeddingExtractor
-    from relcast.relationships import build_relationship_store
+    from relcast.relationships.store import build_relationship_store
 
     panel, truth = synthetic_market(
         num_stocks=20, num_days=2000, seed=0, lead_lag_pairs=10, lead_lag_strength=0.6
@@ -321,7 +326,7 @@ def _follower_test_rank_ic(
     features, store, panel, labels, split, stocks, truth, *, hidden_size, out
 ):
     """Test Rank IC (horizon 1, followers only) of a small GRU on ``own`` and ``hybrid``."""
-    from relcast.evaluation.metrics import daily_rank_ic
+    from relcast.metrics import daily_rank_ic
 
     followers = np.flatnonzero(truth.leader_of >= 0)
     test_ic = {}
@@ -354,7 +359,7 @@ def _follower_test_rank_ic(
 def test_a_rawconcat_model_of_the_old_layout_is_refused_for_retraining(tmp_path):
     """A rawconcat GRU saved before the every-stock projection reads x of another width:
     loading it is a RunFolderError (which `relcast stage3` answers by retraining)."""
-    from relcast.models.temporal import create_model
+    from relcast.models.temporal.registry import create_model
     from relcast.runfolder.base import RunFolderError
     from relcast.runfolder.formats import load_stage3, save_module
 

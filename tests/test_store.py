@@ -18,23 +18,20 @@ import pytest
 import torch
 
 import relcast
-from relcast.features import (
-    build_features,
-    chronological_split,
-    forward_returns,
-    normalize_labels_cross_section,
-)
+from relcast.features.build import build_features
+from relcast.features.labels import forward_returns, normalize_labels_cross_section
+from relcast.features.splits import chronological_split
 from relcast.models.cross_sectional import Stage1Config
 from relcast.store.memmap import MemmapFeatureStore, build_feature_store
 from relcast.store.settings import StoreSettings
 from relcast.store.sources import panel_slices
 from relcast.training.common import release_pages_callback
 from relcast.training.cross_section_data import CrossSectionDataset
-from relcast.training.loader import WindowLoader
+from relcast.training.loader import Batching, WindowLoader, WindowSource
 from relcast.training.specs import Stage1Spec, Stage3Spec, TrainerSpec
 from relcast.training.stage1 import fit_stage1
-from relcast.training.stage3 import assemble_inputs, fit_stage3
-from relcast.training.stage3_inputs import store_inputs
+from relcast.training.stage3 import fit_stage3
+from relcast.training.stage3_inputs import assemble_inputs, store_inputs
 
 H = 3
 TRAIN_END = 400
@@ -136,10 +133,14 @@ def test_window_loader_reads_the_memmap_without_copying(market, store):
     assert loader.inputs.data_ptr() == store.values_by_stock.ctypes.data
     assert loader.labels.data_ptr() == store.targets.ctypes.data
     reference = WindowLoader(
-        np.nan_to_num(features.values), features.mask, 20,
-        normalize_labels_cross_section(labels, features.mask), batch_size=64, shuffle=True,
-        seed=1,
-    )  # fmt: skip
+        WindowSource(
+            np.nan_to_num(features.values),
+            features.mask,
+            normalize_labels_cross_section(labels, features.mask),
+        ),
+        20,
+        batching=Batching(batch_size=64, shuffle=True, seed=1),
+    )
     assert loader.num_windows == reference.num_windows > 1000
     for ours, theirs in zip(loader, reference, strict=True):
         assert torch.equal(ours["t"], theirs["t"]) and torch.equal(ours["n"], theirs["n"])

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from relcast.data.synthetic import synthetic_market, synthetic_market_file
-from relcast.evaluation.metrics import daily_rank_ic, summarize_ic
+from relcast.metrics import daily_rank_ic, summarize_ic
 
 
 def _returns(panel):

@@ -12,16 +12,14 @@ import pytest
 import torch
 from torch import nn
 
-from relcast.models.temporal import (
-    QuantileHead,
+from relcast.models.temporal.losses import QuantileHead, pinball_loss, point_forecast
+from relcast.models.temporal.registry import (
     TemporalConfig,
     available_models,
     create_model,
-    pinball_loss,
-    point_forecast,
+    is_cross_section_model,
     register_model,
 )
-from relcast.models.temporal.registry import is_cross_section_model
 
 F_IN, L, H, N_STOCKS, N_SECTORS = 5, 12, 3, 4, 2
 COMMON = dict(

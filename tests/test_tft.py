@@ -7,7 +7,9 @@ import pandas as pd
 import pytest
 import torch
 
-from relcast.models.temporal import TemporalFusionTransformer, create_model, pinball_loss
+from relcast.models.temporal.losses import pinball_loss
+from relcast.models.temporal.registry import create_model
+from relcast.models.temporal.tft import TemporalFusionTransformer
 
 F_IN, L, N_STOCKS, N_SECTORS = 8, 8, 3, 2
 INFORMATIVE = 2

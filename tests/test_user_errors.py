@@ -327,7 +327,7 @@ def test_forecast_depends_only_on_the_window_it_reads(run_dir, files):
 def test_saved_statistics_are_the_training_spans(run_dir, files):
     """normalization.json holds the index statistics of the training dates only, and the
     run's features are scaled with them."""
-    from relcast.features import build_features
+    from relcast.features.build import build_features
     from relcast.features.normalize import TrainSpanScaler
     from relcast.run.runner import Pipeline
 

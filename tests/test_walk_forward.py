@@ -168,9 +168,12 @@ def test_a_warm_start_begins_at_the_saved_weights(tmp_path):
     import torch
     from safetensors.torch import save_file
 
-    from relcast.features import build_features, chronological_split, forward_returns
+    from relcast.features.build import build_features
+    from relcast.features.labels import forward_returns
+    from relcast.features.splits import chronological_split
     from relcast.training.specs import Stage3Spec, TrainerSpec
-    from relcast.training.stage3 import assemble_inputs, build_model, fit_stage3
+    from relcast.training.stage3 import build_model, fit_stage3
+    from relcast.training.stage3_inputs import assemble_inputs
 
     panel, _ = relcast.synthetic_market(num_stocks=5, num_days=200, seed=1)
     split = chronological_split(panel.dates, 0.2, 0.2, embargo=1)

@@ -150,7 +150,7 @@ def run(
     pipe = Pipeline(cfg, out)
     metrics = pipe.run(force=force)
     from relcast import distributed
-    from relcast.evaluation.report import metrics_table_text
+    from relcast.evaluation.metrics_table import metrics_table_text
 
     if not distributed.is_main():
         return  # under torchrun, rank 0 speaks for the run
@@ -190,7 +190,7 @@ def stage3(run: RunDir) -> None:
 @_guard
 def evaluate(run: RunDir) -> None:
     """Score every model and baseline on the test span (metrics.json, backtests)."""
-    from relcast.evaluation.report import metrics_table_text
+    from relcast.evaluation.metrics_table import metrics_table_text
     from relcast.run.runner import Pipeline
 
     typer.echo(metrics_table_text(Pipeline.open(run).step("evaluate")))
@@ -302,7 +302,7 @@ def app_command(
             "the app needs gradio, which is not installed; install with: pip install 'relcast[app]'"
         )
     try:
-        from relcast.app import launch
+        from relcast.app.main import launch
     except ImportError as exc:
         _fail(f"the app needs the 'app' extra ({exc}); install with: pip install 'relcast[app]'")
     launch(port=port)

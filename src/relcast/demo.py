@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     import relcast
     from relcast.config import load_config
     from relcast.data.datasets import describe_panel
-    from relcast.evaluation.report import metrics_table_text
+    from relcast.evaluation.metrics_table import metrics_table_text
     from relcast.run.runner import Pipeline
 
     argv = sys.argv[1:] if argv is None else argv

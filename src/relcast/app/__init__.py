@@ -12,7 +12,7 @@ module                 what
 ``training_tab``       3 Stage1 (+ Stage2), 4 relationship features, 5 Stage3: each runs
                        ``relcast <step>`` in a subprocess, streams its log, can be cancelled
 ``evaluate_tab``       6 Evaluate: metrics table, attention, importance, predictions, backtest
-``views``              the table and plots, drawn from a run folder like the report draws them
+``run_plots``          the table and plots, drawn from a run folder like the report draws them
 ``session``            a session's state, step order and subprocesses
 ``ui``                 Gradio pieces the tabs share (error messages, log boxes, plot slots)
 ``main``               :func:`build_app` and :func:`launch`
@@ -22,22 +22,3 @@ Errors the user causes (bad files, bad settings) show as messages, never as trac
 Gradio is imported only inside the functions that build widgets, so everything else here
 (and its tests, ``tests/test_app.py``) runs without the extra.
 """
-
-from relcast.app.main import build_app, launch
-from relcast.app.views import (
-    attention_plot,
-    backtest_plot,
-    importance_plot,
-    metrics_frame,
-    prediction_plot,
-)
-
-__all__ = [
-    "attention_plot",
-    "backtest_plot",
-    "build_app",
-    "importance_plot",
-    "launch",
-    "metrics_frame",
-    "prediction_plot",
-]

@@ -6,9 +6,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from relcast.app.run_plots import safe_name
 from relcast.app.session import progress_md
 from relcast.app.ui import Shared, friendly
-from relcast.app.views import safe_name
 from relcast.data.panel import RelcastDataError
 
 SOURCES = ("Bundled demo", "Upload CSV/Parquet", "Synthetic market")

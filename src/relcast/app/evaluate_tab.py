@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from relcast.app import views
+from relcast.app import run_plots
 from relcast.app.session import check_order, progress_md, run_step
 from relcast.app.ui import Shared, friendly, log_box, plot_image, plots_dir, step_buttons
 from relcast.runfolder import RunFolder
@@ -18,18 +18,18 @@ def evaluate_choices(run_dir: str | Path) -> dict[str, list[str]]:
     ``stocks``: predicted symbols; ``targets``: those with Stage1 attention (all attention
     symbols if none is predicted); ``importance``: TFT models; ``models``: models for the
     prediction plot, those with intervals first. predictions.parquet is not read whole: its
-    models and symbols come from :func:`views.prediction_file`.
+    models and symbols come from :func:`run_plots.prediction_file`.
     """
     run = Path(run_dir)
-    predictions = views.prediction_file(run)
+    predictions = run_plots.prediction_file(run)
     stocks = sorted(predictions.symbols)
-    _, att_symbols, _ = views.read_attention(run)
+    _, att_symbols, _ = run_plots.read_attention(run)
     targets = [s for s in att_symbols if s in set(stocks)] or list(att_symbols)
     return {
         "stocks": stocks,
         "targets": targets,
-        "importance": views.importance_models(run),
-        "models": views.prediction_models(predictions),
+        "importance": run_plots.importance_models(run),
+        "models": run_plots.prediction_models(predictions),
     }
 
 
@@ -51,15 +51,15 @@ def evaluate_outputs(run_dir: str | Path, out_dir: str | Path) -> dict:
     c = evaluate_choices(run)
     first, imp, pm = c["targets"][0], c["importance"], c["models"]
     return {
-        "table": views.metrics_frame(folder.load_metrics()),
+        "table": run_plots.metrics_frame(folder.load_metrics()),
         "choices": c,
         "target": first,
-        "heatmap": views.attention_plot(run, first, out_dir),
+        "heatmap": run_plots.attention_plot(run, first, out_dir),
         "importance_model": imp[0] if imp else None,
-        "importance": views.importance_plot(run, imp[0], out_dir) if imp else None,
+        "importance": run_plots.importance_plot(run, imp[0], out_dir) if imp else None,
         "pred_model": pm[0],
-        "bands": views.prediction_plot(run, pm[0], first, out_dir),
-        "curves": views.backtest_plot(run, "topk", out_dir),
+        "bands": run_plots.prediction_plot(run, pm[0], first, out_dir),
+        "curves": run_plots.backtest_plot(run, "topk", out_dir),
         "report": report,
     }
 
@@ -165,26 +165,26 @@ def build(shared: Shared) -> None:
     def on_target(session, name):
         if not session or not name:
             return None
-        return str(views.attention_plot(session["run"], name, plots_dir(session)))
+        return str(run_plots.attention_plot(session["run"], name, plots_dir(session)))
 
     @friendly
     def on_importance(session, name):
         if not session or not name:
             return None
-        path = views.importance_plot(session["run"], name, plots_dir(session))
+        path = run_plots.importance_plot(session["run"], name, plots_dir(session))
         return str(path) if path else None
 
     @friendly
     def on_prediction(session, model, symbol):
         if not session or not model or not symbol:
             return None
-        return str(views.prediction_plot(session["run"], model, symbol, plots_dir(session)))
+        return str(run_plots.prediction_plot(session["run"], model, symbol, plots_dir(session)))
 
     @friendly
     def on_strategy(session, name):
         if not session or "evaluate" not in session.get("done", []):
             return None
-        return str(views.backtest_plot(session["run"], name, plots_dir(session)))
+        return str(run_plots.backtest_plot(session["run"], name, plots_dir(session)))
 
     # .input, not .change: only the user's choice redraws (the evaluate step draws itself)
     target.input(on_target, [state, target], heatmap)

@@ -8,12 +8,11 @@ from pathlib import Path
 from relcast.app.session import confine_paths, progress_md, user_error
 from relcast.app.ui import Shared, friendly
 from relcast.config import (
-    EXTRACTORS,
-    FEATURE_SETS,
     PRESETS,
     RelcastConfig,
     RelcastConfigError,
 )
+from relcast.config.stages import EXTRACTORS, FEATURE_SETS
 from relcast.runfolder import RunFolder
 
 # Each settings widget and the one config key it sets, in the order settings_values returns
@@ -35,7 +34,7 @@ SETTINGS = {
 
 def stage3_model_names() -> list[str]:
     """The Stage3 models the app offers: the registry's (the config accepts the same)."""
-    from relcast.models.temporal import available_models
+    from relcast.models.temporal.registry import available_models
 
     return available_models()
 
@@ -194,15 +193,17 @@ def build(shared: Shared) -> None:
     preset.change(lambda name: settings_values(load_config(name)), preset, widgets)
 
     @friendly
-    def on_apply(session, preset_name, dm, nh, e1, hz, ms, fs, lb, e3, ex, s2, rg, more):
-        overrides = settings_overrides(dm, nh, e1, hz, ms, fs, lb, e3, ex, s2, rg, extra=more)
+    def on_apply(form: dict):
+        # the inputs are given as a set, so Gradio passes one dict: component -> value
+        overrides = settings_overrides(*(form[w] for w in widgets), extra=form[extra])
+        session = form[shared.state]
         if session is None:
             raise user_error("load a market in step 1 first")
-        text = prepare(session, preset_name, overrides)
+        text = prepare(session, form[preset], overrides)
         return session, text, progress_md(session)
 
     apply_btn.click(
         on_apply,
-        [shared.state, preset, *widgets, extra],
+        {shared.state, preset, *widgets, extra},
         [shared.state, run_info, shared.progress],
     )

@@ -8,6 +8,8 @@ rules of :data:`relcast.data.health.REASONS` and counted in a :class:`DataHealth
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 
@@ -126,7 +128,12 @@ def clean_bars(
     broken = _broken_symbols(why, reasons, sym, names, max_bad_fraction, counted)
     if strict and broken:
         _refuse_broken_symbols(
-            frame, source, why, reasons, order, sym, names, max_bad_fraction, also_broken
+            _SortedRows(frame, order, sym, names),
+            source,
+            why,
+            reasons,
+            max_bad_fraction,
+            also_broken,
         )
         raise RelcastDataError(
             f"{source}: symbol(s) without a usable row: "
@@ -220,19 +227,30 @@ def _spikes(close: np.ndarray, sym: np.ndarray, ok: np.ndarray, factor: float) -
     return hit
 
 
+@dataclass(frozen=True)
+class _SortedRows:
+    """A reader's frame with its rows sorted by symbol, then date: ``order`` (the frame row
+    of each sorted position), ``sym`` (its symbol code) and ``names`` (symbol of each code)."""
+
+    frame: pd.DataFrame
+    order: np.ndarray
+    sym: np.ndarray
+    names: np.ndarray
+
+
 def _refuse_broken_symbols(
-    frame: pd.DataFrame,
+    rows_sorted: _SortedRows,
     source: str,
     why: np.ndarray,
     reasons: list[str],
-    order: np.ndarray,
-    sym: np.ndarray,
-    names: np.ndarray,
     max_bad_fraction: float,
     also_broken: tuple[str, ...] = (),
 ) -> None:
-    """Raise when a symbol's share of bad rows (``why`` codes into ``reasons``; repaired rows
-    count, as ``data.strict`` asks) is too high."""
+    """Raise when a symbol's share of bad rows (``why`` codes into ``reasons``, one per sorted
+    row; repaired rows count, as ``data.strict`` asks) is too high."""
+    frame, order, sym, names = (
+        rows_sorted.frame, rows_sorted.order, rows_sorted.sym, rows_sorted.names
+    )  # fmt: skip
     bad_codes = [k for k, r in enumerate(reasons, start=1) if r in BAD_REASONS + REPAIRED_REASONS]
     bad = np.isin(why, bad_codes)
     rows_per = np.bincount(sym, minlength=len(names))

@@ -44,14 +44,14 @@ from relcast.data.health import BAD_REASONS, REPAIRED_REASONS, DataHealth
 from relcast.data.panel import OHLCV_FIELDS, Panel, RelcastDataError, release_pages
 from relcast.data.readers import (
     PARQUET_SUFFIXES,
-    _clean_symbols,
-    _column_names,
-    _has_suffix,
-    _require_columns,
-    _standardise,
     check_universe,
+    clean_symbols,
+    column_names,
     frame_to_panel,
+    has_suffix,
     read_panel,
+    require_columns,
+    standardise,
 )
 from relcast.data.universe import read_universe
 
@@ -88,7 +88,7 @@ def read_panel_to_memmap(
     work.mkdir()
     try:
         reader = None
-        if path.is_file() and _has_suffix(path, PARQUET_SUFFIXES):
+        if path.is_file() and has_suffix(path, PARQUET_SUFFIXES):
             reader = _ParquetBlocks.open(path, max(1, int(block_rows)))
         if reader is not None:
             panel = reader.read(work, universe, **options)
@@ -141,8 +141,8 @@ class _ParquetBlocks:
             return None  # pandas metadata moves a column into the index
         if not file.metadata.num_rows:
             return None
-        names = _column_names(schema.names, source)
-        date_col, symbol_col = _require_columns(
+        names = column_names(schema.names, source)
+        date_col, symbol_col = require_columns(
             [c for c in names if not c.startswith("_")], source, with_symbol=True
         )
         keys = [date_col] + (["time"] if date_col == "date" and "time" in names else [])
@@ -222,7 +222,7 @@ class _ParquetBlocks:
             if no_symbol.any():
                 empty.append(frame.loc[no_symbol].assign(_line=lines[no_symbol]))
                 continue
-            symbols = _clean_symbols(column)
+            symbols = clean_symbols(column)
             n = np.bincount(symbols.codes, minlength=len(symbols.categories))
             for sym, k in zip(symbols.categories.tolist(), n.tolist(), strict=True):
                 counts[sym] = counts.get(sym, 0) + k
@@ -243,7 +243,7 @@ class _ParquetBlocks:
             rows = pd.concat(empty, ignore_index=True)
             for name in OHLCV_FIELDS:
                 rows[name] = np.nan
-            _standardise(rows.assign(_file=self.path.name), self.source, ROW_WORD, None)
+            standardise(rows.assign(_file=self.path.name), self.source, ROW_WORD, None)
         probe = pd.concat(parts, ignore_index=True)
         probe["_file"] = self.path.name
         return counts, probe, seen
@@ -280,7 +280,7 @@ class _ParquetBlocks:
         writers: dict[int, pa.ipc.RecordBatchFileWriter] = {}
         try:
             for frame, batch, line in self._batches(full=True):
-                symbols = _clean_symbols(frame[self.symbol_col])
+                symbols = clean_symbols(frame[self.symbol_col])
                 pos = np.array([position[s] for s in symbols.categories], np.int64)[symbols.codes]
                 table = pa.Table.from_batches([batch])
                 table = table.append_column("_line", pa.array(line + np.arange(len(frame))))
@@ -340,7 +340,7 @@ class _ParquetBlocks:
         dates = self.final[raw.pop("_dcode").to_numpy()]
         raw[self.date_col] = dates  # parsed already: the block's own parse would see a part
         raw["_file"] = self.path.name
-        out = _standardise(raw, self.source, ROW_WORD, date_format, whole=whole)
+        out = standardise(raw, self.source, ROW_WORD, date_format, whole=whole)
         out["date"] = dates
         return out
 

@@ -27,8 +27,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from relcast.data.bars import bad_bar_checks
 from relcast.data.panel import OHLCV_FIELDS, Panel, RelcastDataError
-from relcast.data.readers import bad_bar_checks, frame_to_panel
+from relcast.data.readers import frame_to_panel
 
 log = logging.getLogger(__name__)
 

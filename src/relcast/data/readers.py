@@ -23,8 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from relcast.data.bars import (  # noqa: F401  (bad_bar_checks, row_message: public helpers)
-    bad_bar_checks,
+from relcast.data.bars import (
     check_structure,
     clean_bars,
     count_gaps,
@@ -102,7 +101,7 @@ def read_panel(
         else:
             frame = _read_symbol_folder(path, symbol_pattern, date_format)
     else:
-        frame = _read_long_table(path, _has_suffix(path, PARQUET_SUFFIXES), date_format)
+        frame = _read_long_table(path, has_suffix(path, PARQUET_SUFFIXES), date_format)
     health = DataHealth(source, date_rule=frame.attrs.get("date_rule", ""))
     frame = check_structure(frame, source, health)
     frame = clean_bars(frame, source, health, max_bad_fraction=max_bad_fraction, strict=strict)
@@ -176,10 +175,10 @@ def _read_long_table(path: Path, parquet: bool, date_format: str | None) -> pd.D
     else:
         table = _read_csv_table(path)
     raw = table.to_pandas()
-    raw.columns = _column_names(list(raw.columns), str(path))
+    raw.columns = column_names(list(raw.columns), str(path))
     raw["_line"] = np.arange(len(raw)) + (2 if not parquet else 1)
     raw["_file"] = path.name
-    return _standardise(raw, str(path), "line" if not parquet else "row", date_format)
+    return standardise(raw, str(path), "line" if not parquet else "row", date_format)
 
 
 def _read_symbol_folder(
@@ -188,7 +187,7 @@ def _read_symbol_folder(
     """A folder of per-symbol CSV files (one symbol per file, sorted by date)."""
     import pyarrow as pa
 
-    files = sorted(p for p in folder.iterdir() if p.is_file() and _has_suffix(p, CSV_SUFFIXES))
+    files = sorted(p for p in folder.iterdir() if p.is_file() and has_suffix(p, CSV_SUFFIXES))
     if not files:
         raise RelcastDataError(
             f"{folder}: no per-symbol files (*.csv) found, and it is not a qlib folder "
@@ -198,10 +197,10 @@ def _read_symbol_folder(
     tables = []
     for file in files:
         table = _read_csv_table(file)
-        names = _column_names(table.column_names, str(file))
+        names = column_names(table.column_names, str(file))
         table = table.rename_columns(names)
         keep = [c for c in names if c not in SYMBOL_ALIASES]
-        _require_columns(keep, str(file), with_symbol=False)
+        require_columns(keep, str(file), with_symbol=False)
         columns = {}
         for name in keep:
             col = table.column(name)
@@ -232,7 +231,7 @@ def _read_symbol_folder(
     raw["_file"] = pd.Categorical.from_codes(file_codes, categories=[f.name for f in files])
     starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
     raw["_line"] = np.arange(len(raw)) - starts + 2
-    frame = _standardise(raw, str(folder), "line", date_format)
+    frame = standardise(raw, str(folder), "line", date_format)
     frame.attrs["sorted_within_file"] = True
     return frame
 
@@ -258,7 +257,7 @@ def _read_csv_table(path: Path):
         raise RelcastDataError(f"{path}: not a readable CSV file ({err})") from None
 
 
-def _column_names(names: list, source: str) -> list[str]:
+def column_names(names: list, source: str) -> list[str]:
     """Lower-cased names; an unnamed first column is the date; doubled names are an error."""
     lower = [str(c).strip().lower() for c in names]
     if lower and lower[0] in UNNAMED_INDEX and not any(c in DATE_ALIASES for c in lower):
@@ -274,7 +273,8 @@ def _column_names(names: list, source: str) -> list[str]:
     return lower
 
 
-def _require_columns(columns: list[str], source: str, *, with_symbol: bool) -> tuple:
+def require_columns(columns: list[str], source: str, *, with_symbol: bool) -> tuple:
+    """The date and symbol column names among ``columns``; an error naming what is missing."""
     date_col = next((c for c in DATE_ALIASES if c in columns), None)
     symbol_col = next((c for c in SYMBOL_ALIASES if c in columns), None) if with_symbol else ""
     missing = [f for f in OHLCV_FIELDS if f not in columns]
@@ -292,7 +292,7 @@ def _require_columns(columns: list[str], source: str, *, with_symbol: bool) -> t
     return date_col, symbol_col
 
 
-def _standardise(
+def standardise(
     raw: pd.DataFrame, source: str, row_word: str, date_format: str | None, whole: bool = True
 ) -> pd.DataFrame:
     """Pick the date/symbol columns, parse dates and numbers -> ``date, symbol, <fields>``.
@@ -302,7 +302,7 @@ def _standardise(
     """
     raw.attrs["row_word"] = row_word
     columns = [c for c in raw.columns if not c.startswith("_")]
-    date_col, symbol_col = _require_columns(columns, source, with_symbol=True)
+    date_col, symbol_col = require_columns(columns, source, with_symbol=True)
     if isinstance(raw[symbol_col].dtype, pd.CategoricalDtype):
         symbols = raw[symbol_col]  # per-symbol folders: from the file names
     else:
@@ -320,7 +320,7 @@ def _standardise(
                     fix="Give every row a symbol.",
                 )
             )
-        symbols = pd.Series(_clean_symbols(column), index=raw.index)
+        symbols = pd.Series(clean_symbols(column), index=raw.index)
     rules: dict[str, str] = {}
     dates = parse_date_column(raw, date_col, source, date_format, symbols, rules=rules)
     out = pd.DataFrame({"date": dates})
@@ -363,7 +363,7 @@ def _standardise(
     return out
 
 
-def _clean_symbols(column: pd.Series) -> pd.Categorical:
+def clean_symbols(column: pd.Series) -> pd.Categorical:
     """Symbols as stripped text, stored as a categorical (fast for millions of rows)."""
     codes, uniques = pd.factorize(column, use_na_sentinel=False)
     stripped = pd.Index(uniques).astype(str).str.strip()
@@ -371,6 +371,7 @@ def _clean_symbols(column: pd.Series) -> pd.Categorical:
     return pd.Categorical.from_codes(remap[codes], categories=cats)
 
 
-def _has_suffix(path: Path, suffixes: tuple[str, ...]) -> bool:
+def has_suffix(path: Path, suffixes: tuple[str, ...]) -> bool:
+    """Whether ``path``'s name ends with one of ``suffixes`` (case-insensitive)."""
     name = path.name.lower()
     return any(name.endswith(s) for s in suffixes)

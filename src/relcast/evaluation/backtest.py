@@ -37,6 +37,7 @@ __all__ = [
     "TRADING_DAYS_CN",
     "TRADING_DAYS_US",
     "BacktestResult",
+    "TradingCosts",
     "long_short_backtest",
     "long_short_weights",
     "max_drawdown",
@@ -47,6 +48,18 @@ __all__ = [
 
 TRADING_DAYS_US = 252  # annualisation factor for US daily data
 TRADING_DAYS_CN = 238  # qlib's factor for A-shares (CSI300 benchmark)
+
+
+@dataclass(frozen=True)
+class TradingCosts:
+    """Proportional costs on the weight bought / sold (default 5 bp / 15 bp, as qlib)."""
+
+    buy: float = 0.0005
+    sell: float = 0.0015
+
+    def __post_init__(self) -> None:
+        if self.buy < 0 or self.sell < 0:
+            raise ValueError(f"costs must be >= 0, got buy_cost={self.buy}, sell_cost={self.sell}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -147,14 +160,11 @@ def _check_benchmark(benchmark: np.ndarray | None, num_dates: int) -> np.ndarray
 def _settle(
     weights: np.ndarray,
     returns: np.ndarray,
-    buy_cost: float,
-    sell_cost: float,
+    costs: TradingCosts,
     benchmark: np.ndarray | None,
     periods_per_year: int,
 ) -> BacktestResult:
     """Turn target weights ``[T, N]`` into daily returns, costs and metrics (vectorised)."""
-    if buy_cost < 0 or sell_cost < 0:
-        raise ValueError(f"costs must be >= 0, got buy_cost={buy_cost}, sell_cost={sell_cost}")
     finite = np.isfinite(returns)
     gross = (weights * np.where(finite, returns, 0.0)).sum(axis=1)  # (T,)
     missing = (np.abs(weights) * ~finite).sum(axis=1)  # (T,)
@@ -162,7 +172,7 @@ def _settle(
     delta = weights - prev  # (T, N)
     bought = np.clip(delta, 0.0, None).sum(axis=1)
     sold = np.clip(-delta, 0.0, None).sum(axis=1)
-    cost = buy_cost * bought + sell_cost * sold
+    cost = costs.buy * bought + costs.sell * sold
     net = gross - cost
     excess = None if benchmark is None else net - benchmark
     metrics = portfolio_metrics(
@@ -228,8 +238,7 @@ def topk_dropout_backtest(
     *,
     topk: int = 50,
     n_drop: int = 5,
-    buy_cost: float = 0.0005,
-    sell_cost: float = 0.0015,
+    costs: TradingCosts = TradingCosts(),
     benchmark: np.ndarray | None = None,
     periods_per_year: int = TRADING_DAYS_US,
 ) -> BacktestResult:
@@ -242,7 +251,7 @@ def topk_dropout_backtest(
         topk: number of names held; each slot has weight ``1/topk`` (an unfilled slot is
             cash earning 0, so the book is never levered).
         n_drop: at most this many names are swapped per date once the book is full.
-        buy_cost, sell_cost: proportional costs on the weight bought / sold (5 bp / 15 bp).
+        costs: proportional costs on the weight bought / sold (5 bp / 15 bp).
         benchmark: ``[T]`` benchmark return over ``(t, t+1]`` (e.g. the index's forward
             return); sets ``excess_return`` and the information ratio.
         periods_per_year: annualisation factor (252 US, 238 A-shares).
@@ -254,7 +263,7 @@ def topk_dropout_backtest(
         raise ValueError(f"n_drop must be an int in [0, topk={topk}], got {n_drop!r}")
     benchmark = _check_benchmark(benchmark, score.shape[0])
     weights = topk_holdings(score, mask, topk=int(topk), n_drop=int(n_drop)) / float(topk)
-    return _settle(weights, returns, buy_cost, sell_cost, benchmark, periods_per_year)
+    return _settle(weights, returns, costs, benchmark, periods_per_year)
 
 
 # ------------------------------------------------------------------------ long-short
@@ -295,22 +304,21 @@ def long_short_backtest(
     mask: np.ndarray | None = None,
     *,
     quantile: float | int = 0.2,
-    buy_cost: float = 0.0005,
-    sell_cost: float = 0.0015,
+    costs: TradingCosts = TradingCosts(),
     periods_per_year: int = TRADING_DAYS_US,
 ) -> BacktestResult:
     """Top-minus-bottom bucket, equal weight, rebalanced daily, costs on both legs.
 
     The long leg has weight +1 and the short leg -1, so the gross return is
     ``mean(top returns) - mean(bottom returns)``. Any weight increase is a buy (opening a
-    long or covering a short, ``buy_cost``), any decrease a sell (``sell_cost``). Buckets are
+    long or covering a short, ``costs.buy``), any decrease a sell (``costs.sell``). Buckets are
     chosen among names with ``mask[t]`` True and a finite score; a position in a name that
     becomes untradeable is assumed closable (an idealised signal diagnostic, unlike
     :func:`topk_dropout_backtest`, which freezes untradeable names).
     """
     score, returns, mask = _check_inputs(score, returns, mask)
     weights = long_short_weights(score, mask, quantile)
-    return _settle(weights, returns, buy_cost, sell_cost, None, periods_per_year)
+    return _settle(weights, returns, costs, None, periods_per_year)
 
 
 # ------------------------------------------------------------------------ metrics

@@ -4,7 +4,8 @@ and :func:`write_frames`) and ``backtest.parquet`` (:func:`backtest_table`)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,18 +24,35 @@ def prediction_columns(levels=None) -> list[str]:
     return [*BASE_COLUMNS, *(f"q{level:g}" for level in (levels or ()))]
 
 
+@dataclass(frozen=True)
+class PredictionRows:
+    """What every model's rows of predictions.parquet share.
+
+    Attributes:
+        labels: raw forward returns ``[T, N, H]`` of the arrays' dates.
+        span: the scored test span (:class:`~relcast.evaluation.scoring.ScoredSpan`).
+        dates: ``[T]`` dates of the arrays; symbols: ``[N]``.
+        levels: the quantile levels of ``q<level>`` columns (None: no quantile columns).
+    """
+
+    labels: np.ndarray
+    span: ScoredSpan
+    dates: np.ndarray
+    symbols: np.ndarray
+    levels: Sequence[float] | None = None
+
+
 def prediction_frames(
     name: str,
     pred: np.ndarray,
     quantiles: np.ndarray | None,
-    labels: np.ndarray,
-    span: ScoredSpan,
-    dates: np.ndarray,
-    symbols: np.ndarray,
-    levels=None,
+    rows: PredictionRows,
     max_rows: int = PIECE_ROWS,
 ) -> Iterator[pd.DataFrame]:
     """:func:`prediction_table`'s rows in pieces of at most ``max_rows`` (same order)."""
+    labels, span, dates, symbols, levels = (
+        rows.labels, rows.span, rows.dates, rows.symbols, rows.levels
+    )  # fmt: skip
     days = span.days
     H = pred.shape[2]
     t, n = np.nonzero(span.mask[days])
@@ -60,21 +78,14 @@ def prediction_frames(
 
 
 def prediction_table(
-    name: str,
-    pred: np.ndarray,
-    quantiles: np.ndarray | None,
-    labels: np.ndarray,
-    span: ScoredSpan,
-    dates: np.ndarray,
-    symbols: np.ndarray,
-    levels=None,
+    name: str, pred: np.ndarray, quantiles: np.ndarray | None, rows: PredictionRows
 ) -> pd.DataFrame:
     """One model's test-span rows: date, symbol, model, horizon, pred, label, label_z [, q*].
 
     ``label`` is the raw forward return; ``label_z`` its cross-sectional z-score, the unit
     Stage1/Stage3 forecasts and quantiles are in (compare bands with ``label_z``). Arrays
-    cover the span's dates; ``dates`` are theirs (``[T]``)."""
-    pieces = prediction_frames(name, pred, quantiles, labels, span, dates, symbols, levels)
+    cover the span's dates; ``rows.dates`` are theirs (``[T]``)."""
+    pieces = prediction_frames(name, pred, quantiles, rows)
     return pd.concat(list(pieces), ignore_index=True)
 
 

@@ -12,15 +12,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from relcast.evaluation.metrics import daily_rank_ic
+from relcast.metrics import daily_rank_ic
 
 __all__ = [
     "COLUMNS",
     "Column",
     "daily_ic_series",
+    "format_cell",
+    "metric_value",
     "metrics_table_html",
     "metrics_table_rows",
     "metrics_table_text",
+    "model_rows",
     "paired_table_html",
     "paired_table_rows",
     "simple_table_html",
@@ -79,7 +82,8 @@ COLUMNS: tuple[Column, ...] = (
 )
 
 
-def _lookup(row: Mapping, path: tuple[str, ...]) -> float:
+def metric_value(row: Mapping, path: tuple[str, ...]) -> float:
+    """The number at ``path`` in a model's metrics row, NaN where it is missing or not a number."""
     value: Any = row
     for key in path:
         if not isinstance(value, Mapping) or key not in value:
@@ -91,7 +95,8 @@ def _lookup(row: Mapping, path: tuple[str, ...]) -> float:
         return math.nan
 
 
-def _fmt(value: float, kind: str) -> str:
+def format_cell(value: float, kind: str) -> str:
+    """A metrics-table cell as text: ``"-"`` for NaN, else by the column's kind."""
     if not math.isfinite(value):
         return "-"
     if kind == "signed":
@@ -107,7 +112,7 @@ def _fmt(value: float, kind: str) -> str:
     return f"{value:.4f}"
 
 
-def _models(metrics: Mapping) -> Mapping[str, Mapping]:
+def model_rows(metrics: Mapping) -> Mapping[str, Mapping]:
     """Accept the whole metrics.json dict or just its ``"models"`` part."""
     models = metrics.get("models", metrics)
     if not isinstance(models, Mapping):
@@ -120,9 +125,9 @@ def _table_values(models: Mapping[str, Mapping]) -> tuple[dict, dict, dict]:
 
     Controls (``control_*``, trained on shuffled labels) never count as best.
     """
-    value = {(m, c.key): _lookup(row, c.path) for m, row in models.items() for c in COLUMNS}
+    value = {(m, c.key): metric_value(row, c.path) for m, row in models.items() for c in COLUMNS}
     std = {
-        (m, c.key): _lookup(row, ("seeds", f"{c.key}_std"))
+        (m, c.key): metric_value(row, ("seeds", f"{c.key}_std"))
         for m, row in models.items()
         for c in COLUMNS
     }
@@ -143,9 +148,9 @@ def _table_values(models: Mapping[str, Mapping]) -> tuple[dict, dict, dict]:
 
 
 def _cell_text(value: float, std: float, kind: str) -> str:
-    text = _fmt(value, kind)
+    text = format_cell(value, kind)
     if math.isfinite(std) and math.isfinite(value):
-        text += " ± " + _fmt(std, kind).lstrip("+")
+        text += " ± " + format_cell(std, kind).lstrip("+")
     return text
 
 
@@ -153,7 +158,7 @@ def metrics_table_rows(metrics: Mapping) -> list[list[str]]:
     """The metrics table as text cells, one row per model: its name, then one cell per
     :data:`COLUMNS` entry (``value ± seed std``, ``*`` on the best per column, controls
     excluded). Takes metrics.json's dict (or its ``"models"`` part)."""
-    models = _models(metrics)
+    models = model_rows(metrics)
     value, std, best = _table_values(models)
     return [
         [
@@ -222,21 +227,24 @@ def paired_table_rows(metrics: Mapping) -> list[list[str]]:
     IC difference, its Newey-West t and p, the block-bootstrap 95% interval and, for
     ``vs_own``, Clark-West's t and one-sided p. Takes metrics.json's dict (or its models)."""
     rows = []
-    for m, row in _models(metrics).items():
+    for m, row in model_rows(metrics).items():
         for scores, tests in (("raw", row), ("neutral", row.get("neutral") or {})):
             for key in PAIRED:
                 test = tests.get(key)
                 if not isinstance(test, Mapping):
                     continue
                 ci = test.get("ci95") or [math.nan, math.nan]
-                lo, hi = (_fmt(float(v) if v is not None else math.nan, "signed") for v in ci)
+                lo, hi = (
+                    format_cell(float(v) if v is not None else math.nan, "signed") for v in ci
+                )
                 cw = test.get("clark_west") or {}
+                fmt, at = format_cell, metric_value
                 rows.append([
                     m, str(test.get("baseline", key)), scores,
-                    _fmt(_lookup(test, ("mean_diff",)), "signed"),
-                    _fmt(_lookup(test, ("t",)), "ratio"), _fmt(_lookup(test, ("p",)), "pvalue"),
+                    fmt(at(test, ("mean_diff",)), "signed"),
+                    fmt(at(test, ("t",)), "ratio"), fmt(at(test, ("p",)), "pvalue"),
                     f"[{lo}, {hi}]" if "-" not in (lo, hi) else "-",
-                    _fmt(_lookup(cw, ("t",)), "ratio"), _fmt(_lookup(cw, ("p",)), "pvalue"),
+                    fmt(at(cw, ("t",)), "ratio"), fmt(at(cw, ("p",)), "pvalue"),
                 ])  # fmt: skip
     return rows
 

@@ -48,29 +48,18 @@ import numpy as np
 import pandas as pd
 
 from relcast.evaluation import plots
-from relcast.evaluation.metrics_table import (  # noqa: F401  (public here too)
-    COLUMNS,
-    Column,
-    _lookup,
-    _models,
+from relcast.evaluation.metrics_table import (
     daily_ic_series,
-    metrics_table_rows,
-    metrics_table_text,
+    metric_value,
+    model_rows,
     simple_table_html,
 )
+from relcast.evaluation.plot_data import PredictionFile, backtest_series, prediction_band
 from relcast.evaluation.report_html import data_health_html, figure_html, note, page_html
-from relcast.evaluation.views import PredictionFile, backtest_series, prediction_band
 from relcast.features.factors import FACTORS
 from relcast.runfolder import RunFolder, read_json
 
-__all__ = [
-    "COLUMNS",
-    "Column",
-    "build_report",
-    "daily_ic_series",
-    "metrics_table_rows",
-    "metrics_table_text",
-]
+__all__ = ["build_report"]
 
 
 BLOCK_VALUES = 2**25  # attention values read at a time (256 MB as float64)
@@ -156,7 +145,7 @@ def build_report(run_dir: str | Path, target: str | None = None) -> Path:
             "(relcast evaluate RUN)"
         )
     metrics = folder.load_metrics()
-    models = _models(metrics)
+    models = model_rows(metrics)
     plot_dir = folder.file("plots")
     plot_dir.mkdir(parents=True, exist_ok=True)
     config_text = folder.config_text()
@@ -330,7 +319,9 @@ def _prediction_section(predictions: PredictionFile, models, target, plot_dir, d
             for m in models
             if m in set(at_h) and not m.startswith(("control_", "naive_")) and m not in FACTORS
         ]
-        ranked.sort(key=lambda m: -np.nan_to_num(_lookup(models[m], ("rank_ic",)), nan=-np.inf))
+        ranked.sort(
+            key=lambda m: -np.nan_to_num(metric_value(models[m], ("rank_ic",)), nan=-np.inf)
+        )
         if not ranked:
             return note("Skipped: no model predictions to show.")
         model = ranked[0]

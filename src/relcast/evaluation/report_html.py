@@ -13,8 +13,8 @@ from typing import Any
 import pandas as pd
 
 from relcast.evaluation.metrics_table import (
-    _fmt,
-    _lookup,
+    format_cell,
+    metric_value,
     metrics_table_html,
     paired_table_html,
     simple_table_html,
@@ -195,7 +195,7 @@ def page_html(run_dir, metrics, models, config_text, health, sections) -> str:
     if by_h:
         frame = pd.DataFrame(by_h).T.astype(float)
         parts.append("<h3>Rank IC by horizon</h3>")
-        parts.append(simple_table_html(frame, lambda v: _fmt(v, "signed"), "horizon-table"))
+        parts.append(simple_table_html(frame, lambda v: format_cell(v, "signed"), "horizon-table"))
     paired = paired_table_html(models)
     if paired:
         parts.append("<h3>Paired tests</h3>")
@@ -209,11 +209,11 @@ def page_html(run_dir, metrics, models, config_text, health, sections) -> str:
         )
     intervals = {
         m: {
-            "pinball": _lookup(row, ("pinball",)),
-            "coverage": _lookup(row, ("coverage",))
+            "pinball": metric_value(row, ("pinball",)),
+            "coverage": metric_value(row, ("coverage",))
             if "coverage" in row
-            else _lookup(row, ("coverage_80",)),
-            "nominal": _lookup(row, ("coverage_nominal",)),
+            else metric_value(row, ("coverage_80",)),
+            "nominal": metric_value(row, ("coverage_nominal",)),
         }
         for m, row in models.items()
         if "pinball" in row or "coverage" in row or "coverage_80" in row
@@ -221,7 +221,7 @@ def page_html(run_dir, metrics, models, config_text, health, sections) -> str:
     if intervals:
         frame = pd.DataFrame(intervals).T
         parts.append("<h3>Quantile forecasts</h3>")
-        parts.append(simple_table_html(frame, lambda v: _fmt(v, "plain"), "interval-table"))
+        parts.append(simple_table_html(frame, lambda v: format_cell(v, "plain"), "interval-table"))
     parts += sections
     body = "\n".join(parts)
     return (

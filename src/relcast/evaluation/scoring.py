@@ -6,7 +6,7 @@ call it on planted arrays. Any span of test dates works: ``split.test`` names th
 walk-forward run passes its pooled test blocks).
 
 Rows of ``metrics["models"]`` (one per entry of ``predictions``, in its order):
-``ic, rank_ic, icir, rank_icir, mse, direction_acc`` (:func:`~relcast.evaluation.metrics.
+``ic, rank_ic, icir, rank_icir, mse, direction_acc`` (:func:`~relcast.metrics.
 signal_metrics`), ``rank_ic_by_horizon``, Newey-West ``ic_t, ic_p, rank_ic_t, rank_ic_p``,
 paired tests ``vs_lightgbm`` / ``vs_reversal`` / ``vs_own`` (:mod:`relcast.evaluation.stats`:
 Newey-West t, a block-bootstrap interval ``ci95`` and, for ``vs_own``, Clark-West),
@@ -25,18 +25,15 @@ A model named ``naive_zero`` (a constant) has no direction, horizon table or bac
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from relcast.evaluation.backtest import long_short_backtest, topk_dropout_backtest
-from relcast.evaluation.metrics import (
-    daily_ic,
-    daily_rank_ic,
-    interval_coverage,
-    pinball_loss,
-    signal_metrics,
+from relcast.evaluation.backtest import (
+    TradingCosts,
+    long_short_backtest,
+    topk_dropout_backtest,
 )
 from relcast.evaluation.neutral import neutralize
 from relcast.evaluation.stats import (
@@ -49,6 +46,13 @@ from relcast.evaluation.stats import (
     seed_mean_std,
 )
 from relcast.features.factors import FACTORS, enabled_factors
+from relcast.metrics import (
+    daily_ic,
+    daily_rank_ic,
+    interval_coverage,
+    pinball_loss,
+    signal_metrics,
+)
 
 STAT_KEYS = ("ic_t", "ic_p", "rank_ic_t", "rank_ic_p")
 SEED_KEYS = ("ic", "rank_ic", "icir", "rank_icir", "mse", "direction_acc", *STAT_KEYS)
@@ -116,7 +120,7 @@ def scored_span(labels: np.ndarray, mask: np.ndarray, split, start: int = 0) -> 
 
     ``labels [T, N, H]`` and ``mask [T, N]`` cover the split's dates ``start .. start+T-1``
     (e.g. :func:`scoring_window`); every test date must lie inside them."""
-    from relcast.features import normalize_labels_cross_section
+    from relcast.features.labels import normalize_labels_cross_section
 
     T = labels.shape[0]
     leak = np.intersect1d(split.test, np.concatenate([split.train, split.valid]))
@@ -163,6 +167,17 @@ def seed_ensemble(runs: list[np.ndarray]) -> np.ndarray:
     return out
 
 
+@dataclass(frozen=True)
+class Spread:
+    """What surrounds a model's point forecast: ``quantiles``, model name -> ``[T, N, H, Q]``
+    quantile forecasts (levels in the settings); ``seed_runs``, model name -> the forecasts
+    of each seed (the row's ``seeds`` gives their spread: mean and std over seeds of each
+    metric)."""
+
+    quantiles: dict[str, np.ndarray] = field(default_factory=dict)
+    seed_runs: dict[str, list[np.ndarray]] = field(default_factory=dict)
+
+
 def score(
     predictions: dict[str, np.ndarray],
     labels: np.ndarray,
@@ -170,8 +185,7 @@ def score(
     split,
     settings: ScoreSettings = ScoreSettings(),
     *,
-    quantiles: dict[str, np.ndarray] | None = None,
-    seed_runs: dict[str, list[np.ndarray]] | None = None,
+    spread: Spread | None = None,
     benchmark: np.ndarray | None = None,
     start: int = 0,
 ) -> dict[str, Any]:
@@ -187,9 +201,7 @@ def score(
         mask: ``[T, N]`` the cells scored (stocks with features; indices excluded).
         split: ``train, valid, test`` date indices, ``embargo`` and ``dates [T]``.
         settings: portfolio, quantile, label, factor and bootstrap settings.
-        quantiles: model name -> ``[T, N, H, Q]`` quantile forecasts (levels in settings).
-        seed_runs: model name -> the forecasts of each seed: the row's ``seeds`` gives their
-            spread (mean and std over seeds of each metric).
+        spread: quantile forecasts and the seeds' forecasts (:class:`Spread`).
         benchmark: ``[T]`` benchmark return of the top-k portfolio (default: equal-weight
             mean of the horizon-1 labels over ``mask``).
         start: the split's index of the arrays' first date.
@@ -197,7 +209,8 @@ def score(
     span = scored_span(labels, mask, split, start)
     days, z, cell = span.days, span.z, span.mask
     H = labels.shape[2]
-    quantiles, seed_runs = quantiles or {}, seed_runs or {}
+    spread = spread or Spread()
+    quantiles, seed_runs = spread.quantiles, spread.seed_runs
     if benchmark is None:
         benchmark = benchmark_returns(labels[..., 0], mask, np.zeros(mask.shape[1], bool))
     lag = newey_west_lag(1)  # every model is scored against the horizon-1 label
@@ -392,12 +405,12 @@ def backtests(score, ret1, cell, days, benchmark, settings: ScoreSettings):
     r = np.where(cell, ret1, np.nan)[days]
     m = cell[days] & np.isfinite(s)
     topk = min(settings.topk, max(1, int(m.sum(axis=1).min()) // 2))
-    costs = dict(buy_cost=settings.buy_cost, sell_cost=settings.sell_cost)
+    costs = TradingCosts(settings.buy_cost, settings.sell_cost)
     tk = topk_dropout_backtest(
-        s, r, m, topk=topk, n_drop=min(settings.n_drop, topk), benchmark=benchmark[days],
-        periods_per_year=settings.periods_per_year, **costs,
+        s, r, m, topk=topk, n_drop=min(settings.n_drop, topk), costs=costs,
+        benchmark=benchmark[days], periods_per_year=settings.periods_per_year,
     )  # fmt: skip
     ls = long_short_backtest(
-        s, r, m, quantile=0.2, periods_per_year=settings.periods_per_year, **costs
+        s, r, m, quantile=0.2, costs=costs, periods_per_year=settings.periods_per_year
     )
     return {"topk": {"k": topk, **tk.metrics}, "long_short": ls.metrics}, (tk, ls)

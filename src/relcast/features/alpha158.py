@@ -25,7 +25,7 @@ Where this differs from qlib, on purpose:
 
 - A rolling value is NaN until its whole window exists (qlib's operators use
   ``min_periods=1`` and give partial-window values after a listing); each feature reports
-  the warm-up bars :func:`relcast.features.build_features` waits for.
+  the warm-up bars :func:`relcast.features.build.build_features` waits for.
 - Values that are not finite (a flat window in ``RSQR``/``CORR``, a zero-volume bar in
   ``CORD``'s log volume ratio) are NaN here. ``build_features`` puts them at the
   cross-sectional median (0 after its z-score), like qlib's ``Fillna`` after its normaliser.
@@ -45,7 +45,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from relcast.data.panel import Panel
-from relcast.features.indicators import _fill_leading, _shift, ffill, rolling_max, rolling_min
+from relcast.features.indicators import ffill, fill_leading, lag_rows, rolling_max, rolling_min
 
 WINDOWS = (5, 10, 20, 30, 60)
 KBAR = ("KMID", "KLEN", "KMID2", "KUP", "KUP2", "KLOW", "KLOW2", "KSFT", "KSFT2")
@@ -77,7 +77,7 @@ def alpha158_features(
     """Raw Alpha158 features of every stock: ``(features, warmup)``.
 
     Inputs are ``[T, N]``, forward-filled over suspensions (leading NaN before listing), volume
-    0 on suspended bars, as :func:`relcast.features.build_features` prepares them.
+    0 on suspended bars, as :func:`relcast.features.build.build_features` prepares them.
     ``features[name]`` is ``float32 [T, N]`` (NaN where undefined); ``warmup[name]`` is the number
     of earlier bars it needs. Names follow :func:`alpha158_names` (grouped by operator).
     """
@@ -105,11 +105,11 @@ def alpha158_features(
                 put(name, np.asarray(price, dtype=np.float64) / c, 0)
 
         # per-bar series the rolling operators read
-        dc = c - _shift(c, 1)  # (T, N) close change, NaN on a stock's first bar
-        dv = v - _shift(v, 1)
-        ret = c / _shift(c, 1)
+        dc = c - lag_rows(c, 1)  # (T, N) close change, NaN on a stock's first bar
+        dv = v - lag_rows(v, 1)
+        ret = c / lag_rows(c, 1)
         log_v = np.log(v + 1.0)
-        log_dv = np.log(v / _shift(v, 1) + 1.0)  # inf/NaN after a zero-volume bar
+        log_dv = np.log(v / lag_rows(v, 1) + 1.0)  # inf/NaN after a zero-volume bar
         log_dv[~np.isfinite(log_dv)] = np.nan
         wv = np.abs(ret - 1.0) * v
         up = np.where(np.isnan(dc), np.nan, dc > 0)
@@ -121,7 +121,7 @@ def alpha158_features(
             dv_up=np.maximum(dv, 0.0), dv_down=np.maximum(-dv, 0.0), dv_abs=np.abs(dv),
         )  # fmt: skip
         for d in windows:  # computed window by window, listed operator by operator below
-            put(f"ROC{d}", _shift(c, d) / c, d)
+            put(f"ROC{d}", lag_rows(c, d) / c, d)
             put(f"MA{d}", S.mean("c", d) / c, d - 1)
             put(f"STD{d}", S.std("c", d) / c, d - 1)
             slope, rsq, resi = S.regression("c", d)
@@ -196,13 +196,13 @@ class _RunningSums:
         x = self.series[names[0]]
         if kind == "abs":
             return np.abs(x)
-        x = x - _fill_leading(x)[0][:1]  # centred
+        x = x - fill_leading(x)[0][:1]  # centred
         if kind == "c":
             return x
         if kind == "k":
             return np.arange(len(x), dtype=np.float64)[:, None] * x
         y = self.series[names[1]]
-        return x * (y - _fill_leading(y)[0][:1])  # "cc"
+        return x * (y - fill_leading(y)[0][:1])  # "cc"
 
     def sum(self, key, d: int) -> np.ndarray:
         if key not in self._running:

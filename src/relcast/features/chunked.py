@@ -1,4 +1,4 @@
-""":func:`~relcast.features.build_features` in blocks, with the same values, for panels whose
+""":func:`~relcast.features.build.build_features` in blocks, with the same values, for panels whose
 ``[T, N, F]`` feature array does not fit in memory (``data.store: memmap``).
 
 The features split cleanly along two axes:
@@ -27,15 +27,15 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from relcast.data.panel import Panel, memory_map_of, release_pages
-from relcast.features import (
+from relcast.features.alpha158 import alpha158_features, panel_vwap
+from relcast.features.build import (
     DEFAULT_WINDOWS,
     EQUAL_WEIGHT_INDEX,
-    _index_features,
-    _price,
-    _regime_features,
-    _traded_quantity,
+    index_features,
+    index_regime_features,
+    price_field,
+    traded_quantity,
 )
-from relcast.features.alpha158 import alpha158_features, panel_vwap
 from relcast.features.calendar import calendar_features
 from relcast.features.indicators import compute_indicators, ffill
 from relcast.features.normalize import cross_sectional_robust_zscore, resolve_train_end
@@ -68,10 +68,10 @@ def _raw_indicators(panel: Panel, windows, alpha158: bool) -> tuple[dict, dict, 
     ``(raw, warmup, groups)`` with groups ``own`` (and ``alpha158``)."""
     mask = panel.mask
     close = ffill(np.where(mask, panel.field("close"), np.nan))
-    ohl = [_price(panel, name, close) for name in ("open", "high", "low")]
+    ohl = [price_field(panel, name, close) for name in ("open", "high", "low")]
     listed = np.logical_or.accumulate(mask, axis=0)
-    volume = _traded_quantity(panel, "volume", mask, listed)
-    amount = _traded_quantity(panel, "amount", mask, listed) if "amount" in panel.fields else None
+    volume = traded_quantity(panel, "volume", mask, listed)
+    amount = traded_quantity(panel, "amount", mask, listed) if "amount" in panel.fields else None
     raw, warmup = compute_indicators(*ohl, close, volume, windows=windows, amount=amount)
     groups = {"own": list(raw)}
     if alpha158:
@@ -152,12 +152,12 @@ class ChunkedFeatures:
         p = self.panel
         indices = self._index_levels()
         out = {}
-        out["index"] = _index_features(
+        out["index"] = index_features(
             *indices, lambda: resolve_train_end(p.dates, train_end), self.scalers
         )
         out["calendar"] = calendar_features(p.dates)
         if regime_window is not None:
-            out["regime"] = _regime_features(*indices, regime_window)
+            out["regime"] = index_regime_features(*indices, regime_window)
         return out
 
     # ------------------------------------------------------------------ blocks

@@ -39,7 +39,7 @@ def ffill(x: np.ndarray) -> np.ndarray:
     return np.take_along_axis(x, idx, axis=0)
 
 
-def _fill_leading(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def fill_leading(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Replace each column's leading NaN by its first value, for filters that hate NaN.
 
     Returns the filled array and the boolean ``[T, N]`` mask of leading positions, which the
@@ -55,7 +55,7 @@ def _fill_leading(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.where(lead, first_value, x), lead
 
 
-def _shift(x: np.ndarray, k: int) -> np.ndarray:
+def lag_rows(x: np.ndarray, k: int) -> np.ndarray:
     """``x[t - k]`` at row ``t`` (NaN for the first ``k`` rows)."""
     out = np.full_like(x, np.nan, dtype=np.float64)
     if k < x.shape[0]:
@@ -75,7 +75,7 @@ def _safe_div(num: np.ndarray, den: np.ndarray, fill: float = np.nan) -> np.ndar
 
 def exp_smooth(x: np.ndarray, alpha: float) -> np.ndarray:
     """``y[t] = alpha * x[t] + (1 - alpha) * y[t-1]``, seeded with each column's first value."""
-    xf, lead = _fill_leading(x)
+    xf, lead = fill_leading(x)
     x0 = xf[:1]  # (1, N): subtracting the seed makes the zero initial state exact
     y = lfilter([alpha], [1.0, alpha - 1.0], xf - x0, axis=0) + x0
     y[lead] = np.nan
@@ -116,7 +116,7 @@ def rolling_std(x: np.ndarray, window: int) -> np.ndarray:
     """Population standard deviation (ddof=0, as TA-Lib ``STDDEV``) over the last ``window``."""
     x = np.asarray(x, dtype=np.float64)
     # centre on each column's first value so E[x^2] - E[x]^2 does not cancel catastrophically
-    xf, lead = _fill_leading(x)
+    xf, lead = fill_leading(x)
     xc = np.where(lead, np.nan, xf - xf[:1])
     mean = sma(xc, window)
     var = sma(xc * xc, window) - mean * mean
@@ -125,14 +125,14 @@ def rolling_std(x: np.ndarray, window: int) -> np.ndarray:
 
 def rolling_max(x: np.ndarray, window: int) -> np.ndarray:
     """Maximum over ``[t - window + 1, t]`` (TA-Lib ``MAX``); NaN during the first window."""
-    xf, lead = _fill_leading(x)
+    xf, lead = fill_leading(x)
     out = maximum_filter1d(xf, size=window, axis=0, origin=(window - 1) // 2, mode="nearest")
     return _mask_warmup(out, lead, window - 1)
 
 
 def rolling_min(x: np.ndarray, window: int) -> np.ndarray:
     """Minimum over ``[t - window + 1, t]`` (TA-Lib ``MIN``); NaN during the first window."""
-    xf, lead = _fill_leading(x)
+    xf, lead = fill_leading(x)
     out = minimum_filter1d(xf, size=window, axis=0, origin=(window - 1) // 2, mode="nearest")
     return _mask_warmup(out, lead, window - 1)
 
@@ -150,18 +150,18 @@ def _mask_warmup(out: np.ndarray, lead: np.ndarray, bars: int) -> np.ndarray:
 
 def simple_return(close: np.ndarray, k: int) -> np.ndarray:
     """``close[t] / close[t-k] - 1`` (TA-Lib ``ROC`` / 100)."""
-    return np.asarray(close, dtype=np.float64) / _shift(close, k) - 1.0
+    return np.asarray(close, dtype=np.float64) / lag_rows(close, k) - 1.0
 
 
 def log_return(close: np.ndarray, k: int) -> np.ndarray:
     """``log(close[t] / close[t-k])``."""
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.log(np.asarray(close, dtype=np.float64) / _shift(close, k))
+        return np.log(np.asarray(close, dtype=np.float64) / lag_rows(close, k))
 
 
 def rsi(close: np.ndarray, period: int = 14) -> np.ndarray:
     """Relative strength index in ``[0, 100]`` (Wilder); 50 when price did not move at all."""
-    delta = np.asarray(close, dtype=np.float64) - _shift(close, 1)
+    delta = np.asarray(close, dtype=np.float64) - lag_rows(close, 1)
     gain = wilder(np.maximum(delta, 0.0), period)
     loss = wilder(np.maximum(-delta, 0.0), period)
     return 100.0 * _safe_div(gain, gain + loss, fill=0.5)
@@ -187,7 +187,7 @@ def bollinger(
 
 def true_range(high: np.ndarray, low: np.ndarray, close: np.ndarray) -> np.ndarray:
     """``max(high - low, |high - prev close|, |low - prev close|)``; ``high - low`` on bar 1."""
-    prev = _shift(close, 1)
+    prev = lag_rows(close, 1)
     hl = np.asarray(high, dtype=np.float64) - low
     tr = np.fmax(hl, np.fmax(np.abs(high - prev), np.abs(low - prev)))
     return np.where(np.isnan(prev), hl, tr)
@@ -204,7 +204,7 @@ def obv(close: np.ndarray, volume: np.ndarray) -> np.ndarray:
     The level starts at the first bar's volume, like TA-Lib; only its changes carry meaning.
     """
     close = np.asarray(close, dtype=np.float64)
-    direction = np.sign(close - _shift(close, 1))
+    direction = np.sign(close - lag_rows(close, 1))
     flow = np.where(np.isnan(direction), 0.0, direction) * volume
     lead = ~np.logical_or.accumulate(~np.isnan(close), axis=0)
     prev_lead = np.ones_like(lead)
@@ -286,11 +286,11 @@ def compute_indicators(
         put(f"vol{w}", rolling_std(logret1, w), w)
     for w in (w for w in windows if w <= 20):
         put(f"volume_ratio{w}", np.log((v + 1.0) / (sma(v, w) + 1.0)), w - 1)
-    signed = np.sign(c - _shift(c, 1)) * v
+    signed = np.sign(c - lag_rows(c, 1)) * v
     put("obv_change20", _safe_div(rolling_sum(signed, 20), rolling_sum(v, 20), fill=0.0), 20)
     put("range", (h - lo) / c, 0)
     put("close_pos", _safe_div(c - lo, h - lo, fill=0.5), 0)
-    put("gap", o / _shift(c, 1) - 1.0, 1)
+    put("gap", o / lag_rows(c, 1) - 1.0, 1)
     hh, ll = rolling_max(h, STOCH_WINDOW), rolling_min(lo, STOCH_WINDOW)
     put(f"stoch{STOCH_WINDOW}", _safe_div(c - ll, hh - ll, fill=0.5), STOCH_WINDOW - 1)
     put("dist_high20", c / rolling_max(h, 20) - 1.0, 19)

@@ -47,9 +47,6 @@ def chronological_split(
     *,
     valid_start: str | np.datetime64 | None = None,
     test_start: str | np.datetime64 | None = None,
-    train_end: str | np.datetime64 | None = None,
-    valid_end: str | np.datetime64 | None = None,
-    test_end: str | np.datetime64 | None = None,
 ) -> Split:
     """Split dates into train, valid and test, in that order, with embargo gaps.
 
@@ -60,20 +57,14 @@ def chronological_split(
 
     Sizes come from ``valid_frac`` / ``test_frac`` of all dates (test at the end), unless
     ``valid_start`` / ``test_start`` give the first date of a span (the first panel date
-    ``>=`` the given one). ``train_end`` and ``valid_end`` (both, inclusive, optional
-    ``test_end``) give the spans by date instead and win over everything else: train =
-    dates ``<= train_end``, valid = ``(train_end, valid_end]``, test = ``(valid_end,
-    test_end]`` (the benchmark protocol: train ..2015-12-31, valid 2016, test 2017), each
-    of the first two minus its last ``embargo`` dates. ``valid_frac=0`` (without
-    ``valid_start``) means no validation span. Raises ``ValueError`` naming the problem
-    when a span would be empty or a date falls outside ``dates``.
+    ``>=`` the given one); :func:`split_by_end_dates` gives the spans by their last dates
+    instead. ``valid_frac=0`` (without ``valid_start``) means no validation span. Raises
+    ``ValueError`` naming the problem when a span would be empty.
     """
     dates = np.asarray(dates, dtype="datetime64[ns]")
     T = len(dates)
     if embargo < 0:
         raise ValueError(f"embargo must be >= 0, got {embargo}")
-    if train_end is not None or valid_end is not None:
-        return _split_by_end_dates(dates, embargo, train_end, valid_end, test_end)
     for name, frac in (("valid_frac", valid_frac), ("test_frac", test_frac)):
         if not 0 <= frac < 1:
             raise ValueError(f"{name} must be in [0, 1), got {frac}")
@@ -110,8 +101,22 @@ def chronological_split(
     return Split(train=train, valid=valid, test=test, embargo=embargo, dates=dates)
 
 
-def _split_by_end_dates(dates: np.ndarray, embargo: int, train_end, valid_end, test_end) -> Split:
-    """Spans that end at given dates (inclusive); the embargo is cut from the earlier span."""
+def split_by_end_dates(
+    dates: np.ndarray,
+    train_end: str | np.datetime64 | None,
+    valid_end: str | np.datetime64 | None,
+    test_end: str | np.datetime64 | None = None,
+    *,
+    embargo: int = 1,
+) -> Split:
+    """Spans that end at given dates (inclusive): train = dates ``<= train_end``, valid =
+    ``(train_end, valid_end]``, test = ``(valid_end, test_end]`` (the benchmark protocol:
+    train ..2015-12-31, valid 2016, test 2017; ``test_end`` None: the last date), each of the
+    first two minus its last ``embargo`` dates. Raises ``ValueError`` naming the problem when
+    a span would be empty or a date falls outside ``dates``."""
+    dates = np.asarray(dates, dtype="datetime64[ns]")
+    if embargo < 0:
+        raise ValueError(f"embargo must be >= 0, got {embargo}")
     if train_end is None or valid_end is None:
         raise ValueError("train_end and valid_end must be given together (test_end optional)")
     T = len(dates)

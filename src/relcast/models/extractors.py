@@ -13,7 +13,7 @@ Every extractor has the same two verbs (sklearn style):
 This module holds the parts that learn nothing by gradient (V1, V2) and V3's pieces: its
 encoder, loss and positive pairs. The V3 estimator, whose ``fit`` is a training loop, is
 :class:`relcast.training.contrastive.ContrastiveExtractor`; the factory by name is
-:func:`relcast.relationships.make_extractor`.
+:func:`relcast.relationships.store.make_extractor`.
 
 =========  ====================================================  ============================
 version    what                                                  columns

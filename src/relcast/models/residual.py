@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,7 @@ def _cap_rows(t: np.ndarray, n: np.ndarray, cap: int | None, seed: int):
     return t[pick], n[pick]
 
 
+@dataclass(eq=False)
 class ResidualBooster:
     """Gradient boosting on Stage1's residuals (sklearn style: ``fit`` then ``predict``).
 
@@ -70,27 +72,15 @@ class ResidualBooster:
     ``report_`` (validation metrics of Stage1 alone vs Stage1+Stage2) and ``helped_``.
     """
 
-    def __init__(
-        self,
-        num_leaves: int = 31,
-        n_estimators: int = 300,
-        learning_rate: float = 0.05,
-        early_stopping_rounds: int = 30,
-        seed: int = 0,
-        use_embeddings: bool = True,
-        calibrate: bool = True,
-        n_jobs: int | None = None,
-        max_rows: int | None = None,
-    ) -> None:
-        self.num_leaves = num_leaves
-        self.n_estimators = n_estimators
-        self.learning_rate = learning_rate
-        self.early_stopping_rounds = early_stopping_rounds
-        self.seed = seed
-        self.use_embeddings = use_embeddings
-        self.calibrate = calibrate
-        self.n_jobs = n_jobs
-        self.max_rows = max_rows
+    num_leaves: int = 31
+    n_estimators: int = 300
+    learning_rate: float = 0.05
+    early_stopping_rounds: int = 30
+    seed: int = 0
+    use_embeddings: bool = True
+    calibrate: bool = True
+    n_jobs: int | None = None
+    max_rows: int | None = None
 
     # ------------------------------------------------------------------ helpers
     def _design_rows(
@@ -197,7 +187,7 @@ class ResidualBooster:
         self.n_features_in_ = x_tr.shape[-1]
 
         # Report: Stage1 alone vs Stage1+Stage2 on the validation span.
-        from relcast.models.metrics import signal_metrics
+        from relcast.metrics import signal_metrics
 
         valid = np.asarray(valid_index)
         vmask = usable[valid]

@@ -191,7 +191,7 @@ class RelcastForecaster:
         """How each Stage1 is trained: the run's specs (as the pipeline reads them from the
         config), for one process, logging under ``out_dir``."""
         from relcast import distributed
-        from relcast.relationships import Stage1Fit
+        from relcast.relationships.store import Stage1Fit
         from relcast.training.specs import Stage1Spec, TrainerSpec
 
         trainer = TrainerSpec.from_settings(distributed.trainer_settings(config.trainer))
@@ -205,25 +205,13 @@ class RelcastForecaster:
 
     def _extractor(self, config, instruments: np.ndarray, target: np.ndarray):
         """The config's relationship extractor (as the run context builds it)."""
-        from relcast.relationships import make_extractor
+        from relcast.relationships.store import extractor_from_spec
         from relcast.training.specs import ExtractorSpec
         from relcast.training.stage1 import encode_sectors
 
-        e = ExtractorSpec.from_config(config)
         labels = self._sector_labels(instruments)
         sector_ids = None if labels is None else encode_sectors(labels, len(instruments))[0]
-        return make_extractor(
-            e.kind,
-            is_index=~target,
-            sector_ids=sector_ids,
-            method=e.method,
-            n_components=e.n_components,
-            stage1_score=e.stage1_score,
-            neighbours=e.neighbours,
-            label_delay=e.label_delay,
-            seed=e.seed,
-            **e.v3,
-        )
+        return extractor_from_spec(ExtractorSpec.from_config(config), ~target, sector_ids)
 
     # ------------------------------------------------------------------ fit
     def fit(self, dataset: Any) -> RelcastForecaster:
@@ -282,9 +270,11 @@ class RelcastForecaster:
     def _fit_hybrid(self, f: FeatureSet, labels, stage1_labels, split, work: Path, history):
         """The relationship store and Stage3 (what ``Pipeline.extract`` and ``stage3`` do)."""
         from relcast import distributed
-        from relcast.relationships import StorePlan, best_epoch_count, build_relationship_store
+        from relcast.relationships.folds import best_epoch_count
+        from relcast.relationships.store import StorePlan, build_relationship_store
         from relcast.training.specs import Stage3Spec, TrainerSpec
-        from relcast.training.stage3 import assemble_inputs, fit_stage3
+        from relcast.training.stage3 import fit_stage3
+        from relcast.training.stage3_inputs import assemble_inputs
 
         config, target = self.config_, self.target_
         r = config.relationships
@@ -355,7 +345,7 @@ class RelcastForecaster:
         f = data.features
         wanted = positions_between(f.dates, first, last)
         if self.forecast == "stage1":
-            from relcast.training.stage1 import predict_stage1
+            from relcast.models.cross_sectional import predict_stage1
 
             point = predict_stage1(self.stage1_, f)["pred"][..., 0]  # (T, N)
         else:
@@ -382,7 +372,8 @@ class RelcastForecaster:
         return values
 
     def _predict_hybrid(self, f: FeatureSet, wanted: np.ndarray) -> np.ndarray:
-        from relcast.training.stage3 import assemble_inputs, predict_stage3
+        from relcast.training.stage3 import predict_stage3
+        from relcast.training.stage3_inputs import assemble_inputs
 
         inputs = assemble_inputs(
             f,

@@ -183,7 +183,7 @@ class RunContext:
     def features_for(self, panel: Panel, scalers: dict | None = None) -> FeatureSet:
         """Features of any panel on the run's symbols, scaled with the statistics of the
         training span (:attr:`feature_scalers`); ``scalers={}`` fits them (and fills it)."""
-        from relcast.features import build_features
+        from relcast.features.build import build_features
 
         r = self.config.relationships
         features = build_features(
@@ -250,7 +250,7 @@ class RunContext:
     @cached_property
     def stage1_outputs(self) -> dict[str, np.ndarray]:
         """Stage1 predictions and embeddings for every date of the run's features."""
-        from relcast.training.stage1 import predict_stage1
+        from relcast.models.cross_sectional import predict_stage1
 
         return predict_stage1(self.stage1_model, self.features)
 
@@ -268,24 +268,13 @@ class RunContext:
         return values[: len(self.features.dates)], stored["names"]
 
     def make_extractor(self, spec: ExtractorSpec | None = None):
-        """An unfitted extractor of the run's kind (relcast.relationships.make_extractor)."""
-        from relcast.relationships import make_extractor
+        """An unfitted extractor of the run's kind (default: the config's spec)."""
+        from relcast.relationships.store import extractor_from_spec
         from relcast.training.stage1 import encode_sectors
 
-        e = self.extractor_spec if spec is None else spec
         sector_ids, _ = encode_sectors(self.panel.sectors, self.panel.num_symbols)
-        return make_extractor(
-            e.kind,
-            is_index=self.panel.is_index,
-            sector_ids=sector_ids,
-            method=e.method,
-            n_components=e.n_components,
-            stage1_score=e.stage1_score,
-            neighbours=e.neighbours,
-            label_delay=e.label_delay,
-            seed=e.seed,
-            **e.v3,  # V3's settings (the other extractors take none)
-        )
+        spec = self.extractor_spec if spec is None else spec
+        return extractor_from_spec(spec, self.panel.is_index, sector_ids)
 
     @cached_property
     def extractor(self):

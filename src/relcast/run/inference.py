@@ -278,7 +278,7 @@ def _update(run_dir, data: str, date_format: str | None = None) -> pd.DataFrame:
     table = forecasts if history is None else pd.concat([history, forecasts], ignore_index=True)
     out = io.BytesIO()
     table.to_parquet(out, index=False)
-    from relcast.relationships import RelationshipStore
+    from relcast.relationships.store import RelationshipStore
 
     store = RelationshipStore(
         combined.dates, combined.symbols, list(names), rel, mask, fold_of, features=features

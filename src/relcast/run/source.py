@@ -63,7 +63,7 @@ def check_universe_file(path: str) -> None:
     import pandas as pd
     import yaml
 
-    from relcast.data.readers import read_universe
+    from relcast.data.universe import read_universe
 
     try:
         meta = read_universe(path)

@@ -30,11 +30,11 @@ from relcast.runfolder.base import (
     temp_owner,
 )
 from relcast.runfolder.lock import (
-    _HELD,
-    _lock_wait,
+    HELD_LOCKS,
     acquire,
     holder,
     job_id,
+    lock_wait_seconds,
     read_info,
     release,
     secondary_rank,
@@ -404,7 +404,7 @@ class RunFolder:
         """Recover now unless another writer holds the folder (it then owns its files)."""
         from relcast import distributed
 
-        if not self.path.is_dir() or self._key() in _HELD or not self.is_run_folder():
+        if not self.path.is_dir() or self._key() in HELD_LOCKS or not self.is_run_folder():
             return False  # not there, this thread is the writer (mid-operation), or foreign
         if job_id() is not None and distributed.rank() > 0:
             return False  # a real launcher's rank 0 recovers for its job
@@ -452,20 +452,20 @@ class RunFolder:
         fail at once). Re-entrant within one thread; recovery runs only on the outer entry.
         """
         key = self._key()
-        wait = _lock_wait() if timeout is None else timeout
-        if key in _HELD or secondary_rank(self.path, wait):
+        wait = lock_wait_seconds() if timeout is None else timeout
+        if key in HELD_LOCKS or secondary_rank(self.path, wait):
             yield self
             return
         self.check_writable()
         created = not self.path.exists()
         fd, owners = acquire(self.path, command, wait)
-        _HELD[key] = fd
+        HELD_LOCKS[key] = fd
         try:
             self.recover(owners)
             settled(fd)
             yield self
         finally:
-            del _HELD[key]
+            del HELD_LOCKS[key]
             try:
                 self._sweep_own()
             finally:

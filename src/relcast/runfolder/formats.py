@@ -187,7 +187,7 @@ def load_stage1(path: Path):
 def load_stage3(path: Path):
     """A Stage3 model (registry kind; with its regime gate or rawconcat projection if it had
     one), in eval mode."""
-    from relcast.models.temporal import create_model
+    from relcast.models.temporal.registry import create_model
 
     state, info = load_state(path)
     if path.parent.name.startswith("stage3_rawconcat_") and "cross_input" not in info:
@@ -199,7 +199,7 @@ def load_stage3(path: Path):
         cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in info["config"].items()}
         model = create_model(info["kind"], **cfg)
         if "regime_gate" in info:
-            from relcast.models.regime import RegimeGatedModel
+            from relcast.models.regime_gate import RegimeGatedModel
 
             model = RegimeGatedModel(model, **info["regime_gate"])
         if "cross_input" in info:  # rawconcat: the every-stock block's projection

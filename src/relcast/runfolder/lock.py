@@ -24,7 +24,7 @@ from pathlib import Path
 from relcast.runfolder.base import LOCK, LOCK_WAIT_ENV, RunFolderBusy, RunFolderError
 
 # (resolved path, thread) -> lock file descriptor: a thread holding a folder may take it again
-_HELD: dict[tuple[str, int], int] = {}
+HELD_LOCKS: dict[tuple[str, int], int] = {}
 
 
 def job_id() -> str | None:
@@ -105,7 +105,8 @@ def write_info(fd: int, info: dict) -> None:
     os.pwrite(fd, json.dumps(info).encode(), 0)
 
 
-def _lock_wait() -> float:
+def lock_wait_seconds() -> float:
+    """Seconds to wait for another writer: ``RELCAST_LOCK_WAIT`` (default 0, fail at once)."""
     raw = os.environ.get(LOCK_WAIT_ENV, "0") or "0"
     try:
         return max(0.0, float(raw))

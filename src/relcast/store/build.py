@@ -4,7 +4,7 @@ features, labels and panel of a run block by block, with the values of the in-me
 from __future__ import annotations
 
 from relcast.data.panel import Panel
-from relcast.features import forward_returns
+from relcast.features.labels import forward_returns
 from relcast.store.memmap import MemmapFeatureStore
 from relcast.store.settings import StoreSettings
 from relcast.store.sources import save_panel_memmap

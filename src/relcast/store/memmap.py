@@ -10,7 +10,7 @@ brought in from disk:
     values_by_date.npy  float32 [T, N, F]   the same, time-major (Stage1, extraction, LightGBM)
     mask.npy        bool    [T, N]      True where every feature is defined
     labelled.npy    bool    [T, N]      mask and a finite label for every horizon
-    labels.npy      float32 [T, N, H]   forward returns (relcast.features.forward_returns)
+    labels.npy      float32 [T, N, H]   forward returns (relcast.features.labels.forward_returns)
     targets.npy     float32 [T, N, H]   labels z-scored across the valid stocks of each date
     sector_ids.npy  int64   [N]
 
@@ -48,14 +48,11 @@ import numpy as np
 from numpy.lib.format import open_memmap
 
 from relcast.data.panel import Panel, RelcastDataError, memory_map_of, release_pages
-from relcast.features import DEFAULT_WINDOWS, build_features, forward_returns
+from relcast.features.build import DEFAULT_WINDOWS, build_features
 from relcast.features.featureset import FeatureSet
-from relcast.features.labels import normalize_labels_cross_section
+from relcast.features.labels import forward_returns, normalize_labels_cross_section
 from relcast.store.settings import StoreSettings
-from relcast.store.sources import (  # noqa: F401  (panel_slices: importable from here too)
-    index_context,
-    panel_slices,
-)
+from relcast.store.sources import index_context
 
 STORE_VERSION = 1
 ARRAYS = ("values", "values_by_date", "mask", "labelled", "labels", "targets")
@@ -348,8 +345,8 @@ def build_feature_store(
         folder: the store's folder (created).
         source: ``source(start, stop)`` returns the bars of dates ``start .. stop - 1`` as a
             Panel with the same symbols every time (e.g. read from partitioned Parquet);
-            :func:`panel_slices` wraps an in-memory panel. It must include at least one
-            market index (``is_index``).
+            :func:`relcast.store.sources.panel_slices` wraps an in-memory panel. It must
+            include at least one market index (``is_index``).
         dates: all T dates of the source.
         settings: ``horizons`` (H of the labels), ``label_delay`` (``data.label_delay``;
             ``forward_returns(delay=...)``), ``train_end`` (last date index of the training

@@ -68,7 +68,7 @@ class RunStore:
         return features_for(panel, dict(scalers))
 
     def labels(self, panel: Panel, horizons: int, delay: int) -> np.ndarray:
-        from relcast.features import forward_returns
+        from relcast.features.labels import forward_returns
 
         return forward_returns(panel, horizons, delay=delay)
 

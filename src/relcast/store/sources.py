@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from relcast.data.panel import Panel, RelcastDataError, memory_map_of, release_pages
-from relcast.features import build_features
+from relcast.features.build import build_features
 
 
 def panel_slices(panel: Panel) -> Callable[[int, int], Panel]:

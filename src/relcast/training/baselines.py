@@ -16,6 +16,7 @@ any object with the same attributes works. Scoring lives in :mod:`relcast.evalua
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
@@ -157,17 +158,27 @@ def shuffle_within_dates(y: np.ndarray, mask: np.ndarray, seed: int) -> np.ndarr
     return out
 
 
+@dataclass(frozen=True)
+class LightgbmFit:
+    """What LightGBM (and its shuffled control) is fitted on: ``z1 [T', N]``, horizon-1
+    labels z-scored across stocks, of the first ``T' <= T`` dates (up to the last
+    validation date is enough); ``cell [T, N]``, the stocks scored (features present,
+    indices excluded); the ``split`` (train, early stopping on valid); the ``seed``."""
+
+    z1: Any
+    cell: Any
+    split: Any
+    seed: int = 0
+
+
 def baseline_predictions(
-    panel, features, z1: np.ndarray, cell: np.ndarray, split, horizons: int, seed: int,
-    settings: Any = DEFAULTS, dates: slice | None = None,
+    panel, features, fit: LightgbmFit, horizons: int, settings: Any = DEFAULTS,
+    dates: slice | None = None,
 ) -> dict[str, np.ndarray]:  # fmt: skip
     """Every baseline's forecast ``[T, N, H]`` (one score repeated over the horizons), or
     ``[W, N, H]`` over the dates ``dates`` only (the same values: no ``[T, N]`` forecast).
-
-    ``z1 [T', N]``: horizon-1 labels z-scored across stocks (what LightGBM is fitted on) of
-    the first ``T' <= T`` dates (up to the last validation date is enough);
-    ``cell [T, N]``: the stocks scored (features present, indices excluded).
-    """
+    The factors read the panel; LightGBM is fitted as ``fit`` says (:class:`LightgbmFit`)."""
+    z1, cell, split, seed = fit.z1, fit.cell, fit.split, fit.seed
     T, N, H = features.values.shape[0], features.values.shape[1], horizons
     lo, hi, _ = (dates or slice(0, T)).indices(T)
 

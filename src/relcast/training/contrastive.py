@@ -9,7 +9,7 @@ what trains them, :func:`train_contrastive_encoder`, is here on the training flo
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -29,19 +29,55 @@ from relcast.models.extractors import (
 from relcast.progress import PassProgress
 
 
+@dataclass(frozen=True)
+class ContrastiveSettings:
+    """V3's settings (the config's ``relationships.v3`` section, plus the seed).
+
+    Attributes:
+        proj_dim: size of the learned unit projection ``ctr_*``.
+        hidden_size: width of the encoder's hidden layer.
+        inputs: ``"features"`` (the stock's own features at t, ``feature_groups``) or
+            ``"embeddings"`` (Stage1's embeddings at t).
+        feature_groups: feature groups read when ``inputs`` is ``"features"``.
+        positives: ``"sector"``, ``"corr"`` (the ``top_k`` most correlated stocks over the
+            trailing ``corr_window`` realised returns) or ``"both"``.
+        corr_window, top_k: see ``positives``.
+        temperature: InfoNCE temperature.
+        identity_dim: size of a learned stock-identity embedding concatenated to the input
+            (as Stage1 does; 0 disables).
+        steps, batch_dates, lr: training steps, dates per step, learning rate.
+        seed: seed of the initial weights and of the batches of dates.
+    """
+
+    proj_dim: int = 16
+    hidden_size: int = 64
+    inputs: str = "features"
+    feature_groups: tuple[str, ...] = ("own",)
+    positives: str = "both"
+    corr_window: int = 60
+    top_k: int = 3
+    temperature: float = 0.1
+    identity_dim: int = 8
+    steps: int = 300
+    batch_dates: int = 32
+    lr: float = 3e-3
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.inputs not in ("features", "embeddings"):
+            raise ValueError(f"inputs must be 'features' or 'embeddings', got {self.inputs!r}")
+        if self.positives not in ("sector", "corr", "both"):
+            raise ValueError(
+                f"positives must be 'sector', 'corr' or 'both', got {self.positives!r}"
+            )
+        object.__setattr__(self, "feature_groups", tuple(self.feature_groups))
+
+
 def train_contrastive_encoder(
     x: np.ndarray,
     positives: np.ndarray,
     valid: np.ndarray,
-    *,
-    hidden_size: int,
-    proj_dim: int,
-    identity_dim: int,
-    steps: int,
-    batch_dates: int,
-    lr: float,
-    temperature: float,
-    seed: int = 0,
+    settings: ContrastiveSettings,
 ) -> tuple[ContrastiveEncoder, list[float]]:
     """Fit a :class:`ContrastiveEncoder` with InfoNCE on random batches of dates.
 
@@ -49,23 +85,25 @@ def train_contrastive_encoder(
         x: ``float32 [T, N, F_in]`` inputs (zeros where masked).
         positives: ``bool [T, N, N]`` positive pairs of each date.
         valid: ``bool [T, N]`` stocks present at each date.
+        settings: the encoder's sizes and training settings.
     Returns the encoder (in eval mode) and the loss of every step.
     """
+    s = settings
     x_t = torch.from_numpy(np.asarray(x, dtype=np.float32))  # (T, N, F_in)
     pos = torch.from_numpy(np.asarray(positives, dtype=bool))  # (T, N, N)
     ok = torch.from_numpy(np.asarray(valid, dtype=bool))  # (T, N)
     T, N, F_in = x_t.shape
-    gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    encoder = ContrastiveEncoder(F_in, N, hidden_size, proj_dim, identity_dim)
-    opt = torch.optim.AdamW(encoder.parameters(), lr=lr, weight_decay=1e-4)
+    gen = torch.Generator().manual_seed(s.seed)
+    torch.manual_seed(s.seed)
+    encoder = ContrastiveEncoder(F_in, N, s.hidden_size, s.proj_dim, s.identity_dim)
+    opt = torch.optim.AdamW(encoder.parameters(), lr=s.lr, weight_decay=1e-4)
     history: list[float] = []
     encoder.train()
-    progress = PassProgress("V3 contrastive training", steps, unit="steps")  # logs only
-    for step in range(steps):
-        b = torch.randint(0, T, (min(batch_dates, T),), generator=gen)
+    progress = PassProgress("V3 contrastive training", s.steps, unit="steps")  # logs only
+    for step in range(s.steps):
+        b = torch.randint(0, T, (min(s.batch_dates, T),), generator=gen)
         z = encoder(x_t[b])  # (B, N, P)
-        loss = info_nce_loss(z, pos[b], ok[b], temperature)
+        loss = info_nce_loss(z, pos[b], ok[b], s.temperature)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -86,59 +124,29 @@ class ContrastiveExtractor(RelationshipExtractor):
     every stock ``ctr_sim_<SYMBOL>`` (0 for stocks absent at that date).
 
     Args:
-        inputs: ``"features"`` (the stock's own features at t, ``feature_groups``) or
-            ``"embeddings"`` (Stage1's embeddings at t).
-        identity_dim: size of a learned stock-identity embedding concatenated to the input
-            (as Stage1 does; 0 disables).
-        steps, batch_dates, lr, temperature, hidden_size, proj_dim, seed: training settings
-            (the config's ``relationships.v3`` section).
+        settings: V3's settings (:class:`ContrastiveSettings`; its defaults if None).
         label_delay: label convention, to recover realised returns from 1-day labels.
+        sector_ids: ``int [N]`` sector of every stock, for ``positives="sector"``/``"both"``
+            (the Stage1 model's ``sector_ids`` otherwise, when it has more than one sector).
     """
 
     def __init__(
         self,
-        proj_dim: int = 16,
-        hidden_size: int = 64,
-        inputs: str = "features",
-        feature_groups: Sequence[str] = ("own",),
-        positives: str = "both",
-        corr_window: int = 60,
-        top_k: int = 3,
-        temperature: float = 0.1,
-        identity_dim: int = 8,
-        steps: int = 300,
-        batch_dates: int = 32,
-        lr: float = 3e-3,
+        settings: ContrastiveSettings | None = None,
+        *,
         label_delay: int = 0,
         sector_ids: np.ndarray | None = None,
-        seed: int = 0,
     ) -> None:
-        if inputs not in ("features", "embeddings"):
-            raise ValueError(f"inputs must be 'features' or 'embeddings', got {inputs!r}")
-        if positives not in ("sector", "corr", "both"):
-            raise ValueError(f"positives must be 'sector', 'corr' or 'both', got {positives!r}")
-        self.proj_dim = proj_dim
-        self.hidden_size = hidden_size
-        self.inputs = inputs
-        self.feature_groups = tuple(feature_groups)
-        self.positives = positives
-        self.corr_window = corr_window
-        self.top_k = top_k
-        self.temperature = temperature
-        self.identity_dim = identity_dim
-        self.steps = steps
-        self.batch_dates = batch_dates
-        self.lr = lr
+        self.settings = ContrastiveSettings() if settings is None else settings
         self.label_delay = label_delay
         self.sector_ids = sector_ids
-        self.seed = seed
 
     def _inputs(self, model, features: FeatureSet, idx: np.ndarray) -> np.ndarray:
         """``float32 [T', N, F_in]``, zeros where masked."""
-        if self.inputs == "embeddings":
+        if self.settings.inputs == "embeddings":
             x = np.asarray(stage1_outputs(model, features, idx)["embeddings"])
-        elif all(g in features.groups for g in self.feature_groups):
-            x = features.group(*self.feature_groups)[idx]
+        elif all(g in features.groups for g in self.settings.feature_groups):
+            x = features.group(*self.settings.feature_groups)[idx]
         else:
             x = features.values[idx]
         return np.where(features.mask[idx][..., None], x, 0.0).astype(np.float32)
@@ -167,21 +175,22 @@ class ContrastiveExtractor(RelationshipExtractor):
         N = len(features.symbols)
         pos = np.zeros((len(dates_index), N, N), dtype=bool)
         sectors = self._sectors(model, N)
-        if self.positives in ("sector", "both"):
+        if self.settings.positives in ("sector", "both"):
             if sectors is None:
-                if self.positives == "sector":
+                if self.settings.positives == "sector":
                     raise ValueError(
                         "positives='sector' needs sector_ids (or a model with sectors)"
                     )
             else:
                 pos |= (sectors[:, None] == sectors[None, :])[None]
-        if self.positives in ("corr", "both"):
+        if self.settings.positives in ("corr", "both"):
             realised = (
                 returns
                 if returns is not None
                 else trailing_returns_from_labels(np.asarray(labels), self.label_delay)
             )
-            pos |= correlation_positives(realised, dates_index, self.corr_window, self.top_k)
+            s = self.settings
+            pos |= correlation_positives(realised, dates_index, s.corr_window, s.top_k)
         return pos
 
     def fit(
@@ -206,14 +215,7 @@ class ContrastiveExtractor(RelationshipExtractor):
             self._inputs(model, features, train),
             self.positive_pairs(model, features, labels, train, returns),
             features.mask[train],
-            hidden_size=self.hidden_size,
-            proj_dim=self.proj_dim,
-            identity_dim=self.identity_dim,
-            steps=self.steps,
-            batch_dates=self.batch_dates,
-            lr=self.lr,
-            temperature=self.temperature,
-            seed=self.seed,
+            self.settings,
         )
         return self
 
@@ -256,7 +258,7 @@ class ContrastiveExtractor(RelationshipExtractor):
         valid = features.mask[idx]
         sims = sims.numpy() * valid[:, None, :]  # absent stocks: 0
         values = np.concatenate([z.numpy(), sims], axis=-1)
-        names = [f"ctr_{k}" for k in range(self.proj_dim)] + [
+        names = [f"ctr_{k}" for k in range(self.settings.proj_dim)] + [
             f"ctr_sim_{s}" for s in features.symbols
         ]
         return masked_features(features, idx, names, values)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, IterableDataset
 
-from relcast.training.windows import _distributed_rank, shard_batches
+from relcast.training.windows import distributed_rank, shard_batches
 
 
 class CrossSectionDataset(Dataset):
@@ -128,7 +128,7 @@ class DateBatches(IterableDataset):
     Use with ``DataLoader(batch_size=None)``. Like the Stage3 ``WindowLoader``: every rank
     draws the same permutation of the dates, rank r takes every ``world_size``-th one, so each
     date is seen exactly once per epoch across ranks and ranks run the same number of steps
-    (:func:`relcast.training.loader.shard_batches`). Lightning does not swap in its own
+    (:func:`relcast.training.windows.shard_batches`). Lightning does not swap in its own
     ``DistributedSampler`` (which pads the last batch with repeated dates) for an iterable
     dataset.
 
@@ -174,7 +174,7 @@ class DateBatches(IterableDataset):
         self.target = target
 
     def _shard(self) -> tuple[int, int]:
-        return _distributed_rank() if self.rank is None else (self.rank, self.world_size or 1)
+        return distributed_rank() if self.rank is None else (self.rank, self.world_size or 1)
 
     def _permutation(self) -> torch.Tensor:
         n = len(self.dataset)

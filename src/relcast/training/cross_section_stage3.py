@@ -162,7 +162,7 @@ def cross_section_loss(
 def _module_classes():
     import lightning
 
-    from relcast.models.metrics import daily_rank_ic
+    from relcast.metrics import daily_rank_ic
     from relcast.models.temporal.losses import point_forecast
 
     class CrossSectionModule(lightning.LightningModule):
@@ -246,8 +246,8 @@ def fit_cross_section(
     the :class:`~relcast.training.stage3.Stage3Result` that ``fit_stage3`` returns.
     ``spec.chunk_length`` does not apply (a batch is whole dates); ``spec.batch_size`` counts
     scored samples (dates per step = round(batch_size / target stocks), at least 1)."""
-    from relcast.models.temporal import create_model
     from relcast.models.temporal.losses import QuantileHead
+    from relcast.models.temporal.registry import create_model
     from relcast.training.common import (
         load_best_state_dict,
         load_initial_weights,

@@ -42,20 +42,81 @@ scored; a causal model never reads it for an earlier step).
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from relcast.training.windows import (  # noqa: F401  (importable from the loader too)
+from relcast.training.windows import (
     BLOCK_CELLS,
-    _distributed_rank,
+    distributed_rank,
     ends_by_date,
     num_shard_batches,
     shard_batches,
-    valid_window_ends,
     window_end_mask,
 )
+
+
+@dataclass(frozen=True)
+class WindowSource:
+    """The arrays a :class:`WindowLoader` gathers windows from.
+
+    Attributes:
+        inputs: ``float [T, N, F]`` per-stock inputs (NaN allowed where ``valid`` is False).
+        valid: ``bool [T, N]``.
+        labels: ``float [T, N, H]`` or None (inference).
+        labelled: ``bool [T, N]``, True where ``labels`` is finite for every horizon, if
+            known already (a memory-mapped store keeps it): then ``labels`` is not scanned.
+        sector_ids: ``int [N]`` sector of every stock; zeros if None.
+        concat_inputs: ``float [T, N, F_own]`` for ``rawconcat``: every stock's own features
+            at each distinct date of a batch, ``cross [U, N * F_own]`` (masked cells are 0),
+            and ``cross_index [B, L or C']`` (the row of each step; -1 at padding).
+        concat_valid_flag: with ``concat_inputs``, also append each stock's valid flag to
+            ``cross`` (``[U, N]``) so the model can tell a masked stock from a zero feature.
+        stock_major: ``inputs`` is laid out ``[N, T, F]`` (each stock's history contiguous,
+            as in :class:`relcast.store.memmap.MemmapFeatureStore`): a window is then one
+            contiguous block of ``L * F`` floats instead of L rows far apart, which matters
+            when ``inputs`` is memory-mapped from disk. ``valid``/``labels`` stay ``[T, N, ...]``.
+    """
+
+    inputs: np.ndarray | torch.Tensor
+    valid: np.ndarray | torch.Tensor
+    labels: np.ndarray | torch.Tensor | None = None
+    labelled: np.ndarray | None = None
+    sector_ids: np.ndarray | None = None
+    concat_inputs: np.ndarray | torch.Tensor | None = None
+    concat_valid_flag: bool = False
+    stock_major: bool = False
+
+
+@dataclass(frozen=True)
+class Batching:
+    """How a :class:`WindowLoader` cuts an epoch into batches.
+
+    Attributes:
+        batch_size: windows per batch (scored steps per batch with ``chunk_length``).
+        shuffle: permute the windows each epoch with a generator seeded by ``seed + epoch``.
+        seed: base seed of the shuffle.
+        drop_last: drop a last batch smaller than ``batch_size``.
+        chunk_length: None for window batches, else the chunk length C of sequence batches
+            (raised to ``2 * lookback`` if shorter, so at least half a full chunk is scored).
+            ``batch_size`` then counts scored steps: a batch holds
+            ``max(1, round(batch_size / (C - L + 1)))`` chunks.
+        rank, world_size: shard of this process under DDP; read from ``torch.distributed``
+            at iteration time if None. Each rank takes every ``world_size``-th window of the
+            same permutation, so every window is seen exactly once per epoch across ranks, and
+            all ranks yield the same number of batches (:func:`shard_batches`). With chunks,
+            whole chunks are sharded.
+    """
+
+    batch_size: int = 1024
+    shuffle: bool = False
+    seed: int = 0
+    drop_last: bool = False
+    chunk_length: int | None = None
+    rank: int | None = None
+    world_size: int | None = None
 
 
 class WindowLoader(IterableDataset):
@@ -72,65 +133,32 @@ class WindowLoader(IterableDataset):
     index of each step, -1 at padding), ``stock_id``, ``sector_id`` and ``n`` ``[B]``.
 
     Args:
-        inputs: ``float [T, N, F]`` per-stock inputs (NaN allowed where ``valid`` is False).
-        valid: ``bool [T, N]``.
+        source: the arrays (:class:`WindowSource`).
         lookback: window length L.
-        labels: ``float [T, N, H]`` or None (inference).
         index: date indices the window ends must belong to (a split); all dates if None.
         stocks: stock indices to draw windows for; all if None.
         require_labels: keep only ends with finite labels (training/validation). Ignored
-            when ``labels`` is None.
-        batch_size: windows per batch.
-        shuffle: permute the windows each epoch with a generator seeded by ``seed + epoch``.
-        seed: base seed of the shuffle.
-        drop_last: drop a last batch smaller than ``batch_size``.
-        sector_ids: ``int [N]`` sector of every stock; zeros if None.
-        concat_inputs: ``float [T, N, F_own]`` for ``rawconcat``: every stock's own features
-            at each distinct date of a batch, ``cross [U, N * F_own]`` (masked cells are 0),
-            and ``cross_index [B, L or C']`` (the row of each step; -1 at padding).
-        concat_valid_flag: with ``concat_inputs``, also append each stock's valid flag to
-            ``cross`` (``[U, N]``) so the model can tell a masked stock from a zero feature.
-        labelled: ``bool [T, N]``, True where ``labels`` is finite for every horizon, if
-            known already (a memory-mapped store keeps it): then ``labels`` is not scanned.
-        stock_major: ``inputs`` is laid out ``[N, T, F]`` (each stock's history contiguous,
-            as in :class:`relcast.store.memmap.MemmapFeatureStore`): a window is then one
-            contiguous block of ``L * F`` floats instead of L rows far apart, which matters
-            when ``inputs`` is memory-mapped from disk. ``valid``/``labels`` stay ``[T, N, ...]``.
-        rank, world_size: shard of this process under DDP; read from ``torch.distributed``
-            at iteration time if None. Each rank takes every ``world_size``-th window of the
-            same permutation, so every window is seen exactly once per epoch across ranks, and
-            all ranks yield the same number of batches (:func:`shard_batches`). With chunks,
-            whole chunks are sharded.
-        chunk_length: None for window batches, else the chunk length C of sequence batches
-            (raised to ``2 * lookback`` if shorter, so at least half a full chunk is scored).
-            ``batch_size`` then counts scored steps: a batch holds
-            ``max(1, round(batch_size / (C - L + 1)))`` chunks.
+            when ``source.labels`` is None.
+        batching: batch size, shuffle, chunks and DDP shard (:class:`Batching`; its
+            defaults if None).
     """
 
     def __init__(
         self,
-        inputs: np.ndarray | torch.Tensor,
-        valid: np.ndarray | torch.Tensor,
+        source: WindowSource,
         lookback: int,
-        labels: np.ndarray | torch.Tensor | None = None,
         *,
         index: np.ndarray | None = None,
         stocks: Sequence[int] | np.ndarray | None = None,
         require_labels: bool = True,
-        batch_size: int = 1024,
-        shuffle: bool = False,
-        seed: int = 0,
-        drop_last: bool = False,
-        sector_ids: np.ndarray | None = None,
-        concat_inputs: np.ndarray | torch.Tensor | None = None,
-        concat_valid_flag: bool = False,
-        rank: int | None = None,
-        world_size: int | None = None,
-        labelled: np.ndarray | None = None,
-        stock_major: bool = False,
-        chunk_length: int | None = None,
+        batching: Batching | None = None,
     ) -> None:
         super().__init__()
+        batching = Batching() if batching is None else batching
+        inputs, valid, labels, labelled = (
+            source.inputs, source.valid, source.labels, source.labelled
+        )  # fmt: skip
+        stock_major, chunk_length = source.stock_major, batching.chunk_length
         # zero-copy for a C-contiguous float32 array, including a np.memmap
         self.inputs = torch.as_tensor(np.ascontiguousarray(inputs, dtype=np.float32))  # (T, N, F)
         self.stock_major = stock_major  # then inputs is (N, T, F)
@@ -159,24 +187,24 @@ class WindowLoader(IterableDataset):
         if chunk_length is None:
             t_idx, n_idx = ends_by_date(ends)
             self.t_idx, self.n_idx = torch.from_numpy(t_idx), torch.from_numpy(n_idx)
-        self.batch_size = int(batch_size)
-        self.shuffle = shuffle
-        self.seed = int(seed)
-        self.drop_last = drop_last
+        self.batch_size = int(batching.batch_size)
+        self.shuffle = batching.shuffle
+        self.seed = int(batching.seed)
+        self.drop_last = batching.drop_last
         self.epoch = 0
-        sector_ids = np.zeros(N, dtype=np.int64) if sector_ids is None else sector_ids
+        sector_ids = np.zeros(N, dtype=np.int64) if source.sector_ids is None else source.sector_ids
         self.sector_ids = torch.as_tensor(np.asarray(sector_ids, dtype=np.int64))
         self.concat = None
-        if concat_inputs is not None:
-            concat = np.ascontiguousarray(concat_inputs, dtype=np.float32)
+        if source.concat_inputs is not None:
+            concat = np.ascontiguousarray(source.concat_inputs, dtype=np.float32)
             # a masked stock contributes zeros, never stale values; an input cleaned already
             # (Stage3Inputs.concat) is used without a copy, so loaders share one [T, N, F_own]
             if not np.isfinite(concat).all() or np.any(concat[~valid_np]):
                 concat = np.nan_to_num(concat, nan=0.0, posinf=0.0, neginf=0.0)
                 concat[~valid_np] = 0.0
             self.concat = torch.as_tensor(concat)  # (T, N, F_own)
-        self.concat_valid_flag = concat_valid_flag
-        self.rank, self.world_size = rank, world_size
+        self.concat_valid_flag = source.concat_valid_flag
+        self.rank, self.world_size = batching.rank, batching.world_size
         self._offsets = torch.arange(-self.lookback + 1, 1)  # (L,)
         self.chunk_length = None
         if chunk_length is not None:
@@ -262,7 +290,7 @@ class WindowLoader(IterableDataset):
     def _shard(self) -> tuple[int, int]:
         if self.rank is not None:
             return self.rank, self.world_size or 1
-        return _distributed_rank()
+        return distributed_rank()
 
     def order(self) -> torch.Tensor:
         """Positions into ``t_idx/n_idx`` this rank visits in the current epoch, in order."""

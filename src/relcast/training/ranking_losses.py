@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from relcast.features.labels import CS_RANK_SCALE
-from relcast.training.metrics import _torch_average_ranks, ic_torch
+from relcast.training.torch_metrics import ic_torch, torch_average_ranks
 
 LOSSES = ("mse", "ic", "listnet", "pairwise", "pairwise_hinge")
 LABEL_NORMS = ("cross_section", "cs_rank")
@@ -51,7 +51,7 @@ def cross_sectional_rank_norm(y: torch.Tensor, valid: torch.Tensor) -> torch.Ten
     B, N, H = y.shape
     rows = y.transpose(1, 2).reshape(B * H, N)  # (B * H, N)
     ok = valid.transpose(1, 2).reshape(B * H, N)
-    ranks = _torch_average_ranks(torch.where(ok, rows, 0.0), ok)  # invalid sort last
+    ranks = torch_average_ranks(torch.where(ok, rows, 0.0), ok)  # invalid sort last
     count = ok.sum(dim=1, keepdim=True).clamp(min=1)
     z = (ranks / count - 0.5) * CS_RANK_SCALE
     z = torch.where(ok, z, 0.0).reshape(B, H, N).transpose(1, 2)

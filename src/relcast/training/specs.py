@@ -194,7 +194,7 @@ class Stage3Spec:
 @dataclass(frozen=True)
 class ExtractorSpec:
     """Which relationship extractor a run uses and with what settings
-    (:func:`relcast.models.extractors.make_extractor`)."""
+    (:func:`relcast.relationships.store.make_extractor`)."""
 
     kind: str = "v2"
     method: str = "bottleneck"

@@ -39,15 +39,11 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from relcast.features.featureset import FeatureSet
-from relcast.models.cross_sectional import (  # predict_stage1: re-exported, its old path
-    CrossSectionalTransformer,
-    Stage1Config,
-    predict_stage1,  # noqa: F401
-)
+from relcast.models.cross_sectional import CrossSectionalTransformer, Stage1Config
 from relcast.training.cross_section_data import CrossSectionDataset, DateBatches
-from relcast.training.metrics import ic_torch, rank_ic_torch
 from relcast.training.ranking_losses import LABEL_NORMS, LOSSES, return_loss
 from relcast.training.specs import Stage1Spec, TrainerSpec
+from relcast.training.torch_metrics import ic_torch, rank_ic_torch
 
 
 def _define_stage1_module() -> type:
@@ -230,7 +226,7 @@ def _check_inputs(features: FeatureSet, labels: np.ndarray) -> np.ndarray:
     if labels.ndim != 3 or labels.shape[:2] != (T, N):
         raise ValueError(
             f"labels must be [T, N, H] = [{T}, {N}, H] like the features, got {labels.shape}; "
-            "build them with relcast.features.forward_returns(panel, horizons)"
+            "build them with relcast.features.labels.forward_returns(panel, horizons)"
         )
     return labels
 

@@ -2,8 +2,8 @@
 
 Read top to bottom:
 
-1. :func:`assemble_inputs` picks the input columns of the three feature sets the design
-   compares:
+1. :func:`~relcast.training.stage3_inputs.assemble_inputs` picks the input columns of the
+   three feature sets the design compares:
 
    - ``own``: the stock's own indicators + index features + calendar (+ regime one-hots if
      the features have them),
@@ -17,7 +17,7 @@ Read top to bottom:
    a plain ``nn.Module`` from the registry and never knows it is being trained.
    Loss: pinball loss over the quantiles (squared error in point mode) on labels that are
    **cross-sectionally normalised** per date and horizon (z-score over the stocks with a
-   label, :func:`relcast.features.normalize_labels_cross_section`), the field's default: it
+   label, :func:`relcast.features.labels.normalize_labels_cross_section`), the field's default: it
    removes the market-wide move that no stock-ranking model
    can use and keeps the loss scale stable across calm and volatile dates. Pass
    ``label_norm="none"`` to train on raw forward returns (quantiles are then in return units).
@@ -49,14 +49,8 @@ from relcast.features.labels import (
 from relcast.models.temporal.registry import is_cross_section_model
 from relcast.progress import PassProgress
 from relcast.training.specs import CHUNK_LENGTH, Stage3Spec, TrainerSpec, chunk_steps
-from relcast.training.stage3_inputs import (  # noqa: F401  (importable from here too)
-    FEATURE_SETS,
-    Stage3Inputs,
-    StockMajorInputs,
-    _relationship_arrays,
-    assemble_inputs,
-)
-from relcast.training.stage3_module import _epoch_timer_class, _lightning_module_class
+from relcast.training.stage3_inputs import Stage3Inputs, StockMajorInputs
+from relcast.training.stage3_module import epoch_timer_class, lightning_module_class
 
 EVAL_BATCH_FLOATS = 2**25
 """Input floats per evaluation batch at most (128 MB): ``rawconcat`` on a large universe is
@@ -78,20 +72,14 @@ def eval_batch_size(want: int, num_features: int, lookback: int, chunk_length: i
 LABEL_NORMS = ("cross_section", "cs_rank", "none")
 
 
-def __getattr__(name: str):
-    # Stage3Module lives behind a function so that importing this module stays cheap.
-    if name == "Stage3Module":
-        return _lightning_module_class()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 @dataclass(eq=False)
 class Stage3Result:
     """A trained Stage3 model and how its training went.
 
     Attributes:
         model: the registry model with the best-validation weights, in eval mode (inside a
-            :class:`~relcast.models.regime.RegimeGatedModel` when trained with ``regime_gate``).
+            :class:`~relcast.models.regime_gate.RegimeGatedModel` when trained with
+            ``regime_gate``).
         history: one dict per epoch (``train_loss``, ``val_loss``, ``val_rank_ic``, ...).
         best_val_rank_ic: the best mean daily Rank IC (horizon 1) on the valid split.
         seconds_per_epoch: mean wall time of a training epoch (validation excluded).
@@ -171,7 +159,7 @@ def fit_stage3(
     Args:
         model_name: a registered model (``"tft"``, ``"lstm"``, ``"gru"``, ``"tcn"``).
         inputs: from :func:`assemble_inputs`.
-        labels: raw forward returns ``[T, N, H]`` (``relcast.features.forward_returns``).
+        labels: raw forward returns ``[T, N, H]`` (``relcast.features.labels.forward_returns``).
         split: has ``train`` and ``valid`` date-index arrays (``chronological_split``).
         spec: how to train (:class:`~relcast.training.specs.Stage3Spec`): ``lookback``,
             the model's ``hparams`` beyond the data-given sizes, ``quantiles`` (None: a
@@ -181,7 +169,7 @@ def fit_stage3(
             module docstring), ``seed`` (weights, dropout, shuffle: same seed, same model),
             ``chunk_length`` (C of sequence training, ``batch_size`` then counts scored
             steps; None trains on one window per sample) and ``regime_gate`` (wrap the
-            model in a :class:`relcast.models.regime.RegimeGatedModel` that scales the
+            model in a :class:`relcast.models.regime_gate.RegimeGatedModel` that scales the
             index vs sector relationship columns by the regime of each step; needs inputs
             with the ``regime`` group and V1/V3 relationship columns).
         trainer: Lightning's devices (``strategy="ddp"`` shards the windows across
@@ -248,13 +236,13 @@ def fit_stage3(
             if isinstance(head, QuantileHead):
                 head.init_interval(scale)
     if spec.regime_gate:
-        from relcast.models.regime import RegimeGatedModel
+        from relcast.models.regime_gate import RegimeGatedModel
 
         model = RegimeGatedModel.wrap(model, inputs.names, index_symbols)
     if spec.init is not None:  # a warm start (walk-forward): the previous block's weights
         load_initial_weights(model, spec.init)
-    module = _lightning_module_class()(model, quantiles, lr=spec.lr, weight_decay=spec.weight_decay)
-    timer = _epoch_timer_class()()
+    module = lightning_module_class()(model, quantiles, lr=spec.lr, weight_decay=spec.weight_decay)
+    timer = epoch_timer_class()()
     # a Rank IC needs >= 2 stocks per date; one target stock is judged by its loss instead
     single = stock_idx is not None and len(np.unique(stock_idx)) == 1
     fit = make_trainer(
@@ -301,8 +289,8 @@ def build_model(
     """A fresh registry model for ``inputs``; on ``rawconcat`` inputs inside a
     :class:`~relcast.models.temporal.cross_input.CrossSectionInput` that projects each date's
     every-stock block to ``hidden_size`` features (once per date of a batch)."""
-    from relcast.models.temporal import create_model
     from relcast.models.temporal.cross_input import CrossSectionInput, market_names
+    from relcast.models.temporal.registry import create_model
 
     hparams = dict(hparams or {})
     width = int(hparams.get("hidden_size", 64)) if inputs.cross_width else 0

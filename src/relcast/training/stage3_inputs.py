@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from relcast.features.featureset import FeatureSet
-from relcast.training.loader import WindowLoader
+from relcast.training.loader import Batching, WindowLoader, WindowSource
 
 FEATURE_SETS = ("own", "hybrid", "rawconcat")
 
@@ -78,17 +78,32 @@ class Stage3Inputs:
                 raise KeyError(f"stock {s!r} is not in the inputs ({len(self.symbols)} symbols)")
         return np.asarray(out, dtype=np.int64)
 
-    def loader(self, lookback: int, labels: np.ndarray | None = None, **kwargs) -> WindowLoader:
-        """A :class:`WindowLoader` over these inputs (``kwargs`` go to the loader): window
-        batches, or sequence batches with ``chunk_length=C``."""
+    def source(self, labels: np.ndarray | None = None) -> WindowSource:
+        """The arrays a :class:`~relcast.training.loader.WindowLoader` reads, with ``labels``."""
+        return WindowSource(
+            self.values, self.valid, labels, sector_ids=self.sector_ids, concat_inputs=self.concat
+        )
+
+    def loader(
+        self,
+        lookback: int,
+        labels: np.ndarray | None = None,
+        *,
+        index: np.ndarray | None = None,
+        stocks: Sequence[int] | np.ndarray | None = None,
+        require_labels: bool = True,
+        **batching: Any,
+    ) -> WindowLoader:
+        """A :class:`WindowLoader` over these inputs: window batches, or sequence batches with
+        ``chunk_length=C``. ``index``, ``stocks``, ``require_labels`` choose the window ends;
+        ``batching`` are the fields of :class:`~relcast.training.loader.Batching`."""
         loader = WindowLoader(
-            self.values,
-            self.valid,
+            self.source(labels),
             lookback,
-            labels,
-            sector_ids=self.sector_ids,
-            concat_inputs=self.concat,
-            **kwargs,
+            index=index,
+            stocks=stocks,
+            require_labels=require_labels,
+            batching=Batching(**batching),
         )
         assert loader.num_features == self.num_features
         assert loader.cross_width == self.cross_width
@@ -174,7 +189,7 @@ def assemble_inputs(
         if relationships is None:
             raise ValueError(
                 "feature_set='hybrid' needs relationship features: pass the Stage1 "
-                "relationship store (relcast.relationships.build_relationship_store)"
+                "relationship store (relcast.relationships.store.build_relationship_store)"
             )
         rel, rel_names = _relationship_arrays(relationships, features)
         valid &= np.isfinite(rel).all(axis=-1)
@@ -211,13 +226,14 @@ class StockMajorInputs(Stage3Inputs):
     by_stock: np.ndarray | None = None  # (N, T, F)
     store: Any = None  # the MemmapFeatureStore whose labels it knows
 
-    def loader(self, lookback: int, labels: np.ndarray | None = None, **kwargs) -> WindowLoader:
+    def source(self, labels: np.ndarray | None = None) -> WindowSource:
+        labelled = None
         if labels is not None and self.store is not None and self.store.holds(labels):
             # the store knows where labels are finite: do not read them all
-            kwargs.setdefault("labelled", np.array(self.store.labelled))
-        return WindowLoader(
-            self.by_stock, self.valid, lookback, labels,
-            sector_ids=self.sector_ids, stock_major=True, **kwargs,
+            labelled = np.array(self.store.labelled)
+        return WindowSource(
+            self.by_stock, self.valid, labels, labelled=labelled,
+            sector_ids=self.sector_ids, stock_major=True,
         )  # fmt: skip
 
 

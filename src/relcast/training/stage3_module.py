@@ -11,10 +11,12 @@ import numpy as np
 import torch
 
 
-def _lightning_module_class():
+def lightning_module_class():
+    """The Lightning module class that trains a Stage3 model (built on first call, so that
+    importing this module does not import Lightning)."""
     import lightning
 
-    from relcast.models.metrics import daily_rank_ic
+    from relcast.metrics import daily_rank_ic
     from relcast.models.temporal.losses import pinball_loss, point_forecast
 
     class Stage3Module(lightning.LightningModule):
@@ -115,11 +117,12 @@ def _samples(batch: dict[str, torch.Tensor]) -> int:
 def __getattr__(name: str):
     # Stage3Module lives behind a function so that importing this module stays cheap.
     if name == "Stage3Module":
-        return _lightning_module_class()
+        return lightning_module_class()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def _epoch_timer_class():
+def epoch_timer_class():
+    """The Lightning callback class that times each training epoch (built on first call)."""
     import lightning
 
     class EpochTimer(lightning.Callback):

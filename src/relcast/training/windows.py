@@ -94,7 +94,8 @@ def ends_by_date(ok: np.ndarray, block_cells: int = BLOCK_CELLS) -> tuple[np.nda
     return np.concatenate(ts), np.concatenate(ns)
 
 
-def _distributed_rank() -> tuple[int, int]:
+def distributed_rank() -> tuple[int, int]:
+    """``(rank, world_size)`` of this process in the torch process group, ``(0, 1)`` outside one."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1

@@ -45,8 +45,8 @@ from relcast.models.temporal.tft_parts import (
     GroupedLinear,
     InterpretableMultiHeadAttention,
     VariableSelectionNetwork,
-    _band,
-    _window_mean,
+    banded_attention,
+    window_mean,
 )
 
 __all__ = [
@@ -62,8 +62,8 @@ STATIC_NAMES = ("stock", "sector")
 
 @dataclass
 class TFTConfig(TemporalConfig):
-    """TFT hyperparameters beyond the common ones (presets live in ``relcast/configs/*.yaml``;
-    the config section ``stage3.tft`` sets these fields)."""
+    """TFT hyperparameters beyond the common ones (presets live in
+    ``relcast/config/presets/*.yaml``; the config section ``stage3.tft`` sets these fields)."""
 
     num_heads: int = 4
     """Attention heads; hidden_size must be divisible by it."""
@@ -184,9 +184,9 @@ class TemporalFusionTransformer(nn.Module):
             return {
                 "pred": pred_all,  # (B, C, H, Q)
                 "pred_all": pred_all,
-                "variable_importance": _window_mean(var_weights.detach(), c.lookback),
+                "variable_importance": window_mean(var_weights.detach(), c.lookback),
                 "static_importance": static_weights,  # (B, S)
-                "attention": _band(attn.detach(), c.lookback),  # (B, C, h, lookback)
+                "attention": banded_attention(attn.detach(), c.lookback),  # (B, C, h, lookback)
                 "attention_all": attn,  # (B, h, C, C), banded
             }
         return {

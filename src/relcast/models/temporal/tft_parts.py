@@ -1,7 +1,7 @@
 """The named parts of the Temporal Fusion Transformer (:mod:`relcast.models.temporal.tft`), as
 in the paper and pytorch-forecasting: the gated residual network (GRN) and its gate, variable
 selection, and interpretable multi-head attention, plus the two helpers that turn a sequence
-batch's weights into what a window would report (:func:`_window_mean`, :func:`_band`)."""
+batch's weights into what a window would report (:func:`window_mean`, :func:`banded_attention`)."""
 
 from __future__ import annotations
 
@@ -230,7 +230,7 @@ class InterpretableMultiHeadAttention(nn.Module):
         return self.out(mixed), attn
 
 
-def _window_mean(weights: Tensor, window: int) -> Tensor:
+def window_mean(weights: Tensor, window: int) -> Tensor:
     """``[B, C, F] -> [B, C, F]``: at step l, the mean of steps ``l-window+1 .. l`` (fewer at
     the start), i.e. what a window ending at l reports as its variable importance."""
     total = weights.cumsum(1)  # (B, C, F)
@@ -239,7 +239,7 @@ def _window_mean(weights: Tensor, window: int) -> Tensor:
     return (total - older) / count[None, :, None].to(weights.dtype)
 
 
-def _band(attn: Tensor, window: int) -> Tensor:
+def banded_attention(attn: Tensor, window: int) -> Tensor:
     """``[B, h, C, C]`` banded attention -> ``[B, C, h, window]``: step l's weights on steps
     ``l-window+1 .. l`` (index -1 = l itself), zero before the chunk start."""
     B, heads, C, _ = attn.shape

@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from relcast.evaluation.frames import (
+    PredictionRows,
     backtest_table,
     prediction_columns,
     prediction_frames,
@@ -39,6 +40,7 @@ from relcast.evaluation.frames import (
 from relcast.evaluation.scoring import (
     CONSTANT,
     ScoreSettings,
+    Spread,
     benchmark_returns,
     score,
     scored_span,
@@ -67,7 +69,7 @@ def gather_forecasts(ctx: RunContext, cell: np.ndarray, window: slice | None = N
     """Forecasts of the baselines, Stage1, Stage1+Stage2 and every saved Stage3 model over
     ``window`` (default: :func:`scoring_window` of the run's split); ``cell [T, N]``: the
     stocks scored on every date."""
-    from relcast.training.baselines import baseline_predictions
+    from relcast.training.baselines import LightgbmFit, baseline_predictions
     from relcast.training.stage3 import predict_stage3
 
     cfg, f, split = ctx.config, ctx.features, ctx.split
@@ -80,8 +82,13 @@ def gather_forecasts(ctx: RunContext, cell: np.ndarray, window: slice | None = N
     z1 = zscored_h1(ctx.labels[:fitted], cell[:fitted])  # (fitted, N)
     out.point.update(
         baseline_predictions(
-            ctx.panel, f, z1, cell, split, H, cfg.trainer.seed, cfg.baselines, dates=window
-        )
+            ctx.panel,
+            f,
+            LightgbmFit(z1, cell, split, cfg.trainer.seed),
+            H,
+            cfg.baselines,
+            dates=window,
+        )  # fmt: skip
     )
     del z1
     booster = ctx.stage2_booster if cfg.stage2.enabled else None
@@ -135,9 +142,9 @@ def gather_forecasts(ctx: RunContext, cell: np.ndarray, window: slice | None = N
 
 def zscored_h1(labels: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """``float32 [T, N]``: horizon-1 labels z-scored across the stocks of ``mask`` at each
-    date (:func:`relcast.features.normalize_labels_cross_section`), a block of dates at a
+    date (:func:`relcast.features.labels.normalize_labels_cross_section`), a block of dates at a
     time (it is per date: the same values, without its float64 ``[T, N, H]`` temporaries)."""
-    from relcast.features import normalize_labels_cross_section
+    from relcast.features.labels import normalize_labels_cross_section
 
     T, N = mask.shape
     out = np.empty((T, N), dtype=np.float32)
@@ -183,20 +190,20 @@ def score_and_save(ctx: RunContext, forecasts: Forecasts, split, folder) -> tupl
     mask_w = np.asarray(panel.mask[window])
     benchmark = benchmark_returns(labels_w[..., 0], mask_w, panel.is_index)  # (W,)
     metrics = score(
-        forecasts.point, labels_w, cell_w, split, settings, quantiles=forecasts.quantiles,
-        seed_runs=forecasts.seed_runs, benchmark=benchmark, start=window.start,
+        forecasts.point, labels_w, cell_w, split, settings,
+        spread=Spread(forecasts.quantiles, forecasts.seed_runs), benchmark=benchmark,
+        start=window.start,
     )  # fmt: skip
     for name, extra in forecasts.extra.items():
         metrics["models"][name].update(extra)
 
     levels = settings.quantiles
     dates, symbols = panel.dates[window], panel.symbols
+    rows = PredictionRows(labels_w, span, dates, symbols, levels)
     pieces = (
         piece
         for name, pred in forecasts.point.items()
-        for piece in prediction_frames(
-            name, pred, forecasts.quantiles.get(name), labels_w, span, dates, symbols, levels
-        )
+        for piece in prediction_frames(name, pred, forecasts.quantiles.get(name), rows)
     )
     columns = prediction_columns(levels if forecasts.quantiles else None)
     backtest = pd.concat(
@@ -236,7 +243,7 @@ def stage1_window_outputs(ctx: RunContext, window: slice, booster: bool) -> dict
     if not ctx.store.by_blocks:
         full = ctx.stage1_outputs
         return {k: full[k][window] for k in keep}  # views of the run's cached outputs
-    from relcast.training.stage1 import predict_stage1
+    from relcast.models.cross_sectional import predict_stage1
 
     T = ctx.features.values.shape[0]
     first = window.start - window.start % STAGE1_BATCH
@@ -249,7 +256,7 @@ def stage1_window_outputs(ctx: RunContext, window: slice, booster: bool) -> dict
 
 
 def save_attention(ctx: RunContext, days: np.ndarray) -> None:
-    from relcast.training.stage1 import predict_stage1
+    from relcast.models.cross_sectional import predict_stage1
 
     batch = {}
     if ctx.store.by_blocks:  # [D, N, N] floats: the last days that fit

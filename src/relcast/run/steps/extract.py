@@ -1,5 +1,5 @@
 """extract: relationship features for every date, out-of-fold on the training span
-(:func:`relcast.relationships.build_relationship_store`); the fold models train on every
+(:func:`relcast.relationships.store.build_relationship_store`); the fold models train on every
 rank, rank 0 extracts and writes ``relationships.npz`` (and the optional table)."""
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def fold_epochs(ctx: RunContext) -> int | None:
 @writes("extract")
 def extract(ctx: RunContext) -> None:
     """Relationship features for every date, out-of-fold on the training span."""
-    from relcast.relationships import StorePlan, build_relationship_store
+    from relcast.relationships.store import StorePlan, build_relationship_store
     from relcast.runfolder.base import temp_path
     from relcast.runfolder.formats import RELATIONSHIP_VALUES
 

@@ -24,7 +24,7 @@ def data_files(ctx: RunContext) -> list:
 @writes("prepare")
 def prepare(ctx: RunContext) -> None:
     """Load the market, split it chronologically and write the panel + split."""
-    from relcast.features import chronological_split
+    from relcast.features.splits import chronological_split, split_by_end_dates
     from relcast.training.stage1 import encode_sectors
 
     cfg = ctx.config
@@ -43,13 +43,15 @@ def prepare(ctx: RunContext) -> None:
     check_trainer(distributed.trainer_settings(cfg.trainer))
     ends = {k: getattr(cfg.split, k) for k in ("train_end", "valid_end", "test_end")}
     try:
-        split = chronological_split(
-            panel.dates,
-            valid_frac=cfg.split.valid_frac,
-            test_frac=cfg.split.test_frac,
-            embargo=ctx.embargo,  # a label at t reads close[t + delay + H]
-            **ends,  # dates win over the fractions when given
-        )
+        if ends["train_end"] is not None or ends["valid_end"] is not None:  # dates win
+            split = split_by_end_dates(panel.dates, **ends, embargo=ctx.embargo)
+        else:
+            split = chronological_split(
+                panel.dates,
+                valid_frac=cfg.split.valid_frac,
+                test_frac=cfg.split.test_frac,
+                embargo=ctx.embargo,  # a label at t reads close[t + delay + H]
+            )
     except ValueError as exc:
         if any(ends.values()):  # a config mistake
             raise RelcastConfigError(

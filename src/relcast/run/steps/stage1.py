@@ -26,7 +26,7 @@ def stage1_config(ctx: RunContext):
 
 def stage1_fit(ctx: RunContext, config):
     """How every Stage1 of the run is trained (the full model and the fold models)."""
-    from relcast.relationships import Stage1Fit
+    from relcast.relationships.store import Stage1Fit
 
     return Stage1Fit(
         config=config,
@@ -39,7 +39,7 @@ def stage1_fit(ctx: RunContext, config):
 
 @writes("stage1")
 def stage1(ctx: RunContext) -> None:
-    from relcast.relationships import best_epoch_count
+    from relcast.relationships.folds import best_epoch_count
     from relcast.training.stage1 import fit_stage1
 
     cfg = stage1_config(ctx)

@@ -11,7 +11,7 @@ from relcast.run.context import RunContext, log, writes
 
 @writes("stage2")
 def stage2(ctx: RunContext) -> None:
-    from relcast.features import normalize_labels_cross_section
+    from relcast.features.labels import normalize_labels_cross_section
     from relcast.models.residual import ResidualBooster
 
     s = ctx.config.stage2

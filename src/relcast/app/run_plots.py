@@ -2,12 +2,12 @@
 
 The same table and plots as the HTML report: the cells come from
 :func:`relcast.evaluation.metrics_table.metrics_table_rows`, the prediction band from
-:func:`relcast.evaluation.views.prediction_band` and the portfolio curves from
-:func:`relcast.evaluation.views.backtest_series`, so the app cannot drift from the report.
+:func:`relcast.evaluation.plot_data.prediction_band` and the portfolio curves from
+:func:`relcast.evaluation.plot_data.backtest_series`, so the app cannot drift from the report.
 
 ``predictions.parquet`` can hold tens of millions of rows (every model, horizon, stock and
 test date): like the report, the app reads it through
-:class:`relcast.evaluation.views.PredictionFile`, one model and horizon at a time and only the
+:class:`relcast.evaluation.plot_data.PredictionFile`, one model and horizon at a time and only the
 columns a view needs, never whole.
 """
 
@@ -23,7 +23,7 @@ import pandas as pd
 
 from relcast.evaluation import plots
 from relcast.evaluation.metrics_table import COLUMNS, metrics_table_rows
-from relcast.evaluation.views import PredictionFile, backtest_series, prediction_band
+from relcast.evaluation.plot_data import PredictionFile, backtest_series, prediction_band
 from relcast.runfolder import RunFolder
 
 STRATEGY_NAMES = {"topk": "top-k dropout", "long_short": "long-short"}
@@ -38,7 +38,7 @@ def metrics_frame(metrics: Mapping) -> pd.DataFrame:
     """metrics.json -> the report's metrics table as strings, one row per model.
 
     Same columns, formats, ``± std`` over seeds and ``*`` on the best value per column
-    (controls excluded) as :func:`relcast.evaluation.report.metrics_table_text`.
+    (controls excluded) as :func:`relcast.evaluation.metrics_table.metrics_table_text`.
     """
     return pd.DataFrame(metrics_table_rows(metrics), columns=["model", *(c.label for c in COLUMNS)])
 

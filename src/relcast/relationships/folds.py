@@ -1,4 +1,4 @@
-"""The folds of the out-of-fold relationship store (:mod:`relcast.relationships`): purged,
+"""The folds of the out-of-fold relationship store (:mod:`relcast.relationships.store`): purged,
 embargoed, time-ordered folds of the training span, the dates a training date's label window
 reads, the Procrustes rotation that aligns a fold model's learned-embedding blocks onto the full
 model's basis, and the epoch count fold models train for."""

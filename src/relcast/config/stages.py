@@ -21,13 +21,13 @@ from pydantic import (
     model_validator,
 )
 
-from relcast.config_sections import _Section
+from relcast.config.sections import Section
 
 EXTRACTORS = ("v1", "v2", "v3", "v1+v2")
 FEATURE_SETS = ("hybrid", "own", "rawconcat")
 
 
-class Stage1Settings(_Section):
+class Stage1Settings(Section):
     """The cross-sectional Transformer (:class:`relcast.models.cross_sectional.Stage1Config`
     takes every model field from here, ``Stage1Config.from_settings``) and its training."""
 
@@ -106,7 +106,7 @@ class Stage1Settings(_Section):
         return self
 
 
-class Stage2Settings(_Section):
+class Stage2Settings(Section):
     enabled: bool = Field(True, description="fit LightGBM on Stage1 residuals")
     num_leaves: int = Field(31, ge=2)
     n_estimators: int = Field(300, ge=1)
@@ -120,7 +120,7 @@ class Stage2Settings(_Section):
     )
 
 
-class V2Settings(_Section):
+class V2Settings(Section):
     """V2 embedding extractor (:class:`relcast.models.extractors.EmbeddingExtractor`); its
     size is ``stage1.relationship_dim``."""
 
@@ -131,7 +131,7 @@ class V2Settings(_Section):
     )
 
 
-class V3Settings(_Section):
+class V3Settings(Section):
     """V3 contrastive extractor (:class:`relcast.training.contrastive.ContrastiveExtractor`)."""
 
     proj_dim: int = Field(16, ge=2, description="size of the learned unit projection ctr_*")
@@ -154,7 +154,7 @@ class V3Settings(_Section):
     lr: float = Field(3e-3, gt=0)
 
 
-class RelationshipSettings(_Section):
+class RelationshipSettings(Section):
     extractor: Literal[EXTRACTORS] = Field("v2", description="relationship extractor")
     oof_folds: int = Field(
         3, ge=0, description="out-of-fold folds over the training span (0: leaky)"
@@ -217,7 +217,7 @@ def _registry():
     return registry
 
 
-class Stage3Settings(_Section):
+class Stage3Settings(Section):
     """The temporal models. Shared settings here; each model's own hyperparameters in a
     section named after it (``stage3.gru.num_layers``, ``stage3.tft.num_heads``,
     ``stage3.tcn.kernel_size``): the fields of its ``Config`` in the Stage3 registry beyond

@@ -1,4 +1,5 @@
-"""Daily cross-sectional signal metrics over arrays: IC / Rank IC, ICIR, MSE, direction.
+"""Signal metrics over numpy arrays, in the field's vocabulary: daily IC / Rank IC, ICIR, MSE,
+direction accuracy, and for quantile forecasts pinball loss and interval coverage.
 
 Conventions (as in qlib): IC is the cross-sectional Pearson correlation between predictions
 and realised labels at one date, Rank IC the Spearman correlation (average ranks for ties);
@@ -8,17 +9,26 @@ A cell counts as valid where ``mask`` is True and both ``pred`` and ``label`` ar
 A date with fewer than two valid cells, or zero variance on either side, has a NaN IC and is
 left out of the summaries.
 
-These live on the models floor because estimators (the Stage2 booster's validation report)
-and training (model selection on validation Rank IC) use them as much as evaluation does;
-:mod:`relcast.evaluation.metrics` re-exports them next to the evaluation-only metrics, and
-:mod:`relcast.training.metrics` holds the torch versions.
+This module sits on the ground floor (numpy only) because estimators (the Stage2 booster's
+validation report), training (model selection on validation Rank IC) and evaluation all use
+it; :mod:`relcast.training.torch_metrics` holds the torch versions of IC and Rank IC.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
-__all__ = ["average_ranks", "daily_ic", "daily_rank_ic", "signal_metrics", "summarize_ic"]
+__all__ = [
+    "average_ranks",
+    "daily_ic",
+    "daily_rank_ic",
+    "interval_coverage",
+    "pinball_loss",
+    "signal_metrics",
+    "summarize_ic",
+]
 
 
 def _valid_cells(
@@ -142,3 +152,32 @@ def signal_metrics(
         "direction_acc": direction,
         "n_dates": ic["n_dates"],
     }
+
+
+def pinball_loss(pred_q: np.ndarray, y: np.ndarray, quantiles: Sequence[float]) -> float:
+    """Mean pinball (quantile) loss of ``pred_q [..., Q]`` against ``y [...]`` over finite cells.
+
+    For quantile q and error e = y - pred: ``max(q * e, (q - 1) * e)``, averaged over cells
+    and quantiles.
+    """
+    pred_q = np.asarray(pred_q, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    q = np.asarray(quantiles, dtype=np.float64)
+    if pred_q.shape != (*y.shape, q.size):
+        raise ValueError(f"pred_q has shape {pred_q.shape}, expected {(*y.shape, q.size)}")
+    if ((q <= 0) | (q >= 1)).any():
+        raise ValueError(f"quantiles must lie in (0, 1), got {q.tolist()}")
+    ok = np.isfinite(y)[..., None] & np.isfinite(pred_q)
+    err = y[..., None] - pred_q  # (..., Q)
+    loss = np.maximum(q * err, (q - 1.0) * err)
+    return float(loss[ok].mean()) if ok.any() else float("nan")
+
+
+def interval_coverage(lo: np.ndarray, hi: np.ndarray, y: np.ndarray) -> float:
+    """Share of finite ``y`` that fall inside ``[lo, hi]`` (an 80% interval should give ~0.8)."""
+    lo, hi, y = (np.asarray(a, dtype=np.float64) for a in (lo, hi, y))
+    ok = np.isfinite(y) & np.isfinite(lo) & np.isfinite(hi)
+    if not ok.any():
+        return float("nan")
+    inside = (y >= lo) & (y <= hi)
+    return float(inside[ok].mean())

@@ -1,5 +1,5 @@
 """The sections of a run's configuration about the data: the base class of every section,
-``data`` and ``split``. The stage sections are in :mod:`relcast.config_stages`;
+``data`` and ``split``. The stage sections are in :mod:`relcast.config.stages`;
 :mod:`relcast.config` puts them together with the evaluation and trainer sections and loads
 them from presets, files and ``--set``.
 """
@@ -11,7 +11,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
-class _Section(BaseModel):
+class Section(BaseModel):
     # strict: YAML already gives typed values, so a bool for an int or a number for a list
     # is a mistake to report, not to coerce
     model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
@@ -40,7 +40,7 @@ def _as_text(value: Any) -> Any:
     return value
 
 
-class DataConfig(_Section):
+class DataConfig(Section):
     source: str = Field(
         "demo", description="'demo', 'synthetic', or a path to CSV/Parquet/folder/qlib dir"
     )
@@ -149,7 +149,7 @@ class DataConfig(_Section):
         return self
 
 
-class WalkForwardSettings(_Section):
+class WalkForwardSettings(Section):
     """Walk-forward evaluation: test blocks of ``block_years`` calendar years from
     ``first_test`` to the data's end; each block trains on every date before the block
     before it (expanding window) and validates on that block (embargoes as for one split);
@@ -186,7 +186,7 @@ class WalkForwardSettings(_Section):
         return value
 
 
-class SplitConfig(_Section):
+class SplitConfig(Section):
     walk_forward: WalkForwardSettings = Field(default_factory=WalkForwardSettings)
     valid_frac: float = Field(0.15, gt=0, lt=0.5, description="fraction of dates for validation")
     test_frac: float = Field(0.15, gt=0, lt=0.5, description="fraction of dates for test")

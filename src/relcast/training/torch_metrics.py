@@ -1,7 +1,7 @@
 """Torch versions of the daily signal metrics, for losses and validation inside training.
 
 :func:`ic_torch` (differentiable) and :func:`rank_ic_torch` follow the conventions of
-:mod:`relcast.models.metrics` (valid cells, NaN where undefined, average ranks for ties) on
+:mod:`relcast.metrics` (valid cells, NaN where undefined, average ranks for ties) on
 ``[B, N]`` batches of dates; ``tests/test_metrics.py`` checks them against the numpy ones.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["ic_torch", "rank_ic_torch"]
+__all__ = ["ic_torch", "rank_ic_torch", "torch_average_ranks"]
 
 
 def _torch_valid(
@@ -60,7 +60,9 @@ def ic_torch(
     return _torch_masked_pearson(pred, label, valid)
 
 
-def _torch_average_ranks(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+def torch_average_ranks(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """1-based average ranks of ``x [B, N]`` along each row among the ``valid`` cells (ties
+    share their mean rank), as :func:`relcast.metrics.average_ranks` does in numpy."""
     x = torch.where(valid, x, torch.full_like(x, float("inf")))
     B, N = x.shape
     s, order = torch.sort(x, dim=1, stable=True)
@@ -84,6 +86,6 @@ def rank_ic_torch(
     with torch.no_grad():
         pred, label = pred.detach().double(), label.detach().double()
         valid = _torch_valid(pred, label, mask)
-        rp = _torch_average_ranks(pred, valid)
-        rl = _torch_average_ranks(label, valid)
+        rp = torch_average_ranks(pred, valid)
+        rl = torch_average_ranks(label, valid)
         return _torch_masked_pearson(rp, rl, valid).to(torch.get_default_dtype())

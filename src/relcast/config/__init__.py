@@ -1,7 +1,7 @@
 """Run configuration: validated pydantic models, YAML presets and ``--set key=value`` overrides.
 
-The data and split sections are in :mod:`relcast.config_sections`, the stage sections in
-:mod:`relcast.config_stages`; presets live only in ``relcast/configs/*.yaml``.
+The data and split sections are in :mod:`relcast.config.sections`, the stage sections in
+:mod:`relcast.config.stages`; presets live only in ``relcast/config/presets/*.yaml``.
 
 A run is ``defaults <- preset file <- user YAML <- --set overrides`` (CLI flags such as
 ``--data`` count as overrides, and only when given). Unknown keys are errors, values have
@@ -18,27 +18,23 @@ from typing import Any, ClassVar, Literal
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from relcast.config_sections import DataConfig, SplitConfig, _Section
-from relcast.config_stages import (  # noqa: F401  (the sections, importable from here too)
-    EXTRACTORS,
-    FEATURE_SETS,
+from relcast.config.sections import DataConfig, Section, SplitConfig
+from relcast.config.stages import (
     RelationshipSettings,
     Stage1Settings,
     Stage2Settings,
     Stage3Settings,
-    V2Settings,
-    V3Settings,
 )
 
 PRESETS = ("small", "medium", "large")
-PRESET_DIR = Path(__file__).parent / "configs"
+PRESET_DIR = Path(__file__).parent / "presets"
 
 
 class RelcastConfigError(ValueError):
     """A configuration that cannot run; the message names the key and what is allowed."""
 
 
-class EvaluationSettings(_Section):
+class EvaluationSettings(Section):
     topk: int = Field(5, ge=1, description="names held by the top-k dropout portfolio")
     n_drop: int = Field(1, ge=0, description="names replaced per day")
     buy_cost: float = Field(0.0005, ge=0, description="5 bp")
@@ -55,7 +51,7 @@ class EvaluationSettings(_Section):
         return self
 
 
-class FactorSettings(_Section):
+class FactorSettings(Section):
     """One factor baseline (relcast.features.factors), scored like every model."""
 
     enabled: bool = Field(True, description="score this factor as a model")
@@ -64,7 +60,7 @@ class FactorSettings(_Section):
     )
 
 
-class BaselineSettings(_Section):
+class BaselineSettings(Section):
     """The reference models scored beside relcast's (relcast.training.baselines): the factor
     baselines, LightGBM on the raw features, and the same LightGBM on labels shuffled within
     each date."""
@@ -116,7 +112,7 @@ STRATEGIES = (
 )
 
 
-class TrainerSettings(_Section):
+class TrainerSettings(Section):
     accelerator: Literal[ACCELERATORS] = Field("auto", description="cpu, gpu, auto, ...")
     devices: int | str = Field(
         1, description="devices per node: a count (-1: all), 'auto', or ids like '0,1'"
@@ -154,7 +150,7 @@ class TrainerSettings(_Section):
         return value
 
 
-class RelcastConfig(_Section):
+class RelcastConfig(Section):
     """The whole run. Every field has a default; presets override a few."""
 
     preset: Literal[PRESETS] = "small"

@@ -62,25 +62,21 @@ from relcast.models.extractors import (
     RelationshipFeatures,
     ScoreExtractor,
 )
-from relcast.relationship_blocks import (
+from relcast.relationships.blocks import (
     BLOCK_BYTES,
     extract_blocks,
     open_values,
     release,
     write_frame_parquet,
 )
-from relcast.relationship_folds import (  # noqa: F401  (importable from here too)
-    ALIGNABLE_PREFIXES,
-    NOT_ALIGNABLE_PREFIXES,
+from relcast.relationships.folds import (
     alignable_blocks,
-    best_epoch_count,
-    label_dates_used,
     log_fold,
     procrustes_rotation,
     purged_folds,
 )
-from relcast.training.contrastive import ContrastiveExtractor
-from relcast.training.specs import Stage1Spec, TrainerSpec
+from relcast.training.contrastive import ContrastiveExtractor, ContrastiveSettings
+from relcast.training.specs import ExtractorSpec, Stage1Spec, TrainerSpec
 
 FULL_MODEL = -1
 ALIGN_DATES = 64
@@ -151,7 +147,7 @@ class RelationshipStore:
         self, path: str | Path, feature_groups: Sequence[str] = ("own", "calendar")
     ) -> Path:
         """Write ``data_with_relationships`` a block of dates at a time, atomically
-        (:func:`~relcast.relationship_blocks.write_frame_parquet`)."""
+        (:func:`~relcast.relationships.blocks.write_frame_parquet`)."""
         return write_frame_parquet(self, path, feature_groups)
 
     @classmethod
@@ -444,6 +440,25 @@ def make_extractor(
     return CombinedExtractor([extractor, *extra]) if extra else extractor
 
 
+def extractor_from_spec(
+    spec: ExtractorSpec, is_index: np.ndarray | None, sector_ids: np.ndarray | None
+) -> RelationshipExtractor:
+    """An unfitted extractor as ``spec`` describes it, for a universe whose index symbols
+    and encoded sectors are given (:func:`make_extractor`)."""
+    return make_extractor(
+        spec.kind,
+        is_index=is_index,
+        sector_ids=sector_ids,
+        method=spec.method,
+        n_components=spec.n_components,
+        stage1_score=spec.stage1_score,
+        neighbours=spec.neighbours,
+        label_delay=spec.label_delay,
+        seed=spec.seed,
+        **spec.v3,  # V3's settings (the other extractors take none)
+    )
+
+
 def _extractor_by_name(
     name: str, *, is_index, sector_ids, method, n_components, **kwargs: Any
 ) -> RelationshipExtractor:
@@ -452,7 +467,10 @@ def _extractor_by_name(
     if name == "v2":
         return EmbeddingExtractor(method=method, n_components=n_components)
     if name == "v3":
-        return ContrastiveExtractor(sector_ids=sector_ids, **kwargs)
+        label_delay = kwargs.pop("label_delay", 0)
+        return ContrastiveExtractor(
+            ContrastiveSettings(**kwargs), label_delay=label_delay, sector_ids=sector_ids
+        )
     if name == "v1+v2":
         return CombinedExtractor(
             [

@@ -4,7 +4,7 @@ The design names "dynamic relationship weighting by market regime". Detection is
 feature of the data (no learning), so it lives on the features floor:
 :func:`detect_regime` labels each date from the index's trailing return and moving-average
 slope (no data after t), :func:`regime_features` one-hot encodes it. The learned gate that
-reweights relationship features by regime is :mod:`relcast.models.regime`.
+reweights relationship features by regime is :mod:`relcast.models.regime_gate`.
 """
 
 from __future__ import annotations

@@ -2,9 +2,9 @@
 
 The design names "dynamic relationship weighting by market regime": in a falling market
 stocks move with the index, in a calm one sector stories matter more. The regime of each
-date comes from :func:`relcast.features.regime.detect_regime` (the index's own past, no
-data after t; re-exported here), and :class:`RegimeGate` learns, per regime, how much to
-scale the index-relationship columns and the sector-relationship columns of Stage3's input.
+date comes from :func:`relcast.features.regime_detection.detect_regime` (the index's own
+past, no data after t), and :class:`RegimeGate` learns, per regime, how much to scale the
+index-relationship columns and the sector-relationship columns of Stage3's input.
 """
 
 from __future__ import annotations
@@ -14,16 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from relcast.features.regime import (  # noqa: F401  (re-exported for models' users)
-    BEAR,
-    BULL,
-    NUM_REGIMES,
-    REGIME_COLUMNS,
-    REGIME_NAMES,
-    SIDEWAYS,
-    detect_regime,
-    regime_features,
-)
+from relcast.features.regime_detection import NUM_REGIMES, REGIME_COLUMNS, REGIME_NAMES
 
 
 def gate_columns(
@@ -99,7 +90,7 @@ class RegimeGatedModel(nn.Module):
     (``config``, outputs, :meth:`interpret`) is unchanged.
 
     Args:
-        model: a registry model (``relcast.models.temporal.create_model``).
+        model: a registry model (``relcast.models.temporal.registry.create_model``).
         regime_columns: positions in ``x`` of the bull, bear and sideways columns.
         index_columns, sector_columns: positions in ``x`` the gate scales.
     """

@@ -1,4 +1,4 @@
-"""The relationship store by blocks of dates (:mod:`relcast.relationships`, ``data.store:
+"""The relationship store by blocks of dates (:mod:`relcast.relationships.store`, ``data.store:
 memmap``): extraction a block of dates at a time into a ``[T, N, K]`` memory map, and
 ``data_with_relationships`` written to Parquet a block of dates (one row group or a few) at a
 time, so neither the ``[T, N, K]`` values nor the long frame is ever whole in memory."""

@@ -57,6 +57,17 @@ MARKETS = {
     ],
 }
 ROWS = ("lightgbm", "stage1", "hybrid_gru", "stage3_own_gru")
+KEEP = ("ic", "rank_ic", "icir", "rank_icir", "n_dates", "ic_t", "rank_ic_t", "rank_ic_p",
+        "vs_lightgbm", "vs_own", "vs_reversal", "neutral")  # fmt: skip
+
+
+def compact(row: dict) -> dict:
+    """A metrics row without its per-date series (what the JSON keeps)."""
+    out = {k: row[k] for k in KEEP if k in row}
+    backtest = row.get("backtest")
+    if isinstance(backtest, dict):
+        out["backtest"] = {k: v for k, v in backtest.items() if not isinstance(v, list | dict)}
+    return out
 
 
 def run_one(overrides: list[str], out: str) -> dict[str, Any]:
@@ -89,7 +100,7 @@ def run_one(overrides: list[str], out: str) -> dict[str, Any]:
                 m: metrics["walk_forward"][name]["models"].get(m, {}).get("rank_ic") for m in ROWS
             },
         }
-    pooled = {m: metrics["models"][m] for m in metrics["models"]}
+    pooled = {m: compact(row) for m, row in metrics["models"].items()}
     return {
         "wall_seconds": round(seconds, 1),
         "peak_rss_mb": round(peak.peak / MB),

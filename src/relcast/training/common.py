@@ -8,6 +8,7 @@ functions because importing it costs seconds.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +125,49 @@ def make_trainer(
     fit = lightning.Trainer(**{**arguments, **trainer.options})
     fit.epoch_history = history.history
     return fit
+
+
+@dataclass(frozen=True)
+class Trained:
+    """How a fit went: the epochs' metrics, the best validation Rank IC, the mean seconds of
+    a training epoch and the best checkpoint's path ("" if none)."""
+
+    history: list[dict[str, float]]
+    best_val_rank_ic: float
+    seconds_per_epoch: float
+    checkpoint: str
+
+
+def fit_to_best(module, timer, loaders: tuple, spec: Any, trainer: Any, single: bool) -> Trained:
+    """Train the Lightning ``module`` on ``loaders`` (train, valid) with early stopping on the
+    validation Rank IC (on the loss for a ``single`` target stock), then load the best
+    checkpoint's weights into ``module.model`` (eval mode). ``timer`` (a callback with a
+    ``seconds`` list) times the training epochs; ``spec`` gives ``patience`` and
+    ``max_epochs``."""
+    import numpy as np
+
+    fit = make_trainer(
+        trainer,
+        monitor="val_loss" if single else "val_rank_ic",
+        mode="min" if single else "max",
+        patience=spec.patience,
+        max_epochs=spec.max_epochs,
+    )
+    fit.callbacks.append(timer)
+    train, valid = loaders
+    fit.fit(module, train_dataloaders=train, val_dataloaders=valid)
+    best = load_best_state_dict(fit, prefix="model.")
+    if best is not None:
+        module.model.load_state_dict(best)
+    module.model.eval()
+    history = list(fit.epoch_history)
+    ics = [r["val_rank_ic"] for r in history if np.isfinite(r.get("val_rank_ic", np.nan))]
+    return Trained(
+        history=history,
+        best_val_rank_ic=max(ics) if ics else float("nan"),
+        seconds_per_epoch=float(np.mean(timer.seconds)) if timer.seconds else float("nan"),
+        checkpoint=str(fit.checkpoint_callback.best_model_path or ""),
+    )
 
 
 def load_initial_weights(module, path: str | Path) -> None:

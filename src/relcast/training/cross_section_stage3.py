@@ -248,12 +248,7 @@ def fit_cross_section(
     scored samples (dates per step = round(batch_size / target stocks), at least 1)."""
     from relcast.models.temporal.losses import QuantileHead
     from relcast.models.temporal.registry import create_model
-    from relcast.training.common import (
-        load_best_state_dict,
-        load_initial_weights,
-        make_trainer,
-        seed_everything,
-    )
+    from relcast.training.common import fit_to_best, load_initial_weights, seed_everything
 
     if spec.regime_gate:
         raise ValueError(f"{model_name} has no regime gate; set relationships.regime=false")
@@ -301,26 +296,13 @@ def fit_cross_section(
     module_class, timer_class = _module_classes()
     module, timer = module_class(model, quantiles, spec.lr, spec.weight_decay), timer_class()
     single = targets == 1
-    fit = make_trainer(
-        trainer.named(f"Stage3 {model_name}"),
-        monitor="val_loss" if single else "val_rank_ic",
-        mode="min" if single else "max",
-        patience=spec.patience,
-        max_epochs=spec.max_epochs,
-    )
-    fit.callbacks.append(timer)
-    fit.fit(module, train_dataloaders=train.dataloader(), val_dataloaders=valid.dataloader())
-    best = load_best_state_dict(fit, prefix="model.")
-    if best is not None:
-        model.load_state_dict(best)
-    model.eval()
-    history = list(fit.epoch_history)
-    ics = [r["val_rank_ic"] for r in history if np.isfinite(r.get("val_rank_ic", np.nan))]
-    seconds = float(np.mean(timer.seconds)) if timer.seconds else float("nan")
+    loaders = train.dataloader(), valid.dataloader()
+    done = fit_to_best(module, timer, loaders, spec, trainer.named(f"Stage3 {model_name}"), single)
+    seconds = done.seconds_per_epoch
     return dict(
         model=model,
-        history=history,
-        best_val_rank_ic=max(ics) if ics else float("nan"),
+        history=done.history,
+        best_val_rank_ic=done.best_val_rank_ic,
         seconds_per_epoch=seconds,
         windows_per_second=train.num_scored / seconds if seconds > 0 else float("nan"),
         num_train_windows=train.num_scored,
@@ -328,7 +310,7 @@ def fit_cross_section(
         quantiles=quantiles,
         label_norm=spec.label_norm,
         feature_set=inputs.feature_set,
-        checkpoint=str(fit.checkpoint_callback.best_model_path or ""),
+        checkpoint=done.checkpoint,
         chunk_length=None,
     )
 

@@ -181,12 +181,7 @@ def fit_stage3(
         index_symbols: the market index symbols (their ``attn_``/``ctr_sim_`` columns are
             index columns for the gate).
     """
-    from relcast.training.common import (
-        load_best_state_dict,
-        load_initial_weights,
-        make_trainer,
-        seed_everything,
-    )
+    from relcast.training.common import fit_to_best, load_initial_weights, seed_everything
 
     labels = np.asarray(labels, dtype=np.float32)
     if labels.ndim == 2:
@@ -245,27 +240,13 @@ def fit_stage3(
     timer = epoch_timer_class()()
     # a Rank IC needs >= 2 stocks per date; one target stock is judged by its loss instead
     single = stock_idx is not None and len(np.unique(stock_idx)) == 1
-    fit = make_trainer(
-        trainer.named(f"Stage3 {model_name}"),
-        monitor="val_loss" if single else "val_rank_ic",
-        mode="min" if single else "max",
-        patience=spec.patience,
-        max_epochs=spec.max_epochs,
-    )
-    fit.callbacks.append(timer)
-    fit.fit(module, train_dataloaders=train.dataloader(), val_dataloaders=valid.dataloader())
-
-    best = load_best_state_dict(fit, prefix="model.")
-    if best is not None:
-        model.load_state_dict(best)
-    model.eval()
-    history = list(fit.epoch_history)
-    ics = [row["val_rank_ic"] for row in history if np.isfinite(row.get("val_rank_ic", np.nan))]
-    seconds = float(np.mean(timer.seconds)) if timer.seconds else float("nan")
+    loaders = train.dataloader(), valid.dataloader()
+    done = fit_to_best(module, timer, loaders, spec, trainer.named(f"Stage3 {model_name}"), single)
+    seconds = done.seconds_per_epoch
     return Stage3Result(
         model=model,
-        history=history,
-        best_val_rank_ic=max(ics) if ics else float("nan"),
+        history=done.history,
+        best_val_rank_ic=done.best_val_rank_ic,
         seconds_per_epoch=seconds,
         windows_per_second=train.num_windows / seconds if seconds > 0 else float("nan"),
         num_train_windows=train.num_windows,
@@ -273,7 +254,7 @@ def fit_stage3(
         quantiles=None if quantiles is None else tuple(quantiles),
         label_norm=label_norm,
         feature_set=inputs.feature_set,
-        checkpoint=str(fit.checkpoint_callback.best_model_path or ""),
+        checkpoint=done.checkpoint,
         chunk_length=train.chunk_length,
     )
 

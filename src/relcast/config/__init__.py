@@ -168,6 +168,12 @@ class RelcastConfig(Section):
     def embargo(self) -> int:
         return self.split.embargo if self.split.embargo is not None else self.data.horizons
 
+    @property
+    def span_embargo(self) -> int:
+        """Dates cut between spans and around folds: the embargo plus the label delay (a
+        label at t reads close[t + delay + H])."""
+        return self.embargo + self.data.label_delay
+
     @model_validator(mode="after")
     def _embargo_covers_horizons(self) -> RelcastConfig:
         if self.split.embargo is not None and self.split.embargo < self.data.horizons:

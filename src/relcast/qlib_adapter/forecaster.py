@@ -231,7 +231,7 @@ class RelcastForecaster:
             train=positions_between(f.dates, train_first, train_last),
             valid=positions_between(f.dates, valid_first, valid_last),
             test=np.zeros(0, dtype=np.int64),
-            embargo=config.embargo + config.data.label_delay,
+            embargo=config.span_embargo,
             dates=f.dates,
         )
         sector_labels = self._sector_labels(instruments)

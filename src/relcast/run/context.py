@@ -178,7 +178,7 @@ class RunContext:
     @property
     def embargo(self) -> int:
         """Dates between spans and around folds: a label at t reads close[t + delay + H]."""
-        return self.config.embargo + self.config.data.label_delay
+        return self.config.span_embargo
 
     def features_for(self, panel: Panel, scalers: dict | None = None) -> FeatureSet:
         """Features of any panel on the run's symbols, scaled with the statistics of the

@@ -25,6 +25,7 @@ from relcast.data.panel import Panel, RelcastDataError, format_names
 from relcast.run.context import RunContext
 from relcast.runfolder import JOURNAL, RunFolder, RunFolderError
 from relcast.runfolder.formats import relationships_npz
+from relcast.training.specs import WARMUP_BARS
 
 __all__ = ["JOURNAL", "predict_date", "recover_update", "update_run"]
 
@@ -168,9 +169,9 @@ def predict_date(run_dir, data: str, date: str | None = None) -> pd.DataFrame:
     if frame.empty:
         raise RelcastDataError(
             f"{data}: no forecast for {pd.Timestamp(panel.dates[t]).date()}: no stock has "
-            f"{lookback} dates of complete features ending there (indicators need up to 60 "
-            "bars of history before the window, and a stock must trade on the date); pass "
-            "more history or another --date"
+            f"{lookback} dates of complete features ending there (indicators need up to "
+            f"{WARMUP_BARS} bars of history before the window, and a stock must trade on the "
+            "date); pass more history or another --date"
         )
     return frame
 

@@ -224,12 +224,10 @@ def score_pooled(contexts: list[RunContext], root: RunFolder) -> dict:
     split = pooled_split(contexts)
     forecasts = pooled_forecasts(contexts, scoring_window(split))
     metrics, _ = score_and_save(contexts[-1], forecasts, split, root)
+    blocks = {c.dir.name: c.folder.load_metrics() for c in contexts}
     metrics["walk_forward"] = {
-        c.dir.name: {
-            "spans": c.folder.load_metrics().get("split", {}),
-            "models": c.folder.load_metrics().get("models", {}),
-        }
-        for c in contexts
+        name: {"spans": m.get("split", {}), "models": m.get("models", {})}
+        for name, m in blocks.items()
     }
     root.save_metrics(metrics)
     return metrics

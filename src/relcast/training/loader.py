@@ -48,6 +48,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
+from relcast.training.specs import chunk_steps
 from relcast.training.windows import (
     BLOCK_CELLS,
     distributed_rank,
@@ -210,7 +211,7 @@ class WindowLoader(IterableDataset):
         if chunk_length is not None:
             if chunk_length < 1:
                 raise ValueError(f"chunk_length must be >= 1, got {chunk_length}")
-            self.chunk_length = max(int(chunk_length), 2 * self.lookback)
+            self.chunk_length = chunk_steps(chunk_length, self.lookback)
             self._build_chunks(ends, valid_np)
 
     @property

@@ -25,6 +25,9 @@ WALK = [
     "stage2.enabled=false",
     "stage1.max_epochs=1",
     "stage3.feature_sets=[own]",
+    "stage3.max_epochs=4",
+    "split.walk_forward.warm_epochs=2",
+    "evaluation.seeds=2",
 ]
 
 
@@ -163,6 +166,40 @@ def test_warm_start_takes_the_previous_blocks_weights(walk):
         )
 
 
+def test_warm_blocks_train_within_the_warm_epoch_budget(walk):
+    """The first block trains from scratch for its max_epochs (4: early stopping would need
+    patience + 1 = 5); the warm blocks fine-tune for at most ``warm_epochs`` = 2."""
+    out, _ = walk
+    epochs = {}
+    for name in ("2020", "2021", "2022"):
+        steps = json.loads((out / "blocks" / name / "run.json").read_text())["steps"]
+        epochs[name] = steps["stage3"]["models"]["stage3_own_gru"]["epochs"]
+    assert epochs["2020"] == 4 and epochs["2021"] <= 2 and epochs["2022"] <= 2, epochs
+
+
+def test_warm_fold_models_keep_the_scratch_blocks_epoch_count(tmp_path):
+    """Fold models start from scratch in every block, so a warm block (whose full Stage1 only
+    fine-tunes, its best epoch count small) gives them the count its scratch block used."""
+    from relcast.run.context import RunContext
+    from relcast.run.steps.extract import fold_epochs
+    from relcast.runfolder import RunFolder
+
+    before = RunFolder(tmp_path / "before")
+    before.path.mkdir(parents=True)
+    info = before.run_info()
+    info["steps"] = {"stage1": {"best_epoch": 9}, "extract": {"fold_epochs": 7}}
+    before.write_json("run.json", info)
+    before.write("stage1/model.safetensors", b"weights")
+    cfg = load_config(overrides=["relationships.oof_epochs=best"])
+    warm = RunContext(cfg, tmp_path / "warm", warm_from=before.path)
+    assert warm.stage1_spec.init is not None
+    assert fold_epochs(warm) == 7
+    cold = RunContext(cfg, tmp_path / "before")
+    assert cold.stage1_spec.init is None and fold_epochs(cold) == 9
+    fixed = load_config(overrides=["relationships.oof_epochs=4"])
+    assert fold_epochs(RunContext(fixed, tmp_path / "w2", warm_from=before.path)) == 4
+
+
 def test_a_warm_start_begins_at_the_saved_weights(tmp_path):
     """With a zero learning rate nothing moves: the trained model is the warm start."""
     import torch
@@ -218,6 +255,21 @@ def test_pooled_metrics_cover_every_test_block(walk):
     ]
     assert min(per_block) <= metrics["models"]["lightgbm"]["rank_ic"] <= max(per_block)
     assert (out / "report.html").exists()
+
+
+def test_pooled_seed_spread_comes_from_each_seeds_own_forecasts(walk):
+    """The pooled row scores the seeds' ensemble and gives the single seeds' spread over the
+    pooled span (scoring checks the ensemble is the mean of the pooled seeds)."""
+    out, _ = walk
+    metrics = json.loads((out / "metrics.json").read_text())
+    row = metrics["models"]["stage3_own_gru"]
+    assert row["seeds"]["n"] == 2 and row["seeds"]["rank_ic_std"] > 0
+    seeds = pd.read_parquet(out / "blocks" / "2021" / "seed_predictions.parquet")
+    assert set(seeds["model"]) == {"stage3_own_gru@seed0", "stage3_own_gru@seed1"}
+    one = pd.read_parquet(out / "blocks" / "2021" / "predictions.parquet")
+    one = one[one["model"] == "stage3_own_gru"].set_index(["date", "symbol", "horizon"])
+    mean = seeds.groupby(["date", "symbol", "horizon"])["pred"].mean()
+    np.testing.assert_allclose(mean.loc[one.index], one["pred"], rtol=1e-5, atol=1e-7)
 
 
 def test_rerun_skips_finished_blocks_and_predict_update_use_the_last(walk, market, tmp_path):

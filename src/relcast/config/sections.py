@@ -165,6 +165,13 @@ class WalkForwardSettings(Section):
         description="each block's networks start from the block before's weights (fold models "
         "of the out-of-fold store excepted: they would leak)",
     )
+    warm_epochs: int | None = Field(
+        None,
+        ge=1,
+        description="a warm-started network trains for at most this many epochs (it starts "
+        "from a fitted model; null: the stage's own max_epochs). The out-of-fold fold models "
+        "start from scratch and keep the first block's epoch count",
+    )
 
     @field_validator("first_test", mode="before")
     @classmethod

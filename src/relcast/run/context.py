@@ -128,13 +128,30 @@ class RunContext:
         spec = Stage1Spec.from_settings(
             self.config.stage1, self.config.trainer.seed, batch_dates=batch
         )
-        return replace(spec, init=self._warm("stage1/model.safetensors"))
+        return self._warm_budget(replace(spec, init=self._warm("stage1/model.safetensors")))
 
     def _warm(self, name: str) -> str | None:
         """The warm-start weights ``name`` of :attr:`warm_from`, if it has them."""
         if self.warm_from is None or not self.warm_from.has(name):
             return None
         return str(self.warm_from.file(name))
+
+    def _warm_budget(self, spec):
+        """``spec`` with at most ``split.walk_forward.warm_epochs`` epochs if it starts warm."""
+        budget = self.config.split.walk_forward.warm_epochs
+        if spec.init is None or budget is None or spec.max_epochs <= budget:
+            return spec
+        return replace(spec, max_epochs=budget)
+
+    @property
+    def warm_fold_epochs(self) -> int | None:
+        """The fold models' epoch count of the run this one starts warm from (fold models
+        always start from scratch, so a warm block keeps the scratch block's count; None:
+        not warm, or not recorded)."""
+        if self.warm_from is None or not self.warm_from.has("run.json"):
+            return None
+        epochs = self.warm_from.run_info()["steps"].get("extract", {}).get("fold_epochs")
+        return None if epochs is None else int(epochs)
 
     @cached_property
     def extractor_spec(self) -> ExtractorSpec:
@@ -146,7 +163,7 @@ class RunContext:
         """How the Stage3 ``model`` of this run is trained (a seed of the run's seeds); with
         its run ``name``, warm-started from that model of :attr:`warm_from` if it has one."""
         s = self.config.stage3
-        return Stage3Spec.from_settings(
+        spec = Stage3Spec.from_settings(
             s,
             model,
             self.config.trainer.seed + seed_offset,
@@ -154,6 +171,7 @@ class RunContext:
             regime_gate=regime_gate,
             init=None if name is None else self._warm(RunFolder.stage3_weights(name)),
         )
+        return self._warm_budget(spec)
 
     def stage3_names(self) -> list[tuple[str, str, str]]:
         """``(run name, model, feature set)`` for every Stage3 model of the config."""

@@ -113,4 +113,4 @@ def run_steps(ctx: RunContext, *, force: bool = False, steps: Sequence[Step] = S
             distributed.on_main(s.name, lambda s=s, kw=kwargs: s.run(ctx, **kw))
         return_freed_memory()  # one step's temporaries do not raise the next step's RSS
     log(f"run finished in {time.perf_counter() - total:.0f}s -> {ctx.dir}")
-    return ctx.folder.load_metrics()
+    return ctx.folder.load_metrics() if ctx.folder.has("metrics.json") else {}

@@ -94,7 +94,8 @@ def block_config(config: RelcastConfig, block: Block) -> RelcastConfig:
     """The config of one block's run: ``config`` with the block's date splits."""
     split = config.split.model_copy(
         update={
-            "walk_forward": type(config.split.walk_forward)(),  # off: a block is one split
+            # off (a block is one split); its warm-start settings stay
+            "walk_forward": config.split.walk_forward.model_copy(update={"first_test": None}),
             "train_end": block.train_end,
             "valid_end": block.valid_end,
             "test_end": block.test_end,
@@ -126,7 +127,7 @@ def run_walk_forward(config: RelcastConfig, run_dir: str | Path, *, force: bool 
     distributed.init(config.trainer.accelerator)
     with root.lock("walk_forward"):
         total = time.perf_counter()
-        distributed.on_main("walk_forward", lambda: _start(root, config, force))
+        distributed.on_main("walk_forward", lambda: start_walk_forward(root, config, force))
         dates = load_source(config).dates
         contexts = block_contexts(config, run_dir, dates)
         log(
@@ -146,8 +147,9 @@ def run_walk_forward(config: RelcastConfig, run_dir: str | Path, *, force: bool 
     return metrics or {}
 
 
-def _start(root: RunFolder, config: RelcastConfig, force: bool) -> None:
-    """Write the walk-forward's config (a folder holding another config is refused)."""
+def start_walk_forward(root: RunFolder, config: RelcastConfig, force: bool) -> None:
+    """Write the walk-forward's config and run.json (a folder holding another config is
+    refused): the run folder its blocks are written into."""
     from relcast.config import load_config
 
     if not force and root.has("config.yaml"):
@@ -189,19 +191,34 @@ def pooled_split(contexts: list[RunContext]) -> Split:
 
 
 def pooled_forecasts(contexts: list[RunContext], window: slice):
-    """Every block's scored forecasts (its ``predictions.parquet``) on the pooled window."""
-    from relcast.run.steps.evaluate import Forecasts
+    """Every block's scored forecasts (its ``predictions.parquet``) on the pooled window,
+    with each seed's own forecast (``seed_predictions.parquet``) for the seeds' spread."""
+    from relcast.run.steps.evaluate import SEED_MARK, SEED_PREDICTIONS, Forecasts
 
     last = contexts[-1]
     dates, symbols = last.panel.dates, last.panel.symbols
     W, N, H = window.stop - window.start, len(symbols), last.labels.shape[2]
     out = Forecasts(window=window)
     levels = last.config.stage3.quantiles or []
-    for ctx in contexts:
-        table = pd.read_parquet(ctx.folder.file("predictions.parquet"))
+
+    def cells(table: pd.DataFrame):
         t = np.searchsorted(dates, table["date"].to_numpy(dtype="datetime64[ns]")) - window.start
         n = pd.Index(symbols).get_indexer(table["symbol"].astype(str))
-        h = table["horizon"].to_numpy() - 1
+        return t, n, table["horizon"].to_numpy() - 1
+
+    seeds: dict[str, dict[int, np.ndarray]] = {}
+    for ctx in contexts:
+        if ctx.folder.has(SEED_PREDICTIONS):
+            table = pd.read_parquet(ctx.folder.file(SEED_PREDICTIONS))
+            t, n, h = cells(table)
+            for label, rows in table.groupby("model", sort=False).groups.items():
+                name, k = str(label).rsplit(SEED_MARK, 1)
+                rows = np.asarray(rows)
+                runs = seeds.setdefault(name, {})
+                run = runs.setdefault(int(k), np.full((W, N, H), np.nan, dtype=np.float32))
+                run[t[rows], n[rows], h[rows]] = table["pred"].to_numpy()[rows]
+        table = pd.read_parquet(ctx.folder.file("predictions.parquet"))
+        t, n, h = cells(table)
         for name, rows in table.groupby("model", sort=False).groups.items():
             rows = np.asarray(rows)
             point = out.point.setdefault(name, np.full((W, N, H), np.nan, dtype=np.float32))
@@ -212,6 +229,11 @@ def pooled_forecasts(contexts: list[RunContext], window: slice):
                     name, np.full((W, N, H, len(q)), np.nan, dtype=np.float32)
                 )
                 band[t[rows], n[rows], h[rows]] = table[q].to_numpy()[rows]
+    out.seed_runs = {
+        name: [runs[k] for k in sorted(runs)]
+        for name, runs in seeds.items()
+        if name in out.point and len(runs) > 1
+    }
     return out
 
 

@@ -216,10 +216,25 @@ def score_and_save(ctx: RunContext, forecasts: Forecasts, split, folder) -> tupl
     )
     folder.save_metrics(metrics)
     folder.write("predictions.parquet", partial(write_frames, frames=pieces, columns=columns))
+    if forecasts.seed_runs:  # each seed's own forecast (a walk-forward pools their spread)
+        seeds = (
+            piece
+            for name, runs in forecasts.seed_runs.items()
+            for k, run in enumerate(runs)
+            for piece in prediction_frames(f"{name}{SEED_MARK}{k}", run, None, rows)
+        )
+        folder.write(
+            SEED_PREDICTIONS,
+            partial(write_frames, frames=seeds, columns=prediction_columns(None)),
+        )
     folder.save_table("backtest.parquet", backtest)
     if forecasts.importance:
         folder.write_json("importance.json", forecasts.importance)
     return metrics, span.days + window.start
+
+
+SEED_PREDICTIONS = "seed_predictions.parquet"  # with evaluation.seeds > 1: model@seedK rows
+SEED_MARK = "@seed"
 
 
 def tft_importance(model, inputs, index) -> dict[str, float]:
@@ -228,8 +243,10 @@ def tft_importance(model, inputs, index) -> dict[str, float]:
     return {k: float(v) for k, v in result["variable_importance"].items()}
 
 
-MEMMAP_ATTENTION_BYTES = 2**28  # data.store: memmap saves the last scored days within this
-MEMMAP_ATTENTION_BATCH = 2**25  # and computes them with at most this much weights at a time
+# attention.npz holds the last scored days within this (every day up to ~4,000 dates at 30
+# stocks; 16 days at 1,026 stocks, where all 250 of a year were 1 GB and a minute to compress)
+ATTENTION_BYTES = 2**26
+MEMMAP_ATTENTION_BATCH = 2**25  # data.store: memmap computes them with at most this much weights
 STAGE1_BATCH = 64  # predict_stage1's default batch of dates
 
 
@@ -259,10 +276,10 @@ def save_attention(ctx: RunContext, days: np.ndarray) -> None:
     from relcast.models.cross_sectional import predict_stage1
 
     batch = {}
-    if ctx.store.by_blocks:  # [D, N, N] floats: the last days that fit
-        N, cfg = ctx.panel.num_symbols, ctx.stage1_model.config
-        days = days[-max(1, MEMMAP_ATTENTION_BYTES // (4 * N * N)) :]
-        # and batches of dates whose every layer's and head's weights fit in this
+    N = ctx.panel.num_symbols
+    days = days[-max(1, ATTENTION_BYTES // (4 * N * N)) :]  # [D, N, N] floats: the last that fit
+    if ctx.store.by_blocks:  # batches of dates whose every layer's and head's weights fit in this
+        cfg = ctx.stage1_model.config
         per_date = 4 * cfg.num_layers * cfg.num_heads * N * N
         batch = {"batch_dates": max(1, min(STAGE1_BATCH, MEMMAP_ATTENTION_BATCH // per_date))}
     out = predict_stage1(

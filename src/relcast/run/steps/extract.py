@@ -21,6 +21,8 @@ def fold_epochs(ctx: RunContext) -> int | None:
     if epochs == "early_stopping":
         return None
     if epochs == "best":
+        if ctx.stage1_spec.init is not None:  # a warm full model's best count is a fine-tune's
+            return ctx.warm_fold_epochs
         return ctx.stage1_best_epoch or None
     return int(epochs)
 
@@ -57,6 +59,7 @@ def extract(ctx: RunContext) -> None:
         spec=replace(fit.spec, init=None),
         trainer=fit.trainer.logging_to(ctx.dir / "logs" / "stage1_folds"),
     )
+    epochs = plan.fold_epochs
     store = build_relationship_store(
         ctx.features, ctx.stage1_labels, ctx.split, ctx.make_extractor(), fit, plan,
         full_model=ctx.stage1_model,
@@ -70,5 +73,7 @@ def extract(ctx: RunContext) -> None:
     ctx.folder.save_extractor(store.full_extractor, ctx.extractor_spec.to_dict())
     ctx.forget("relationships")
     ctx.folder.drop_checkpoints()  # fold models were only needed to extract
-    ctx.mark("extract", store.build_seconds, columns=len(store.names), folds=folds)
+    ctx.mark(
+        "extract", store.build_seconds, columns=len(store.names), folds=folds, fold_epochs=epochs
+    )
     log(f"{len(store.names)} relationship columns in {store.build_seconds:.0f}s")

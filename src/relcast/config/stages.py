@@ -23,7 +23,11 @@ from pydantic import (
 
 from relcast.config.sections import Section
 
-EXTRACTORS = ("v1", "v2", "v3", "v1+v2")
+# the relationship extractors; relationships.extractor joins any of them with "+"
+BASE_EXTRACTORS = ("v1", "v2", "v3", "leave_self_out", "lead_lag")
+# the combinations offered by name (the app's choices)
+EXTRACTORS = ("v1", "v2", "v3", "v1+v2", "leave_self_out", "lead_lag", "v2+leave_self_out",
+              "v2+lead_lag")  # fmt: skip
 FEATURE_SETS = ("hybrid", "own", "rawconcat")
 
 
@@ -154,8 +158,24 @@ class V3Settings(Section):
     lr: float = Field(3e-3, gt=0)
 
 
+class LeadLagSettings(Section):
+    lags: int = Field(3, ge=1, description="peers' ret1 of dates t .. t - lags + 1")
+
+
 class RelationshipSettings(Section):
-    extractor: Literal[EXTRACTORS] = Field("v2", description="relationship extractor")
+    extractor: str = Field(
+        "v2",
+        description="relationship extractor: v1 (attention rows), v2 (embeddings), v3 "
+        "(contrastive), leave_self_out (peers' Stage1 vectors along the attention, the stock "
+        "left out), lead_lag (peers' lagged returns along the attention), or several joined "
+        "with + (e.g. v2+lead_lag)",
+    )
+    orthogonal: bool = Field(
+        False,
+        description="remove from every relationship column its least-squares fit on the "
+        "stock's own columns (fitted on training dates, applied date by date): the columns "
+        "keep only what own history does not linearly say",
+    )
     oof_folds: int = Field(
         3, ge=0, description="out-of-fold folds over the training span (0: leaky)"
     )
@@ -191,6 +211,19 @@ class RelationshipSettings(Section):
     )
     v2: V2Settings = V2Settings()
     v3: V3Settings = V3Settings()
+    lead_lag: LeadLagSettings = LeadLagSettings()
+
+    @field_validator("extractor")
+    @classmethod
+    def _known_extractors(cls, value: str) -> str:
+        parts = extractor_parts(value)
+        unknown = [p for p in parts if p not in BASE_EXTRACTORS]
+        if unknown or len(set(parts)) != len(parts) or not parts:
+            raise ValueError(
+                f"{value!r}: choose from {', '.join(BASE_EXTRACTORS)}, or several of them "
+                f"joined with + (each once), e.g. v2+lead_lag"
+            )
+        return "+".join(parts)
 
     @field_validator("oof_epochs")
     @classmethod
@@ -201,13 +234,18 @@ class RelationshipSettings(Section):
 
     @model_validator(mode="after")
     def _regime_has_something_to_gate(self) -> RelationshipSettings:
-        if self.regime and self.extractor == "v2":
+        if self.regime and not {"v1", "v3"} & set(extractor_parts(self.extractor)):
             raise ValueError(
                 "relationships.regime=true gates the index and sector relationship columns, "
-                "which extractor v2 (embeddings only) does not produce; use "
+                f"which extractor {self.extractor} does not produce; use "
                 "relationships.extractor=v1, v3 or v1+v2"
             )
         return self
+
+
+def extractor_parts(name: str) -> list[str]:
+    """The extractors a ``relationships.extractor`` value joins (``"v2+lead_lag"``)."""
+    return [part.strip().lower() for part in str(name).split("+") if part.strip()]
 
 
 def _registry():

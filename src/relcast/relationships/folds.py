@@ -10,8 +10,8 @@ from collections.abc import Sequence
 import numpy as np
 
 # Column prefixes of learned embedding blocks whose basis differs between models.
-ALIGNABLE_PREFIXES = ("rel_emb_", "ctr_")
-NOT_ALIGNABLE_PREFIXES = ("ctr_sim_",)
+ALIGNABLE_PREFIXES = ("rel_emb_", "ctr_", "lso_", "orth_rel_emb_", "orth_ctr_", "orth_lso_")
+NOT_ALIGNABLE_PREFIXES = ("ctr_sim_", "orth_ctr_sim_")
 
 
 def purged_folds(

@@ -53,6 +53,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from relcast.config.stages import BASE_EXTRACTORS, extractor_parts
 from relcast.features.featureset import FeatureSet
 from relcast.models.extractors import (
     AttentionExtractor,
@@ -407,7 +408,9 @@ def build_relationship_store(
 
 
 # ----------------------------------------------------------------------------- by name
-EXTRACTORS = ("v1", "v2", "v3", "v1+v2")
+ADD_ONS = {"method": "bottleneck", "n_components": 16, "stage1_score": False,
+           "neighbours": False, "orthogonal": False, "lead_lag_lags": 3}  # fmt: skip
+""":func:`make_extractor`'s settings besides V3's, with their defaults."""
 
 
 def make_extractor(
@@ -415,29 +418,35 @@ def make_extractor(
     *,
     is_index: np.ndarray | None = None,
     sector_ids: np.ndarray | None = None,
-    method: str = "bottleneck",
-    n_components: int = 16,
-    stage1_score: bool = False,
-    neighbours: bool = False,
-    **kwargs: Any,
+    **settings: Any,
 ) -> RelationshipExtractor:
-    """Extractor by name: ``"v1"``, ``"v2"``, ``"v3"`` or ``"v1+v2"``.
+    """Extractor by name: any of :data:`BASE_EXTRACTORS` or several joined with ``+``
+    (``"v1+v2"``, ``"v2+lead_lag"``), side by side.
 
-    ``is_index``/``sector_ids`` go to V1 (and ``sector_ids`` to V3), ``method``/
-    ``n_components`` to V2, other keyword arguments (``label_delay``, ...) to V3.
+    ``is_index``/``sector_ids`` go to V1 (and ``sector_ids`` to V3). ``settings`` (defaults in
+    :data:`ADD_ONS`): ``method``/``n_components`` go to V2, ``lead_lag_lags`` to lead-lag;
     ``stage1_score`` adds Stage1's own forecast as a column (:class:`ScoreExtractor`),
     ``neighbours`` the attention-weighted own indicators of the other stocks
-    (:class:`relcast.models.neighbours.NeighbourExtractor`).
+    (:class:`relcast.models.neighbours.NeighbourExtractor`); ``orthogonal`` removes from all
+    of them their fit on the own columns
+    (:class:`relcast.models.neighbours.OrthogonalExtractor`); any other setting
+    (``label_delay``, ``steps``, ...) goes to V3.
     """
-    from relcast.models.neighbours import NeighbourExtractor
+    from relcast.models.neighbours import NeighbourExtractor, OrthogonalExtractor
 
-    extractor = _extractor_by_name(
-        name.lower(), is_index=is_index, sector_ids=sector_ids, method=method,
-        n_components=n_components, **kwargs,
-    )  # fmt: skip
-    extra = [ScoreExtractor()] if stage1_score else []
-    extra += [NeighbourExtractor()] if neighbours else []
-    return CombinedExtractor([extractor, *extra]) if extra else extractor
+    add = {key: settings.pop(key, default) for key, default in ADD_ONS.items()}
+    parts = extractor_parts(name)
+    unknown = [p for p in parts if p not in BASE_EXTRACTORS]
+    if unknown or not parts:
+        raise ValueError(f"unknown extractor {name!r}; choose from {list(BASE_EXTRACTORS)}")
+    chosen = [
+        _extractor_by_name(part, is_index=is_index, sector_ids=sector_ids, add=add, v3=settings)
+        for part in parts
+    ]
+    chosen += [ScoreExtractor()] if add["stage1_score"] else []
+    chosen += [NeighbourExtractor()] if add["neighbours"] else []
+    extractor = CombinedExtractor(chosen) if len(chosen) > 1 else chosen[0]
+    return OrthogonalExtractor(extractor) if add["orthogonal"] else extractor
 
 
 def extractor_from_spec(
@@ -453,6 +462,8 @@ def extractor_from_spec(
         n_components=spec.n_components,
         stage1_score=spec.stage1_score,
         neighbours=spec.neighbours,
+        orthogonal=spec.orthogonal,
+        lead_lag_lags=spec.lead_lag_lags,
         label_delay=spec.label_delay,
         seed=spec.seed,
         **spec.v3,  # V3's settings (the other extractors take none)
@@ -460,22 +471,22 @@ def extractor_from_spec(
 
 
 def _extractor_by_name(
-    name: str, *, is_index, sector_ids, method, n_components, **kwargs: Any
+    name: str, *, is_index, sector_ids, add: dict[str, Any], v3: dict[str, Any]
 ) -> RelationshipExtractor:
+    from relcast.models.neighbours import LeadLagExtractor, LeaveSelfOutExtractor
+
+    if name == "leave_self_out":
+        return LeaveSelfOutExtractor()
+    if name == "lead_lag":
+        return LeadLagExtractor(lags=add["lead_lag_lags"])
     if name == "v1":
         return AttentionExtractor(is_index=is_index, sector_ids=sector_ids)
     if name == "v2":
-        return EmbeddingExtractor(method=method, n_components=n_components)
+        return EmbeddingExtractor(method=add["method"], n_components=add["n_components"])
     if name == "v3":
-        label_delay = kwargs.pop("label_delay", 0)
+        v3 = dict(v3)
+        label_delay = v3.pop("label_delay", 0)
         return ContrastiveExtractor(
-            ContrastiveSettings(**kwargs), label_delay=label_delay, sector_ids=sector_ids
+            ContrastiveSettings(**v3), label_delay=label_delay, sector_ids=sector_ids
         )
-    if name == "v1+v2":
-        return CombinedExtractor(
-            [
-                AttentionExtractor(is_index=is_index, sector_ids=sector_ids),
-                EmbeddingExtractor(method=method, n_components=n_components),
-            ]
-        )
-    raise ValueError(f"unknown extractor {name!r}; choose from {list(EXTRACTORS)}")
+    raise ValueError(f"unknown extractor {name!r}; choose from {list(BASE_EXTRACTORS)}")

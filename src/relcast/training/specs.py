@@ -201,6 +201,8 @@ class ExtractorSpec:
     n_components: int = 16
     stage1_score: bool = True
     neighbours: bool = False
+    orthogonal: bool = False
+    lead_lag_lags: int = 3
     label_delay: int = 0
     seed: int = 0
     v3: dict[str, Any] = field(default_factory=dict)
@@ -214,6 +216,8 @@ class ExtractorSpec:
             n_components=config.stage1.relationship_dim,
             stage1_score=r.stage1_score,
             neighbours=r.neighbours,
+            orthogonal=r.orthogonal,
+            lead_lag_lags=r.lead_lag.lags,
             # V3 recovers realised returns from the labels: it must know how late they start
             label_delay=config.data.label_delay,
             seed=config.trainer.seed,

@@ -40,6 +40,9 @@ def log(msg: str) -> None:
         print(f"[relcast] {msg}", flush=True)
 
 
+HYBRID_ONLY = ("joint",)  # models that exist for the relationship columns only
+
+
 def stage3_names(settings: Any) -> list[tuple[str, str, str]]:
     """``(run name, model, feature set)`` for every Stage3 model of the ``stage3`` section."""
     s = settings
@@ -48,7 +51,7 @@ def stage3_names(settings: Any) -> list[tuple[str, str, str]]:
         (PREFIX[fs] + model, model, fs)
         for model in s.models
         for fs in s.feature_sets
-        if fs == "hybrid" or model in compared
+        if fs == "hybrid" or (model in compared and model not in HYBRID_ONLY)
     ]
 
 

@@ -94,6 +94,8 @@ class DateBatches(IterableDataset):
         self.dates_per_batch = max(1, int(dates_per_batch))
         self.shuffle_seed, self.epoch = shuffle_seed, 0
         self.sector_id = torch.as_tensor(industry_ids(inputs))
+        # every stock's sector index as the window models read it (no industry: its own id)
+        self.sector_code = torch.as_tensor(np.asarray(inputs.sector_ids, dtype=np.int64))
         self.stock_id = torch.arange(N)
 
     def __len__(self) -> int:
@@ -127,6 +129,7 @@ class DateBatches(IterableDataset):
             "y": torch.from_numpy(y),
             "t": torch.from_numpy(ts),
             "sector_id": self.sector_id,
+            "sector_code": self.sector_code,
             "stock_id": self.stock_id,
         }
 

@@ -201,7 +201,7 @@ def model_hyperparameters(name: str) -> dict[str, tuple[Any, Any]]:
     return {
         f.name: (hints[f.name], f.default)
         for f in dataclasses.fields(config_cls)
-        if f.name not in COMMON_FIELDS and f.init
+        if f.name not in COMMON_FIELDS and f.init and not f.metadata.get("internal")
     }
 
 

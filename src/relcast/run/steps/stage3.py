@@ -4,7 +4,9 @@ folder. Training runs on every rank under torchrun; rank 0 writes."""
 
 from __future__ import annotations
 
-from dataclasses import asdict
+import tempfile
+from dataclasses import asdict, replace
+from pathlib import Path
 
 from relcast import distributed
 from relcast.run.context import RunContext, log, writes
@@ -33,6 +35,39 @@ def fit_stage3_model(ctx: RunContext, model: str, inputs, spec, name: str):
     )  # fmt: skip
 
 
+def joint_spec(ctx: RunContext, spec, inputs, scratch: Path):
+    """The joint model's spec (:mod:`relcast.models.relational.joint`): the run's Stage1
+    config and the inner model's settings in its ``hparams``, and, unless a warm start gives
+    the whole joint model, the run's trained Stage1 as its starting weights (written to
+    ``scratch``)."""
+    from safetensors.torch import save_file
+
+    from relcast.training.stage3 import build_model
+
+    stage1 = ctx.stage1_model
+    width = stage1.config.num_features
+    if list(inputs.names[:width]) != list(ctx.features.names):
+        raise ValueError(
+            "the joint model feeds Stage1 the first columns of the hybrid inputs, which are "
+            "not the columns Stage1 was trained on (a feature group reordered?)"
+        )
+    hparams = dict(spec.hparams)
+    inner = hparams.get("inner", "gru")
+    own = {
+        k: v for k, v in ctx.config.stage3.hparams(inner).items() if k not in spec.hparams
+    }  # the inner model's section (gru.num_layers, ...) beyond the shared sizes
+    hparams.update(stage1=stage1.config.to_dict(), inner_hparams=own)
+    spec = replace(spec, hparams=hparams)
+    if spec.init is not None:  # a walk-forward block's warm start: the whole joint model
+        return spec
+    horizons = ctx.labels.shape[-1]
+    model = build_model("joint", inputs, horizons, spec.quantiles, spec.lookback, hparams)
+    model.stage1.load_state_dict(stage1.state_dict())
+    path = scratch / "joint_init.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return replace(spec, init=str(path))
+
+
 @writes("stage3")
 def stage3(ctx: RunContext, *, resume: bool = True) -> None:
     """Train every Stage3 model of the config; ``resume`` keeps models already saved."""
@@ -57,7 +92,12 @@ def stage3(ctx: RunContext, *, resume: bool = True) -> None:
             f"Stage3 {name}: {num_inputs} inputs, lookback {spec.lookback}"
             + (", regime gate" if gated else "")
         )
-        result = fit_stage3_model(ctx, model, inputs, spec, name)
+        with tempfile.TemporaryDirectory(prefix="relcast-joint-") as scratch:
+            if model == "joint":  # Stage1 trained on with Stage3's loss, from the run's
+                spec = joint_spec(ctx, spec, inputs, Path(scratch))
+            result = fit_stage3_model(ctx, model, inputs, spec, name)
+        if model == "joint" and spec.init and Path(spec.init).name == "joint_init.safetensors":
+            spec = replace(spec, init=str(ctx.folder.file("stage1/model.safetensors")))
         # how to rebuild the wrapper around the registry model when it is loaded
         wrapper = "regime_gate" if gated else "cross_input" if inputs.cross_width else None
         extra = {wrapper: result.model.spec()} if wrapper else {}

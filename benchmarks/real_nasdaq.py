@@ -145,9 +145,46 @@ def block_summary(steps: dict) -> dict[str, Any]:
     return out
 
 
-def measure(tag: str, overrides: list[str], fresh: bool = True) -> dict[str, Any]:
+# what a variant never takes from its base run's blocks: Stage3 models and every output of
+# the steps it redoes (a stale seed_predictions.parquet would be pooled as its own)
+NOT_REUSED = (
+    "stage3", "logs", "*.tmp*", "metrics.json", "predictions.parquet",
+    "seed_predictions.parquet", "backtest.parquet", "importance.json", "attention.npz",
+)  # fmt: skip
+
+
+def start_from(base: Path, out: Path, steps: list[str]) -> None:
+    """Start the walk-forward folder ``out`` from the finished ``steps`` of every block of
+    the run folder ``base`` (the same Stage1 weights, so a variant compares only what it
+    changes); the blocks' later steps are redone."""
+    import shutil
+
+    from relcast.runfolder import read_json
+    from relcast.runfolder.formats import write_json
+
+    blocks = sorted(p for p in (base / "blocks").iterdir() if p.is_dir())
+    if not blocks:
+        raise SystemExit(f"{base} has no blocks to start from")
+    if out.exists():
+        shutil.rmtree(out)
+    for block in blocks:
+        done = read_json(block / "run.json")["steps"]
+        if not all(step in done for step in steps):
+            raise SystemExit(f"{block}: steps {steps} not all done (has {sorted(done)})")
+        target = out / "blocks" / block.name
+        shutil.copytree(block, target, ignore=shutil.ignore_patterns(*NOT_REUSED))
+        info = read_json(target / "run.json")
+        info["steps"] = {step: done[step] for step in steps}
+        write_json(target / "run.json", info)
+
+
+def measure(
+    tag: str, overrides: list[str], fresh: bool = True, base: str | None = None,
+    reuse: tuple[str, ...] = (),
+) -> dict[str, Any]:  # fmt: skip
     """One walk-forward run in this process, block by block and step by step (each step's
-    seconds and peak RSS), then the pooled scoring; leaves ``bench.json`` in its folder."""
+    seconds and peak RSS), then the pooled scoring; leaves ``bench.json`` in its folder.
+    ``base`` with ``reuse``: start from that run's finished ``reuse`` steps (:func:`start_from`)."""
     import shutil
 
     import psutil
@@ -166,13 +203,18 @@ def measure(tag: str, overrides: list[str], fresh: bool = True) -> dict[str, Any
 
     cfg = load_config("small", overrides=[*PROTOCOL, *overrides])
     out = RUNS / tag
-    if fresh and out.exists():
+    if base is not None and reuse:
+        start_from(Path(base), out, list(reuse))
+    elif fresh and out.exists():
         shutil.rmtree(out)
     total = time.perf_counter()
     root = RunFolder(out)
     with root.lock("walk_forward"):
-        start_walk_forward(root, cfg, force=fresh)
+        start_walk_forward(root, cfg, force=fresh or base is not None)
     contexts = block_contexts(cfg, out, load_source(cfg).dates)
+    if base is not None and reuse:  # the kept steps now belong to this run's config
+        for ctx in contexts:
+            ctx.folder.write("config.yaml", ctx.config.to_yaml().encode())
     blocks: dict[str, Any] = {}
     for ctx in contexts:
         steps: dict[str, Any] = {}
@@ -206,6 +248,7 @@ def measure(tag: str, overrides: list[str], fresh: bool = True) -> dict[str, Any
     got = {
         "tag": tag,
         "overrides": overrides,
+        "reused_from": {"run": str(base), "steps": list(reuse)} if base and reuse else None,
         "blocks": blocks,
         "pooled_step": {"seconds": round(pooled_seconds, 1), "peak_rss_mb": round(peak.peak / MB)},
         "wall_seconds": round(time.perf_counter() - total, 1),
@@ -277,13 +320,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tag", default="main", help="run folder and JSON entry of this run")
     parser.add_argument("--set", nargs="*", default=[], help="more overrides (a variant)")
     parser.add_argument("--resume", action="store_true", help="keep finished blocks and steps")
+    parser.add_argument(
+        "--reuse", nargs="*", default=[], choices=["prepare", "stage1", "stage2", "extract"],
+        help="start every block from these finished steps of the --base run (a variant)",
+    )  # fmt: skip
+    parser.add_argument("--base", default="main", help="the run --reuse starts from")
     parser.add_argument("--collect", action="store_true", help="only assemble the JSON")
     args = parser.parse_args(argv)
     if not args.collect:
         if not DATA.is_dir():
             raise SystemExit(f"{DATA} not found: the NASDAQ files live in ../shared/data/")
         overrides = MAIN + (QUICK if args.quick else []) + args.set
-        run_isolated(measure, args.tag, overrides, not args.resume, isolate=not args.quick)
+        base = str(RUNS / args.base) if args.reuse else None
+        run_isolated(
+            measure, args.tag, overrides, not args.resume, base=base, reuse=tuple(args.reuse),
+            isolate=not args.quick,
+        )  # fmt: skip
     collect()
 
 

@@ -264,3 +264,45 @@ def test_two_node_rehearsal_on_localhost(runs, tmp_path):
     single = pd.read_parquet(runs["single"] / "predictions.parquet").sort_values(keys)
     nodes = pd.read_parquet(out / "predictions.parquet").sort_values(keys)
     np.testing.assert_allclose(nodes["pred"], single["pred"], atol=TOL, rtol=0)
+
+
+def test_walk_forward_under_torchrun_equals_one_process(tmp_path):
+    """A walk-forward run (two test blocks, the second warm-started) under torchrun: rank 1
+    writes nothing in the run folder, the pooled predictions and metrics equal one process's
+    (within the DDP tolerance), and a second launch skips both finished blocks."""
+    walk = [
+        "data.synthetic_days=702",  # 2018-01 .. 2020-09: test blocks from 2019-07 and 2020-07
+        "split.walk_forward.first_test=2019-07-01",
+        "split.walk_forward.warm_epochs=1",
+    ]
+
+    def args(out: Path) -> list[str]:
+        sets = [*SETS, "data.store=memory", *walk]
+        return ["run", "--out", str(out), *[a for s in sets for a in ("--set", s)]]
+
+    launch([sys.executable, str(SCRIPT), str(tmp_path / "writes_single"), *args(tmp_path / "one")])
+    launch(
+        torchrun("--standalone", "--nproc_per_node=2", str(SCRIPT), str(tmp_path / "writes_ddp"))
+        + args(tmp_path / "ddp"),
+        timeout=400,
+    )
+    one, ddp = tmp_path / "one", tmp_path / "ddp"
+    blocks = json.loads((ddp / "run.json").read_text())["steps"]["blocks"]["names"]
+    assert len(blocks) == 2 and all((ddp / "blocks" / b / "metrics.json").exists() for b in blocks)
+    rank1 = written(tmp_path / "writes_ddp" / "rank1.json", ddp)
+    assert [name for name in rank1 if not scratch(name)] == []
+    keys = ["date", "symbol", "model", "horizon"]
+    a = pd.read_parquet(one / "predictions.parquet").sort_values(keys)
+    b = pd.read_parquet(ddp / "predictions.parquet").sort_values(keys)
+    assert len(a) == len(b) > 0 and (a[keys].to_numpy() == b[keys].to_numpy()).all()
+    for model in ("lightgbm", "reversal_1d", "stage1", "hybrid_gru"):
+        rows = a["model"].to_numpy() == model
+        x, y = a["pred"].to_numpy()[rows], b["pred"].to_numpy()[rows]
+        assert rows.any() and np.isfinite(x).all(), model
+        np.testing.assert_allclose(y, x, atol=TOL * max(1.0, float(np.std(x))), rtol=0)
+    again = launch(
+        torchrun("--standalone", "--nproc_per_node=2", str(SCRIPT), str(tmp_path / "writes_2"))
+        + args(ddp),
+        timeout=400,
+    )
+    assert again.stdout.count("done already, skipped") >= 2  # both blocks (said by rank 0)

@@ -87,6 +87,9 @@ def test_a_run_trains_the_joint_model_from_its_stage1(tmp_path, lr):
     metrics = json.loads((out / "metrics.json").read_text())["models"]
     assert "hybrid_joint" in metrics and "stage3_own_joint" not in metrics
     assert np.isfinite(metrics["hybrid_joint"]["rank_ic"])
+    row = metrics["hybrid_joint"]  # paired with the staged hybrid and own history of its kind
+    assert row["vs_staged"]["baseline"] == "hybrid_gru"
+    assert row["vs_own"]["baseline"] == "stage3_own_gru" and "clark_west" in row["vs_own"]
     start = load_file(out / "stage1" / "model.safetensors")
     trained = load_file(out / "stage3" / "hybrid_joint" / "model.safetensors")
     moved = max(

@@ -358,6 +358,11 @@ def paired_rows(
     for prefix in ("hybrid_", "stage3_rawconcat_"):
         if name.startswith(prefix):
             baselines["vs_own"] = "stage3_own_" + name.removeprefix(prefix)
+    if name == "hybrid_joint":  # the joint model against the staged hybrid and own history
+        staged = [n for n in series if n.startswith("hybrid_") and n != name]
+        if staged:  # of the first Stage3 model beside it (its inner model, as configured)
+            baselines["vs_staged"] = staged[0]
+            baselines["vs_own"] = "stage3_own_" + staged[0].removeprefix("hybrid_")
     out = {}
     for key, base in baselines.items():
         if base == name or base not in series or name not in series:

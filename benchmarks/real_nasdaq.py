@@ -121,7 +121,7 @@ def flat_row(name: str, m: dict) -> dict[str, Any]:
         row["seed_rank_ic_std"] = seeds.get("rank_ic_std")
     top = (m.get("backtest") or {}).get("topk", {})
     if top:
-        row["topk_excess_ann"] = top.get("annual_excess_return")
+        row["topk_excess_ann"] = top.get("excess_annualized_return_arithmetic")
         row["topk_ir"] = top.get("information_ratio")
     return row
 
@@ -165,8 +165,6 @@ def start_from(base: Path, out: Path, steps: list[str]) -> None:
     blocks = sorted(p for p in (base / "blocks").iterdir() if p.is_dir())
     if not blocks:
         raise SystemExit(f"{base} has no blocks to start from")
-    if out.exists():
-        shutil.rmtree(out)
     for block in blocks:
         done = read_json(block / "run.json")["steps"]
         if not all(step in done for step in steps):
@@ -203,14 +201,14 @@ def measure(
 
     cfg = load_config("small", overrides=[*PROTOCOL, *overrides])
     out = RUNS / tag
-    if base is not None and reuse:
-        start_from(Path(base), out, list(reuse))
-    elif fresh and out.exists():
+    if (fresh or base is not None) and out.exists():
         shutil.rmtree(out)
     total = time.perf_counter()
     root = RunFolder(out)
-    with root.lock("walk_forward"):
+    with root.lock("walk_forward"):  # a run folder first: then the blocks go in
         start_walk_forward(root, cfg, force=fresh or base is not None)
+    if base is not None and reuse:
+        start_from(Path(base), out, list(reuse))
     contexts = block_contexts(cfg, out, load_source(cfg).dates)
     if base is not None and reuse:  # the kept steps now belong to this run's config
         for ctx in contexts:

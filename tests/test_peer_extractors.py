@@ -216,3 +216,28 @@ def test_a_run_with_the_peer_extractors_predicts_from_its_saved_state(tmp_path):
     finally:
         neighbours.OrthogonalExtractor.fit = original
     assert len(table) > 0 and np.isfinite(table["pred"]).all()
+
+
+def test_peer_extractors_side_by_side_share_one_stage1_pass(market, monkeypatch):
+    """v2+leave_self_out+lead_lag with neighbours: the three peer extractors read one Stage1
+    attention pass per block of dates, and give the values each gives alone."""
+    import relcast.models.neighbours as neighbours
+
+    m, model = market
+    f = m.features
+    idx = np.arange(100, 180)  # two blocks of dates
+    each = (LeaveSelfOutExtractor(), LeadLagExtractor(lags=2), neighbours.NeighbourExtractor())
+    alone = [e.extract(model, f, idx) for e in each]
+    calls = []
+    real = neighbours.stage1_outputs
+    monkeypatch.setattr(
+        neighbours, "stage1_outputs", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
+    both = make_extractor("v2+leave_self_out+lead_lag", lead_lag_lags=2, neighbours=True).extract(
+        model, f, idx
+    )
+    assert len(calls) == 2  # one pass per block of 64 dates, not one per extractor
+    names = [n for rel in alone for n in rel.names]
+    assert both.names == [f"rel_emb_{k}" for k in range(6)] + names
+    want = np.concatenate([rel.values for rel in alone], axis=-1)
+    np.testing.assert_allclose(both.values[..., 6:], want, rtol=1e-6, equal_nan=True)

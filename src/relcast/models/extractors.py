@@ -457,6 +457,12 @@ class CombinedExtractor(RelationshipExtractor):
         return self
 
     def extract(self, model, features, dates_index=None):
+        # the extractors that read the peers along the attention share one Stage1 pass
+        peers = [e for e in self.extractors if hasattr(e, "extract_group")]
+        shared = {}
+        if len(peers) > 1:
+            got = peers[0].extract_group(peers, model, features, dates_index)
+            shared = {id(e): rel for e, rel in zip(peers, got, strict=True)}
         return RelationshipFeatures.concat(
-            [e.extract(model, features, dates_index) for e in self.extractors]
+            [shared.get(id(e)) or e.extract(model, features, dates_index) for e in self.extractors]
         )

@@ -50,7 +50,45 @@ DATES_PER_BLOCK = 64
 stocks), whatever the span."""
 
 
-class NeighbourExtractor(RelationshipExtractor):
+class PeerExtractor(RelationshipExtractor):
+    """Base of the extractors that read the peers along Stage1's attention. Several of them
+    side by side (:class:`~relcast.models.extractors.CombinedExtractor`) share one Stage1
+    pass per block of dates (:meth:`extract_group`): the attention pass is their cost."""
+
+    layer = -1
+
+    def names(self, model, features) -> list[str]:
+        raise NotImplementedError
+
+    def block_values(self, features, block, weights, outputs) -> np.ndarray:
+        """``[D, N, K]`` for the dates ``block`` from :func:`peer_weights` and the block's
+        Stage1 outputs."""
+        raise NotImplementedError
+
+    def extract(self, model, features, dates_index=None):
+        return self.extract_group([self], model, features, dates_index)[0]
+
+    @staticmethod
+    def extract_group(extractors, model, features, dates_index=None) -> list:
+        """Each of ``extractors``' features, from one Stage1 pass per block of dates."""
+        idx = check_dates_index(features, dates_index)
+        N = len(features.symbols)
+        names = [e.names(model, features) for e in extractors]
+        values = [np.empty((len(idx), N, len(n)), dtype=np.float32) for n in names]
+        for start in range(0, len(idx), DATES_PER_BLOCK):
+            block = idx[start : start + DATES_PER_BLOCK]
+            out = stage1_outputs(model, features, block, need_weights=True)
+            weights = {
+                layer: peer_weights(out["attention"][:, layer], features.mask[block])
+                for layer in {e.layer for e in extractors}
+            }
+            for e, v in zip(extractors, values, strict=True):
+                w = weights[e.layer]
+                v[start : start + len(block)] = e.block_values(features, block, w, out)
+        return [masked_features(features, idx, n, v) for n, v in zip(names, values, strict=True)]
+
+
+class NeighbourExtractor(PeerExtractor):
     """Attention-weighted averages of the other stocks' own indicators (``nbr_<name>``).
 
     Args:
@@ -62,15 +100,16 @@ class NeighbourExtractor(RelationshipExtractor):
         self.columns = None if columns is None else list(columns)
         self.layer = layer
 
-    def extract(self, model, features, dates_index=None):
-        """``[T', N, F]`` neighbour averages (rows of masked stocks are NaN)."""
-        idx = check_dates_index(features, dates_index)
-        names = self.columns or list(features.groups["own"])
-        own = np.nan_to_num(features.values[..., features.columns(names)])  # (T, N, F)
-        out = np.empty((len(idx), len(features.symbols), len(names)), dtype=np.float32)
-        for start, block, weights, _ in peer_blocks(model, features, idx, self.layer):
-            out[start : start + len(block)] = np.einsum("dij,djf->dif", weights, own[block])
-        return masked_features(features, idx, [f"nbr_{n}" for n in names], out)
+    def own_columns(self, features) -> list[str]:
+        return self.columns or list(features.groups["own"])
+
+    def names(self, model, features) -> list[str]:
+        return [f"nbr_{n}" for n in self.own_columns(features)]
+
+    def block_values(self, features, block, weights, outputs):
+        cols = features.columns(self.own_columns(features))
+        own = np.nan_to_num(np.asarray(features.values[block])[..., cols])  # (D, N, F)
+        return np.einsum("dij,djf->dif", weights, own)
 
 
 def peer_weights(attention: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -84,39 +123,22 @@ def peer_weights(attention: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return weights / np.where(total > 0, total, 1.0)
 
 
-def peer_blocks(model, features, idx: np.ndarray, layer: int = -1):
-    """``(start, block, weights [D, N, N], outputs)`` per :data:`DATES_PER_BLOCK` dates of
-    ``idx``: Stage1's head-averaged attention of ``layer`` as :func:`peer_weights` and the
-    block's other Stage1 outputs."""
-    for start in range(0, len(idx), DATES_PER_BLOCK):
-        block = idx[start : start + DATES_PER_BLOCK]
-        out = stage1_outputs(model, features, block, need_weights=True)
-        weights = peer_weights(out["attention"][:, layer], features.mask[block])
-        yield start, block, weights, out
-
-
-class LeaveSelfOutExtractor(RelationshipExtractor):
+class LeaveSelfOutExtractor(PeerExtractor):
     """``lso_<k>``: the other stocks' Stage1 relationship vectors averaged along the stock's
     attention (itself and masked stocks left out): what Stage1 reads from its peers only."""
 
     def __init__(self, layer: int = -1) -> None:
         self.layer = layer
 
-    def extract(self, model, features, dates_index=None):
-        idx = check_dates_index(features, dates_index)
-        out = None
-        for start, block, weights, outputs in peer_blocks(model, features, idx, self.layer):
-            rel = np.nan_to_num(outputs["relationship"].astype(np.float64))  # (D, N, K)
-            if out is None:
-                out = np.empty((len(idx), rel.shape[1], rel.shape[2]), dtype=np.float32)
-            out[start : start + len(block)] = np.einsum("dij,djk->dik", weights, rel)
-        if out is None:  # no dates asked
-            K = model.config.relationship_dim
-            out = np.empty((0, len(features.symbols), K), dtype=np.float32)
-        return masked_features(features, idx, [f"lso_{k}" for k in range(out.shape[2])], out)
+    def names(self, model, features) -> list[str]:
+        return [f"lso_{k}" for k in range(model.config.relationship_dim)]
+
+    def block_values(self, features, block, weights, outputs):
+        rel = np.nan_to_num(outputs["relationship"].astype(np.float64))  # (D, N, K)
+        return np.einsum("dij,djk->dik", weights, rel)
 
 
-class LeadLagExtractor(RelationshipExtractor):
+class LeadLagExtractor(PeerExtractor):
     """``ll_<column>_lag<l>``: the peers' own ``column`` on date ``t - l`` weighted by
     Stage1's attention at ``t`` (itself left out; a peer counts when it traded on both
     dates), ``l = 0 .. lags - 1``."""
@@ -126,27 +148,27 @@ class LeadLagExtractor(RelationshipExtractor):
             raise ValueError(f"lead_lag needs lags >= 1, got {lags}")
         self.lags, self.column, self.layer = lags, column, layer
 
-    def extract(self, model, features, dates_index=None):
-        idx = check_dates_index(features, dates_index)
+    def names(self, model, features) -> list[str]:
         if self.column not in features.names:
             raise ValueError(f"lead_lag reads the own column {self.column!r}: not in features")
-        col = features.values[..., features.columns([self.column])[0]]  # (T, N)
+        return [f"ll_{self.column}_lag{lag}" for lag in range(self.lags)]
+
+    def block_values(self, features, block, weights, outputs):
+        col = features.columns([self.column])[0]
         mask = np.asarray(features.mask, dtype=bool)
-        out = np.zeros((len(idx), len(features.symbols), self.lags), dtype=np.float32)
-        for start, block, weights, _ in peer_blocks(model, features, idx, self.layer):
-            for lag in range(self.lags):
-                past = block - lag  # (D,)
-                ok = past >= 0
-                then = np.zeros((len(block), mask.shape[1]), dtype=bool)
-                then[ok] = mask[past[ok]]  # peers traded on t - l
-                w = weights * then[:, None, :]
-                total = w.sum(-1, keepdims=True)
-                w = w / np.where(total > 0, total, 1.0)
-                values = np.zeros(then.shape, dtype=np.float64)
-                values[ok] = np.nan_to_num(col[past[ok]])
-                out[start : start + len(block), :, lag] = np.einsum("dij,dj->di", w, values)
-        names = [f"ll_{self.column}_lag{lag}" for lag in range(self.lags)]
-        return masked_features(features, idx, names, out)
+        out = np.zeros((len(block), mask.shape[1], self.lags), dtype=np.float64)
+        for lag in range(self.lags):
+            past = block - lag  # (D,)
+            ok = past >= 0
+            then = np.zeros((len(block), mask.shape[1]), dtype=bool)
+            then[ok] = mask[past[ok]]  # peers traded on t - l
+            w = weights * then[:, None, :]
+            total = w.sum(-1, keepdims=True)
+            w = w / np.where(total > 0, total, 1.0)
+            values = np.zeros(then.shape, dtype=np.float64)
+            values[ok] = np.nan_to_num(np.asarray(features.values[past[ok]])[..., col])
+            out[:, :, lag] = np.einsum("dij,dj->di", w, values)
+        return out
 
 
 class OrthogonalExtractor(RelationshipExtractor):

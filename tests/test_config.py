@@ -38,7 +38,7 @@ def test_file_then_overrides_win(tmp_path: Path):
         ("stage1.dmodel=3", "stage1.dmodel: unknown key (allowed here: d_model"),
         (
             "stage3.models=[xgb]",
-            "registered: ['gru', 'lstm', 'master', 'rsr', 'stockmixer', 'tcn', 'tft']",
+            "registered: ['gru', 'joint', 'lstm', 'master', 'rsr', 'stockmixer', 'tcn', 'tft']",
         ),
         ("relationships.extractor=v9", "relationships.extractor"),
         ("split.embargo=1", "must be >= data.horizons"),

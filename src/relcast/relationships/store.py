@@ -321,13 +321,17 @@ def build_relationship_store(
         full_model, full_ext, full_record = fit_and_extract("full", train, full_model)
         values = mask = full_ref = None
         names: list[str] = []  # stays empty without extraction: no alignment blocks either
-        everything = np.arange(T if extract else 0)
+        # out of fold, the fold models give every training date its values: the full model
+        # extracts the others only (for the attention-reading extractors, half the cost)
+        folded = plan.oof and n_folds > 0
+        need = np.setdiff1d(np.arange(T), train) if folded else np.arange(T)
+        everything = need if extract else need[:0]
         for chunk, rel in extract_blocks(full_ext, full_model, features, everything, block):
             if values is None:
                 names = list(rel.names)
                 values = open_values(plan.values_path, (T, N, len(names)))  # (T, N, K)
                 mask = np.zeros((T, N), dtype=bool)
-            if block is None:  # in memory: one block, kept as the alignment reference
+            if block is None and not folded:  # in memory, every date: the alignment reference
                 full_ref = rel
             values[chunk] = rel.values
             mask[chunk] = rel.mask

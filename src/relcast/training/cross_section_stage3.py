@@ -26,7 +26,6 @@ are refused with a message.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -162,7 +161,7 @@ def cross_section_loss(
     return loss
 
 
-def _module_classes():
+def _module_class():
     import lightning
 
     from relcast.metrics import daily_rank_ic
@@ -209,20 +208,7 @@ def _module_classes():
                 self.model.parameters(), lr=self.lr, weight_decay=self.weight_decay
             )
 
-    class EpochSeconds(lightning.Callback):
-        """Wall time of every training epoch, timed as the other Stage3 models' epochs."""
-
-        def __init__(self) -> None:
-            self.seconds: list[float] = []
-            self.start = 0.0
-
-        def on_train_epoch_start(self, trainer, pl_module) -> None:
-            self.start = time.perf_counter()
-
-        def on_train_epoch_end(self, trainer, pl_module) -> None:
-            self.seconds.append(time.perf_counter() - self.start)
-
-    return CrossSectionModule, EpochSeconds
+    return CrossSectionModule
 
 
 def eval_dates_per_batch(inputs: Any, lookback: int) -> int:
@@ -252,6 +238,7 @@ def fit_cross_section(
     from relcast.models.temporal.losses import QuantileHead
     from relcast.models.temporal.registry import create_model
     from relcast.training.common import fit_to_best, load_initial_weights, seed_everything
+    from relcast.training.stage3_module import epoch_timer_class
 
     if spec.regime_gate:
         raise ValueError(f"{model_name} has no regime gate; set relationships.regime=false")
@@ -296,8 +283,8 @@ def fit_cross_section(
                 head.init_interval(scale)
     if spec.init is not None:  # a warm start (walk-forward): the previous block's weights
         load_initial_weights(model, spec.init)
-    module_class, timer_class = _module_classes()
-    module, timer = module_class(model, quantiles, spec.lr, spec.weight_decay), timer_class()
+    module = _module_class()(model, quantiles, spec.lr, spec.weight_decay)
+    timer = epoch_timer_class()()  # the window models' epoch timer
     single = targets == 1
     loaders = train.dataloader(), valid.dataloader()
     done = fit_to_best(module, timer, loaders, spec, trainer.named(f"Stage3 {model_name}"), single)

@@ -87,6 +87,31 @@ TINY_RUN = [
 ]
 
 
+def hold_lock(folder, command: str, env: dict | None = None):
+    """A process that takes ``folder``'s lock for ``command`` and sleeps (a long-running
+    writer); returns once it holds the lock. Kill it when done."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, time\n"
+        "from relcast.runfolder import RunFolder\n"
+        f"held = RunFolder(sys.argv[1]).lock({command!r})\n"
+        "held.__enter__()\n"
+        "print('held', flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    base = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(folder)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**base, **(env or {})},
+    )
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
 def cli_sets(extra=()) -> list[str]:
     """``--set`` arguments for :data:`TINY_RUN` followed by ``extra`` overrides."""
     return [arg for item in [*TINY_RUN, *extra] for arg in ("--set", item)]

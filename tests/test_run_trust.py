@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import hold_lock
 from typer.testing import CliRunner
 
 from relcast.cli import app
@@ -175,24 +176,6 @@ def test_written_files_are_readable_by_others(tmp_path):
 
 
 # ----------------------------------------------------------------------------- the lock
-def _hold(folder: Path, env: dict | None = None) -> subprocess.Popen:
-    code = (
-        "import sys, time\n"
-        "from relcast.runfolder import RunFolder\n"
-        "held = RunFolder(sys.argv[1]).lock('update')\nheld.__enter__()\n"
-        "print('held', flush=True)\n"
-        "time.sleep(120)\n"
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code, str(folder)],
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**ENV, **(env or {})},
-    )
-    assert proc.stdout.readline().strip() == "held"
-    return proc
-
-
 @pytest.mark.parametrize(
     "variables",
     [
@@ -208,7 +191,7 @@ def test_rank_variables_without_a_launcher_never_switch_the_lock_off(
 ):
     run = tmp_path / "run"
     _run_folder(run)
-    holder = _hold(run)
+    holder = hold_lock(run, "update")
     try:
         for key, value in variables.items():
             monkeypatch.setenv(key, value)
@@ -223,7 +206,7 @@ def test_rank_variables_without_a_launcher_never_switch_the_lock_off(
 def test_a_secondary_rank_of_another_job_does_not_skip_the_lock(tmp_path, monkeypatch):
     run = tmp_path / "run"
     _run_folder(run)
-    holder = _hold(run)  # a plain process holds the folder (not rank 0 of our job)
+    holder = hold_lock(run, "update")  # a plain process holds it (not rank 0 of our job)
     job = {"WORLD_SIZE": "2", "GROUP_RANK": "0", "LOCAL_WORLD_SIZE": "2", "RANK": "1",
            "LOCAL_RANK": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29512",
            "TORCHELASTIC_RUN_ID": "other"}  # fmt: skip

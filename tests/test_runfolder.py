@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import cli_sets, interrupt_update
+from conftest import cli_sets, hold_lock, interrupt_update
 from typer.testing import CliRunner
 
 import relcast
@@ -73,26 +73,6 @@ def _wait_for_holder(folder: Path, command: str, proc: subprocess.Popen, limit: 
             return
         time.sleep(0.02)
     raise AssertionError(f"{command} never took the lock")
-
-
-def _hold_lock(folder: Path, command: str, env: dict | None = None) -> subprocess.Popen:
-    """A process that takes the folder's lock and sleeps (a long-running writer)."""
-    code = (
-        "import sys, time\n"
-        "from relcast.runfolder import RunFolder\n"
-        f"held = RunFolder(sys.argv[1]).lock({command!r})\n"
-        "held.__enter__()\n"
-        "print('held', flush=True)\n"
-        "time.sleep(120)\n"
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code, str(folder)],
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**ENV, **(env or {})},
-    )
-    assert proc.stdout.readline().strip() == "held"
-    return proc
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -180,7 +160,7 @@ def test_a_failed_write_leaves_nothing(tmp_path):
 # ----------------------------------------------------------------------------- lock
 def test_second_writer_fails_fast_naming_the_holder(tmp_path):
     folder = tmp_path / "run"
-    holder = _hold_lock(folder, "update")
+    holder = hold_lock(folder, "update")
     try:
         with pytest.raises(RunFolderBusy, match=rf"in use by pid {holder.pid} \(command update"):
             with RunFolder(folder).lock("run", timeout=0):
@@ -196,7 +176,7 @@ def test_second_writer_fails_fast_naming_the_holder(tmp_path):
 
 def test_waiting_writer_gets_the_folder_when_the_holder_ends(tmp_path):
     folder = tmp_path / "run"
-    holder = _hold_lock(folder, "run")
+    holder = hold_lock(folder, "run")
     start = time.monotonic()
     ended = {}
 
@@ -216,7 +196,7 @@ def test_waiting_writer_gets_the_folder_when_the_holder_ends(tmp_path):
 
 def test_killed_holder_does_not_block_the_next_command(tmp_path):
     folder = tmp_path / "run"
-    holder = _hold_lock(folder, "stage3")
+    holder = hold_lock(folder, "stage3")
     os.kill(holder.pid, signal.SIGKILL)
     holder.wait()
     with RunFolder(folder).lock("run", timeout=0):  # the OS released the dead holder's lock
@@ -243,7 +223,7 @@ def test_ddp_workers_neither_lock_nor_recover(tmp_path):
     folder = tmp_path / "run"
     job = {"WORLD_SIZE": "2", "GROUP_RANK": "0", "LOCAL_WORLD_SIZE": "2", "MASTER_PORT": "29511",
            "MASTER_ADDR": "127.0.0.1", "TORCHELASTIC_RUN_ID": "t1"}  # fmt: skip
-    holder = _hold_lock(folder, "run", env={**job, "RANK": "0", "LOCAL_RANK": "0"})
+    holder = hold_lock(folder, "run", env={**job, "RANK": "0", "LOCAL_RANK": "0"})
     try:
         mine = folder / f".x.json.{holder.pid}.0badcafe.tmp"
         mine.write_text("rank 0 is writing this")

@@ -130,8 +130,9 @@ def block_summary(steps: dict) -> dict[str, Any]:
     """A block's training record: Stage1's and each Stage3 model's epochs, whether it started
     warm, and best validation Rank IC (what settings are chosen on)."""
     stage1 = steps.get("stage1", {})
+    keys = ("seconds", "epochs", "best_epoch", "best_val_rank_ic")
     out = {
-        "stage1": {k: stage1.get(k) for k in ("epochs", "best_epoch", "best_val_rank_ic")},
+        "stage1": {k: stage1.get(k) for k in keys},
         "fold_epochs": steps.get("extract", {}).get("fold_epochs"),
         "stage3": {
             name: {k: row.get(k) for k in ("epochs", "seconds_per_epoch", "best_val_rank_ic")}

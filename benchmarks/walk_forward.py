@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import MB, PeakRSS, run_isolated, write_result
+from benchmarks.real_nasdaq import block_summary
 
 NAME = "walk_forward"
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -89,13 +90,7 @@ def run_one(overrides: list[str], out: str) -> dict[str, Any]:
         steps = json.loads((Path(out) / "blocks" / name / "run.json").read_text())["steps"]
         blocks[name] = {
             "seconds": info["seconds"].get(name),
-            "stage1": {
-                k: steps["stage1"].get(k) for k in ("seconds", "epochs", "best_val_rank_ic")
-            },
-            "stage3": {
-                model: {k: row.get(k) for k in ("epochs", "seconds_per_epoch", "best_val_rank_ic")}
-                for model, row in steps["stage3"]["models"].items()
-            },
+            **block_summary(steps),  # epochs and validation of every network
             "test_rank_ic": {
                 m: metrics["walk_forward"][name]["models"].get(m, {}).get("rank_ic") for m in ROWS
             },

@@ -1,4 +1,5 @@
-"""Stage1 and Stage3 under Lightning DDP (2 CPU processes, gloo), run by ``tests/test_ddp.py``.
+"""Stage1 (full and on random cross-sections) and Stage3 under Lightning DDP (2 CPU processes,
+gloo), run by ``tests/test_ddp.py``.
 
     python tests/ddp_script.py OUT_DIR
 
@@ -38,6 +39,7 @@ PER_RANK_BATCH = {"stage1": 4, "stage3": 32}  # single process: twice this
 EPOCHS = 2
 LOOKBACK = 8
 HORIZONS = 2
+MAX_STOCKS = 3  # of 8 target stocks, in the random cross-section run
 
 
 def recorder_class():
@@ -55,6 +57,9 @@ def recorder_class():
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
             t = batch["t"].long()
             n = batch["n"].long() if "n" in batch else torch.full_like(t, -1)
+            if "stock_ids" in batch:  # a random cross-section: n = the drawn stocks' bitmask
+                drawn = torch.where(batch["mask"], 1 << batch["stock_ids"], 0)
+                n = drawn.sum(dim=1).long()
             epoch = torch.full_like(t, trainer.current_epoch)
             self.rows.append(torch.stack([epoch, torch.full_like(t, batch_idx), t, n], 1))
 
@@ -80,7 +85,9 @@ def market():
     return panel, features, labels, split
 
 
-def run_stage1(out: Path, devices: int, panel, features, labels, split) -> dict:
+def run_stage1(
+    out: Path, devices: int, panel, features, labels, split, max_stocks: int | None = None
+) -> dict:
     F_, N = features.values.shape[2], len(features.symbols)
     config = Stage1Config(
         num_features=F_, num_stocks=N, horizons=HORIZONS, d_model=32, num_heads=4, num_layers=1,
@@ -101,6 +108,7 @@ def run_stage1(out: Path, devices: int, panel, features, labels, split) -> dict:
             batch_dates=PER_RANK_BATCH["stage1"] * (2 // devices),
             max_epochs=EPOCHS,
             patience=50,
+            max_stocks=max_stocks,
         ),
         TrainerSpec(
             out_dir=out,
@@ -128,7 +136,13 @@ def run_stage1(out: Path, devices: int, panel, features, labels, split) -> dict:
         "reference_val_rank_ic": float(daily.mean()),
         "train_items": [[int(t), -1] for t in train.index],
         "global_batch": PER_RANK_BATCH["stage1"] * 2,
+        "max_stocks": max_stocks,
     }
+
+
+def run_stage1_subset(out: Path, devices: int, panel, features, labels, split) -> dict:
+    """Stage1 on random cross-sections of MAX_STOCKS of the 8 stocks (``stage1.max_stocks``)."""
+    return run_stage1(out, devices, panel, features, labels, split, max_stocks=MAX_STOCKS)
 
 
 def run_stage3(out: Path, devices: int, panel, features, labels, split) -> dict:
@@ -180,7 +194,7 @@ def main(out_dir: str) -> None:
     root = Path(out_dir)
     launcher = "LOCAL_RANK" not in os.environ  # Lightning sets it when it starts rank 1
     data = market()
-    runs = [("stage1", run_stage1), ("stage3", run_stage3)]
+    runs = [("stage1", run_stage1), ("stage3", run_stage3), ("stage1_subset", run_stage1_subset)]
     if launcher:  # the single-process reference, before any process group exists
         for name, run in runs:
             (root / f"{name}_single").mkdir(parents=True, exist_ok=True)

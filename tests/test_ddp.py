@@ -147,3 +147,36 @@ def test_shard_batches_exactly_once_and_equal_steps(world_size, num_items):
     ]
     assert len({len(shard) for shard in dropped}) == 1
     assert all(len(b) == 4 for shard in dropped for b in shard)
+
+
+def test_random_cross_sections_under_ddp(ddp_run):
+    """``stage1.max_stocks`` under DDP: each rank draws its own cross-sections of its own
+    dates (every training date once per epoch across ranks), each keeps exactly ``max_stocks``
+    traded target stocks plus the index, the draws change every epoch, and validation still
+    reads every stock (the logged Rank IC equals one process's over the whole universe)."""
+    info, seen = _load(ddp_run, "stage1_subset", "ddp")
+    max_stocks = info["max_stocks"]
+    assert 0 < max_stocks < 8
+    assert info["world_size"] == 2 and sorted(seen) == ["seen_rank0", "seen_rank1"]
+    everything = sorted(t for t, _ in info["train_items"])
+    rank0, rank1 = seen["seen_rank0"], seen["seen_rank1"]
+    index_bit = 1 << 8  # the synthetic market's 9th column is its index
+    for epoch in range(2):
+        r0, r1 = rank0[rank0[:, 0] == epoch], rank1[rank1[:, 0] == epoch]
+        assert sorted(r0[:, 2].tolist() + r1[:, 2].tolist()) == everything
+        for drawn in np.concatenate([r0[:, 3], r1[:, 3]]).tolist():
+            assert drawn & index_bit, "the index column is always kept"
+            assert bin(drawn & (index_bit - 1)).count("1") == max_stocks
+        # rank 1 draws with its own generator: its k-th date does not copy rank 0's k-th
+        same = min(len(r0), len(r1))
+        assert (r0[:same, 3] != r1[:same, 3]).any()
+    by_date: dict[int, dict[int, int]] = {}
+    for epoch, _, t, drawn in np.concatenate([rank0, rank1]).tolist():
+        by_date.setdefault(t, {})[epoch] = drawn
+    redrawn = sum(d[0] != d[1] for d in by_date.values())
+    assert redrawn > len(by_date) // 2, "a new draw every epoch"
+    union = np.bitwise_or.reduce(np.concatenate([rank0[:, 3], rank1[:, 3]]))
+    assert union == (1 << 9) - 1  # every stock is drawn at some point
+    logged = [row["val_rank_ic"] for row in info["history"]]
+    assert len(logged) == 2 and np.isfinite(logged).all()
+    assert logged[-1] == pytest.approx(info["reference_val_rank_ic"], abs=METRIC_TOL)

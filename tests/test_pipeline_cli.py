@@ -465,3 +465,53 @@ def test_chunk_length_reaches_training_evaluation_predict_and_update(
     assert "chunk_length: 20" in config
     _check_predict_matches_evaluation(run, market)
     _check_update_matches_full_extraction(run, market, tmp_path)
+
+
+def test_tft_updates_resume_from_the_saved_state(market, tmp_path, monkeypatch):
+    """A TFT run updated twice: the first update runs each tile from its start and saves
+    the state after its last date; the second resumes there and runs one step per new date.
+    Both give the chunk pass's forecasts on the whole market (the run's evaluation path)."""
+    from relcast.models.temporal.tft import TemporalFusionTransformer
+    from relcast.run.inference import update_run
+    from relcast.run.runner import Pipeline
+    from relcast.training.stage3 import predict_stage3
+    from relcast.training.stream import StreamState
+
+    out = tmp_path / "run"
+    tft = ["stage3.models=[tft]", "stage3.feature_sets=[own]", "stage3.chunk_length=12"]
+    result = _run_tiny(market, out, tft, seeds=1)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    full = market["full"]
+    first = _write_csv(full.select(end=full.dates[DAYS + 2]).select(start=full.dates[DAYS]),
+                       tmp_path / "first.csv")  # fmt: skip
+    second = _write_csv(full.select(start=full.dates[DAYS + 3]), tmp_path / "second.csv")
+    steps = {"n": 0}
+    real_step = TemporalFusionTransformer.stream_step
+
+    def counted(self, x, state):
+        steps["n"] += 1
+        return real_step(self, x, state)
+
+    monkeypatch.setattr(TemporalFusionTransformer, "stream_step", counted)
+    got = [update_run(out, str(first))]
+    assert steps["n"] > 8  # each tile from its first step (lookback 8)
+    saved = out / "stage3" / "stage3_own_tft" / "stream_state.npz"
+    assert StreamState.from_bytes(saved.read_bytes()).t == DAYS + 2
+    steps["n"] = 0
+    got.append(update_run(out, str(second)))
+    assert steps["n"] == NEW_DAYS - 3  # one step per new date: resumed
+    assert StreamState.from_bytes(saved.read_bytes()).t == DAYS + NEW_DAYS - 1
+
+    pipe = Pipeline.open(out)
+    panel = full.select(symbols=list(pipe.ctx.panel.symbols))
+    inputs = pipe.ctx.stage3_inputs("own", features=pipe.ctx.features_for(panel))
+    model, spec = pipe.ctx.stage3_model("stage3_own_tft")
+    added = np.arange(DAYS, DAYS + NEW_DAYS)
+    ref = predict_stage3(model, inputs, index=added, chunk_length=spec.chunk_length)["point"]
+    table = pd.concat(got, ignore_index=True)
+    assert set(table["date"]) == set(pd.to_datetime(full.dates[DAYS:]))
+    t = np.searchsorted(panel.dates, table["date"].to_numpy(dtype="datetime64[ns]"))
+    n = pd.Index(panel.symbols).get_indexer(table["symbol"])
+    np.testing.assert_allclose(
+        table["pred"].to_numpy(), ref[t, n, table["horizon"].to_numpy() - 1], atol=1e-5
+    )

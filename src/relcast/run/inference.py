@@ -14,6 +14,7 @@ run folder is next opened (by any command).
 
 from __future__ import annotations
 
+import hashlib
 import io
 from pathlib import Path
 
@@ -80,9 +81,52 @@ def _relationships_for(ctx: RunContext, features, index: np.ndarray, stored: dic
     return values, names, missing
 
 
-def _forecast_frame(ctx: RunContext, features, rel, index: np.ndarray) -> pd.DataFrame:
-    from relcast.evaluation.scoring import seed_ensemble
+def _seed_forecast(ctx: RunContext, folder: str, inputs, index, stocks, streams) -> dict:
+    """One seed's forecasts on ``index``. With ``streams`` (an update) a model that steps
+    one date at a time resumes from the state the previous update saved, when it is the
+    state after the date before ``index`` with these weights, and puts its new state in
+    ``streams[folder]``; otherwise the chunk pass, as the run's evaluation forecast."""
     from relcast.training.stage3 import predict_stage3
+    from relcast.training.stream import can_stream, stream_forecast
+
+    model, spec = ctx.stage3_model(folder)
+    if streams is None or spec.chunk_length is None or not can_stream(model, inputs):
+        return predict_stage3(model, inputs, index=index, stocks=stocks,
+                              chunk_length=spec.chunk_length)  # fmt: skip
+    digest = hashlib.sha256(ctx.folder.file(ctx.folder.stage3_weights(folder)).read_bytes())
+    state = _stream_state(ctx, folder, int(index[0]) - 1, digest.hexdigest())
+    out, streams[folder] = stream_forecast(
+        model, inputs, index, stocks=stocks, chunk_length=spec.chunk_length, state=state
+    )
+    streams[folder].weights = digest.hexdigest()
+    return out
+
+
+def _stream_state(ctx: RunContext, folder: str, t: int, weights: str):
+    """The saved state of ``folder`` if it is the one after date ``t`` with these weights;
+    None otherwise (a damaged file is said, then run without: it only saves time)."""
+    import warnings
+
+    from relcast.training.stream import StreamState
+
+    name = ctx.folder.stage3_stream_state(folder)
+    if not ctx.folder.has(name):
+        return None
+    try:
+        state = StreamState.from_bytes(ctx.folder.file(name).read_bytes())
+    except (OSError, ValueError, KeyError) as err:
+        warnings.warn(f"{ctx.folder.file(name)} is unreadable ({err}); forecasting without it",
+                      UserWarning, stacklevel=2)  # fmt: skip
+        return None
+    return state if state.t == t and state.weights == weights else None
+
+
+def _forecast_frame(
+    ctx: RunContext, features, rel, index: np.ndarray, streams: dict | None = None
+) -> pd.DataFrame:
+    """The forecasts on ``index`` of every Stage3 model of the run (each its seeds' mean);
+    ``streams``: see :func:`_seed_forecast`."""
+    from relcast.evaluation.scoring import seed_ensemble
 
     frames = []
     for name, _, feature_set in ctx.stage3_names():
@@ -94,11 +138,7 @@ def _forecast_frame(ctx: RunContext, features, rel, index: np.ndarray) -> pd.Dat
         runs = []  # with evaluation.seeds K: the seeds' ensemble, the forecast evaluate scored
         for folder in ctx.seed_folders(name):
             if ctx.has_stage3(folder):
-                seeded, seeded_spec = ctx.stage3_model(folder)
-                runs.append(
-                    predict_stage3(seeded, inputs, index=index, stocks=stocks,
-                                   chunk_length=seeded_spec.chunk_length)
-                )  # fmt: skip
+                runs.append(_seed_forecast(ctx, folder, inputs, index, stocks, streams))
         out = {key: seed_ensemble([r[key] for r in runs]) for key in ("point", "pred")}
         q = model.config.quantiles
         for h in range(out["point"].shape[2]):
@@ -269,7 +309,8 @@ def _update(run_dir, data: str, date_format: str | None = None) -> pd.DataFrame:
     _warn_missing_index(combined, added, data)
     stored = _stored_relationships(ctx)  # read once
     rel, names, _ = _relationships_for(ctx, features, added, stored)
-    forecasts = _forecast_frame(ctx, features, (rel, names), added)
+    streams: dict = {}  # each streaming model's state after the last new date
+    forecasts = _forecast_frame(ctx, features, (rel, names), added, streams)
 
     fold_of = stored["fold_of"]
     fold_of = np.concatenate([fold_of, np.full(len(added), -1, dtype=fold_of.dtype)])
@@ -290,6 +331,8 @@ def _update(run_dir, data: str, date_format: str | None = None) -> pd.DataFrame:
         "data_with_relationships.parquet": store.write_parquet,
         LIVE_PREDICTIONS: out.getvalue(),
     }
+    for folder, state in streams.items():
+        files[ctx.folder.stage3_stream_state(folder)] = state.to_bytes()
     if not ctx.config.relationships.table:  # the run keeps no table to bring up to date
         del files["data_with_relationships.parquet"]
     ctx.folder.commit(files)

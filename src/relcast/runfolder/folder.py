@@ -239,6 +239,12 @@ class RunFolder:
         its sidecar ``model.json`` beside it): the one place that path is written."""
         return f"stage3/{name}/model.safetensors"
 
+    @staticmethod
+    def stage3_stream_state(name: str) -> str:
+        """The Stage3 model ``name``'s state after the run's last date
+        (:class:`~relcast.training.stream.StreamState`), which ``relcast update`` resumes from."""
+        return f"stage3/{name}/stream_state.npz"
+
     def has_stage3(self, name: str) -> bool:
         return self.has(self.stage3_weights(name))
 

@@ -357,6 +357,12 @@ class WindowLoader(IterableDataset):
             return (n[:, None] * T + steps).reshape(-1)  # row of (n, t) in (N * T, F)
         return (steps * N + n[:, None]).reshape(-1)  # row of (t, n) in (T * N, F)
 
+    def step_inputs(self, t: int, n: torch.Tensor) -> torch.Tensor:
+        """``x [len(n), F]``: the inputs of stocks ``n`` at date ``t`` (one step of a chunk)."""
+        T, N = self.valid.shape
+        steps = torch.full((len(n), 1), int(t), dtype=torch.long)
+        return self.inputs.view(T * N, -1).index_select(0, self._rows(steps, n))
+
     def gather_chunks(self, pos: torch.Tensor) -> dict[str, torch.Tensor]:
         """The sequence batch of chunks ``pos`` (positions into ``chunk_n/chunk_start``)."""
         T, N = self.valid.shape

@@ -153,14 +153,11 @@ class TemporalFusionTransformer(nn.Module):
             sector_id = torch.zeros(B, dtype=torch.long, device=x.device)
 
         # static covariates -> contexts
-        static = torch.stack(
-            [self.stock_embedding(stock_id), self.sector_embedding(sector_id)], dim=1
-        )  # (B, S, d)
-        static, static_weights = self.static_selection(static)  # (B, d), (B, S)
-        c_selection = self.context_selection(static).unsqueeze(1)  # (B, 1, d)
-        c_enrichment = self.context_enrichment(static).unsqueeze(1)  # (B, 1, d)
-        h0 = self.context_h(static).unsqueeze(0).expand(c.lstm_layers, B, -1).contiguous()
-        c0 = self.context_c(static).unsqueeze(0).expand(c.lstm_layers, B, -1).contiguous()
+        ctx = self._contexts(stock_id, sector_id)
+        c_selection = ctx["c_selection"].unsqueeze(1)  # (B, 1, d)
+        c_enrichment = ctx["c_enrichment"].unsqueeze(1)  # (B, 1, d)
+        h0 = ctx["h"].transpose(0, 1).contiguous()  # (layers, B, d)
+        c0 = ctx["c"].transpose(0, 1).contiguous()
 
         # variable selection over the F inputs at every step
         # == temporal_selection(input_embedding(x[..., None]), c_selection), ~2x faster
@@ -175,11 +172,8 @@ class TemporalFusionTransformer(nn.Module):
         # static enrichment, then causal interpretable attention
         enriched = self.enrichment(temporal, c_enrichment)  # (B, L, d)
         attn_out, attn = self.attention(enriched, causal=True, band=c.lookback)  # (B, h, L, L)
-        h = self.attention_gate(attn_out, enriched)  # (B, L, d)
-        h = self.positionwise(h)  # (B, L, d)
-        h = self.output_gate(h, temporal)  # (B, L, d)
-
-        pred_all = self.head(h)  # (B, L, H, Q)
+        pred_all = self._decode(attn_out, enriched, temporal)  # (B, L, H, Q)
+        static_weights = ctx["static_weights"]
         if sequence:
             return {
                 "pred": pred_all,  # (B, C, H, Q)
@@ -196,6 +190,74 @@ class TemporalFusionTransformer(nn.Module):
             "static_importance": static_weights,  # (B, S)
             "attention": attn[:, :, -1],  # (B, h, L)
             "attention_all": attn,  # (B, h, L, L)
+        }
+
+    def _contexts(self, stock_id: Tensor, sector_id: Tensor) -> dict[str, Tensor]:
+        """The static covariate encoders: selection and enrichment contexts ``[B, d]``, the
+        LSTM's initial state ``h, c [B, layers, d]`` and the static weights ``[B, 2]``."""
+        c = self.config
+        static = torch.stack(
+            [self.stock_embedding(stock_id), self.sector_embedding(sector_id)], dim=1
+        )  # (B, S, d)
+        static, static_weights = self.static_selection(static)  # (B, d), (B, S)
+        layers = (-1, c.lstm_layers, -1)
+        return {
+            "c_selection": self.context_selection(static),  # (B, d)
+            "c_enrichment": self.context_enrichment(static),  # (B, d)
+            "h": self.context_h(static).unsqueeze(1).expand(*layers),  # (B, layers, d)
+            "c": self.context_c(static).unsqueeze(1).expand(*layers),  # (B, layers, d)
+            "static_weights": static_weights,
+        }
+
+    def _decode(self, attn_out: Tensor, enriched: Tensor, temporal: Tensor) -> Tensor:
+        """Gated attention output -> position-wise GRN -> gated skip -> quantile heads."""
+        h = self.attention_gate(attn_out, enriched)  # (B, L, d)
+        h = self.positionwise(h)  # (B, L, d)
+        h = self.output_gate(h, temporal)  # (B, L, d)
+        return self.head(h)  # (B, L, H, Q)
+
+    # ------------------------------------------------------------ one step at a time
+
+    def stream_start(self, stock_id: Tensor, sector_id: Tensor) -> dict[str, Tensor]:
+        """The state of R chunks before their first step (:mod:`relcast.training.stream`):
+        the static contexts, the LSTM's initial state and an empty attention window. Every
+        tensor is ``[R, ...]``, so rows can be picked, saved and resumed independently."""
+        c = self.config
+        ctx = self._contexts(stock_id, sector_id)
+        del ctx["static_weights"]
+        R, d, W = len(stock_id), c.hidden_size, c.lookback - 1
+        ctx["h"], ctx["c"] = ctx["h"].contiguous(), ctx["c"].contiguous()
+        ctx["keys"] = torch.zeros(R, W, d, device=stock_id.device)  # (R, W, heads * dh)
+        ctx["values"] = torch.zeros(R, W, self.attention.head_dim, device=stock_id.device)
+        ctx["seen"] = torch.zeros(R, dtype=torch.long, device=stock_id.device)
+        return ctx
+
+    def stream_step(self, x: Tensor, state: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        """One date ``x [R, F]`` of R chunks -> ``(pred [R, H, Q], state)``: the forward pass
+        of a sequence batch at that step (the LSTM from the chunk's start, attention over the
+        chunk's last ``lookback`` steps), with the earlier steps read from ``state``."""
+        if x.dim() != 2 or x.shape[-1] != self.config.num_features:
+            raise ValueError(f"x must be [R, {self.config.num_features}], got {tuple(x.shape)}")
+        x = x.unsqueeze(1)  # (R, 1, F)
+        selected, _ = self.temporal_selection.forward_scalar(
+            x, self.input_embedding, state["c_selection"].unsqueeze(1)
+        )  # (R, 1, d)
+        h0, c0 = (state[k].transpose(0, 1).contiguous() for k in ("h", "c"))
+        lstm_out, (h, cell) = self.lstm(selected, (h0, c0))  # (R, 1, d)
+        temporal = self.lstm_gate(lstm_out, selected)
+        enriched = self.enrichment(temporal, state["c_enrichment"].unsqueeze(1))  # (R, 1, d)
+        attn_out, keys, values = self.attention.step(
+            enriched, state["keys"], state["values"], state["seen"]
+        )
+        pred = self._decode(attn_out, enriched, temporal)[:, 0]  # (R, H, Q)
+        window = state["keys"].shape[1]
+        return pred, {
+            **state,
+            "h": h.transpose(0, 1),
+            "c": cell.transpose(0, 1),
+            "keys": keys,
+            "values": values,
+            "seen": (state["seen"] + 1).clamp(max=window),
         }
 
     INTERPRET_STEPS = 16_384

@@ -229,6 +229,28 @@ class InterpretableMultiHeadAttention(nn.Module):
         mixed = (self.dropout(attn) @ v.unsqueeze(1)).mean(1)  # (B, L, dh)
         return self.out(mixed), attn
 
+    def step(
+        self, x: Tensor, keys: Tensor, values: Tensor, seen: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """One causal step: ``x [R, 1, d]`` attends to itself and the ``W`` earlier steps of
+        its window, whose projections ``keys [R, W, heads * dh]`` and ``values [R, W, dh]``
+        are given (oldest first; only the last ``seen [R]`` of them are real, the chunk
+        started after the others). Returns ``(out [R, 1, d], keys, values)``, the window
+        moved on by one step. The numbers of :meth:`forward` with ``band = W + 1`` at that
+        step."""
+        R, W = keys.shape[:2]
+        h, dh = self.num_heads, self.head_dim
+        keys = torch.cat([keys, self.k(x)], dim=1)  # (R, W + 1, h * dh)
+        values = torch.cat([values, self.v(x)], dim=1)  # (R, W + 1, dh)
+        q = self.q(x).view(R, 1, h, dh).transpose(1, 2)  # (R, h, 1, dh)
+        k = keys.view(R, W + 1, h, dh).transpose(1, 2)  # (R, h, W + 1, dh)
+        scores = q @ k.transpose(-1, -2) / math.sqrt(dh)  # (R, h, 1, W + 1)
+        empty = torch.arange(W + 1, device=x.device)[None, :] < (W - seen)[:, None]  # (R, W+1)
+        scores = scores.masked_fill(empty[:, None, None, :], float("-inf"))
+        attn = torch.softmax(scores, dim=-1)
+        mixed = (attn @ values.unsqueeze(1)).mean(1)  # (R, 1, dh)
+        return self.out(mixed), keys[:, 1:], values[:, 1:]
+
 
 def window_mean(weights: Tensor, window: int) -> Tensor:
     """``[B, C, F] -> [B, C, F]``: at step l, the mean of steps ``l-window+1 .. l`` (fewer at

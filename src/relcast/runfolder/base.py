@@ -37,6 +37,7 @@ FILES = {
     "stage3/<name>/model.safetensors": "one folder per Stage3 model (+ model.json, its spec)",
     "predictions.parquet": "test-span predictions of every model",
     "live_predictions.parquet": "forecasts made by `relcast update`",
+    "stage3/<name>/stream_state.npz": "a TFT's state after the last update (the next resumes)",
     "metrics.json": "test metrics",
     "backtest.parquet": "portfolio backtests",
     "attention.npz": "Stage1 attention on test dates",

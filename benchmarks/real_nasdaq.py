@@ -280,6 +280,65 @@ def verdict(rows: dict[str, dict]) -> list[str]:
     return lines or ["no model beats reversal_1d or own history with paired t >= 2"]
 
 
+# One-seed rows of different runs on the same test dates: a variant's single seed against
+# the main run's seed 0 of its twin (not against the 3-seed mean, which ranks better by
+# itself). (run, model, base run, base model)
+CROSS = [
+    ("relational", "stage3_own_stockmixer", "main", "stage3_own_gru@seed0"),
+    ("relational", "stage3_own_rsr", "main", "stage3_own_gru@seed0"),
+    ("relational", "stage3_own_master", "main", "stage3_own_gru@seed0"),
+    ("max_stocks512", "stage1", "main", "stage1"),
+    ("max_stocks512", "stage1+stage2", "main", "stage1+stage2"),
+    ("max_stocks512", "hybrid_gru", "main", "hybrid_gru@seed0"),
+    ("orthogonal", "hybrid_gru", "main", "hybrid_gru@seed0"),
+]
+
+
+def daily_rank_ic_of(run: str, model: str):
+    """The pooled next-day Rank IC per test date of ``model`` in the run folder ``run``
+    (``name@seedK``: one seed, from ``seed_predictions.parquet``), as a Series by date."""
+    import numpy as np
+    import pandas as pd
+
+    from relcast.metrics import daily_rank_ic
+
+    name = "seed_predictions.parquet" if "@seed" in model else "predictions.parquet"
+    frame = pd.read_parquet(
+        RUNS / run / name, columns=["date", "symbol", "model", "horizon", "pred", "label"],
+        filters=[("model", "==", model), ("horizon", "==", 1)],
+    )  # fmt: skip
+    if frame.empty:
+        raise ValueError(f"{RUNS / run / name} has no forecasts of {model}")
+    pred = frame.pivot(index="date", columns="symbol", values="pred")
+    label = frame.pivot(index="date", columns="symbol", values="label").reindex_like(pred)
+    p, y = pred.to_numpy(np.float64), label.to_numpy(np.float64)
+    return pd.Series(daily_rank_ic(p, y, np.isfinite(p) & np.isfinite(y)), index=pred.index)
+
+
+def cross_pairs(lag: int) -> list[dict[str, Any]]:
+    """The paired test of every :data:`CROSS` pair whose runs are there: Rank IC of each,
+    the mean daily difference, its Newey-West t and block-bootstrap 95% interval."""
+    import numpy as np
+
+    from relcast.evaluation.stats import block_bootstrap_interval, paired_test
+
+    rows = []
+    for run, model, base_run, base in CROSS:
+        if not all((RUNS / r / "bench.json").exists() for r in (run, base_run)):
+            continue
+        a, b = daily_rank_ic_of(run, model), daily_rank_ic_of(base_run, base)
+        dates = a.index.intersection(b.index)
+        x, y = a[dates].to_numpy(), b[dates].to_numpy()
+        test = paired_test(x, y, lag)
+        ci = block_bootstrap_interval(x - y, lag)
+        rows.append({
+            "model": f"{run}: {model}", "baseline": f"{base_run}: {base}", "dates": len(dates),
+            "rank_ic": float(np.nanmean(x)), "baseline_rank_ic": float(np.nanmean(y)),
+            "diff": test["mean_diff"], "t": test["t"], "ci95": [ci["lo"], ci["hi"]],
+        })  # fmt: skip
+    return rows
+
+
 def collect(results_dir=None) -> dict[str, Any]:
     """Assemble ``real_nasdaq.json`` from the ``bench.json`` of every run under ``runs/``."""
     from benchmarks.common import machine_info
@@ -296,6 +355,7 @@ def collect(results_dir=None) -> dict[str, Any]:
         "protocol": PROTOCOL,
         "runs": runs,
         "verdict": verdict(main["metrics"]["pooled"]),
+        "cross_run": cross_pairs(main["metrics"]["statistics"]["newey_west_lag"]),
         "published": PUBLISHED,
     }
     write_result(NAME, result, results_dir)
@@ -309,6 +369,10 @@ def collect(results_dir=None) -> dict[str, Any]:
     print()
     for block, got in main["blocks"].items():
         print(format_table([{"block": block, "step": k, **v} for k, v in got["steps"].items()]))
+    if result["cross_run"]:
+        print("\none seed against one seed, across runs:\n")
+        print(format_table(result["cross_run"], ["model", "baseline", "rank_ic",
+                                                 "baseline_rank_ic", "diff", "t"]))  # fmt: skip
     print("\n" + "\n".join(result["verdict"]))
     return result
 

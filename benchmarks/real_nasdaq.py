@@ -291,6 +291,7 @@ CROSS = [
     ("max_stocks512", "stage1+stage2", "main", "stage1+stage2"),
     ("max_stocks512", "hybrid_gru", "main", "hybrid_gru@seed0"),
     ("orthogonal", "hybrid_gru", "main", "hybrid_gru@seed0"),
+    ("orthogonal", "hybrid_gru", "main", "stage3_own_gru@seed0"),
 ]
 
 

@@ -292,6 +292,8 @@ CROSS = [
     ("max_stocks512", "hybrid_gru", "main", "hybrid_gru@seed0"),
     ("orthogonal", "hybrid_gru", "main", "hybrid_gru@seed0"),
     ("orthogonal", "hybrid_gru", "main", "stage3_own_gru@seed0"),
+    ("joint", "hybrid_joint", "main", "hybrid_gru@seed0"),
+    ("joint", "hybrid_joint", "main", "stage3_own_gru@seed0"),
 ]
 
 

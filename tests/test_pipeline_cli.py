@@ -468,9 +468,10 @@ def test_chunk_length_reaches_training_evaluation_predict_and_update(
 
 
 def test_tft_updates_resume_from_the_saved_state(market, tmp_path, monkeypatch):
-    """A TFT run updated twice: the first update runs each tile from its start and saves
-    the state after its last date; the second resumes there and runs one step per new date.
-    Both give the chunk pass's forecasts on the whole market (the run's evaluation path)."""
+    """A TFT run updated three times: the first update runs each tile from its start and
+    saves the state after its last date; the second resumes there and runs one step per new
+    date; the third finds the state damaged, says so and runs the tiles again. All give the
+    chunk pass's forecasts on the whole market (the run's evaluation path)."""
     from relcast.models.temporal.tft import TemporalFusionTransformer
     from relcast.run.inference import update_run
     from relcast.run.runner import Pipeline
@@ -484,7 +485,9 @@ def test_tft_updates_resume_from_the_saved_state(market, tmp_path, monkeypatch):
     full = market["full"]
     first = _write_csv(full.select(end=full.dates[DAYS + 2]).select(start=full.dates[DAYS]),
                        tmp_path / "first.csv")  # fmt: skip
-    second = _write_csv(full.select(start=full.dates[DAYS + 3]), tmp_path / "second.csv")
+    second = _write_csv(full.select(end=full.dates[DAYS + 4]).select(start=full.dates[DAYS + 3]),
+                        tmp_path / "second.csv")  # fmt: skip
+    third = _write_csv(full.select(start=full.dates[DAYS + 5]), tmp_path / "third.csv")
     steps = {"n": 0}
     real_step = TemporalFusionTransformer.stream_step
 
@@ -499,7 +502,13 @@ def test_tft_updates_resume_from_the_saved_state(market, tmp_path, monkeypatch):
     assert StreamState.from_bytes(saved.read_bytes()).t == DAYS + 2
     steps["n"] = 0
     got.append(update_run(out, str(second)))
-    assert steps["n"] == NEW_DAYS - 3  # one step per new date: resumed
+    assert steps["n"] == 2  # one step per new date: resumed
+    assert StreamState.from_bytes(saved.read_bytes()).t == DAYS + 4
+    saved.write_bytes(b"not an npz")  # a damaged state: said, then forecast without it
+    steps["n"] = 0
+    with pytest.warns(UserWarning, match="unreadable"):
+        got.append(update_run(out, str(third)))
+    assert steps["n"] >= 8  # not resumed: a tile runs at least its lookback of 8 steps
     assert StreamState.from_bytes(saved.read_bytes()).t == DAYS + NEW_DAYS - 1
 
     pipe = Pipeline.open(out)

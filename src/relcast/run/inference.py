@@ -93,12 +93,13 @@ def _seed_forecast(ctx: RunContext, folder: str, inputs, index, stocks, streams)
     if streams is None or spec.chunk_length is None or not can_stream(model, inputs):
         return predict_stage3(model, inputs, index=index, stocks=stocks,
                               chunk_length=spec.chunk_length)  # fmt: skip
-    digest = hashlib.sha256(ctx.folder.file(ctx.folder.stage3_weights(folder)).read_bytes())
-    state = _stream_state(ctx, folder, int(index[0]) - 1, digest.hexdigest())
+    weights = ctx.folder.file(ctx.folder.stage3_weights(folder)).read_bytes()
+    digest = hashlib.sha256(weights).hexdigest()
+    state = _stream_state(ctx, folder, int(index[0]) - 1, digest)
     out, streams[folder] = stream_forecast(
         model, inputs, index, stocks=stocks, chunk_length=spec.chunk_length, state=state
     )
-    streams[folder].weights = digest.hexdigest()
+    streams[folder].weights = digest
     return out
 
 
@@ -106,6 +107,7 @@ def _stream_state(ctx: RunContext, folder: str, t: int, weights: str):
     """The saved state of ``folder`` if it is the one after date ``t`` with these weights;
     None otherwise (a damaged file is said, then run without: it only saves time)."""
     import warnings
+    import zipfile
 
     from relcast.training.stream import StreamState
 
@@ -114,7 +116,7 @@ def _stream_state(ctx: RunContext, folder: str, t: int, weights: str):
         return None
     try:
         state = StreamState.from_bytes(ctx.folder.file(name).read_bytes())
-    except (OSError, ValueError, KeyError) as err:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
         warnings.warn(f"{ctx.folder.file(name)} is unreadable ({err}); forecasting without it",
                       UserWarning, stacklevel=2)  # fmt: skip
         return None

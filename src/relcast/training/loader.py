@@ -59,6 +59,14 @@ from relcast.training.windows import (
 )
 
 
+def tile_start(t, run_start, lookback: int, stride: int):
+    """The first step of the tile of the fixed tiling (module docstring) that scores window
+    end ``t`` of a run of valid dates starting at ``run_start`` (arrays or ints): tiles start
+    every ``stride`` steps from the run's start, and a tile scores its steps from its
+    ``lookback``-th on. The one place the tiling rule is written."""
+    return run_start + stride * ((t - (lookback - 1) - run_start) // stride)
+
+
 @dataclass(frozen=True)
 class WindowSource:
     """The arrays a :class:`WindowLoader` gathers windows from.
@@ -260,7 +268,7 @@ class WindowLoader(IterableDataset):
             # the run of each end: the last run start at or before it (the same stock: t is valid)
             at = np.searchsorted(run_key, n * T + t, side="right") - 1
             r = run_t[at]
-            tile = r + stride * ((t - (L - 1) - r) // stride)  # (M,) the tile's first step
+            tile = tile_start(t, r, L, stride)  # (M,) the tile's first step
             key = n * T + tile  # sorted: by stock, then tile (t and r rise together)
             first = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
             last = np.r_[first[1:], len(key)] - 1  # each chunk ends at its last window end

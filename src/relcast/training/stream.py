@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from relcast.training.loader import tile_start
 from relcast.training.specs import chunk_steps
 
 
@@ -91,7 +92,8 @@ def next_tiles(
     r = run_starts(valid, t)[stocks]
     live = r >= 0
     n, r = stocks[live], r[live]
-    tile = r + stride * np.maximum(0, (t + 1 - (lookback - 1) - r) // stride)
+    # the first window end at or after t + 1 (a run shorter than the lookback has none yet)
+    tile = tile_start(np.maximum(t + 1, r + lookback - 1), r, lookback, stride)
     after = tile + stride <= t  # the next tile's burn-in has begun
     return np.r_[n, n[after]], np.r_[tile, tile[after] + stride]
 
